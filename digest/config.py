@@ -1,4 +1,4 @@
-"""Settings: typed frozen dataclasses; defaults in code, settings.toml over them, DIGEST_* over that.
+"""Settings: typed frozen dataclasses; defaults in code, settings.toml, then DIGEST_* on top.
 
 The settings file is `--config`, else `$DIGEST_CONFIG`, else `./settings.toml`. Relative paths in
 it resolve against the folder of the settings file. An environment variable named
