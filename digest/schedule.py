@@ -1,0 +1,73 @@
+"""When a subscriber's digest is due: their delivery slots in their own time zone.
+
+A slot is identified by the subscriber's local calendar day (daily) or week (weekly), so a digest
+goes out exactly once per day even on the days clocks change: a local time that does not exist
+(spring forward) is taken one hour later; one that exists twice (fall back) is taken the first time.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from digest.models import Subscriber
+
+
+def _local_time(text: str) -> time:
+    hours, minutes = text.split(":")
+    return time(int(hours), int(minutes))
+
+
+def _resolve(day: datetime, at: time, tz: ZoneInfo) -> datetime:
+    """The UTC instant of wall-clock `at` on local `day`, resolving DST gaps and folds."""
+    naive = datetime.combine(day.date(), at)
+    first = naive.replace(tzinfo=tz, fold=0)
+    # A wall time inside a spring-forward gap does not survive a round trip through UTC.
+    roundtrip = first.astimezone(UTC).astimezone(tz).replace(tzinfo=None)
+    if roundtrip != naive:
+        first = (naive + timedelta(hours=1)).replace(tzinfo=tz, fold=0)
+    return first.astimezone(UTC)
+
+
+def latest_slot(subscriber: Subscriber, now: datetime) -> datetime:
+    """The latest delivery slot at or before `now` (UTC); instant and feed cadences: `now`."""
+    if subscriber.cadence in ("instant", "feed"):
+        return now
+    tz = ZoneInfo(subscriber.tz)
+    at = _local_time(subscriber.time)
+    local_now = now.astimezone(tz)
+    day = local_now
+    for _ in range(8):
+        if subscriber.cadence == "daily" or day.weekday() == subscriber.weekday:
+            slot = _resolve(day, at, tz)
+            if slot <= now:
+                return slot
+        day -= timedelta(days=1)
+    raise AssertionError("a slot always exists within 8 days")  # pragma: no cover
+
+
+def next_slot(subscriber: Subscriber, now: datetime) -> datetime:
+    """The first delivery slot strictly after `now` (UTC), for status displays."""
+    if subscriber.cadence in ("instant", "feed"):
+        return now
+    tz = ZoneInfo(subscriber.tz)
+    at = _local_time(subscriber.time)
+    day = now.astimezone(tz)
+    for _ in range(9):
+        if subscriber.cadence == "daily" or day.weekday() == subscriber.weekday:
+            slot = _resolve(day, at, tz)
+            if slot > now:
+                return slot
+        day += timedelta(days=1)
+    raise AssertionError("a slot always exists within 9 days")  # pragma: no cover
+
+
+def is_due(subscriber: Subscriber, now: datetime, last_slot: datetime | None) -> bool:
+    """True when a slot has come since the last one handled (or since they subscribed)."""
+    if subscriber.status != "active":
+        return False
+    if subscriber.cadence in ("instant", "feed"):
+        return True
+    slot = latest_slot(subscriber, now)
+    handled = last_slot or subscriber.created_at
+    return slot > handled
