@@ -1,0 +1,511 @@
+"""RSS and Atom feeds of papers: building (feedgen), atomic writing, layout and HTTP revalidation.
+
+This is the only module that imports feedgen. A feed is a pure function of its entries and its
+settings: item dates are when a paper was first stored and the feed's own date is the newest item's,
+never "now", so an unchanged input gives byte-identical output (stable ETag, no rewrite, no
+needless re-download by feed readers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote_plus, urlsplit
+
+from feedgen.feed import FeedGenerator
+
+from digest.errors import DigestError, ValidationError
+from digest.models import StoredPaper
+
+FeedFormat = Literal["rss", "atom"]
+FORMATS: tuple[FeedFormat, ...] = ("rss", "atom")
+
+CONTENT_TYPES: dict[str, str] = {
+    "rss": "application/rss+xml; charset=utf-8",
+    "atom": "application/atom+xml; charset=utf-8",
+}
+
+# The feed date when there is no item: fixed, so an empty feed is byte-identical too.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Year of the `tag:` URIs (RFC 4151). Part of every item id: never change it, or every reader
+# shows every paper again.
+TAG_YEAR = "2025"
+
+PAPER_SEARCH_URL = "https://huggingface.co/papers?q="
+GENERATOR = "Daily Papers Digest"
+
+# Characters XML 1.0 forbids (lxml raises on them), C1 controls (legal but never meant as text),
+# and bidi embeddings/overrides/isolates, which let a hostile title reorder how the text around it
+# is displayed. Plain right-to-left letters and the harmless LRM/RLM/ALM marks are kept.
+_STRIP = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\u202a-\u202e\u2066-\u2069"
+    "\ud800-\udfff\ufffe\uffff]+"
+)
+_SPACES = re.compile(r"\s+")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+# A feed summary is not the place for a runaway abstract; real ones are under 3,000 characters.
+_MAX_ABSTRACT = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    """One paper in a feed, with why it is there (topics, matched words) and when it was added."""
+
+    paper: StoredPaper
+    topics: tuple[str, ...] = ()
+    terms: tuple[str, ...] = ()
+    added: datetime | None = None  # when first stored / delivered; None means paper.first_seen
+
+
+@dataclass(frozen=True, slots=True)
+class FeedDocument:
+    """A serialised feed with what HTTP needs to serve and revalidate it."""
+
+    body: bytes
+    etag: str  # strong: a hash of the body, quoted
+    last_modified: datetime  # newest item's time (UTC, whole seconds), EPOCH when empty
+    content_type: str
+    fmt: FeedFormat = "rss"
+    items: int = 0  # items kept after the caps
+
+    def headers(self) -> dict[str, str]:
+        """HTTP response headers for this document (ETag, Last-Modified, Content-Type)."""
+        return {
+            "Content-Type": self.content_type,
+            "ETag": self.etag,
+            "Last-Modified": format_datetime(self.last_modified, usegmt=True),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPaths:
+    """Where the static feeds live under the public folder."""
+
+    root: Path  # PUBLIC/feeds
+
+    def all(self, fmt: FeedFormat) -> Path:
+        """The public feed of all new papers."""
+        return self.root / f"all.{_check_fmt(fmt)}"
+
+    def subscriber(self, token: str, fmt: FeedFormat) -> Path:
+        """A subscriber's private feed, named by their secret token."""
+        return self.root / "s" / f"{_check_token(token)}.{_check_fmt(fmt)}"
+
+
+def feed_paths(public_dir: Path) -> FeedPaths:
+    """The feed layout under public/: feeds/all.rss|atom and feeds/s/TOKEN.rss|atom."""
+    return FeedPaths(Path(public_dir) / "feeds")
+
+
+def feed_url_path(fmt: FeedFormat, token: str | None = None) -> str:
+    """The URL path of a feed, the same under a static server and `digest serve`."""
+    if token is None:
+        return f"/feeds/all.{_check_fmt(fmt)}"
+    return f"/feeds/s/{_check_token(token)}.{_check_fmt(fmt)}"
+
+
+def feed_url(base_url: str, fmt: FeedFormat, token: str | None = None) -> str:
+    """The absolute URL of a feed under the site's base URL (its self link)."""
+    return base_url.rstrip("/") + feed_url_path(fmt, token)
+
+
+def clean_text(text: str) -> str:
+    """Remove characters XML cannot carry and bidi overrides; everything else is kept as is."""
+    return _STRIP.sub("", text)
+
+
+def paper_tag_id(key: str, site_url: str) -> str:
+    """The permanent id of a paper in our feeds: tag:HOST,2025:paper/KEY (RFC 4151)."""
+    return f"tag:{_tag_authority(site_url)},{TAG_YEAR}:paper/{key}"
+
+
+def paper_link(title: str) -> str:
+    """Where an item links: a search for the paper's title on huggingface.co/papers."""
+    return PAPER_SEARCH_URL + quote_plus(_one_line(clean_text(title)))
+
+
+def build_feed(
+    entries: Sequence[FeedEntry],
+    *,
+    fmt: FeedFormat,
+    title: str,
+    self_url: str,
+    site_url: str,
+    description: str,
+    max_items: int,
+    max_bytes: int,
+) -> FeedDocument:
+    """Serialise entries as an RSS 2.0 or Atom feed: newest first, capped, deterministic."""
+    _check_fmt(fmt)
+    if max_items < 0 or max_bytes < 0:
+        raise ValidationError(
+            f"feed caps must not be negative (max_items={max_items}, max_bytes={max_bytes})"
+        )
+    authority = _tag_authority(site_url)
+    kept = _newest_first(entries)[:max_items]
+    body = _serialise(kept, fmt, authority, title, self_url, site_url, description)
+    count = len(kept)
+    if len(body) > max_bytes and count:
+        body, count = _cap_bytes(body, fmt, max_bytes)
+        if count == 0:
+            # The header keeps the dropped newest item's date; an empty feed says EPOCH.
+            body = _serialise([], fmt, authority, title, self_url, site_url, description)
+    newest = _when(kept[0]) if count else EPOCH
+    return FeedDocument(
+        body=body,
+        etag='"' + hashlib.sha256(body).hexdigest()[:40] + '"',
+        last_modified=newest,
+        content_type=CONTENT_TYPES[fmt],
+        fmt=fmt,
+        items=count,
+    )
+
+
+def write_feed_atomically(path: Path, doc: FeedDocument) -> bool:
+    """Write a feed by temp file + fsync + rename; untouched when the bytes are unchanged.
+
+    Returns True when the file was (re)written. Readers of the path see the old or the new feed,
+    never a mix, and an unchanged feed keeps its mtime (static servers derive ETags from it).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == len(doc.body) and path.read_bytes() == doc.body:
+            return False
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise DigestError(f"{path}: cannot read the current feed: {exc.strerror}") from exc
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DigestError(f"{path}: cannot write the feed: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(doc.body)
+            out.flush()
+            os.fsync(out.fileno())
+            # mkstemp makes 0600; a static web server running as another user must read it.
+            os.fchmod(out.fileno(), 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DigestError(f"{path}: cannot write the feed: {exc.strerror}") from exc
+    _fsync_dir(path.parent)
+    return True
+
+
+def write_feeds(
+    public_dir: Path,
+    entries: Sequence[FeedEntry],
+    *,
+    base_url: str,
+    title: str,
+    description: str,
+    max_items: int,
+    max_bytes: int,
+    token: str | None = None,
+) -> dict[FeedFormat, bool]:
+    """Build and write the RSS and Atom versions of one feed (public, or a subscriber's).
+
+    Returns, per format, whether the file changed.
+    """
+    paths = feed_paths(public_dir)
+    changed: dict[FeedFormat, bool] = {}
+    for fmt in FORMATS:
+        doc = build_feed(
+            entries,
+            fmt=fmt,
+            title=title,
+            self_url=feed_url(base_url, fmt, token),
+            site_url=base_url,
+            description=description,
+            max_items=max_items,
+            max_bytes=max_bytes,
+        )
+        path = paths.all(fmt) if token is None else paths.subscriber(token, fmt)
+        changed[fmt] = write_feed_atomically(path, doc)
+    return changed
+
+
+def read_feed_file(path: Path) -> FeedDocument:
+    """Load a feed written by write_feed_atomically, with the same ETag and Last-Modified."""
+    path = Path(path)
+    fmt: FeedFormat = "atom" if path.suffix == ".atom" else "rss"
+    try:
+        body = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise DigestError(f"{path}: no such feed") from exc
+    except OSError as exc:
+        raise DigestError(f"{path}: cannot read the feed: {exc.strerror}") from exc
+    # The feed's own date is the first date element: it precedes every item (see _serialise).
+    tag = b"updated" if fmt == "atom" else b"lastBuildDate"
+    found = re.search(b"<" + tag + b">([^<]*)</" + tag + b">", body)
+    last_modified = EPOCH
+    if found:
+        text = found.group(1).decode("ascii", "replace")
+        parsed = _parse_feed_date(text, fmt)
+        if parsed is not None:
+            last_modified = parsed
+    return FeedDocument(
+        body=body,
+        etag='"' + hashlib.sha256(body).hexdigest()[:40] + '"',
+        last_modified=last_modified,
+        content_type=CONTENT_TYPES[fmt],
+        fmt=fmt,
+        items=body.count(b"<entry>" if fmt == "atom" else b"<item>"),
+    )
+
+
+def conditional_response(
+    doc: FeedDocument, if_none_match: str | None, if_modified_since: str | None
+) -> bool:
+    """True when a GET/HEAD with these request headers should be answered 304 Not Modified.
+
+    RFC 9110 section 13: If-None-Match (a list of entity tags, W/ or not, or *) is compared
+    weakly and, when present, If-Modified-Since is ignored; an invalid date is ignored.
+    """
+    if if_none_match is not None and if_none_match.strip():
+        return _etag_listed(doc.etag, if_none_match)
+    if if_modified_since is None or not if_modified_since.strip():
+        return False
+    since = parse_http_date(if_modified_since)
+    if since is None:
+        return False
+    return doc.last_modified.replace(microsecond=0) <= since
+
+
+def parse_http_date(value: str) -> datetime | None:
+    """Parse an HTTP date (IMF-fixdate, RFC 850 or asctime) to aware UTC; None when invalid."""
+    text = value.strip()
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        parsed = None
+    if parsed is None:
+        for pattern in ("%A, %d-%b-%y %H:%M:%S GMT", "%a %b %d %H:%M:%S %Y"):
+            try:
+                parsed = datetime.strptime(_SPACES.sub(" ", text), pattern)
+                break
+            except ValueError:
+                continue
+    if parsed is None:
+        return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+# --- internals -----------------------------------------------------------------------------
+
+
+def _check_fmt(fmt: str) -> FeedFormat:
+    if fmt not in CONTENT_TYPES:
+        raise ValidationError(f"unknown feed format {fmt!r} (use rss or atom)")
+    return fmt  # type: ignore[return-value]
+
+
+def _check_token(token: str) -> str:
+    # The token becomes a file name: anything but the URL-safe alphabet could leave feeds/s/.
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        raise ValidationError("invalid feed token (expected 1-128 characters A-Z a-z 0-9 _ -)")
+    return token
+
+
+def _tag_authority(site_url: str) -> str:
+    host = urlsplit(site_url).hostname
+    if not host:
+        raise ValidationError(f"site URL {site_url!r} has no host name (needed for feed ids)")
+    return host
+
+
+def _one_line(text: str) -> str:
+    return _SPACES.sub(" ", text).strip()
+
+
+def _utc_seconds(moment: datetime) -> datetime:
+    # Naive times come from SQLite as UTC. Whole seconds: HTTP dates have no fractions, and a
+    # fraction would make Last-Modified disagree with the date inside the feed.
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(microsecond=0)
+
+
+def _when(entry: FeedEntry) -> datetime:
+    return _utc_seconds(entry.added if entry.added is not None else entry.paper.first_seen)
+
+
+def _newest_first(entries: Sequence[FeedEntry]) -> list[FeedEntry]:
+    """Sort newest first (ties by key, for determinism) and merge repeats of a paper."""
+    ordered = sorted(entries, key=lambda e: (_when(e), e.paper.key), reverse=True)
+    seen: dict[str, int] = {}
+    merged: list[FeedEntry] = []
+    for entry in ordered:
+        at = seen.get(entry.paper.key)
+        if at is None:
+            seen[entry.paper.key] = len(merged)
+            merged.append(entry)
+            continue
+        first = merged[at]  # the newest sighting keeps its date; reasons are united
+        merged[at] = FeedEntry(
+            paper=first.paper,
+            topics=_union(first.topics, entry.topics),
+            terms=_union(first.terms, entry.terms),
+            added=first.added if first.added is not None else first.paper.first_seen,
+        )
+    return merged
+
+
+def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(a + b))
+
+
+def _summary_html(entry: FeedEntry) -> str:
+    """The item description: a small HTML fragment in which every piece of paper text is escaped.
+
+    Readers render RSS descriptions and Atom type="html" summaries as HTML, so escaping once for
+    XML is not enough: `<script>` in an abstract must reach the reader as the text "<script>".
+    """
+    paper = entry.paper
+    esc = html.escape
+    parts: list[str] = []
+    if entry.topics or entry.terms:
+        line = "<p><strong>Matched:</strong> "
+        line += esc(", ".join(clean_text(t) for t in entry.topics)) if entry.topics else "-"
+        if entry.terms:
+            line += " (" + esc(", ".join(clean_text(t) for t in entry.terms)) + ")"
+        parts.append(line + "</p>")
+    facts: list[str] = []
+    if paper.organization:
+        facts.append(esc(clean_text(paper.organization)))
+    if paper.authors is not None:
+        facts.append(f"{paper.authors} author" + ("" if paper.authors == 1 else "s"))
+    if paper.upvotes is not None:
+        facts.append(f"{paper.upvotes} upvote" + ("" if paper.upvotes == 1 else "s"))
+    if paper.published is not None:
+        facts.append("published " + paper.published.isoformat())
+    if facts:
+        parts.append("<p>" + " · ".join(facts) + "</p>")
+    abstract = clean_text(paper.abstract).strip()
+    if len(abstract) > _MAX_ABSTRACT:
+        abstract = abstract[:_MAX_ABSTRACT].rsplit(" ", 1)[0] + " …"
+    parts.append("<p>" + esc(abstract) + "</p>")
+    return "".join(parts)
+
+
+def _serialise(
+    entries: Sequence[FeedEntry],
+    fmt: FeedFormat,
+    authority: str,
+    title: str,
+    self_url: str,
+    site_url: str,
+    description: str,
+) -> bytes:
+    """Hand the entries to feedgen and serialise them compactly (pretty=False)."""
+    newest = _when(entries[0]) if entries else EPOCH
+    fg = FeedGenerator()
+    fg.id(f"tag:{authority},{TAG_YEAR}:feed{urlsplit(self_url).path}")
+    fg.title(_one_line(clean_text(title)) or GENERATOR)
+    fg.description(_one_line(clean_text(description)) or GENERATOR)
+    fg.author({"name": _one_line(clean_text(title)) or GENERATOR})  # Atom wants a feed author
+    fg.link(href=self_url, rel="self", type=CONTENT_TYPES[fmt].split(";")[0])
+    fg.link(href=site_url, rel="alternate")  # the last link is RSS's channel link
+    fg.generator(GENERATOR)
+    fg.updated(newest)  # sets both atom:updated and rss:lastBuildDate
+    prefix = f"tag:{authority},{TAG_YEAR}:paper/"
+    atom = fmt == "atom"
+    for entry in entries:
+        paper = entry.paper
+        fe = fg.add_entry(order="append")  # 'prepend' is a list insert at 0: quadratic
+        fe.id(prefix + paper.key)  # also the RSS guid, isPermaLink="false"
+        fe.title(_one_line(clean_text(paper.title)))
+        fe.link(href=paper_link(paper.title))
+        fe.summary(_summary_html(entry), type="html")  # also the RSS description
+        if entry.topics:
+            fe.category([{"term": clean_text(t)} for t in entry.topics])
+        when = _when(entry)
+        if atom:
+            fe.updated(when)  # required in Atom; defaults to now otherwise
+        fe.published(when)  # Atom published / RSS pubDate
+    return fg.atom_str(pretty=False) if atom else fg.rss_str(pretty=False)
+
+
+def _cap_bytes(body: bytes, fmt: FeedFormat, max_bytes: int) -> tuple[bytes, int]:
+    """Drop the oldest items until the document fits, by cutting between serialised items.
+
+    Items are contiguous in the compact output and their text is escaped, so the literal open tag
+    only occurs at item starts; the cut document is byte-identical to serialising fewer entries
+    (the feed's date is the newest item's, which stays). Tested against a re-serialisation.
+    """
+    open_tag = b"<entry>" if fmt == "atom" else b"<item>"
+    close_tag = b"</entry>" if fmt == "atom" else b"</item>"
+    starts: list[int] = []
+    at = body.find(open_tag)
+    while at != -1:
+        starts.append(at)
+        at = body.find(open_tag, at + len(open_tag))
+    end = body.rfind(close_tag) + len(close_tag)
+    head, tail = body[: starts[0]], body[end:]
+    bounds = [*starts, end]
+    budget = max_bytes - len(head) - len(tail)
+    keep = len(starts)
+    while keep > 0 and bounds[keep] - bounds[0] > budget:
+        keep -= 1
+    return head + body[bounds[0] : bounds[keep]] + tail, keep
+
+
+def _etag_listed(etag: str, header: str) -> bool:
+    ours = _opaque(etag)
+    for match in re.finditer(r'(W/)?"([^"]*)"|([^\s,]+)', header):
+        if match.group(3) is not None:
+            token = match.group(3)
+            if token == "*":
+                return True
+            # Lenient: some clients drop the quotes.
+            if _opaque(token) == ours:
+                return True
+        elif match.group(2) == ours:
+            return True
+    return False
+
+
+def _opaque(tag: str) -> str:
+    tag = tag.strip()
+    if tag.startswith("W/"):
+        tag = tag[2:]
+    return tag.strip('"')
+
+
+def _parse_feed_date(text: str, fmt: FeedFormat) -> datetime | None:
+    if fmt == "atom":
+        try:
+            return _utc_seconds(datetime.fromisoformat(text))
+        except ValueError:
+            return None
+    return parse_http_date(text)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename durable; not every platform can open a directory.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
