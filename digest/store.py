@@ -1,0 +1,799 @@
+"""The store: every SQL statement of the project lives here (SQLAlchemy Core).
+
+SQLite by default (WAL, busy_timeout, foreign keys on; each transaction starts with an explicit
+BEGIN so DDL and DML are truly transactional) and PostgreSQL for `postgresql+psycopg://` URLs.
+The schema is versioned: `schema_version` records the applied steps of `MIGRATIONS`, and
+`Store.open` applies the missing ones. Timestamps go in and come out as timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from digest.errors import StoreError
+from digest.models import CADENCES, STATUSES, Paper, ParseResult, StoredPaper
+
+DUMP_STATUSES = ("stored", "failed", "duplicate")
+DIGEST_KINDS = ("email", "feed")
+DIGEST_STATUSES = ("queued", "sending", "sent", "failed", "bounced")
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Big enough to amortise round trips, small enough for SQLite's bound-parameter limit.
+_CHUNK = 500
+# PostgreSQL advisory lock ids (arbitrary constants, "dgst" + a purpose number).
+_PG_LOCK_MIGRATE = 0x64677374_0001
+_PG_LOCK_INGEST = 0x64677374_0002
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware datetime stored as UTC; naive values are refused, results are always aware."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the store needs timezone-aware times")
+        value = value.astimezone(UTC)
+        # SQLite keeps text; dropping the offset keeps every stored value in one sortable format.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _in(values: Sequence[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+# --- the current schema (what queries use) ----------------------------------------------------
+# Migration steps below are frozen history; when a table changes here, append a migration step
+# that brings an existing database to the same shape (test_store checks they agree).
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", Text, nullable=False),
+    Column("applied_at", UtcDateTime, nullable=False),
+)
+
+dumps = Table(
+    "dumps",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("papers", Integer, nullable=False, server_default="0"),
+    Column("new_papers", Integer, nullable=False, server_default="0"),
+    Column("error", Text),
+    Column("layout", String(32)),
+    Column("captured_on", Date),
+    CheckConstraint(f"status IN ({_in(DUMP_STATUSES)})", name="ck_dumps_status"),
+)
+# One *stored* dump per content; failed attempts and duplicates are recorded beside it.
+Index(
+    "ux_dumps_sha256_stored",
+    dumps.c.sha256,
+    unique=True,
+    sqlite_where=dumps.c.status == "stored",
+    postgresql_where=dumps.c.status == "stored",
+)
+Index("ix_dumps_sha256", dumps.c.sha256)
+Index("ix_dumps_received_at", dumps.c.received_at)
+
+papers = Table(
+    "papers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(64), nullable=False, unique=True),
+    Column("title", Text, nullable=False),
+    Column("abstract", Text, nullable=False),
+    Column("authors", Integer),
+    Column("organization", Text),
+    Column("organization_id", Text),
+    Column("published", Date),
+    Column("upvotes", Integer),
+    Column("first_seen", UtcDateTime, nullable=False),
+    Column("first_dump_id", Integer, ForeignKey("dumps.id"), nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+Index("ix_papers_first_seen", papers.c.first_seen)
+
+sightings = Table(
+    "sightings",
+    metadata,
+    Column("paper_id", Integer, ForeignKey("papers.id"), primary_key=True),
+    Column("dump_id", Integer, ForeignKey("dumps.id"), primary_key=True),
+    Column("upvotes", Integer),
+)
+Index("ix_sightings_dump_id", sightings.c.dump_id)
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", Text, nullable=False, unique=True),
+    Column("name", Text, nullable=False, server_default=""),
+    Column("status", String(16), nullable=False),
+    Column("cadence", String(16), nullable=False),
+    Column("time", String(5), nullable=False),
+    Column("tz", Text, nullable=False),
+    Column("weekday", Integer, nullable=False, server_default="0"),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("since", UtcDateTime),
+    Column("token", String(64), nullable=False, unique=True),
+    Column("bounces", Integer, nullable=False, server_default="0"),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint(f"status IN ({_in(STATUSES)})", name="ck_subscribers_status"),
+    CheckConstraint(f"cadence IN ({_in(CADENCES)})", name="ck_subscribers_cadence"),
+    CheckConstraint("weekday BETWEEN 0 AND 6", name="ck_subscribers_weekday"),
+)
+Index("ix_subscribers_status", subscribers.c.status)
+
+topics = Table(
+    "topics",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("position", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("query", Text, nullable=False),
+)
+Index("ix_topics_subscriber", topics.c.subscriber_id, topics.c.position)
+
+digests = Table(
+    "digests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", String(8), nullable=False),
+    Column("message_id", Text, nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("claimed_by", Text),
+    Column("lease_until", UtcDateTime),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UtcDateTime),
+    Column("sent_at", UtcDateTime),
+    Column("last_error", Text),
+    CheckConstraint(f"kind IN ({_in(DIGEST_KINDS)})", name="ck_digests_kind"),
+    CheckConstraint(f"status IN ({_in(DIGEST_STATUSES)})", name="ck_digests_status"),
+)
+Index("ix_digests_queue", digests.c.status, digests.c.next_attempt_at)
+Index("ix_digests_subscriber", digests.c.subscriber_id, digests.c.created_at)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("paper_id", Integer, ForeignKey("papers.id"), primary_key=True),
+    # Feed items reference a digest of kind 'feed'; nullable leaves room for other ledgers.
+    Column("digest_id", Integer, ForeignKey("digests.id", ondelete="CASCADE")),
+    Column("topic", Text),
+    Column("delivered_at", UtcDateTime, nullable=False),
+)
+Index("ix_deliveries_digest", deliveries.c.digest_id)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+
+def _schema_v1() -> MetaData:
+    """The schema as migration 1 creates it.
+
+    It equals the current tables today. Before changing a table above, freeze this function by
+    copying the v1 definitions into it (test_store pins its DDL), then append a migration step.
+    """
+    md = MetaData()
+    for table in metadata.sorted_tables:
+        if table.name != "schema_version":
+            table.to_metadata(md)
+    return md
+
+
+def _migration_1(conn: Connection) -> None:
+    _schema_v1().create_all(conn)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: its version number, what it does, and the function that does it."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+# Ordered; append only. A step runs inside the migration transaction (DDL is transactional on both
+# engines here) so a failed step leaves the database at the previous version.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1, "dumps, papers, sightings, subscribers, topics, digests, deliveries, meta", _migration_1
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+# --- records returned by the store ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DumpRecord:
+    """A row of the dumps table: one dump file the store was given, and what became of it."""
+
+    id: int
+    name: str
+    sha256: str
+    size: int
+    received_at: datetime
+    status: str
+    papers: int
+    new_papers: int
+    error: str | None = None
+    layout: str | None = None
+    captured_on: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """What ingesting one dump did: stored (with counts), or a recorded duplicate."""
+
+    dump_id: int
+    status: str  # 'stored' or 'duplicate'
+    papers: int
+    new_papers: int
+    duplicate_of: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """A paper seen in one dump, with the upvotes that dump showed."""
+
+    dump_id: int
+    dump_name: str
+    received_at: datetime
+    upvotes: int | None
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: pass a timezone-aware time")
+    return value.astimezone(UTC)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _merge_by_key(found: Iterable[Paper]) -> dict[str, Paper]:
+    """One record per key in dump order: first title and abstract, later non-null facts win."""
+    merged: dict[str, Paper] = {}
+    for paper in found:
+        key = paper.key
+        old = merged.get(key)
+        if old is None:
+            merged[key] = paper
+            continue
+        merged[key] = Paper(
+            title=old.title,
+            abstract=old.abstract or paper.abstract,
+            authors=paper.authors if paper.authors is not None else old.authors,
+            organization=paper.organization or old.organization,
+            organization_id=paper.organization_id or old.organization_id,
+            published=paper.published or old.published,
+            upvotes=paper.upvotes if paper.upvotes is not None else old.upvotes,
+            line=old.line,
+        )
+    return merged
+
+
+_PAPER_FACTS = ("authors", "organization", "organization_id", "published", "upvotes")
+
+
+class Store:
+    """The database behind digest; open with `Store.open(url)`, which also migrates it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    # -- lifecycle --
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect to a sqlite: or postgresql+psycopg: URL and bring its schema up to date."""
+        shown = _safe_url(url)
+        try:
+            parsed = make_url(url)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database URL {url!r} is not valid: {exc}") from None
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
+            engine = _sqlite_engine(parsed)
+        elif backend == "postgresql":
+            if parsed.drivername == "postgresql":
+                parsed = parsed.set(drivername="postgresql+psycopg")
+            engine = create_engine(parsed, pool_pre_ping=True)
+        else:
+            raise StoreError(f"database URL {shown}: only sqlite and postgresql are supported")
+        store = cls(engine)
+        if migrate:
+            try:
+                store.migrate()
+            except StoreError:
+                engine.dispose()
+                raise
+            except SQLAlchemyError as exc:
+                engine.dispose()
+                raise StoreError(f"database {shown}: {_reason(exc)}") from None
+        return store
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(digest_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read transaction: a consistent snapshot that does not block writers."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _lock(self, conn: Connection, lock_id: int) -> None:
+        """Serialise with other processes for this transaction (SQLite already is, by BEGIN
+        IMMEDIATE)."""
+        if self.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id})
+
+    # -- schema --
+
+    def schema_version(self) -> int:
+        """The highest applied migration step (0 for an empty database)."""
+        with self._read() as conn:
+            if not self.engine.dialect.has_table(conn, "schema_version"):
+                return 0
+            return conn.scalar(select(func.max(schema_version.c.version))) or 0
+
+    def migrate(self) -> list[int]:
+        """Apply the missing migration steps in one transaction; return the versions applied."""
+        applied: list[int] = []
+        with self._write() as conn:
+            self._lock(conn, _PG_LOCK_MIGRATE)
+            schema_version.create(conn, checkfirst=True)
+            current = conn.scalar(select(func.max(schema_version.c.version))) or 0
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {_safe_url(str(self.engine.url))} has schema version {current}, "
+                    f"newer than this digest knows ({SCHEMA_VERSION}); upgrade digest"
+                )
+            now = datetime.now(UTC)
+            for step in MIGRATIONS:
+                if step.version <= current:
+                    continue
+                step.apply(conn)
+                conn.execute(
+                    insert(schema_version).values(
+                        version=step.version, description=step.description, applied_at=now
+                    )
+                )
+                applied.append(step.version)
+        return applied
+
+    # -- dumps and papers --
+
+    def ingest_dump(
+        self,
+        name: str,
+        sha256: str,
+        size: int,
+        result: ParseResult,
+        *,
+        received_at: datetime,
+    ) -> IngestOutcome:
+        """Store one parsed dump in one transaction; the same content again is a recorded no-op."""
+        received_at = _utc(received_at)
+        merged = _merge_by_key(result.papers)
+        try:
+            with self._write() as conn:
+                self._lock(conn, _PG_LOCK_INGEST)
+                earlier = self._stored_dump_id(conn, sha256)
+                if earlier is not None:
+                    return self._insert_duplicate(conn, name, sha256, size, received_at, earlier)
+                dump_id = conn.execute(
+                    insert(dumps).values(
+                        name=name,
+                        sha256=sha256,
+                        size=size,
+                        received_at=received_at,
+                        status="stored",
+                        papers=len(merged),
+                        new_papers=0,
+                        layout=result.layout or None,
+                        captured_on=result.capture_date,
+                    )
+                ).inserted_primary_key[0]
+                new_count = self._upsert_papers(conn, dump_id, merged, received_at)
+                conn.execute(
+                    update(dumps).where(dumps.c.id == dump_id).values(new_papers=new_count)
+                )
+                return IngestOutcome(dump_id, "stored", len(merged), new_count)
+        except IntegrityError:
+            # Another process stored the same content between our check and our insert.
+            with self._write() as conn:
+                earlier = self._stored_dump_id(conn, sha256)
+                if earlier is None:
+                    raise
+                return self._insert_duplicate(conn, name, sha256, size, received_at, earlier)
+
+    def _stored_dump_id(self, conn: Connection, sha256: str) -> int | None:
+        return conn.scalar(
+            select(dumps.c.id).where(dumps.c.sha256 == sha256, dumps.c.status == "stored")
+        )
+
+    def _insert_duplicate(
+        self,
+        conn: Connection,
+        name: str,
+        sha256: str,
+        size: int,
+        received_at: datetime,
+        earlier: int,
+    ) -> IngestOutcome:
+        dump_id = conn.execute(
+            insert(dumps).values(
+                name=name,
+                sha256=sha256,
+                size=size,
+                received_at=received_at,
+                status="duplicate",
+                papers=0,
+                new_papers=0,
+                error=f"same content as dump {earlier}",
+            )
+        ).inserted_primary_key[0]
+        return IngestOutcome(dump_id, "duplicate", 0, 0, duplicate_of=earlier)
+
+    def _upsert_papers(
+        self, conn: Connection, dump_id: int, merged: dict[str, Paper], now: datetime
+    ) -> int:
+        """Insert new papers, update the changing facts of known ones, add the sightings."""
+        keys = list(merged)
+        existing: dict[str, Any] = {}
+        cols = [papers.c.id, papers.c.key, *(papers.c[f] for f in _PAPER_FACTS)]
+        for chunk in _chunks(keys):
+            for row in conn.execute(select(*cols).where(papers.c.key.in_(chunk))):
+                existing[row.key] = row
+        ids: dict[str, int] = {k: row.id for k, row in existing.items()}
+
+        fresh = [
+            {
+                "key": key,
+                "title": p.title,
+                "abstract": p.abstract,
+                "authors": p.authors,
+                "organization": p.organization,
+                "organization_id": p.organization_id,
+                "published": p.published,
+                "upvotes": p.upvotes,
+                "first_seen": now,
+                "first_dump_id": dump_id,
+                "updated_at": now,
+            }
+            for key, p in merged.items()
+            if key not in existing
+        ]
+        if fresh:
+            stmt = insert(papers).returning(papers.c.id, papers.c.key, sort_by_parameter_order=True)
+            for row in conn.execute(stmt, fresh):
+                ids[row.key] = row.id
+
+        changes = []
+        for key, row in existing.items():
+            p = merged[key]
+            values = {f: getattr(p, f) for f in _PAPER_FACTS}
+            new = {f: (values[f] if values[f] is not None else getattr(row, f)) for f in values}
+            if any(new[f] != getattr(row, f) for f in new):
+                changes.append(
+                    {"b_id": row.id, "b_now": now, **{f"b_{f}": v for f, v in new.items()}}
+                )
+        if changes:
+            conn.execute(
+                update(papers)
+                .where(papers.c.id == bindparam("b_id"))
+                .values(
+                    updated_at=bindparam("b_now"),
+                    **{f: bindparam(f"b_{f}") for f in _PAPER_FACTS},
+                ),
+                changes,
+            )
+
+        conn.execute(
+            insert(sightings),
+            [
+                {"paper_id": ids[key], "dump_id": dump_id, "upvotes": p.upvotes}
+                for key, p in merged.items()
+            ],
+        )
+        return len(fresh)
+
+    def record_failed_dump(
+        self, name: str, sha256: str, size: int, error: str, received_at: datetime
+    ) -> int:
+        """Record a dump that could not be stored, with why; returns its dumps row id."""
+        with self._write() as conn:
+            return conn.execute(
+                insert(dumps).values(
+                    name=name,
+                    sha256=sha256,
+                    size=size,
+                    received_at=_utc(received_at),
+                    status="failed",
+                    papers=0,
+                    new_papers=0,
+                    error=error,
+                )
+            ).inserted_primary_key[0]
+
+    def record_duplicate_dump(
+        self, name: str, sha256: str, size: int, received_at: datetime
+    ) -> IngestOutcome:
+        """Record that content already stored arrived again (without parsing it again)."""
+        with self._write() as conn:
+            self._lock(conn, _PG_LOCK_INGEST)
+            earlier = self._stored_dump_id(conn, sha256)
+            if earlier is None:
+                raise StoreError(f"dump {name}: no stored dump has sha256 {sha256}")
+            return self._insert_duplicate(conn, name, sha256, size, _utc(received_at), earlier)
+
+    def dump_by_sha256(self, sha256: str) -> DumpRecord | None:
+        """The stored dump with this content if any, else the latest attempt with it, else None."""
+        order = (dumps.c.status == "stored").desc(), dumps.c.id.desc()
+        with self._read() as conn:
+            row = conn.execute(
+                select(dumps).where(dumps.c.sha256 == sha256).order_by(*order).limit(1)
+            ).first()
+        return _dump(row) if row else None
+
+    def recent_dumps(self, limit: int = 20) -> list[DumpRecord]:
+        """The latest dumps received, newest first, whatever became of them."""
+        with self._read() as conn:
+            rows = conn.execute(select(dumps).order_by(dumps.c.id.desc()).limit(limit))
+            return [_dump(r) for r in rows]
+
+    def count_papers(self) -> int:
+        """How many distinct papers are stored."""
+        with self._read() as conn:
+            return conn.scalar(select(func.count()).select_from(papers)) or 0
+
+    def papers_first_seen_since(self, ts: datetime) -> list[StoredPaper]:
+        """Papers first stored at or after `ts`, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(papers)
+                .where(papers.c.first_seen >= _utc(ts))
+                .order_by(papers.c.first_seen, papers.c.id)
+            )
+            return [_paper(r) for r in rows]
+
+    def recent_papers(self, limit: int = 100) -> list[StoredPaper]:
+        """The most recently first-stored papers, newest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(papers).order_by(papers.c.first_seen.desc(), papers.c.id.desc()).limit(limit)
+            )
+            return [_paper(r) for r in rows]
+
+    def papers_by_ids(self, ids: Iterable[int]) -> dict[int, StoredPaper]:
+        """The stored papers with these ids, by id (unknown ids are absent)."""
+        wanted = sorted(set(ids))
+        found: dict[int, StoredPaper] = {}
+        with self._read() as conn:
+            for chunk in _chunks(wanted):
+                for row in conn.execute(select(papers).where(papers.c.id.in_(chunk))):
+                    found[row.id] = _paper(row)
+        return found
+
+    def paper_by_key(self, key: str) -> StoredPaper | None:
+        """The stored paper with this identity key (see models.paper_key), if any."""
+        with self._read() as conn:
+            row = conn.execute(select(papers).where(papers.c.key == key)).first()
+        return _paper(row) if row else None
+
+    def upvote_history(self, paper_id: int) -> list[Sighting]:
+        """Every dump that showed this paper, oldest first, with the upvotes it showed."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(sightings.c.dump_id, dumps.c.name, dumps.c.received_at, sightings.c.upvotes)
+                .join(dumps, dumps.c.id == sightings.c.dump_id)
+                .where(sightings.c.paper_id == paper_id)
+                .order_by(dumps.c.received_at, dumps.c.id)
+            )
+            return [Sighting(r.dump_id, r.name, r.received_at, r.upvotes) for r in rows]
+
+    # -- meta --
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        """A value kept in the meta table (e.g. a generated secret key), or `default`."""
+        with self._read() as conn:
+            value = conn.scalar(select(meta.c.value).where(meta.c.key == key))
+        return default if value is None else value
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a meta value, replacing any earlier one."""
+        stmt = self._dialect_insert(meta).values(key=key, value=value)
+        with self._write() as conn:
+            conn.execute(
+                stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": value})
+            )
+
+    def meta_setdefault(self, key: str, value: str) -> str:
+        """Keep `value` under `key` unless one is there already; return the value that won."""
+        stmt = self._dialect_insert(meta).values(key=key, value=value)
+        with self._write() as conn:
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=[meta.c.key]))
+            return conn.scalar(select(meta.c.value).where(meta.c.key == key))
+
+    def _dialect_insert(self, table: Table) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _sqlite_engine(url: Any) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # pysqlite's own transaction handling skips BEGIN before DDL; we issue BEGIN ourselves.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the lock up front: a deferred transaction that later writes can fail
+        # with SQLITE_BUSY at once instead of waiting for busy_timeout.
+        write = conn.get_execution_options().get("digest_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except SQLAlchemyError:
+        return "<invalid URL>"
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).strip().splitlines()[0]
+
+
+def _dump(row: Any) -> DumpRecord:
+    return DumpRecord(
+        id=row.id,
+        name=row.name,
+        sha256=row.sha256,
+        size=row.size,
+        received_at=row.received_at,
+        status=row.status,
+        papers=row.papers,
+        new_papers=row.new_papers,
+        error=row.error,
+        layout=row.layout,
+        captured_on=row.captured_on,
+    )
+
+
+def _paper(row: Any) -> StoredPaper:
+    return StoredPaper(
+        id=row.id,
+        key=row.key,
+        title=row.title,
+        abstract=row.abstract,
+        first_seen=row.first_seen,
+        authors=row.authors,
+        organization=row.organization,
+        organization_id=row.organization_id,
+        published=row.published,
+        upvotes=row.upvotes,
+    )
