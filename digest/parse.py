@@ -1,0 +1,604 @@
+"""The dump parser: saved "Daily Papers" pages to Paper records, deciding layout by structure.
+
+How a dump is read (the README documents it for users):
+
+1. Lines are split on LF after CRLF/CR are folded; each line is stripped (trailing spaces, tabs).
+2. Every non-blank line is one token: page chrome ("Subscribe", "Daily Papers"...), a metadata line
+   ("• 5 authors", "·", a date such as "Nov 24, 2025 2") or text.
+3. Text lines pair up as (title, abstract). Structure decides, not the file name: blank lines are
+   only noted (for the layout description), metadata closes an entry, and the alternation title,
+   abstract is checked against the shape of each line (a title is at most 300 characters and does
+   not end with a period; an abstract ends a sentence or is longer than any title). When the shape
+   contradicts the alternation, a small dynamic programme finds the cheapest reading and every line
+   it skips or doubts becomes a warning with its line number: never a silent guess.
+4. An organization line ("nvidia NVIDIA": hub id, then display name) is recognised by position: it
+   sits in a metadata group, just before the "·" or the date line.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from digest.errors import ParseError
+from digest.models import Paper, ParseResult, ParseWarning
+
+TITLE_MAX = 300  # longest line that can be a title; real titles stay under 200
+_ORG_MAX = 120  # longest line that can be an organization line
+_META_MAX = 40  # metadata lines are short; longer lines skip the metadata regex
+
+_CHROME = frozenset(
+    {
+        "new",
+        "Get trending papers in your email inbox!",
+        "Get trending papers in your email inbox once a day!",
+        "Subscribe",
+        "Daily Papers",
+        "byAK and the research community",
+    }
+)
+_GLUED_CHROME = "Subscribe"
+_SHORT_MAX = max(_META_MAX, *map(len, _CHROME))  # lines longer than this are always text
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+_META_RE = re.compile(
+    r"(?:[•∙]\s*)?(?P<n>\d{1,5})\s+authors?"
+    r"|(?P<dot>[·•∙])"
+    r"|(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+(?P<day>\d{1,2})"
+    r"(?:(?P<comma>,)\s*(?P<year>\d{4}))?(?:\s+(?P<up>\d{1,7}))?"
+)
+# Hub ids are letters, digits, "-", "_" and "."; the display name is free text.
+_ORG_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s+(\S.*)")
+
+# Token kinds.
+_TEXT, _CHROME_K, _AUTH, _DOT, _DATE = range(5)
+_META_KINDS = (_AUTH, _DOT, _DATE)
+
+_SENTENCE_END = frozenset(".!?")
+_SKIP = 3.0  # cost of leaving a line out of every record
+_INF = float("inf")
+
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13)) + b"\x7f"
+_KEEP_BYTES = bytes(b for b in range(256) if b not in _CONTROL_BYTES)
+_BINARY_CONTROL_SHARE = 0.05  # more control bytes than this share means "not a text file"
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def parse_text(
+    text: str, *, name: str = "<input>", capture_date: date | None = None
+) -> ParseResult:
+    """Parse one decoded dump; `capture_date` is when it was saved (default today)."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _Parser(name, capture_date or date.today()).run(text)
+
+
+def parse_bytes(
+    data: bytes,
+    *,
+    name: str = "<input>",
+    mtime: float | None = None,
+    max_bytes: int | None = None,
+) -> ParseResult:
+    """Check, decode and parse one dump's bytes; `mtime` dates a page without a year."""
+    size = len(data)
+    if max_bytes is not None and size > max_bytes:
+        raise ParseError(f"file is {size:,} bytes, over the limit of {max_bytes:,}", file=name)
+    if data.startswith(_UTF16_BOMS):
+        raise ParseError("file is UTF-16 text; save it as UTF-8", file=name, line=1)
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    if not data.strip():
+        raise ParseError("file is empty" if not data else "file holds only white space", file=name)
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ParseError(f"binary file (NUL byte at offset {nul})", file=name, line=line)
+    controls = len(data.translate(None, _KEEP_BYTES))
+    if controls > _BINARY_CONTROL_SHARE * len(data):
+        raise ParseError(f"binary file ({controls} control bytes in {len(data)})", file=name)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        bad = data[exc.start : exc.start + 1].hex()
+        raise ParseError(
+            f"not UTF-8: invalid byte 0x{bad} at byte offset {exc.start}", file=name, line=line
+        ) from None
+    extra: list[ParseWarning] = []
+    if controls:
+        text, extra = _blank_controls(text)
+    ref = date.fromtimestamp(mtime) if mtime is not None else None
+    result = parse_text(text, name=name, capture_date=ref)
+    if extra:
+        warnings = tuple(sorted(extra + list(result.warnings), key=lambda w: w.line))
+        result = ParseResult(result.papers, warnings, result.layout, result.capture_date)
+    return result
+
+
+def parse_file(path: Path, *, max_bytes: int | None = None) -> ParseResult:
+    """Read and parse one dump file, refusing it before reading when it is over `max_bytes`."""
+    name = str(path)
+    try:
+        st = path.stat()
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ParseError(
+                f"file is {st.st_size:,} bytes, over the limit of {max_bytes:,}", file=name
+            )
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ParseError("is a directory, not a dump file", file=name) from None
+    except OSError as exc:
+        raise ParseError(f"cannot read: {exc.strerror or exc}", file=name) from None
+    return parse_bytes(data, name=name, mtime=st.st_mtime, max_bytes=max_bytes)
+
+
+def paper_to_json(p: Paper) -> dict:
+    """The CONTRACT.md JSON shape of one paper."""
+    return {
+        "title": p.title,
+        "abstract": p.abstract,
+        "authors": p.authors,
+        "organization": p.organization,
+        "organization_id": p.organization_id,
+        "published": p.published.isoformat() if p.published else None,
+        "upvotes": p.upvotes,
+    }
+
+
+LAYOUTS = ("blocks", "compact", "entries")
+
+
+def format_dump(
+    papers: list[Paper] | tuple[Paper, ...],
+    *,
+    layout: str = "blocks",
+    page_date: str | None = None,
+    capture_date: date | None = None,
+) -> str:
+    """Write papers as a dump in a known layout (for tests, benchmarks and sample data).
+
+    blocks: every line its own blank-separated paragraph (dump 000); compact: no blank lines and
+    "Subscribe" glued to the first title (dump 002); entries: one blank-separated block per paper.
+    A date is written without its year when it falls within the year before `capture_date`.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    out: list[str] = []
+    if layout == "compact":
+        out += ["Get trending papers in your email inbox once a day!"]
+        out += ["Get trending papers in your email inbox!"]
+    else:
+        out += ["new", "Get trending papers in your email inbox!", "Subscribe", "Daily Papers"]
+        out += ["byAK and the research community"]
+        if page_date:
+            out.append(page_date)
+    entries = [_format_entry(p, capture_date) for p in papers]
+    if layout == "compact":
+        lines = [line for entry in entries for line in entry]
+        if lines:
+            lines[0] = _GLUED_CHROME + lines[0]
+        return "\n".join(out + lines) + "\n"
+    if layout == "blocks":
+        return "\n\n".join(out + [line for entry in entries for line in entry]) + "\n"
+    return "\n\n".join(["\n\n".join(out)] + ["\n".join(entry) for entry in entries]) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Internals
+
+
+def _format_entry(p: Paper, capture_date: date | None) -> list[str]:
+    lines = [p.title, p.abstract]
+    if p.authors is not None:
+        lines.append(f"  • {p.authors} author{'' if p.authors == 1 else 's'}")
+    if p.organization_id is not None:
+        lines.append(f"{p.organization_id} {p.organization or p.organization_id}")
+    if p.published is not None:
+        lines.append("·")
+        d = p.published
+        day = f"{d.strftime('%b')} {d.day}"
+        yearless = capture_date is not None and _resolve(d.month, d.day, capture_date) == d
+        text = day if yearless else f"{day}, {d.year}"
+        lines.append(text if p.upvotes is None else f"{text} {p.upvotes}")
+    elif p.authors is not None or p.organization_id is not None:
+        lines.append("·")
+    return lines
+
+
+def _blank_controls(text: str) -> tuple[str, list[ParseWarning]]:
+    """Replace stray control characters by spaces, warning once per line."""
+    pattern = re.compile("[" + re.escape(_CONTROL_BYTES.decode("ascii")) + "]")
+    warnings = []
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if pattern.search(line):
+            lines[i] = pattern.sub(" ", line)
+            warnings.append(ParseWarning(i + 1, "control characters replaced by spaces"))
+    return "\n".join(lines), warnings
+
+
+def _resolve(month: int, day: int, ref: date) -> date | None:
+    """The latest real date with this month and day that is not later than `ref`."""
+    for year in range(ref.year, ref.year - 9, -1):  # 8 years back covers every Feb 29
+        try:
+            d = date(year, month, day)
+        except ValueError:
+            if not (month == 2 and day == 29):
+                return None
+            continue
+        if d <= ref:
+            return d
+    return None
+
+
+def _title_cost(s: str) -> float:
+    if len(s) > TITLE_MAX:
+        return _INF
+    return 2.0 if s[-1] == "." else 0.0
+
+
+def _abstract_cost(s: str) -> float:
+    if len(s) > TITLE_MAX or s[-1] in _SENTENCE_END:
+        return 0.0
+    # Short text that ends no sentence is more likely a stray line than an abstract.
+    return 1.5 if len(s) >= 100 else 7.0
+
+
+def _clean(s: str) -> str:
+    if "\t" in s or "  " in s or "\xa0" in s:
+        return " ".join(s.split())
+    return s
+
+
+def _quote(s: str) -> str:
+    return repr(s if len(s) <= 60 else s[:57] + "...")
+
+
+@dataclass(slots=True)
+class _Meta:
+    line: int
+    authors: int | None = None
+    organization: str | None = None
+    organization_id: str | None = None
+    published: date | None = None
+    upvotes: int | None = None
+
+
+class _Parser:
+    """One parse: tokens, then entries. Holds only per-call state."""
+
+    def __init__(self, name: str, ref: date) -> None:
+        self.name = name
+        self.ref = ref
+        self.capture = ref
+        self.warnings: list[ParseWarning] = []
+        self.papers: list[Paper] = []
+        self.last_text_line = 0
+        self.with_meta = 0
+
+    def warn(self, line: int, message: str) -> None:
+        self.warnings.append(ParseWarning(line, message))
+
+    # -- pass 1: one token per non-blank line ------------------------------------------------
+
+    def tokenize(self, text: str) -> tuple[list[tuple], int, int]:
+        toks: list[tuple] = []
+        append = toks.append
+        chrome, meta_match = _CHROME, _META_RE.fullmatch
+        blank = True
+        seen_text = False
+        seen_subscribe = False
+        adjacent = separated = 0
+        prev_text = False
+        for lineno, raw in enumerate(text.split("\n"), 1):
+            s = raw.strip()
+            if not s:
+                blank = True
+                continue
+            kind, m = _TEXT, None
+            if len(s) <= _SHORT_MAX:
+                if s in chrome:
+                    kind = _CHROME_K
+                    seen_subscribe = seen_subscribe or s == _GLUED_CHROME
+                elif len(s) <= _META_MAX:
+                    m = meta_match(s)
+                    if m is not None:
+                        kind = _AUTH if m["n"] else _DOT if m["dot"] else _DATE
+            if kind == _TEXT:
+                if not seen_text:
+                    seen_text = True
+                    s = self._unglue(s, lineno, seen_subscribe)
+                if prev_text:
+                    if blank:
+                        separated += 1
+                    else:
+                        adjacent += 1
+                prev_text = True
+                self.last_text_line = lineno
+            else:
+                prev_text = False
+            append((kind, lineno, s, m))
+            blank = False
+        return toks, adjacent, separated
+
+    def _unglue(self, s: str, lineno: int, seen_subscribe: bool) -> str:
+        # A saved compact page runs the "Subscribe" button into the first title.
+        g = len(_GLUED_CHROME)
+        if (
+            not seen_subscribe
+            and s.startswith(_GLUED_CHROME)
+            and len(s) > g
+            and (s[g].isupper() or s[g].isdigit())
+        ):
+            return s[g:].lstrip()
+        return s
+
+    # -- pass 2: entries -----------------------------------------------------------------------
+
+    def run(self, text: str) -> ParseResult:
+        toks, adjacent, separated = self.tokenize(text)
+        n = len(toks)
+        seg: list[tuple[int, str]] = []
+        started = False  # a text line has been seen: later chrome is out of place
+        page_date_tok = None
+        i = 0
+        while i < n:
+            kind, ln, s, m = toks[i]
+            if kind == _TEXT:
+                if seg and len(seg) % 2 == 0 and self._org_at(toks, i):
+                    i = self._meta_group(toks, i, seg)
+                    seg = []
+                    continue
+                seg.append((ln, s))
+                started = True
+                i += 1
+            elif kind == _CHROME_K:
+                if started:
+                    self.warn(ln, f"page chrome {_quote(s)} among the entries; skipped")
+                    self._emit(seg, None)
+                    seg = []
+                i += 1
+            elif not started and kind == _DATE and page_date_tok is None:
+                page_date_tok = toks[i]
+                self._page_date(m, ln)
+                i += 1
+            else:
+                i = self._meta_group(toks, i, seg)
+                seg = []
+        self._emit(seg, None)
+        if toks and toks[-1][0] == _TEXT and not text.endswith("\n") and self.papers:
+            ln, last = toks[-1][1], toks[-1][2]
+            if self.papers[-1].abstract == _clean(last) and last[-1] not in ".!?)":
+                self.warn(ln, "the file ends without a newline inside this abstract (cut short?)")
+        if not self.papers:
+            reason = "no paper found (expected title and abstract lines)"
+            if self.warnings:
+                w = self.warnings[0]
+                reason += f"; {len(self.warnings)} problem(s), first at line {w.line}: {w.message}"
+            raise ParseError(reason, file=self.name)
+        self.warnings.sort(key=lambda w: w.line)
+        return ParseResult(
+            papers=tuple(self.papers),
+            warnings=tuple(self.warnings),
+            layout=self._layout(adjacent, separated),
+            capture_date=self.capture,
+        )
+
+    def _layout(self, adjacent: int, separated: int) -> str:
+        if adjacent and separated:
+            shape = f"mixed ({adjacent} adjacent, {separated} blank-separated text lines)"
+        elif adjacent:
+            shape = "compact"
+        else:
+            shape = "blocks"
+        count = len(self.papers)
+        if self.with_meta == 0:
+            return f"{shape}, no metadata"
+        if self.with_meta == count:
+            return f"{shape}, metadata on every paper"
+        return f"{shape}, metadata on {self.with_meta} of {count} papers"
+
+    def _page_date(self, m: re.Match, ln: int) -> None:
+        month, day = _MONTHS[m["mon"]], int(m["day"])
+        if m["year"]:
+            try:
+                self.capture = date(int(m["year"]), month, day)
+            except ValueError:
+                self.warn(ln, f"page date {m[0]!r} is not a real date; ignored")
+            return
+        d = _resolve(month, day, self.ref)
+        if d is None:
+            self.warn(ln, f"page date {m[0]!r} is not a real date; ignored")
+        else:
+            self.capture = d
+
+    def _org_at(self, toks: list[tuple], i: int) -> bool:
+        """A text token is an organization line when a metadata line follows and shape fits."""
+        if i + 1 >= len(toks) or toks[i + 1][0] not in (_DOT, _DATE):
+            return False
+        s = toks[i][2]
+        return len(s) <= _ORG_MAX and _ORG_RE.fullmatch(s) is not None
+
+    def _meta_group(self, toks: list[tuple], i: int, seg: list[tuple[int, str]]) -> int:
+        """Read the run of metadata lines starting at toks[i], attach it, return the next index."""
+        meta = _Meta(toks[i][1])
+        n = len(toks)
+        while i < n:
+            kind, ln, s, m = toks[i]
+            if kind == _AUTH:
+                if meta.authors is not None:
+                    self.warn(ln, f"second author count {s!r} in one entry; ignored")
+                else:
+                    meta.authors = int(m["n"])
+            elif kind == _DATE:
+                self._date(meta, m, ln)
+            elif kind == _TEXT and self._org_at(toks, i):
+                om = _ORG_RE.fullmatch(s)
+                if meta.organization_id is not None:
+                    self.warn(ln, f"second organization {s!r} in one entry; ignored")
+                else:
+                    meta.organization_id, meta.organization = om[1], om[2]
+            elif kind != _DOT:
+                break
+            i += 1
+        self._emit(seg, meta)
+        return i
+
+    def _date(self, meta: _Meta, m: re.Match, ln: int) -> None:
+        if meta.published is not None:
+            self.warn(ln, f"second date {m[0]!r} in one entry; ignored")
+            return
+        month, day = _MONTHS[m["mon"]], int(m["day"])
+        year, up = m["year"], m["up"]
+        if year is None and up is not None and len(up) == 4 and 1900 <= int(up) <= 2100:
+            # "Feb 26 2025": a year without its comma, or 2025 upvotes? Trust the calendar.
+            self.warn(ln, f"date {m[0]!r}: read {up} as the year, not as upvotes")
+            year, up = up, None
+        if year is not None:
+            try:
+                d = date(int(year), month, day)
+            except ValueError:
+                d = None
+        else:
+            d = _resolve(month, day, self.capture)
+        if d is None:
+            self.warn(ln, f"date {m[0]!r} is not a real date; ignored")
+            return
+        if d > self.capture:
+            self.warn(ln, f"date {m[0]!r} is later than the page's date {self.capture}")
+        meta.published = d
+        meta.upvotes = int(up) if up is not None else None
+
+    def _emit(self, seg: list[tuple[int, str]], meta: _Meta | None) -> None:
+        """Turn a run of text lines (and the metadata after it) into papers."""
+        if not seg:
+            if meta is not None:
+                self.warn(meta.line, "metadata that follows no abstract; ignored")
+            return
+        pairs = self._pair(seg)
+        papers = self.papers
+        for t, a in pairs[:-1] if meta is not None else pairs:
+            papers.append(Paper(_clean(t[1]), _clean(a[1]), line=t[0]))
+        if meta is None:
+            return
+        if pairs and pairs[-1][1] is seg[-1]:
+            t, a = pairs[-1]
+            self.with_meta += 1
+            papers.append(
+                Paper(
+                    _clean(t[1]),
+                    _clean(a[1]),
+                    authors=meta.authors,
+                    organization=meta.organization,
+                    organization_id=meta.organization_id,
+                    published=meta.published,
+                    upvotes=meta.upvotes,
+                    line=t[0],
+                )
+            )
+        else:
+            if pairs:
+                t, a = pairs[-1]
+                papers.append(Paper(_clean(t[1]), _clean(a[1]), line=t[0]))
+            self.warn(meta.line, "metadata that follows no abstract; ignored")
+
+    def _pair(self, seg: list[tuple[int, str]]) -> list[tuple[tuple[int, str], tuple[int, str]]]:
+        """Pair text lines as (title, abstract); warn about every line left out or doubted."""
+        n = len(seg)
+        if n % 2 == 0:
+            ok = True
+            for k in range(0, n, 2):
+                t, a = seg[k][1], seg[k + 1][1]
+                if (
+                    len(t) > TITLE_MAX
+                    or t[-1] == "."
+                    or not (len(a) > TITLE_MAX or a[-1] in _SENTENCE_END)
+                ):
+                    ok = False
+                    break
+            if ok:
+                return [(seg[k], seg[k + 1]) for k in range(0, n, 2)]
+        return self._pair_slow(seg)
+
+    def _pair_slow(self, seg: list[tuple[int, str]]) -> list:
+        # Viterbi over two states: 0 = expecting a title, 1 = holding a title, expecting its
+        # abstract. Ties prefer the line just above an abstract as its title (the known layouts).
+        n = len(seg)
+        cost = [[_INF, _INF] for _ in range(n + 1)]
+        back: list[list[tuple | None]] = [[None, None] for _ in range(n + 1)]
+        cost[0][0] = 0.0
+        for i, (_, s) in enumerate(seg):
+            tc, ac = _title_cost(s), _abstract_cost(s)
+            c0, c1 = cost[i]
+            # (previous state, action, added cost, next state)
+            moves = (
+                (0, "skip", _SKIP, 0, c0),
+                (0, "title", tc, 1, c0),
+                (1, "abstract", ac, 0, c1),
+                (1, "skip-mid", _SKIP + 0.1, 1, c1),
+                (1, "retitle", _SKIP + tc, 1, c1),
+            )
+            for prev, action, add, nxt, base in moves:
+                total = base + add
+                if total < cost[i + 1][nxt]:
+                    cost[i + 1][nxt] = total
+                    back[i + 1][nxt] = (prev, action)
+        state = 0 if cost[n][0] <= cost[n][1] + _SKIP else 1
+        actions = []
+        for i in range(n, 0, -1):
+            prev, action = back[i][state]
+            actions.append(action)
+            state = prev
+        actions.reverse()
+        pairs = []
+        title = None
+        for (ln, s), action in zip(seg, actions, strict=True):
+            if action == "title":
+                title = (ln, s)
+                if _title_cost(s):
+                    self.warn(ln, f"{_quote(s)} taken as a title although it ends with a period")
+            elif action == "retitle":
+                self._drop_title(title)
+                title = (ln, s)
+            elif action == "abstract":
+                if _abstract_cost(s):
+                    self.warn(
+                        ln,
+                        f"{_quote(s)} taken as the abstract of line {title[0]} although it is "
+                        "short and ends no sentence",
+                    )
+                pairs.append((title, (ln, s)))
+                title = None
+            elif len(s) > TITLE_MAX:
+                self.warn(ln, "paragraph without a title (a second abstract paragraph?); skipped")
+            else:
+                self.warn(ln, f"unknown line skipped: {_quote(s)}")
+        if title is not None:
+            self._drop_title(title)
+        return pairs
+
+    def _drop_title(self, title: tuple[int, str]) -> None:
+        ln, s = title
+        if ln == self.last_text_line:
+            self.warn(
+                ln,
+                f"incomplete entry at line {ln}: title without abstract (file cut "
+                f"short?); dropped: {_quote(s)}",
+            )
+        else:
+            self.warn(ln, f"line with no abstract after it skipped: {_quote(s)}")
