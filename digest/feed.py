@@ -43,6 +43,7 @@ TAG_YEAR = "2025"
 
 PAPER_SEARCH_URL = "https://huggingface.co/papers?q="
 GENERATOR = "Daily Papers Digest"
+UNTITLED = "(untitled paper)"
 
 # Characters XML 1.0 forbids (lxml raises on them), C1 controls (legal but never meant as text),
 # and bidi embeddings/overrides/isolates, which let a hostile title reorder how the text around it
@@ -430,11 +431,12 @@ def _serialise(
         paper = entry.paper
         fe = fg.add_entry(order="append")  # 'prepend' is a list insert at 0: quadratic
         fe.id(prefix + paper.key)  # also the RSS guid, isPermaLink="false"
-        fe.title(_one_line(clean_text(paper.title)))
+        fe.title(_one_line(clean_text(paper.title)) or UNTITLED)  # feedgen refuses ""
         fe.link(href=paper_link(paper.title))
         fe.summary(_summary_html(entry), type="html")  # also the RSS description
-        if entry.topics:
-            fe.category([{"term": clean_text(t)} for t in entry.topics])
+        topics = [{"term": t} for t in map(_one_line, map(clean_text, entry.topics)) if t]
+        if topics:
+            fe.category(topics)
         when = _when(entry)
         if atom:
             fe.updated(when)  # required in Atom; defaults to now otherwise
