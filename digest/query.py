@@ -1,0 +1,410 @@
+"""The keyword query language: parse a topic's text once into an immutable, hashable Query.
+
+Grammar (lowest precedence first):
+    query  := alt ((","|newline) alt)*       alternatives: any may match
+    alt    := and ("OR" and)*
+    and    := unary (["AND"] unary)*         juxtaposition is AND
+    unary  := "NOT" unary | "-" unary | FIELD ":" unary | primary
+    primary:= word | word* | "phrase" | upvotes>=N | authors<=N | "(" query ")"
+An alternative made only of exclusions excludes from the whole topic. Leaves and boolean nodes
+are plain tuples (Node) with order-free children, so equal sub-expressions of different queries
+are equal keys and the matcher evaluates each once per batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from digest import text as textmod
+from digest.errors import QueryError
+
+FIELDS = ("title", "abstract", "org")
+NUMERIC = ("upvotes", "authors")
+OPERATORS = ("<=", ">=", "<", ">", "=")
+
+
+class Node(NamedTuple):
+    """A query node. kind: t (stem), p (phrase stems), x (prefix), o (org), n (number),
+    and, or, not. field: "title", "abstract" or None (either). arg: the kind's payload."""
+
+    kind: str
+    field: str | None
+    arg: object
+
+
+@dataclass(frozen=True)
+class Query:
+    """A compiled topic query: its text, boolean tree and the positive words for highlighting."""
+
+    text: str
+    root: Node = field(compare=False)
+    terms: tuple[Node, ...] = field(compare=False, default=())
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Query) and self.root == other.root
+
+
+def describe_node(node: Node) -> str:
+    """A readable form of a leaf (for debugging and previews)."""
+    prefix = f"{node.field}:" if node.field else ""
+    if node.kind == "t":
+        return prefix + str(node.arg)
+    if node.kind == "p":
+        return prefix + '"' + " ".join(node.arg) + '"'  # type: ignore[arg-type]
+    if node.kind == "x":
+        return f"{prefix}{node.arg}*"
+    if node.kind == "o":
+        return "org:" + " ".join(node.arg)  # type: ignore[arg-type]
+    if node.kind == "n":
+        name, op, value = node.arg  # type: ignore[misc]
+        return f"{name}{op}{value}"
+    if node.kind == "not":
+        return "NOT " + describe_node(node.arg)  # type: ignore[arg-type]
+    joiner = " AND " if node.kind == "and" else " OR "
+    return "(" + joiner.join(sorted(describe_node(c) for c in node.arg)) + ")"  # type: ignore[attr-defined]
+
+
+def describe_error(text: str, err: QueryError) -> str:
+    """The offending line of the query with a caret under the error's column, then the message."""
+    offset = max(0, min(err.column - 1, len(text)))
+    line_start = text.rfind("\n", 0, offset) + 1
+    line_end = text.find("\n", offset)
+    line = text[line_start : line_end if line_end >= 0 else len(text)]
+    where = ""
+    if "\n" in text:
+        where = f"line {text.count(chr(10), 0, offset) + 1}: "
+    caret = " " * (len(where) + offset - line_start) + "^"
+    return f"{where}{line}\n{caret}\n{err}"
+
+
+# ---------------------------------------------------------------- lexer
+
+
+class _Tok(NamedTuple):
+    kind: str  # word, phrase, num, field, (, ), sep, AND, OR, NOT, -
+    value: object
+    col: int  # 1-based
+    end: int  # 1-based column after the token
+
+
+_BARE_STOP = set(' \t\r\n,()"“”')
+_NUM_RE = re.compile(r"([A-Za-z_]+)(<=|>=|<|>|=)(.*)\Z", re.S)
+_FIELD_RE = re.compile(r"([A-Za-z_]+):(.*)\Z", re.S)
+_QUOTES = {'"': '"', "“": "”", "”": "”"}
+
+
+def _err(text: str, col: int, message: str, hint: str = "") -> QueryError:
+    return QueryError(message, query=text, column=col, hint=hint)
+
+
+def _lex(text: str) -> list[_Tok]:
+    out: list[_Tok] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        col = i + 1
+        if c in " \t\r":
+            i += 1
+        elif c == "\n":
+            out.append(_Tok("sep", "\n", col, col + 1))
+            i += 1
+        elif c == ",":
+            out.append(_Tok("sep", ",", col, col + 1))
+            i += 1
+        elif c in "()":
+            out.append(_Tok(c, c, col, col + 1))
+            i += 1
+        elif c in _QUOTES:
+            close = text.find(_QUOTES[c], i + 1)
+            if c == '"' and close < 0:
+                close = text.find("”", i + 1)
+            if close < 0:
+                raise _err(text, col, "unbalanced quote", 'close the phrase with "')
+            out.append(_Tok("phrase", text[i + 1 : close], col, close + 2))
+            i = close + 1
+        elif c == "-" and (i + 1 >= n or text[i + 1] in " \t\r\n,)"):
+            raise _err(text, col, "'-' excludes the word after it, but none follows",
+                       "write -word or -\"a phrase\" without a space")  # fmt: skip
+        elif c == "-":
+            out.append(_Tok("-", c, col, col + 1))
+            i += 1
+        else:
+            j = i
+            while j < n and text[j] not in _BARE_STOP:
+                j += 1
+            _lex_bare(text, text[i:j], i, out)
+            i = j
+    return out
+
+
+def _lex_bare(text: str, bare: str, i: int, out: list[_Tok]) -> None:
+    col, end = i + 1, i + len(bare) + 1
+    if bare in ("AND", "OR", "NOT"):
+        out.append(_Tok(bare, bare, col, end))
+        return
+    m = _NUM_RE.match(bare)
+    if m and ":" not in m.group(1):
+        name, op, value = m.group(1).lower(), m.group(2), m.group(3)
+        if name not in NUMERIC:
+            raise _err(text, col, f"unknown number field {m.group(1)!r}",
+                       "numbers are upvotes and authors, e.g. upvotes>=10; "
+                       'quote text to search for it')  # fmt: skip
+        vcol = col + len(m.group(1)) + len(op)
+        if not re.fullmatch(r"\d{1,9}", value):
+            raise _err(text, vcol, f"bad number {value!r} after {name}{op}",
+                       f"write a whole number, e.g. {name}{op}10")  # fmt: skip
+        out.append(_Tok("num", (name, op, int(value)), col, end))
+        return
+    m = _FIELD_RE.match(bare)
+    if m:
+        name = m.group(1).lower()
+        if name not in FIELDS:
+            raise _err(text, col, f"unknown field {m.group(1)!r}",
+                       'fields are title:, abstract: and org:; quote text to search for it')  # fmt: skip
+        out.append(_Tok("field", name, col, col + len(m.group(1)) + 1))
+        if m.group(2):
+            _lex_bare(text, m.group(2), i + len(m.group(1)) + 1, out)
+        return
+    out.append(_Tok("word", bare, col, end))
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _and(children: list[Node]) -> Node:
+    flat: set[Node] = set()
+    for c in children:
+        flat.update(c.arg if c.kind == "and" else (c,))  # type: ignore[arg-type]
+    return next(iter(flat)) if len(flat) == 1 else Node("and", None, frozenset(flat))
+
+
+def _or(children: list[Node]) -> Node:
+    flat: set[Node] = set()
+    for c in children:
+        flat.update(c.arg if c.kind == "or" else (c,))  # type: ignore[arg-type]
+    return next(iter(flat)) if len(flat) == 1 else Node("or", None, frozenset(flat))
+
+
+def _not(child: Node) -> Node:
+    return child.arg if child.kind == "not" else Node("not", None, child)  # type: ignore[return-value]
+
+
+class _Parser:
+    def __init__(self, text: str, toks: list[_Tok]) -> None:
+        self.text = text
+        self.toks = toks
+        self.i = 0
+
+    def peek(self) -> _Tok | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def err(self, col: int, message: str, hint: str = "") -> QueryError:
+        return _err(self.text, col, message, hint)
+
+    def alternatives(self, depth: int) -> list[tuple[Node, int]]:
+        """Alternatives separated by commas/newlines, up to a closing parenthesis or the end."""
+        alts: list[tuple[Node, int]] = []
+        commas_since = 0
+        last_sep: _Tok | None = None
+        while True:
+            tok = self.peek()
+            if tok is None or tok.kind == ")":
+                if last_sep is not None and commas_since and alts:
+                    raise self.err(last_sep.col, "empty alternative after ','",
+                                   "remove the trailing comma")  # fmt: skip
+                return alts
+            if tok.kind == "sep":
+                if tok.value == ",":
+                    if not alts or commas_since:
+                        raise self.err(tok.col, "empty alternative before ','",
+                                       "put words between the commas or remove one")  # fmt: skip
+                    commas_since += 1
+                last_sep = tok
+                self.i += 1
+                continue
+            commas_since = 0
+            last_sep = None
+            col = tok.col
+            alts.append((self.or_expr(depth), col))
+
+    def or_expr(self, depth: int) -> Node:
+        parts = [self.and_expr(depth)]
+        while (tok := self.peek()) is not None and tok.kind == "OR":
+            self.i += 1
+            nxt = self.peek()
+            if nxt is None or nxt.kind in ("sep", ")", "OR", "AND"):
+                raise self.err(tok.col, "OR needs a term after it", "write a OR b")
+            parts.append(self.and_expr(depth))
+        return _or(parts)
+
+    def and_expr(self, depth: int) -> Node:
+        tok = self.peek()
+        if tok is not None and tok.kind in ("AND", "OR"):
+            raise self.err(tok.col, f"{tok.kind} needs a term before it", f"write a {tok.kind} b")
+        parts = [self.unary(depth, None)]
+        while (tok := self.peek()) is not None and tok.kind not in ("sep", ")", "OR"):
+            if tok.kind == "AND":
+                self.i += 1
+                nxt = self.peek()
+                if nxt is None or nxt.kind in ("sep", ")", "OR", "AND"):
+                    raise self.err(tok.col, "AND needs a term after it", "write a AND b")
+            parts.append(self.unary(depth, None))
+        return _and(parts)
+
+    def unary(self, depth: int, fld: str | None) -> Node:
+        tok = self.peek()
+        if tok is None:
+            raise self.err(len(self.text) + 1, "the query ends where a term was expected")
+        if tok.kind in ("NOT", "-"):
+            self.i += 1
+            nxt = self.peek()
+            if nxt is None or nxt.kind in ("sep", ")", "AND", "OR"):
+                raise self.err(tok.col, f"{tok.value} needs a term after it",
+                               "write NOT word or -word")  # fmt: skip
+            return _not(self.unary(depth, fld))
+        if tok.kind == "field":
+            self.i += 1
+            nxt = self.peek()
+            if nxt is None or nxt.kind in ("sep", ")", "AND", "OR"):
+                raise self.err(tok.col, f"{tok.value}: needs a word, phrase or group after it",
+                               f'write {tok.value}:word or {tok.value}:"a phrase"')  # fmt: skip
+            if fld is not None:
+                raise self.err(tok.col, f"{tok.value}: inside a {fld}: group",
+                               "use one field per group")  # fmt: skip
+            if tok.value == "org":
+                return self.org(nxt)
+            return self.unary(depth, str(tok.value))
+        return self.primary(depth, fld)
+
+    def org(self, tok: _Tok) -> Node:
+        self.i += 1
+        if tok.kind not in ("word", "phrase"):
+            raise self.err(
+                tok.col, "org: takes a name or id", 'write org:nvidia or org:"Google DeepMind"'
+            )
+        words = tuple(t.norm for t in textmod.tokenize(str(tok.value)))
+        if not words:
+            raise self.err(tok.col, "org: needs letters or digits", "write org:nvidia")
+        return Node("o", None, words)
+
+    def primary(self, depth: int, fld: str | None) -> Node:
+        tok = self.peek()
+        assert tok is not None
+        self.i += 1
+        if tok.kind == "(":
+            alts = self.alternatives(depth + 1)
+            close = self.peek()
+            if close is None:
+                raise self.err(tok.col, "unbalanced parenthesis", "add the closing )")
+            self.i += 1
+            if not alts:
+                raise self.err(tok.col, "empty parentheses", "put words inside ( ) or remove them")
+            node = _or([a for a, _ in alts])
+            return _with_field(node, fld) if fld else node
+        if tok.kind == ")":
+            raise self.err(tok.col, "unbalanced parenthesis", "remove this ) or add a (")
+        if tok.kind == "num":
+            if fld:
+                raise self.err(tok.col, f"{fld}: cannot apply to a number condition")
+            return Node("n", None, tok.value)
+        if tok.kind == "phrase":
+            raw = str(tok.value)
+            if "*" in raw:
+                raise self.err(tok.col, "* is not allowed inside a phrase",
+                               "use word* outside quotes")  # fmt: skip
+            toks = textmod.tokenize(raw)
+            if not toks:
+                raise self.err(tok.col, "empty phrase", "put words between the quotes")
+            return _leaf(toks, fld)
+        if tok.kind == "word":
+            return self.word(tok, fld)
+        raise self.err(tok.col, f"unexpected {tok.value!r}")
+
+    def word(self, tok: _Tok, fld: str | None) -> Node:
+        raw = str(tok.value)
+        star = raw.find("*")
+        if star >= 0:
+            if star != len(raw) - 1:
+                raise self.err(tok.col + star, "* only goes at the end of a word",
+                               "write prefix* (e.g. prun*)")  # fmt: skip
+            toks = textmod.tokenize(raw[:-1])
+            if len(toks) != 1 or toks[0].end != star:
+                raise self.err(tok.col, f"{raw!r}: * needs exactly one word before it",
+                               "write prefix* on a single word, e.g. prun*")  # fmt: skip
+            return Node("x", fld, toks[0].norm)
+        toks = textmod.tokenize(raw)
+        if not toks:
+            raise self.err(tok.col, f"{raw!r} has no letters or digits to search for",
+                           'quote it with other words or remove it')  # fmt: skip
+        return _leaf(toks, fld)
+
+
+def _leaf(toks: list[textmod.Token], fld: str | None) -> Node:
+    if len(toks) == 1:
+        return Node("t", fld, toks[0].stem)
+    return Node("p", fld, tuple(t.stem for t in toks))
+
+
+def _with_field(node: Node, fld: str) -> Node:
+    if node.kind in ("t", "p", "x"):
+        return Node(node.kind, fld, node.arg)
+    if node.kind == "not":
+        return Node("not", None, _with_field(node.arg, fld))  # type: ignore[arg-type]
+    if node.kind in ("and", "or"):
+        return Node(node.kind, None, frozenset(_with_field(c, fld) for c in node.arg))  # type: ignore[attr-defined]
+    return node
+
+
+def positive_terms(node: Node) -> tuple[Node, ...]:
+    """The word, phrase and prefix leaves that count in favour of a match (not under a NOT)."""
+    out: dict[Node, None] = {}
+
+    def walk(n: Node, positive: bool) -> None:
+        if n.kind in ("t", "p", "x"):
+            if positive:
+                out[n] = None
+        elif n.kind == "not":
+            walk(n.arg, not positive)  # type: ignore[arg-type]
+        elif n.kind in ("and", "or"):
+            for c in sorted(n.arg, key=repr):  # type: ignore[attr-defined]
+                walk(c, positive)
+
+    walk(node, True)
+    return tuple(out)
+
+
+def _compile(text: str) -> Query:
+    parser = _Parser(text, _lex(text))
+    alts = parser.alternatives(0)
+    tok = parser.peek()
+    if tok is not None:  # only a stray ")" stops the top level early
+        raise parser.err(tok.col, "unbalanced parenthesis", "remove this ) or add a (")
+    if not alts:
+        raise _err(text, 1, "empty query", "write some words, e.g. sparse attention, latency")
+    positives: list[Node] = []
+    exclusions: list[Node] = []
+    for node, _col in alts:
+        conj = node.arg if node.kind == "and" else (node,)
+        if all(c.kind == "not" for c in conj):  # type: ignore[union-attr]
+            exclusions.extend(conj)  # type: ignore[arg-type]
+        else:
+            positives.append(node)
+    if not positives:
+        raise _err(text, alts[0][1], "the query only excludes",
+                   "add what to match, e.g. latency, -diffusion")  # fmt: skip
+    root = _or(positives)
+    if exclusions:
+        root = _and([root, *exclusions])
+    return Query(text=text, root=root, terms=positive_terms(root))
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def compile_query(text: str) -> Query:
+    """Parse a topic query into its compiled form; raise QueryError with column and hint."""
+    return _compile(text)
