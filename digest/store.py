@@ -322,6 +322,21 @@ class Sighting:
     upvotes: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class DigestRow:
+    """A digest as the admin dashboard lists it."""
+
+    id: int
+    email: str
+    kind: str
+    status: str
+    created_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    last_error: str | None
+    papers: int
+
+
 # --- the store -----------------------------------------------------------------------------------
 
 
@@ -725,6 +740,74 @@ class Store:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(table)
+
+    # -- web --
+
+    def subscriber_email_by_id(self, subscriber_id: int) -> str | None:
+        """The email of the subscriber with this row id, or None (admin URLs carry ids)."""
+        with self._read() as conn:
+            return conn.scalar(select(subscribers.c.email).where(subscribers.c.id == subscriber_id))
+
+    def papers_of_recent_dumps(self, dumps_count: int) -> list[StoredPaper]:
+        """Every paper seen in the latest `dumps_count` stored dumps, newest first seen first."""
+        with self._read() as conn:
+            recent = (
+                select(dumps.c.id)
+                .where(dumps.c.status == "stored")
+                .order_by(dumps.c.id.desc())
+                .limit(dumps_count)
+                .subquery()
+            )
+            seen = select(sightings.c.paper_id).where(sightings.c.dump_id.in_(select(recent.c.id)))
+            rows = conn.execute(
+                select(papers)
+                .where(papers.c.id.in_(seen))
+                .order_by(papers.c.first_seen.desc(), papers.c.id.desc())
+            )
+            return [_paper(r) for r in rows]
+
+    def delivered_papers(
+        self, subscriber_id: int, limit: int
+    ) -> list[tuple[StoredPaper, str | None, datetime]]:
+        """A subscriber's ledger, newest first: (paper, topic, delivered_at), at most `limit`."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(papers, deliveries.c.topic, deliveries.c.delivered_at)
+                .join(deliveries, deliveries.c.paper_id == papers.c.id)
+                .where(deliveries.c.subscriber_id == subscriber_id)
+                .order_by(deliveries.c.delivered_at.desc(), papers.c.id.desc())
+                .limit(limit)
+            )
+            return [(_paper(r), r.topic, r.delivered_at) for r in rows]
+
+    def recent_digests(self, limit: int = 20, *, status: str | None = None) -> list[DigestRow]:
+        """The latest digests (optionally of one status), newest first, with paper counts."""
+        counts = (
+            select(deliveries.c.digest_id, func.count().label("n"))
+            .group_by(deliveries.c.digest_id)
+            .subquery()
+        )
+        stmt = (
+            select(
+                digests.c.id,
+                subscribers.c.email,
+                digests.c.kind,
+                digests.c.status,
+                digests.c.created_at,
+                digests.c.sent_at,
+                digests.c.attempts,
+                digests.c.last_error,
+                func.coalesce(counts.c.n, 0).label("papers"),
+            )
+            .join(subscribers, subscribers.c.id == digests.c.subscriber_id)
+            .outerjoin(counts, counts.c.digest_id == digests.c.id)
+            .order_by(digests.c.id.desc())
+            .limit(limit)
+        )
+        if status is not None:
+            stmt = stmt.where(digests.c.status == status)
+        with self._read() as conn:
+            return [DigestRow(*r) for r in conn.execute(stmt)]
 
 
 # --- helpers -------------------------------------------------------------------------------------
