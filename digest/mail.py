@@ -1,0 +1,708 @@
+"""Email messages and transports: build a digest's MIME message, hand it to Maildir, SMTP or
+a dry run. Pure of the database: the send ledger calls these and records the outcomes.
+
+Messages are assembled directly as bytes (CRLF, quoted-printable parts) instead of through
+`email.message.EmailMessage`, which costs more than rendering the digest. Every header value goes
+through `_header_text`/`_address`, which remove control characters (CR, LF, NUL, U+2028...) and
+encode anything non-ASCII or looking like an encoded word, so no value can start a new header.
+
+Outcomes the ledger needs:
+
+* `send()` returns a `SendResult` when the server took the message for at least one recipient,
+  or refused every recipient at RCPT; refused recipients are in `result.refused`, each a
+  `TemporaryDeliveryError` (4xx) or `PermanentDeliveryError` (5xx) with code and address.
+* `send()` raises `TemporaryDeliveryError` for 4xx answers to MAIL/DATA, a dropped connection or
+  a timeout (`maybe_delivered` is set when the drop came after the message data was sent),
+  `PermanentDeliveryError` for a 5xx answer to DATA, and `TransportError` when our own side is
+  wrong (login refused, TLS failure, sender refused): stop sending, nobody bounced.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import mailbox
+import os
+import smtplib
+import ssl
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import format_datetime, getaddresses, parseaddr
+from pathlib import Path
+from typing import IO, Protocol
+
+from digest.config import Settings, SmtpSettings
+from digest.errors import DeliveryError, ValidationError
+from digest.models import Digest
+from digest.render import Links, RenderedDigest, clean_line
+
+CRLF = "\r\n"
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """Try again later: a 4xx answer, a dropped connection, a timeout."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        address: str | None = None,
+        maybe_delivered: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.address = address
+        self.maybe_delivered = maybe_delivered
+
+
+class PermanentDeliveryError(DeliveryError):
+    """The server refused for good (5xx): a bounce; do not retry."""
+
+    def __init__(self, message: str, *, code: int | None = None, address: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.address = address
+        self.maybe_delivered = False
+
+
+class TransportError(DeliveryError):
+    """Our side is misconfigured (login, TLS, sender, missing password): stop, nobody bounced."""
+
+    def __init__(self, message: str, *, code: int | None = None, address: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.address = address
+        self.maybe_delivered = False
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A complete message ready for the wire: envelope plus RFC 5322 bytes with CRLF endings."""
+
+    message_id: str
+    envelope_from: str
+    recipients: tuple[str, ...]
+    data: bytes
+    subject: str = ""
+    smtputf8: bool = False
+
+    def as_email(self) -> EmailMessage:
+        """Parse the bytes back into an EmailMessage (for tests and previews)."""
+        return BytesParser(policy=policy.default).parsebytes(self.data)  # type: ignore[return-value]
+
+    @classmethod
+    def from_email(cls, msg: EmailMessage, envelope_from: str | None = None) -> OutgoingMessage:
+        """Wrap an EmailMessage built elsewhere; envelope from its From/To/Cc headers."""
+        sender = envelope_from or parseaddr(str(msg.get("From", "")))[1]
+        rcpts = tuple(
+            a
+            for _, a in getaddresses(
+                [str(v) for v in msg.get_all("To", []) + msg.get_all("Cc", [])]
+            )
+            if a
+        )
+        if not rcpts:
+            raise ValidationError("message has no To or Cc address")
+        data = msg.as_bytes(policy=policy.SMTP)
+        return cls(str(msg.get("Message-ID", "")), sender, rcpts, data, str(msg.get("Subject", "")))
+
+
+def make_message_id(digest_id: int, settings: Settings) -> str:
+    """The Message-ID of a digest, derived from its id: a repeat send is recognisable."""
+    domain = _domain_of(settings.mail.from_addr) or clean_line(settings.site.list_id) or "localhost"
+    salt = f"{settings.site.list_id}\0{settings.site.base_url}\0{digest_id}".encode()
+    digest_hash = hashlib.sha256(salt).hexdigest()[:16]
+    return f"<digest-{int(digest_id)}-{digest_hash}@{_safe_token(domain)}>"
+
+
+def build_message(
+    rendered: RenderedDigest, digest: Digest, links: Links, settings: Settings
+) -> OutgoingMessage:
+    """The digest as a multipart/alternative message (text, then HTML) with list headers."""
+    from_name, from_addr = _split_address(settings.mail.from_addr, "mail.from_addr")
+    to_addr, to_utf8 = _checked_address(digest.subscriber.email, "subscriber email")
+    from_addr, from_utf8 = _checked_address(from_addr, "mail.from_addr")
+    created = digest.created_at
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    message_id = _message_id_value(digest.message_id)
+    boundary = f"=_digest_{hashlib.sha1(message_id.encode()).hexdigest()[:20]}"
+    headers = [
+        _fold("From", _address(from_name, from_addr)),
+        _fold("To", _address(digest.subscriber.name, to_addr)),
+    ]
+    if settings.mail.reply_to.strip():
+        rt_name, rt_addr = _split_address(settings.mail.reply_to, "mail.reply_to")
+        rt_addr, _ = _checked_address(rt_addr, "mail.reply_to")
+        headers.append(_fold("Reply-To", _address(rt_name, rt_addr)))
+    list_id = _safe_token(clean_line(settings.site.list_id)) or "digest.localhost"
+    unsubscribe = f"<{_url(links.unsubscribe_url)}>, <{_url(links.unsubscribe_mailto)}>"
+    headers += [
+        _fold("Subject", _header_text(rendered.subject)),
+        "Date: " + format_datetime(created),
+        "Message-ID: " + message_id,
+        _fold("List-Id", f"{_phrase(settings.site.title)} <{list_id}>"),
+        _fold("List-Unsubscribe", unsubscribe),
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        "Auto-Submitted: auto-generated",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+    ]
+    parts = (
+        ("text/plain", rendered.text),
+        ("text/html", rendered.html),
+    )
+    body = []
+    for ctype, content in parts:
+        body.append(
+            f'--{boundary}\r\nContent-Type: {ctype}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        )
+        body.append(_qp(content))
+        body.append("\r\n")
+    body.append(f"--{boundary}--\r\n")
+    data = (CRLF.join(headers) + CRLF + CRLF + "".join(body)).encode("utf-8")
+    return OutgoingMessage(
+        message_id=message_id,
+        envelope_from=from_addr,
+        recipients=(to_addr,),
+        data=data,
+        subject=rendered.subject,
+        smtputf8=to_utf8 or from_utf8,
+    )
+
+
+def _qp(text: str) -> str:
+    # CRLF first: b2a_qp keeps the line ending style it finds, and soft breaks follow it.
+    raw = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
+    return binascii.b2a_qp(raw, quotetabs=False, istext=True, header=False).decode("ascii")
+
+
+def _message_id_value(value: str) -> str:
+    inner = _safe_token(clean_line(value).strip("<>"))
+    if "@" not in inner:
+        raise ValidationError(f"Message-ID {value!r}: must look like <id@domain>")
+    return f"<{inner}>"
+
+
+def _safe_token(text: str) -> str:
+    """Keep only characters that are safe inside <...> header tokens."""
+    return "".join(c for c in text if 32 < ord(c) < 127 and c not in '<>()[]\\,;:"')
+
+
+def _url(url: str) -> str:
+    cleaned = clean_line(url)
+    if any(c in cleaned for c in "<> ") or not cleaned.isascii():
+        raise ValidationError(
+            f"URL for List-Unsubscribe {url!r}: must be ASCII without <, >, space"
+        )
+    return cleaned
+
+
+def _domain_of(address: str) -> str:
+    return parseaddr(clean_line(address))[1].rpartition("@")[2]
+
+
+def _split_address(value: str, key: str) -> tuple[str, str]:
+    name, addr = parseaddr(clean_line(value))
+    if not addr:
+        raise ValidationError(f"{key}: not an email address: {value!r}")
+    return name, addr
+
+
+def _checked_address(addr: str, key: str) -> tuple[str, bool]:
+    """The address if it is one plain addr-spec; idna-encodes a non-ASCII domain.
+
+    Returns (address, needs SMTPUTF8). Anything that could break out of the header (space,
+    control characters, <, >, comma) is refused rather than repaired.
+    """
+    addr = addr.strip()
+    local, at, domain = addr.rpartition("@")
+    bad = any(c.isspace() or c in '<>,;"()\\' or not c.isprintable() for c in addr)
+    if bad or not at or not local or not domain:
+        raise ValidationError(f"{key}: {addr!r} is not a valid email address")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValidationError(f"{key}: {addr!r} has an invalid domain") from None
+    return f"{local}@{domain}", not local.isascii()
+
+
+def _address(name: str, addr: str) -> str:
+    name = clean_line(name)
+    if not name:
+        return addr
+    return f"{_phrase(name)} <{addr}>"
+
+
+_SPECIALS = set('()<>[]:;@\\,."')
+
+
+def _phrase(text: str) -> str:
+    """A display name: plain, quoted, or RFC 2047 encoded, never able to break the header."""
+    text = clean_line(text)
+    if not text.isascii() or "=?" in text:
+        return _encoded_words(text)
+    if any(c in _SPECIALS for c in text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def _header_text(text: str) -> str:
+    """Unstructured header text (a subject): one line, encoded when not plain ASCII."""
+    text = clean_line(text)
+    if not text.isascii() or "=?" in text:
+        return _encoded_words(text)
+    return text
+
+
+def _encoded_words(text: str) -> str:
+    """RFC 2047 base64 encoded words of at most 45 UTF-8 bytes each, space separated."""
+    words = []
+    chunk: list[str] = []
+    size = 0
+    for c in text:
+        n = len(c.encode("utf-8"))
+        if size + n > 45:
+            words.append(chunk)
+            chunk, size = [], 0
+        chunk.append(c)
+        size += n
+    if chunk:
+        words.append(chunk)
+    return " ".join(
+        "=?utf-8?b?" + base64.b64encode("".join(w).encode("utf-8")).decode("ascii") + "?="
+        for w in words
+    )
+
+
+def _fold(name: str, value: str) -> str:
+    """`Name: value`, folded at spaces to keep lines near 78 characters."""
+    line = f"{name}: {value}"
+    if len(line) <= 78:
+        return line
+    out: list[str] = []
+    current = f"{name}:"
+    for word in value.split(" "):
+        if not word:
+            continue
+        if len(current) + 1 + len(word) > 78 and current != f"{name}:":
+            out.append(current)
+            current = ""
+        current += " " + word
+    out.append(current)
+    return CRLF.join(out)
+
+
+# --- transports ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class SendResult:
+    """What the server did with one message: who took it, who refused it and why."""
+
+    message_id: str
+    accepted: tuple[str, ...]
+    refused: dict[str, DeliveryError] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when every recipient accepted the message."""
+        return not self.refused
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message of `send_many` with its result, or the error that stopped it."""
+
+    message: OutgoingMessage
+    result: SendResult | None = None
+    error: DeliveryError | None = None
+
+
+class Transport(Protocol):
+    """Something that delivers messages; tests and the ledger pass one in."""
+
+    def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:
+        """Deliver one message; raise a DeliveryError subclass for whole-message failures."""
+        ...
+
+    def send_many(self, messages: Iterable[OutgoingMessage]) -> Iterator[Delivery]:
+        """Deliver many messages, yielding one Delivery each, in order."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+def _outgoing(msg: OutgoingMessage | EmailMessage) -> OutgoingMessage:
+    return msg if isinstance(msg, OutgoingMessage) else OutgoingMessage.from_email(msg)
+
+
+class _BaseTransport:
+    def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def send_many(self, messages: Iterable[OutgoingMessage]) -> Iterator[Delivery]:
+        """Deliver messages one after another, yielding each outcome."""
+        for msg in messages:
+            yield _attempt(self, msg)
+
+    def close(self) -> None:
+        """Nothing to release by default."""
+
+    def __enter__(self) -> _BaseTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _attempt(transport: Transport, msg: OutgoingMessage) -> Delivery:
+    try:
+        return Delivery(msg, result=transport.send(msg))
+    except DeliveryError as exc:
+        return Delivery(msg, error=exc)
+
+
+class MaildirTransport(_BaseTransport):
+    """Writes each message into a Maildir (created if missing); the default transport."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.maildir = mailbox.Maildir(self.path, factory=None, create=True)
+        except OSError as exc:
+            raise TransportError(f"maildir {self.path}: cannot create: {exc}") from None
+
+    def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:
+        """Store the message in new/ (written to tmp/ first, then renamed: atomic)."""
+        out = _outgoing(msg)
+        try:
+            self.maildir.add(out.data.replace(b"\r\n", b"\n"))
+        except OSError as exc:
+            raise TemporaryDeliveryError(f"maildir {self.path}: cannot write: {exc}") from None
+        return SendResult(out.message_id, out.recipients)
+
+
+class DryRunTransport(_BaseTransport):
+    """Sends nothing: keeps the messages in `.messages` and prints one line per message."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream
+        self.messages: list[OutgoingMessage] = []
+
+    def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:
+        """Record the message; print what would be sent."""
+        out = _outgoing(msg)
+        self.messages.append(out)
+        if self.stream is not None:
+            print(
+                f"dry-run: would send {out.message_id} to {', '.join(out.recipients)}: "
+                f"{out.subject} ({len(out.data)} bytes)",
+                file=self.stream,
+            )
+        return SendResult(out.message_id, out.recipients)
+
+
+class RateLimiter:
+    """At most `rate` acquisitions per second, shared by threads; rate 0 means no limit."""
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.clock = clock
+        self.sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Wait for the next slot."""
+        if not self.interval:
+            return
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            self.sleep(slot - now)
+
+
+class SmtpTransport(_BaseTransport):
+    """One persistent SMTP connection, opened on first use and reopened when found dropped."""
+
+    def __init__(
+        self,
+        smtp: SmtpSettings,
+        *,
+        password: str | None = None,
+        env: Mapping[str, str] | None = None,
+        limiter: RateLimiter | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.smtp = smtp
+        self.password = password
+        if smtp.user and password is None:
+            env = os.environ if env is None else env
+            self.password = env.get(smtp.password_env)
+            if self.password is None:
+                raise TransportError(
+                    f"smtp.user is set but the environment variable {smtp.password_env} "
+                    "(smtp.password_env) holding the password is not"
+                )
+        self.limiter = limiter or RateLimiter(smtp.rate_per_second)
+        self.ssl_context = ssl_context
+        self._conn: smtplib.SMTP | None = None
+        self.connects = 0  # how many connections were opened, for tests and logs
+
+    @property
+    def where(self) -> str:
+        return f"{self.smtp.host}:{self.smtp.port}"
+
+    def _context(self) -> ssl.SSLContext:
+        return self.ssl_context or ssl.create_default_context()
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.smtp
+        try:
+            if s.security == "tls":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                    s.host, s.port, timeout=s.timeout_seconds, context=self._context()
+                )
+            else:
+                conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout_seconds)
+            conn.ehlo()
+            if s.security == "starttls":
+                conn.starttls(context=self._context())
+                conn.ehlo()
+            if s.user:
+                conn.login(s.user, self.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise TransportError(
+                f"smtp {self.where}: login as {s.user!r} refused: {exc.smtp_code} "
+                f"{_text(exc.smtp_error)}",
+                code=exc.smtp_code,
+            ) from None
+        except (ssl.SSLError, smtplib.SMTPNotSupportedError) as exc:
+            raise TransportError(f"smtp {self.where}: TLS failed: {exc}") from None
+        except smtplib.SMTPResponseException as exc:
+            raise _classify(exc.smtp_code, exc.smtp_error, None, f"smtp {self.where}") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TemporaryDeliveryError(
+                f"smtp {self.where}: cannot connect: {exc or type(exc).__name__}"
+            ) from None
+        self.connects += 1
+        return conn
+
+    def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:
+        """Send over the open connection; a connection found dead before MAIL is reopened once."""
+        out = _outgoing(msg)
+        self.limiter.acquire()
+        for _ in range(2):
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = self._connect()
+            try:
+                return self._transaction(self._conn, out)
+            except _StaleConnection as exc:
+                self._drop()
+                if not reused:
+                    raise TemporaryDeliveryError(
+                        f"smtp {self.where}: connection lost before MAIL FROM: {exc}"
+                    ) from None
+        raise TemporaryDeliveryError(f"smtp {self.where}: connection keeps dropping")
+
+    def _transaction(self, conn: smtplib.SMTP, out: OutgoingMessage) -> SendResult:
+        where = f"smtp {self.where}"
+        options = ["SMTPUTF8", "BODY=8BITMIME"] if out.smtputf8 else []
+        try:
+            code, reply = conn.mail(out.envelope_from, options)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _StaleConnection(str(exc) or type(exc).__name__) from None
+        try:
+            if code != 250:
+                self._reset_or_drop(code)
+                if code >= 500:
+                    raise TransportError(
+                        f"{where}: sender {out.envelope_from} refused: {code} {_text(reply)}",
+                        code=code,
+                        address=out.envelope_from,
+                    )
+                raise _classify(code, reply, out.envelope_from, where)
+            accepted: list[str] = []
+            refused: dict[str, DeliveryError] = {}
+            for rcpt in out.recipients:
+                code, reply = conn.rcpt(rcpt)
+                if code in (250, 251):
+                    accepted.append(rcpt)
+                elif code == 421:
+                    self._drop()
+                    raise _classify(code, reply, rcpt, where)
+                else:
+                    refused[rcpt] = _classify(code, reply, rcpt, where)
+            if not accepted:
+                self._reset_or_drop(0)
+                return SendResult(out.message_id, (), refused)
+            try:
+                code, reply = conn.data(out.data)
+            except smtplib.SMTPDataError as exc:  # no 354: nothing was transferred
+                self._reset_or_drop(exc.smtp_code)
+                raise _classify(exc.smtp_code, exc.smtp_error, _one(accepted), where) from None
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                self._drop()
+                raise TemporaryDeliveryError(
+                    f"{where}: connection lost during DATA for {', '.join(accepted)} "
+                    f"({exc or type(exc).__name__}); the server may have taken it",
+                    address=_one(accepted),
+                    maybe_delivered=True,
+                ) from None
+            if code != 250:
+                if code == 421:
+                    self._drop()
+                raise _classify(code, reply, _one(accepted), where)
+            return SendResult(out.message_id, tuple(accepted), refused)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            raise TemporaryDeliveryError(
+                f"{where}: connection lost: {exc or type(exc).__name__}",
+                address=_one(out.recipients),
+            ) from None
+
+    def _reset_or_drop(self, code: int) -> None:
+        if code == 421 or self._conn is None:
+            self._drop()
+            return
+        try:
+            self._conn.rset()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        """Say QUIT and close the connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.quit()
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class _StaleConnection(Exception):
+    """The reused connection was found closed before anything of this message was sent."""
+
+
+class SmtpPool(_BaseTransport):
+    """N persistent SMTP connections used from N threads, sharing one rate limit."""
+
+    def __init__(
+        self,
+        smtp: SmtpSettings,
+        *,
+        connections: int | None = None,
+        password: str | None = None,
+        env: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.size = connections or smtp.connections
+        limiter = RateLimiter(smtp.rate_per_second)
+        self.transports = [
+            SmtpTransport(
+                smtp, password=password, env=env, limiter=limiter, ssl_context=ssl_context
+            )
+            for _ in range(self.size)
+        ]
+        self._free: deque[SmtpTransport] = deque(self.transports)
+        self._cond = threading.Condition()
+
+    def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:
+        """Send on a free connection (waits for one); safe from many threads."""
+        with self._cond:
+            while not self._free:
+                self._cond.wait()
+            transport = self._free.popleft()
+        try:
+            return transport.send(msg)
+        finally:
+            with self._cond:
+                self._free.append(transport)
+                self._cond.notify()
+
+    def send_many(self, messages: Iterable[OutgoingMessage]) -> Iterator[Delivery]:
+        """Send over all connections at once; yields outcomes in input order."""
+        window: deque[Future[Delivery]] = deque()
+        with ThreadPoolExecutor(self.size, thread_name_prefix="smtp") as pool:
+            for msg in messages:
+                window.append(pool.submit(_attempt, self, msg))
+                if len(window) >= self.size * 4:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+
+    def close(self) -> None:
+        """Close every connection."""
+        for t in self.transports:
+            t.close()
+
+
+def make_transport(
+    settings: Settings, dry_run: bool = False, stream: IO[str] | None = None
+) -> Transport:
+    """The transport the settings ask for: Maildir, SMTP (pooled when connections > 1), dry run."""
+    if dry_run:
+        return DryRunTransport(stream if stream is not None else sys.stdout)
+    if settings.mail.transport == "smtp":
+        if settings.smtp.connections > 1:
+            return SmtpPool(settings.smtp)
+        return SmtpTransport(settings.smtp)
+    return MaildirTransport(settings.mail.maildir)
+
+
+def _classify(
+    code: int, reply: bytes | str, address: str | None, where: str
+) -> TemporaryDeliveryError | PermanentDeliveryError:
+    who = f"{address}: " if address else ""
+    if 400 <= code < 500:
+        return TemporaryDeliveryError(
+            f"{where}: {who}temporary failure {code} {_text(reply)}", code=code, address=address
+        )
+    return PermanentDeliveryError(
+        f"{where}: {who}refused {code} {_text(reply)}", code=code, address=address
+    )
+
+
+def _text(reply: bytes | str) -> str:
+    if isinstance(reply, bytes):
+        reply = reply.decode("utf-8", "replace")
+    return clean_line(reply)
+
+
+def _one(addresses: Iterable[str]) -> str | None:
+    items = list(addresses)
+    return items[0] if len(items) == 1 else None
