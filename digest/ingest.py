@@ -395,7 +395,7 @@ def _ingest_one(run: _Run, job: _Job) -> FileOutcome:
         else:
             run.store.record_duplicate_dump(name, sha256, size, run.now())
             reason = f"same content as {earlier.name} (dump {earlier.id})"
-        return FileOutcome(name, "duplicate", reason=reason, moved_to=_done(run, job))
+        return FileOutcome(name, "duplicate", reason=reason, moved_to=_done(run, job, sha256))
 
     try:
         result = run.parse(data, name=name, mtime=st.st_mtime, max_bytes=max_bytes)
@@ -409,7 +409,7 @@ def _ingest_one(run: _Run, job: _Job) -> FileOutcome:
 
     outcome = run.store.ingest_dump(name, sha256, size, result, received_at=run.now())
     run.hook("stored", job.path)
-    moved = _done(run, job)
+    moved = _done(run, job, sha256)
     run.hook("moved", job.path)
     if outcome.status == "duplicate":
         return FileOutcome(
@@ -478,11 +478,27 @@ def _error_text(
 # --- moving files -------------------------------------------------------------------------------
 
 
-def _done(run: _Run, job: _Job) -> Path | None:
+def _done(run: _Run, job: _Job, sha256: str) -> Path | None:
     """Move a stored dump to processed/ (dumps outside the inbox stay where they are)."""
     if not job.owned:
         return None
-    return _move(job.path, run.inbox.processed_dir)
+    folder = run.inbox.processed_dir
+    twin = folder / job.path.name
+    if _same_content(twin, sha256):
+        # A crash between linking it into processed/ and unlinking it here: finish that move.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(job.path)
+        return twin
+    return _move(job.path, folder)
+
+
+def _same_content(path: Path, sha256: str) -> bool:
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False
 
 
 def _set_aside(path: Path, folder: Path, note: str) -> Path | None:

@@ -43,8 +43,16 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from digest.errors import StoreError
-from digest.models import CADENCES, STATUSES, Paper, ParseResult, StoredPaper
+from digest.errors import DigestError, StoreError, ValidationError
+from digest.models import (
+    CADENCES,
+    STATUSES,
+    Paper,
+    ParseResult,
+    StoredPaper,
+    Subscriber,
+    Topic,
+)
 
 DUMP_STATUSES = ("stored", "failed", "duplicate")
 DIGEST_KINDS = ("email", "feed")
@@ -111,7 +119,7 @@ dumps = Table(
     Column("papers", Integer, nullable=False, server_default="0"),
     Column("new_papers", Integer, nullable=False, server_default="0"),
     Column("error", Text),
-    Column("layout", String(32)),
+    Column("layout", Text),
     Column("captured_on", Date),
     CheckConstraint(f"status IN ({_in(DUMP_STATUSES)})", name="ck_dumps_status"),
 )
@@ -731,6 +739,294 @@ class Store:
         with self._write() as conn:
             conn.execute(stmt.on_conflict_do_nothing(index_elements=[meta.c.key]))
             return conn.scalar(select(meta.c.value).where(meta.c.key == key))
+
+    # -- subscribers --
+
+    # Columns a subscriber edit may change; `since` moves only with an explicit backfill.
+    _SUBSCRIBER_FIELDS = ("email", "name", "status", "cadence", "time", "tz", "weekday", "since")
+
+    def max_paper_id(self) -> int:
+        """The highest paper id stored (0 when there is none): the watermark of a new subscriber."""
+        with self._read() as conn:
+            return conn.scalar(select(func.max(papers.c.id))) or 0
+
+    def insert_subscriber(self, sub: Subscriber, *, watermark: int = 0) -> Subscriber:
+        """Store a new subscriber with its topics; ValidationError if the email is taken."""
+        values: dict[str, Any] = {
+            "email": sub.email,
+            "name": sub.name,
+            "status": sub.status,
+            "cadence": sub.cadence,
+            "time": sub.time,
+            "tz": sub.tz,
+            "weekday": sub.weekday,
+            "created_at": _utc(sub.created_at),
+            "since": _utc(sub.since) if sub.since else None,
+            "token": sub.token,
+            "bounces": sub.bounces,
+            "updated_at": _utc(sub.created_at),
+        }
+        # TODO(lead): drop this guard once subscribers.watermark exists in every schema.
+        if "watermark" in subscribers.c:
+            values["watermark"] = watermark
+        try:
+            with self._write() as conn:
+                new_id = conn.execute(insert(subscribers).values(**values)).inserted_primary_key[0]
+                self._insert_topics(conn, new_id, sub.topics)
+        except IntegrityError as exc:
+            raise self._subscriber_conflict(exc, sub.email) from None
+        found = self.subscriber_by_id(new_id)
+        assert found is not None
+        return found
+
+    def update_subscriber(
+        self,
+        subscriber_id: int,
+        fields: dict[str, Any],
+        topic_list: Sequence[Topic] | None = None,
+    ) -> bool:
+        """Change the given columns and, when given, replace the topics; False if unknown id."""
+        unknown = set(fields) - set(self._SUBSCRIBER_FIELDS)
+        if unknown:
+            raise StoreError(f"subscriber columns {sorted(unknown)} cannot be edited")
+        values = dict(fields)
+        if values.get("since") is not None:
+            values["since"] = _utc(values["since"])
+        values["updated_at"] = datetime.now(UTC)
+        try:
+            with self._write() as conn:
+                done = conn.execute(
+                    update(subscribers).where(subscribers.c.id == subscriber_id).values(**values)
+                ).rowcount
+                if not done:
+                    return False
+                if topic_list is not None:
+                    conn.execute(topics.delete().where(topics.c.subscriber_id == subscriber_id))
+                    self._insert_topics(conn, subscriber_id, topic_list)
+        except IntegrityError as exc:
+            raise self._subscriber_conflict(exc, str(fields.get("email", ""))) from None
+        return True
+
+    def set_subscriber_status(
+        self, subscriber_id: int, status: str, *, reset_watermark: bool = False
+    ) -> bool:
+        """Set the status; with reset_watermark, papers stored until now are no longer pending."""
+        with self._write() as conn:
+            done = conn.execute(
+                update(subscribers)
+                .where(subscribers.c.id == subscriber_id)
+                .values(status=status, updated_at=datetime.now(UTC))
+            ).rowcount
+            if done and reset_watermark and "watermark" in subscribers.c:
+                top = conn.scalar(select(func.max(papers.c.id))) or 0
+                conn.execute(
+                    update(subscribers)
+                    .where(subscribers.c.id == subscriber_id)
+                    .values(watermark=top)
+                )
+        return bool(done)
+
+    def reset_watermark(self, subscriber_id: int, paper_id: int) -> None:
+        """Mark papers up to `paper_id` as not pending for this subscriber (no-op before the
+        watermark column exists)."""
+        # TODO(lead): the guard goes once subscribers.watermark is in the schema.
+        if "watermark" not in subscribers.c:
+            return
+        with self._write() as conn:
+            conn.execute(
+                update(subscribers)
+                .where(subscribers.c.id == subscriber_id)
+                .values(watermark=paper_id, updated_at=datetime.now(UTC))
+            )
+
+    def unsubscribe_token(self, token: str) -> bool:
+        """Unsubscribe whoever holds this token (idempotent); False if no one does."""
+        with self._write() as conn:
+            found = conn.scalar(select(subscribers.c.id).where(subscribers.c.token == token))
+            if found is None:
+                return False
+            conn.execute(
+                update(subscribers)
+                .where(subscribers.c.id == found, subscribers.c.status != "unsubscribed")
+                .values(status="unsubscribed", updated_at=datetime.now(UTC))
+            )
+        return True
+
+    def delete_subscriber(self, subscriber_id: int) -> bool:
+        """Delete a subscriber with their topics, digests and ledger rows; False if unknown."""
+        with self._write() as conn:
+            # Explicit deletes: the cascade needs foreign keys on, which only we guarantee.
+            conn.execute(deliveries.delete().where(deliveries.c.subscriber_id == subscriber_id))
+            conn.execute(digests.delete().where(digests.c.subscriber_id == subscriber_id))
+            conn.execute(topics.delete().where(topics.c.subscriber_id == subscriber_id))
+            done = conn.execute(
+                subscribers.delete().where(subscribers.c.id == subscriber_id)
+            ).rowcount
+        return bool(done)
+
+    def subscriber_by_id(self, subscriber_id: int) -> Subscriber | None:
+        """The subscriber with this id, with topics, or None."""
+        return self._one_subscriber(subscribers.c.id == subscriber_id)
+
+    def subscriber_by_email(self, email: str) -> Subscriber | None:
+        """The subscriber with this (normalised) email, with topics, or None."""
+        return self._one_subscriber(subscribers.c.email == email)
+
+    def subscriber_by_token(self, token: str) -> Subscriber | None:
+        """The subscriber holding this secret token, with topics, or None."""
+        return self._one_subscriber(subscribers.c.token == token)
+
+    def list_subscribers(
+        self,
+        *,
+        search: str | None = None,
+        status: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Subscriber]:
+        """Subscribers with their topics, by email; `search` matches email or name, any case."""
+        stmt = select(subscribers).order_by(subscribers.c.email)
+        for cond in self._subscriber_filter(search, status):
+            stmt = stmt.where(cond)
+        if offset:
+            stmt = stmt.offset(offset)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._read() as conn:
+            rows = list(conn.execute(stmt))
+            by_id = self._topics_of(conn, [r.id for r in rows])
+        return [self._subscriber_row(r, by_id.get(r.id, ())) for r in rows]
+
+    def count_subscribers(self, *, search: str | None = None, status: str | None = None) -> int:
+        """How many subscribers `list_subscribers` would give without offset and limit."""
+        stmt = select(func.count()).select_from(subscribers)
+        for cond in self._subscriber_filter(search, status):
+            stmt = stmt.where(cond)
+        with self._read() as conn:
+            return conn.scalar(stmt) or 0
+
+    def subscriber_status_counts(self) -> dict[str, int]:
+        """Subscribers per status, every status present (0 when none)."""
+        counts = dict.fromkeys(STATUSES, 0)
+        with self._read() as conn:
+            rows = conn.execute(
+                select(subscribers.c.status, func.count()).group_by(subscribers.c.status)
+            )
+            for status, n in rows:
+                counts[status] = n
+        return counts
+
+    def subscriber_history(self, subscriber_id: int) -> list[dict[str, Any]]:
+        """Sent email digests of a subscriber, newest first, each with its papers' titles and
+        topics: [{"digest_id", "message_id", "sent_at", "papers": [(title, topic)]}]."""
+        with self._read() as conn:
+            heads = list(
+                conn.execute(
+                    select(digests.c.id, digests.c.message_id, digests.c.sent_at)
+                    .where(
+                        digests.c.subscriber_id == subscriber_id,
+                        digests.c.kind == "email",
+                        digests.c.status == "sent",
+                    )
+                    .order_by(digests.c.sent_at.desc(), digests.c.id.desc())
+                )
+            )
+            items: dict[int, list[tuple[str, str | None]]] = {h.id: [] for h in heads}
+            # The digest's own ranking when the ledger keeps scores, else the order stored.
+            order = (
+                [deliveries.c.score.desc(), papers.c.id]
+                if "score" in deliveries.c
+                else [papers.c.id]
+            )
+            for chunk in _chunks(list(items)):
+                rows = conn.execute(
+                    select(deliveries.c.digest_id, papers.c.title, deliveries.c.topic)
+                    .join(papers, papers.c.id == deliveries.c.paper_id)
+                    .where(deliveries.c.digest_id.in_(chunk))
+                    .order_by(deliveries.c.digest_id, *order)
+                )
+                for row in rows:
+                    items[row.digest_id].append((row.title, row.topic))
+        return [
+            {
+                "digest_id": h.id,
+                "message_id": h.message_id,
+                "sent_at": h.sent_at,
+                "papers": items[h.id],
+            }
+            for h in heads
+        ]
+
+    def _one_subscriber(self, cond: Any) -> Subscriber | None:
+        with self._read() as conn:
+            row = conn.execute(select(subscribers).where(cond)).first()
+            if row is None:
+                return None
+            found = self._topics_of(conn, [row.id])
+        return self._subscriber_row(row, found.get(row.id, ()))
+
+    def _subscriber_filter(self, search: str | None, status: str | None) -> list[Any]:
+        conds: list[Any] = []
+        if status:
+            conds.append(subscribers.c.status == status)
+        if search:
+            needle = search.strip().lower()
+            conds.append(
+                func.lower(subscribers.c.email).contains(needle, autoescape=True)
+                | func.lower(subscribers.c.name).contains(needle, autoescape=True)
+            )
+        return conds
+
+    def _topics_of(self, conn: Connection, ids: Sequence[int]) -> dict[int, list[Topic]]:
+        found: dict[int, list[Topic]] = {}
+        for chunk in _chunks(list(ids)):
+            rows = conn.execute(
+                select(topics.c.subscriber_id, topics.c.name, topics.c.query)
+                .where(topics.c.subscriber_id.in_(chunk))
+                .order_by(topics.c.subscriber_id, topics.c.position)
+            )
+            for row in rows:
+                found.setdefault(row.subscriber_id, []).append(Topic(row.name, row.query))
+        return found
+
+    def _insert_topics(self, conn: Connection, subscriber_id: int, items: Sequence[Topic]) -> None:
+        if items:
+            conn.execute(
+                insert(topics),
+                [
+                    {
+                        "subscriber_id": subscriber_id,
+                        "position": i,
+                        "name": t.name,
+                        "query": t.query,
+                    }
+                    for i, t in enumerate(items)
+                ],
+            )
+
+    def _subscriber_conflict(self, exc: IntegrityError, email: str) -> DigestError:
+        reason = _reason(exc).lower()
+        if "email" in reason or "subscribers_email" in reason:
+            return ValidationError(f"{email}: already subscribed")
+        return StoreError(f"subscriber {email}: {_reason(exc)}")
+
+    @staticmethod
+    def _subscriber_row(row: Any, found: Sequence[Topic]) -> Subscriber:
+        return Subscriber(
+            id=row.id,
+            email=row.email,
+            name=row.name,
+            status=row.status,
+            cadence=row.cadence,
+            time=row.time,
+            tz=row.tz,
+            weekday=row.weekday,
+            created_at=row.created_at,
+            token=row.token,
+            topics=tuple(found),
+            since=row.since,
+            bounces=row.bounces,
+        )
 
     def _dialect_insert(self, table: Table) -> Any:
         if self.dialect == "postgresql":

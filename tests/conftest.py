@@ -1,0 +1,192 @@
+"""Shared fixtures: a real PostgreSQL server, a store on each engine, the shared dumps.
+
+PostgreSQL comes from $DIGEST_TEST_POSTGRES_URL when set (a role allowed to CREATE DATABASE),
+else from a throwaway cluster started here when the server binaries exist
+(/usr/lib/postgresql/*/bin/initdb). Without either, the PostgreSQL tests skip with the reason,
+unless DIGEST_REQUIRE_POSTGRES=1 (CI), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED_DUMPS = Path(__file__).resolve().parents[2] / "shared" / "dumps"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("DIGEST_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL required (DIGEST_REQUIRE_POSTGRES=1) but {reason}")
+    pytest.skip(f"PostgreSQL tests skipped: {reason}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _initdb() -> str | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version_key)
+    return found[-1] if found else (shutil.which("initdb") or None)
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    parts = Path(path).parts
+    try:
+        return (int(parts[-3]),)
+    except (ValueError, IndexError):
+        return (0,)
+
+
+class _Cluster:
+    """A throwaway PostgreSQL cluster in a temp folder, on a free loopback port."""
+
+    def __init__(self, initdb: str) -> None:
+        self.bindir = Path(initdb).parent
+        self.root = Path(tempfile.mkdtemp(prefix="digest-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.user = None
+        if os.geteuid() == 0:
+            # The server refuses to run as root: hand the folder to an unprivileged user.
+            self.user = _unprivileged_user()
+            os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
+        self.port = 0
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = list(args)
+        if self.user is not None:
+            cmd = ["runuser", "-u", self.user.pw_name, "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+    def start(self) -> str:
+        done = self._run(
+            str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+            "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync",
+        )  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"initdb failed: {done.stderr.strip() or done.stdout.strip()}")
+        last = ""
+        for _attempt in range(5):  # the free port may be taken between probing and binding
+            self.port = _free_port()
+            options = (
+                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            )
+            done = self._run(
+                str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                "-o", options, "-w", "-t", "60", "start",
+            )  # fmt: skip
+            if done.returncode == 0:
+                return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+            last = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+        raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()} {last}")
+
+    def stop(self) -> None:
+        if self.data.exists():
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _unprivileged_user() -> pwd.struct_passwd:
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise RuntimeError("running as root and no 'postgres' or 'nobody' user to run the server")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """URL of a maintenance database on a PostgreSQL server we may create databases on."""
+    url = os.environ.get("DIGEST_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    initdb = _initdb()
+    if initdb is None:
+        _unavailable(
+            "no $DIGEST_TEST_POSTGRES_URL and no server binaries "
+            "(/usr/lib/postgresql/*/bin/initdb); install the 'postgresql' package"
+        )
+    cluster = _Cluster(initdb)
+    try:
+        url = cluster.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        cluster.stop()
+        _unavailable(f"could not start a throwaway cluster: {exc}")
+    try:
+        yield url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin_url = make_url(postgres_server)
+    if admin_url.drivername == "postgresql":
+        admin_url = admin_url.set(drivername="postgresql+psycopg")
+    name = f"digest_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+# --- stores on both engines ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL for a fresh, empty database: SQLite in tmp_path, then PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'digest.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[object]:
+    """An open, migrated Store on each engine."""
+    from digest.store import Store
+
+    opened = Store.open(store_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+# --- dumps --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shared_dumps() -> list[Path]:
+    """The four real dumps of ../shared/dumps, in name order."""
+    files = sorted(SHARED_DUMPS.glob("*.txt")) if SHARED_DUMPS.is_dir() else []
+    if len(files) < 4:
+        pytest.skip(f"shared dumps not found at {SHARED_DUMPS}")
+    return files
