@@ -102,7 +102,7 @@ def parse_bytes(
         raise ParseError("file is UTF-16 text; save it as UTF-8", file=name, line=1)
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
-    if not data.strip():
+    if not data or data.isspace():
         raise ParseError("file is empty" if not data else "file holds only white space", file=name)
     nul = data.find(b"\x00")
     if nul >= 0:
@@ -259,10 +259,13 @@ def _abstract_cost(s: str) -> float:
     return 1.5 if len(s) >= 100 else 7.0
 
 
+# Tabs and no-break spaces inside a line become one space; plain double spaces are kept as
+# written (searching every abstract for them would cost more than the whole parse).
+_ODD_SPACE = re.compile(r" *[\t\xa0][ \t\xa0]*")
+
+
 def _clean(s: str) -> str:
-    if "\t" in s or "  " in s or "\xa0" in s:
-        return " ".join(s.split())
-    return s
+    return _ODD_SPACE.sub(" ", s)
 
 
 def _quote(s: str) -> str:
@@ -280,7 +283,7 @@ class _Meta:
 
 
 class _Parser:
-    """One parse: tokens, then entries. Holds only per-call state."""
+    """One parse of one text; holds only per-call state."""
 
     def __init__(self, name: str, ref: date) -> None:
         self.name = name
@@ -288,55 +291,115 @@ class _Parser:
         self.capture = ref
         self.warnings: list[ParseWarning] = []
         self.papers: list[Paper] = []
-        self.last_text_line = 0
+        self.lines: list[str] = []
+        self.last_text = -1  # index of the last text line of the file
         self.with_meta = 0
+        self.clean = False
 
     def warn(self, line: int, message: str) -> None:
         self.warnings.append(ParseWarning(line, message))
 
-    # -- pass 1: one token per non-blank line ------------------------------------------------
+    @staticmethod
+    def kind(s: str) -> tuple[int, re.Match | None]:
+        """Classify one stripped, non-blank line."""
+        if len(s) > _SHORT_MAX:
+            return _TEXT, None
+        if s in _CHROME:
+            return _CHROME_K, None
+        if len(s) <= _META_MAX:
+            m = _META_RE.fullmatch(s)
+            if m is not None:
+                return (_AUTH if m["n"] else _DOT if m["dot"] else _DATE), m
+        return _TEXT, None
 
-    def tokenize(self, text: str) -> tuple[list[tuple], int, int]:
-        toks: list[tuple] = []
-        append = toks.append
-        chrome, meta_match = _CHROME, _META_RE.fullmatch
-        blank = True
-        seen_text = False
+    def run(self, text: str) -> ParseResult:
+        self.clean = "\t" in text or "\xa0" in text
+        lines = self.lines = list(map(str.strip, text.split("\n")))
+        idx = [i for i, s in enumerate(lines) if s]
+        n = len(idx)
+        kind_of = self.kind
+        seg: list[int] = []  # indexes of the text lines of the entries being read
+        started = False  # a text line has been seen: chrome and dates are no longer header
         seen_subscribe = False
+        page_date_seen = False
         adjacent = separated = 0
-        prev_text = False
-        for lineno, raw in enumerate(text.split("\n"), 1):
-            s = raw.strip()
-            if not s:
-                blank = True
-                continue
-            kind, m = _TEXT, None
-            if len(s) <= _SHORT_MAX:
-                if s in chrome:
-                    kind = _CHROME_K
-                    seen_subscribe = seen_subscribe or s == _GLUED_CHROME
-                elif len(s) <= _META_MAX:
-                    m = meta_match(s)
-                    if m is not None:
-                        kind = _AUTH if m["n"] else _DOT if m["dot"] else _DATE
+        prev_text = -2
+        for k in range(n - 1, -1, -1):
+            if len(lines[idx[k]]) > _SHORT_MAX or kind_of(lines[idx[k]])[0] == _TEXT:
+                self.last_text = idx[k]
+                break
+        k = 0
+        while k < n:
+            i = idx[k]
+            s = lines[i]
+            if len(s) > _SHORT_MAX:
+                kind, m = _TEXT, None
+            else:
+                kind, m = kind_of(s)
             if kind == _TEXT:
-                if not seen_text:
-                    seen_text = True
-                    s = self._unglue(s, lineno, seen_subscribe)
-                if prev_text:
-                    if blank:
+                if not started:
+                    started = True
+                    s = lines[i] = self._unglue(s, seen_subscribe)
+                if prev_text == k - 1:
+                    if i - idx[k - 1] > 1:
                         separated += 1
                     else:
                         adjacent += 1
-                prev_text = True
-                self.last_text_line = lineno
+                prev_text = k
+                if (
+                    seg
+                    and len(seg) % 2 == 0
+                    and len(s) <= _ORG_MAX
+                    and k + 1 < n
+                    and len(lines[idx[k + 1]]) <= _META_MAX
+                    and self._org_at(idx, k)
+                ):
+                    k = self._meta_group(idx, k, seg)
+                    seg = []
+                    continue
+                seg.append(i)
+                k += 1
+            elif kind == _CHROME_K:
+                if started:
+                    self.warn(i + 1, f"page chrome {_quote(s)} among the entries; skipped")
+                    self._emit(seg, None)
+                    seg = []
+                else:
+                    seen_subscribe = seen_subscribe or s == _GLUED_CHROME
+                k += 1
+            elif not started and kind == _DATE and not page_date_seen:
+                page_date_seen = True
+                self._page_date(m, i + 1)
+                k += 1
             else:
-                prev_text = False
-            append((kind, lineno, s, m))
-            blank = False
-        return toks, adjacent, separated
+                k = self._meta_group(idx, k, seg)
+                seg = []
+        self._emit(seg, None)
+        if self.papers and self.last_text == idx[-1] and not text.endswith("\n"):
+            last = lines[self.last_text]
+            if self.papers[-1].abstract == self._text(last) and last[-1] not in ".!?)":
+                self.warn(
+                    self.last_text + 1,
+                    "the file ends without a newline inside this abstract (cut short?)",
+                )
+        if not self.papers:
+            reason = "no paper found (expected title and abstract lines)"
+            if self.warnings:
+                w = min(self.warnings, key=lambda w: w.line)
+                reason += f"; {len(self.warnings)} problem(s), first at line {w.line}: {w.message}"
+            raise ParseError(reason, file=self.name)
+        self.warnings.sort(key=lambda w: w.line)
+        return ParseResult(
+            papers=tuple(self.papers),
+            warnings=tuple(self.warnings),
+            layout=self._layout(adjacent, separated),
+            capture_date=self.capture,
+        )
 
-    def _unglue(self, s: str, lineno: int, seen_subscribe: bool) -> str:
+    def _text(self, s: str) -> str:
+        return _clean(s) if self.clean else s
+
+    def _unglue(self, s: str, seen_subscribe: bool) -> str:
         # A saved compact page runs the "Subscribe" button into the first title.
         g = len(_GLUED_CHROME)
         if (
@@ -347,57 +410,6 @@ class _Parser:
         ):
             return s[g:].lstrip()
         return s
-
-    # -- pass 2: entries -----------------------------------------------------------------------
-
-    def run(self, text: str) -> ParseResult:
-        toks, adjacent, separated = self.tokenize(text)
-        n = len(toks)
-        seg: list[tuple[int, str]] = []
-        started = False  # a text line has been seen: later chrome is out of place
-        page_date_tok = None
-        i = 0
-        while i < n:
-            kind, ln, s, m = toks[i]
-            if kind == _TEXT:
-                if seg and len(seg) % 2 == 0 and self._org_at(toks, i):
-                    i = self._meta_group(toks, i, seg)
-                    seg = []
-                    continue
-                seg.append((ln, s))
-                started = True
-                i += 1
-            elif kind == _CHROME_K:
-                if started:
-                    self.warn(ln, f"page chrome {_quote(s)} among the entries; skipped")
-                    self._emit(seg, None)
-                    seg = []
-                i += 1
-            elif not started and kind == _DATE and page_date_tok is None:
-                page_date_tok = toks[i]
-                self._page_date(m, ln)
-                i += 1
-            else:
-                i = self._meta_group(toks, i, seg)
-                seg = []
-        self._emit(seg, None)
-        if toks and toks[-1][0] == _TEXT and not text.endswith("\n") and self.papers:
-            ln, last = toks[-1][1], toks[-1][2]
-            if self.papers[-1].abstract == _clean(last) and last[-1] not in ".!?)":
-                self.warn(ln, "the file ends without a newline inside this abstract (cut short?)")
-        if not self.papers:
-            reason = "no paper found (expected title and abstract lines)"
-            if self.warnings:
-                w = self.warnings[0]
-                reason += f"; {len(self.warnings)} problem(s), first at line {w.line}: {w.message}"
-            raise ParseError(reason, file=self.name)
-        self.warnings.sort(key=lambda w: w.line)
-        return ParseResult(
-            papers=tuple(self.papers),
-            warnings=tuple(self.warnings),
-            layout=self._layout(adjacent, separated),
-            capture_date=self.capture,
-        )
 
     def _layout(self, adjacent: int, separated: int) -> str:
         if adjacent and separated:
@@ -427,37 +439,40 @@ class _Parser:
         else:
             self.capture = d
 
-    def _org_at(self, toks: list[tuple], i: int) -> bool:
-        """A text token is an organization line when a metadata line follows and shape fits."""
-        if i + 1 >= len(toks) or toks[i + 1][0] not in (_DOT, _DATE):
+    def _org_at(self, idx: list[int], k: int) -> bool:
+        """A text line is an organization line when a metadata line follows and shape fits."""
+        if k + 1 >= len(idx) or self.kind(self.lines[idx[k + 1]])[0] not in (_DOT, _DATE):
             return False
-        s = toks[i][2]
+        s = self.lines[idx[k]]
         return len(s) <= _ORG_MAX and _ORG_RE.fullmatch(s) is not None
 
-    def _meta_group(self, toks: list[tuple], i: int, seg: list[tuple[int, str]]) -> int:
-        """Read the run of metadata lines starting at toks[i], attach it, return the next index."""
-        meta = _Meta(toks[i][1])
-        n = len(toks)
-        while i < n:
-            kind, ln, s, m = toks[i]
+    def _meta_group(self, idx: list[int], k: int, seg: list[int]) -> int:
+        """Read the run of metadata lines starting at idx[k], attach it, return the next k."""
+        lines = self.lines
+        meta = _Meta(idx[k] + 1)
+        n = len(idx)
+        while k < n:
+            i = idx[k]
+            s = lines[i]
+            kind, m = self.kind(s)
             if kind == _AUTH:
                 if meta.authors is not None:
-                    self.warn(ln, f"second author count {s!r} in one entry; ignored")
+                    self.warn(i + 1, f"second author count {s!r} in one entry; ignored")
                 else:
                     meta.authors = int(m["n"])
             elif kind == _DATE:
-                self._date(meta, m, ln)
-            elif kind == _TEXT and self._org_at(toks, i):
+                self._date(meta, m, i + 1)
+            elif kind == _TEXT and self._org_at(idx, k):
                 om = _ORG_RE.fullmatch(s)
                 if meta.organization_id is not None:
-                    self.warn(ln, f"second organization {s!r} in one entry; ignored")
+                    self.warn(i + 1, f"second organization {s!r} in one entry; ignored")
                 else:
-                    meta.organization_id, meta.organization = om[1], om[2]
+                    meta.organization_id, meta.organization = om[1], self._text(om[2])
             elif kind != _DOT:
                 break
-            i += 1
+            k += 1
         self._emit(seg, meta)
-        return i
+        return k
 
     def _date(self, meta: _Meta, m: re.Match, ln: int) -> None:
         if meta.published is not None:
@@ -484,68 +499,75 @@ class _Parser:
         meta.published = d
         meta.upvotes = int(up) if up is not None else None
 
-    def _emit(self, seg: list[tuple[int, str]], meta: _Meta | None) -> None:
+    def _emit(self, seg: list[int], meta: _Meta | None) -> None:
         """Turn a run of text lines (and the metadata after it) into papers."""
         if not seg:
             if meta is not None:
                 self.warn(meta.line, "metadata that follows no abstract; ignored")
             return
         pairs = self._pair(seg)
-        papers = self.papers
-        for t, a in pairs[:-1] if meta is not None else pairs:
-            papers.append(Paper(_clean(t[1]), _clean(a[1]), line=t[0]))
-        if meta is None:
-            return
-        if pairs and pairs[-1][1] is seg[-1]:
-            t, a = pairs[-1]
+        lines = self.lines
+        last = None
+        if meta is not None and pairs and pairs[-1][1] == seg[-1]:
+            last = pairs.pop()
+        elif meta is not None:
+            self.warn(meta.line, "metadata that follows no abstract; ignored")
+        if self.clean:
+            self.papers += [
+                Paper(_clean(lines[t]), _clean(lines[a]), None, None, None, None, None, t + 1)
+                for t, a in pairs
+            ]
+        else:
+            self.papers += [
+                Paper(lines[t], lines[a], None, None, None, None, None, t + 1) for t, a in pairs
+            ]
+        if last is not None:
+            t, a = last
             self.with_meta += 1
-            papers.append(
+            self.papers.append(
                 Paper(
-                    _clean(t[1]),
-                    _clean(a[1]),
-                    authors=meta.authors,
-                    organization=meta.organization,
-                    organization_id=meta.organization_id,
-                    published=meta.published,
-                    upvotes=meta.upvotes,
-                    line=t[0],
+                    self._text(lines[t]),
+                    self._text(lines[a]),
+                    meta.authors,
+                    meta.organization,
+                    meta.organization_id,
+                    meta.published,
+                    meta.upvotes,
+                    t + 1,
                 )
             )
-        else:
-            if pairs:
-                t, a = pairs[-1]
-                papers.append(Paper(_clean(t[1]), _clean(a[1]), line=t[0]))
-            self.warn(meta.line, "metadata that follows no abstract; ignored")
 
-    def _pair(self, seg: list[tuple[int, str]]) -> list[tuple[tuple[int, str], tuple[int, str]]]:
+    def _pair(self, seg: list[int]) -> list[tuple[int, int]]:
         """Pair text lines as (title, abstract); warn about every line left out or doubted."""
         n = len(seg)
+        lines = self.lines
         if n % 2 == 0:
-            ok = True
             for k in range(0, n, 2):
-                t, a = seg[k][1], seg[k + 1][1]
+                t, a = lines[seg[k]], lines[seg[k + 1]]
                 if (
                     len(t) > TITLE_MAX
                     or t[-1] == "."
                     or not (len(a) > TITLE_MAX or a[-1] in _SENTENCE_END)
                 ):
-                    ok = False
                     break
-            if ok:
-                return [(seg[k], seg[k + 1]) for k in range(0, n, 2)]
+            else:
+                it = iter(seg)
+                return list(zip(it, it, strict=True))
         return self._pair_slow(seg)
 
-    def _pair_slow(self, seg: list[tuple[int, str]]) -> list:
+    def _pair_slow(self, seg: list[int]) -> list[tuple[int, int]]:
         # Viterbi over two states: 0 = expecting a title, 1 = holding a title, expecting its
         # abstract. Ties prefer the line just above an abstract as its title (the known layouts).
         n = len(seg)
+        lines = self.lines
         cost = [[_INF, _INF] for _ in range(n + 1)]
-        back: list[list[tuple | None]] = [[None, None] for _ in range(n + 1)]
+        back: list[list[tuple[int, str]]] = [[(0, ""), (0, "")] for _ in range(n + 1)]
         cost[0][0] = 0.0
-        for i, (_, s) in enumerate(seg):
+        for j, i in enumerate(seg):
+            s = lines[i]
             tc, ac = _title_cost(s), _abstract_cost(s)
-            c0, c1 = cost[i]
-            # (previous state, action, added cost, next state)
+            c0, c1 = cost[j]
+            # (previous state, action, added cost, next state, cost so far)
             moves = (
                 (0, "skip", _SKIP, 0, c0),
                 (0, "title", tc, 1, c0),
@@ -555,50 +577,53 @@ class _Parser:
             )
             for prev, action, add, nxt, base in moves:
                 total = base + add
-                if total < cost[i + 1][nxt]:
-                    cost[i + 1][nxt] = total
-                    back[i + 1][nxt] = (prev, action)
+                if total < cost[j + 1][nxt]:
+                    cost[j + 1][nxt] = total
+                    back[j + 1][nxt] = (prev, action)
         state = 0 if cost[n][0] <= cost[n][1] + _SKIP else 1
         actions = []
-        for i in range(n, 0, -1):
-            prev, action = back[i][state]
+        for j in range(n, 0, -1):
+            prev, action = back[j][state]
             actions.append(action)
             state = prev
         actions.reverse()
-        pairs = []
-        title = None
-        for (ln, s), action in zip(seg, actions, strict=True):
+        pairs: list[tuple[int, int]] = []
+        title = -1
+        for i, action in zip(seg, actions, strict=True):
+            s = lines[i]
             if action == "title":
-                title = (ln, s)
+                title = i
                 if _title_cost(s):
-                    self.warn(ln, f"{_quote(s)} taken as a title although it ends with a period")
+                    self.warn(i + 1, f"{_quote(s)} taken as a title although it ends with a period")
             elif action == "retitle":
                 self._drop_title(title)
-                title = (ln, s)
+                title = i
             elif action == "abstract":
                 if _abstract_cost(s):
                     self.warn(
-                        ln,
-                        f"{_quote(s)} taken as the abstract of line {title[0]} although it is "
+                        i + 1,
+                        f"{_quote(s)} taken as the abstract of line {title + 1} although it is "
                         "short and ends no sentence",
                     )
-                pairs.append((title, (ln, s)))
-                title = None
+                pairs.append((title, i))
+                title = -1
             elif len(s) > TITLE_MAX:
-                self.warn(ln, "paragraph without a title (a second abstract paragraph?); skipped")
+                self.warn(
+                    i + 1, "paragraph without a title (a second abstract paragraph?); skipped"
+                )
             else:
-                self.warn(ln, f"unknown line skipped: {_quote(s)}")
-        if title is not None:
+                self.warn(i + 1, f"unknown line skipped: {_quote(s)}")
+        if title >= 0:
             self._drop_title(title)
         return pairs
 
-    def _drop_title(self, title: tuple[int, str]) -> None:
-        ln, s = title
-        if ln == self.last_text_line:
+    def _drop_title(self, i: int) -> None:
+        s = self.lines[i]
+        if i == self.last_text:
             self.warn(
-                ln,
-                f"incomplete entry at line {ln}: title without abstract (file cut "
-                f"short?); dropped: {_quote(s)}",
+                i + 1,
+                f"incomplete entry at line {i + 1}: title without abstract (file cut short?); "
+                f"dropped: {_quote(s)}",
             )
         else:
-            self.warn(ln, f"line with no abstract after it skipped: {_quote(s)}")
+            self.warn(i + 1, f"line with no abstract after it skipped: {_quote(s)}")
