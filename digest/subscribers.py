@@ -1,0 +1,621 @@
+"""Subscribers and their keyword topics: validation and the service used by the CLI and the web app.
+
+Every function validates its input and raises a DigestError subclass naming the address, field or
+CSV line concerned: `FieldError` (a ValidationError with `.field`) for a bad value,
+`TopicQueryError` (a QueryError with `.topic`, `.column` and `.hint`) for a topic whose query does
+not compile, NotFoundError for an unknown subscriber. SQL stays in digest/store.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+
+from digest.config import Settings
+from digest.errors import DigestError, NotFoundError, QueryError, ValidationError
+from digest.models import CADENCES, STATUSES, Subscriber, Topic
+from digest.query import compile_query
+from digest.store import Store
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+CSV_COLUMNS = ("email", "name", "status", "cadence", "time", "tz", "weekday", "topics")
+KEYWORDS_TOPIC = "Keywords"
+MAX_NAME = 200
+MAX_TOPIC_NAME = 100
+MAX_QUERY = 2000
+MAX_TOPICS = 50
+MAX_BACKFILL_DAYS = 3650
+
+_TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+class FieldError(ValidationError):
+    """A bad value for one field of a subscriber (`field` names it, for forms and CSV reports)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        self.field = field_name
+        super().__init__(message)
+
+
+class TopicQueryError(QueryError):
+    """A topic whose query does not compile: the QueryError plus the topic's name and position."""
+
+    def __init__(self, topic: str, index: int, err: QueryError) -> None:
+        # QueryError.__init__ would prefix the column again; keep its fields, name the topic.
+        Exception.__init__(self, f"topic {topic!r}: {err}")
+        self.query = err.query
+        self.column = err.column
+        self.hint = err.hint
+        self.topic = topic
+        self.index = index
+
+
+# --- single values -------------------------------------------------------------------------------
+
+
+def normalize_email(text: str) -> str:
+    """The normalised form of an address (syntax checks only, no DNS); lower-cased throughout."""
+    raw = (text or "").strip()
+    try:
+        checked = validate_email(raw, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise FieldError("email", f"{raw!r} is not a valid email address: {exc}") from None
+    # Local parts are case-sensitive in theory; in practice providers fold them and duplicates
+    # that differ only in case are a support burden, so one case it is.
+    return checked.normalized.lower()
+
+
+def check_name(text: str) -> str:
+    """A display name: trimmed, one line, at most MAX_NAME characters (it goes in headers)."""
+    name = (text or "").strip()
+    if _CONTROL.search(name):
+        raise FieldError("name", f"name {name!r} must be one line without control characters")
+    if len(name) > MAX_NAME:
+        raise FieldError("name", f"name is {len(name)} characters long; at most {MAX_NAME}")
+    return name
+
+
+def check_time(text: str) -> str:
+    """A delivery time HH:MM (24 hours), zero-padded: "7:00" gives "07:00"."""
+    m = _TIME.match((text or "").strip())
+    if not m:
+        raise FieldError("time", f"time {text!r} is not HH:MM on a 24-hour clock (e.g. 07:30)")
+    return f"{int(m.group(1)):02d}:{m.group(2)}"
+
+
+def check_tz(text: str) -> str:
+    """An IANA time zone name such as Europe/London."""
+    name = (text or "").strip()
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise FieldError(
+            "tz", f"time zone {text!r} is not an IANA zone name (e.g. Europe/London, UTC)"
+        ) from None
+    return name
+
+
+def check_cadence(text: str) -> str:
+    """One of models.CADENCES."""
+    value = (text or "").strip().lower()
+    if value not in CADENCES:
+        raise FieldError("cadence", f"cadence {text!r} is not one of {', '.join(CADENCES)}")
+    return value
+
+
+def check_status(text: str) -> str:
+    """One of models.STATUSES."""
+    value = (text or "").strip().lower()
+    if value not in STATUSES:
+        raise FieldError("status", f"status {text!r} is not one of {', '.join(STATUSES)}")
+    return value
+
+
+def parse_weekday(value: str | int) -> int:
+    """A weekday as 0 (Monday) .. 6, from an int, "0".."6", or a name ("mon", "Monday")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= 6:
+            return value
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if text.isdigit() and int(text) <= 6:
+            return int(text)
+        if len(text) >= 3 and text[:3] in WEEKDAYS:
+            full = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+            i = WEEKDAYS.index(text[:3])
+            if full[i].startswith(text):
+                return i
+    raise FieldError("weekday", f"weekday {value!r} is not one of {', '.join(WEEKDAYS)} (or 0-6)")
+
+
+def check_topics(topics: Sequence[Topic]) -> tuple[Topic, ...]:
+    """Trimmed topics whose names are unique and whose queries compile."""
+    if len(topics) > MAX_TOPICS:
+        raise FieldError("topics", f"{len(topics)} topics; at most {MAX_TOPICS}")
+    out: list[Topic] = []
+    seen: dict[str, int] = {}
+    for i, topic in enumerate(topics):
+        name = (topic.name or "").strip()
+        query = (topic.query or "").strip()
+        if not name:
+            raise FieldError("topics", f"topic {i + 1} has no name")
+        if _CONTROL.search(name) or ":" in name or "|" in name:
+            raise FieldError(
+                "topics",
+                f"topic name {name!r} must be one line without ':' or '|' "
+                "(they separate topics in CSV files)",
+            )
+        if len(name) > MAX_TOPIC_NAME:
+            raise FieldError(
+                "topics", f"topic name {name[:40]!r}... is longer than {MAX_TOPIC_NAME}"
+            )
+        folded = name.casefold()
+        if folded in seen:
+            raise FieldError("topics", f"topic name {name!r} is used twice")
+        seen[folded] = i
+        if len(query) > MAX_QUERY:
+            raise FieldError("topics", f"topic {name!r}: query longer than {MAX_QUERY} characters")
+        if "|" in query:
+            raise FieldError(
+                "topics",
+                f"topic {name!r}: '|' is not allowed in a query (it separates topics in CSV "
+                "files; use OR or a comma)",
+            )
+        try:
+            compile_query(query)
+        except QueryError as exc:
+            raise TopicQueryError(name, i, exc) from None
+        out.append(Topic(name, query))
+    return tuple(out)
+
+
+def parse_topics(text: str) -> tuple[Topic, ...]:
+    """Topics from the CSV form "Name: query | Name: query" (validated)."""
+    found: list[Topic] = []
+    for piece in (text or "").split("|"):
+        if not piece.strip():
+            continue
+        name, colon, query = piece.partition(":")
+        if not colon or not name.strip():
+            raise FieldError("topics", f"{piece.strip()!r} is not 'Name: query'")
+        found.append(Topic(name.strip(), query.strip()))
+    return check_topics(found)
+
+
+def format_topics(topics: Sequence[Topic]) -> str:
+    """The CSV form of topics, which parse_topics reads back."""
+    return " | ".join(f"{t.name}: {t.query}" for t in topics)
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+def add_subscriber(
+    store: Store,
+    settings: Settings,
+    email: str,
+    *,
+    name: str = "",
+    topics: Sequence[Topic] = (),
+    cadence: str = "daily",
+    time: str | None = None,
+    tz: str | None = None,
+    weekday: int = 0,
+    backfill_days: int | None = None,
+    status: str = "active",
+    now: datetime | None = None,
+) -> Subscriber:
+    """Validate and store a new subscriber; their first digest holds papers stored from now on
+    (or from `backfill_days` ago)."""
+    address = normalize_email(email)
+    now = _now(now)
+    if backfill_days is not None and not (0 <= backfill_days <= MAX_BACKFILL_DAYS):
+        raise FieldError(
+            "backfill", f"backfill of {backfill_days} days: give 0 to {MAX_BACKFILL_DAYS}"
+        )
+    sub = Subscriber(
+        id=0,
+        email=address,
+        name=check_name(name),
+        status=check_status(status),
+        cadence=check_cadence(cadence),
+        time=check_time(time if time is not None else settings.schedule.default_time),
+        tz=check_tz(tz if tz is not None else settings.schedule.default_tz),
+        weekday=parse_weekday(weekday),
+        created_at=now,
+        token=secrets.token_urlsafe(24),
+        topics=check_topics(topics),
+        since=now - timedelta(days=backfill_days) if backfill_days is not None else now,
+    )
+    if store.subscriber_by_email(address) is not None:
+        raise FieldError("email", f"{address}: already subscribed")
+    # Papers already stored are not pending, unless a backfill asks for them (then `since` rules).
+    watermark = 0 if backfill_days is not None else store.max_paper_id()
+    return store.insert_subscriber(sub, watermark=watermark)
+
+
+def get_subscriber(store: Store, email: str) -> Subscriber:
+    """The subscriber with this address; NotFoundError if none."""
+    address = _lookup_form(email)
+    found = store.subscriber_by_email(address)
+    if found is None:
+        raise NotFoundError(f"no subscriber {address}")
+    return found
+
+
+def subscriber_by_token(store: Store, token: str) -> Subscriber | None:
+    """The subscriber holding this secret token, or None."""
+    if not token or len(token) > 200:
+        return None
+    return store.subscriber_by_token(token)
+
+
+def list_subscribers(
+    store: Store,
+    *,
+    search: str | None = None,
+    status: str | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+) -> list[Subscriber]:
+    """Subscribers by email; `search` is a case-insensitive substring of email or name."""
+    return store.list_subscribers(
+        search=search or None,
+        status=check_status(status) if status else None,
+        offset=max(0, offset),
+        limit=limit,
+    )
+
+
+def count_subscribers(store: Store, *, search: str | None = None, status: str | None = None) -> int:
+    """How many subscribers list_subscribers would give without offset and limit."""
+    return store.count_subscribers(
+        search=search or None, status=check_status(status) if status else None
+    )
+
+
+def status_counts(store: Store) -> dict[str, int]:
+    """Subscribers per status (every status present)."""
+    return store.subscriber_status_counts()
+
+
+def edit_subscriber(
+    store: Store,
+    settings: Settings,
+    email: str,
+    *,
+    name: str | None = None,
+    topics: Sequence[Topic] | None = None,
+    cadence: str | None = None,
+    time: str | None = None,
+    tz: str | None = None,
+    weekday: int | str | None = None,
+    new_email: str | None = None,
+) -> Subscriber:
+    """Change only the given fields (topics are replaced as a whole); later digests follow."""
+    current = get_subscriber(store, email)
+    fields: dict[str, Any] = {}
+    if new_email is not None:
+        address = normalize_email(new_email)
+        if address != current.email:
+            if store.subscriber_by_email(address) is not None:
+                raise FieldError("email", f"{address}: already subscribed")
+            fields["email"] = address
+    if name is not None:
+        fields["name"] = check_name(name)
+    if cadence is not None:
+        fields["cadence"] = check_cadence(cadence)
+    if time is not None:
+        fields["time"] = check_time(time)
+    if tz is not None:
+        fields["tz"] = check_tz(tz)
+    if weekday is not None:
+        fields["weekday"] = parse_weekday(weekday)
+    new_topics = check_topics(topics) if topics is not None else None
+    fields = {k: v for k, v in fields.items() if getattr(current, k) != v}
+    if new_topics == current.topics:
+        new_topics = None
+    if fields or new_topics is not None:
+        store.update_subscriber(current.id, fields, new_topics)
+    return _reload(store, current.id, current.email)
+
+
+def set_status(store: Store, email: str, status: str) -> Subscriber:
+    """Pause, resume or unsubscribe; a resumed subscriber skips the papers of their pause."""
+    status = check_status(status)
+    current = get_subscriber(store, email)
+    resuming = status == "active" and current.status != "active"
+    if status != current.status:
+        store.set_subscriber_status(current.id, status, reset_watermark=resuming)
+    return _reload(store, current.id, current.email)
+
+
+def unsubscribe_by_token(store: Store, token: str) -> bool:
+    """Unsubscribe whoever holds this token; True if someone does (already unsubscribed too)."""
+    if not token or len(token) > 200:
+        return False
+    return store.unsubscribe_token(token)
+
+
+def remove_subscriber(store: Store, email: str) -> None:
+    """Delete a subscriber with their topics, digests and delivery ledger."""
+    current = get_subscriber(store, email)
+    store.delete_subscriber(current.id)
+
+
+def feed_url(sub: Subscriber, settings: Settings) -> str:
+    """The subscriber's private Atom feed."""
+    return f"{settings.site.base_url.rstrip('/')}/feeds/s/{sub.token}.atom"
+
+
+def subscriber_to_json(sub: Subscriber, settings: Settings) -> dict[str, Any]:
+    """The public JSON shape of a subscriber (CONTRACT.md, `subscriber show --json`)."""
+    return {
+        "email": sub.email,
+        "name": sub.name,
+        "status": sub.status,
+        "cadence": sub.cadence,
+        "time": sub.time,
+        "tz": sub.tz,
+        "topics": [{"name": t.name, "query": t.query} for t in sub.topics],
+        "feed_url": feed_url(sub, settings),
+    }
+
+
+def history(store: Store, email: str) -> list[dict[str, Any]]:
+    """Email digests sent to a subscriber, newest first (CONTRACT.md, `digest history --json`)."""
+    sub = get_subscriber(store, email)
+    return [
+        {
+            "message_id": entry["message_id"],
+            "sent_at": entry["sent_at"].isoformat() if entry["sent_at"] else None,
+            "papers": [{"title": title, "topic": topic} for title, topic in entry["papers"]],
+        }
+        for entry in store.subscriber_history(sub.id)
+    ]
+
+
+# --- CSV import and export -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """A rejected CSV row: its first line, the column at fault and why."""
+
+    file: str
+    line: int
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: column {self.column}: {self.message}"
+
+
+@dataclass
+class ImportReport:
+    """What an import did: rows added, updated, unchanged, and the rows rejected."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{len(self.errors)} rows rejected"
+        )
+
+
+def import_csv(
+    store: Store, settings: Settings, path: str | Path, *, dry_run: bool = False
+) -> ImportReport:
+    """Add or update subscribers from a CSV file; every row is checked and bad rows reported
+    (by line and column) without stopping the good ones. `dry_run` only checks."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ValidationError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    reader = csv.reader(text.splitlines(keepends=True))
+    report = ImportReport()
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ValidationError(f"{path}: empty file; expected a header line") from None
+    except csv.Error as exc:
+        raise ValidationError(f"{path}:1: not valid CSV: {exc}") from None
+    columns = [h.strip().lower() for h in header]
+    unknown = [c for c in columns if c not in CSV_COLUMNS]
+    if unknown or "email" not in columns or len(set(columns)) != len(columns):
+        raise ValidationError(
+            f"{path}:1: header must name 'email' and only these columns, once each: "
+            f"{', '.join(CSV_COLUMNS)} (found {', '.join(columns) or 'nothing'})"
+        )
+    seen: dict[str, int] = {}
+    line = reader.line_num + 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            report.errors.append(RowError(str(path), line, "-", f"not valid CSV: {exc}"))
+            break
+        start, line = line, reader.line_num + 1
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(columns):
+            report.errors.append(
+                RowError(
+                    str(path),
+                    start,
+                    "-",
+                    f"{len(cells)} cells but the header has {len(columns)} columns",
+                )
+            )
+            continue
+        row = dict(zip(columns, cells, strict=True))
+        _import_row(store, settings, row, str(path), start, seen, report, dry_run)
+    return report
+
+
+def _import_row(
+    store: Store,
+    settings: Settings,
+    row: dict[str, str],
+    file: str,
+    line: int,
+    seen: dict[str, int],
+    report: ImportReport,
+    dry_run: bool,
+) -> None:
+    errors: list[RowError] = []
+    values: dict[str, Any] = {}
+    checks = {
+        "email": normalize_email,
+        "name": check_name,
+        "status": check_status,
+        "cadence": check_cadence,
+        "time": check_time,
+        "tz": check_tz,
+        "weekday": parse_weekday,
+        "topics": parse_topics,
+    }
+    for column, check in checks.items():
+        raw = row.get(column, "")
+        if column != "name" and not raw.strip():
+            continue  # empty: the default for a new subscriber, unchanged for a known one
+        try:
+            values[column] = check(raw)
+        except (ValidationError, QueryError) as exc:
+            errors.append(RowError(file, line, column, str(exc)))
+    if "email" not in values and not any(e.column == "email" for e in errors):
+        errors.append(RowError(file, line, "email", "no address"))
+    address = values.get("email")
+    if address in seen:
+        errors.append(RowError(file, line, "email", f"{address} already on line {seen[address]}"))
+    if errors:
+        report.errors.extend(errors)
+        return
+    seen[address] = line
+    try:
+        _apply_row(store, settings, address, row, values, report, dry_run)
+    except DigestError as exc:  # e.g. added by someone else meanwhile
+        report.errors.append(RowError(file, line, "-", str(exc)))
+
+
+def _apply_row(
+    store: Store,
+    settings: Settings,
+    address: str,
+    row: dict[str, str],
+    values: dict[str, Any],
+    report: ImportReport,
+    dry_run: bool,
+) -> None:
+    existing = store.subscriber_by_email(address)
+    if existing is None:
+        if not dry_run:
+            add_subscriber(
+                store,
+                settings,
+                address,
+                name=values.get("name", ""),
+                topics=values.get("topics", ()),
+                cadence=values.get("cadence", "daily"),
+                time=values.get("time"),
+                tz=values.get("tz"),
+                weekday=values.get("weekday", 0),
+                status=values.get("status", "active"),
+            )
+        report.added += 1
+        return
+    if "name" in row and not row["name"].strip():
+        values.pop("name", None)  # an empty name cell leaves a known subscriber's name alone
+    changed = any(
+        getattr(existing, k) != v for k, v in values.items() if k not in ("email", "topics")
+    ) or ("topics" in values and values["topics"] != existing.topics)
+    if not changed:
+        report.unchanged += 1
+        return
+    if not dry_run:
+        edit_subscriber(
+            store,
+            settings,
+            address,
+            name=values.get("name"),
+            topics=values.get("topics"),
+            cadence=values.get("cadence"),
+            time=values.get("time"),
+            tz=values.get("tz"),
+            weekday=values.get("weekday"),
+        )
+        if "status" in values:
+            set_status(store, address, values["status"])
+    report.updated += 1
+
+
+def export_csv(store: Store, out: TextIO) -> int:
+    """Write every subscriber as CSV that import_csv reads back; returns the row count."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    count = 0
+    batch = 1000
+    while True:
+        subs = store.list_subscribers(offset=count, limit=batch)
+        for s in subs:
+            writer.writerow(
+                [
+                    s.email,
+                    s.name,
+                    s.status,
+                    s.cadence,
+                    s.time,
+                    s.tz,
+                    WEEKDAYS[s.weekday],
+                    format_topics(s.topics),
+                ]
+            )
+        count += len(subs)
+        if len(subs) < batch:
+            return count
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now
+
+
+def _lookup_form(email: str) -> str:
+    """The stored form of an address to look up; a malformed one cannot be stored, so it is
+    simply not found (the message still names what was asked for)."""
+    try:
+        return normalize_email(email)
+    except ValidationError:
+        return (email or "").strip().lower()
+
+
+def _reload(store: Store, subscriber_id: int, email: str) -> Subscriber:
+    found = store.subscriber_by_id(subscriber_id)
+    if found is None:
+        raise NotFoundError(f"no subscriber {email} (removed meanwhile)")
+    return found
