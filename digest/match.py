@@ -124,8 +124,12 @@ class PaperIndex:
                         d[w] = [i]
                     else:
                         lst.append(i)
-        self._bits = {f: _build_bits(d) for f, d in zip(("title", "abstract"), posts[:2])}
-        self._norm_bits = {f: _build_bits(d) for f, d in zip(("title", "abstract"), posts[2:])}
+        self._bits = {
+            f: _build_bits(d) for f, d in zip(("title", "abstract"), posts[:2], strict=True)
+        }
+        self._norm_bits = {
+            f: _build_bits(d) for f, d in zip(("title", "abstract"), posts[2:], strict=True)
+        }
         self._norm_vocab = {f: sorted(d) for f, d in self._norm_bits.items()}
         self._tlen = [max(1, len(s[0])) for s in self._stems]
         self._alen = [max(1, len(s[1])) for s in self._stems]

@@ -165,8 +165,8 @@ def _lex_bare(text: str, bare: str, i: int, out: list[_Tok]) -> None:
     if m:
         name = m.group(1).lower()
         if name not in FIELDS:
-            raise _err(text, col, f"unknown field {m.group(1)!r}",
-                       'fields are title:, abstract: and org:; quote text to search for it')  # fmt: skip
+            hint = "fields are title:, abstract: and org:; quote text to search for it"
+            raise _err(text, col, f"unknown field {m.group(1)!r}", hint)
         out.append(_Tok("field", name, col, col + len(m.group(1)) + 1))
         if m.group(2):
             _lex_bare(text, m.group(2), i + len(m.group(1)) + 1, out)
@@ -200,6 +200,7 @@ class _Parser:
         self.text = text
         self.toks = toks
         self.i = 0
+        self.group_field: str | None = None  # set while parsing inside title:( ... )
 
     def peek(self) -> _Tok | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -274,12 +275,17 @@ class _Parser:
             if nxt is None or nxt.kind in ("sep", ")", "AND", "OR"):
                 raise self.err(tok.col, f"{tok.value}: needs a word, phrase or group after it",
                                f'write {tok.value}:word or {tok.value}:"a phrase"')  # fmt: skip
-            if fld is not None:
-                raise self.err(tok.col, f"{tok.value}: inside a {fld}: group",
+            outer = fld or self.group_field
+            if outer is not None:
+                raise self.err(tok.col, f"{tok.value}: inside a {outer}: group",
                                "use one field per group")  # fmt: skip
             if tok.value == "org":
                 return self.org(nxt)
-            return self.unary(depth, str(tok.value))
+            self.group_field = str(tok.value)
+            try:
+                return self.unary(depth, str(tok.value))
+            finally:
+                self.group_field = None
         return self.primary(depth, fld)
 
     def org(self, tok: _Tok) -> Node:

@@ -1,0 +1,394 @@
+"""The batch matching engine against a straightforward reference evaluator and the shared dumps."""
+
+from __future__ import annotations
+
+import functools
+import operator
+import re
+from datetime import date, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from digest.errors import QueryError
+from digest.match import PaperIndex, bit_indices, highlight_spans, match_profiles, match_query
+from digest.models import StoredPaper, Topic
+from digest.query import Node, compile_query
+from digest.text import tokenize
+
+DUMPS = Path(__file__).resolve().parents[2] / "shared" / "dumps"
+_OPS = {"<": operator.lt, "<=": operator.le, "=": operator.eq, ">=": operator.ge, ">": operator.gt}
+
+
+# ---------------------------------------------------------------- reference evaluator
+
+
+def _has_run(seq: list[str], run: tuple[str, ...]) -> bool:
+    n = len(run)
+    return any(tuple(seq[k : k + n]) == run for k in range(len(seq) - n + 1))
+
+
+@functools.lru_cache(maxsize=4096)
+def _tokens(text: str) -> list:
+    return tokenize(text)
+
+
+def reference_match(node: Node, paper: StoredPaper) -> bool:
+    """Evaluate a query tree on one paper directly: no index, no bitsets, no memo."""
+    fields = {"title": _tokens(paper.title), "abstract": _tokens(paper.abstract)}
+    chosen = [fields[node.field]] if node.field else list(fields.values())
+    if node.kind == "t":
+        return any(t.stem == node.arg for toks in chosen for t in toks)
+    if node.kind == "p":
+        return any(_has_run([t.stem for t in toks], node.arg) for toks in chosen)
+    if node.kind == "x":
+        return any(t.norm.startswith(node.arg) for toks in chosen for t in toks)
+    if node.kind == "n":
+        name, op, value = node.arg
+        fact = getattr(paper, name)
+        return fact is not None and _OPS[op](fact, value)
+    if node.kind == "o":
+        names = [paper.organization_id, paper.organization]
+        return any(v and _has_run([t.norm for t in tokenize(v)], node.arg) for v in names)
+    if node.kind == "not":
+        return not reference_match(node.arg, paper)
+    if node.kind == "and":
+        return all(reference_match(c, paper) for c in node.arg)
+    return any(reference_match(c, paper) for c in node.arg)
+
+
+def reference_ids(query: str, papers: list[StoredPaper]) -> set[int]:
+    root = compile_query(query).root
+    return {p.id for p in papers if reference_match(root, p)}
+
+
+def stored(i: int, title: str, abstract: str, **facts) -> StoredPaper:
+    return StoredPaper(
+        id=i, key=f"k{i}", title=title, abstract=abstract, first_seen=datetime(2026, 1, 1), **facts
+    )
+
+
+# ---------------------------------------------------------------- hand-written papers
+
+PAPERS = [
+    stored(1, "Speculative Decoding for Low-Latency LLM Serving",
+           "We speculatively decode with a draft model; latency drops.", upvotes=12, authors=4,
+           organization="NVIDIA", organization_id="nvidia", published=date(2025, 11, 24)),
+    stored(2, "Diffusion Models at Low Latency",
+           "A latency study of diffusion samplers.", upvotes=30, authors=9),
+    stored(3, "Pruning Vision Transformers",
+           "Structured pruning of ViT blocks; pruned models keep accuracy.", upvotes=12,
+           authors=5, organization="Google DeepMind", organization_id="google",
+           published=date(2025, 12, 1)),
+    stored(4, "S$^{2}$FT: Efficient Fine-Tuning",
+           "Sparse fine-tuning with α-divergence regularisation.", published=date(2024, 1, 1)),
+    stored(5, "Latency-aware Sparse Attention",
+           "Sparse attention kernels for long context; no diffusion here."),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def index() -> PaperIndex:
+    return PaperIndex(PAPERS)
+
+
+def ids(matches) -> list[int]:
+    return [m.paper_id for m in matches]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ('"speculative decoding"', {1}),
+        ("speculative decoding", {1}),  # AND of stems: "speculatively decode" counts too
+        ("low-latency", {1, 2}),
+        ('"low latency"', {1, 2}),
+        ("latency", {1, 2, 5}),
+        ("latency, -diffusion", {1}),  # paper 5 mentions diffusion in its abstract
+        ("latency -diffusion, pruning", {1, 3}),
+        ("prun*", {3}),
+        ("title:latency", {1, 2, 5}),
+        ("abstract:latency", {1, 2}),
+        ("title:(sparse attention)", {5}),
+        ("org:nvidia", {1}),
+        ('org:"google deepmind"', {3}),
+        ("org:deepmind", {3}),
+        ("upvotes>=12", {1, 2, 3}),
+        ("upvotes>12", {2}),
+        ("upvotes=12", {1, 3}),
+        ("upvotes<12 latency", set()),  # papers without upvotes fail the condition
+        ("authors<=5", {1, 3}),
+        ("S2FT", {4}),
+        ("S^{2}FT", {4}),
+        ("alpha-divergence", {4}),
+        ("(pruning OR sparse) NOT attention", {3, 4}),
+        ("latency AND NOT diffusion", {1}),
+    ],
+)
+def test_language_on_hand_written_papers(index, query, expected):
+    assert set(ids(match_query(index, query))) == expected
+    assert reference_ids(query, PAPERS) == expected
+
+
+def test_title_hits_rank_above_abstract_hits(index):
+    assert ids(match_query(index, "latency"))[0] in (1, 2, 5)
+    ranked = match_query(index, "pruning, speculative")
+    assert ranked[0].score >= ranked[-1].score
+
+
+def test_ties_break_by_upvotes_then_date():
+    a = stored(1, "Graph networks", "x", upvotes=3, published=date(2025, 1, 1))
+    b = stored(2, "Graph networks", "x", upvotes=9, published=date(2024, 1, 1))
+    c = stored(3, "Graph networks", "x", upvotes=9, published=date(2025, 6, 1))
+    d = stored(4, "Graph networks", "x")
+    assert ids(match_query(PaperIndex([a, b, c, d]), "graph")) == [3, 2, 1, 4]
+
+
+def test_match_carries_terms_and_spans(index):
+    (m,) = match_query(index, '"speculative decoding", serving')
+    title = PAPERS[0].title
+    assert [title[s:e] for s, e in m.title_spans] == ["Speculative Decoding", "Serving"]
+    assert m.terms == ("Speculative Decoding", "Serving", "speculatively decode")
+    abstract = PAPERS[0].abstract
+    assert [abstract[s:e] for s, e in m.abstract_spans] == ["speculatively decode"]
+
+
+def test_spans_of_stemmed_and_latex_words(index):
+    (m,) = match_query(index, "s2ft alpha")
+    assert [PAPERS[3].title[s:e] for s, e in m.title_spans] == ["S$^{2}$FT"]
+    assert [PAPERS[3].abstract[s:e] for s, e in m.abstract_spans] == ["α"]
+    assert m.terms == ("S$^{2}$FT", "α")
+
+
+def test_highlight_spans_helper():
+    text = "Pruning vision transformers; pruned."
+    assert highlight_spans(text, "prune") == ((0, 7), (29, 35))
+    assert highlight_spans(text, ["vision", compile_query('"vision transformers"')]) == ((8, 27),)
+    assert highlight_spans(text, "title:vision", field="abstract") == ()
+
+
+def test_match_profiles_ranks_per_subscriber_and_lists_topics(index):
+    profiles = {
+        10: [Topic("Latency", "latency"), Topic("Pruning", "pruning")],
+        11: [Topic("Diffusion", "diffusion -latency")],  # nothing matches
+        12: [Topic("Latency", "latency")],
+        13: [Topic("Latency", "latency")],
+        14: [],
+    }
+    got = match_profiles(index, profiles)
+    assert set(got) == {10, 12, 13}
+    assert set(ids(got[10])) == {1, 2, 3, 5}
+    assert all(m.topics == ("Latency",) for m in got[12])
+    assert ids(got[12]) == ids(got[13]) and got[12] is not got[13]
+    by_id = {m.paper_id: m for m in got[10]}
+    assert by_id[3].topics == ("Pruning",)
+    scores = [m.score for m in got[10]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_multi_topic_paper_once_with_both_topics_best_first(index):
+    got = match_profiles(index, {1: [Topic("A", "decoding"), Topic("B", "speculative serving")]})
+    (m,) = got[1]
+    assert set(m.topics) == {"A", "B"}
+    assert m.topics[0] == "B"  # two words present outscore one
+    assert {t.lower() for t in m.terms} == {"decoding", "speculative", "serving", "decode",
+                                            "speculatively"}  # fmt: skip
+
+
+def test_limit_keeps_the_best(index):
+    full = match_profiles(index, {1: [Topic("L", "latency, pruning")]})[1]
+    top = match_profiles(index, {1: [Topic("L", "latency, pruning")]}, limit=2)[1]
+    assert ids(top) == ids(full)[:2]
+
+
+def test_bad_stored_query_matches_nothing_without_stopping_others(index):
+    got = match_profiles(index, {1: [Topic("bad", '"open')], 2: [Topic("ok", "pruning")]})
+    assert set(got) == {2}
+
+
+def test_match_query_raises_on_bad_query(index):
+    with pytest.raises(QueryError):
+        match_query(index, "title:")
+
+
+def test_empty_index():
+    assert match_query(PaperIndex([]), "latency") == []
+
+
+def test_bit_indices_dense_and_sparse():
+    assert bit_indices(0) == []
+    assert bit_indices(0b1011) == [0, 1, 3]
+    dense = sum(1 << i for i in range(0, 500, 3))
+    assert bit_indices(dense) == list(range(0, 500, 3))
+
+
+# ---------------------------------------------------------------- differential: engine == reference
+
+WORDS = ["sparse", "attention", "latency", "low", "pruning", "pruned", "model", "models",
+         "diffusion", "α", "S$^{2}$FT", "decoding", "speculative", "vision"]  # fmt: skip
+QWORDS = ["sparse", "attention", "latency", "low", "prune", "model", "diffusion", "alpha",
+          "s2ft", "decoding", "vision", "mod*", "prun*", "lat*"]  # fmt: skip
+
+
+def _text(draw, n):
+    ws = draw(st.lists(st.sampled_from(WORDS), min_size=1, max_size=n))
+    seps = draw(
+        st.lists(st.sampled_from([" ", "-", ", ", " "]), min_size=len(ws), max_size=len(ws))
+    )
+    return "".join(w + s for w, s in zip(ws, seps, strict=True)).strip(" ,-")
+
+
+@st.composite
+def papers_strategy(draw):
+    out = []
+    for i in range(draw(st.integers(0, 12))):
+        facts = {
+            "upvotes": draw(st.none() | st.integers(0, 20)),
+            "authors": draw(st.none() | st.integers(1, 9)),
+        }
+        if draw(st.booleans()):
+            facts["organization_id"], facts["organization"] = draw(
+                st.sampled_from([("nvidia", "NVIDIA"), ("google", "Google DeepMind")])
+            )
+        out.append(stored(i + 1, _text(draw, 5), _text(draw, 12), **facts))
+    return out
+
+
+@st.composite
+def item_strategy(draw, depth=0):
+    kind = draw(st.sampled_from(["w", "w", "w", "phrase", "not", "field", "num", "org", "group"]))
+    if kind == "w":
+        return draw(st.sampled_from(QWORDS))
+    if kind == "phrase":
+        return (
+            '"'
+            + " ".join(draw(st.lists(st.sampled_from(QWORDS[:10]), min_size=1, max_size=3)))
+            + '"'
+        )
+    if kind == "not":
+        return "-" + draw(st.sampled_from(QWORDS))
+    if kind == "field":
+        return draw(st.sampled_from(["title:", "abstract:"])) + draw(st.sampled_from(QWORDS))
+    if kind == "num":
+        return (
+            draw(st.sampled_from(["upvotes", "authors"]))
+            + draw(st.sampled_from(["<", "<=", "=", ">=", ">"]))
+            + str(draw(st.integers(0, 12)))
+        )
+    if kind == "org":
+        return draw(st.sampled_from(["org:nvidia", 'org:"google deepmind"', "org:deepmind"]))
+    if depth >= 1:
+        return draw(st.sampled_from(QWORDS))
+    inner = draw(st.lists(item_strategy(depth + 1), min_size=1, max_size=3))
+    return "(" + draw(st.sampled_from([" OR ", " ", " AND "])).join(inner) + ")"
+
+
+@st.composite
+def query_strategy(draw):
+    alts = draw(st.lists(st.lists(item_strategy(), min_size=1, max_size=3), min_size=1, max_size=3))
+    return ", ".join(" ".join(a) for a in alts)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(papers_strategy(), st.lists(query_strategy(), min_size=1, max_size=4))
+def test_engine_agrees_with_reference(papers, queries):
+    compiled = []
+    for q in queries:
+        try:
+            compile_query(q)
+        except QueryError:
+            continue  # e.g. a random alternative made only of exclusions
+        compiled.append(q)
+    index = PaperIndex(papers)
+    profiles = {k: [Topic(f"t{k}", q)] for k, q in enumerate(compiled)}
+    profiles[len(compiled)] = [Topic(f"t{k}", q) for k, q in enumerate(compiled)]
+    got = match_profiles(index, profiles)
+    union: set[int] = set()
+    for k, q in enumerate(compiled):
+        want = reference_ids(q, papers)
+        union |= want
+        assert set(ids(got.get(k, []))) == want, q
+        assert set(ids(match_query(index, q))) == want, q
+    assert set(ids(got.get(len(compiled), []))) == union
+    for matches in got.values():
+        assert len(ids(matches)) == len(set(ids(matches)))
+        keys = [(-m.score) for m in matches]
+        assert keys == sorted(keys)
+
+
+# ---------------------------------------------------------------- the shared dumps
+
+
+def _dump_papers() -> list[StoredPaper]:
+    """Title/abstract pairs of the shared dumps: an abstract is a long line after its title."""
+    if not DUMPS.is_dir():
+        pytest.skip(f"shared dumps not found at {DUMPS}")
+    seen: dict[str, StoredPaper] = {}
+    for f in sorted(DUMPS.glob("*.txt")):
+        lines = [s.strip() for s in f.read_text(encoding="utf-8-sig").splitlines() if s.strip()]
+        for k in range(1, len(lines)):
+            if len(lines[k]) >= 300:
+                title = lines[k - 1].removeprefix("Subscribe") or lines[k - 1]
+                seen.setdefault(title, stored(len(seen) + 1, title, lines[k]))
+    return list(seen.values())
+
+
+@pytest.fixture(scope="module")
+def dump_papers() -> list[StoredPaper]:
+    return _dump_papers()
+
+
+@pytest.fixture(scope="module")
+def dump_index(dump_papers) -> PaperIndex:
+    return PaperIndex(dump_papers)
+
+
+def _regex_ids(papers, pattern: str) -> set[int]:
+    rx = re.compile(pattern, re.IGNORECASE)
+    return {p.id for p in papers if rx.search(p.title) or rx.search(p.abstract)}
+
+
+def test_dumps_are_loaded(dump_papers):
+    assert len(dump_papers) > 300
+
+
+def test_dump_phrase_speculative_decoding(dump_index, dump_papers):
+    # stemmed phrase: both words adjacent, in order, any inflection (speculatively decodes...)
+    want = _regex_ids(dump_papers, r"\bspeculative(?:ly)?[\s-]+decod(?:e|es|ed|ing|er|ers)\b")
+    got = {m.paper_id for m in match_query(dump_index, '"speculative decoding"')}
+    assert want and got == want
+
+
+def test_dump_exclusion_never_returns_diffusion(dump_index, dump_papers):
+    got = {m.paper_id for m in match_query(dump_index, "latency, -diffusion")}
+    with_latency = _regex_ids(dump_papers, r"\blatenc(?:y|ies)\b")
+    with_diffusion = _regex_ids(dump_papers, r"diffus")
+    assert got and not got & with_diffusion
+    assert got == with_latency - with_diffusion
+
+
+def test_dump_prefix_and_field(dump_index, dump_papers):
+    got = {m.paper_id for m in match_query(dump_index, "title:prun*")}
+    want = {p.id for p in dump_papers if re.search(r"\bprun", p.title, re.IGNORECASE)}
+    assert want and got == want
+
+
+def test_dump_spans_point_at_the_words(dump_index, dump_papers):
+    by_id = {p.id: p for p in dump_papers}
+    for m in match_query(dump_index, '"speculative decoding", latency'):
+        p = by_id[m.paper_id]
+        for s, e in m.abstract_spans:
+            assert re.fullmatch(r"(?i)speculative(ly)?\s+decod\w*|latenc\w*", p.abstract[s:e])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(query_strategy(), min_size=1, max_size=3))
+def test_engine_agrees_with_reference_on_dumps(dump_index, dump_papers, queries):
+    for q in queries:
+        try:
+            want = reference_ids(q, dump_papers)
+        except QueryError:
+            continue
+        assert {m.paper_id for m in match_query(dump_index, q)} == want, q

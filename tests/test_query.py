@@ -1,0 +1,154 @@
+"""The keyword query language: compiled forms and error messages with columns."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from digest.errors import QueryError
+from digest.query import Node, compile_query, describe_error, describe_node
+
+
+def shape(text: str) -> str:
+    return describe_node(compile_query(text).root)
+
+
+def test_commas_and_newlines_separate_alternatives():
+    q = compile_query("sparse attention, speculative decoding\nlatency")
+    assert q.root.kind == "or"
+    assert shape("sparse attention, speculative decoding\nlatency") == (
+        "((attent AND spars) OR (decod AND specul) OR latenc)"
+    )
+
+
+def test_words_are_stemmed_and_case_folded():
+    assert compile_query("PRUNING") == compile_query("pruned")
+
+
+def test_order_of_words_and_alternatives_does_not_matter():
+    assert compile_query("a b, c") == compile_query("c,\nb a")
+    assert hash(compile_query("a b, c")) == hash(compile_query("c, b a"))
+
+
+def test_quoted_phrase_and_hyphenated_word_are_phrases():
+    assert compile_query('"low latency"').root == Node("p", None, ("low", "latenc"))
+    assert compile_query("low-latency") == compile_query('"low latency"')
+
+
+def test_prefix_is_on_the_unstemmed_word():
+    assert compile_query("Prun*").root == Node("x", None, "prun")
+
+
+def test_exclusion_inside_an_alternative():
+    assert shape("latency -diffusion, pruning") == "((NOT diffus AND latenc) OR prune)"
+
+
+def test_exclusion_only_alternative_excludes_from_the_whole_topic():
+    assert shape("latency, pruning, -diffusion") == "((latenc OR prune) AND NOT diffus)"
+    assert shape('latency, -"image generation" -gan') == (
+        '(NOT "imag generat" AND NOT gan AND latenc)'
+    )
+
+
+def test_fields_numbers_and_org():
+    assert shape("title:(sparse attention) upvotes>=10") == (
+        "(title:attent AND title:spars AND upvotes>=10)"
+    )
+    assert shape('abstract:"low rank" authors<=5') == '(abstract:"low rank" AND authors<=5)'
+    assert shape('org:"Google DeepMind"') == "org:google deepmind"
+    assert shape("ORG:nvidia") == "org:nvidia"
+
+
+def test_explicit_operators_and_precedence():
+    assert shape("a AND b OR c") == "((a AND b) OR c)"
+    assert shape("a (b OR c) NOT d") == "((b OR c) AND NOT d AND a)"
+    assert shape("NOT NOT a") == "a"
+    assert shape("(a, b) c") == "((a OR b) AND c)"
+
+
+def test_lowercase_operators_are_words():
+    assert shape("not and") == "(and AND not)"
+
+
+def test_terms_are_the_positive_words_only():
+    terms = compile_query('sparse "low rank" prun* -diffusion NOT gan, title:x').terms
+    assert {describe_node(t) for t in terms} == {"spars", '"low rank"', "prun*", "title:x"}
+
+
+def test_blank_lines_are_ignored():
+    assert compile_query("a\n\n\nb\n") == compile_query("a, b")
+    assert compile_query("a,\nb") == compile_query("a, b")
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "fragment"),
+    [
+        ('latency "sparse attention', 9, "unbalanced quote"),
+        ("(sparse attention", 1, "unbalanced parenthesis"),
+        ("sparse attention)", 17, "unbalanced parenthesis"),
+        ("a,,b", 3, "empty alternative"),
+        (", a", 1, "empty alternative"),
+        ("a, b,", 5, "empty alternative"),
+        ("a, foo:bar", 4, "unknown field 'foo'"),
+        ("upvotes>=ten", 10, "bad number 'ten'"),
+        ("authors<=", 10, "bad number ''"),
+        ("citations>=5", 1, "unknown number field"),
+        ("latency AND", 9, "AND needs a term after it"),
+        ("OR latency", 1, "OR needs a term before it"),
+        ("a OR", 3, "OR needs a term after it"),
+        ("a NOT", 3, "NOT needs a term after it"),
+        ("a - b", 3, "'-' excludes"),
+        ("-diffusion", 1, "only excludes"),
+        ("()", 1, "empty parentheses"),
+        ('""', 1, "empty phrase"),
+        ("a*b", 2, "* only goes at the end"),
+        ('"prun* x"', 1, "* is not allowed inside a phrase"),
+        ("low-lat*", 1, "needs exactly one word"),
+        ("title:", 1, "needs a word"),
+        ("title:(abstract:x)", 8, "inside a title: group"),
+        ("org:(a b)", 5, "org: takes a name"),
+        ("&", 1, "no letters or digits"),
+        ("", 1, "empty query"),
+        ("   \n ", 1, "empty query"),
+    ],
+)
+def test_errors_name_the_column_and_give_a_hint(text, column, fragment):
+    with pytest.raises(QueryError) as info:
+        compile_query(text)
+    err = info.value
+    assert err.column == column
+    assert fragment in str(err)
+    assert err.hint
+    assert str(err).startswith(f"column {column}: ")
+
+
+def test_describe_error_puts_a_caret_under_the_column():
+    text = 'latency "sparse attention'
+    with pytest.raises(QueryError) as info:
+        compile_query(text)
+    lines = describe_error(text, info.value).splitlines()
+    assert lines[0] == text
+    assert lines[1] == " " * 8 + "^"
+    assert "unbalanced quote" in lines[2]
+
+
+def test_describe_error_on_a_later_line():
+    text = "latency\nfoo:bar"
+    with pytest.raises(QueryError) as info:
+        compile_query(text)
+    lines = describe_error(text, info.value).splitlines()
+    assert lines[0] == "line 2: foo:bar"
+    assert lines[1].index("^") == len("line 2: ")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='ab -",()*:\nANDORTt=>1', max_size=25))
+def test_any_text_compiles_or_raises_query_error(text):
+    try:
+        q = compile_query(text)
+    except QueryError as err:
+        assert 1 <= err.column <= len(text) + 1
+        describe_error(text, err)
+    else:
+        assert hash(q) == hash(compile_query(text))
