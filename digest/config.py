@@ -222,6 +222,9 @@ def build_settings(
             elif f.name in raw:
                 value = raw[f.name]
                 label = f"{where}: '{dotted}'"
+            elif isinstance(f.default, Path):
+                # Relative default paths resolve against the settings folder too, not the cwd.
+                value, label = str(f.default), f"default of '{dotted}'"
             else:
                 continue
             values[f.name] = _coerce(value, hints[f.name], label, root)
