@@ -296,7 +296,8 @@ def _admit(
         else:
             why = f"modified less than {settle:g} s ago; taken once it settles"
             outcomes.append(FileOutcome(job.path.name, "waiting", reason=why))
-    ready.sort(key=lambda job: job.path.name)
+    order = {path: i for i, path in enumerate(paths)}
+    ready.sort(key=lambda job: order[job.path])  # as given: inbox names are sorted already
     return ready, outcomes
 
 
