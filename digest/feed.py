@@ -13,7 +13,7 @@ import html
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote_plus, urlsplit
 
+from feedgen.entry import FeedEntry as FeedGenEntry
 from feedgen.feed import FeedGenerator
 
 from digest.errors import DigestError, ValidationError
@@ -52,7 +53,14 @@ _STRIP = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\u202a-\u202e\u2066-\u2069"
     "\ud800-\udfff\ufffe\uffff]+"
 )
+_ASCII_CONTROLS = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _SPACES = re.compile(r"\s+")
+# quote_plus for ASCII titles in one str.translate: unreserved characters stay, space is "+".
+_URL_QUOTE = {
+    i: "+" if i == 0x20 else f"%{i:02X}"
+    for i in range(128)
+    if not (chr(i).isalnum() or chr(i) in "_.-~")
+}
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 # A feed summary is not the place for a runaway abstract; real ones are under 3,000 characters.
@@ -123,6 +131,12 @@ def feed_url(base_url: str, fmt: FeedFormat, token: str | None = None) -> str:
 
 def clean_text(text: str) -> str:
     """Remove characters XML cannot carry and bidi overrides; everything else is kept as is."""
+    # Fast paths (the regex costs ~8 ns a character, and abstracts are long): ASCII text can only
+    # hold C0 controls and DEL, which bytes.translate deletes at memory speed.
+    if text.isascii():
+        raw = text.encode("ascii")
+        kept = raw.translate(None, _ASCII_CONTROLS)
+        return text if len(kept) == len(raw) else kept.decode("ascii")
     return _STRIP.sub("", text)
 
 
@@ -133,7 +147,12 @@ def paper_tag_id(key: str, site_url: str) -> str:
 
 def paper_link(title: str) -> str:
     """Where an item links: a search for the paper's title on huggingface.co/papers."""
-    return PAPER_SEARCH_URL + quote_plus(_one_line(clean_text(title)))
+    return _search_link(_one_line(clean_text(title)) or UNTITLED)
+
+
+def _search_link(clean_title: str) -> str:
+    quoted = clean_title.translate(_URL_QUOTE) if clean_title.isascii() else quote_plus(clean_title)
+    return PAPER_SEARCH_URL + quoted
 
 
 def build_feed(
@@ -148,29 +167,62 @@ def build_feed(
     max_bytes: int,
 ) -> FeedDocument:
     """Serialise entries as an RSS 2.0 or Atom feed: newest first, capped, deterministic."""
-    _check_fmt(fmt)
+    return build_feeds(
+        entries,
+        self_urls={fmt: self_url},
+        title=title,
+        site_url=site_url,
+        description=description,
+        max_items=max_items,
+        max_bytes=max_bytes,
+    )[fmt]
+
+
+def build_feeds(
+    entries: Sequence[FeedEntry],
+    *,
+    self_urls: Mapping[FeedFormat, str],
+    title: str,
+    site_url: str,
+    description: str,
+    max_items: int,
+    max_bytes: int,
+) -> dict[FeedFormat, FeedDocument]:
+    """Build one feed in several formats ({"rss": self_url, "atom": ...}), sharing the entry work.
+
+    Each document is exactly what build_feed gives for its format; building both at once prepares
+    and hands every entry to feedgen once instead of twice.
+    """
+    for fmt in self_urls:
+        _check_fmt(fmt)
     if max_items < 0 or max_bytes < 0:
         raise ValidationError(
             f"feed caps must not be negative (max_items={max_items}, max_bytes={max_bytes})"
         )
     authority = _tag_authority(site_url)
     kept = _newest_first(entries)[:max_items]
-    body = _serialise(kept, fmt, authority, title, self_url, site_url, description)
-    count = len(kept)
-    if len(body) > max_bytes and count:
-        body, count = _cap_bytes(body, fmt, max_bytes)
-        if count == 0:
-            # The header keeps the dropped newest item's date; an empty feed says EPOCH.
-            body = _serialise([], fmt, authority, title, self_url, site_url, description)
-    newest = _when(kept[0]) if count else EPOCH
-    return FeedDocument(
-        body=body,
-        etag='"' + hashlib.sha256(body).hexdigest()[:40] + '"',
-        last_modified=newest,
-        content_type=CONTENT_TYPES[fmt],
-        fmt=fmt,
-        items=count,
-    )
+    items = _feedgen_entries(kept, authority, max_bytes)
+    head = _FeedHead(authority, title, site_url, description)
+    docs: dict[FeedFormat, FeedDocument] = {}
+    for fmt, self_url in self_urls.items():
+        newest = kept[0][0] if items else EPOCH
+        body = _serialise(items, fmt, head, self_url, newest)
+        count = len(items)
+        if len(body) > max_bytes and count:
+            body, count = _cap_bytes(body, fmt, max_bytes)
+            if count == 0:
+                # The header still has the dropped newest item's date; an empty feed says EPOCH.
+                newest = EPOCH
+                body = _serialise([], fmt, head, self_url, newest)
+        docs[fmt] = FeedDocument(
+            body=body,
+            etag=_etag(body),
+            last_modified=newest,
+            content_type=CONTENT_TYPES[fmt],
+            fmt=fmt,
+            items=count,
+        )
+    return docs
 
 
 def write_feed_atomically(path: Path, doc: FeedDocument) -> bool:
@@ -223,18 +275,17 @@ def write_feeds(
     Returns, per format, whether the file changed.
     """
     paths = feed_paths(public_dir)
+    docs = build_feeds(
+        entries,
+        self_urls={fmt: feed_url(base_url, fmt, token) for fmt in FORMATS},
+        title=title,
+        site_url=base_url,
+        description=description,
+        max_items=max_items,
+        max_bytes=max_bytes,
+    )
     changed: dict[FeedFormat, bool] = {}
-    for fmt in FORMATS:
-        doc = build_feed(
-            entries,
-            fmt=fmt,
-            title=title,
-            self_url=feed_url(base_url, fmt, token),
-            site_url=base_url,
-            description=description,
-            max_items=max_items,
-            max_bytes=max_bytes,
-        )
+    for fmt, doc in docs.items():
         path = paths.all(fmt) if token is None else paths.subscriber(token, fmt)
         changed[fmt] = write_feed_atomically(path, doc)
     return changed
@@ -261,7 +312,7 @@ def read_feed_file(path: Path) -> FeedDocument:
             last_modified = parsed
     return FeedDocument(
         body=body,
-        etag='"' + hashlib.sha256(body).hexdigest()[:40] + '"',
+        etag=_etag(body),
         last_modified=last_modified,
         content_type=CONTENT_TYPES[fmt],
         fmt=fmt,
@@ -332,7 +383,11 @@ def _tag_authority(site_url: str) -> str:
 
 
 def _one_line(text: str) -> str:
-    return _SPACES.sub(" ", text).strip()
+    return " ".join(text.split())
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
 
 
 def _utc_seconds(moment: datetime) -> datetime:
@@ -347,29 +402,40 @@ def _when(entry: FeedEntry) -> datetime:
     return _utc_seconds(entry.added if entry.added is not None else entry.paper.first_seen)
 
 
-def _newest_first(entries: Sequence[FeedEntry]) -> list[FeedEntry]:
-    """Sort newest first (ties by key, for determinism) and merge repeats of a paper."""
-    ordered = sorted(entries, key=lambda e: (_when(e), e.paper.key), reverse=True)
+def _newest_first(entries: Sequence[FeedEntry]) -> list[tuple[datetime, FeedEntry]]:
+    """(date, entry) newest first, ties by key for determinism, repeats of a paper merged."""
+    dated = sorted(((_when(e), e) for e in entries), key=_sort_key, reverse=True)
     seen: dict[str, int] = {}
-    merged: list[FeedEntry] = []
-    for entry in ordered:
+    merged: list[tuple[datetime, FeedEntry]] = []
+    for when, entry in dated:
         at = seen.get(entry.paper.key)
         if at is None:
             seen[entry.paper.key] = len(merged)
-            merged.append(entry)
+            merged.append((when, entry))
             continue
-        first = merged[at]  # the newest sighting keeps its date; reasons are united
-        merged[at] = FeedEntry(
-            paper=first.paper,
-            topics=_union(first.topics, entry.topics),
-            terms=_union(first.terms, entry.terms),
-            added=first.added if first.added is not None else first.paper.first_seen,
+        first = merged[at][1]  # the newest sighting keeps its date; reasons are united
+        merged[at] = (
+            merged[at][0],
+            FeedEntry(
+                paper=first.paper,
+                topics=_union(first.topics, entry.topics),
+                terms=_union(first.terms, entry.terms),
+                added=first.added,
+            ),
         )
     return merged
 
 
+def _sort_key(pair: tuple[datetime, FeedEntry]) -> tuple[datetime, str]:
+    return pair[0], pair[1].paper.key
+
+
 def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(a + b))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _summary_html(entry: FeedEntry) -> str:
@@ -380,68 +446,97 @@ def _summary_html(entry: FeedEntry) -> str:
     """
     paper = entry.paper
     esc = html.escape
-    parts: list[str] = []
+    out = ""
     if entry.topics or entry.terms:
-        line = "<p><strong>Matched:</strong> "
-        line += esc(", ".join(clean_text(t) for t in entry.topics)) if entry.topics else "-"
+        out = "<p><strong>Matched:</strong> "
+        out += esc(clean_text(", ".join(entry.topics))) if entry.topics else "-"
         if entry.terms:
-            line += " (" + esc(", ".join(clean_text(t) for t in entry.terms)) + ")"
-        parts.append(line + "</p>")
-    facts: list[str] = []
+            out += " (" + esc(clean_text(", ".join(entry.terms))) + ")"
+        out += "</p>"
+    facts = []
     if paper.organization:
         facts.append(esc(clean_text(paper.organization)))
     if paper.authors is not None:
-        facts.append(f"{paper.authors} author" + ("" if paper.authors == 1 else "s"))
+        facts.append(_plural(paper.authors, "author"))
     if paper.upvotes is not None:
-        facts.append(f"{paper.upvotes} upvote" + ("" if paper.upvotes == 1 else "s"))
+        facts.append(_plural(paper.upvotes, "upvote"))
     if paper.published is not None:
         facts.append("published " + paper.published.isoformat())
     if facts:
-        parts.append("<p>" + " · ".join(facts) + "</p>")
+        out += "<p>" + " · ".join(facts) + "</p>"
     abstract = clean_text(paper.abstract).strip()
     if len(abstract) > _MAX_ABSTRACT:
         abstract = abstract[:_MAX_ABSTRACT].rsplit(" ", 1)[0] + " …"
-    parts.append("<p>" + esc(abstract) + "</p>")
-    return "".join(parts)
+    return out + "<p>" + esc(abstract) + "</p>"
+
+
+@dataclass(frozen=True, slots=True)
+class _FeedHead:
+    """What every format of one feed shares in its header."""
+
+    authority: str
+    title: str
+    site_url: str
+    description: str
+
+
+def _feedgen_entries(
+    kept: Sequence[tuple[datetime, FeedEntry]], authority: str, max_bytes: int
+) -> list[FeedGenEntry]:
+    """One feedgen entry per item, good for both formats (feedgen keeps RSS and Atom fields).
+
+    Stops at the first item that cannot fit: its text alone, with every newer item's, already
+    exceeds max_bytes (escaping only lengthens and a character is at least a byte), so neither it
+    nor any older item survives the exact cut. A 10,000-entry input under a 2 MB cap thus costs
+    what the ~1,000 kept items cost.
+    """
+    prefix = f"tag:{authority},{TAG_YEAR}:paper/"
+    items = []
+    floor = 0  # a lower bound of the serialised size of the items so far
+    for when, entry in kept:
+        paper = entry.paper
+        title = _one_line(clean_text(paper.title)) or UNTITLED  # feedgen refuses ""
+        link = _search_link(title)
+        summary = _summary_html(entry)
+        floor += len(title) + len(link) + len(summary)
+        if floor > max_bytes:
+            break
+        fe = FeedGenEntry()
+        fe.id(prefix + paper.key)  # also the RSS guid, isPermaLink="false"
+        fe.title(title)
+        fe.link(href=link)
+        fe.summary(summary, type="html")  # also the RSS description
+        if entry.topics:
+            topics = [{"term": t} for t in map(_one_line, map(clean_text, entry.topics)) if t]
+            if topics:
+                fe.category(topics)
+        fe.updated(when)  # required in Atom; feedgen would say "now" otherwise
+        fe.published(when)  # Atom published / RSS pubDate
+        items.append(fe)
+    return items
 
 
 def _serialise(
-    entries: Sequence[FeedEntry],
+    items: Sequence[FeedGenEntry],
     fmt: FeedFormat,
-    authority: str,
-    title: str,
+    head: _FeedHead,
     self_url: str,
-    site_url: str,
-    description: str,
+    newest: datetime,
 ) -> bytes:
-    """Hand the entries to feedgen and serialise them compactly (pretty=False)."""
-    newest = _when(entries[0]) if entries else EPOCH
+    """Hand the entries to a feedgen generator and serialise them compactly (pretty=False)."""
     fg = FeedGenerator()
-    fg.id(f"tag:{authority},{TAG_YEAR}:feed{urlsplit(self_url).path}")
-    fg.title(_one_line(clean_text(title)) or GENERATOR)
-    fg.description(_one_line(clean_text(description)) or GENERATOR)
-    fg.author({"name": _one_line(clean_text(title)) or GENERATOR})  # Atom wants a feed author
+    fg.id(f"tag:{head.authority},{TAG_YEAR}:feed{urlsplit(self_url).path}")
+    name = _one_line(clean_text(head.title)) or GENERATOR
+    fg.title(name)
+    fg.description(_one_line(clean_text(head.description)) or GENERATOR)
+    fg.author({"name": name})  # Atom wants a feed author
     fg.link(href=self_url, rel="self", type=CONTENT_TYPES[fmt].split(";")[0])
-    fg.link(href=site_url, rel="alternate")  # the last link is RSS's channel link
+    fg.link(href=head.site_url, rel="alternate")  # the last link is RSS's channel link
     fg.generator(GENERATOR)
     fg.updated(newest)  # sets both atom:updated and rss:lastBuildDate
-    prefix = f"tag:{authority},{TAG_YEAR}:paper/"
-    atom = fmt == "atom"
-    for entry in entries:
-        paper = entry.paper
-        fe = fg.add_entry(order="append")  # 'prepend' is a list insert at 0: quadratic
-        fe.id(prefix + paper.key)  # also the RSS guid, isPermaLink="false"
-        fe.title(_one_line(clean_text(paper.title)) or UNTITLED)  # feedgen refuses ""
-        fe.link(href=paper_link(paper.title))
-        fe.summary(_summary_html(entry), type="html")  # also the RSS description
-        topics = [{"term": t} for t in map(_one_line, map(clean_text, entry.topics)) if t]
-        if topics:
-            fe.category(topics)
-        when = _when(entry)
-        if atom:
-            fe.updated(when)  # required in Atom; defaults to now otherwise
-        fe.published(when)  # Atom published / RSS pubDate
-    return fg.atom_str(pretty=False) if atom else fg.rss_str(pretty=False)
+    for fe in items:
+        fg.add_entry(fe, order="append")  # 'prepend' is a list insert at 0: quadratic
+    return fg.atom_str(pretty=False) if fmt == "atom" else fg.rss_str(pretty=False)
 
 
 def _cap_bytes(body: bytes, fmt: FeedFormat, max_bytes: int) -> tuple[bytes, int]:

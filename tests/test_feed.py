@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote_plus
 
 import feedparser
 import pytest
@@ -26,6 +27,7 @@ from digest.feed import (
     FeedDocument,
     FeedEntry,
     build_feed,
+    build_feeds,
     clean_text,
     conditional_response,
     feed_paths,
@@ -259,6 +261,31 @@ def test_a_paper_listed_twice_is_one_item_with_both_reasons():
     assert len(feed.entries) == 1
     assert sorted(t.term for t in feed.entries[0].tags) == ["A", "B"]
     assert datetime(*feed.entries[0].updated_parsed[:6], tzinfo=UTC) == BASE + timedelta(hours=1)
+
+
+def test_building_both_formats_at_once_gives_the_same_documents():
+    entries = make_entries(12)
+    urls = {fmt: feed_url(SITE, fmt) for fmt in ("rss", "atom")}
+    for cap in (2_000_000, 6_000, 10):
+        both = build_feeds(
+            entries,
+            self_urls=urls,
+            title="Daily Papers Digest",
+            site_url=SITE,
+            description="New papers",
+            max_items=100,
+            max_bytes=cap,
+        )
+        assert both["rss"] == build(entries, "rss", max_bytes=cap)
+        assert both["atom"] == build(entries, "atom", max_bytes=cap)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_fast_paths_agree_with_the_plain_definitions(text):
+    assert clean_text(text) == feedmod._STRIP.sub("", text)
+    expected = " ".join(feedmod._STRIP.sub("", text).split()) or "(untitled paper)"
+    assert paper_link(text) == "https://huggingface.co/papers?q=" + quote_plus(expected)
 
 
 # --- caps ---------------------------------------------------------------------------------
