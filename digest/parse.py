@@ -339,7 +339,7 @@ class _Parser:
             if kind == _TEXT:
                 if not started:
                     started = True
-                    s = lines[i] = self._unglue(s, seen_subscribe)
+                    s = lines[i] = self._unglue(s, i, seen_subscribe)
                 if prev_text == k - 1:
                     if i - idx[k - 1] > 1:
                         separated += 1
@@ -399,17 +399,16 @@ class _Parser:
     def _text(self, s: str) -> str:
         return _clean(s) if self.clean else s
 
-    def _unglue(self, s: str, seen_subscribe: bool) -> str:
-        # A saved compact page runs the "Subscribe" button into the first title.
+    def _unglue(self, s: str, i: int, seen_subscribe: bool) -> str:
+        # A saved compact page runs the "Subscribe" button into the first title. A lower-case
+        # letter after it may be a real word ("Subscribers..."), so that case is only warned.
         g = len(_GLUED_CHROME)
-        if (
-            not seen_subscribe
-            and s.startswith(_GLUED_CHROME)
-            and len(s) > g
-            and (s[g].isupper() or s[g].isdigit())
-        ):
-            return s[g:].lstrip()
-        return s
+        if seen_subscribe or not s.startswith(_GLUED_CHROME) or len(s) == g:
+            return s
+        if s[g].islower():
+            self.warn(i + 1, f"title {_quote(s)} may have the page's Subscribe glued to it")
+            return s
+        return s[g:].lstrip()
 
     def _layout(self, adjacent: int, separated: int) -> str:
         if adjacent and separated:
@@ -607,6 +606,8 @@ class _Parser:
                     )
                 pairs.append((title, i))
                 title = -1
+            elif i == self.last_text and not _title_cost(s):
+                self._drop_title(i)
             elif len(s) > TITLE_MAX:
                 self.warn(
                     i + 1, "paragraph without a title (a second abstract paragraph?); skipped"
@@ -622,8 +623,8 @@ class _Parser:
         if i == self.last_text:
             self.warn(
                 i + 1,
-                f"incomplete entry at line {i + 1}: title without abstract (file cut short?); "
-                f"dropped: {_quote(s)}",
+                f"incomplete entry at line {i + 1}: title without abstract (file cut short?) "
+                f"or unknown line; dropped: {_quote(s)}",
             )
         else:
             self.warn(i + 1, f"line with no abstract after it skipped: {_quote(s)}")
