@@ -139,6 +139,439 @@ def cmd_ingest(ctx: Context, args: argparse.Namespace) -> int:
     return 1 if report.failures else 0
 
 
+# --- subscribers, match, history ------------------------------------------------------------
+
+
+def _explains_queries(handler: Handler) -> Handler:
+    """Print a bad query with a caret under the column at fault (exit 1), not just the message."""
+
+    import functools
+
+    from digest.errors import QueryError
+
+    @functools.wraps(handler)
+    def wrapped(ctx: Context, args: argparse.Namespace) -> int:
+        try:
+            return handler(ctx, args)
+        except QueryError as exc:
+            from digest.query import describe_error
+
+            print(f"error: {exc}", file=ctx.err)
+            # describe_error ends with the message printed above; keep the query and the caret.
+            for line in describe_error(exc.query, exc).splitlines()[:-1]:
+                print(f"  {line}", file=ctx.err)
+            return 1
+
+    return wrapped
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _weekday_arg(text: str) -> int:
+    from digest.subscribers import parse_weekday
+
+    try:
+        return parse_weekday(text)
+    except DigestError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _topics_from_args(args: argparse.Namespace) -> list[Any] | None:
+    """--keywords (a topic named "Keywords") then each --topic NAME QUERY; None if neither."""
+    from digest.models import Topic
+    from digest.subscribers import KEYWORDS_TOPIC
+
+    if args.keywords is None and not args.topic:
+        return None
+    found = [Topic(KEYWORDS_TOPIC, args.keywords)] if args.keywords is not None else []
+    found.extend(Topic(name, query) for name, query in args.topic or ())
+    return found
+
+
+def _describe_schedule(sub: Any) -> str:
+    from digest.subscribers import WEEKDAYS
+
+    if sub.cadence == "feed":
+        return "feed only (no email)"
+    if sub.cadence == "instant":
+        return "instant (after each ingest)"
+    if sub.cadence == "weekly":
+        return f"weekly on {WEEKDAYS[sub.weekday]} at {sub.time} {sub.tz}"
+    return f"daily at {sub.time} {sub.tz}"
+
+
+@_explains_queries
+def cmd_subscriber_add(ctx: Context, args: argparse.Namespace) -> int:
+    """Add an active subscriber with their topics."""
+    from digest.subscribers import add_subscriber
+
+    sub = add_subscriber(
+        ctx.store,
+        ctx.settings,
+        args.email,
+        name=args.name or "",
+        topics=_topics_from_args(args) or (),
+        cadence=args.cadence or "daily",
+        time=args.time,
+        tz=args.tz,
+        weekday=args.weekday if args.weekday is not None else 0,
+        backfill_days=args.backfill,
+    )
+    ctx.print(f"added {sub.email}: {_describe_schedule(sub)}, {len(sub.topics)} topic(s)")
+    if not sub.topics:
+        print(
+            f"warning: {sub.email} has no topic and will receive nothing until one is added "
+            f"(digest subscriber edit {sub.email} --topic NAME QUERY)",
+            file=ctx.err,
+        )
+    return 0
+
+
+def cmd_subscriber_list(ctx: Context, args: argparse.Namespace) -> int:
+    """List subscribers, optionally filtered by a search string and a status."""
+    from digest.subscribers import list_subscribers, subscriber_to_json
+
+    subs = list_subscribers(ctx.store, search=args.search, status=args.status)
+    if args.json:
+        ctx.print_json([subscriber_to_json(s, ctx.settings) for s in subs])
+        return 0
+    rows = [("EMAIL", "STATUS", "DELIVERY", "TOPICS", "NAME")]
+    rows += [
+        (s.email, s.status, _describe_schedule(s), str(len(s.topics)), _safe(s.name)) for s in subs
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        ctx.print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4])
+    ctx.print(f"{len(subs)} subscriber(s)")
+    return 0
+
+
+def cmd_subscriber_show(ctx: Context, args: argparse.Namespace) -> int:
+    """Show one subscriber with their topics and private feed."""
+    from digest.subscribers import feed_url, get_subscriber, subscriber_to_json
+
+    sub = get_subscriber(ctx.store, args.email)
+    if args.json:
+        ctx.print_json(subscriber_to_json(sub, ctx.settings))
+        return 0
+    ctx.print(f"email:    {sub.email}")
+    ctx.print(f"name:     {_safe(sub.name)}")
+    ctx.print(f"status:   {sub.status}")
+    ctx.print(f"delivery: {_describe_schedule(sub)}")
+    ctx.print(f"since:    {(sub.since or sub.created_at).isoformat(timespec='seconds')}")
+    ctx.print(f"feed:     {feed_url(sub, ctx.settings)}")
+    ctx.print("topics:" if sub.topics else "topics:   none")
+    for t in sub.topics:
+        ctx.print(f"  {_safe(t.name)}: {_safe(t.query)}")
+    return 0
+
+
+@_explains_queries
+def cmd_subscriber_edit(ctx: Context, args: argparse.Namespace) -> int:
+    """Change the given fields of a subscriber; --keywords/--topic replace all topics."""
+    from digest.subscribers import edit_subscriber
+
+    sub = edit_subscriber(
+        ctx.store,
+        ctx.settings,
+        args.email,
+        name=args.name,
+        topics=_topics_from_args(args),
+        cadence=args.cadence,
+        time=args.time,
+        tz=args.tz,
+        weekday=args.weekday,
+        new_email=args.new_email,
+    )
+    ctx.print(f"updated {sub.email}: {_describe_schedule(sub)}, {len(sub.topics)} topic(s)")
+    return 0
+
+
+def cmd_subscriber_remove(ctx: Context, args: argparse.Namespace) -> int:
+    """Delete a subscriber with their topics and delivery history."""
+    from digest.subscribers import remove_subscriber
+
+    remove_subscriber(ctx.store, args.email)
+    ctx.print(f"removed {args.email.strip()}")
+    return 0
+
+
+def cmd_subscriber_status(ctx: Context, args: argparse.Namespace) -> int:
+    """Pause or resume a subscriber."""
+    from digest.subscribers import set_status
+
+    sub = set_status(ctx.store, args.email, args.new_status)
+    ctx.print(f"{sub.email}: {sub.status}")
+    return 0
+
+
+def cmd_subscriber_import(ctx: Context, args: argparse.Namespace) -> int:
+    """Add or update subscribers from a CSV file; bad rows are reported, good ones applied."""
+    from digest.subscribers import import_csv
+
+    report = import_csv(ctx.store, ctx.settings, args.file, dry_run=args.dry_run)
+    for error in report.errors:
+        print(f"error: {error}", file=ctx.err)
+    prefix = "dry run, nothing changed: " if args.dry_run else ""
+    ctx.print(f"{prefix}{report.summary()}")
+    return 1 if report.errors else 0
+
+
+def cmd_subscriber_export(ctx: Context, args: argparse.Namespace) -> int:
+    """Write every subscriber as CSV (the import format) to FILE or stdout."""
+    import io
+    import os
+    import tempfile
+
+    from digest.subscribers import export_csv
+
+    if not args.file or args.file == "-":
+        export_csv(ctx.store, ctx.out)
+        return 0
+    target = Path(args.file)
+    buffer = io.StringIO()
+    count = export_csv(ctx.store, buffer)
+    # Temp file + rename: a crash never leaves a half-written export under the real name.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(buffer.getvalue())
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise DigestError(f"{target}: cannot write: {exc.strerror or exc}") from None
+    ctx.print(f"exported {count} subscriber(s) to {target}")
+    return 0
+
+
+@_explains_queries
+def cmd_match(ctx: Context, args: argparse.Namespace) -> int:
+    """Preview a query against the stored papers, best first, matched words highlighted."""
+    from digest.match import PaperIndex, match_query
+    from digest.query import compile_query
+
+    query = compile_query(args.query)
+    total = ctx.store.count_papers()
+    papers = ctx.store.recent_papers(limit=args.recent or max(total, 1))
+    index = PaperIndex(papers)
+    matches = match_query(index, args.query, args.limit)
+    by_id = {p.id: p for p in papers}
+    if args.json:
+        ctx.print_json([_match_to_json(m, by_id[m.paper_id]) for m in matches])
+        return 0
+    color = _use_color(args.color, ctx.out)
+    for rank, m in enumerate(matches, 1):
+        paper = by_id[m.paper_id]
+        facts = [
+            paper.organization or "",
+            paper.published.isoformat() if paper.published else "",
+            f"{paper.upvotes} upvotes" if paper.upvotes is not None else "",
+            f"score {m.score:.2f}",
+        ]
+        ctx.print(f"{rank:>3}. {highlight(paper.title, m.title_spans, color)}")
+        ctx.print("     " + " · ".join(_safe(f) for f in facts if f))
+        ctx.print("     matched: " + ", ".join(_safe(t) for t in m.terms))
+        snippet, spans = excerpt(paper.abstract, m.abstract_spans)
+        ctx.print("     " + highlight(snippet, spans, color))
+    hits = index.bits(query.root).bit_count()
+    shown = f"showing {len(matches)} best" if len(matches) < hits else f"{hits}"
+    ctx.print(f"{hits} of {len(papers)} stored papers match ({shown})")
+    return 0
+
+
+def _match_to_json(m: Any, paper: Any) -> dict[str, Any]:
+    return {
+        "title": paper.title,
+        "score": m.score,
+        "topics": list(m.topics),
+        "terms": list(m.terms),
+        "published": paper.published.isoformat() if paper.published else None,
+        "upvotes": paper.upvotes,
+        "organization": paper.organization,
+    }
+
+
+def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
+    """Digests delivered to a subscriber, newest first."""
+    from digest.subscribers import get_subscriber, history
+
+    entries = history(ctx.store, args.email)
+    if args.json:
+        ctx.print_json(entries)
+        return 0
+    if not entries:
+        ctx.print(f"no digest sent to {get_subscriber(ctx.store, args.email).email} yet")
+    for e in entries:
+        ctx.print(f"{e['sent_at']}  {len(e['papers'])} paper(s)  {e['message_id']}")
+        for p in e["papers"]:
+            topic = f"  [{_safe(p['topic'])}]" if p["topic"] else ""
+            ctx.print(f"  - {_safe(p['title'])}{topic}")
+    return 0
+
+
+# Terminal highlighting: ANSI bold yellow on a terminal, [brackets] when piped or redirected.
+_HL_ON, _HL_OFF = "\x1b[1;33m", "\x1b[0m"
+# Paper text comes from outside: control characters (ANSI escapes...) never reach the terminal;
+# each becomes one space so character spans stay valid.
+_CONTROL_CHARS = {c: " " for c in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def _safe(text: str) -> str:
+    return text.translate(_CONTROL_CHARS)
+
+
+def _use_color(mode: str, out: TextIO) -> bool:
+    import os
+
+    if mode == "always":
+        return True
+    if mode == "never" or os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def highlight(text: str, spans: Sequence[tuple[int, int]], color: bool) -> str:
+    """Text with the spans marked: ANSI bold colour, or [brackets] for plain output."""
+    out: list[str] = []
+    pos = 0
+    for start, end in sorted(spans):
+        start = max(start, pos)
+        end = min(end, len(text))
+        if end <= start:
+            continue
+        word = _safe(text[start:end])
+        out.append(_safe(text[pos:start]))
+        out.append(f"{_HL_ON}{word}{_HL_OFF}" if color else f"[{word}]")
+        pos = end
+    out.append(_safe(text[pos:]))
+    return "".join(out)
+
+
+def excerpt(
+    text: str, spans: Sequence[tuple[int, int]], width: int = 280
+) -> tuple[str, list[tuple[int, int]]]:
+    """About `width` characters of text around its first span, cut at spaces, spans shifted."""
+    if len(text) <= width:
+        return text, list(spans)
+    first = min((s for s, _e in spans), default=0)
+    start = max(0, first - width // 4)
+    if start:
+        space = text.find(" ", start)
+        start = space + 1 if 0 <= space < first else start
+    end = min(len(text), start + width)
+    if end < len(text):
+        space = text.rfind(" ", start, end)
+        end = space if space > start else end
+    head = "…" if start else ""
+    tail = "…" if end < len(text) else ""
+    shift = len(head) - start
+    kept = [(s + shift, e + shift) for s, e in spans if s >= start and e <= end]
+    return head + text[start:end] + tail, kept
+
+
+def _add_profile_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", metavar="N", help="display name")
+    p.add_argument("--keywords", metavar="QUERY", help='one topic named "Keywords" with this query')
+    p.add_argument(
+        "--topic",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "QUERY"),
+        help="a named topic; repeat for several",
+    )
+    p.add_argument("--cadence", choices=("instant", "daily", "weekly", "feed"))
+    p.add_argument("--time", metavar="HH:MM", help="delivery time in --tz")
+    p.add_argument("--tz", metavar="ZONE", help="IANA time zone, e.g. Europe/London")
+    p.add_argument(
+        "--weekday", type=_weekday_arg, metavar="mon..sun", help="day of the weekly digest"
+    )
+
+
+def _add_subscriber_parsers(sub: Any) -> None:
+    """The `subscriber`, `match` and `history` commands."""
+    s = sub.add_parser("subscriber", help="add, list, show, edit, remove, pause, resume, import")
+    actions = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    p = actions.add_parser("add", help="add an active subscriber")
+    p.add_argument("email", metavar="EMAIL")
+    _add_profile_options(p)
+    p.add_argument(
+        "--backfill",
+        type=int,
+        metavar="DAYS",
+        help="also deliver matching papers stored in the last DAYS days",
+    )
+    p.set_defaults(handler=cmd_subscriber_add)
+
+    p = actions.add_parser("list", help="list subscribers")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.add_argument("--search", metavar="S", help="part of the email or name, any case")
+    p.add_argument("--status", metavar="S", help="only this status")
+    p.set_defaults(handler=cmd_subscriber_list)
+
+    p = actions.add_parser("show", help="show one subscriber")
+    p.add_argument("email", metavar="EMAIL")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=cmd_subscriber_show)
+
+    p = actions.add_parser("edit", help="change a subscriber; --keywords/--topic replace topics")
+    p.add_argument("email", metavar="EMAIL")
+    _add_profile_options(p)
+    p.add_argument("--email", dest="new_email", metavar="NEW", help="change the address")
+    p.set_defaults(handler=cmd_subscriber_edit)
+
+    p = actions.add_parser("remove", help="delete a subscriber and their history")
+    p.add_argument("email", metavar="EMAIL")
+    p.set_defaults(handler=cmd_subscriber_remove)
+
+    for action, status, text in (
+        ("pause", "paused", "stop deliveries until resumed"),
+        ("resume", "active", "deliver again (papers stored while paused are skipped)"),
+    ):
+        p = actions.add_parser(action, help=text)
+        p.add_argument("email", metavar="EMAIL")
+        p.set_defaults(handler=cmd_subscriber_status, new_status=status)
+
+    p = actions.add_parser("import", help="add or update subscribers from a CSV file")
+    p.add_argument("file", metavar="FILE.csv")
+    p.add_argument("--dry-run", action="store_true", help="check every row, change nothing")
+    p.set_defaults(handler=cmd_subscriber_import)
+
+    p = actions.add_parser("export", help="write subscribers as CSV (the import format)")
+    p.add_argument("file", metavar="FILE", nargs="?", help="default: standard output")
+    p.set_defaults(handler=cmd_subscriber_export)
+
+    p = sub.add_parser("match", help="preview a query against the stored papers")
+    p.add_argument("query", metavar="QUERY")
+    p.add_argument(
+        "--limit", type=_positive_int, default=20, metavar="N", help="at most N papers (20)"
+    )
+    p.add_argument(
+        "--recent", type=_positive_int, metavar="N", help="only the N most recently stored papers"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="highlight with colour (auto: when writing to a terminal); else [brackets]",
+    )
+    p.set_defaults(handler=cmd_match)
+
+    p = sub.add_parser("history", help="digests delivered to a subscriber, newest first")
+    p.add_argument("email", metavar="EMAIL")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.set_defaults(handler=cmd_history)
+
+
 # --- argument parsing -----------------------------------------------------------------------
 
 
@@ -173,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", metavar="FILE", nargs="*")
     p.set_defaults(handler=cmd_ingest)
 
+    _add_subscriber_parsers(sub)
     return parser
 
 

@@ -8,10 +8,11 @@ not compile, NotFoundError for an unknown subscriber. SQL stays in digest/store.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -218,6 +219,25 @@ def add_subscriber(
     """Validate and store a new subscriber; their first digest holds papers stored from now on
     (or from `backfill_days` ago)."""
     address = normalize_email(email)
+    with _about(address):
+        return _add(store, settings, address, name, topics, cadence, time, tz, weekday,
+                    backfill_days, status, now)  # fmt: skip
+
+
+def _add(
+    store: Store,
+    settings: Settings,
+    address: str,
+    name: str,
+    topics: Sequence[Topic],
+    cadence: str,
+    time: str | None,
+    tz: str | None,
+    weekday: int,
+    backfill_days: int | None,
+    status: str,
+    now: datetime | None,
+) -> Subscriber:
     now = _now(now)
     if backfill_days is not None and not (0 <= backfill_days <= MAX_BACKFILL_DAYS):
         raise FieldError(
@@ -304,6 +324,21 @@ def edit_subscriber(
 ) -> Subscriber:
     """Change only the given fields (topics are replaced as a whole); later digests follow."""
     current = get_subscriber(store, email)
+    with _about(current.email):
+        return _edit(store, current, name, topics, cadence, time, tz, weekday, new_email)
+
+
+def _edit(
+    store: Store,
+    current: Subscriber,
+    name: str | None,
+    topics: Sequence[Topic] | None,
+    cadence: str | None,
+    time: str | None,
+    tz: str | None,
+    weekday: int | str | None,
+    new_email: str | None,
+) -> Subscriber:
     fields: dict[str, Any] = {}
     if new_email is not None:
         address = normalize_email(new_email)
@@ -595,6 +630,20 @@ def export_csv(store: Store, out: TextIO) -> int:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _about(address: str) -> Iterator[None]:
+    """Prefix validation messages with the address concerned (once)."""
+    try:
+        yield
+    except FieldError as exc:
+        if not str(exc).startswith(address):
+            exc.args = (f"{address}: {exc}",)
+        raise
+    except TopicQueryError as exc:
+        exc.args = (f"{address}: {exc}",)
+        raise
 
 
 def _now(now: datetime | None) -> datetime:
