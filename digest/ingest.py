@@ -106,7 +106,10 @@ class IngestReport:
     @property
     def failures(self) -> list[str]:
         """One line per failed or refused file (and the abort, if any), for stderr."""
-        lines = [f"{o.name}: {o.reason}" for o in self.failed]
+        lines = [
+            o.reason if o.reason.startswith(f"{o.name}:") else f"{o.name}: {o.reason}"
+            for o in self.failed
+        ]
         if self.aborted:
             lines.append(f"ingestion stopped: {self.aborted}")
         return lines
