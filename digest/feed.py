@@ -25,7 +25,7 @@ from feedgen.entry import FeedEntry as FeedGenEntry
 from feedgen.feed import FeedGenerator
 
 from digest.errors import DigestError, ValidationError
-from digest.models import StoredPaper
+from digest.models import Match, StoredPaper
 
 FeedFormat = Literal["rss", "atom"]
 FORMATS: tuple[FeedFormat, ...] = ("rss", "atom")
@@ -75,6 +75,13 @@ class FeedEntry:
     topics: tuple[str, ...] = ()
     terms: tuple[str, ...] = ()
     added: datetime | None = None  # when first stored / delivered; None means paper.first_seen
+
+    @classmethod
+    def from_match(
+        cls, paper: StoredPaper, match: Match, added: datetime | None = None
+    ) -> FeedEntry:
+        """An entry for a subscriber's feed from a matching-engine result."""
+        return cls(paper, tuple(match.topics), tuple(match.terms), added)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from digest.feed import (
     write_feed_atomically,
     write_feeds,
 )
-from digest.models import StoredPaper, paper_key
+from digest.models import Match, StoredPaper, paper_key
 
 SITE = "http://papers.example.org:8000"
 BASE = datetime(2025, 11, 24, 9, 30, tzinfo=UTC)
@@ -234,6 +234,13 @@ def test_dates_are_utc_whole_seconds_whatever_the_input_zone():
     assert doc.last_modified == datetime(2025, 11, 24, 10, 0, tzinfo=UTC)
     assert b"Mon, 24 Nov 2025 10:00:00 +0000" in doc.body
     assert b"Mon, 24 Nov 2025 09:00:00 +0000" in doc.body
+
+
+def test_entry_from_a_match():
+    paper = make_paper(3)
+    match = Match(paper_id=3, score=1.0, topics=("Efficiency",), terms=("sparse",))
+    entry = FeedEntry.from_match(paper, match, added=BASE)
+    assert entry == FeedEntry(paper, ("Efficiency",), ("sparse",), BASE)
 
 
 def test_added_defaults_to_first_seen():
