@@ -1,0 +1,156 @@
+"""The admin's live preview: backtest an edited profile on recent papers against the saved one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from digest.errors import QueryError
+from digest.match import PaperIndex, match_profiles
+from digest.models import Match, StoredPaper, Topic
+from digest.query import compile_query
+
+MAX_TOPICS = 20
+MAX_QUERY_CHARS = 2_000
+MAX_ROWS = 60  # per change kind shown; the counts are always complete
+
+
+@dataclass(frozen=True, slots=True)
+class TopicError:
+    """A topic's query error, with the line and caret position for showing it at the column."""
+
+    index: int
+    message: str
+    column: int | None = None
+    hint: str = ""
+    line_text: str = ""
+    caret: int = 0  # 0-based offset of the caret within line_text
+    line_no: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewRow:
+    """One paper of the preview: whether the edit adds, removes or keeps it, and highlights."""
+
+    paper: StoredPaper
+    change: str  # "added", "removed" or "kept"
+    topics: tuple[str, ...]
+    title_parts: tuple[tuple[str, bool], ...]
+    terms: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Preview:
+    """The backtest of a profile edit over the papers of the last dumps."""
+
+    papers: int
+    dumps: int
+    added: list[PreviewRow] = field(default_factory=list)
+    removed: list[PreviewRow] = field(default_factory=list)
+    kept: list[PreviewRow] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def parse_topic_rows(
+    names: Sequence[str], queries: Sequence[str]
+) -> tuple[list[Topic], list[TopicError]]:
+    """Topics from the form's rows (blank rows dropped), and every query error found."""
+    topics: list[Topic] = []
+    errors: list[TopicError] = []
+    rows = list(zip(names, queries, strict=False))[:MAX_TOPICS]
+    for index, (raw_name, raw_query) in enumerate(rows):
+        name = " ".join(raw_name.split())[:100]
+        query = raw_query.replace("\r\n", "\n").strip()
+        if not name and not query:
+            continue
+        if not query:
+            errors.append(TopicError(index, f"topic {name!r} has no query"))
+            continue
+        if len(query) > MAX_QUERY_CHARS:
+            errors.append(TopicError(index, f"query longer than {MAX_QUERY_CHARS} characters"))
+            continue
+        try:
+            compile_query(query)
+        except QueryError as exc:
+            errors.append(_located(index, exc, query))
+            continue
+        topics.append(Topic(name or f"Topic {len(topics) + 1}", query))
+    return topics, errors
+
+
+def _located(index: int, exc: QueryError, query: str) -> TopicError:
+    pos = max(0, min(len(query), exc.column - 1))
+    start = query.rfind("\n", 0, pos) + 1
+    end = query.find("\n", pos)
+    line = query[start : end if end != -1 else len(query)]
+    message = str(exc).removeprefix(f"column {exc.column}: ")
+    if exc.hint:
+        message = message.removesuffix(f" (hint: {exc.hint})")
+    return TopicError(
+        index=index,
+        message=message,
+        column=exc.column,
+        hint=exc.hint,
+        line_text=line,
+        caret=pos - start,
+        line_no=query.count("\n", 0, start) + 1,
+    )
+
+
+def backtest(
+    papers: Sequence[StoredPaper],
+    saved: Sequence[Topic],
+    edited: Sequence[Topic],
+    *,
+    dumps: int,
+) -> Preview:
+    """What `edited` matches among `papers`, split into added / removed / kept versus `saved`."""
+    preview = Preview(papers=len(papers), dumps=dumps)
+    if papers:
+        index = PaperIndex(list(papers))
+        found = match_profiles(index, {0: list(saved), 1: list(edited)})
+        before = {m.paper_id: m for m in found.get(0, [])}
+        after = {m.paper_id: m for m in found.get(1, [])}
+        by_id = {p.id: p for p in papers}
+        for match in found.get(1, []):
+            kind = "kept" if match.paper_id in before else "added"
+            getattr(preview, kind).append(_row(by_id[match.paper_id], match, kind))
+        for match in found.get(0, []):
+            if match.paper_id not in after:
+                preview.removed.append(_row(by_id[match.paper_id], match, "removed"))
+    preview.counts = {
+        "added": len(preview.added),
+        "removed": len(preview.removed),
+        "kept": len(preview.kept),
+    }
+    preview.added = preview.added[:MAX_ROWS]
+    preview.removed = preview.removed[:MAX_ROWS]
+    preview.kept = preview.kept[:MAX_ROWS]
+    return preview
+
+
+def _row(paper: StoredPaper, match: Match, kind: str) -> PreviewRow:
+    return PreviewRow(
+        paper=paper,
+        change=kind,
+        topics=match.topics,
+        title_parts=split_spans(paper.title, match.title_spans),
+        terms=match.terms,
+    )
+
+
+def split_spans(text: str, spans: Sequence[tuple[int, int]]) -> tuple[tuple[str, bool], ...]:
+    """Cut text into (piece, highlighted) parts; the template escapes each piece."""
+    parts: list[tuple[str, bool]] = []
+    pos = 0
+    for start, end in sorted(spans):
+        start, end = max(start, pos), min(end, len(text))
+        if start >= end:
+            continue
+        if start > pos:
+            parts.append((text[pos:start], False))
+        parts.append((text[start:end], True))
+        pos = end
+    if pos < len(text):
+        parts.append((text[pos:], False))
+    return tuple(parts)

@@ -1,0 +1,338 @@
+"""Public pages: subscriber self-service by signed links, optional sign-up, feeds over HTTP."""
+
+from __future__ import annotations
+
+import logging
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+from flask import Blueprint, Response, abort, render_template, request, url_for
+
+from digest import subscribers as subs
+from digest.errors import DigestError, NotFoundError
+from digest.feed import FeedEntry, build_feed, conditional_response, feed_url
+from digest.links import CONFIRM_MAX_AGE, LinkError, confirm_path, links_for
+from digest.models import CADENCES, Subscriber
+from digest.web import state
+from digest.web.admin import WEEKDAYS, _submitted_form, _topic_rows, _weekday
+from digest.web.preview import parse_topic_rows
+from digest.web.security import check_csrf
+
+log = logging.getLogger(__name__)
+bp = Blueprint("public", __name__)
+
+BAD_LINK = "This link is not valid. It may be mistyped, or no longer in use."
+FEED_MAX_AGE = 300  # seconds a reader may reuse a feed without asking again
+
+
+@bp.get("/")
+def index() -> Any:
+    """A small landing page: feeds, sign-up (when enabled), admin."""
+    st = state()
+    base = st.settings.site.base_url
+    return render_template(
+        "web/index.html",
+        signup=st.settings.web.signup_enabled,
+        feed_rss=feed_url(base, "rss"),
+        feed_atom=feed_url(base, "atom"),
+    )
+
+
+def _from_link(purpose: str, signed: str, max_age: int | None = None) -> Subscriber:
+    """The subscriber a signed link names; 404 alike for tampered, foreign or stale links."""
+    st = state()
+    try:
+        token = st.signer.read_token(purpose, signed, max_age=max_age)
+        sub = subs.subscriber_by_token(st.store, token)
+    except (LinkError, NotFoundError):
+        abort(404, description=BAD_LINK)
+    if sub is None:
+        abort(404, description=BAD_LINK)
+    return sub
+
+
+# --- manage ---------------------------------------------------------------------------------
+
+
+@bp.route("/manage/<signed>", methods=["GET", "POST"])
+def manage(signed: str) -> Any:
+    """The subscriber's own page: topics, cadence, time and zone; resubscribe."""
+    sub = _from_link("manage", signed)
+    st = state()
+    message = ""
+    errors: list = []
+    topics = list(sub.topics)
+    form = {
+        "name": sub.name,
+        "cadence": sub.cadence,
+        "time": sub.time,
+        "tz": sub.tz,
+        "weekday": str(sub.weekday),
+    }
+    status = 200
+    if request.method == "POST":
+        check_csrf()
+        if request.form.get("action") == "resubscribe":
+            if sub.status == "unsubscribed":
+                subs.set_status(st.store, sub.email, "active")
+            sub = subs.get_subscriber(st.store, sub.email)
+            message = "Welcome back: you are subscribed again."
+        else:
+            topics, errors = parse_topic_rows(
+                request.form.getlist("topic_name"), request.form.getlist("topic_query")
+            )
+            form = {**_submitted_form(), "name": sub.name}
+            if not errors:
+                try:
+                    sub = subs.edit_subscriber(
+                        st.store,
+                        st.settings,
+                        sub.email,
+                        name=sub.name,
+                        topics=topics,
+                        cadence=form["cadence"] or sub.cadence,
+                        time=form["time"] or sub.time,
+                        tz=form["tz"] or sub.tz,
+                        weekday=_weekday(form["weekday"]),
+                    )
+                    sub = subs.get_subscriber(st.store, sub.email)
+                    message = "Saved. Your next digest follows the new settings."
+                except DigestError as exc:
+                    message = str(exc)
+                    status = 400
+            else:
+                status = 400
+    links = links_for(st.settings, st.signer, sub)
+    page = render_template(
+        "web/manage.html",
+        sub=sub,
+        form=form,
+        rows=_topic_rows(topics, errors),
+        errors=errors,
+        message=message,
+        ok=status == 200,
+        cadences=CADENCES,
+        weekdays=WEEKDAYS,
+        signed=signed,
+        unsubscribe_url=url_for(
+            "public.unsubscribe",
+            signed=st.signer.make_token("unsubscribe", sub.token),
+        ),
+        feed_rss=feed_url(st.settings.site.base_url, "rss", sub.token),
+        feed_atom=feed_url(st.settings.site.base_url, "atom", sub.token),
+        manage_url=links.manage_url,
+    )
+    return page, status
+
+
+# --- unsubscribe ----------------------------------------------------------------------------
+
+
+def _unsubscribe_page(sub: Subscriber, signed: str) -> str:
+    return render_template(
+        "web/unsubscribe.html",
+        sub=sub,
+        action=url_for("public.unsubscribe", signed=signed),
+        manage_url=url_for("public.manage", signed=state().signer.make_token("manage", sub.token)),
+    )
+
+
+@bp.route("/unsubscribe/<signed>", methods=["GET", "POST"])
+def unsubscribe(signed: str) -> Any:
+    """GET shows a confirm button (link scanners fetch URLs); POST unsubscribes."""
+    sub = _from_link("unsubscribe", signed)
+    if request.method == "GET":
+        return _unsubscribe_page(sub, signed)
+    check_csrf()
+    subs.unsubscribe_by_token(state().store, sub.token)
+    return _done_page(sub)
+
+
+def _done_page(sub: Subscriber) -> str:
+    manage = state().signer.make_token("manage", sub.token)
+    return render_template(
+        "web/unsubscribed.html", sub=sub, manage_url=url_for("public.manage", signed=manage)
+    )
+
+
+@bp.route("/unsubscribe/<signed>/one-click", methods=["GET", "POST"])
+def one_click(signed: str) -> Any:
+    """RFC 8058 one-click: a POST unsubscribes (no CSRF token, no redirect, idempotent 200).
+
+    The signed link is the capability; mail clients POST `List-Unsubscribe=One-Click` here
+    without cookies. A GET only shows the confirm page, since scanners fetch every URL.
+    """
+    sub = _from_link("unsubscribe", signed)
+    if request.method == "GET":
+        return _unsubscribe_page(sub, signed)
+    subs.unsubscribe_by_token(state().store, sub.token)
+    return Response(
+        "You are unsubscribed.\n", status=200, mimetype="text/plain", headers=_no_store()
+    )
+
+
+def _no_store() -> dict[str, str]:
+    return {"Cache-Control": "no-store"}
+
+
+# --- sign-up with double opt-in -------------------------------------------------------------
+
+
+def _signup_enabled() -> None:
+    if not state().settings.web.signup_enabled:
+        abort(404, description="Sign-up is not open on this site.")
+
+
+@bp.route("/signup", methods=["GET", "POST"])
+def signup() -> Any:
+    """Public sign-up (off unless web.signup_enabled): pending until the email is confirmed."""
+    _signup_enabled()
+    st = state()
+    form = {"email": "", "name": "", "keywords": ""}
+    if request.method == "GET":
+        return render_template("web/signup.html", form=form, message="", error=None)
+    check_csrf()
+    form = {k: request.form.get(k, "").strip() for k in form}
+    topics, errors = parse_topic_rows(["Keywords"], [request.form.get("keywords", "")])
+    if errors or not topics:
+        error = errors[0] if errors else None
+        message = "" if error else "Give at least one keyword."
+        page = render_template("web/signup.html", form=form, message=message, error=error)
+        return page, 400
+    try:
+        email = subs.normalize_email(form["email"])
+    except DigestError as exc:
+        page = render_template("web/signup.html", form=form, message=str(exc), error=None)
+        return page, 400
+    try:
+        sub = subs.get_subscriber(st.store, email)
+    except NotFoundError:
+        sub = None
+    if sub is None:
+        try:
+            sub = subs.add_subscriber(
+                st.store,
+                st.settings,
+                email,
+                name=form["name"][:100],
+                topics=topics,
+                cadence="daily",
+                time=st.settings.schedule.default_time,
+                tz=st.settings.schedule.default_tz,
+                weekday=0,
+                backfill_days=None,
+                status="pending",
+                now=st.clock(),
+            )
+        except DigestError as exc:
+            page = render_template("web/signup.html", form=form, message=str(exc), error=None)
+            return page, 400
+    # The same page whether or not the address was known: sign-up reveals no subscriber.
+    if sub.status == "pending":
+        _send_confirmation(sub)
+    return render_template("web/signup_sent.html", email=email)
+
+
+def _send_confirmation(sub: Subscriber) -> None:
+    st = state()
+    settings = st.settings
+    link = settings.site.base_url.rstrip("/") + confirm_path(
+        st.signer.make_token("confirm", sub.token)
+    )
+    msg = EmailMessage()
+    msg["From"] = settings.mail.from_addr
+    msg["To"] = sub.email
+    msg["Subject"] = f"Confirm your subscription to {settings.site.title}"
+    msg["Date"] = formatdate(localtime=False, usegmt=True)
+    msg["Message-ID"] = make_msgid(domain=settings.site.list_id or None)
+    msg.set_content(
+        render_template(
+            "web/confirm_email.txt",
+            link=link,
+            title=settings.site.title,
+            days=CONFIRM_MAX_AGE // 86400,
+        )
+    )
+    transport = st.transport_factory(settings)
+    try:
+        transport.send(msg)
+    except DigestError as exc:
+        # The subscriber stays pending; signing up again resends the confirmation.
+        log.warning("confirmation email to %s failed: %s", sub.email, exc)
+    finally:
+        close = getattr(transport, "close", None)
+        if close is not None:
+            close()
+
+
+@bp.route("/confirm/<signed>", methods=["GET", "POST"])
+def confirm(signed: str) -> Any:
+    """GET shows a confirm button; POST activates the pending subscription."""
+    sub = _from_link("confirm", signed, max_age=CONFIRM_MAX_AGE)
+    st = state()
+    if request.method == "POST":
+        check_csrf()
+        if sub.status == "pending":
+            subs.set_status(st.store, sub.email, "active")
+            sub = subs.get_subscriber(st.store, sub.email)
+    manage = url_for("public.manage", signed=st.signer.make_token("manage", sub.token))
+    return render_template(
+        "web/confirm.html",
+        sub=sub,
+        action=url_for("public.confirm", signed=signed),
+        manage_url=manage,
+    )
+
+
+# --- feeds ----------------------------------------------------------------------------------
+
+
+def _feed_response(entries: list[FeedEntry], fmt: str, title: str, token: str | None) -> Any:
+    settings = state().settings
+    doc = build_feed(
+        entries,
+        fmt=fmt,  # type: ignore[arg-type]
+        title=title,
+        self_url=feed_url(settings.site.base_url, fmt, token),  # type: ignore[arg-type]
+        site_url=settings.site.base_url,
+        description=f"New papers from {settings.site.title}",
+        max_items=settings.feeds.max_items,
+        max_bytes=settings.feeds.max_bytes,
+    )
+    headers = doc.headers()
+    scope = "public" if token is None else "private"
+    headers["Cache-Control"] = f"{scope}, max-age={FEED_MAX_AGE}"
+    if conditional_response(
+        doc, request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")
+    ):
+        headers.pop("Content-Type")
+        return Response(status=304, headers=headers)
+    return Response(doc.body, status=200, headers=headers)
+
+
+@bp.get("/feeds/all.<any(rss, atom):fmt>")
+def feed_all(fmt: str) -> Any:
+    """The public feed: the latest papers by when they were first stored."""
+    st = state()
+    papers = st.store.recent_papers(st.settings.feeds.max_items)
+    entries = [FeedEntry(paper=p) for p in papers]
+    return _feed_response(entries, fmt, st.settings.site.title, None)
+
+
+@bp.get("/feeds/s/<token>.<any(rss, atom):fmt>")
+def feed_subscriber(token: str, fmt: str) -> Any:
+    """A subscriber's private feed: the papers of their ledger, the topic as category."""
+    st = state()
+    try:
+        sub = subs.subscriber_by_token(st.store, token)
+    except (NotFoundError, DigestError):
+        sub = None
+    if sub is None or sub.status == "unsubscribed":
+        abort(404, description="No such feed.")
+    rows = st.store.delivered_papers(sub.id, st.settings.feeds.max_items)
+    entries = [
+        FeedEntry(paper=paper, topics=(topic,) if topic else (), added=delivered_at)
+        for paper, topic, delivered_at in rows
+    ]
+    return _feed_response(entries, fmt, f"{st.settings.site.title}: your papers", token)
