@@ -572,6 +572,79 @@ def _add_subscriber_parsers(sub: Any) -> None:
     p.set_defaults(handler=cmd_history)
 
 
+# --- web -----------------------------------------------------------------------------------
+
+
+def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
+    """Run the web app (admin UI, subscriber links, feeds) with the waitress WSGI server."""
+    import waitress
+
+    from digest.web import create_app
+
+    settings = ctx.settings
+    host = args.host or settings.web.host
+    port = args.port if args.port is not None else settings.web.port
+    app = create_app(settings, ctx.store)
+    if not settings.web.admin_password_hash:
+        print(
+            "warning: no admin password set; the admin pages are disabled "
+            "(run `digest admin-password` and set web.admin_password_hash)",
+            file=ctx.err,
+        )
+    ctx.print(f"serving http://{host}:{port}/ (admin: /admin/, feeds: /feeds/all.rss)")
+    waitress.serve(app, host=host, port=port, threads=args.threads, ident="digest")
+    return 0
+
+
+def cmd_admin_password(ctx: Context, args: argparse.Namespace) -> int:
+    """Print a password hash for web.admin_password_hash; the password is read, never an arg."""
+    import getpass
+
+    from werkzeug.security import generate_password_hash
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Admin password: ")
+        if getpass.getpass("Again: ") != password:
+            raise DigestError("the two passwords differ; nothing printed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        raise DigestError("the admin password must have at least 8 characters")
+    ctx.print(generate_password_hash(password))
+    print(
+        'put it in settings.toml as [web] admin_password_hash = "..." '
+        "or in the environment as DIGEST_WEB_ADMIN_PASSWORD_HASH",
+        file=ctx.err,
+    )
+    return 0
+
+
+def _port_arg(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port < 65536:
+        raise argparse.ArgumentTypeError(f"port {port} is not between 0 and 65535")
+    return port
+
+
+def _add_web_parsers(sub: Any) -> None:
+    p = sub.add_parser("serve", help="the web app: admin UI, subscriber links, feeds over HTTP")
+    p.add_argument("--host", metavar="H", help="address to listen on (default: web.host)")
+    p.add_argument(
+        "--port", metavar="P", type=_port_arg, help="port to listen on (default: web.port)"
+    )
+    p.add_argument("--threads", type=_positive_int, default=8, help="worker threads (default 8)")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser(
+        "admin-password",
+        help="print a hash of the admin password (read from the terminal or stdin)",
+    )
+    p.set_defaults(handler=cmd_admin_password)
+
+
 # --- argument parsing -----------------------------------------------------------------------
 
 
@@ -607,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_ingest)
 
     _add_subscriber_parsers(sub)
+    _add_web_parsers(sub)
     return parser
 
 
