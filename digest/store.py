@@ -9,6 +9,7 @@ The schema is versioned: `schema_version` records the applied steps of `MIGRATIO
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -177,6 +179,10 @@ subscribers = Table(
     Column("token", String(64), nullable=False, unique=True),
     Column("bounces", Integer, nullable=False, server_default="0"),
     Column("updated_at", UtcDateTime, nullable=False),
+    # Papers with an id at or below this were already considered for this subscriber.
+    Column("watermark", Integer, nullable=False, server_default="0"),
+    # The delivery slot last handled (schedule.latest_slot), so each slot is served once.
+    Column("last_slot", UtcDateTime),
     CheckConstraint(f"status IN ({_in(STATUSES)})", name="ck_subscribers_status"),
     CheckConstraint(f"cadence IN ({_in(CADENCES)})", name="ck_subscribers_cadence"),
     CheckConstraint("weekday BETWEEN 0 AND 6", name="ck_subscribers_weekday"),
@@ -239,6 +245,10 @@ deliveries = Table(
     Column("digest_id", Integer, ForeignKey("digests.id", ondelete="CASCADE")),
     Column("topic", Text),
     Column("delivered_at", UtcDateTime, nullable=False),
+    # Why it matched, kept so a digest renders the same after a profile edit or a crash.
+    Column("topics", Text),  # JSON list of topic names, best first
+    Column("terms", Text),  # JSON list of the matched words
+    Column("score", Float),
 )
 Index("ix_deliveries_digest", deliveries.c.digest_id)
 
@@ -345,6 +355,39 @@ class DigestRow:
     papers: int
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerItem:
+    """A paper put in a digest, with why it matched (kept in the delivery ledger)."""
+
+    paper_id: int
+    topics: tuple[str, ...]
+    terms: tuple[str, ...]
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """An active subscriber with their delivery progress."""
+
+    subscriber: Subscriber
+    watermark: int
+    last_slot: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DigestRecord:
+    """A recorded digest: its subscriber, identity, state and ledger items (best first)."""
+
+    id: int
+    subscriber: Subscriber
+    kind: str
+    status: str
+    message_id: str
+    created_at: datetime
+    attempts: int
+    items: list[tuple[StoredPaper, LedgerItem]]
+
+
 # --- the store -----------------------------------------------------------------------------------
 
 
@@ -407,7 +450,8 @@ class Store:
         elif backend == "postgresql":
             if parsed.drivername == "postgresql":
                 parsed = parsed.set(drivername="postgresql+psycopg")
-            engine = create_engine(parsed, pool_pre_ping=True)
+            # Small pages keep psycopg's per-statement parsing cheap (it caches short queries only).
+            engine = create_engine(parsed, pool_pre_ping=True, insertmanyvalues_page_size=100)
         else:
             raise StoreError(f"database URL {shown}: only sqlite and postgresql are supported")
         store = cls(engine)
@@ -590,7 +634,8 @@ class Store:
             if key not in existing
         ]
         if fresh:
-            stmt = insert(papers).returning(papers.c.id, papers.c.key, sort_by_parameter_order=True)
+            # RETURNING gives (id, key) pairs, so row order does not matter (and batches stay big).
+            stmt = insert(papers).returning(papers.c.id, papers.c.key)
             for row in conn.execute(stmt, fresh):
                 ids[row.key] = row.id
 
@@ -1037,6 +1082,375 @@ class Store:
 
         return sqlite_insert(table)
 
+    # -- outbox --
+
+    def subscribers_for_delivery(self) -> list[DeliveryState]:
+        """Active subscribers with topics, each with their paper watermark and last slot."""
+        with self._read() as conn:
+            rows = list(
+                conn.execute(
+                    select(subscribers)
+                    .where(subscribers.c.status == "active")
+                    .order_by(subscribers.c.id)
+                )
+            )
+            # One pass over topics instead of chunked IN lists: every active subscriber is wanted.
+            found: dict[int, list[Topic]] = {}
+            for row in conn.execute(
+                select(topics.c.subscriber_id, topics.c.name, topics.c.query)
+                .join(subscribers, subscribers.c.id == topics.c.subscriber_id)
+                .where(subscribers.c.status == "active")
+                .order_by(topics.c.subscriber_id, topics.c.position)
+            ):
+                found.setdefault(row.subscriber_id, []).append(Topic(row.name, row.query))
+        return [
+            DeliveryState(
+                subscriber=self._subscriber_row(r, found.get(r.id, ())),
+                watermark=r.watermark,
+                last_slot=r.last_slot,
+            )
+            for r in rows
+        ]
+
+    def papers_after(self, paper_id: int) -> list[StoredPaper]:
+        """Papers with an id above `paper_id` (stored after that one), oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(select(papers).where(papers.c.id > paper_id).order_by(papers.c.id))
+            return [_paper(r) for r in rows]
+
+    def delivered_pairs(
+        self, subscriber_ids: Sequence[int], paper_ids: Sequence[int]
+    ) -> set[tuple[int, int]]:
+        """Which of these (subscriber, paper) pairs are already in the delivery ledger."""
+        found: set[tuple[int, int]] = set()
+        if not subscriber_ids or not paper_ids:
+            return found
+        with self._read() as conn:
+            for chunk in _chunks(list(paper_ids)):
+                rows = conn.execute(
+                    select(deliveries.c.subscriber_id, deliveries.c.paper_id).where(
+                        deliveries.c.paper_id.in_(chunk)
+                    )
+                )
+                wanted = set(subscriber_ids)
+                found.update((s, p) for s, p in rows if s in wanted)
+        return found
+
+    def record_plans(
+        self,
+        plans: Sequence[tuple[int, str, Sequence[LedgerItem], int, datetime]],
+        *,
+        now: datetime,
+        message_id: Callable[[int], str],
+        chunk: int = 500,
+    ) -> list[int]:
+        """Record digests and subscriber progress: (subscriber_id, kind, items, watermark, slot).
+
+        Each digest is written with its ledger rows and the subscriber's new watermark and slot
+        in one transaction (several subscribers share one, for speed), so a crash leaves each
+        either wholly recorded or not at all. Email digests start `queued`; feed digests are
+        delivered by being recorded (`sent`). An empty item list only advances the subscriber.
+        The Message-ID derives from the digest id, so a repeat after a crash is recognisable.
+        """
+        now = _utc(now)
+        created: list[int] = []
+        for start in range(0, len(plans), chunk):
+            with self._write() as conn:
+                for subscriber_id, kind, items, watermark, slot in plans[start : start + chunk]:
+                    if items:
+                        created.append(
+                            self._insert_digest(conn, subscriber_id, kind, items, now, message_id)
+                        )
+                    self._advance(conn, subscriber_id, watermark, slot)
+        return created
+
+    def _insert_digest(
+        self,
+        conn: Connection,
+        subscriber_id: int,
+        kind: str,
+        items: Sequence[LedgerItem],
+        now: datetime,
+        message_id: Callable[[int], str],
+    ) -> int:
+        status = "sent" if kind == "feed" else "queued"
+        digest_id = conn.execute(
+            insert(digests).values(
+                subscriber_id=subscriber_id,
+                kind=kind,
+                # Unique placeholder until the id is known; replaced in this transaction.
+                message_id=f"<pending-{subscriber_id}-{now.timestamp()}>",
+                status=status,
+                created_at=now,
+                sent_at=now if kind == "feed" else None,
+                next_attempt_at=now,
+            )
+        ).inserted_primary_key[0]
+        conn.execute(
+            update(digests)
+            .where(digests.c.id == digest_id)
+            .values(message_id=message_id(digest_id))
+        )
+        conn.execute(
+            insert(deliveries),
+            [
+                {
+                    "subscriber_id": subscriber_id,
+                    "paper_id": item.paper_id,
+                    "digest_id": digest_id,
+                    "topic": item.topics[0] if item.topics else None,
+                    "topics": json.dumps(list(item.topics)),
+                    "terms": json.dumps(list(item.terms)),
+                    "score": item.score,
+                    "delivered_at": now,
+                }
+                for item in items
+            ],
+        )
+        return digest_id
+
+    def advance_subscriber(self, subscriber_id: int, *, watermark: int, slot: datetime) -> None:
+        """Record that papers up to `watermark` and the slot `slot` were handled, with no digest."""
+        with self._write() as conn:
+            self._advance(conn, subscriber_id, watermark, slot)
+
+    def _advance(
+        self, conn: Connection, subscriber_id: int, watermark: int, slot: datetime
+    ) -> None:
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id == subscriber_id)
+            .values(
+                watermark=func.max(subscribers.c.watermark, watermark)
+                if self.dialect == "sqlite"
+                else func.greatest(subscribers.c.watermark, watermark),
+                last_slot=_utc(slot),
+            )
+        )
+
+    def claim_digests(
+        self, worker: str, *, limit: int, lease_until: datetime, now: datetime
+    ) -> list[int]:
+        """Claim up to `limit` email digests that are due: queued, or sending with a lapsed lease.
+
+        On PostgreSQL concurrent workers skip each other's rows (FOR UPDATE SKIP LOCKED); on
+        SQLite the write transaction itself serialises claimers.
+        """
+        now = _utc(now)
+        due = (digests.c.kind == "email") & (
+            ((digests.c.status == "queued") & (digests.c.next_attempt_at <= now))
+            | ((digests.c.status == "sending") & (digests.c.lease_until < now))
+        )
+        pick = select(digests.c.id).where(due).order_by(digests.c.id).limit(limit)
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        with self._write() as conn:
+            ids = [r.id for r in conn.execute(pick)]
+            if ids:
+                conn.execute(
+                    update(digests)
+                    .where(digests.c.id.in_(ids))
+                    .values(status="sending", claimed_by=worker, lease_until=_utc(lease_until))
+                )
+        return ids
+
+    def release_claims(self, digest_ids: Sequence[int], worker: str) -> None:
+        """Give back claimed digests not yet sent (a graceful stop), so others take them now."""
+        if not digest_ids:
+            return
+        with self._write() as conn:
+            conn.execute(
+                update(digests)
+                .where(
+                    digests.c.id.in_(list(digest_ids)),
+                    digests.c.claimed_by == worker,
+                    digests.c.status == "sending",
+                )
+                .values(status="queued", claimed_by=None, lease_until=None)
+            )
+
+    def release_all_claims(self) -> int:
+        """Return every in-flight digest to the queue: only for the sole sender after a crash."""
+        with self._write() as conn:
+            return conn.execute(
+                update(digests)
+                .where(digests.c.status == "sending")
+                .values(status="queued", claimed_by=None, lease_until=None)
+            ).rowcount
+
+    def digest_record(self, digest_id: int) -> DigestRecord:
+        """A recorded digest with its subscriber and ledger items, best score first."""
+        with self._read() as conn:
+            head = conn.execute(select(digests).where(digests.c.id == digest_id)).first()
+            if head is None:
+                raise StoreError(f"digest {digest_id} does not exist")
+            rows = list(
+                conn.execute(
+                    select(
+                        papers,
+                        deliveries.c.topics.label("d_topics"),
+                        deliveries.c.terms.label("d_terms"),
+                        deliveries.c.score.label("d_score"),
+                    )
+                    .join(deliveries, deliveries.c.paper_id == papers.c.id)
+                    .where(deliveries.c.digest_id == digest_id)
+                    .order_by(deliveries.c.score.desc(), papers.c.id)
+                )
+            )
+        subscriber = self.subscriber_by_id(head.subscriber_id)
+        if subscriber is None:
+            raise StoreError(f"digest {digest_id}: its subscriber no longer exists")
+        return DigestRecord(
+            id=head.id,
+            subscriber=subscriber,
+            kind=head.kind,
+            status=head.status,
+            message_id=head.message_id,
+            created_at=head.created_at,
+            attempts=head.attempts,
+            items=[
+                (
+                    _paper(r),
+                    _ledger_item(r),
+                )
+                for r in rows
+            ],
+        )
+
+    def mark_digest_sent(self, digest_id: int, *, now: datetime) -> None:
+        """The transport accepted the digest: it is never sent again."""
+        with self._write() as conn:
+            conn.execute(
+                update(digests)
+                .where(digests.c.id == digest_id)
+                .values(
+                    status="sent",
+                    sent_at=_utc(now),
+                    attempts=digests.c.attempts + 1,
+                    claimed_by=None,
+                    lease_until=None,
+                    last_error=None,
+                )
+            )
+
+    def retry_digest(self, digest_id: int, error: str, *, next_attempt_at: datetime) -> None:
+        """A temporary failure: back to the queue, to be tried again at `next_attempt_at`."""
+        with self._write() as conn:
+            conn.execute(
+                update(digests)
+                .where(digests.c.id == digest_id)
+                .values(
+                    status="queued",
+                    attempts=digests.c.attempts + 1,
+                    next_attempt_at=_utc(next_attempt_at),
+                    claimed_by=None,
+                    lease_until=None,
+                    last_error=error[:2000],
+                )
+            )
+
+    def fail_digest(self, digest_id: int, error: str, *, now: datetime) -> None:
+        """Out of retries: the digest stays failed and visible to the admin."""
+        with self._write() as conn:
+            conn.execute(
+                update(digests)
+                .where(digests.c.id == digest_id)
+                .values(
+                    status="failed",
+                    attempts=digests.c.attempts + 1,
+                    claimed_by=None,
+                    lease_until=None,
+                    last_error=error[:2000],
+                )
+            )
+
+    def bounce_digest(self, digest_id: int, error: str, *, max_bounces: int) -> bool:
+        """A permanent failure: record the bounce; True if the subscriber is now 'bouncing'."""
+        with self._write() as conn:
+            sub_id = conn.scalar(select(digests.c.subscriber_id).where(digests.c.id == digest_id))
+            conn.execute(
+                update(digests)
+                .where(digests.c.id == digest_id)
+                .values(
+                    status="bounced",
+                    attempts=digests.c.attempts + 1,
+                    claimed_by=None,
+                    lease_until=None,
+                    last_error=error[:2000],
+                )
+            )
+            conn.execute(
+                update(subscribers)
+                .where(subscribers.c.id == sub_id)
+                .values(bounces=subscribers.c.bounces + 1)
+            )
+            bounces = conn.scalar(select(subscribers.c.bounces).where(subscribers.c.id == sub_id))
+            if bounces is not None and bounces >= max_bounces:
+                conn.execute(
+                    update(subscribers)
+                    .where(subscribers.c.id == sub_id, subscribers.c.status == "active")
+                    .values(status="bouncing", updated_at=datetime.now(UTC))
+                )
+                return True
+        return False
+
+    def digest_status_counts(self) -> dict[str, int]:
+        """Email digests per status (queued, sending, sent, failed, bounced)."""
+        counts = dict.fromkeys(DIGEST_STATUSES, 0)
+        with self._read() as conn:
+            for status, n in conn.execute(
+                select(digests.c.status, func.count())
+                .where(digests.c.kind == "email")
+                .group_by(digests.c.status)
+            ):
+                counts[status] = n
+        return counts
+
+    def digest_ids_by_status(self, status: str) -> list[int]:
+        """Ids of email digests in a status, oldest first (tests and `status`)."""
+        with self._read() as conn:
+            return list(
+                conn.scalars(
+                    select(digests.c.id)
+                    .where(digests.c.kind == "email", digests.c.status == status)
+                    .order_by(digests.c.id)
+                )
+            )
+
+    def subscribers_with_deliveries_since(self, ts: datetime | None) -> list[Subscriber]:
+        """Subscribers whose ledger grew after `ts` (all with a ledger when None): feed rewrites."""
+        stmt = select(deliveries.c.subscriber_id).distinct()
+        if ts is not None:
+            stmt = stmt.where(deliveries.c.delivered_at > _utc(ts))
+        with self._read() as conn:
+            ids = list(conn.scalars(stmt))
+        return [s for s in (self.subscriber_by_id(i) for i in ids) if s is not None]
+
+    def latest_delivery_time(self) -> datetime | None:
+        """When the ledger last grew (None when empty)."""
+        with self._read() as conn:
+            return conn.scalar(select(func.max(deliveries.c.delivered_at)))
+
+    def ledger_entries(
+        self, subscriber_id: int, limit: int
+    ) -> list[tuple[StoredPaper, LedgerItem, datetime]]:
+        """A subscriber's ledger, newest first: (paper, why it matched, when), at most `limit`."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    papers,
+                    deliveries.c.topics.label("d_topics"),
+                    deliveries.c.terms.label("d_terms"),
+                    deliveries.c.score.label("d_score"),
+                    deliveries.c.delivered_at.label("d_at"),
+                )
+                .join(deliveries, deliveries.c.paper_id == papers.c.id)
+                .where(deliveries.c.subscriber_id == subscriber_id)
+                .order_by(deliveries.c.delivered_at.desc(), papers.c.id.desc())
+                .limit(limit)
+            )
+            return [(_paper(r), _ledger_item(r), r.d_at) for r in rows]
+
     # -- web --
 
     def subscriber_email_by_id(self, subscriber_id: int) -> str | None:
@@ -1175,4 +1589,14 @@ def _paper(row: Any) -> StoredPaper:
         organization_id=row.organization_id,
         published=row.published,
         upvotes=row.upvotes,
+    )
+
+
+def _ledger_item(row: Any) -> LedgerItem:
+    """Why a paper is in a ledger row selected with d_topics, d_terms and d_score labels."""
+    return LedgerItem(
+        paper_id=row.id,
+        topics=tuple(json.loads(row.d_topics or "[]")),
+        terms=tuple(json.loads(row.d_terms or "[]")),
+        score=row.d_score or 0.0,
     )

@@ -1,0 +1,256 @@
+"""The send ledger: record each digest before sending it, then claim, send and mark it.
+
+Recording a digest writes its papers to the delivery ledger, its Message-ID and status `queued` in
+one transaction, so a paper is never put in two digests for one subscriber. A sender then claims
+digests (a lease), sends them and marks them sent. After a crash nothing is skipped and nothing
+marked sent is sent again: only a digest whose claim expired mid-send is sent once more, under the
+same Message-ID, so receivers recognise the repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from digest.config import Settings
+from digest.errors import QueryError
+from digest.mail import PermanentDeliveryError, TemporaryDeliveryError, make_message_id
+from digest.match import PaperIndex, highlight_spans, match_profiles
+from digest.models import Digest, DigestItem, Match, StoredPaper
+from digest.query import Query, compile_query
+from digest.schedule import is_due, latest_slot
+from digest.store import DeliveryState, LedgerItem, Store
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The real clock; everything that schedules takes a clock so tests can control time."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class QueueReport:
+    """What one queueing pass decided."""
+
+    due: int = 0
+    queued: int = 0
+    feed_items: int = 0
+    papers: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.due} subscribers due, {self.queued} digests queued, "
+            f"{self.feed_items} feed items recorded, {self.papers} candidate papers"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one due subscriber gets now: their new matches (maybe none) and their progress."""
+
+    state: DeliveryState
+    items: list[LedgerItem]
+    watermark: int
+    slot: datetime
+
+    @property
+    def kind(self) -> str:
+        return "feed" if self.state.subscriber.cadence == "feed" else "email"
+
+
+def plan_digests(
+    store: Store,
+    settings: Settings,
+    *,
+    now: datetime,
+    force: bool = False,
+    only: Sequence[int] | None = None,
+) -> tuple[list[Plan], dict[int, StoredPaper]]:
+    """Match every due subscriber's profile against their pending papers, recording nothing.
+
+    Pending: stored after the subscriber's watermark, first seen at or after their `since`, and
+    not in their ledger. All profiles are matched against the batch at once.
+    """
+    wanted = set(only) if only is not None else None
+    states = [
+        s
+        for s in store.subscribers_for_delivery()
+        if (wanted is None or s.subscriber.id in wanted)
+        and (force or is_due(s.subscriber, now, s.last_slot))
+    ]
+    if not states:
+        return [], {}
+    papers = store.papers_after(min(s.watermark for s in states))
+    by_id = {p.id: p for p in papers}
+    top = papers[-1].id if papers else 0
+    profiles = {s.subscriber.id: s.subscriber.topics for s in states if s.subscriber.topics}
+    results = match_profiles(PaperIndex(papers), profiles) if papers and profiles else {}
+    matched = sorted({m.paper_id for found in results.values() for m in found})
+    delivered = store.delivered_pairs(sorted(results), matched) if results else set()
+    plans = []
+    for s in states:
+        sub = s.subscriber
+        since = sub.since or sub.created_at
+        items = [
+            LedgerItem(paper_id=m.paper_id, topics=m.topics, terms=m.terms, score=m.score)
+            for m in results.get(sub.id, ())
+            if m.paper_id > s.watermark
+            and by_id[m.paper_id].first_seen >= since
+            and (sub.id, m.paper_id) not in delivered
+        ][: settings.mail.max_papers]
+        plans.append(Plan(s, items, max(top, s.watermark), latest_slot(sub, now)))
+    return plans, by_id
+
+
+def queue_digests(
+    store: Store, settings: Settings, *, now: datetime, force: bool = False
+) -> QueueReport:
+    """Plan the due digests and record them (ledger, Message-ID, status queued) atomically."""
+    plans, by_id = plan_digests(store, settings, now=now, force=force)
+    report = QueueReport(due=len(plans), papers=len(by_id))
+    store.record_plans(
+        [(p.state.subscriber.id, p.kind, p.items, p.watermark, p.slot) for p in plans],
+        now=now,
+        message_id=lambda digest_id: make_message_id(digest_id, settings),
+    )
+    for plan in plans:
+        if plan.items and plan.kind == "feed":
+            report.feed_items += len(plan.items)
+        elif plan.items:
+            report.queued += 1
+    return report
+
+
+def digest_from_plan(plan: Plan, papers: dict[int, StoredPaper], now: datetime) -> Digest:
+    """An unrecorded digest for previews and dry runs (id 0, no Message-ID of its own)."""
+    return Digest(
+        id=0,
+        subscriber=plan.state.subscriber,
+        created_at=now,
+        message_id="<preview@localhost>",
+        items=[_item(papers[i.paper_id], i) for i in plan.items],
+    )
+
+
+def _term_queries(terms: tuple[str, ...]) -> list[Query]:
+    """The ledger's matched words as phrase queries, for highlighting (odd ones skipped)."""
+    found = []
+    for term in terms:
+        try:
+            found.append(compile_query('"' + term.replace('"', " ") + '"'))
+        except QueryError:
+            continue
+    return found
+
+
+def _item(paper: StoredPaper, item: LedgerItem) -> DigestItem:
+    queries = _term_queries(item.terms)
+    return DigestItem(
+        paper=paper,
+        match=Match(
+            paper_id=paper.id,
+            score=item.score,
+            topics=item.topics,
+            terms=item.terms,
+            title_spans=highlight_spans(paper.title, queries),
+            abstract_spans=highlight_spans(paper.abstract, queries),
+        ),
+    )
+
+
+def build_digest(store: Store, digest_id: int) -> Digest:
+    """Load a recorded digest with its papers, ranked, and recompute highlight spans."""
+    record = store.digest_record(digest_id)
+    return Digest(
+        id=record.id,
+        subscriber=record.subscriber,
+        created_at=record.created_at,
+        message_id=record.message_id,
+        items=[_item(paper, item) for paper, item in record.items],
+    )
+
+
+def worker_name() -> str:
+    """Who holds a claim: host and process, for the claimed_by column and logs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class DeliveryReport:
+    """What one delivery pass did."""
+
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    bounced: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.sent} sent, {self.retried} to retry, {self.failed} failed, "
+            f"{self.bounced} bounced"
+        )
+
+
+SendOne = Callable[[Digest], None]
+
+
+def deliver_queued(
+    store: Store,
+    settings: Settings,
+    send_one: SendOne,
+    *,
+    clock: Clock = utcnow,
+    worker: str | None = None,
+    batch: int = 50,
+    lease: timedelta = timedelta(minutes=10),
+    stop: threading.Event | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> DeliveryReport:
+    """Claim queued email digests in batches and send each; mark the outcome in the ledger."""
+    worker = worker or worker_name()
+    report = DeliveryReport()
+    while not (stop and stop.is_set()):
+        now = clock()
+        claimed = store.claim_digests(worker, limit=batch, lease_until=now + lease, now=now)
+        if not claimed:
+            break
+        for position, digest_id in enumerate(claimed):
+            if stop and stop.is_set():
+                store.release_claims(claimed[position:], worker)
+                break
+            digest = build_digest(store, digest_id)
+            try:
+                send_one(digest)
+            except TemporaryDeliveryError as exc:
+                attempts = store.digest_attempts(digest_id) + 1
+                if attempts >= settings.mail.retry_attempts:
+                    store.fail_digest(digest_id, str(exc), now=clock())
+                    report.failed += 1
+                else:
+                    delay = settings.mail.retry_base_seconds * 2 ** (attempts - 1)
+                    store.retry_digest(
+                        digest_id, str(exc), next_attempt_at=clock() + timedelta(seconds=delay)
+                    )
+                    report.retried += 1
+                report.errors.append(f"{digest.subscriber.email}: {exc}")
+                log.warning("temporary failure for %s: %s", digest.subscriber.email, exc)
+            except PermanentDeliveryError as exc:
+                store.bounce_digest(digest_id, str(exc), max_bounces=settings.mail.max_bounces)
+                report.bounced += 1
+                report.errors.append(f"{digest.subscriber.email}: {exc}")
+                log.warning("bounce for %s: %s", digest.subscriber.email, exc)
+            else:
+                store.mark_digest_sent(digest_id, now=clock())
+                report.sent += 1
+            if progress:
+                progress(1)
+    return report

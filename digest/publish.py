@@ -1,0 +1,77 @@
+"""The feeds step: write the public feed and the private feeds whose ledger grew, under public/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from digest import feed
+from digest.config import Settings
+from digest.store import Store
+
+_MARK = "feeds_written_through"
+
+
+@dataclass
+class FeedReport:
+    """What one feeds pass wrote."""
+
+    public_changed: bool = False
+    private_written: int = 0
+    private_changed: int = 0
+
+    def summary(self) -> str:
+        public = "public feed updated" if self.public_changed else "public feed unchanged"
+        return (
+            f"{public}, {self.private_written} private feeds written "
+            f"({self.private_changed} changed)"
+        )
+
+
+def private_entries(store: Store, subscriber_id: int, limit: int) -> list[feed.FeedEntry]:
+    """A subscriber's ledger as feed entries: topics as categories, matched words, date added."""
+    return [
+        feed.FeedEntry(paper=paper, topics=item.topics, terms=item.terms, added=delivered_at)
+        for paper, item, delivered_at in store.ledger_entries(subscriber_id, limit)
+    ]
+
+
+def public_entries(store: Store, limit: int) -> list[feed.FeedEntry]:
+    """The newest stored papers as feed entries, dated when first stored."""
+    return [feed.FeedEntry(paper=p, added=p.first_seen) for p in store.recent_papers(limit)]
+
+
+def write_feeds(store: Store, settings: Settings, *, full: bool = False) -> FeedReport:
+    """Rewrite the public feed and every private feed whose ledger grew since the last pass."""
+    report = FeedReport()
+    options = {
+        "base_url": settings.site.base_url,
+        "max_items": settings.feeds.max_items,
+        "max_bytes": settings.feeds.max_bytes,
+    }
+    changed = feed.write_feeds(
+        settings.feeds.public_dir,
+        public_entries(store, settings.feeds.max_items),
+        title=settings.site.title,
+        description=f"New papers stored by {settings.site.title}",
+        **options,
+    )
+    report.public_changed = any(changed.values())
+    # Read the ledger's high-water mark first: deliveries recorded meanwhile are caught next time.
+    through = store.latest_delivery_time()
+    done = None if full else store.get_meta(_MARK)
+    since = datetime.fromisoformat(done) if done else None
+    for sub in store.subscribers_with_deliveries_since(since):
+        changed = feed.write_feeds(
+            settings.feeds.public_dir,
+            private_entries(store, sub.id, settings.feeds.max_items),
+            title=f"{settings.site.title}: {sub.name or 'your papers'}",
+            description="Papers matched by your keyword profile",
+            token=sub.token,
+            **options,
+        )
+        report.private_written += 1
+        report.private_changed += any(changed.values())
+    if through is not None:
+        store.set_meta(_MARK, through.isoformat())
+    return report
