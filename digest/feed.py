@@ -13,6 +13,7 @@ import html
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +63,11 @@ _URL_QUOTE = {
     if not (chr(i).isalnum() or chr(i) in "_.-~")
 }
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+# feedgen formats RSS dates by switching the process locale to C and back (setlocale is process
+# wide): two threads doing it at once can leave the process in the wrong locale. The web app
+# serves feeds from threads, so serialisation takes turns.
+_FEEDGEN_LOCK = threading.Lock()
 
 # A feed summary is not the place for a runaway abstract; real ones are under 3,000 characters.
 _MAX_ABSTRACT = 5_000
@@ -543,7 +549,8 @@ def _serialise(
     fg.updated(newest)  # sets both atom:updated and rss:lastBuildDate
     for fe in items:
         fg.add_entry(fe, order="append")  # 'prepend' is a list insert at 0: quadratic
-    return fg.atom_str(pretty=False) if fmt == "atom" else fg.rss_str(pretty=False)
+    with _FEEDGEN_LOCK:
+        return fg.atom_str(pretty=False) if fmt == "atom" else fg.rss_str(pretty=False)
 
 
 def _cap_bytes(body: bytes, fmt: FeedFormat, max_bytes: int) -> tuple[bytes, int]:
