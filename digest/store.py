@@ -450,8 +450,7 @@ class Store:
         elif backend == "postgresql":
             if parsed.drivername == "postgresql":
                 parsed = parsed.set(drivername="postgresql+psycopg")
-            # Small pages keep psycopg's per-statement parsing cheap (it caches short queries only).
-            engine = create_engine(parsed, pool_pre_ping=True, insertmanyvalues_page_size=100)
+            engine = create_engine(parsed, pool_pre_ping=True)
         else:
             raise StoreError(f"database URL {shown}: only sqlite and postgresql are supported")
         store = cls(engine)
