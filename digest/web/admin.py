@@ -72,7 +72,7 @@ def login() -> Any:
     if not _admin_hash():
         return render_template("web/login.html", disabled=True, error="", next=""), 503
     nxt = request.values.get("next", "")
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD only show the page
         return render_template("web/login.html", disabled=False, error="", next=nxt)
     check_csrf()
     throttle = state().throttle
@@ -254,7 +254,7 @@ def _weekday(value: str) -> int | None:
 def subscriber(sid: int) -> Any:
     """A subscriber's profile: edit topics (with live preview), cadence, time and zone."""
     sub = _subscriber(sid)
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD only show the page
         return _render_subscriber(sub)
     topics, errors = _form_topics()
     form = _submitted_form()
@@ -318,7 +318,7 @@ def change_status(sid: int) -> Response:
 def remove(sid: int) -> Any:
     """Confirm, then remove a subscriber with their topics and ledger."""
     sub = _subscriber(sid)
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD only show the page
         return render_template("web/remove.html", sub=sub)
     subs.remove_subscriber(state().store, sub.email)
     flash(f"Removed {sub.email}.")
@@ -339,7 +339,7 @@ def new_subscriber() -> Any:
         "weekday": "0",
         "backfill": "0",
     }
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD only show the page
         return render_template(
             "web/new.html",
             form=defaults,

@@ -142,7 +142,7 @@ def _unsubscribe_page(sub: Subscriber, signed: str) -> str:
 def unsubscribe(signed: str) -> Any:
     """GET shows a confirm button (link scanners fetch URLs); POST unsubscribes."""
     sub = _from_link("unsubscribe", signed)
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD only show the page
         return _unsubscribe_page(sub, signed)
     check_csrf()
     subs.unsubscribe_by_token(state().store, sub.token)
@@ -164,7 +164,7 @@ def one_click(signed: str) -> Any:
     without cookies. A GET only shows the confirm page, since scanners fetch every URL.
     """
     sub = _from_link("unsubscribe", signed)
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD only show the page
         return _unsubscribe_page(sub, signed)
     subs.unsubscribe_by_token(state().store, sub.token)
     return Response(
@@ -190,7 +190,7 @@ def signup() -> Any:
     _signup_enabled()
     st = state()
     form = {"email": "", "name": "", "keywords": ""}
-    if request.method == "GET":
+    if request.method != "POST":  # GET and HEAD only show the page
         return render_template("web/signup.html", form=form, message="", error=None)
     check_csrf()
     form = {k: request.form.get(k, "").strip() for k in form}
@@ -330,9 +330,9 @@ def feed_subscriber(token: str, fmt: str) -> Any:
         sub = None
     if sub is None or sub.status == "unsubscribed":
         abort(404, description="No such feed.")
-    rows = st.store.delivered_papers(sub.id, st.settings.feeds.max_items)
+    rows = st.store.ledger_entries(sub.id, st.settings.feeds.max_items)
     entries = [
-        FeedEntry(paper=paper, topics=(topic,) if topic else (), added=delivered_at)
-        for paper, topic, delivered_at in rows
+        FeedEntry(paper=paper, topics=item.topics, terms=item.terms, added=delivered_at)
+        for paper, item, delivered_at in rows
     ]
     return _feed_response(entries, fmt, f"{st.settings.site.title}: your papers", token)
