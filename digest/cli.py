@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from digest import __version__
-from digest.config import Settings, default_settings_text, find_settings_file, load_settings
+from digest.config import Settings, find_settings_file, init_folder, load_settings
 from digest.errors import DigestError
 
 log = logging.getLogger("digest")
@@ -66,26 +66,10 @@ class Context:
 
 def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
     """Create DIR with a commented settings.toml whose defaults keep everything inside DIR."""
-    target = Path(args.dir)
-    settings_file = target / "settings.toml"
-    if settings_file.exists():
-        raise DigestError(f"{settings_file}: already exists; refusing to overwrite it")
-    if target.exists() and not target.is_dir():
-        raise DigestError(f"{target}: exists and is not a folder")
-    target.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(default_settings_text(), encoding="utf-8")
-    settings = load_settings(settings_file)
-    for folder in (
-        settings.inbox.dir,
-        settings.inbox.processed_dir,
-        settings.inbox.failed_dir,
-        settings.mail.maildir,
-        settings.feeds.public_dir,
-    ):
-        folder.mkdir(parents=True, exist_ok=True)
-    ctx.print(f"created {settings_file}")
+    settings = init_folder(Path(args.dir))
+    ctx.print(f"created {settings.source}")
     ctx.print(f"drop dumps into {settings.inbox.dir} (write NAME.part, then rename), then run:")
-    ctx.print(f"  digest --config {settings_file} ingest")
+    ctx.print(f"  digest --config {settings.source} ingest")
     return 0
 
 
@@ -645,6 +629,126 @@ def _add_web_parsers(sub: Any) -> None:
     p.set_defaults(handler=cmd_admin_password)
 
 
+# --- delivery commands ----------------------------------------------------------------------
+
+
+def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
+    """Build and deliver every digest that is due (--now: every active subscriber with news)."""
+    from digest.mail import DryRunTransport, make_transport
+    from digest.outbox import digest_from_plan, plan_digests, queue_digests, utcnow
+    from digest.pipeline import deliver_step, make_sender
+    from digest.progress import progress_bar
+
+    store, settings, now = ctx.store, ctx.settings, utcnow()
+    if args.dry_run:
+        plans, papers = plan_digests(store, settings, now=now, force=args.now)
+        send_one = make_sender(store, settings, DryRunTransport(ctx.out))
+        emails = [p for p in plans if p.items and p.kind == "email"]
+        for plan in emails:
+            send_one(digest_from_plan(plan, papers, now))
+        ctx.print(f"dry run: {len(emails)} digests would be sent; nothing was recorded")
+        return 0
+    queued = queue_digests(store, settings, now=now, force=args.now)
+    ctx.print(f"queue: {queued.summary()}")
+    pending = store.digest_status_counts()["queued"]
+    transport = make_transport(settings)
+    try:
+        with progress_bar(pending, unit="email", quiet=ctx.quiet, desc="sending") as bar:
+            report = deliver_step(store, settings, transport, progress=bar.update)
+    finally:
+        transport.close()
+    for error in report.errors:
+        print(f"error: {error}", file=ctx.err)
+    ctx.print(f"deliver: {report.summary()}")
+    return 1 if report.failed or report.bounced else 0
+
+
+def cmd_preview(ctx: Context, args: argparse.Namespace) -> int:
+    """Render a subscriber's next digest to files without recording or sending anything."""
+    from digest.links import LinkSigner, links_for, secret_key
+    from digest.outbox import digest_from_plan, plan_digests, utcnow
+    from digest.render import Renderer
+    from digest.subscribers import get_subscriber
+
+    store, settings, now = ctx.store, ctx.settings, utcnow()
+    sub = get_subscriber(store, args.email)
+    plans, papers = plan_digests(store, settings, now=now, force=True, only=[sub.id])
+    if not plans or not plans[0].items:
+        ctx.print(f"{sub.email}: no pending papers match their topics; nothing to preview")
+        return 0
+    digest = digest_from_plan(plans[0], papers, now)
+    links = links_for(settings, LinkSigner(secret_key(store, settings)), sub)
+    rendered = Renderer(settings).render(digest, links)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "preview-" + "".join(c if c.isalnum() else "_" for c in sub.email)
+    (out / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
+    (out / f"{stem}.txt").write_text(rendered.text, encoding="utf-8")
+    ctx.print(f"subject: {rendered.subject}")
+    ctx.print(f"{len(digest.items)} papers; wrote {out / stem}.html and {out / stem}.txt")
+    return 0
+
+
+def cmd_feeds(ctx: Context, args: argparse.Namespace) -> int:
+    """Write the static feeds under public/."""
+    from digest.publish import write_feeds
+
+    report = write_feeds(ctx.store, ctx.settings, full=args.all)
+    ctx.print(f"feeds: {report.summary()} in {ctx.settings.feeds.public_dir / 'feeds'}")
+    return 0
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    """What is stored, queued, failed and scheduled."""
+    from digest.status import collect_status, format_status
+
+    data = collect_status(ctx.store, ctx.settings)
+    if args.json:
+        ctx.print_json(data)
+    else:
+        ctx.print(format_status(data))
+    return 0
+
+
+def cmd_demo(ctx: Context, args: argparse.Namespace) -> int:
+    """Build a demo folder with sample dumps and subscribers, run one cycle, say where to look."""
+    from digest.demo import run_demo
+
+    return run_demo(Path(args.dir), out=ctx.out, quiet=ctx.quiet)
+
+
+def _add_delivery_parsers(sub: Any) -> None:
+    p = sub.add_parser("send", help="build and deliver every digest that is due")
+    p.add_argument(
+        "--now", action="store_true", help="treat every active subscriber with news as due"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print what would be sent; record nothing"
+    )
+    p.set_defaults(handler=cmd_send)
+
+    p = sub.add_parser("preview", help="render a subscriber's next digest to HTML and text files")
+    p.add_argument("email", metavar="EMAIL")
+    p.add_argument("--out", metavar="DIR", default=".", help="folder for the files (default: .)")
+    p.set_defaults(handler=cmd_preview)
+
+    p = sub.add_parser("feeds", help="write the static RSS/Atom feeds under public/")
+    p.add_argument(
+        "--all", action="store_true", help="rewrite every private feed, not only changed ones"
+    )
+    p.set_defaults(handler=cmd_feeds)
+
+    p = sub.add_parser("status", help="what is stored, queued, failed and scheduled")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser(
+        "demo", help="create a demo folder with sample data and run one full cycle in it"
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(handler=cmd_demo)
+
+
 # --- argument parsing -----------------------------------------------------------------------
 
 
@@ -681,6 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_subscriber_parsers(sub)
     _add_web_parsers(sub)
+    _add_delivery_parsers(sub)
     return parser
 
 

@@ -386,3 +386,26 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     text = str(value)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def init_folder(target: Path) -> Settings:
+    """Create `target` with a commented settings.toml and the folders it names; never overwrite."""
+    settings_file = target / "settings.toml"
+    if settings_file.exists():
+        raise ConfigError(f"{settings_file}: already exists; refusing to overwrite it")
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{target}: exists and is not a folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        settings_file.write_text(default_settings_text(), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot create it: {exc.strerror or exc}") from None
+    settings = load_settings(settings_file)
+    for folder in (
+        settings.inbox.dir,
+        settings.inbox.processed_dir,
+        settings.inbox.failed_dir,
+        settings.feeds.public_dir,
+    ):
+        folder.mkdir(parents=True, exist_ok=True)
+    return settings

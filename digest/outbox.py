@@ -213,7 +213,7 @@ def deliver_queued(
     batch: int = 50,
     lease: timedelta = timedelta(minutes=10),
     stop: threading.Event | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> DeliveryReport:
     """Claim queued email digests in batches and send each; mark the outcome in the ledger."""
     worker = worker or worker_name()

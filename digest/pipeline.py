@@ -73,11 +73,11 @@ def deliver_step(
     *,
     clock: Clock = utcnow,
     stop: threading.Event | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> DeliveryReport:
     """Send every queued email digest whose time has come."""
-    return deliver_queued(
-        store, settings, make_sender(store, settings, transport), clock=clock, stop=stop
-    )
+    send_one = make_sender(store, settings, transport)
+    return deliver_queued(store, settings, send_one, clock=clock, stop=stop, progress=progress)
 
 
 def run_cycle(

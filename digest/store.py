@@ -1316,6 +1316,11 @@ class Store:
             ],
         )
 
+    def digest_attempts(self, digest_id: int) -> int:
+        """How many times sending this digest was tried and ended (sent, retried, failed)."""
+        with self._read() as conn:
+            return conn.scalar(select(digests.c.attempts).where(digests.c.id == digest_id)) or 0
+
     def mark_digest_sent(self, digest_id: int, *, now: datetime) -> None:
         """The transport accepted the digest: it is never sent again."""
         with self._write() as conn:
