@@ -365,8 +365,8 @@ def cmd_match(ctx: Context, args: argparse.Namespace) -> int:
         snippet, spans = excerpt(paper.abstract, m.abstract_spans)
         ctx.print("     " + highlight(snippet, spans, color))
     hits = index.bits(query.root).bit_count()
-    shown = f"showing {len(matches)} best" if len(matches) < hits else f"{hits}"
-    ctx.print(f"{hits} of {len(papers)} stored papers match ({shown})")
+    more = f"; showing the {len(matches)} best (--limit)" if len(matches) < hits else ""
+    ctx.print(f"{hits} of {len(papers)} stored papers match{more}")
     return 0
 
 

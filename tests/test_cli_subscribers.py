@@ -1,0 +1,349 @@
+"""`digest subscriber ...`, `digest match` and `digest history` through digest.cli.main."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from digest.cli import excerpt, highlight, main
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "subscribers"
+SAMPLE_CSV = Path(__file__).resolve().parents[1] / "digest" / "samples" / "subscribers.csv"
+
+
+@pytest.fixture
+def config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """A settings file made by `digest init` in a temp folder."""
+    assert main(["init", str(tmp_path / "site")]) == 0
+    capsys.readouterr()
+    return str(tmp_path / "site" / "settings.toml")
+
+
+def run(config: str, *args: str) -> int:
+    return main(["--config", config, *args])
+
+
+def out_json(capsys: pytest.CaptureFixture[str]) -> object:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_add_show_list_json_shapes(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        run(
+            config,
+            "subscriber",
+            "add",
+            "Ada@Example.org",
+            "--name",
+            "Ada",
+            "--keywords",
+            "speculative decoding, latency",
+            "--topic",
+            "Pruning",
+            "prune*",
+            "--cadence",
+            "weekly",
+            "--weekday",
+            "fri",
+            "--time",
+            "8:30",
+            "--tz",
+            "Europe/London",
+        )
+        == 0
+    )
+    assert "added ada@example.org: weekly on fri at 08:30 Europe/London" in capsys.readouterr().out
+    assert run(config, "subscriber", "show", "ada@example.org", "--json") == 0
+    shown = out_json(capsys)
+    assert isinstance(shown, dict)
+    token_url = shown.pop("feed_url")
+    assert token_url.startswith("http://localhost:8000/feeds/s/") and token_url.endswith(".atom")
+    assert shown == {
+        "email": "ada@example.org",
+        "name": "Ada",
+        "status": "active",
+        "cadence": "weekly",
+        "time": "08:30",
+        "tz": "Europe/London",
+        "topics": [
+            {"name": "Keywords", "query": "speculative decoding, latency"},
+            {"name": "Pruning", "query": "prune*"},
+        ],
+    }
+    assert run(config, "subscriber", "list", "--json") == 0
+    listed = out_json(capsys)
+    assert isinstance(listed, list) and len(listed) == 1
+    assert listed[0] == {**shown, "feed_url": token_url}
+    assert run(config, "subscriber", "list") == 0
+    text = capsys.readouterr().out
+    assert "ada@example.org" in text and "1 subscriber(s)" in text
+    assert run(config, "subscriber", "show", "ada@example.org") == 0
+    assert "Pruning: prune*" in capsys.readouterr().out
+
+
+def test_add_without_topic_warns(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(config, "subscriber", "add", "x@example.org") == 0
+    assert "has no topic" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["not-an-email"], "'not-an-email' is not a valid email address"),
+        (["x@example.org", "--tz", "Mars/Base"], "x@example.org: time zone 'Mars/Base'"),
+        (["x@example.org", "--time", "24:30"], "x@example.org: time '24:30'"),
+        (["x@example.org", "--backfill", "-3"], "backfill"),
+    ],
+)
+def test_add_validation_errors_exit_1(
+    config: str, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert run(config, "subscriber", "add", *args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_bad_query_prints_caret_under_column(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(config, "subscriber", "add", "x@example.org", "--keywords", "latency, title:(") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: x@example.org: topic 'Keywords': column ")
+    column = int(err[0].split("column ")[1].split(":")[0])
+    assert err[1] == "  latency, title:("
+    assert err[2] == "  " + " " * (column - 1) + "^"
+    assert "hint" in err[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["subscriber", "add"],
+        ["subscriber", "add", "x@example.org", "--cadence", "hourly"],
+        ["subscriber", "add", "x@example.org", "--weekday", "someday"],
+        ["subscriber", "add", "x@example.org", "--topic", "OnlyName"],
+        ["subscriber"],
+        ["match"],
+        ["match", "x", "--limit", "0"],
+        ["history"],
+    ],
+)
+def test_wrong_usage_exits_2(config: str, args: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        run(config, *args)
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["subscriber"],
+        *[
+            ["subscriber", a]
+            for a in (
+                "add",
+                "list",
+                "show",
+                "edit",
+                "remove",
+                "pause",
+                "resume",
+                "import",
+                "export",
+            )
+        ],
+        ["match"],
+        ["history"],
+    ],
+)
+def test_every_command_has_help(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--help"])
+    assert info.value.code == 0
+    assert "usage: digest" in capsys.readouterr().out
+
+
+def test_edit_pause_resume_remove(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run(config, "subscriber", "add", "ada@example.org", "--keywords", "latency", "--name", "Ada")
+    assert (
+        run(
+            config,
+            "subscriber",
+            "edit",
+            "ada@example.org",
+            "--topic",
+            "A",
+            "prune*",
+            "--topic",
+            "B",
+            "org:nvidia",
+            "--email",
+            "ada@new.org",
+            "--cadence",
+            "feed",
+        )
+        == 0
+    )
+    capsys.readouterr()
+    run(config, "subscriber", "show", "ada@new.org", "--json")
+    shown = out_json(capsys)
+    assert isinstance(shown, dict)
+    assert shown["topics"] == [
+        {"name": "A", "query": "prune*"},
+        {"name": "B", "query": "org:nvidia"},
+    ]
+    assert (shown["name"], shown["cadence"]) == ("Ada", "feed")
+    assert run(config, "subscriber", "pause", "ada@new.org") == 0
+    assert "ada@new.org: paused" in capsys.readouterr().out
+    assert run(config, "subscriber", "list", "--status", "paused", "--json") == 0
+    assert len(out_json(capsys)) == 1  # type: ignore[arg-type]
+    assert run(config, "subscriber", "resume", "ada@new.org") == 0
+    assert "ada@new.org: active" in capsys.readouterr().out
+    assert run(config, "subscriber", "edit", "ada@new.org", "--tz", "Nowhere/City") == 1
+    assert "ada@new.org: time zone 'Nowhere/City'" in capsys.readouterr().err
+    assert run(config, "subscriber", "remove", "ada@new.org") == 0
+    assert run(config, "subscriber", "show", "ada@new.org") == 1
+    assert "no subscriber ada@new.org" in capsys.readouterr().err
+    assert run(config, "subscriber", "pause", "ghost@example.org") == 1
+
+
+def test_search_list(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run(config, "subscriber", "import", str(SAMPLE_CSV))
+    capsys.readouterr()
+    assert run(config, "subscriber", "list", "--search", "TURING", "--json") == 0
+    assert [s["email"] for s in out_json(capsys)] == ["alan@example.org"]  # type: ignore[union-attr]
+
+
+def test_import_export_round_trip(
+    config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(config, "subscriber", "import", str(SAMPLE_CSV)) == 0
+    assert "3 added, 0 updated" in capsys.readouterr().out
+    assert run(config, "subscriber", "export") == 0
+    exported = capsys.readouterr().out
+    assert exported.splitlines()[0] == "email,name,status,cadence,time,tz,weekday,topics"
+    assert len(exported.splitlines()) == 4
+    target = tmp_path / "out.csv"
+    assert run(config, "subscriber", "export", str(target)) == 0
+    assert target.read_text(encoding="utf-8") == exported
+    assert "exported 3 subscriber(s)" in capsys.readouterr().out
+    assert run(config, "subscriber", "import", str(target)) == 0
+    assert "0 added, 0 updated, 3 unchanged" in capsys.readouterr().out
+
+
+def test_import_with_bad_rows_reports_and_exits_1(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = FIXTURES / "bad_rows.csv"
+    assert run(config, "subscriber", "import", str(path)) == 1
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    assert f"error: {path}:4: column tz: time zone 'Mars/Base'" in "\n".join(errors)
+    assert len(errors) == 7
+    assert "2 added" in captured.out and "7 rows rejected" in captured.out
+    assert run(config, "subscriber", "import", str(path), "--dry-run") == 1
+    assert "dry run" in capsys.readouterr().out
+
+
+@pytest.fixture
+def stored(config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The settings file with the fixture dump ingested (3 papers)."""
+    dump = tmp_path / "dump.txt"
+    dump.write_bytes((FIXTURES / "dump.txt").read_bytes())
+    assert run(config, "ingest", str(dump)) == 0
+    capsys.readouterr()
+    return config
+
+
+def test_match_plain_output_brackets_matched_words(
+    stored: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(stored, "match", '"speculative decoding", prune*') == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out  # captured output is not a terminal
+    assert "1. [Speculative Decoding] with Tiny Drafts" in out
+    assert "2. Pruning Diffusion Transformers" in out  # prune* is a prefix: not "pruning"
+    assert "We [prune] diffusion transformers" in out and "[Pruned] models" in out
+    assert "Graph Neural" not in out
+    assert "2 of 3 stored papers match" in out
+    assert "Acme AI" in out and "41 upvotes" in out
+
+
+def test_match_color_always_uses_ansi(stored: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(stored, "match", "latency", "--color", "always") == 0
+    out = capsys.readouterr().out
+    assert "\x1b[1;33mLatency\x1b[0m" in out
+
+
+def test_match_json_shape_and_limit(stored: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(stored, "match", "diffusion, decoding", "--json", "--limit", "1") == 0
+    got = out_json(capsys)
+    assert isinstance(got, list) and len(got) == 1
+    assert set(got[0]) == {
+        "title",
+        "score",
+        "topics",
+        "terms",
+        "published",
+        "upvotes",
+        "organization",
+    }
+    assert run(stored, "match", "speculative", "--json") == 0
+    (first,) = out_json(capsys)  # type: ignore[misc]
+    assert first["title"] == "Speculative Decoding with Tiny Drafts"
+    assert (first["published"], first["upvotes"], first["organization"]) == (
+        "2025-11-19",
+        41,
+        "Acme AI",
+    )
+    assert first["score"] > 0 and "Speculative" in first["terms"]
+
+
+def test_match_bad_query_caret(stored: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(stored, "match", 'latency, "open phrase') == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: column 10:")
+    assert err[1:] == ['  latency, "open phrase', "  " + " " * 9 + "^"]
+
+
+def test_match_with_no_papers(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(config, "match", "latency", "--json") == 0
+    assert out_json(capsys) == []
+
+
+def test_history_empty_and_unknown(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run(config, "subscriber", "add", "ada@example.org", "--keywords", "latency")
+    capsys.readouterr()
+    assert run(config, "history", "ada@example.org", "--json") == 0
+    assert out_json(capsys) == []
+    assert run(config, "history", "ada@example.org") == 0
+    assert "no digest sent to ada@example.org yet" in capsys.readouterr().out
+    assert run(config, "history", "ghost@example.org") == 1
+    assert "no subscriber ghost@example.org" in capsys.readouterr().err
+
+
+def test_highlight_plain_and_color() -> None:
+    assert highlight("Sparse attention rocks", [(0, 6), (7, 16)], False) == (
+        "[Sparse] [attention] rocks"
+    )
+    assert highlight("ab", [(0, 1)], True) == "\x1b[1;33ma\x1b[0mb"
+    # overlapping spans never duplicate text
+    assert highlight("abcdef", [(0, 4), (2, 5)], False) == "[abcd][e]f"
+    # terminal escapes in paper text are neutralised, offsets kept
+    assert highlight("x\x1b[31my", [(6, 7)], False) == "x [31m[y]"
+
+
+def test_excerpt_keeps_spans_on_their_words() -> None:
+    text = (
+        " ".join(f"w{i}" for i in range(200)) + " target " + " ".join("z" * 3 for _ in range(200))
+    )
+    start = text.index("target")
+    snippet, spans = excerpt(text, [(start, start + 6)], width=120)
+    assert snippet.startswith("…") and snippet.endswith("…") and len(snippet) <= 122
+    ((a, b),) = spans
+    assert snippet[a:b] == "target"
+    short, same = excerpt("tiny", [(0, 4)])
+    assert (short, same) == ("tiny", [(0, 4)])
