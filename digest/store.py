@@ -809,10 +809,8 @@ class Store:
             "token": sub.token,
             "bounces": sub.bounces,
             "updated_at": _utc(sub.created_at),
+            "watermark": watermark,
         }
-        # TODO(lead): drop this guard once subscribers.watermark exists in every schema.
-        if "watermark" in subscribers.c:
-            values["watermark"] = watermark
         try:
             with self._write() as conn:
                 new_id = conn.execute(insert(subscribers).values(**values)).inserted_primary_key[0]
@@ -861,7 +859,7 @@ class Store:
                 .where(subscribers.c.id == subscriber_id)
                 .values(status=status, updated_at=datetime.now(UTC))
             ).rowcount
-            if done and reset_watermark and "watermark" in subscribers.c:
+            if done and reset_watermark:
                 top = conn.scalar(select(func.max(papers.c.id))) or 0
                 conn.execute(
                     update(subscribers)
@@ -871,11 +869,7 @@ class Store:
         return bool(done)
 
     def reset_watermark(self, subscriber_id: int, paper_id: int) -> None:
-        """Mark papers up to `paper_id` as not pending for this subscriber (no-op before the
-        watermark column exists)."""
-        # TODO(lead): the guard goes once subscribers.watermark is in the schema.
-        if "watermark" not in subscribers.c:
-            return
+        """Mark papers up to `paper_id` as not pending for this subscriber."""
         with self._write() as conn:
             conn.execute(
                 update(subscribers)
