@@ -1,0 +1,353 @@
+"""The send ledger: each matching paper reaches each subscriber exactly once, across dumps,
+re-runs, crashes, retries and bounces."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from digest.config import Settings, build_settings
+from digest.ingest import ingest_files
+from digest.mail import (
+    DryRunTransport,
+    PermanentDeliveryError,
+    SendResult,
+    TemporaryDeliveryError,
+)
+from digest.models import Topic
+from digest.outbox import build_digest, plan_digests, queue_digests
+from digest.pipeline import deliver_step
+from digest.store import Store
+from digest.subscribers import add_subscriber, get_subscriber
+
+FIXTURES = Path(__file__).parent / "fixtures" / "dumps"
+T0 = datetime(2026, 3, 4, 8, 0, tzinfo=UTC)
+
+
+def make_settings(tmp_path: Path, url: str, **sections: dict) -> Settings:
+    data = {
+        "database": {"url": url},
+        "inbox": {"settle_seconds": 0},
+        "mail": {"max_papers": 1000, "retry_base_seconds": 60, **sections.pop("mail", {})},
+        **sections,
+    }
+    return build_settings(data, root=tmp_path)
+
+
+class Recorder(DryRunTransport):
+    """A transport that keeps every message and can be told to fail for chosen addresses."""
+
+    def __init__(self) -> None:
+        super().__init__(stream=None)
+        self.temporary: set[str] = set()
+        self.permanent: set[str] = set()
+
+    def send(self, msg):  # type: ignore[override]
+        rcpt = msg.recipients[0]
+        if rcpt in self.temporary:
+            raise TemporaryDeliveryError(f"451 try later: {rcpt}", code=451, address=rcpt)
+        if rcpt in self.permanent:
+            raise PermanentDeliveryError(f"550 no such user: {rcpt}", code=550, address=rcpt)
+        return super().send(msg)
+
+    def by_recipient(self) -> Counter[str]:
+        return Counter(m.recipients[0] for m in self.messages)
+
+
+def _titles(message) -> list[str]:
+    """Paper titles in a digest's text part (the numbered lines)."""
+    text = message.as_email().get_body(preferencelist=("plain",)).get_content()
+    return [m.group(1).strip() for m in re.finditer(r"^\d+\.\s+(.+)$", text, re.M)]
+
+
+def _ingest(store: Store, settings: Settings, *names: str) -> None:
+    report = ingest_files(store, settings, [FIXTURES / n for n in names], quiet=True)
+    assert not report.failures
+
+
+@pytest.fixture
+def world(store: Store, tmp_path: Path, store_url: str):
+    settings = make_settings(tmp_path, store_url)
+    return store, settings
+
+
+def test_a_paper_reappearing_in_a_later_dump_is_not_sent_again(world) -> None:
+    store, settings = world
+    add_subscriber(
+        store,
+        settings,
+        "ada@example.org",
+        topics=[
+            Topic("Speed", "latency, speculative decoding"),
+            Topic("Small", "sparse, prune*, expert*"),
+        ],
+        cadence="instant",
+        now=T0 - timedelta(days=1),
+    )
+    transport = Recorder()
+    _ingest(store, settings, "ingest_day1.txt")
+    first = queue_digests(store, settings, now=T0)
+    deliver_step(store, settings, transport, clock=lambda: T0)
+    assert first.queued == 1
+    _ingest(store, settings, "ingest_day2.txt")  # repeats papers of day 1
+    queue_digests(store, settings, now=T0 + timedelta(hours=1))
+    deliver_step(store, settings, transport, clock=lambda: T0 + timedelta(hours=1))
+    # A third pass with nothing new sends nothing.
+    queue_digests(store, settings, now=T0 + timedelta(hours=2))
+    deliver_step(store, settings, transport, clock=lambda: T0 + timedelta(hours=2))
+
+    sent = [t for m in transport.messages for t in _titles(m)]
+    assert len(sent) == len(set(sent)), f"a paper was sent twice: {sent}"
+    assert len(transport.messages) == 2
+    # Every stored paper the profile matches was delivered exactly once.
+    from digest.match import PaperIndex, match_profiles
+
+    papers = store.papers_after(0)
+    sub = get_subscriber(store, "ada@example.org")
+    expected = {m.paper_id for m in match_profiles(PaperIndex(papers), {1: sub.topics})[1]}
+    by_id = {p.id: p.title for p in papers}
+    assert sorted(sent) == sorted(by_id[i] for i in expected)
+
+
+def test_ledger_on_the_shared_dumps_000_then_001(world, shared_dumps) -> None:
+    store, settings = world
+    add_subscriber(
+        store,
+        settings,
+        "grace@example.org",
+        topics=[Topic("Efficiency", "latency, efficient, pruning, quantization")],
+        cadence="instant",
+        now=T0 - timedelta(days=1),
+    )
+    transport = Recorder()
+    for step, dump in enumerate(shared_dumps[:2]):
+        assert not ingest_files(store, settings, [dump], quiet=True).failures
+        now = T0 + timedelta(hours=step)
+        queue_digests(store, settings, now=now)
+        deliver_step(store, settings, transport, clock=lambda now=now: now)
+    sent = [t for m in transport.messages for t in _titles(m)]
+    assert len(transport.messages) == 2
+    assert len(sent) == len(set(sent))
+    ledger = store.ledger_entries(1, 10_000)
+    assert len(ledger) == len(sent)  # every new match delivered once, and nothing else
+
+
+def test_subscribers_only_get_papers_stored_after_they_subscribed(world) -> None:
+    store, settings = world
+    _ingest(store, settings, "ingest_day1.txt")
+    add_subscriber(
+        store, settings, "late@example.org", topics=[Topic("All", "the")], cadence="instant"
+    )
+    add_subscriber(
+        store,
+        settings,
+        "back@example.org",
+        topics=[Topic("All", "the")],
+        cadence="instant",
+        backfill_days=30,
+    )
+    transport = Recorder()
+    queue_digests(store, settings, now=datetime.now(UTC))
+    deliver_step(store, settings, transport)
+    assert transport.by_recipient() == Counter({"back@example.org": 1})
+
+
+def test_crash_between_acceptance_and_ledger_update_resends_same_message_id(world) -> None:
+    store, settings = world
+    for name in ("a", "b", "c"):
+        add_subscriber(
+            store,
+            settings,
+            f"{name}@example.org",
+            topics=[Topic("T", "latency")],
+            cadence="instant",
+            now=T0 - timedelta(days=1),
+        )
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+    transport = Recorder()
+    real_mark = store.mark_digest_sent
+    calls = 0
+
+    def dies_on_second_mark(digest_id: int, *, now: datetime) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise SystemExit("killed after the server accepted message 2")
+        real_mark(digest_id, now=now)
+
+    store.mark_digest_sent = dies_on_second_mark  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        deliver_step(store, settings, transport, clock=lambda: T0)
+    store.mark_digest_sent = real_mark  # type: ignore[method-assign]
+    assert len(transport.messages) == 2
+    # Another sender, while the dead one's lease holds, takes nothing of its batch...
+    deliver_step(store, settings, transport, clock=lambda: T0 + timedelta(minutes=1))
+    assert len(transport.messages) == 2
+    # ...once it lapses, the one in flight is sent again under the same Message-ID, and the
+    # rest of the batch once.
+    deliver_step(store, settings, transport, clock=lambda: T0 + timedelta(hours=1))
+    ids = Counter(m.message_id for m in transport.messages)
+    assert len(ids) == 3 and sorted(ids.values()) == [1, 1, 2]
+    assert transport.by_recipient().keys() == {"a@example.org", "b@example.org", "c@example.org"}
+    assert store.digest_status_counts()["sent"] == 3
+
+
+def test_the_sole_daemon_restarting_takes_back_its_claims_at_once(world) -> None:
+    store, settings = world
+    add_subscriber(
+        store,
+        settings,
+        "a@example.org",
+        topics=[Topic("T", "latency")],
+        cadence="instant",
+        now=T0 - timedelta(days=1),
+    )
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+    claimed = store.claim_digests("dead:1", limit=10, lease_until=T0 + timedelta(hours=1), now=T0)
+    assert claimed and store.digest_status_counts()["sending"] == 1
+    assert store.release_all_claims() == 1
+    transport = Recorder()
+    assert deliver_step(store, settings, transport, clock=lambda: T0).sent == 1
+
+
+def test_temporary_failures_retry_with_backoff_then_fail(world) -> None:
+    store, settings = world
+    add_subscriber(
+        store,
+        settings,
+        "slow@example.org",
+        topics=[Topic("T", "latency")],
+        cadence="instant",
+        now=T0 - timedelta(days=1),
+    )
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+    transport = Recorder()
+    transport.temporary.add("slow@example.org")
+    now = T0
+    report = deliver_step(store, settings, transport, clock=lambda: now)
+    assert report.retried == 1
+    # Not due again until the backoff has passed (60 s, then 120 s, ...).
+    now = T0 + timedelta(seconds=30)
+    assert deliver_step(store, settings, transport, clock=lambda: now).retried == 0
+    now = T0 + timedelta(seconds=61)
+    assert deliver_step(store, settings, transport, clock=lambda: now).retried == 1
+    for _ in range(settings.mail.retry_attempts):
+        now += timedelta(days=1)
+        deliver_step(store, settings, transport, clock=lambda now=now: now)
+    assert store.digest_status_counts()["failed"] == 1
+    transport.temporary.clear()
+    now += timedelta(days=1)
+    assert deliver_step(store, settings, transport, clock=lambda: now).sent == 0
+
+
+def test_hard_bounces_mark_the_subscriber_bouncing(world, tmp_path: Path, store_url: str) -> None:
+    store, _ = world
+    settings = make_settings(tmp_path, store_url, mail={"max_bounces": 2})
+    add_subscriber(
+        store,
+        settings,
+        "gone@example.org",
+        topics=[Topic("T", "latency, sparse, pruning, experts")],
+        cadence="instant",
+        now=T0 - timedelta(days=1),
+    )
+    transport = Recorder()
+    transport.permanent.add("gone@example.org")
+    for step, name in enumerate(("ingest_day1.txt", "ingest_day2.txt")):
+        _ingest(store, settings, name)
+        now = T0 + timedelta(hours=step)
+        queue_digests(store, settings, now=now)
+        report = deliver_step(store, settings, transport, clock=lambda now=now: now)
+        assert report.bounced == 1 and report.retried == 0
+    assert get_subscriber(store, "gone@example.org").status == "bouncing"
+    assert plan_digests(store, settings, now=T0 + timedelta(days=1), force=True)[0] == []
+
+
+def test_feed_subscribers_get_ledger_items_and_no_email(world) -> None:
+    store, settings = world
+    add_subscriber(
+        store,
+        settings,
+        "reader@example.org",
+        topics=[Topic("T", "latency")],
+        cadence="feed",
+        now=T0 - timedelta(days=1),
+    )
+    _ingest(store, settings, "ingest_day1.txt")
+    report = queue_digests(store, settings, now=T0)
+    transport = Recorder()
+    deliver_step(store, settings, transport, clock=lambda: T0)
+    assert report.feed_items >= 1 and report.queued == 0
+    assert transport.messages == []
+    assert len(store.ledger_entries(1, 100)) == report.feed_items
+
+
+def test_daily_subscribers_wait_for_their_slot_and_get_it_once(world) -> None:
+    store, settings = world
+    add_subscriber(
+        store,
+        settings,
+        "daily@example.org",
+        topics=[Topic("T", "latency")],
+        cadence="daily",
+        time="09:00",
+        tz="Europe/Paris",
+        now=T0 - timedelta(days=1),
+    )
+    _ingest(store, settings, "ingest_day1.txt")
+    # 09:00 in Paris is 08:00 UTC on 4 March (CET); they subscribed at 08:00 UTC on the 3rd.
+    assert queue_digests(store, settings, now=T0 - timedelta(minutes=1)).due == 0
+    assert queue_digests(store, settings, now=T0).queued == 1
+    assert queue_digests(store, settings, now=T0 + timedelta(hours=2)).due == 0
+    assert queue_digests(store, settings, now=T0 + timedelta(days=1)).due == 1
+
+
+def test_a_recorded_digest_renders_from_the_ledger_after_a_profile_edit(world) -> None:
+    store, settings = world
+    from digest.subscribers import edit_subscriber
+
+    add_subscriber(
+        store,
+        settings,
+        "ed@example.org",
+        topics=[Topic("Speed", "latency")],
+        cadence="instant",
+        now=T0 - timedelta(days=1),
+    )
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+    edit_subscriber(store, settings, "ed@example.org", topics=[Topic("Other", "diffusion")])
+    digest = build_digest(store, store.digest_ids_by_status("queued")[0])
+    assert {t for item in digest.items for t in item.match.topics} == {"Speed"}
+    assert all(item.match.title_spans or item.match.abstract_spans for item in digest.items)
+
+
+def test_refused_recipient_inside_an_accepted_session_is_a_bounce(world) -> None:
+    store, settings = world
+    add_subscriber(
+        store,
+        settings,
+        "x@example.org",
+        topics=[Topic("T", "latency")],
+        cadence="instant",
+        now=T0 - timedelta(days=1),
+    )
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+
+    class Refusing(Recorder):
+        def send(self, msg):  # type: ignore[override]
+            rcpt = msg.recipients[0]
+            return SendResult(
+                msg.message_id, (), {rcpt: PermanentDeliveryError("550 refused", code=550)}
+            )
+
+    report = deliver_step(store, settings, Refusing(), clock=lambda: T0)
+    assert report.bounced == 1
