@@ -100,6 +100,7 @@ class OutgoingMessage:
     data: bytes
     subject: str = ""
     smtputf8: bool = False
+    eight_bit: bool = False  # a part is 8bit: needs a server with 8BITMIME (else re-encoded)
 
     def as_email(self) -> EmailMessage:
         """Parse the bytes back into an EmailMessage (for tests and previews)."""
@@ -130,67 +131,122 @@ def make_message_id(digest_id: int, settings: Settings) -> str:
     return f"<digest-{int(digest_id)}-{digest_hash}@{_safe_token(domain)}>"
 
 
+class MessageBuilder:
+    """Builds digest messages; the settings-only headers are encoded once, at construction."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        from_name, from_addr = _split_address(settings.mail.from_addr, "mail.from_addr")
+        self.from_addr, self.from_utf8 = _checked_address(from_addr, "mail.from_addr")
+        self.from_header = _fold("From", _address(from_name, self.from_addr))
+        self.reply_to_header = ""
+        if settings.mail.reply_to.strip():
+            rt_name, rt_addr = _split_address(settings.mail.reply_to, "mail.reply_to")
+            rt_addr, _ = _checked_address(rt_addr, "mail.reply_to")
+            self.reply_to_header = _fold("Reply-To", _address(rt_name, rt_addr))
+        list_id = _safe_token(clean_line(settings.site.list_id)) or "digest.localhost"
+        self.list_id_header = _fold("List-Id", f"{_phrase(settings.site.title)} <{list_id}>")
+
+    def build(self, rendered: RenderedDigest, digest: Digest, links: Links) -> OutgoingMessage:
+        """The digest as a multipart/alternative message (text, then HTML) with list headers."""
+        to_addr, to_utf8 = _checked_address(digest.subscriber.email, "subscriber email")
+        created = digest.created_at
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        message_id = _message_id_value(digest.message_id)
+        boundary = f"=_digest_{hashlib.sha1(message_id.encode()).hexdigest()[:20]}"
+        unsubscribe = f"<{_url(links.unsubscribe_url)}>, <{_url(links.unsubscribe_mailto)}>"
+        headers = [self.from_header, _fold("To", _address(digest.subscriber.name, to_addr))]
+        if self.reply_to_header:
+            headers.append(self.reply_to_header)
+        headers += [
+            _fold("Subject", _header_text(rendered.subject)),
+            "Date: " + format_datetime(created),
+            "Message-ID: " + message_id,
+            self.list_id_header,
+            _fold("List-Unsubscribe", unsubscribe),
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+            "Auto-Submitted: auto-generated",
+            "MIME-Version: 1.0",
+            f'Content-Type: multipart/alternative; boundary="{boundary}"',
+            "",
+            "",
+        ]
+        text_cte, text_body = _encode_text(rendered.text)
+        html_cte, html_body = _encode_html(rendered.html)
+        data = b"".join(
+            (
+                "\r\n".join(headers).encode("ascii" if not to_utf8 else "utf-8"),
+                f'--{boundary}\r\nContent-Type: text/plain; charset="utf-8"\r\n'
+                f"Content-Transfer-Encoding: {text_cte}\r\n\r\n".encode("ascii"),
+                text_body,
+                f'\r\n--{boundary}\r\nContent-Type: text/html; charset="utf-8"\r\n'
+                f"Content-Transfer-Encoding: {html_cte}\r\n\r\n".encode("ascii"),
+                html_body,
+                f"\r\n--{boundary}--\r\n".encode("ascii"),
+            )
+        )
+        return OutgoingMessage(
+            message_id=message_id,
+            envelope_from=self.from_addr,
+            recipients=(to_addr,),
+            data=data,
+            subject=rendered.subject,
+            smtputf8=to_utf8 or self.from_utf8,
+            eight_bit="8bit" in (text_cte, html_cte),
+        )
+
+
 def build_message(
     rendered: RenderedDigest, digest: Digest, links: Links, settings: Settings
 ) -> OutgoingMessage:
-    """The digest as a multipart/alternative message (text, then HTML) with list headers."""
-    from_name, from_addr = _split_address(settings.mail.from_addr, "mail.from_addr")
-    to_addr, to_utf8 = _checked_address(digest.subscriber.email, "subscriber email")
-    from_addr, from_utf8 = _checked_address(from_addr, "mail.from_addr")
-    created = digest.created_at
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
-    message_id = _message_id_value(digest.message_id)
-    boundary = f"=_digest_{hashlib.sha1(message_id.encode()).hexdigest()[:20]}"
-    headers = [
-        _fold("From", _address(from_name, from_addr)),
-        _fold("To", _address(digest.subscriber.name, to_addr)),
-    ]
-    if settings.mail.reply_to.strip():
-        rt_name, rt_addr = _split_address(settings.mail.reply_to, "mail.reply_to")
-        rt_addr, _ = _checked_address(rt_addr, "mail.reply_to")
-        headers.append(_fold("Reply-To", _address(rt_name, rt_addr)))
-    list_id = _safe_token(clean_line(settings.site.list_id)) or "digest.localhost"
-    unsubscribe = f"<{_url(links.unsubscribe_url)}>, <{_url(links.unsubscribe_mailto)}>"
-    headers += [
-        _fold("Subject", _header_text(rendered.subject)),
-        "Date: " + format_datetime(created),
-        "Message-ID: " + message_id,
-        _fold("List-Id", f"{_phrase(settings.site.title)} <{list_id}>"),
-        _fold("List-Unsubscribe", unsubscribe),
-        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
-        "Auto-Submitted: auto-generated",
-        "MIME-Version: 1.0",
-        f'Content-Type: multipart/alternative; boundary="{boundary}"',
-    ]
-    parts = (
-        ("text/plain", rendered.text),
-        ("text/html", rendered.html),
-    )
-    body = []
-    for ctype, content in parts:
-        body.append(
-            f'--{boundary}\r\nContent-Type: {ctype}; charset="utf-8"\r\n'
-            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        )
-        body.append(_qp(content))
-        body.append("\r\n")
-    body.append(f"--{boundary}--\r\n")
-    data = (CRLF.join(headers) + CRLF + CRLF + "".join(body)).encode("utf-8")
-    return OutgoingMessage(
-        message_id=message_id,
-        envelope_from=from_addr,
-        recipients=(to_addr,),
-        data=data,
-        subject=rendered.subject,
-        smtputf8=to_utf8 or from_utf8,
-    )
+    """The digest as a complete message; for many messages keep one MessageBuilder instead."""
+    return MessageBuilder(settings).build(rendered, digest, links)
 
 
-def _qp(text: str) -> str:
-    # CRLF first: b2a_qp keeps the line ending style it finds, and soft breaks follow it.
-    raw = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
-    return binascii.b2a_qp(raw, quotetabs=False, istext=True, header=False).decode("ascii")
+def _encode_text(text: str) -> tuple[str, bytes]:
+    """Plain text: 7bit or 8bit (RFC 6152) when lines are short, else quoted-printable.
+
+    8bit, not quoted-printable, for non-ASCII text: binascii's QP encoder costs more than the
+    whole rendering, and every current MTA takes 8BITMIME; SmtpTransport re-encodes for one
+    that does not.
+    """
+    raw = _crlf(text).encode("utf-8")
+    if _max_line(raw) <= 998:
+        return ("7bit" if text.isascii() else "8bit"), raw
+    return "quoted-printable", binascii.b2a_qp(raw, quotetabs=False, istext=True, header=False)
+
+
+def _encode_html(html: str) -> tuple[str, bytes]:
+    """HTML: 7bit/8bit when lines stay short (the renderer keeps it ASCII), else base64."""
+    raw = _crlf(html).encode("utf-8")
+    if _max_line(raw) <= 998:
+        return ("7bit" if html.isascii() else "8bit"), raw
+    b64 = binascii.b2a_base64(raw, newline=False)
+    return "base64", b"\r\n".join([b64[i : i + 76] for i in range(0, len(b64), 76)])
+
+
+def to_seven_bit(data: bytes) -> bytes:
+    """Re-encode every 8bit part as quoted-printable, for a server without 8BITMIME."""
+    msg = BytesParser(policy=policy.SMTP).parsebytes(data)
+    for part in msg.walk():
+        if str(part.get("Content-Transfer-Encoding", "")).lower() != "8bit":
+            continue
+        content = part.get_content()
+        subtype = part.get_content_subtype()
+        del part["Content-Transfer-Encoding"]
+        part.set_content(content, subtype=subtype, charset="utf-8", cte="quoted-printable")
+    return msg.as_bytes(policy=policy.SMTP)
+
+
+def _crlf(text: str) -> str:
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.replace("\n", "\r\n")
+
+
+def _max_line(data: bytes) -> int:
+    return max(map(len, data.split(b"\r\n")))
 
 
 def _message_id_value(value: str) -> str:
@@ -536,6 +592,12 @@ class SmtpTransport(_BaseTransport):
     def _transaction(self, conn: smtplib.SMTP, out: OutgoingMessage) -> SendResult:
         where = f"smtp {self.where}"
         options = ["SMTPUTF8", "BODY=8BITMIME"] if out.smtputf8 else []
+        data = out.data
+        if out.eight_bit and not out.smtputf8:
+            if conn.has_extn("8bitmime"):
+                options.append("BODY=8BITMIME")
+            else:
+                data = to_seven_bit(data)
         try:
             code, reply = conn.mail(out.envelope_from, options)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
@@ -565,7 +627,7 @@ class SmtpTransport(_BaseTransport):
                 self._reset_or_drop(0)
                 return SendResult(out.message_id, (), refused)
             try:
-                code, reply = conn.data(out.data)
+                code, reply = conn.data(data)
             except smtplib.SMTPDataError as exc:  # no 354: nothing was transferred
                 self._reset_or_drop(exc.smtp_code)
                 raise _classify(exc.smtp_code, exc.smtp_error, _one(accepted), where) from None

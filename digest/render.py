@@ -9,6 +9,7 @@ An empty digest is an error (`EmptyDigestError`): no email is ever sent for an e
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -19,17 +20,21 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import css_inline
 import markdown
 import nh3
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from digest import templates
 from digest.config import Settings
 from digest.errors import DigestError, ValidationError
-from digest.models import Digest, DigestItem, Subscriber
+from digest.models import Digest, DigestItem, StoredPaper, Subscriber
 
 PAPERS_SEARCH_URL = "https://huggingface.co/papers?q="
 TEXT_WIDTH = 72
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
-_PREHEADER_PAD = "\u034f\u200c\u00a0" * 40
+_PREHEADER_PAD = Markup("&#847;&zwnj;&nbsp;" * 40)
+# Highlight edges while escaping (private-use characters; removed from paper text first).
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_OPEN_REF, _CLOSE_REF = "&#57344;", "&#57345;"
 
 _NOTE_TAGS = {
     "p",
@@ -46,9 +51,13 @@ _NOTE_TAGS = {
     "pre",
     "blockquote",
 }
-# A sentence ends at . ! or ? (plus closing quotes/brackets), then space, then a capital or digit:
-# "e.g. the" and "3.5" do not end a sentence.
-_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]*(?=\s+[\"'\u201c(\[]?[A-Z0-9])")
+# A sentence ends at . ! or ? (plus closing quotes/brackets), then space, then a capital or digit;
+# "3.5" and "e.g. LongBench" (a known abbreviation before the dot) do not end a sentence.
+_ABBREVIATIONS = ("e.g", "i.e", "et al", "cf", "vs", "Fig", "Eq", "Sec", "Tab", "approx", "resp")
+_SENTENCE_END = re.compile(
+    "".join(rf"(?<!\b{re.escape(a)})" for a in _ABBREVIATIONS)
+    + r"[.!?][\"'\u201d\u2019)\]]*(?=\s+[\"'\u201c(\[]?[A-Z0-9])"
+)
 
 
 class EmptyDigestError(DigestError):
@@ -86,24 +95,43 @@ class RenderedDigest:
     preheader: str
 
 
-@dataclass(slots=True)
-class _ItemView:
-    number: int
+@dataclass(frozen=True, slots=True)
+class PaperView:
+    """What every digest shows of one paper, whoever receives it (computed once per paper)."""
+
     title: str
     url: str
     facts: str
-    title_parts: list[tuple[str, bool]]
-    abstract: str
-    abstract_parts: list[tuple[str, bool]]
-    topics_label: str
-    words_label: str
+    facts_html: Markup
+    abstract: str  # shortened at a sentence end, with an ellipsis when cut
+    cut: int  # abstract[:cut] of the original is shown; highlight spans are clipped to it
+    suffix: str
+    text_title: str  # wrapped for the text part, indented 4, first line left free for "N. "
+    text_facts: str
+    text_abstract: str
 
 
 @dataclass(slots=True)
-class _SectionView:
+class ItemView:
+    """One paper in one digest: the shared PaperView plus this subscriber's highlights."""
+
+    number: int
+    paper: PaperView
+    title_html: Markup  # every piece escaped; matched words in <span class="hl" style=...>
+    abstract_html: Markup
+    topics_label: str
+    words_label: str
+    text_title: str
+    text_matched: str
+
+
+@dataclass(slots=True)
+class SectionView:
+    """The papers whose best topic is `topic`, in rank order."""
+
     topic: str
     count: int
-    items: list[_ItemView]
+    items: list[ItemView]
 
 
 def unsubscribe_address(settings: Settings) -> str:
@@ -134,7 +162,13 @@ def make_links(
 
 
 class Renderer:
-    """Renders digests with templates loaded and CSS-inlined once, at construction."""
+    """Renders digests with templates loaded and CSS-inlined once, at construction.
+
+    What a paper looks like whoever receives it (URL, facts, shortened and wrapped abstract) is
+    kept in a bounded per-renderer cache: one batch of digests shares the same few papers.
+    """
+
+    cache_size = 20_000
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -142,17 +176,22 @@ class Renderer:
         css, _ = templates.template_source(env, "email/style.css")
         env.loader = templates.InliningLoader(env.loader, css)  # type: ignore[arg-type]
         env.filters["wrap"] = wrap
+        self.env = env
         self.html_template = templates.html_template(env, "email/digest.html")
         self.text_template = templates.load_template(env, "email/digest.txt")
         self.admin_note_html, self.admin_note_text = _admin_note(settings.mail.admin_note, css)
         self.abstract_chars = settings.mail.abstract_chars
+        # The highlight tag with the .hl styles inlined, built once like the templates.
+        probe = templates.inline_template_source('<span class="hl">x</span>', css)
+        self.highlight_open = probe[: probe.index(">") + 1]
+        self._papers: dict[tuple[int, str, str], PaperView] = {}
 
     def render(self, digest: Digest, links: Links) -> RenderedDigest:
         """Render one digest; raises EmptyDigestError when it holds no paper."""
         if not digest.items:
             raise EmptyDigestError(f"digest {digest.id}: no paper, so no email")
         sub = digest.subscriber
-        sections, topic_order = self._sections(digest.items)
+        sections, topic_order = self.sections(digest.items)
         count = len(digest.items)
         count_label = f"{count} new paper{'s' if count != 1 else ''}"
         topics_label = _join_limited(topic_order, 3)
@@ -183,44 +222,107 @@ class Renderer:
             raise templates.TemplateError(f"rendering digest {digest.id} failed: {exc}") from exc
         return RenderedDigest(subject=subject, html=html, text=text, preheader=preheader)
 
-    def _sections(self, items: list[DigestItem]) -> tuple[list[_SectionView], list[str]]:
-        by_topic: dict[str, _SectionView] = {}
+    def sections(self, items: list[DigestItem]) -> tuple[list[SectionView], list[str]]:
+        """Items grouped under their best topic; sections ordered by their best item."""
+        by_topic: dict[str, SectionView] = {}
         for number, item in enumerate(items, 1):
             topics = item.match.topics or ("Other",)
             section = by_topic.get(topics[0])
             if section is None:
-                section = by_topic[topics[0]] = _SectionView(topics[0], 0, [])
-            section.items.append(self._item(number, item))
+                section = by_topic[topics[0]] = SectionView(topics[0], 0, [])
+            section.items.append(self.item(number, item))
             section.count += 1
         return list(by_topic.values()), list(by_topic)
 
-    def _item(self, number: int, item: DigestItem) -> _ItemView:
-        paper, match = item.paper, item.match
-        cut, suffix = shorten_at_sentence(paper.abstract, self.abstract_chars)
-        abstract = paper.abstract[:cut] + suffix
-        abstract_parts = segments(paper.abstract[:cut], match.abstract_spans)
-        if suffix:
-            abstract_parts.append((suffix, False))
-        facts = []
-        if paper.organization:
-            facts.append(paper.organization)
-        if paper.authors is not None:
-            facts.append(f"{paper.authors} author{'s' if paper.authors != 1 else ''}")
-        if paper.published is not None:
-            facts.append(paper.published.strftime("%b %-d, %Y"))
-        if paper.upvotes is not None:
-            facts.append(f"{paper.upvotes} upvote{'s' if paper.upvotes != 1 else ''}")
-        return _ItemView(
+    def paper_view(self, paper: StoredPaper) -> PaperView:
+        """The subscriber-independent view of a paper, from the cache when seen before."""
+        key = (paper.id, paper.title, paper.abstract)
+        view = self._papers.get(key)
+        if view is None:
+            if len(self._papers) >= self.cache_size:
+                self._papers.clear()
+            view = self._papers[key] = make_paper_view(paper, self.abstract_chars)
+        return view
+
+    def item(self, number: int, item: DigestItem) -> ItemView:
+        """One paper of one digest, with this subscriber's highlights and reasons."""
+        view = self.paper_view(item.paper)
+        match = item.match
+        abstract = item.paper.abstract[: view.cut] + view.suffix
+        abstract_html = self.highlight(abstract, match.abstract_spans, view.cut)
+        topics_label = ", ".join(match.topics)
+        words_label = ", ".join(dict.fromkeys(match.terms))
+        matched = f"matched: {topics_label}" + (f" ({words_label})" if words_label else "")
+        prefix = f"{number}. "
+        if len(prefix) <= 4:
+            text_title = prefix + view.text_title[len(prefix) :]
+        else:
+            text_title = wrap(view.title, TEXT_WIDTH, prefix, "    ")
+        return ItemView(
             number=number,
-            title=paper.title,
-            url=paper_url(paper.title),
-            facts=" \u00b7 ".join(facts) or "Hugging Face Daily Papers",
-            title_parts=segments(paper.title, match.title_spans),
-            abstract=abstract,
-            abstract_parts=abstract_parts,
-            topics_label=", ".join(match.topics),
-            words_label=", ".join(dict.fromkeys(match.terms)),
+            paper=view,
+            title_html=self.highlight(view.title, match.title_spans),
+            abstract_html=abstract_html,
+            topics_label=topics_label,
+            words_label=words_label,
+            text_title=text_title,
+            text_matched=wrap(matched, TEXT_WIDTH, "    ", "      "),
         )
+
+    def highlight(
+        self, text: str, spans: tuple[tuple[int, int], ...], limit: int | None = None
+    ) -> Markup:
+        """Text as HTML with the spans (clipped to `limit`) highlighted; hostile text stays text.
+
+        Span edges are marked with two private-use characters in the raw text, the whole is
+        escaped in one call, then the marks become tags: tags never come from the text itself.
+        """
+        if not text.isprintable():
+            # Controls mean nothing in HTML (and C1 references decode as cp1252): blank them.
+            # Same length, so the spans still fit.
+            text = _CONTROLS.sub(" ", text)
+        if _OPEN in text or _CLOSE in text:
+            text = text.replace(_OPEN, "\ufffd").replace(_CLOSE, "\ufffd")  # same length
+        pieces = []
+        pos = 0
+        for start, end in merge_spans(spans, len(text) if limit is None else limit):
+            pieces += (text[pos:start], _OPEN, text[start:end], _CLOSE)
+            pos = end
+        pieces.append(text[pos:])
+        escaped = str(escape("".join(pieces)))
+        if not escaped.isascii():
+            # Character references keep the HTML part ASCII: smaller, faster, 7bit-safe.
+            escaped = escaped.encode("ascii", "xmlcharrefreplace").decode("ascii")
+            escaped = escaped.replace(_OPEN_REF, _OPEN).replace(_CLOSE_REF, _CLOSE)
+        return Markup(escaped.replace(_OPEN, self.highlight_open).replace(_CLOSE, "</span>"))
+
+
+def make_paper_view(paper: StoredPaper, abstract_chars: int) -> PaperView:
+    """Compute the subscriber-independent view of a paper."""
+    cut, suffix = shorten_at_sentence(paper.abstract, abstract_chars)
+    abstract = paper.abstract[:cut] + suffix
+    facts_list = []
+    if paper.organization:
+        facts_list.append(paper.organization)
+    if paper.authors is not None:
+        facts_list.append(f"{paper.authors} author{'s' if paper.authors != 1 else ''}")
+    if paper.published is not None:
+        facts_list.append(paper.published.strftime("%b %-d, %Y"))
+    if paper.upvotes is not None:
+        facts_list.append(f"{paper.upvotes} upvote{'s' if paper.upvotes != 1 else ''}")
+    facts = " \u00b7 ".join(facts_list) or "Hugging Face Daily Papers"
+    return PaperView(
+        title=paper.title,
+        url=paper_url(paper.title),
+        facts=facts,
+        facts_html=Markup(str(escape(facts)).encode("ascii", "xmlcharrefreplace").decode()),
+        abstract=abstract,
+        cut=cut,
+        suffix=suffix,
+        text_title=wrap(paper.title, TEXT_WIDTH, "    ", "    "),
+        text_facts=wrap(facts, TEXT_WIDTH, "    ", "    "),
+        text_abstract=wrap(abstract, TEXT_WIDTH, "    ", "    "),
+    )
 
 
 def paper_url(title: str) -> str:
@@ -228,30 +330,18 @@ def paper_url(title: str) -> str:
     return PAPERS_SEARCH_URL + quote_plus(" ".join(title.split()))
 
 
-def segments(text: str, spans: tuple[tuple[int, int], ...] | list) -> list[tuple[str, bool]]:
-    """Split text into (piece, highlighted) runs; spans are clipped, sorted and merged."""
-    if not spans:
-        return [(text, False)] if text else []
-    n = len(text)
-    merged: list[list[int]] = []
+def merge_spans(spans: tuple[tuple[int, int], ...] | list, length: int) -> list[tuple[int, int]]:
+    """Spans clipped to [0, length], sorted, overlapping or touching ones merged."""
+    merged: list[tuple[int, int]] = []
     for start, end in sorted(spans):
-        start, end = max(0, start), min(n, end)
+        start, end = max(0, start), min(length, end)
         if start >= end:
             continue
         if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
         else:
-            merged.append([start, end])
-    parts: list[tuple[str, bool]] = []
-    pos = 0
-    for start, end in merged:
-        if start > pos:
-            parts.append((text[pos:start], False))
-        parts.append((text[start:end], True))
-        pos = end
-    if pos < n:
-        parts.append((text[pos:], False))
-    return parts
+            merged.append((start, end))
+    return merged
 
 
 def shorten_at_sentence(text: str, limit: int) -> tuple[int, str]:
@@ -276,21 +366,25 @@ def shorten_at_sentence(text: str, limit: int) -> tuple[int, str]:
 def wrap(text: str, width: int = TEXT_WIDTH, first: str = "", rest: str | None = None) -> str:
     """Greedy word wrap to `width` columns; a word longer than a line (a URL) stands alone."""
     rest = first if rest is None else rest
-    lines: list[str] = []
-    line = first
-    empty = True
-    for word in text.split():
-        if empty:
-            line += word
-            empty = False
-        elif len(line) + 1 + len(word) <= width:
-            line += " " + word
-        else:
-            lines.append(line)
-            line = rest + word
-    if not empty:
-        lines.append(line)
+    words = " ".join(text.split())
+    if not words:
+        return ""
+    if len(first) + len(words) <= width:
+        return first + words
+    # The regex engine finds each line's last fitting space; far faster than a loop over words.
+    head = _line_pattern(max(1, width - len(first))).match(words)
+    assert head is not None  # the pattern always matches at least one word
+    lines = [first + (head.group(1) or head.group(2))]
+    remainder = words[head.end() :]
+    if remainder:
+        pattern = _line_pattern(max(1, width - len(rest)))
+        lines += [rest + (a or b) for a, b in pattern.findall(remainder)]
     return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=64)
+def _line_pattern(width: int) -> re.Pattern[str]:
+    return re.compile(rf"(\S.{{0,{width - 1}}})(?: |$)|(\S+)(?: |$)")
 
 
 def clean_line(text: str) -> str:

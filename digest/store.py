@@ -1451,11 +1451,6 @@ class Store:
 
     # -- web --
 
-    def subscriber_email_by_id(self, subscriber_id: int) -> str | None:
-        """The email of the subscriber with this row id, or None (admin URLs carry ids)."""
-        with self._read() as conn:
-            return conn.scalar(select(subscribers.c.email).where(subscribers.c.id == subscriber_id))
-
     def papers_of_recent_dumps(self, dumps_count: int) -> list[StoredPaper]:
         """Every paper seen in the latest `dumps_count` stored dumps, newest first seen first."""
         with self._read() as conn:
@@ -1473,20 +1468,6 @@ class Store:
                 .order_by(papers.c.first_seen.desc(), papers.c.id.desc())
             )
             return [_paper(r) for r in rows]
-
-    def delivered_papers(
-        self, subscriber_id: int, limit: int
-    ) -> list[tuple[StoredPaper, str | None, datetime]]:
-        """A subscriber's ledger, newest first: (paper, topic, delivered_at), at most `limit`."""
-        with self._read() as conn:
-            rows = conn.execute(
-                select(papers, deliveries.c.topic, deliveries.c.delivered_at)
-                .join(deliveries, deliveries.c.paper_id == papers.c.id)
-                .where(deliveries.c.subscriber_id == subscriber_id)
-                .order_by(deliveries.c.delivered_at.desc(), papers.c.id.desc())
-                .limit(limit)
-            )
-            return [(_paper(r), r.topic, r.delivered_at) for r in rows]
 
     def recent_digests(self, limit: int = 20, *, status: str | None = None) -> list[DigestRow]:
         """The latest digests (optionally of one status), newest first, with paper counts."""

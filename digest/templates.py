@@ -152,8 +152,17 @@ def inline_template_source(source: str, css: str, *, name: str = "<template>") -
             inlined = inliner.inline_fragment(protected, css)
     except (css_inline.InlineError, ValueError) as exc:
         raise TemplateError(f"template {name}: CSS inlining failed: {exc}") from None
+    if not inlined.isascii():
+        # The parser decoded entities like &middot;: make them references again, so the
+        # rendered HTML stays ASCII (compact strings, and 7bit-safe in a message).
+        inlined = inlined.encode("ascii", "xmlcharrefreplace").decode("ascii")
     for i, tag in enumerate(tags):
         token = f"{_MARK}{i}z"
+        if f'{token}=""' in inlined:
+            raise TemplateError(
+                f"template {name}: Jinja tag {tag!r} stands where an attribute name goes; "
+                "put it inside an attribute value or between elements"
+            )
         for form in (f"<!--{token}-->", token):
             if inlined.count(form) == 1 and (form != token or inlined.count(token) == 1):
                 inlined = inlined.replace(form, tag, 1)

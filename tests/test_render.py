@@ -1,0 +1,401 @@
+"""Rendering: template lookup, autoescaping, CSS inlined at load, content, hostile text, golden."""
+
+from __future__ import annotations
+
+import functools
+import html
+import os
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import jinja2
+import pytest
+from email_samples import HOSTILE, email_settings, make_digest, make_paper, make_subscriber
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from digest import templates
+from digest.errors import ValidationError
+from digest.mail import build_message
+from digest.render import (
+    EmptyDigestError,
+    Links,
+    Renderer,
+    make_links,
+    merge_spans,
+    shorten_at_sentence,
+    wrap,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden" / "digest.eml"
+
+
+@functools.cache
+def shared_renderer() -> Renderer:
+    return Renderer(email_settings())
+
+
+@pytest.fixture
+def renderer() -> Renderer:
+    return shared_renderer()
+
+
+def render(renderer: Renderer, digest=None):
+    digest = digest or make_digest()
+    return renderer.render(digest, make_links(renderer.settings, digest.subscriber))
+
+
+# --- templates and autoescaping --------------------------------------------------------------
+
+
+def test_every_html_template_is_autoescaped():
+    env = templates.make_environment(email_settings())
+    names = [p.relative_to(ROOT / "templates").as_posix() for p in ROOT.glob("templates/**/*.*")]
+    html_names = [n for n in names if n.endswith((".html", ".htm"))]
+    assert "email/digest.html" in html_names and "email/base.html" in html_names
+    for name in html_names:
+        assert env.autoescape(name), name
+    # Names select_autoescape(["html"]) would miss are escaped too; only .txt is plain.
+    for name in ("x.html.j2", "x.xhtml", "x.htm", "x", "x.eml"):
+        assert templates.autoescape_for(name)
+    assert not templates.autoescape_for("email/digest.txt")
+
+
+def test_html_template_refuses_an_environment_without_autoescape():
+    env = jinja2.Environment(loader=jinja2.DictLoader({"a.html": "{{ x }}"}), autoescape=False)
+    with pytest.raises(templates.TemplateError, match="autoescaping is off"):
+        templates.html_template(env, "a.html")
+
+
+def test_override_dir_comes_first(tmp_path):
+    (tmp_path / "email").mkdir()
+    (tmp_path / "email" / "digest.txt").write_text("CUSTOM {{ count_label }}\n")
+    settings = email_settings(templates={"override_dir": str(tmp_path)})
+    assert templates.template_dirs(settings)[0] == tmp_path
+    out = Renderer(settings).render(make_digest(), make_links(settings, make_subscriber()))
+    assert out.text == "CUSTOM 4 new papers\n"
+    assert "Nemotron" in out.html  # digest.html still found in the project's templates
+
+
+def test_missing_override_dir_is_an_error_naming_it(tmp_path):
+    settings = email_settings(templates={"override_dir": str(tmp_path / "nope")})
+    with pytest.raises(templates.TemplateError, match="nope"):
+        templates.template_dirs(settings)
+
+
+def test_strict_undefined_in_an_override_names_the_problem(tmp_path):
+    (tmp_path / "email").mkdir()
+    (tmp_path / "email" / "digest.txt").write_text("{{ no_such_variable }}\n")
+    settings = email_settings(templates={"override_dir": str(tmp_path)})
+    with pytest.raises(templates.TemplateError, match="no_such_variable"):
+        Renderer(settings).render(make_digest(), make_links(settings, make_subscriber()))
+
+
+def test_css_is_inlined_into_the_template_source_once():
+    source = (
+        '{% extends "x" %}{% block b %}<table class="t"><tbody>{% for r in rows %}'
+        '<tr><td class="c" title="{{ r }}">{{ r }}</td></tr>{% endfor %}</tbody></table>'
+        "{% endblock %}"
+    )
+    out = templates.inline_template_source(source, ".c { color: red } .t { width: 100% }")
+    assert '{% for r in rows %}<tr><td class="c" title="{{ r }}" style="color: red;">' in out
+    assert '<table class="t" style="width: 100%;">' in out
+    assert out.index("{% for r in rows %}") < out.index("{% endfor %}")
+    # The inlined source still renders as a template.
+    env = jinja2.Environment(loader=jinja2.DictLoader({"x": "{% block b %}{% endblock %}"}))
+    rendered = env.from_string(out).render(rows=["a", "b"])
+    assert rendered.count('style="color: red;"') == 2
+
+
+def test_jinja_tag_as_attribute_name_is_refused():
+    with pytest.raises(templates.TemplateError, match="attribute"):
+        templates.inline_template_source("<p {{ attrs }}>x</p>", "p { color: red }")
+
+
+def test_rendered_html_has_inline_styles_and_keeps_media_queries_in_head(renderer):
+    out = render(renderer)
+    head, body = out.html.split("</head>", 1)
+    assert "@media (prefers-color-scheme: dark)" in head
+    assert "max-width: 620px" in head
+    assert '<meta name="color-scheme" content="light dark">' in head
+    assert 'class="container" ' in body and "max-width: 600px" in body
+    assert "<style" not in body
+    assert 'role="presentation"' in body
+
+
+class _Balance(HTMLParser):
+    VOID = frozenset({"meta", "br", "img", "hr", "link", "input"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self.stack.append(tag)
+        for name, value in attrs:
+            if name.startswith("on"):
+                self.errors.append(f"event handler attribute {name}")
+            if value and value.strip().lower().startswith("javascript:"):
+                self.errors.append(f"javascript URL in {name}")
+        if tag in ("script", "img", "iframe", "object"):
+            self.errors.append(f"<{tag}> element")
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unbalanced </{tag}> (open: {self.stack[-3:]})")
+        else:
+            self.stack.pop()
+
+
+def check_html(markup: str) -> list[str]:
+    """Tag balance and no active content (scripts, handlers, javascript: URLs)."""
+    parser = _Balance()
+    # MSO conditional comments hold a deliberately unclosed Outlook wrapper table.
+    parser.feed(re.sub(r"<!--\[if mso\]>.*?<!\[endif\]-->", "", markup, flags=re.S))
+    parser.close()
+    return parser.errors + ([f"unclosed {parser.stack}"] if parser.stack else [])
+
+
+# --- content ---------------------------------------------------------------------------------
+
+
+def test_content_header_sections_items_footer(renderer):
+    digest = make_digest()
+    out = render(renderer, digest)
+    assert out.subject == "4 new papers on Sparse attention, Speculative decoding, Quantization"
+    assert out.preheader.startswith("Top pick: Nemotron-Flash")
+    assert check_html(out.html) == []
+    body = out.html
+    assert "Monday, 24 November 2025" in body and "4 new papers" in body
+    # One section per best topic, in the order of their best paper.
+    titles = re.findall(r'class="section-title"[^>]*>([^<]+)<', body)
+    assert [t.strip() for t in titles] == [
+        "Sparse attention",
+        "Speculative decoding",
+        "Quantization",
+    ]
+    # Paper 4's best topic is Quantization: it sits in that section only.
+    assert body.count("-Aware ") == 1
+    assert body.index("-Aware ") > body.rindex("section-title")
+    assert 'href="https://huggingface.co/papers?q=Nemotron-Flash%3A+Towards+Latency-Optimal' in body
+    assert "NVIDIA &#183; Nov 24, 2025 &#183; 2 upvotes" in body
+    assert "5 authors" in body and "1 author " not in body and "1 author<" in body
+    assert "41 upvotes" in body and "1 upvote<" in body
+    assert (
+        "matched: <strong>Sparse attention, Quantization</strong> (sparse, attention, latency)"
+        in body
+    )
+    assert "https://digest.example.org/manage/tok-ada-123" in body
+    assert "https://digest.example.org/unsubscribe/tok-ada-123" in body
+    assert "ada@example.org subscribed to Daily Papers Digest" in body
+    # Non-ASCII text becomes character references: the HTML part stays ASCII.
+    assert out.html.isascii() and "&#220;n&#239;c&#246;d&#233;" in body
+
+
+def test_highlights_are_styled_spans(renderer):
+    out = render(renderer)
+    hl = re.findall(r'<span class="hl" style="[^"]*background-color[^"]*">([^<]*)</span>', out.html)
+    assert "Latency" in hl and "sparse" in hl and "attention" in hl
+    assert "Speculative" in hl and "Decoding" in hl
+
+
+def test_abstract_is_shortened_at_a_sentence_and_highlights_clipped():
+    settings = email_settings(mail={"abstract_chars": 100})
+    r = Renderer(settings)
+    words = ("sparse", "released")  # "released" is in the last sentence, cut away
+    paper = make_paper(1, "A title")
+    digest = make_digest([(paper, ("T",), words)])
+    out = r.render(digest, make_links(settings, digest.subscriber))
+    text = " ".join(out.text.split())
+    assert "We study sparse attention for long-context inference. \u2026 matched" in text
+    assert out.html.count("released") == 1  # only in "matched: T (sparse, released)"
+    assert out.html.count('<span class="hl"') == 1
+
+
+def test_highlight_spans_beyond_the_cut_do_not_reach_the_ellipsis():
+    r = Renderer(email_settings(mail={"abstract_chars": 100}))
+    paper = make_paper(1, "T")
+    view = r.paper_view(paper)
+    markup = r.highlight(paper.abstract[: view.cut] + view.suffix, ((view.cut - 3, 999),), view.cut)
+    assert markup.endswith("</span> &#8230;")
+
+
+def test_text_part_is_complete_and_wrapped(renderer):
+    out = render(renderer)
+    text = out.text
+    for needle in (
+        "Daily Papers Digest: 4 new papers",
+        "== Sparse attention (2) ==",
+        "1.  Nemotron-Flash: Towards Latency-Optimal Hybrid Small Language Models",
+        "NVIDIA \u00b7 Nov 24, 2025 \u00b7 2 upvotes",
+        "https://huggingface.co/papers?q=Speculative+Decoding+with+Tiny+Drafts",
+        "matched: Speculative decoding (speculative, decoding)",
+        "https://digest.example.org/unsubscribe/tok-ada-123",
+        "Ünïcödé",
+    ):
+        assert needle in text, needle
+    assert_wrapped(text)
+
+
+def assert_wrapped(text: str) -> None:
+    for line in text.splitlines():
+        # A URL longer than a line cannot be broken; it stands alone on its line.
+        if len(line) > 72:
+            assert re.fullmatch(r"\s*\S+", line) and "://" in line, line
+
+
+def test_empty_digest_is_refused(renderer):
+    digest = make_digest([])
+    with pytest.raises(EmptyDigestError):
+        renderer.render(digest, make_links(renderer.settings, digest.subscriber))
+
+
+def test_more_than_99_papers_keeps_numbers_aligned(renderer):
+    papers = [(make_paper(i, f"Paper number {i} " * 5), ("T",), ("paper",)) for i in range(105)]
+    out = render(renderer, make_digest(papers))
+    assert "\n105. Paper number 104" in out.text
+    assert_wrapped(out.text)
+
+
+# --- hostile text ----------------------------------------------------------------------------
+
+
+def hostile_digest():
+    sub = make_subscriber(name=HOSTILE, topics=(HOSTILE, "Safe"))
+    paper = make_paper(
+        1,
+        f"Title {HOSTILE} <b>bold</b>",
+        abstract=f"Abstract {HOSTILE} sparse text. \ue000 marker \ue001 chars. " * 3,
+        organization=HOSTILE,
+    )
+    return make_digest([(paper, (HOSTILE, "Safe"), ("script", "onerror", "sparse", "]]>"))], sub)
+
+
+def test_hostile_text_is_inert_in_html(renderer):
+    digest = hostile_digest()
+    out = render(renderer, digest)
+    assert check_html(out.html) == []
+    assert "<script" not in out.html and "<img" not in out.html and "<b>bold" not in out.html
+    assert "&lt;script&gt;" in out.html
+    # Highlights inside hostile text still escape each piece.
+    assert '<span class="hl"' in out.html
+    assert "\ue000" not in out.html and "\ue001" not in out.html
+
+
+def test_admin_note_markdown_is_sanitised():
+    note = (
+        "**Welcome**, see [our site](https://example.org/x?a=1&b=2).\n\n"
+        f"{HOSTILE}\n\n[click](javascript:alert(1)) <a href='javascript:alert(4)'>x</a>"
+        '<iframe src="https://evil"></iframe>'
+    )
+    settings = email_settings(mail={"admin_note": note})
+    r = Renderer(settings)
+    out = r.render(make_digest(), make_links(settings, make_subscriber()))
+    assert check_html(out.html) == []
+    assert "<strong>Welcome</strong>" in out.html
+    assert 'href="https://example.org/x?a=1&amp;b=2"' in out.html
+    assert "javascript:" not in out.html.lower().replace("javascript:alert(3)", "")
+    assert "<iframe" not in out.html and "<script" not in out.html
+    assert "Welcome" in out.text
+
+
+def test_links_must_be_http_urls():
+    with pytest.raises(ValidationError, match="manage_url"):
+        Links("javascript:alert(1)", "https://x/u", "mailto:u@x")
+    with pytest.raises(ValidationError, match="unsubscribe_url"):
+        Links("https://x/m", "https://x/u\r\nBcc: a@b", "mailto:u@x")
+    with pytest.raises(ValidationError, match="mailto"):
+        Links("https://x/m", "https://x/u", "https://not-mailto")
+
+
+def test_make_links_quotes_tokens_and_derives_the_mailto():
+    settings = email_settings()
+    links = make_links(settings, make_subscriber(), unsubscribe_token="a/b c")
+    assert links.unsubscribe_url == "https://digest.example.org/unsubscribe/a%2Fb%20c"
+    assert links.unsubscribe_mailto.startswith("mailto:unsubscribe@example.org?subject=")
+    custom = email_settings(site={"unsubscribe_mailto": "leave@lists.example.org"})
+    assert make_links(custom, make_subscriber()).unsubscribe_mailto.startswith(
+        "mailto:leave@lists.example.org?"
+    )
+
+
+# --- helpers, property-tested ----------------------------------------------------------------
+
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=120)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_TEXT, st.lists(st.tuples(st.integers(-5, 130), st.integers(-5, 130)), max_size=6))
+def test_highlight_round_trips_to_the_text(text, spans):
+    r = shared_renderer()
+    markup = str(r.highlight(text, tuple(spans)))
+    plain = html.unescape(re.sub(r"<span class=\"hl\" style=\"[^\"]*\">|</span>", "", markup))
+    expected = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", " ", text)
+    assert plain == expected.replace("\ue000", "\ufffd").replace("\ue001", "\ufffd")
+    assert "<" not in re.sub(r"<span class=\"hl\" style=\"[^\"]*\">|</span>", "", markup)
+    assert markup.isascii()
+    assert markup.count("<span") == len(merge_spans(spans, len(text)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.text(alphabet="abcdefghij:/.", min_size=1, max_size=90), max_size=40),
+    st.integers(10, 80),
+)
+def test_wrap_keeps_words_and_width(words, width):
+    text = " ".join(words)
+    out = wrap(text, width, "  ", "    ")
+    assert out.split() == text.split()
+    for line in out.splitlines():
+        assert len(line) <= width or len(line.split()) == 1
+
+
+def test_shorten_at_sentence():
+    text = "First sentence here. Second one, e.g. With an abbreviation. Third 3.5 value. Tail"
+    assert shorten_at_sentence(text, 200) == (len(text), "")
+    cut, suffix = shorten_at_sentence(text, 50)
+    assert text[:cut] == "First sentence here." and suffix == " \u2026"
+    cut, suffix = shorten_at_sentence(text, 64)
+    assert text[:cut] == "First sentence here. Second one, e.g. With an abbreviation."
+    cut, suffix = shorten_at_sentence("word " * 100, 50)
+    assert cut <= 50 and suffix == "\u2026"
+
+
+def test_merge_spans():
+    assert merge_spans([(5, 8), (0, 2), (1, 3), (8, 9), (20, 30), (-3, 0)], 25) == [
+        (0, 3),
+        (5, 9),
+        (20, 25),
+    ]
+
+
+# --- golden ----------------------------------------------------------------------------------
+
+
+def normalise(data: bytes) -> str:
+    """The message with Date, Message-ID and MIME boundaries replaced by fixed text."""
+    text = data.decode("utf-8")
+    text = re.sub(r"(?m)^Date: .*$", "Date: <DATE>", text)
+    text = re.sub(r"(?m)^Message-ID: .*$", "Message-ID: <MESSAGE-ID>", text)
+    for boundary in set(re.findall(r'boundary="([^"]+)"', text)):
+        text = text.replace(boundary, "BOUNDARY")
+    return text.replace("\r\n", "\n")
+
+
+def test_golden_message(renderer):
+    digest = make_digest()
+    links = make_links(renderer.settings, digest.subscriber)
+    msg = build_message(renderer.render(digest, links), digest, links, renderer.settings)
+    got = normalise(msg.data)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(got, encoding="utf-8")
+    assert GOLDEN.exists(), "golden file missing: run with UPDATE_GOLDEN=1 and review it"
+    assert got == GOLDEN.read_text(encoding="utf-8"), (
+        "rendered digest differs from tests/fixtures/golden/digest.eml; if the change is "
+        "intended, rerun with UPDATE_GOLDEN=1 and review the diff"
+    )
