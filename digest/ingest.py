@@ -278,23 +278,26 @@ def _admit(
             outcomes.append(_refuse(run, path, owned, "is a symbolic link; copy the dump instead"))
         elif not stat.S_ISREG(st.st_mode):
             outcomes.append(FileOutcome(name, "refused", reason="not a regular file"))
-        elif _ignored(name) and name.endswith(IGNORED_SUFFIXES):
+        elif name.endswith(IGNORED_SUFFIXES):
             why = "is still being written (.part/.tmp): rename it when complete"
             outcomes.append(FileOutcome(name, "waiting", reason=why))
         elif run.clock() - st.st_mtime >= settle:
             ready.append(_Job(path, owned, st))
         else:
             pending.append(_Job(path, owned, st))
+    waited = 0.0
     if pending and wait:
         newest = max(job.stat.st_mtime for job in pending)
-        sleep(max(0.0, newest + settle - run.clock()))
+        # At most one interval: an mtime in the future (clock skew) must not stall us.
+        waited = min(settle, max(0.0, newest + settle - run.clock()))
+        sleep(waited)
     for job in pending:
         try:
             again = job.path.lstat()
         except OSError:
             continue  # gone (renamed by its writer?); a later run sees it under its new name
-        unchanged = _same(again, job.stat)
-        if wait and unchanged and run.clock() - again.st_mtime >= settle:
+        quiet_for = max(run.clock() - again.st_mtime, waited)
+        if wait and _same(again, job.stat) and quiet_for >= settle:
             ready.append(_Job(job.path, job.owned, again))
         else:
             why = f"modified less than {settle:g} s ago; taken once it settles"

@@ -308,6 +308,13 @@ def test_the_command_waits_out_the_settle_interval_once(inbox: Inbox) -> None:
     assert [o.status for o in report.outcomes] == ["stored"]
 
 
+def test_a_future_mtime_costs_one_interval_at_most(inbox: Inbox) -> None:
+    inbox.drop("skewed.txt", DAY1, age=-3600)  # written by a machine whose clock is ahead
+    report = inbox.run()
+    assert inbox.slept == [5.0]
+    assert [o.status for o in report.outcomes] == ["stored"]
+
+
 def test_a_file_still_growing_after_the_wait_is_left_alone(inbox: Inbox) -> None:
     path = inbox.drop("growing.txt", DAY1.read_bytes()[:300], age=1)
 
