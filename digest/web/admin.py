@@ -22,7 +22,7 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from digest import subscribers as subs
-from digest.errors import DigestError, NotFoundError
+from digest.errors import DigestError
 from digest.feed import feed_url
 from digest.links import links_for
 from digest.models import CADENCES, STATUSES, Subscriber, Topic
@@ -156,14 +156,10 @@ def subscriber_list() -> Any:
 
 
 def _subscriber(sid: int) -> Subscriber:
-    store = state().store
-    email = store.subscriber_email_by_id(sid)
-    if email is None:
+    sub = state().store.subscriber_by_id(sid)
+    if sub is None:
         abort(404, description="No such subscriber.")
-    try:
-        return subs.get_subscriber(store, email)
-    except NotFoundError:
-        abort(404, description="No such subscriber.")
+    return sub
 
 
 def _form_topics() -> tuple[list[Topic], list[TopicError]]:
