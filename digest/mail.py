@@ -329,13 +329,13 @@ def _header_text(text: str) -> str:
 
 
 def _encoded_words(text: str) -> str:
-    """RFC 2047 base64 encoded words of at most 45 UTF-8 bytes each, space separated."""
+    """RFC 2047 base64 encoded words of at most 39 UTF-8 bytes (64 characters) each."""
     words = []
     chunk: list[str] = []
     size = 0
     for c in text:
         n = len(c.encode("utf-8"))
-        if size + n > 45:
+        if size + n > 39:
             words.append(chunk)
             chunk, size = [], 0
         chunk.append(c)
@@ -444,6 +444,7 @@ class MaildirTransport(_BaseTransport):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.maildir = mailbox.Maildir(self.path, factory=None, create=True)
         except OSError as exc:
             raise TransportError(f"maildir {self.path}: cannot create: {exc}") from None

@@ -29,6 +29,7 @@ from digest.models import Digest, DigestItem, StoredPaper, Subscriber
 
 PAPERS_SEARCH_URL = "https://huggingface.co/papers?q="
 TEXT_WIDTH = 72
+_SUBJECT_MAX = 110
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
 _PREHEADER_PAD = Markup("&#847;&zwnj;&nbsp;" * 40)
 # Highlight edges while escaping (private-use characters; removed from paper text first).
@@ -196,6 +197,8 @@ class Renderer:
         count_label = f"{count} new paper{'s' if count != 1 else ''}"
         topics_label = _join_limited(topic_order, 3)
         subject = clean_line(f"{count_label} on {topics_label}")
+        if len(subject) > _SUBJECT_MAX:
+            subject = subject[: _SUBJECT_MAX - 1].rstrip() + "\u2026"
         first = digest.items[0].paper
         preheader = clean_line(f"Top pick: {first.title}")[:140]
         all_topics = [t.name for t in sub.topics] or topic_order
