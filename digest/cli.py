@@ -749,6 +749,41 @@ def _add_delivery_parsers(sub: Any) -> None:
     p.set_defaults(handler=cmd_demo)
 
 
+# --- daemon --------------------------------------------------------------------------------
+
+
+def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
+    """The scheduler daemon; --once runs one full cycle (ingest, send what is due, feeds)."""
+    from digest.scheduler import run_daemon, run_once
+
+    if not args.once:
+        return run_daemon(ctx.settings, ctx.store)
+    report = run_once(ctx.settings, ctx.store, quiet=ctx.quiet)
+    failures = report.ingest.failures if report.ingest else []
+    for failure in failures:
+        print(f"error: {failure}", file=ctx.err)
+    for error in report.delivery.errors if report.delivery else []:
+        print(f"warning: {error}", file=ctx.err)
+    ctx.print(report.summary())
+    failed = report.delivery.failed if report.delivery else 0
+    return 1 if failures or failed else 0
+
+
+def _add_daemon_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the scheduler daemon: poll the inbox, send digests when due, refresh feeds",
+        description="Run until SIGTERM/SIGINT (the message in flight finishes first). "
+        "One daemon per database: a second one exits with status 1.",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="one full cycle (ingest, send what is due, feeds), then exit: for cron",
+    )
+    p.set_defaults(handler=cmd_run)
+
+
 # --- argument parsing -----------------------------------------------------------------------
 
 
@@ -786,6 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_subscriber_parsers(sub)
     _add_web_parsers(sub)
     _add_delivery_parsers(sub)
+    _add_daemon_parsers(sub)
     return parser
 
 
@@ -793,8 +829,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `digest` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Commands print their own summaries; the long-running ones log what they do as they go.
+    daemon = args.command in ("run", "worker", "serve")
+    level = logging.INFO if daemon else logging.WARNING
+    if args.verbose:
+        level = logging.DEBUG if daemon else logging.INFO
+    elif args.quiet:
+        level = logging.ERROR
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
