@@ -433,6 +433,8 @@ class RowError:
     message: str
 
     def __str__(self) -> str:
+        if self.column == "-":  # the row as a whole (cell count, CSV syntax)
+            return f"{self.file}:{self.line}: {self.message}"
         return f"{self.file}:{self.line}: column {self.column}: {self.message}"
 
 
