@@ -25,7 +25,7 @@ from urllib.parse import quote_plus, urlsplit
 from feedgen.entry import FeedEntry as FeedGenEntry
 from feedgen.feed import FeedGenerator
 
-from digest.errors import DigestError, ValidationError
+from digest.errors import DigestError, NotFoundError, ValidationError
 from digest.models import Match, StoredPaper
 
 FeedFormat = Literal["rss", "atom"]
@@ -311,7 +311,7 @@ def read_feed_file(path: Path) -> FeedDocument:
     try:
         body = path.read_bytes()
     except FileNotFoundError as exc:
-        raise DigestError(f"{path}: no such feed") from exc
+        raise NotFoundError(f"{path}: no such feed") from exc
     except OSError as exc:
         raise DigestError(f"{path}: cannot read the feed: {exc.strerror}") from exc
     # The feed's own date is the first date element: it precedes every item (see _serialise).

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest import feed as feedmod
-from digest.errors import DigestError, ValidationError
+from digest.errors import DigestError, NotFoundError, ValidationError
 from digest.feed import (
     EPOCH,
     FeedDocument,
@@ -511,7 +511,7 @@ def test_a_written_feed_reads_back_with_the_same_validators(tmp_path, fmt):
     empty = build([], fmt)
     write_feed_atomically(path, empty)
     assert read_feed_file(path).last_modified == EPOCH
-    with pytest.raises(DigestError, match="no such feed"):
+    with pytest.raises(NotFoundError, match="no such feed"):
         read_feed_file(tmp_path / "missing.rss")
 
 
