@@ -7,6 +7,7 @@ goes out exactly once per day even on the days clocks change: a local time that 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -29,37 +30,29 @@ def _resolve(day: datetime, at: time, tz: ZoneInfo) -> datetime:
     return first.astimezone(UTC)
 
 
+def _slots(subscriber: Subscriber, now: datetime, step: int) -> Iterator[datetime]:
+    """Delivery slots (UTC) of a daily or weekly subscriber, from the local day of `now`."""
+    tz = ZoneInfo(subscriber.tz)
+    at = _local_time(subscriber.time)
+    day = now.astimezone(tz)
+    for _ in range(9):  # a weekly slot always falls within 8 days of any day
+        if subscriber.cadence == "daily" or day.weekday() == subscriber.weekday:
+            yield _resolve(day, at, tz)
+        day += timedelta(days=step)
+
+
 def latest_slot(subscriber: Subscriber, now: datetime) -> datetime:
     """The latest delivery slot at or before `now` (UTC); instant and feed cadences: `now`."""
     if subscriber.cadence in ("instant", "feed"):
         return now
-    tz = ZoneInfo(subscriber.tz)
-    at = _local_time(subscriber.time)
-    local_now = now.astimezone(tz)
-    day = local_now
-    for _ in range(8):
-        if subscriber.cadence == "daily" or day.weekday() == subscriber.weekday:
-            slot = _resolve(day, at, tz)
-            if slot <= now:
-                return slot
-        day -= timedelta(days=1)
-    raise AssertionError("a slot always exists within 8 days")  # pragma: no cover
+    return next(slot for slot in _slots(subscriber, now, -1) if slot <= now)
 
 
 def next_slot(subscriber: Subscriber, now: datetime) -> datetime:
     """The first delivery slot strictly after `now` (UTC), for status displays."""
     if subscriber.cadence in ("instant", "feed"):
         return now
-    tz = ZoneInfo(subscriber.tz)
-    at = _local_time(subscriber.time)
-    day = now.astimezone(tz)
-    for _ in range(9):
-        if subscriber.cadence == "daily" or day.weekday() == subscriber.weekday:
-            slot = _resolve(day, at, tz)
-            if slot > now:
-                return slot
-        day += timedelta(days=1)
-    raise AssertionError("a slot always exists within 9 days")  # pragma: no cover
+    return next(slot for slot in _slots(subscriber, now, 1) if slot > now)
 
 
 def is_due(subscriber: Subscriber, now: datetime, last_slot: datetime | None) -> bool:

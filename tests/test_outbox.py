@@ -69,6 +69,14 @@ def _ingest(store: Store, settings: Settings, *names: str) -> None:
     assert not report.failures
 
 
+def _subscribe(
+    store: Store, settings: Settings, email: str, query: str, *, topic: str = "T", **options
+) -> None:
+    """An instant subscriber since yesterday (T0 - 1 day) with one topic."""
+    options = {"cadence": "instant", "now": T0 - timedelta(days=1), **options}
+    add_subscriber(store, settings, email, topics=[Topic(topic, query)], **options)
+
+
 @pytest.fixture
 def world(store: Store, tmp_path: Path, store_url: str):
     settings = make_settings(tmp_path, store_url)
@@ -115,13 +123,12 @@ def test_a_paper_reappearing_in_a_later_dump_is_not_sent_again(world) -> None:
 
 def test_ledger_on_the_shared_dumps_000_then_001(world, shared_dumps) -> None:
     store, settings = world
-    add_subscriber(
+    _subscribe(
         store,
         settings,
         "grace@example.org",
-        topics=[Topic("Efficiency", "latency, efficient, pruning, quantization")],
-        cadence="instant",
-        now=T0 - timedelta(days=1),
+        "latency, efficient, pruning, quantization",
+        topic="Efficiency",
     )
     transport = Recorder()
     for step, dump in enumerate(shared_dumps[:2]):
@@ -159,14 +166,7 @@ def test_subscribers_only_get_papers_stored_after_they_subscribed(world) -> None
 def test_crash_between_acceptance_and_ledger_update_resends_same_message_id(world) -> None:
     store, settings = world
     for name in ("a", "b", "c"):
-        add_subscriber(
-            store,
-            settings,
-            f"{name}@example.org",
-            topics=[Topic("T", "latency")],
-            cadence="instant",
-            now=T0 - timedelta(days=1),
-        )
+        _subscribe(store, settings, f"{name}@example.org", "latency")
     _ingest(store, settings, "ingest_day1.txt")
     queue_digests(store, settings, now=T0)
     transport = Recorder()
@@ -199,14 +199,7 @@ def test_crash_between_acceptance_and_ledger_update_resends_same_message_id(worl
 
 def test_the_sole_daemon_restarting_takes_back_its_claims_at_once(world) -> None:
     store, settings = world
-    add_subscriber(
-        store,
-        settings,
-        "a@example.org",
-        topics=[Topic("T", "latency")],
-        cadence="instant",
-        now=T0 - timedelta(days=1),
-    )
+    _subscribe(store, settings, "a@example.org", "latency", topic="T")
     _ingest(store, settings, "ingest_day1.txt")
     queue_digests(store, settings, now=T0)
     claimed = store.claim_digests("dead:1", limit=10, lease_until=T0 + timedelta(hours=1), now=T0)
@@ -218,14 +211,7 @@ def test_the_sole_daemon_restarting_takes_back_its_claims_at_once(world) -> None
 
 def test_temporary_failures_retry_with_backoff_then_fail(world) -> None:
     store, settings = world
-    add_subscriber(
-        store,
-        settings,
-        "slow@example.org",
-        topics=[Topic("T", "latency")],
-        cadence="instant",
-        now=T0 - timedelta(days=1),
-    )
+    _subscribe(store, settings, "slow@example.org", "latency", topic="T")
     _ingest(store, settings, "ingest_day1.txt")
     queue_digests(store, settings, now=T0)
     transport = Recorder()
@@ -250,14 +236,7 @@ def test_temporary_failures_retry_with_backoff_then_fail(world) -> None:
 def test_hard_bounces_mark_the_subscriber_bouncing(world, tmp_path: Path, store_url: str) -> None:
     store, _ = world
     settings = make_settings(tmp_path, store_url, mail={"max_bounces": 2})
-    add_subscriber(
-        store,
-        settings,
-        "gone@example.org",
-        topics=[Topic("T", "latency, sparse, pruning, experts")],
-        cadence="instant",
-        now=T0 - timedelta(days=1),
-    )
+    _subscribe(store, settings, "gone@example.org", "latency, sparse, pruning, experts", topic="T")
     transport = Recorder()
     transport.permanent.add("gone@example.org")
     for step, name in enumerate(("ingest_day1.txt", "ingest_day2.txt")):
@@ -272,14 +251,7 @@ def test_hard_bounces_mark_the_subscriber_bouncing(world, tmp_path: Path, store_
 
 def test_feed_subscribers_get_ledger_items_and_no_email(world) -> None:
     store, settings = world
-    add_subscriber(
-        store,
-        settings,
-        "reader@example.org",
-        topics=[Topic("T", "latency")],
-        cadence="feed",
-        now=T0 - timedelta(days=1),
-    )
+    _subscribe(store, settings, "reader@example.org", "latency", cadence="feed")
     _ingest(store, settings, "ingest_day1.txt")
     report = queue_digests(store, settings, now=T0)
     transport = Recorder()
@@ -291,15 +263,14 @@ def test_feed_subscribers_get_ledger_items_and_no_email(world) -> None:
 
 def test_daily_subscribers_wait_for_their_slot_and_get_it_once(world) -> None:
     store, settings = world
-    add_subscriber(
+    _subscribe(
         store,
         settings,
         "daily@example.org",
-        topics=[Topic("T", "latency")],
+        "latency",
         cadence="daily",
         time="09:00",
         tz="Europe/Paris",
-        now=T0 - timedelta(days=1),
     )
     _ingest(store, settings, "ingest_day1.txt")
     # 09:00 in Paris is 08:00 UTC on 4 March (CET); they subscribed at 08:00 UTC on the 3rd.
@@ -313,14 +284,7 @@ def test_a_recorded_digest_renders_from_the_ledger_after_a_profile_edit(world) -
     store, settings = world
     from digest.subscribers import edit_subscriber
 
-    add_subscriber(
-        store,
-        settings,
-        "ed@example.org",
-        topics=[Topic("Speed", "latency")],
-        cadence="instant",
-        now=T0 - timedelta(days=1),
-    )
+    _subscribe(store, settings, "ed@example.org", "latency", topic="Speed")
     _ingest(store, settings, "ingest_day1.txt")
     queue_digests(store, settings, now=T0)
     edit_subscriber(store, settings, "ed@example.org", topics=[Topic("Other", "diffusion")])
@@ -331,14 +295,7 @@ def test_a_recorded_digest_renders_from_the_ledger_after_a_profile_edit(world) -
 
 def test_refused_recipient_inside_an_accepted_session_is_a_bounce(world) -> None:
     store, settings = world
-    add_subscriber(
-        store,
-        settings,
-        "x@example.org",
-        topics=[Topic("T", "latency")],
-        cadence="instant",
-        now=T0 - timedelta(days=1),
-    )
+    _subscribe(store, settings, "x@example.org", "latency", topic="T")
     _ingest(store, settings, "ingest_day1.txt")
     queue_digests(store, settings, now=T0)
 
