@@ -663,3 +663,36 @@ def test_a_realistic_paper_reads_as_expected():
         "https://huggingface.co/papers?q=Nemotron-Flash%3A+Towards+Latency-Optimal+Hybrid"
         "+Small+Language+Models"
     )
+
+
+DUMPS = Path(__file__).resolve().parents[2] / "shared" / "dumps"
+
+
+@pytest.mark.skipif(not DUMPS.is_dir(), reason=f"shared dumps not found at {DUMPS}")
+@pytest.mark.parametrize("fmt", ["rss", "atom"])
+def test_the_shared_dumps_make_one_item_per_unique_paper(fmt):
+    from digest.parse import parse_file
+
+    entries = []
+    for day, path in enumerate(sorted(DUMPS.glob("*.txt"))):
+        for p in parse_file(path).papers:
+            stored = StoredPaper(
+                id=len(entries),
+                key=p.key,
+                title=p.title,
+                abstract=p.abstract,
+                first_seen=BASE + timedelta(days=day),
+                authors=p.authors,
+                organization=p.organization,
+                organization_id=p.organization_id,
+                published=p.published,
+                upvotes=p.upvotes,
+            )
+            entries.append(FeedEntry(stored))
+    doc = build(entries, fmt, max_items=10_000, max_bytes=10_000_000)
+    feed = parsed(doc)
+    assert doc.items == len(feed.entries) == 361  # the README's count of unique papers
+    assert len({e.id for e in feed.entries}) == 361
+    assert build(list(reversed(entries)), fmt, max_items=10_000, max_bytes=10_000_000) == doc
+    nemotron = [e for e in feed.entries if e.title.startswith("Nemotron-Flash")]
+    assert len(nemotron) == 1 and "NVIDIA" in nemotron[0].summary
