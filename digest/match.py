@@ -14,9 +14,13 @@ that matched are listed best first.
 
 from __future__ import annotations
 
+import gc
+import heapq
+import itertools
 import logging
 import math
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 
@@ -90,6 +94,17 @@ def _leaf_spans(leaf: Node, toks: Sequence[textmod.Token]) -> list[tuple[int, in
     ]
 
 
+def _positions(toks: Sequence[textmod.Token]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for k, t in enumerate(toks):
+        lst = out.get(t.stem)
+        if lst is None:
+            out[t.stem] = [k]
+        else:
+            lst.append(k)
+    return out
+
+
 def _count_phrase(stems: tuple[str, ...], phrase: tuple[str, ...]) -> int:
     first, n, count, p = phrase[0], len(phrase), 0, -1
     try:
@@ -112,18 +127,31 @@ class PaperIndex:
         self._stems: list[tuple[tuple[str, ...], tuple[str, ...]]] = []  # (title, abstract)
         self._norms: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
         posts: tuple[dict[str, list[int]], ...] = ({}, {}, {}, {})  # t stem, a stem, t/a norm
+        # term frequencies aligned with the stem postings, for whole-vector BM25 weights
+        self._tf: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
         for i, p in enumerate(self.papers):
             ts, tn = textmod.words(p.title)
             as_, an = textmod.words(p.abstract)
             self._stems.append((ts, as_))
             self._norms.append((tn, an))
-            for d, seq in zip(posts, (ts, as_, tn, an), strict=True):
+            for slot, seq in ((0, ts), (1, as_)):
+                d, tfd = posts[slot], self._tf[slot]
+                for w, c in Counter(seq).items():
+                    lst = d.get(w)
+                    if lst is None:
+                        d[w] = [i]
+                        tfd[w] = [c]
+                    else:
+                        lst.append(i)
+                        tfd[w].append(c)
+            for d, seq in ((posts[2], tn), (posts[3], an)):
                 for w in set(seq):
                     lst = d.get(w)
                     if lst is None:
                         d[w] = [i]
                     else:
                         lst.append(i)
+        self._post = (posts[0], posts[1])
         self._bits = {
             f: _build_bits(d) for f, d in zip(("title", "abstract"), posts[:2], strict=True)
         }
@@ -154,7 +182,29 @@ class PaperIndex:
         self._idf: dict[Node, float] = {}
         self._ranked: dict[tuple[Node, int | None], _Ranked] = {}
         self._tokens: dict[int, tuple[list[textmod.Token], list[textmod.Token]]] = {}
+        self._positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
+        self._bigrams: tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]] = ({}, {})
         self._spans: dict[tuple[Node, int], tuple[list, list]] = {}
+
+    def prime_phrases(self, phrases: Iterable[tuple[str, ...]]) -> None:
+        """Index the adjacent word pairs of these phrases in one pass over the papers.
+
+        A two-word phrase is then a single bitset lookup, and a longer one is only verified on
+        papers holding all its pairs; without priming, phrases are checked paper by paper.
+        """
+        wanted = {bg for ph in phrases for bg in itertools.pairwise(ph)} - self._bigrams[0].keys()
+        if not wanted:
+            return
+        posts: tuple[dict[tuple[str, str], list[int]], ...] = ({}, {})
+        for i, pair in enumerate(self._stems):
+            for slot in (0, 1):
+                seq = pair[slot]
+                for bg in wanted.intersection(itertools.pairwise(seq)):
+                    posts[slot].setdefault(bg, []).append(i)
+        for slot in (0, 1):
+            built = _build_bits(posts[slot])  # type: ignore[arg-type]
+            for bg in wanted:
+                self._bigrams[slot][bg] = built.get(bg, 0)  # type: ignore[call-overload]
 
     def _cumulative(self, name: str) -> tuple[list[int], list[int], int]:
         """Sorted distinct values, bitset of papers with value <= each, and all with a value."""
@@ -217,10 +267,19 @@ class PaperIndex:
             if node.field not in (None, fld):
                 continue
             cand = self.all
-            for w in set(phrase):
-                cand &= self._bits[fld].get(w, 0)
-                if not cand:
-                    break
+            primed = self._bigrams[slot]
+            pairs = list(itertools.pairwise(phrase))
+            if all(bg in primed for bg in pairs):
+                for bg in pairs:
+                    cand &= primed[bg]
+                if len(phrase) == 2:
+                    r |= cand  # adjacency is exactly what the pair bitset records
+                    continue
+            else:
+                for w in set(phrase):
+                    cand &= self._bits[fld].get(w, 0)
+                    if not cand:
+                        break
             for i in bit_indices(cand):
                 if _count_phrase(self._stems[i][slot], phrase):
                     r |= 1 << i
@@ -272,35 +331,45 @@ class PaperIndex:
             self._idf[leaf] = idf
         return idf
 
-    def weight(self, leaf: Node, i: int) -> float:
-        """BM25F weight of one positive word/phrase/prefix leaf in paper i (0 if absent)."""
+    def weights(self, leaf: Node) -> dict[int, float]:
+        """BM25F weight of a positive word/phrase/prefix leaf in every paper holding it."""
         ws = self._weights.get(leaf)
-        if ws is None:
-            ws = self._weights[leaf] = {}
-        w = ws.get(i)
-        if w is not None:
-            return w
-        ts, as_ = self._stems[i]
+        if ws is not None:
+            return ws
+        tt: dict[int, int] = {}
+        ta: dict[int, int] = {}
         kind, arg, fld = leaf.kind, leaf.arg, leaf.field
-        tt = ta = 0
         if kind == "t":
-            tt = ts.count(arg) if fld != "abstract" else 0
-            ta = as_.count(arg) if fld != "title" else 0
-        elif kind == "p":
-            tt = _count_phrase(ts, arg) if fld != "abstract" else 0  # type: ignore[arg-type]
-            ta = _count_phrase(as_, arg) if fld != "title" else 0  # type: ignore[arg-type]
+            for slot, acc, name in ((0, tt, "title"), (1, ta, "abstract")):
+                if fld in (None, name):
+                    idx = self._post[slot].get(arg)  # type: ignore[call-overload]
+                    if idx:
+                        acc.update(zip(idx, self._tf[slot][arg], strict=True))  # type: ignore[index]
         else:
-            tn, an = self._norms[i]
-            if fld != "abstract":
-                tt = sum(1 for x in tn if x.startswith(arg))  # type: ignore[arg-type]
-            if fld != "title":
-                ta = sum(1 for x in an if x.startswith(arg))  # type: ignore[arg-type]
-        tf = TITLE_WEIGHT * tt / (1 - B + B * self._tlen[i] / self._avg_t) + ta / (
-            1 - B + B * self._alen[i] / self._avg_a
-        )
-        w = self._idf_of(leaf) * tf * (K1 + 1) / (K1 + tf) if tf else 0.0
-        ws[i] = w
-        return w
+            for i in bit_indices(self.bits(leaf)):
+                ts, as_ = (self._stems if kind == "p" else self._norms)[i]
+                for seq, acc, name in ((ts, tt, "title"), (as_, ta, "abstract")):
+                    if fld in (None, name):
+                        if kind == "p":
+                            c = _count_phrase(seq, arg)  # type: ignore[arg-type]
+                        else:
+                            c = sum(1 for x in seq if x.startswith(arg))  # type: ignore[arg-type]
+                        if c:
+                            acc[i] = c
+        idf = self._idf_of(leaf)
+        tlen, alen, at, aa = self._tlen, self._alen, self._avg_t, self._avg_a
+        ws = {}
+        for i in tt.keys() | ta.keys():
+            tf = TITLE_WEIGHT * tt.get(i, 0) / (1 - B + B * tlen[i] / at) + ta.get(i, 0) / (
+                1 - B + B * alen[i] / aa
+            )
+            ws[i] = idf * tf * (K1 + 1) / (K1 + tf)
+        self._weights[leaf] = ws
+        return ws
+
+    def weight(self, leaf: Node, i: int) -> float:
+        """BM25F weight of one positive leaf in paper i (0 if absent)."""
+        return self.weights(leaf).get(i, 0.0)
 
     def score(self, query: Query, i: int) -> float:
         """The query's BM25F score for paper i: the sum over its positive words present."""
@@ -329,9 +398,17 @@ class PaperIndex:
                             break
         else:
             rank = self.rank
-            scored = [(self.score(query, i), i) for i in bit_indices(matched)]
-            scored.sort(key=lambda e: (-e[0], rank[e[1]]))
-            got = scored[:limit] if limit is not None else scored
+            vecs = [self.weights(leaf).get for leaf in query.terms]
+            if len(vecs) == 1:
+                get = vecs[0]
+                scored = [(get(i, 0.0), i) for i in bit_indices(matched)]
+            else:
+                scored = [(sum(g(i, 0.0) for g in vecs), i) for i in bit_indices(matched)]
+            if limit is not None and len(scored) > 4 * limit:
+                got = heapq.nsmallest(limit, scored, key=lambda e: (-e[0], rank[e[1]]))
+            else:
+                scored.sort(key=lambda e: (-e[0], rank[e[1]]))
+                got = scored[:limit] if limit is not None else scored
         self._ranked[key] = got
         return got
 
@@ -340,7 +417,8 @@ class PaperIndex:
         got = self._ranked.get(key)
         if got is None:
             rank = self.rank
-            got = [(self.weight(leaf, i), i) for i in bit_indices(self.bits(leaf))]
+            ws = self.weights(leaf)
+            got = [(ws.get(i, 0.0), i) for i in bit_indices(self.bits(leaf))]
             got.sort(key=lambda e: (-e[0], rank[e[1]]))
             self._ranked[key] = got
         return got
@@ -360,12 +438,23 @@ class PaperIndex:
         key = (leaf, i)
         got = self._spans.get(key)
         if got is None:
-            tt, at = self.tokens(i)
-            got = (
-                _leaf_spans(leaf, tt) if leaf.field != "abstract" else [],
-                _leaf_spans(leaf, at) if leaf.field != "title" else [],
-            )
-            self._spans[key] = got
+            toks = self.tokens(i)
+            pos = self._positions.get(i)
+            if pos is None:
+                pos = self._positions[i] = (_positions(toks[0]), _positions(toks[1]))
+            pair: list[list[tuple[int, int]]] = []
+            for slot, name in ((0, "title"), (1, "abstract")):
+                ft = toks[slot]
+                if leaf.field not in (None, name):
+                    pair.append([])
+                elif leaf.kind == "t":
+                    where = pos[slot].get(leaf.arg, ())  # type: ignore[call-overload]
+                    pair.append([(ft[k].start, ft[k].end) for k in where])
+                elif leaf.kind == "p" and leaf.arg[0] not in pos[slot]:  # type: ignore[index]
+                    pair.append([])
+                else:
+                    pair.append(_leaf_spans(leaf, ft))
+            got = self._spans[key] = (pair[0], pair[1])
         return got
 
     def highlights(
@@ -386,6 +475,16 @@ class PaperIndex:
                 word = src[s:e]
                 seen.setdefault(word.casefold(), word)
         return tuple(seen.values()), tm, am
+
+
+def _leaves(node: Node) -> Iterable[Node]:
+    if node.kind in ("and", "or"):
+        for c in node.arg:  # type: ignore[attr-defined]
+            yield from _leaves(c)
+    elif node.kind == "not":
+        yield from _leaves(node.arg)  # type: ignore[arg-type]
+    else:
+        yield node
 
 
 def _cheap_first(node: Node) -> int:
@@ -456,6 +555,28 @@ def match_profiles(
     index: PaperIndex, profiles: Mapping[int, Sequence[Topic]], *, limit: int | None = None
 ) -> dict[int, list[Match]]:
     """Ranked matches per subscriber id (subscribers with no match are left out)."""
+    # the batch allocates many small acyclic objects; cyclic GC passes over them cost more
+    # than the matching itself, so pause it for the batch
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _match_all(index, profiles, limit)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _match_all(
+    index: PaperIndex, profiles: Mapping[int, Sequence[Topic]], limit: int | None
+) -> dict[int, list[Match]]:
+    texts = {t.query for topics in profiles.values() for t in topics}
+    index.prime_phrases(
+        leaf.arg  # type: ignore[misc]
+        for text in texts
+        if (q := _compile(text)) is not None
+        for leaf in _leaves(q.root)
+        if leaf.kind == "p"
+    )
     cache: dict[object, list[Match]] = {}
     out: dict[int, list[Match]] = {}
     for sid, topics in profiles.items():

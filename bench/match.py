@@ -1,0 +1,308 @@
+"""Benchmark: the batch matching engine against naive per-(subscriber, paper) evaluation.
+
+    .venv/bin/python bench/match.py [--sizes 10000x1000,100000x2000] [--limit 30] [--sample 200]
+
+Synthetic profiles are drawn from the shared dumps' vocabulary (topical words, used by 2 to 8%
+of the papers, weighted by how many papers use them; phrases from real adjacent word pairs):
+1-3 alternatives of 1-3 words, 20% phrases, 30% of topics with an exclusion, a few field, org
+and number filters; 15% of subscribers have two topics. Papers are the dumps' papers with
+variation (words swapped, sentences shuffled, facts drawn at random). The naive loop evaluates
+each sampled subscriber's compiled queries on every paper (pre-tokenised, so it is only the
+boolean part); its time is extrapolated to all subscribers, and its matches are checked
+against the engine's on the sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import operator
+import random
+import re
+import resource
+import sys
+import time
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _dumps import load_papers
+
+from digest import text as textmod
+from digest.match import PaperIndex, _leaves, match_profiles
+from digest.models import StoredPaper, Topic
+from digest.query import Node, compile_query
+
+DEFAULT_SIZES = (
+    "10000x1000,10000x10000,100000x1000,100000x2000,100000x10000,1000000x1000,1000000x10000"
+)
+_STOP_TEXT = """that this with from have which their these there while into also than been were
+such over both more most only other some they them then when where what each between through
+under using used based show shows however propose proposed approach method methods paper
+results work existing across without within further"""
+_STOP = frozenset(_STOP_TEXT.split())
+_OPS = {"<": operator.lt, "<=": operator.le, "=": operator.eq, ">=": operator.ge, ">": operator.gt}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
+def vocabulary(base: list[StoredPaper]) -> tuple[list[str], list[int], list[str], list[str]]:
+    """Content words with document frequencies, and real adjacent word pairs for phrases."""
+    df: dict[str, int] = {}
+    pairs: set[str] = set()
+    for p in base:
+        ws = re.findall(r"[A-Za-z][A-Za-z]{3,}", p.title + " " + p.abstract)
+        for w in {w.lower() for w in ws} - _STOP:
+            df[w] = df.get(w, 0) + 1
+        low = [w.lower() for w in ws]
+        pairs.update(f"{a} {b}" for a, b in itertools.pairwise(low) if a not in _STOP)
+    # topical words: used by 2+ papers but not by more than 8% of them ("model", "results" and
+    # the like make no topic); drawn in proportion to how many papers use them
+    words = sorted(w for w, n in df.items() if 2 <= n <= 0.08 * len(base))
+    orgs = sorted({p.organization_id for p in base if p.organization_id})
+    return words, [df[w] for w in words], sorted(pairs), orgs
+
+
+def make_papers(base: list[StoredPaper], n: int, words: list[str], seed: int) -> list[StoredPaper]:
+    """n papers from the dumps' papers with variation: swapped words, shuffled sentences, facts."""
+    rng = random.Random(seed)
+    orgs = [("nvidia", "NVIDIA"), ("google", "Google DeepMind"), ("meta", "Meta AI"),
+            ("Fudan-University", "Fudan University"), ("tsinghua", "Tsinghua")]  # fmt: skip
+    out = []
+    for i in range(n):
+        b = base[i % len(base)]
+        sents = re.split(r"(?<=\.) ", b.abstract)
+        if i >= len(base):
+            rng.shuffle(sents)
+        toks = " ".join(sents).split(" ")
+        for _ in range(len(toks) // 12 if i >= len(base) else 0):
+            toks[rng.randrange(len(toks))] = rng.choice(words)
+        title = b.title if i < len(base) else f"{b.title} {rng.choice(words).title()}"
+        org = rng.choice(orgs) if rng.random() < 0.3 else (None, None)
+        out.append(
+            replace(
+                b,
+                id=i + 1,
+                key=f"k{i}",
+                title=title,
+                abstract=" ".join(toks),
+                upvotes=int(rng.expovariate(1 / 15)) if rng.random() < 0.7 else None,
+                authors=rng.randint(1, 30) if rng.random() < 0.6 else None,
+                organization_id=org[0],
+                organization=org[1],
+                published=date(2025, 1, 1) + timedelta(days=rng.randrange(400)),
+            )
+        )
+    return out
+
+
+def make_profiles(n: int, vocab, seed: int) -> dict[int, list[Topic]]:
+    words, weights, pairs, orgs = vocab
+    rng = random.Random(seed)
+    # cumulative weights once: random.choices with cum_weights is O(log n) per draw
+    cum, acc = [], 0
+    for w in weights:
+        acc += w
+        cum.append(acc)
+
+    def word() -> str:
+        return rng.choices(words, cum_weights=cum)[0]
+
+    def item() -> str:
+        r = rng.random()
+        if r < 0.20:
+            return f'"{rng.choice(pairs)}"'
+        if r < 0.23:
+            return f"title:{word()}"
+        return word()
+
+    def topic_text() -> str:
+        alts = []
+        for _ in range(rng.choices((1, 2, 3), (0.5, 0.35, 0.15))[0]):
+            k = rng.choices((1, 2, 3), (0.6, 0.3, 0.1))[0]
+            alts.append(" ".join(item() for _ in range(k)))
+        r = rng.random()
+        if r < 0.15:
+            alts[0] += f" -{word()}"
+        elif r < 0.30:
+            alts.append(f"-{word()}")
+        r = rng.random()
+        if r < 0.03:
+            alts[0] += f" upvotes>={rng.choice((5, 10, 20, 50))}"
+        elif r < 0.05:
+            alts[0] += f" authors<={rng.choice((3, 5, 10))}"
+        elif r < 0.06:
+            alts.append(f"org:{rng.choice(orgs or ['nvidia'])}")
+        return ", ".join(alts)
+
+    out = {}
+    for sid in range(n):
+        topics = [Topic("Keywords", topic_text())]
+        if rng.random() < 0.15:
+            topics.append(Topic("More", topic_text()))
+        out[sid] = topics
+    return out
+
+
+# ---------------------------------------------------------------- naive per-pair evaluation
+
+
+class _View:
+    """A pre-tokenised paper for the naive loop (tokenising is not charged to it)."""
+
+    def __init__(self, p: StoredPaper) -> None:
+        self.p = p
+        t, a = textmod.tokenize(p.title), textmod.tokenize(p.abstract)
+        self.stems = {"title": [x.stem for x in t], "abstract": [x.stem for x in a]}
+        self.sets = {k: set(v) for k, v in self.stems.items()}
+        self.norms = {"title": [x.norm for x in t], "abstract": [x.norm for x in a]}
+        self.orgs = [[x.norm for x in textmod.tokenize(v)]
+                     for v in (p.organization_id, p.organization) if v]  # fmt: skip
+
+
+def _run(seq, run) -> bool:
+    n = len(run)
+    return any(tuple(seq[k : k + n]) == run for k in range(len(seq) - n + 1))
+
+
+def naive(node: Node, v: _View) -> bool:
+    fields = (node.field,) if node.field else ("title", "abstract")
+    k = node.kind
+    if k == "t":
+        return any(node.arg in v.sets[f] for f in fields)
+    if k == "p":
+        return any(_run(v.stems[f], node.arg) for f in fields)
+    if k == "x":
+        return any(w.startswith(node.arg) for f in fields for w in v.norms[f])
+    if k == "n":
+        name, op, value = node.arg
+        fact = getattr(v.p, name)
+        return fact is not None and _OPS[op](fact, value)
+    if k == "o":
+        return any(_run(o, node.arg) for o in v.orgs)
+    if k == "not":
+        return not naive(node.arg, v)
+    if k == "and":
+        return all(naive(c, v) for c in node.arg)
+    return any(naive(c, v) for c in node.arg)
+
+
+# ---------------------------------------------------------------- one size
+
+
+def bench(subs: int, npapers: int, base, vocab, limit: int | None, sample: int) -> dict:
+    papers = make_papers(base, npapers, vocab[0], seed=npapers)
+    profiles = make_profiles(subs, vocab, seed=subs)
+    distinct = len({t.query for ts in profiles.values() for t in ts})
+    gc.collect()
+
+    t0 = time.perf_counter()
+    index = PaperIndex(papers)
+    t_index = time.perf_counter() - t0
+
+    # compile every distinct query text once (cold parser), as a fresh process would
+    compile_query.cache_clear()
+    texts = {t.query for ts in profiles.values() for t in ts}
+    t0 = time.perf_counter()
+    roots = {compile_query(q).root for q in texts}
+    t_compile = time.perf_counter() - t0
+
+    # the boolean part alone: each distinct compiled query evaluated once on a fresh index
+    bool_index = PaperIndex(papers)
+    gc.disable()
+    t0 = time.perf_counter()
+    bool_index.prime_phrases(leaf.arg for r in roots for leaf in _leaves(r) if leaf.kind == "p")
+    for root in roots:
+        bool_index.bits(root)
+    t_bool = time.perf_counter() - t0
+    gc.enable()
+    del bool_index
+
+    # the whole engine: boolean part, ranking, Match objects with words and spans
+    index = PaperIndex(papers)
+    gc.collect()
+    t0 = time.perf_counter()
+    warm = match_profiles(index, profiles, limit=limit)
+    t_warm = time.perf_counter() - t0
+    mem = rss_mb()
+    matched = sum(len(v) for v in warm.values())
+
+    # naive: every sampled subscriber's queries on every paper
+    rng = random.Random(1)
+    sids = rng.sample(sorted(profiles), min(sample, subs))
+    views = [_View(p) for p in papers]
+    compiled = {s: [compile_query(t.query) for t in profiles[s]] for s in sids}
+    t0 = time.perf_counter()
+    naive_sets = {
+        s: {v.p.id for v in views if any(naive(q.root, v) for q in compiled[s])} for s in sids
+    }
+    t_naive_sample = time.perf_counter() - t0
+    t_naive = t_naive_sample * subs / len(sids)
+
+    # agreement on the sample: exact sets without a limit, and the limited lists are a prefix
+    full = match_profiles(PaperIndex(papers), {s: profiles[s] for s in sids}, limit=None)
+    for s in sids:
+        got = {m.paper_id for m in full.get(s, [])}
+        assert got == naive_sets[s], (s, profiles[s], got ^ naive_sets[s])
+        lim = [m.paper_id for m in warm.get(s, [])]
+        assert len(lim) == min(limit or 10**9, len(naive_sets[s])) and set(lim) <= naive_sets[s]
+    return {
+        "subs": subs,
+        "papers": npapers,
+        "distinct": distinct,
+        "index": t_index,
+        "compile": t_compile,
+        "bool": t_bool,
+        "warm": t_warm,
+        "naive": t_naive,
+        "matched": matched / subs,
+        "nonempty": len(warm) / subs,
+        "rss": mem,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", default=DEFAULT_SIZES, help="SUBSxPAPERS,... (default: %(default)s)")
+    ap.add_argument("--limit", type=int, default=30, help="matches kept per subscriber (0: all)")
+    ap.add_argument(
+        "--sample", type=int, default=200, help="subscribers run through the naive loop"
+    )
+    args = ap.parse_args()
+    base = list(load_papers().values())
+    vocab = vocabulary(base)
+    print(f"{len(base)} distinct dump papers, {len(vocab[0])} words, {len(vocab[2])} phrases; "
+          f"limit={args.limit or 'none'}")  # fmt: skip
+    head = (f"{'subs':>8} {'papers':>6} {'distinct q':>10} {'index s':>8} {'compile s':>9} "
+            f"{'bool s':>7} {'match s':>8} {'naive s (extrap.)':>17} {'bool ratio':>10} "
+            f"{'match ratio':>11} {'matches/sub':>11} {'peak RSS MB':>11}")  # fmt: skip
+    print(head)
+    for size in args.sizes.split(","):
+        subs, npapers = (int(x) for x in size.lower().split("x"))
+        r = bench(subs, npapers, base, vocab, args.limit or None, args.sample)
+        print(
+            f"{r['subs']:>8} {r['papers']:>6} {r['distinct']:>10} {r['index']:>8.2f} "
+            f"{r['compile']:>9.2f} {r['bool']:>7.3f} {r['warm']:>8.2f} {r['naive']:>17.0f} "
+            f"{r['naive'] / r['bool']:>9.0f}x {r['naive'] / r['warm']:>10.0f}x "
+            f"{r['matched']:>11.1f} {r['rss']:>11.0f}",
+            flush=True,
+        )
+    print(
+        "compile: parse every distinct query once; bool: evaluate every distinct compiled "
+        "query on the index (bitsets); match: match_profiles end to end (bool + BM25 ranking + "
+        "Match objects with words and spans), queries already compiled; naive: per-pair "
+        "boolean evaluation only, sampled and extrapolated. Index build is separate."
+    )
+
+
+if __name__ == "__main__":
+    main()
