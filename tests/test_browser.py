@@ -22,6 +22,7 @@ import pytest
 from web_support import PASSWORD, PASSWORD_HASH
 
 from digest import subscribers as subs
+from digest.cli import main as cli_main
 from digest.config import load_settings
 from digest.ingest import ingest_files
 from digest.links import LinkSigner, links_for, secret_key
@@ -187,6 +188,12 @@ def test_admin_edits_a_topic_with_live_preview_and_saves(browser, server):
     with Store.open(settings.database.url) as fresh:
         sub = subs.get_subscriber(fresh, "ada@example.org")
     assert sub.topics == (Topic("Efficiency", new_query),)
+    # The next digest follows the saved profile: `digest preview` renders it.
+    out = config.parent / "preview"
+    assert cli_main(["--config", str(config), "preview", "ada@example.org", "--out", str(out)]) == 0
+    text = next(out.glob("*.txt")).read_text(encoding="utf-8")
+    assert "Video Diffusion Models with Temporal Token Merging" in text
+    assert "Draft Trees Revisited" not in text  # excluded by -draft
 
 
 def test_subscriber_unsubscribes_through_their_link(browser, server):
