@@ -19,6 +19,7 @@ import heapq
 import itertools
 import logging
 import math
+import operator
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -398,12 +399,12 @@ class PaperIndex:
                             break
         else:
             rank = self.rank
-            vecs = [self.weights(leaf).get for leaf in query.terms]
-            if len(vecs) == 1:
-                get = vecs[0]
-                scored = [(get(i, 0.0), i) for i in bit_indices(matched)]
-            else:
-                scored = [(sum(g(i, 0.0) for g in vecs), i) for i in bit_indices(matched)]
+            idx = bit_indices(matched)
+            zero = itertools.repeat(0.0)
+            total: list[float] = [0.0] * len(idx)
+            for leaf in query.terms:  # summed leaf by leaf with C-level map, not per paper
+                total = list(map(operator.add, total, map(self.weights(leaf).get, idx, zero)))
+            scored = list(zip(total, idx, strict=True))
             if limit is not None and len(scored) > 4 * limit:
                 got = heapq.nsmallest(limit, scored, key=lambda e: (-e[0], rank[e[1]]))
             else:
