@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -784,6 +785,68 @@ def _add_daemon_parsers(sub: Any) -> None:
     p.set_defaults(handler=cmd_run)
 
 
+# --- send-queue worker ---------------------------------------------------------------------
+
+
+def cmd_worker(ctx: Context, args: argparse.Namespace) -> int:
+    """Claim, render, send and mark queued digests; several may run against one PostgreSQL."""
+    from digest.scheduler import stop_on_signals
+    from digest.worker import WorkerOptions, run_worker
+
+    options = WorkerOptions(
+        batch=args.batch, lease=args.lease, poll=args.poll, idle_exit=args.idle_exit
+    )
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        report = run_worker(ctx.store, ctx.settings, options=options, stop=stop)
+    ctx.print(report.summary())
+    return 1 if report.failed else 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
+def _add_worker_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="send queued digests; run several against PostgreSQL to scale out",
+        description="Claims queued digests in batches (PostgreSQL: FOR UPDATE SKIP LOCKED) with "
+        "a lease, renders and sends them. A killed worker's claims lapse with the lease and "
+        "another worker takes them. SIGTERM/SIGINT finish the message in flight. Never queues "
+        "digests itself: `digest run` (one per database) does. On SQLite: one worker.",
+    )
+    p.add_argument(
+        "--batch", type=_positive_int, default=50, metavar="N", help="digests per claim (50)"
+    )
+    p.add_argument(
+        "--lease",
+        type=_positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a claim holds before another worker may take it (600)",
+    )
+    p.add_argument(
+        "--poll",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="wait this long when nothing is claimable (5)",
+    )
+    p.add_argument(
+        "--idle-exit",
+        action="store_true",
+        help="exit once nothing is queued or in flight (for tests and cron)",
+    )
+    p.set_defaults(handler=cmd_worker)
+
+
 # --- argument parsing -----------------------------------------------------------------------
 
 
@@ -822,6 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_web_parsers(sub)
     _add_delivery_parsers(sub)
     _add_daemon_parsers(sub)
+    _add_worker_parser(sub)
     return parser
 
 
