@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import mailbox
 import os
+import re
 import smtplib
 import ssl
 import sys
@@ -211,19 +212,37 @@ def _encode_text(text: str) -> tuple[str, bytes]:
     whole rendering, and every current MTA takes 8BITMIME; SmtpTransport re-encodes for one
     that does not.
     """
-    raw = _crlf(text).encode("utf-8")
-    if _max_line(raw) <= 998:
+    text = _lf(text)
+    raw = text.replace("\n", "\r\n").encode("utf-8")
+    if not _has_long_line(text):
         return ("7bit" if text.isascii() else "8bit"), raw
     return "quoted-printable", binascii.b2a_qp(raw, quotetabs=False, istext=True, header=False)
 
 
 def _encode_html(html: str) -> tuple[str, bytes]:
     """HTML: 7bit/8bit when lines stay short (the renderer keeps it ASCII), else base64."""
-    raw = _crlf(html).encode("utf-8")
-    if _max_line(raw) <= 998:
+    html = _lf(html)
+    raw = html.replace("\n", "\r\n").encode("utf-8")
+    if not _has_long_line(html):
         return ("7bit" if html.isascii() else "8bit"), raw
     b64 = binascii.b2a_base64(raw, newline=False)
     return "base64", b"\r\n".join([b64[i : i + 76] for i in range(0, len(b64), 76)])
+
+
+def _lf(text: str) -> str:
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+# A line over 998 characters (SMTP's limit, RFC 5321): the literal "\n" lets the regex engine
+# jump from line start to line start, so the check is one linear scan.
+_LONG_LINE = re.compile(r"\n[^\n]{999}")
+
+
+def _has_long_line(text: str) -> bool:
+    first = text.find("\n")
+    return (first if first >= 0 else len(text)) > 998 or _LONG_LINE.search(text) is not None
 
 
 def to_seven_bit(data: bytes) -> bytes:
@@ -237,16 +256,6 @@ def to_seven_bit(data: bytes) -> bytes:
         del part["Content-Transfer-Encoding"]
         part.set_content(content, subtype=subtype, charset="utf-8", cte="quoted-printable")
     return msg.as_bytes(policy=policy.SMTP)
-
-
-def _crlf(text: str) -> str:
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text.replace("\n", "\r\n")
-
-
-def _max_line(data: bytes) -> int:
-    return max(map(len, data.split(b"\r\n")))
 
 
 def _message_id_value(value: str) -> str:
@@ -288,9 +297,8 @@ def _checked_address(addr: str, key: str) -> tuple[str, bool]:
     control characters, <, >, comma) is refused rather than repaired.
     """
     addr = addr.strip()
-    local, at, domain = addr.rpartition("@")
-    bad = any(c.isspace() or c in '<>,;"()\\' or not c.isprintable() for c in addr)
-    if bad or not at or not local or not domain:
+    local, _, domain = addr.rpartition("@")
+    if _BAD_ADDRESS_CHAR.search(addr) or not addr.isprintable() or not local or not domain:
         raise ValidationError(f"{key}: {addr!r} is not a valid email address")
     if not domain.isascii():
         try:
@@ -300,6 +308,9 @@ def _checked_address(addr: str, key: str) -> tuple[str, bool]:
     return f"{local}@{domain}", not local.isascii()
 
 
+_BAD_ADDRESS_CHAR = re.compile(r'[\s<>,;"()\\]')
+
+
 def _address(name: str, addr: str) -> str:
     name = clean_line(name)
     if not name:
@@ -307,7 +318,7 @@ def _address(name: str, addr: str) -> str:
     return f"{_phrase(name)} <{addr}>"
 
 
-_SPECIALS = set('()<>[]:;@\\,."')
+_SPECIAL_CHAR = re.compile(r'[()<>\[\]:;@\\,."]')
 
 
 def _phrase(text: str) -> str:
@@ -315,7 +326,7 @@ def _phrase(text: str) -> str:
     text = clean_line(text)
     if not text.isascii() or "=?" in text:
         return _encoded_words(text)
-    if any(c in _SPECIALS for c in text):
+    if _SPECIAL_CHAR.search(text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import typing
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,11 +32,19 @@ PAPERS_SEARCH_URL = "https://huggingface.co/papers?q="
 TEXT_WIDTH = 72
 _SUBJECT_MAX = 110
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
-_PREHEADER_PAD = Markup("&#847;&zwnj;&nbsp;" * 40)
-# Highlight edges while escaping (private-use characters; removed from paper text first).
-_OPEN, _CLOSE = "\ue000", "\ue001"
+_PREHEADER_PAD = Markup("&#847;&zwnj;&nbsp;" * 30)
+# Markup without markupsafe's Python-level __new__ (the text is already safe HTML).
+_markup: typing.Callable[[str], Markup] = functools.partial(str.__new__, Markup)  # type: ignore[assignment]
+
+
+def _escape_ascii(text: str) -> str:
+    html = str(escape(text))
+    return html if html.isascii() else html.encode("ascii", "xmlcharrefreplace").decode("ascii")
+
+
+_SLOTS = ("title_html", "abstract_html", "matched_html")
+_SLOT_MARK = re.compile("\ue000([0-9])\ue001")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_OPEN_REF, _CLOSE_REF = "&#57344;", "&#57345;"
 
 _NOTE_TAGS = {
     "p",
@@ -110,6 +119,8 @@ class PaperView:
     text_title: str  # wrapped for the text part, indented 4, first line left free for "N. "
     text_facts: str
     text_abstract: str
+    title_escaped: EscapedText
+    abstract_escaped: EscapedText  # of abstract (with the suffix)
 
 
 @dataclass(slots=True)
@@ -118,8 +129,10 @@ class ItemView:
 
     number: int
     paper: PaperView
+    html: Markup  # email/paper.html for this paper, with this subscriber's highlights
     title_html: Markup  # every piece escaped; matched words in <span class="hl" style=...>
     abstract_html: Markup
+    matched_html: Markup  # <strong>topics</strong> (words)
     topics_label: str
     words_label: str
     text_title: str
@@ -180,12 +193,15 @@ class Renderer:
         self.env = env
         self.html_template = templates.html_template(env, "email/digest.html")
         self.text_template = templates.load_template(env, "email/digest.txt")
+        self.paper_template = templates.html_template(env, "email/paper.html")
         self.admin_note_html, self.admin_note_text = _admin_note(settings.mail.admin_note, css)
         self.abstract_chars = settings.mail.abstract_chars
         # The highlight tag with the .hl styles inlined, built once like the templates.
         probe = templates.inline_template_source('<span class="hl">x</span>', css)
-        self.highlight_open = probe[: probe.index(">") + 1]
-        self._papers: dict[tuple[int, str, str], PaperView] = {}
+        # A line break inside the tag (HTML whitespace, invisible) keeps lines short: a
+        # message line may not pass 998 characters, and many highlights would otherwise.
+        self.highlight_open = probe[: probe.index(">") + 1].replace(" style=", "\nstyle=", 1)
+        self._papers: dict[tuple[int, str, str], tuple[PaperView, list[str], list[int]]] = {}
 
     def render(self, digest: Digest, links: Links) -> RenderedDigest:
         """Render one digest; raises EmptyDigestError when it holds no paper."""
@@ -239,23 +255,55 @@ class Renderer:
 
     def paper_view(self, paper: StoredPaper) -> PaperView:
         """The subscriber-independent view of a paper, from the cache when seen before."""
+        return self._paper(paper)[0]
+
+    def _paper(self, paper: StoredPaper) -> tuple[PaperView, list[str], list[int]]:
         key = (paper.id, paper.title, paper.abstract)
-        view = self._papers.get(key)
-        if view is None:
+        cached = self._papers.get(key)
+        if cached is None:
             if len(self._papers) >= self.cache_size:
                 self._papers.clear()
-            view = self._papers[key] = make_paper_view(paper, self.abstract_chars)
-        return view
+            view = make_paper_view(paper, self.abstract_chars)
+            statics, slots = self._paper_fragment(view)
+            cached = self._papers[key] = (view, statics, slots)
+        return cached
+
+    def _paper_fragment(self, view: PaperView) -> tuple[list[str], list[int]]:
+        """email/paper.html rendered once, cut at its three per-subscriber slots."""
+        marks = {name: Markup(f"\ue000{i}\ue001") for i, name in enumerate(_SLOTS)}
+        try:
+            html = self.paper_template.render(paper=view, **marks)
+        except Exception as exc:  # a user's override template can fail in any way
+            raise templates.TemplateError(f"rendering email/paper.html failed: {exc}") from exc
+        parts = _SLOT_MARK.split(html)
+        statics, slots = parts[0::2], [int(i) for i in parts[1::2]]
+        if sorted(slots) != list(range(len(_SLOTS))):
+            raise templates.TemplateError(
+                "template email/paper.html must output each of "
+                f"{', '.join(_SLOTS)} exactly once, as it is"
+            )
+        return statics, slots
 
     def item(self, number: int, item: DigestItem) -> ItemView:
         """One paper of one digest, with this subscriber's highlights and reasons."""
-        view = self.paper_view(item.paper)
+        view, statics, slots = self._paper(item.paper)
         match = item.match
-        abstract = item.paper.abstract[: view.cut] + view.suffix
-        abstract_html = self.highlight(abstract, match.abstract_spans, view.cut)
+        title_html = self._mark(view.title_escaped, match.title_spans, len(view.title))
+        abstract_html = self._mark(view.abstract_escaped, match.abstract_spans, view.cut)
         topics_label = ", ".join(match.topics)
         words_label = ", ".join(dict.fromkeys(match.terms))
+        matched_html = f"<strong>{_escape_ascii(topics_label)}</strong>"
+        if words_label:
+            matched_html += f" ({_escape_ascii(words_label)})"
+        values = (title_html, abstract_html, matched_html)
+        pieces = [statics[0]]
+        for slot, static in zip(slots, statics[1:], strict=True):
+            pieces += (values[slot], static)
         matched = f"matched: {topics_label}" + (f" ({words_label})" if words_label else "")
+        if len(matched) <= TEXT_WIDTH - 4 and matched.isprintable():
+            text_matched = "    " + matched
+        else:
+            text_matched = wrap(matched, TEXT_WIDTH, "    ", "      ")
         prefix = f"{number}. "
         if len(prefix) <= 4:
             text_title = prefix + view.text_title[len(prefix) :]
@@ -264,40 +312,94 @@ class Renderer:
         return ItemView(
             number=number,
             paper=view,
-            title_html=self.highlight(view.title, match.title_spans),
+            html=_markup("".join(pieces)),
+            title_html=title_html,
             abstract_html=abstract_html,
+            matched_html=_markup(matched_html),
             topics_label=topics_label,
             words_label=words_label,
             text_title=text_title,
-            text_matched=wrap(matched, TEXT_WIDTH, "    ", "      "),
+            text_matched=text_matched,
         )
 
     def highlight(
         self, text: str, spans: tuple[tuple[int, int], ...], limit: int | None = None
     ) -> Markup:
-        """Text as HTML with the spans (clipped to `limit`) highlighted; hostile text stays text.
+        """Text as HTML with the spans (clipped to `limit`) highlighted; hostile text stays text."""
+        return self._mark(escape_text(text), spans, len(text) if limit is None else limit)
 
-        Span edges are marked with two private-use characters in the raw text, the whole is
-        escaped in one call, then the marks become tags: tags never come from the text itself.
-        """
-        if not text.isprintable():
-            # Controls mean nothing in HTML (and C1 references decode as cp1252): blank them.
-            # Same length, so the spans still fit.
-            text = _CONTROLS.sub(" ", text)
-        if _OPEN in text or _CLOSE in text:
-            text = text.replace(_OPEN, "\ufffd").replace(_CLOSE, "\ufffd")  # same length
-        pieces = []
-        pos = 0
-        for start, end in merge_spans(spans, len(text) if limit is None else limit):
-            pieces += (text[pos:start], _OPEN, text[start:end], _CLOSE)
-            pos = end
-        pieces.append(text[pos:])
-        escaped = str(escape("".join(pieces)))
-        if not escaped.isascii():
-            # Character references keep the HTML part ASCII: smaller, faster, 7bit-safe.
-            escaped = escaped.encode("ascii", "xmlcharrefreplace").decode("ascii")
-            escaped = escaped.replace(_OPEN_REF, _OPEN).replace(_CLOSE_REF, _CLOSE)
-        return Markup(escaped.replace(_OPEN, self.highlight_open).replace(_CLOSE, "</span>"))
+    def _mark(self, esc: EscapedText, spans: tuple[tuple[int, int], ...], limit: int) -> Markup:
+        # Tags go between slices of the already escaped text: they never come from the text,
+        # and per digest nothing is escaped again (the escaped text is cached per paper).
+        merged = merge_spans(spans, limit)
+        if not merged:
+            return _markup(esc.html)
+        html, pos, open_tag = esc.html, esc.offsets, self.highlight_open
+        out = []
+        last = 0
+        for start, end in merged:
+            if pos is not None:
+                start, end = pos[start], pos[end]
+            out += (html[last:start], open_tag, html[start:end], "</span>")
+            last = end
+        out.append(html[last:])
+        return _markup("".join(out))
+
+
+@dataclass(frozen=True, slots=True)
+class EscapedText:
+    """Text escaped for HTML (ASCII, non-ASCII as references) with a map of raw offsets."""
+
+    html: str
+    offsets: list[int] | None  # offsets[i]: where raw character i starts; None: the same
+
+
+def escape_text(text: str) -> EscapedText:
+    """Escape text for HTML once: controls blanked, non-ASCII as character references."""
+    if not text.isprintable():
+        # Controls mean nothing in HTML (and C1 references decode as cp1252): blank them.
+        # Same length, so offsets into the original still fit.
+        text = _CONTROLS.sub(" ", text)
+    html = str(escape(text))
+    if not html.isascii():
+        # Character references keep the HTML part ASCII: smaller, faster, 7bit-safe.
+        html = html.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    if len(html) > _LINE_CHUNK:
+        html = _break_lines(html)
+    if len(html) == len(text):
+        return EscapedText(html, None)  # nothing grew, so every offset is unchanged
+    offsets = [0]
+    n = 0
+    for c in text:
+        n += len(c) if c.isascii() and c not in _SPECIAL_HTML else _escaped_len(c)
+        offsets.append(n)
+    if n != len(html):  # pragma: no cover - would mean escape() changed its rules
+        raise AssertionError("escaped length mismatch")
+    return EscapedText(html, offsets)
+
+
+_LINE_CHUNK = 600
+
+
+def _break_lines(html: str) -> str:
+    """Turn a space into a line break every ~600 characters (the same in HTML, same length)."""
+    out = []
+    start = 0
+    while len(html) - start > _LINE_CHUNK:
+        space = html.rfind(" ", start + 1, start + _LINE_CHUNK)
+        if space < 0:
+            break  # one huge word: the message falls back to base64
+        out.append(html[start:space])
+        start = space + 1
+    out.append(html[start:])
+    return "\n".join(out)
+
+
+_SPECIAL_HTML = frozenset("&<>\"'")
+
+
+def _escaped_len(c: str) -> int:
+    return len(str(escape(c)).encode("ascii", "xmlcharrefreplace"))
 
 
 def make_paper_view(paper: StoredPaper, abstract_chars: int) -> PaperView:
@@ -325,6 +427,8 @@ def make_paper_view(paper: StoredPaper, abstract_chars: int) -> PaperView:
         text_title=wrap(paper.title, TEXT_WIDTH, "    ", "    "),
         text_facts=wrap(facts, TEXT_WIDTH, "    ", "    "),
         text_abstract=wrap(abstract, TEXT_WIDTH, "    ", "    "),
+        title_escaped=escape_text(paper.title),
+        abstract_escaped=escape_text(abstract),
     )
 
 
@@ -335,13 +439,19 @@ def paper_url(title: str) -> str:
 
 def merge_spans(spans: tuple[tuple[int, int], ...] | list, length: int) -> list[tuple[int, int]]:
     """Spans clipped to [0, length], sorted, overlapping or touching ones merged."""
+    # Most spans arrive sorted: sort only when one starts before its predecessor.
+    live = [(a, b) for a, b in spans if a < length and b > a and b > 0]
+    if any(live[i][0] < live[i - 1][0] for i in range(1, len(live))):
+        live.sort()
     merged: list[tuple[int, int]] = []
-    for start, end in sorted(spans):
-        start, end = max(0, start), min(length, end)
-        if start >= end:
-            continue
+    for start, end in live:
+        if start < 0:
+            start = 0
+        if end > length:
+            end = length
         if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
         else:
             merged.append((start, end))
     return merged

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import css_inline
 import jinja2
+import markupsafe
 
 from digest.config import Settings
 from digest.errors import DigestError
@@ -58,6 +59,29 @@ def autoescape_for(name: str | None) -> bool:
     return name is None or not name.endswith(_PLAIN_SUFFIXES)
 
 
+def _escape_unless_markup(value: typing.Any) -> markupsafe.Markup:
+    # markupsafe.escape() rebuilds a Markup it is given; returning it as it is gives the same
+    # text, and saves a quarter of an email's render time (many outputs are prebuilt Markup).
+    if type(value) is markupsafe.Markup:
+        return value
+    return markupsafe.escape(value)
+
+
+class FastTemplate(jinja2.Template):
+    """A Jinja2 template whose autoescape passes Markup values through untouched."""
+
+    @classmethod
+    def _from_namespace(
+        cls,
+        environment: jinja2.Environment,
+        namespace: typing.MutableMapping[str, typing.Any],
+        globals: typing.MutableMapping[str, typing.Any],
+    ) -> jinja2.Template:
+        if namespace.get("escape") is markupsafe.escape:
+            namespace["escape"] = _escape_unless_markup
+        return super()._from_namespace(environment, namespace, globals)  # type: ignore[misc]
+
+
 def make_environment(settings: Settings) -> jinja2.Environment:
     """A Jinja2 environment over `template_dirs`, autoescaping, with StrictUndefined."""
     env = jinja2.Environment(
@@ -69,6 +93,7 @@ def make_environment(settings: Settings) -> jinja2.Environment:
         keep_trailing_newline=True,
         auto_reload=False,
     )
+    env.template_class = FastTemplate
     return env
 
 
