@@ -639,7 +639,7 @@ class SmtpTransport(_BaseTransport):
                 self._reset_or_drop(0)
                 return SendResult(out.message_id, (), refused)
             try:
-                code, reply = conn.data(data)
+                code, reply = _send_data(conn, data)
             except smtplib.SMTPDataError as exc:  # no 354: nothing was transferred
                 self._reset_or_drop(exc.smtp_code)
                 raise _classify(exc.smtp_code, exc.smtp_error, _one(accepted), where) from None
@@ -686,6 +686,24 @@ class SmtpTransport(_BaseTransport):
                 conn.quit()
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def _send_data(conn: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+    """DATA with the message dot-stuffed by one bytes.replace.
+
+    smtplib's data() runs a multiline regex over the whole message, which costs more than the
+    rest of a send; our messages always have CRLF line endings, so one replace is the same.
+    """
+    code, reply = conn.docmd("data")
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    conn.send(stuffed + b".\r\n")
+    return conn.getreply()
 
 
 class _StaleConnection(Exception):

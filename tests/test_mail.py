@@ -434,3 +434,14 @@ def test_recording_handler_starts_clean():
     # Guards the helper itself: a fresh handler refuses nobody and drops nothing.
     handler = RecordingHandler()
     assert not (handler.temp_fail or handler.perm_fail or handler.drop_during_data)
+
+
+def test_lines_starting_with_a_dot_survive_the_trip(smtp_server: SmtpServer):
+    base = message_to("ok@example.org")
+    head, body = base.data.split(b"\r\n\r\n", 1)
+    data = head + b"\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nend\r\n" + body
+    msg = OutgoingMessage(base.message_id, base.envelope_from, base.recipients, data)
+    with SmtpTransport(smtp_server.settings()) as transport:
+        assert transport.send(msg).ok
+    [got] = smtp_server.handler.messages
+    assert got.data.replace(b"\r\n", b"\n") == data.replace(b"\r\n", b"\n")
