@@ -35,6 +35,7 @@ from apscheduler.events import (
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -304,6 +305,22 @@ def scheduled_jobs(store: Store) -> list[ScheduledJob]:
 # --- the daemon ---------------------------------------------------------------------------------
 
 
+class DigestScheduler(BackgroundScheduler):
+    """BackgroundScheduler without its last pass after shutdown.
+
+    APScheduler 3 wakes its loop once more after `shutdown()`; with the executors already shut,
+    that pass fails to submit the jobs due then, yet advances their stored next run time, so the
+    run is lost instead of happening at the next start. Checking the state under the job store
+    lock (which `shutdown` takes too) closes that window.
+    """
+
+    def _process_jobs(self) -> float | None:
+        with self._jobstores_lock:
+            if self.state == STATE_STOPPED:
+                return None
+            return super()._process_jobs()
+
+
 class _DropMaxInstancesWarnings(logging.Filter):
     """A delivery longer than a minute makes APScheduler warn on each skipped run; we log that
     ourselves at DEBUG, since the running delivery is doing the work the skipped run would do."""
@@ -336,7 +353,7 @@ class Daemon:
             lock=self.lock,
         )
         self.key = f"{os.getpid()}-{id(self):x}"
-        self.scheduler: BackgroundScheduler | None = None
+        self.scheduler: DigestScheduler | None = None
         self.runs: Counter[str] = Counter()  # finished runs per job id (tests wait on these)
         self._runs_changed = threading.Condition()
 
@@ -377,9 +394,9 @@ class Daemon:
             *HOUSEKEEPING_AT,
         )
 
-    def _build_scheduler(self) -> BackgroundScheduler:
+    def _build_scheduler(self) -> DigestScheduler:
         grace = self.settings.schedule.misfire_grace_seconds
-        scheduler = BackgroundScheduler(
+        scheduler = DigestScheduler(
             jobstores={
                 "default": SQLAlchemyJobStore(engine=self.store.engine, tablename=JOBS_TABLE)
             },
@@ -397,7 +414,7 @@ class Daemon:
             noisy.addFilter(_DropMaxInstancesWarnings())
         return scheduler
 
-    def _register_jobs(self, scheduler: BackgroundScheduler) -> None:
+    def _register_jobs(self, scheduler: DigestScheduler) -> None:
         """Add or replace each job under its stable id, keeping a stored next run time."""
         now = datetime.now(UTC)
         specs = job_specs(self.settings)
