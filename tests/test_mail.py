@@ -14,7 +14,7 @@ import pytest
 from email_samples import email_settings, make_digest, make_subscriber
 from smtp_helpers import RecordingHandler, SmtpServer, free_port, smtp_server, start_server
 
-from digest.errors import ValidationError
+from digest.errors import DeliveryError, ValidationError
 from digest.mail import (
     DryRunTransport,
     MaildirTransport,
@@ -445,3 +445,63 @@ def test_lines_starting_with_a_dot_survive_the_trip(smtp_server: SmtpServer):
         assert transport.send(msg).ok
     [got] = smtp_server.handler.messages
     assert got.data.replace(b"\r\n", b"\n") == data.replace(b"\r\n", b"\n")
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (made with the openssl command line)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("TLS tests skipped: the openssl command is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _contexts(tls_files):
+    import ssl
+
+    cert, key = tls_files
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
+    return server, client
+
+
+def test_starttls(tls_files):
+    server_ctx, client_ctx = _contexts(tls_files)
+    server = start_server(tls_context=server_ctx, require_starttls=True)
+    try:
+        settings = server.settings(security="starttls")
+        with SmtpTransport(settings, ssl_context=client_ctx) as transport:
+            assert transport.send(digest_message()).ok
+        # A client that does not trust the certificate stops with a TransportError.
+        with pytest.raises(TransportError, match="TLS"):
+            SmtpTransport(settings).send(digest_message())
+        # Without STARTTLS this server refuses: not a recipient's fault, not retried blindly.
+        with pytest.raises(DeliveryError):
+            SmtpTransport(server.settings()).send(digest_message())
+    finally:
+        server.controller.stop()
+    assert len(server.handler.messages) == 1
+
+
+def test_implicit_tls(tls_files):
+    server_ctx, client_ctx = _contexts(tls_files)
+    server = start_server(ssl_context=server_ctx)
+    try:
+        settings = server.settings(security="tls")
+        with SmtpTransport(settings, ssl_context=client_ctx) as transport:
+            assert transport.send(digest_message()).ok
+    finally:
+        server.controller.stop()
+    assert len(server.handler.messages) == 1
