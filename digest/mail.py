@@ -267,7 +267,12 @@ def _message_id_value(value: str) -> str:
 
 def _safe_token(text: str) -> str:
     """Keep only characters that are safe inside <...> header tokens."""
+    if _SAFE_TOKEN.fullmatch(text):
+        return text
     return "".join(c for c in text if 32 < ord(c) < 127 and c not in '<>()[]\\,;:"')
+
+
+_SAFE_TOKEN = re.compile(r'[^\x00-\x20\x7f-\U0010ffff<>()\[\]\\,;:"]*')
 
 
 def _url(url: str) -> str:

@@ -439,12 +439,18 @@ def paper_url(title: str) -> str:
 
 def merge_spans(spans: tuple[tuple[int, int], ...] | list, length: int) -> list[tuple[int, int]]:
     """Spans clipped to [0, length], sorted, overlapping or touching ones merged."""
-    # Most spans arrive sorted: sort only when one starts before its predecessor.
-    live = [(a, b) for a, b in spans if a < length and b > a and b > 0]
-    if any(live[i][0] < live[i - 1][0] for i in range(1, len(live))):
-        live.sort()
+    previous = -(1 << 62)
+    for start, _ in spans:  # the matcher gives them sorted; sort only when they are not
+        if start < previous:
+            spans = sorted(spans)
+            break
+        previous = start
     merged: list[tuple[int, int]] = []
-    for start, end in live:
+    for start, end in spans:
+        if start >= length:
+            break  # sorted: every later span starts past the end too
+        if end <= start or end <= 0:
+            continue
         if start < 0:
             start = 0
         if end > length:
