@@ -1,0 +1,496 @@
+"""The whole cycle measured: ingest -> match -> record -> render & deliver, at 10k and 100k
+subscribers, on SQLite and PostgreSQL, with 1 and 3 `digest worker` processes.
+
+Each stage runs in a child process of its own, so its peak memory (ru_maxrss from os.wait4) is
+that stage's alone. Delivery goes to a minimal asyncio SMTP sink in another process, which
+counts the messages and their distinct Message-IDs (every subscriber must get exactly one).
+
+    .venv/bin/python bench/cycle.py                       # 10k and 100k, SQLite and PostgreSQL
+    .venv/bin/python bench/cycle.py --sizes 10000 --engines sqlite
+    DIGEST_BENCH_POSTGRES_URL=postgresql+psycopg://u:p@host/db .venv/bin/python bench/cycle.py
+
+PostgreSQL: a throwaway cluster (default, durable settings) is started in a temp folder when the
+server binaries exist (/usr/lib/postgresql/*/bin), unless DIGEST_BENCH_POSTGRES_URL names a
+server where a role may create databases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import multiprocessing as mp
+import os
+import platform
+import pwd
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DUMPS = ROOT.parent / "shared" / "dumps"
+DIGEST_BIN = Path(sys.executable).with_name("digest")
+T0_OFFSET_HOURS = 1  # digests are queued an hour "ago" so real-clock workers find them due
+
+
+# --- the SMTP sink -------------------------------------------------------------------------------
+
+
+def _sink(port: int, ready, counter, ids_out) -> None:
+    """A minimal SMTP sink: answers 250 to everything, reads DATA in bulk, counts Message-IDs."""
+    import asyncio
+    import re
+
+    mid = re.compile(rb"\r\nMessage-ID: *(<[^>\r\n]*>)", re.I)
+    seen: set[bytes] = set()
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t, self.buf, self.in_data, self.scan = transport, b"", False, 0
+            transport.write(b"220 sink ESMTP\r\n")
+
+        def data_received(self, chunk):
+            self.buf += chunk
+            while True:
+                if self.in_data:
+                    end = self.buf.find(b"\r\n.\r\n", self.scan)
+                    if end < 0:
+                        self.scan = max(0, len(self.buf) - 4)
+                        return
+                    found = mid.search(self.buf, 0, min(end, 4096))
+                    seen.add(found.group(1) if found else b"?")
+                    self.buf, self.in_data, self.scan = self.buf[end + 5 :], False, 0
+                    with counter.get_lock():
+                        counter.value += 1
+                    self.t.write(b"250 OK\r\n")
+                    continue
+                eol = self.buf.find(b"\r\n")
+                if eol < 0:
+                    return
+                verb, self.buf = self.buf[:4].upper(), self.buf[eol + 2 :]
+                if verb == b"EHLO":
+                    self.t.write(b"250-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                elif verb == b"DATA":
+                    self.in_data = True
+                    self.t.write(b"354 go ahead\r\n")
+                elif verb == b"QUIT":
+                    self.t.write(b"221 bye\r\n")
+                    self.t.close()
+                    return
+                else:
+                    self.t.write(b"250 OK\r\n")
+
+    async def serve():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Sink, "127.0.0.1", port)
+        ready.set()
+        async with server:
+            while True:
+                await asyncio.sleep(0.2)
+                if ids_out.poll():
+                    ids_out.recv()
+                    ids_out.send(len(seen))
+                    seen.clear()
+
+    asyncio.run(serve())
+
+
+class Sink:
+    """The sink process: `count` messages so far, `distinct()` Message-IDs since the last call."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.counter = mp.Value("l", 0)
+        ready = mp.Event()
+        self.pipe, child = mp.Pipe()
+        self.proc = mp.Process(
+            target=_sink, args=(self.port, ready, self.counter, child), daemon=True
+        )
+        self.proc.start()
+        if not ready.wait(20):
+            sys.exit("the SMTP sink did not start")
+
+    @property
+    def count(self) -> int:
+        return self.counter.value
+
+    def distinct(self) -> int:
+        self.pipe.send("ids")
+        return self.pipe.recv()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+class Cluster:
+    """A throwaway PostgreSQL cluster with default (durable) settings on a free loopback port."""
+
+    def __init__(self) -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            sys.exit("no PostgreSQL server binaries; set DIGEST_BENCH_POSTGRES_URL or skip it")
+        self.bindir = Path(found[-1]).parent
+        self.root = Path(tempfile.mkdtemp(prefix="digest-bench-pg-"))
+        self.user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        if self.user:
+            os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
+
+    def _run(self, *args: str) -> None:
+        cmd = list(args)
+        if self.user:
+            cmd = ["runuser", "-u", self.user.pw_name, "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> str:
+        data = str(self.root / "data")
+        self._run(str(self.bindir / "initdb"), "-D", data, "-U", "postgres", "--auth=trust",
+                  "-E", "UTF8", "--no-locale")  # fmt: skip
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        opts = f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=50"
+        self._run(str(self.bindir / "pg_ctl"), "-D", data, "-l", str(self.root / "log"),
+                  "-o", opts, "-w", "start")  # fmt: skip
+        return f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+
+    def stop(self) -> None:
+        try:
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast",
+                      "stop")  # fmt: skip
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def fresh_database(server_url: str) -> str:
+    """A new empty database on the server; its URL."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    name = f"digest_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+# --- stages (each in a child process) ------------------------------------------------------------
+
+
+def _settings(workdir: Path, url: str, port: int):
+    import tomli_w
+
+    from digest.config import build_settings
+
+    data = {
+        "database": {"url": url},
+        "inbox": {"settle_seconds": 0},
+        "mail": {"transport": "smtp"},
+        "smtp": {"host": "127.0.0.1", "port": port},
+    }
+    (workdir / "settings.toml").write_text(tomli_w.dumps(data), encoding="utf-8")
+    return build_settings(data, root=workdir)
+
+
+def stage_ingest(settings, workdir: Path, _n: int) -> dict:
+    from digest.ingest import ingest_files
+    from digest.store import Store
+
+    files = sorted(DUMPS.glob("*.txt"))
+    with Store.open(settings.database.url) as store:
+        start = time.perf_counter()
+        report = ingest_files(store, settings, files, quiet=True)
+        seconds = time.perf_counter() - start
+        papers = store.count_papers()
+    assert not report.failures, report.failures
+    return {"seconds": seconds, "papers": papers, "files": len(files)}
+
+
+def profiles(n: int, seed: int = 7) -> list[str]:
+    """Keyword profiles of 1-4 alternatives whose words each match a few stored papers, drawn
+    until the alternatives' paper counts add up to about 10 (so ~10 papers per digest)."""
+    from digest.parse import parse_file
+    from digest.text import words
+
+    papers = {}
+    for path in sorted(DUMPS.glob("*.txt")):
+        for p in parse_file(path).papers:
+            papers.setdefault(p.key, p)
+    df: dict[str, int] = {}
+    form: dict[str, str] = {}
+    for p in papers.values():
+        stems, norms = words(f"{p.title} {p.abstract}")
+        for s, w in zip(stems, norms, strict=True):
+            if w.isalpha() and len(w) > 3:
+                form.setdefault(s, w)
+        for s in set(stems):
+            df[s] = df.get(s, 0) + 1
+    vocab = sorted(s for s, d in df.items() if 2 <= d <= 8 and s in form)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        chosen, total = [], 0
+        while total < 9 and len(chosen) < 4:
+            s = rng.choice(vocab)
+            chosen.append(form[s])
+            total += df[s]
+        out.append(", ".join(chosen))
+    return out
+
+
+def stage_subscribers(settings, workdir: Path, n: int) -> dict:
+    from datetime import UTC, datetime, timedelta
+
+    from digest.models import Subscriber, Topic
+    from digest.store import Store
+
+    since = datetime.now(UTC) - timedelta(days=2)
+    start = time.perf_counter()
+    queries = profiles(n)
+    subs = [
+        Subscriber(
+            id=0,
+            email=f"reader{i:06d}@example.org",
+            name=f"Reader {i}",
+            status="active",
+            cadence="daily",
+            time="08:00",
+            tz="UTC",
+            weekday=0,
+            created_at=since,
+            token=f"bench-token-{i:06d}",
+            topics=(Topic("Interests", q),),
+            since=since,
+        )
+        for i, q in enumerate(queries)
+    ]
+    with Store.open(settings.database.url) as store:
+        for chunk in range(0, n, 20_000):
+            store.insert_subscribers(subs[chunk : chunk + 20_000])
+    return {"seconds": time.perf_counter() - start}
+
+
+def stage_queue(settings, workdir: Path, _n: int) -> dict:
+    """match (plan_digests) and record (record_plans), timed apart; what queue_digests does."""
+    from datetime import UTC, datetime, timedelta
+
+    from digest.mail import make_message_id
+    from digest.outbox import plan_digests
+    from digest.store import Store
+
+    now = datetime.now(UTC) - timedelta(hours=T0_OFFSET_HOURS)
+    with Store.open(settings.database.url) as store:
+        start = time.perf_counter()
+        plans, _papers = plan_digests(store, settings, now=now, force=True)
+        match = time.perf_counter() - start
+        start = time.perf_counter()
+        store.record_plans(
+            [(p.state.subscriber.id, p.kind, p.items, p.watermark, p.slot) for p in plans],
+            now=now,
+            message_id=lambda i: make_message_id(i, settings),
+        )
+        record = time.perf_counter() - start
+    items = [len(p.items) for p in plans if p.items]
+    return {
+        "match_seconds": match,
+        "record_seconds": record,
+        "digests": len(items),
+        "papers_per_digest": sum(items) / max(1, len(items)),
+    }
+
+
+def stage_render(settings, workdir: Path, n: int) -> dict:
+    """Render (and build) a sample of recorded digests without sending: the render share."""
+    from digest.links import LinkSigner, links_for, secret_key
+    from digest.mail import MessageBuilder
+    from digest.outbox import build_digest
+    from digest.render import Renderer
+    from digest.store import Store
+
+    with Store.open(settings.database.url) as store:
+        ids = store.digest_ids_by_status("queued")[:n]
+        records = store.digest_records(ids)
+        renderer, builder = Renderer(settings), MessageBuilder(settings)
+        signer = LinkSigner(secret_key(store, settings))
+        start = time.perf_counter()
+        for i in ids:
+            digest = build_digest(store, i, records[i])
+            links = links_for(settings, signer, digest.subscriber)
+            builder.build(renderer.render(digest, links), digest, links)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "messages": len(ids)}
+
+
+STAGES = {
+    "ingest": stage_ingest,
+    "subscribers": stage_subscribers,
+    "queue": stage_queue,
+    "render": stage_render,
+}
+
+
+def run_child(stage: str, workdir: Path, url: str, port: int, n: int) -> dict:
+    """Run one stage in a child process; its JSON result plus its peak memory (MB)."""
+    cmd = [sys.executable, __file__, "--stage", stage, "--workdir", str(workdir), "--url", url,
+           "--port", str(port), "--n", str(n)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, check=False)
+    if done.returncode:
+        sys.exit(f"stage {stage} failed:\n{done.stderr.decode()[-3000:]}")
+    # The child reports its own ru_maxrss (RUSAGE_SELF) on its last line.
+    result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    result["peak_mb"] = result.pop("maxrss_kb") / 1024
+    return result
+
+
+def run_workers(workdir: Path, count: int, expected: int, sink: Sink, batch: int) -> dict:
+    """Start `count` workers with --idle-exit; wall time to the last exit and each one's peak."""
+    before = sink.count
+    cmd = [str(DIGEST_BIN), "-q", "--config", str(workdir / "settings.toml"), "worker",
+           "--idle-exit", "--poll", "0.2", "--batch", str(batch)]  # fmt: skip
+    start = time.perf_counter()
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for _ in range(count)]
+    peaks = []
+    for proc in procs:
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            sys.exit(f"a worker exited with status {proc.returncode}")
+        peaks.append(usage.ru_maxrss / 1024)
+    seconds = time.perf_counter() - start
+    time.sleep(0.3)  # the sink's counter lags the last 250 by a hair
+    sent = sink.count - before
+    distinct = sink.distinct()
+    if sent != expected or distinct != expected:
+        print(f"  WARNING: expected {expected} messages, sink got {sent} ({distinct} distinct ids)")
+    return {"seconds": seconds, "sent": sent, "distinct": distinct, "peaks_mb": peaks}
+
+
+# --- driver --------------------------------------------------------------------------------------
+
+
+def one_cycle(engine: str, size: int, workers: int, server: str | None, sink: Sink, args) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="digest-cycle-"))
+    try:
+        url = f"sqlite:///{workdir / 'digest.db'}" if engine == "sqlite" else fresh_database(server)
+        _settings(workdir, url, sink.port)
+        row: dict = {"engine": engine, "subscribers": size, "workers": workers}
+        row["ingest"] = run_child("ingest", workdir, url, sink.port, size)
+        row["subscribers_setup"] = run_child("subscribers", workdir, url, sink.port, size)
+        row["queue"] = run_child("queue", workdir, url, sink.port, size)
+        row["render"] = run_child("render", workdir, url, sink.port, args.render_sample)
+        row["deliver"] = run_workers(workdir, workers, row["queue"]["digests"], sink, args.batch)
+        return row
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def show(row: dict) -> str:
+    q, d, r = row["queue"], row["deliver"], row["render"]
+    rate = d["sent"] / d["seconds"]
+    total = row["ingest"]["seconds"] + q["match_seconds"] + q["record_seconds"] + d["seconds"]
+    peaks = [row["ingest"]["peak_mb"], q["peak_mb"], r["peak_mb"], *d["peaks_mb"]]
+    return (
+        f"| {row['engine']} | {row['subscribers']:,} | {row['workers']} "
+        f"| {row['ingest']['seconds']:.2f} | {q['match_seconds']:.2f} | {q['record_seconds']:.2f} "
+        f"| {r['messages'] / r['seconds']:,.0f} | {d['seconds']:.1f} | {rate:,.0f} "
+        f"| {total:.1f} | {q['papers_per_digest']:.1f} "
+        f"| {row['ingest']['peak_mb']:.0f} / {q['peak_mb']:.0f} / "
+        f"{'+'.join(f'{m:.0f}' for m in d['peaks_mb'])} | {max(peaks):.0f} |"
+    )
+
+
+HEADER = (
+    "| engine | subscribers | workers | ingest s | match s | record s | render msg/s (1 core) "
+    "| deliver s | deliver msg/s | cycle s | papers/digest | peak MB ingest / queue / workers "
+    "| max peak MB |\n|" + " --- |" * 13
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--engines", default="sqlite,postgresql")
+    ap.add_argument("--workers", default="1,3", help="worker counts for PostgreSQL (SQLite: 1)")
+    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--render-sample", type=int, default=2000)
+    ap.add_argument("--json", metavar="FILE", help="also write the raw figures here")
+    ap.add_argument("--stage", help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.stage:  # a child: run one stage, print its figures as the last line
+        import resource
+
+        from digest.config import build_settings
+
+        settings = build_settings(
+            {
+                "database": {"url": args.url},
+                "inbox": {"settle_seconds": 0},
+                "mail": {"transport": "smtp"},
+                "smtp": {"host": "127.0.0.1", "port": args.port},
+            },
+            root=Path(args.workdir),
+        )
+        result = STAGES[args.stage](settings, Path(args.workdir), args.n)
+        result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps(result))
+        return
+
+    if not DUMPS.is_dir():
+        sys.exit(f"the shared dumps are needed: {DUMPS}")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    engines = args.engines.split(",")
+    counts = [int(c) for c in args.workers.split(",")]
+    print(f"machine: {os.cpu_count()} CPUs (nproc), Python {platform.python_version()}, "
+          f"{platform.platform()}")  # fmt: skip
+    cluster, server = None, os.environ.get("DIGEST_BENCH_POSTGRES_URL")
+    if "postgresql" in engines and not server:
+        cluster = Cluster()
+        server = cluster.start()
+    sink = Sink()
+    rows = []
+    try:
+        print(HEADER)
+        for size in sizes:
+            for engine in engines:
+                for workers in counts if engine == "postgresql" else [1]:
+                    row = one_cycle(engine, size, workers, server, sink, args)
+                    rows.append(row)
+                    print(show(row), flush=True)
+    finally:
+        sink.stop()
+        if cluster:
+            cluster.stop()
+    for size in sizes:
+        rate = {
+            r["workers"]: r["deliver"]["sent"] / r["deliver"]["seconds"]
+            for r in rows
+            if r["engine"] == "postgresql" and r["subscribers"] == size
+        }
+        if 1 in rate and 3 in rate:
+            print(f"PostgreSQL, {size:,} subscribers: 3 workers deliver at "
+                  f"{rate[3] / rate[1]:.2f}x one worker")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""`digest worker`: a send-queue worker; run any number of them against one PostgreSQL database.
+
+Each worker loops claim -> render -> send -> mark: it claims a batch of queued email digests with a
+lease (on PostgreSQL `SELECT ... FOR UPDATE SKIP LOCKED`, so workers never wait on each other's
+rows), renders and sends each one, and marks the outcome in the ledger. A worker killed mid-batch
+leaves its claims to lapse with the lease; another worker then takes them. Only the message that
+was in flight may be sent twice, under its own Message-ID. The worker never queues digests: the
+scheduler (`digest run`, one per database) does that. On SQLite the command works too, as a
+single worker (write transactions serialise claimers).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from digest.config import Settings
+from digest.mail import Transport, make_transport
+from digest.outbox import Clock, DeliveryReport, deliver_queued, utcnow, worker_name
+from digest.pipeline import make_sender
+from digest.store import Store
+
+log = logging.getLogger(__name__)
+
+TransportFactory = Callable[[Settings], Transport]
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker claims and when it stops."""
+
+    batch: int = 50  # digests claimed per transaction
+    lease: float = 600.0  # seconds a claim holds before another worker may take it
+    poll: float = 5.0  # seconds to wait when the queue is empty
+    idle_exit: bool = False  # exit once nothing is queued or in flight (tests, cron)
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did over its life."""
+
+    name: str
+    passes: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    bounced: int = 0
+    seconds: float = 0.0
+
+    def add(self, delivery: DeliveryReport) -> None:
+        """Fold one delivery pass into the totals."""
+        self.passes += 1
+        self.sent += delivery.sent
+        self.retried += delivery.retried
+        self.failed += delivery.failed
+        self.bounced += delivery.bounced
+
+    def summary(self) -> str:
+        rate = self.sent / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"worker {self.name}: {self.sent} sent, {self.retried} to retry, {self.failed} "
+            f"failed, {self.bounced} bounced in {self.seconds:.1f} s ({rate:.0f} messages/s)"
+        )
+
+
+def queue_idle(store: Store) -> bool:
+    """True when no email digest is queued or in flight: nothing a worker could ever claim.
+
+    A digest another worker holds ('sending') counts as work: if that worker dies, its claim
+    lapses and this one must take it, so an idle-exit worker waits for it.
+    """
+    counts = store.digest_status_counts()
+    return not (counts["queued"] or counts["sending"])
+
+
+def run_worker(
+    store: Store,
+    settings: Settings,
+    *,
+    options: WorkerOptions = WorkerOptions(),
+    stop: threading.Event | None = None,
+    clock: Clock = utcnow,
+    transport_factory: TransportFactory = make_transport,
+    name: str | None = None,
+) -> WorkerReport:
+    """Claim, render, send and mark queued digests until `stop` is set (or idle, with idle_exit).
+
+    Setting `stop` (SIGTERM/SIGINT in the CLI) lets the message in flight finish and gives the
+    rest of the claimed batch back to the queue at once.
+    """
+    stop = stop or threading.Event()
+    report = WorkerReport(name=name or worker_name())
+    started = time.monotonic()
+    transport = transport_factory(settings)
+    try:
+        send_one = make_sender(store, settings, transport)
+        while not stop.is_set():
+            delivery = deliver_queued(
+                store,
+                settings,
+                send_one,
+                clock=clock,
+                worker=report.name,
+                batch=options.batch,
+                lease=timedelta(seconds=options.lease),
+                stop=stop,
+            )
+            report.add(delivery)
+            for error in delivery.errors:
+                log.warning("%s", error)
+            if delivery.sent or delivery.retried or delivery.failed or delivery.bounced:
+                log.info("pass: %s", delivery.summary())
+                continue  # the queue may have grown meanwhile: claim again before waiting
+            if options.idle_exit and queue_idle(store):
+                break
+            # Nothing claimable now: retries not yet due, or claims of other workers whose
+            # lease has not lapsed. Wait, but wake at once on a stop.
+            stop.wait(options.poll)
+    finally:
+        # A TransportError (our own login, TLS or sender is wrong) ends the worker through
+        # here: the claims of its pass lapse with the lease; the failed attempt delivered nothing.
+        transport.close()
+        report.seconds = time.monotonic() - started
+    return report
