@@ -299,7 +299,7 @@ def stage_queue(settings, workdir: Path, _n: int) -> dict:
         match = time.perf_counter() - start
         start = time.perf_counter()
         store.record_plans(
-            [(p.state.subscriber.id, p.kind, p.items, p.watermark, p.slot) for p in plans],
+            [plan.progress() for plan in plans],
             now=now,
             message_id=lambda i: make_message_id(i, settings),
         )
@@ -363,20 +363,28 @@ def run_workers(workdir: Path, count: int, expected: int, sink: Sink, batch: int
            "--idle-exit", "--poll", "0.2", "--batch", str(batch)]  # fmt: skip
     start = time.perf_counter()
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for _ in range(count)]
-    peaks = []
+    peaks: list[float] = []
+    cpu: list[float] = []
     for proc in procs:
         _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode:
             sys.exit(f"a worker exited with status {proc.returncode}")
         peaks.append(usage.ru_maxrss / 1024)
+        cpu.append(usage.ru_utime + usage.ru_stime)
     seconds = time.perf_counter() - start
     time.sleep(0.3)  # the sink's counter lags the last 250 by a hair
     sent = sink.count - before
     distinct = sink.distinct()
     if sent != expected or distinct != expected:
         print(f"  WARNING: expected {expected} messages, sink got {sent} ({distinct} distinct ids)")
-    return {"seconds": seconds, "sent": sent, "distinct": distinct, "peaks_mb": peaks}
+    return {
+        "seconds": seconds,
+        "sent": sent,
+        "distinct": distinct,
+        "peaks_mb": peaks,
+        "cpu_seconds": cpu,
+    }
 
 
 # --- driver --------------------------------------------------------------------------------------

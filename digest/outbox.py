@@ -24,7 +24,7 @@ from digest.mail import PermanentDeliveryError, TemporaryDeliveryError, make_mes
 from digest.match import PaperIndex, highlight_spans, match_profiles
 from digest.models import Digest, DigestItem, Match, StoredPaper
 from digest.query import Query, compile_query
-from digest.schedule import is_due, latest_slot
+from digest.schedule import is_due, latest_slot, next_slot
 from digest.store import DeliveryState, DigestRecord, LedgerItem, Store
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,12 @@ class Plan:
     def kind(self) -> str:
         return "feed" if self.state.subscriber.cadence == "feed" else "email"
 
+    def progress(self) -> tuple[int, str, list[LedgerItem], int, datetime, datetime | None]:
+        """The row `Store.record_plans` takes: who, what, and when they are next due."""
+        sub = self.state.subscriber
+        upcoming = next_slot(sub, self.slot) if sub.cadence in ("daily", "weekly") else None
+        return (sub.id, self.kind, self.items, self.watermark, self.slot, upcoming)
+
 
 def plan_digests(
     store: Store,
@@ -83,7 +89,7 @@ def plan_digests(
     wanted = set(only) if only is not None else None
     states = [
         s
-        for s in store.subscribers_for_delivery()
+        for s in store.subscribers_for_delivery(due_at=None if force else now)
         if (wanted is None or s.subscriber.id in wanted)
         and (force or is_due(s.subscriber, now, s.last_slot))
     ]
@@ -118,7 +124,7 @@ def queue_digests(
     plans, by_id = plan_digests(store, settings, now=now, force=force)
     report = QueueReport(due=len(plans), papers=len(by_id))
     store.record_plans(
-        [(p.state.subscriber.id, p.kind, p.items, p.watermark, p.slot) for p in plans],
+        [plan.progress() for plan in plans],
         now=now,
         message_id=lambda digest_id: make_message_id(digest_id, settings),
     )

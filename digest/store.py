@@ -184,11 +184,15 @@ subscribers = Table(
     Column("watermark", Integer, nullable=False, server_default="0"),
     # The delivery slot last handled (schedule.latest_slot), so each slot is served once.
     Column("last_slot", UtcDateTime),
+    # When a daily/weekly subscriber can next be due (NULL: check at once); lets the per-minute
+    # due job read only the subscribers whose time has come instead of all of them.
+    Column("next_due_at", UtcDateTime),
     CheckConstraint(f"status IN ({_in(STATUSES)})", name="ck_subscribers_status"),
     CheckConstraint(f"cadence IN ({_in(CADENCES)})", name="ck_subscribers_cadence"),
     CheckConstraint("weekday BETWEEN 0 AND 6", name="ck_subscribers_weekday"),
 )
 Index("ix_subscribers_status", subscribers.c.status)
+Index("ix_subscribers_due", subscribers.c.status, subscribers.c.next_due_at)
 
 topics = Table(
     "topics",
@@ -875,6 +879,8 @@ class Store:
         if values.get("since") is not None:
             values["since"] = _utc(values["since"])
         values["updated_at"] = datetime.now(UTC)
+        if {"status", "cadence", "time", "tz", "weekday"} & set(fields):
+            values["next_due_at"] = None  # the schedule changed: work the next slot out again
         try:
             with self._write() as conn:
                 done = conn.execute(
@@ -897,7 +903,7 @@ class Store:
             done = conn.execute(
                 update(subscribers)
                 .where(subscribers.c.id == subscriber_id)
-                .values(status=status, updated_at=datetime.now(UTC))
+                .values(status=status, next_due_at=None, updated_at=datetime.now(UTC))
             ).rowcount
             if done and reset_watermark:
                 top = conn.scalar(select(func.max(papers.c.id))) or 0
@@ -1117,22 +1123,36 @@ class Store:
 
     # -- outbox --
 
-    def subscribers_for_delivery(self) -> list[DeliveryState]:
-        """Active subscribers with topics, each with their paper watermark and last slot."""
-        with self._read() as conn:
-            rows = list(
-                conn.execute(
-                    select(subscribers)
-                    .where(subscribers.c.status == "active")
-                    .order_by(subscribers.c.id)
+    def subscribers_for_delivery(self, *, due_at: datetime | None = None) -> list[DeliveryState]:
+        """Active subscribers with topics, each with their paper watermark and last slot.
+
+        With `due_at`, only those who may be due then: instant and feed subscribers with papers
+        stored after their watermark, daily and weekly ones whose next slot has come.
+        """
+        wanted = subscribers.c.status == "active"
+        if due_at is not None:
+            newest = select(func.max(papers.c.id)).scalar_subquery()
+            wanted = wanted & (
+                (
+                    subscribers.c.cadence.in_(("instant", "feed"))
+                    & (subscribers.c.watermark < func.coalesce(newest, 0))
+                )
+                | (
+                    subscribers.c.cadence.in_(("daily", "weekly"))
+                    & (
+                        subscribers.c.next_due_at.is_(None)
+                        | (subscribers.c.next_due_at <= _utc(due_at))
+                    )
                 )
             )
-            # One pass over topics instead of chunked IN lists: every active subscriber is wanted.
+        with self._read() as conn:
+            rows = list(conn.execute(select(subscribers).where(wanted).order_by(subscribers.c.id)))
+            # One pass over topics instead of chunked IN lists when (nearly) everyone is wanted.
             found: dict[int, list[Topic]] = {}
             for row in conn.execute(
                 select(topics.c.subscriber_id, topics.c.name, topics.c.query)
                 .join(subscribers, subscribers.c.id == topics.c.subscriber_id)
-                .where(subscribers.c.status == "active")
+                .where(wanted)
                 .order_by(topics.c.subscriber_id, topics.c.position)
             ):
                 found.setdefault(row.subscriber_id, []).append(Topic(row.name, row.query))
@@ -1171,13 +1191,13 @@ class Store:
 
     def record_plans(
         self,
-        plans: Sequence[tuple[int, str, Sequence[LedgerItem], int, datetime]],
+        plans: Sequence[tuple[int, str, Sequence[LedgerItem], int, datetime, datetime | None]],
         *,
         now: datetime,
         message_id: Callable[[int], str],
         chunk: int = 500,
     ) -> list[int]:
-        """Record digests and subscriber progress: (subscriber_id, kind, items, watermark, slot).
+        """Record digests and progress: (subscriber_id, kind, items, watermark, slot, next_due).
 
         Each digest is written with its ledger rows and the subscriber's new watermark and slot
         in one transaction (several subscribers share one, for speed), so a crash leaves each
@@ -1197,7 +1217,7 @@ class Store:
                         conn, [(p[0], p[1], p[2]) for p in part if p[2]], now, message_id
                     )
                 )
-                self._advance_many(conn, [(p[0], p[3], p[4]) for p in part])
+                self._advance_many(conn, [(p[0], p[3], p[4], p[5]) for p in part])
         return created
 
     def _insert_digests(
@@ -1253,9 +1273,9 @@ class Store:
         return [ids[subscriber_id] for subscriber_id, _kind, _items in wanted]
 
     def _advance_many(
-        self, conn: Connection, progress: Sequence[tuple[int, int, datetime]]
+        self, conn: Connection, progress: Sequence[tuple[int, int, datetime, datetime | None]]
     ) -> None:
-        """Advance subscribers' watermarks and slots: (subscriber_id, watermark, slot)."""
+        """Advance subscribers: (subscriber_id, watermark, slot handled, next due time)."""
         if not progress:
             return
         larger = func.max if self.dialect == "sqlite" else func.greatest
@@ -1265,30 +1285,17 @@ class Store:
             .values(
                 watermark=larger(subscribers.c.watermark, bindparam("b_watermark")),
                 last_slot=bindparam("b_slot"),
+                next_due_at=bindparam("b_next"),
             ),
             [
-                {"b_id": sid, "b_watermark": watermark, "b_slot": _utc(slot)}
-                for sid, watermark, slot in progress
+                {
+                    "b_id": sid,
+                    "b_watermark": watermark,
+                    "b_slot": _utc(slot),
+                    "b_next": _utc(next_due) if next_due else None,
+                }
+                for sid, watermark, slot, next_due in progress
             ],
-        )
-
-    def advance_subscriber(self, subscriber_id: int, *, watermark: int, slot: datetime) -> None:
-        """Record that papers up to `watermark` and the slot `slot` were handled, with no digest."""
-        with self._write() as conn:
-            self._advance(conn, subscriber_id, watermark, slot)
-
-    def _advance(
-        self, conn: Connection, subscriber_id: int, watermark: int, slot: datetime
-    ) -> None:
-        conn.execute(
-            update(subscribers)
-            .where(subscribers.c.id == subscriber_id)
-            .values(
-                watermark=func.max(subscribers.c.watermark, watermark)
-                if self.dialect == "sqlite"
-                else func.greatest(subscribers.c.watermark, watermark),
-                last_slot=_utc(slot),
-            )
         )
 
     def claim_digests(
@@ -1350,6 +1357,26 @@ class Store:
                 )
                 .values(status="queued", claimed_by=None, lease_until=None)
             )
+
+    def claim_holders(self) -> list[str]:
+        """Who holds in-flight digests (`host:pid` of each sender with a claim)."""
+        with self._read() as conn:
+            return list(
+                conn.scalars(
+                    select(digests.c.claimed_by)
+                    .where(digests.c.status == "sending", digests.c.claimed_by.is_not(None))
+                    .distinct()
+                )
+            )
+
+    def release_claims_of(self, worker: str) -> int:
+        """Return a dead sender's in-flight digests to the queue at once (no lease wait)."""
+        with self._write() as conn:
+            return conn.execute(
+                update(digests)
+                .where(digests.c.status == "sending", digests.c.claimed_by == worker)
+                .values(status="queued", claimed_by=None, lease_until=None)
+            ).rowcount
 
     def release_all_claims(self) -> int:
         """Return every in-flight digest to the queue: only for the sole sender after a crash."""

@@ -308,3 +308,26 @@ def test_refused_recipient_inside_an_accepted_session_is_a_bounce(world) -> None
 
     report = deliver_step(store, settings, Refusing(), clock=lambda: T0)
     assert report.bounced == 1
+
+
+def test_the_due_job_reads_only_subscribers_whose_time_has_come(world) -> None:
+    store, settings = world
+    from digest.subscribers import edit_subscriber
+
+    _subscribe(store, settings, "daily@example.org", "latency", cadence="daily", time="09:00")
+    _subscribe(store, settings, "instant@example.org", "latency")
+
+    def due(at: datetime) -> set[str]:
+        return {s.subscriber.email for s in store.subscribers_for_delivery(due_at=at)}
+
+    # Nothing stored yet: the instant subscriber has nothing after their watermark.
+    assert due(T0) == {"daily@example.org"}  # never checked: its next slot is unknown
+    queue_digests(store, settings, now=T0)  # handles the 09:00 slot of 3 March; next: 4 March
+    assert due(T0) == set()
+    _ingest(store, settings, "ingest_day1.txt")
+    assert due(T0) == {"instant@example.org"}
+    queue_digests(store, settings, now=T0)
+    assert due(T0 + timedelta(minutes=1)) == set()
+    assert due(datetime(2026, 3, 4, 9, 0, tzinfo=UTC)) == {"daily@example.org"}
+    edit_subscriber(store, settings, "daily@example.org", time="06:00")
+    assert due(T0) == {"daily@example.org"}  # a schedule edit makes it check again
