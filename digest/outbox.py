@@ -198,6 +198,31 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def release_dead_claims(store: Store) -> int:
+    """Requeue at once the digests held by senders of this host that are no longer running.
+
+    A crashed sender on another machine cannot be checked from here: its claims wait for their
+    lease to lapse, so a live worker's message is never sent twice by a restarting daemon.
+    """
+    host = socket.gethostname()
+    released = 0
+    for holder in store.claim_holders():
+        name, _, pid = holder.rpartition(":")
+        if name == host and pid.isdigit() and not _alive(int(pid)):
+            released += store.release_claims_of(holder)
+    return released
+
+
 @dataclass
 class DeliveryReport:
     """What one delivery pass did."""

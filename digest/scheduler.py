@@ -46,7 +46,14 @@ from digest.daemon_lock import DaemonLock, daemon_lock, database_label, holder_t
 from digest.errors import DigestError
 from digest.ingest import IngestReport, ingest_inbox
 from digest.mail import Transport, make_transport
-from digest.outbox import Clock, DeliveryReport, QueueReport, queue_digests, utcnow
+from digest.outbox import (
+    Clock,
+    DeliveryReport,
+    QueueReport,
+    queue_digests,
+    release_dead_claims,
+    utcnow,
+)
 from digest.pipeline import CycleReport, deliver_step, run_cycle
 from digest.publish import FeedReport, write_feeds
 from digest.store import Store
@@ -365,7 +372,7 @@ class Daemon:
         """Take the lock (LockError if another daemon has it), then start the jobs."""
         self.lock.acquire()
         try:
-            requeued = self.store.release_all_claims()
+            requeued = release_dead_claims(self.store)
             if requeued:
                 log.warning(
                     "requeued %d digest(s) a previous run left in flight; they are resent "
@@ -579,7 +586,7 @@ def run_once(
     feeds); SIGTERM/SIGINT finish the message in flight and skip the rest of the sending."""
     stop = threading.Event()
     with daemon_lock(store, settings.database.url), stop_on_signals(stop):
-        requeued = store.release_all_claims()
+        requeued = release_dead_claims(store)
         if requeued:
             log.warning("requeued %d digest(s) a previous run left in flight", requeued)
         return run_cycle(store, settings, transport=transport, clock=clock, stop=stop, quiet=quiet)

@@ -331,3 +331,25 @@ def test_the_due_job_reads_only_subscribers_whose_time_has_come(world) -> None:
     assert due(datetime(2026, 3, 4, 9, 0, tzinfo=UTC)) == {"daily@example.org"}
     edit_subscriber(store, settings, "daily@example.org", time="06:00")
     assert due(T0) == {"daily@example.org"}  # a schedule edit makes it check again
+
+
+def test_a_restarting_daemon_releases_only_claims_of_dead_local_senders(world) -> None:
+    import os
+    import socket
+    import subprocess
+
+    from digest.outbox import release_dead_claims
+
+    store, settings = world
+    for name in ("a", "b", "c"):
+        _subscribe(store, settings, f"{name}@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    host = socket.gethostname()
+    lease = T0 + timedelta(hours=1)
+    for holder in (f"{host}:{proc.pid}", f"{host}:{os.getpid()}", "elsewhere:1"):
+        assert len(store.claim_digests(holder, limit=1, lease_until=lease, now=T0)) == 1
+    assert release_dead_claims(store) == 1  # only the dead local one
+    assert sorted(store.claim_holders()) == sorted([f"{host}:{os.getpid()}", "elsewhere:1"])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -331,6 +333,12 @@ def test_restart_after_downtime_sends_the_missed_slot_once_and_logs_the_missed_r
     assert any("stage=housekeeping papers=5" in m for m in logged)
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_a_digest_left_in_flight_by_a_crash_is_resent_with_its_message_id(
     world, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -341,10 +349,10 @@ def test_a_digest_left_in_flight_by_a_crash_is_resent_with_its_message_id(
                cadence="instant")  # fmt: skip
     _add_paper(store, 1)
     assert queue_digests(store, settings, now=now).queued == 1
-    # A previous daemon claimed it with a long lease, then died before marking it sent.
-    claimed = store.claim_digests(
-        "dead-host:1", limit=10, lease_until=now + timedelta(days=1), now=now
-    )
+    # A previous daemon on this host claimed it with a long lease, then died before marking it
+    # sent; a sender on another host keeps its claim until the lease lapses.
+    dead = f"{socket.gethostname()}:{_dead_pid()}"
+    claimed = store.claim_digests(dead, limit=10, lease_until=now + timedelta(days=1), now=now)
     message_id = store.digest_record(claimed[0]).message_id
     transport = RecordingTransport(clock)
     daemon = Daemon(settings, store, clock=clock, transport_factory=lambda s: transport)
