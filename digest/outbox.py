@@ -299,6 +299,11 @@ def deliver_queued(
                 report.bounced += 1
                 report.errors.append(f"{digest.subscriber.email}: {exc}")
                 log.warning("bounce for %s: %s", digest.subscriber.email, exc)
+            except Exception:
+                # Our side is broken (SMTP login refused, a bad template override...): give the
+                # rest of the batch back at once, untouched, and let the caller report it.
+                store.release_claims(claimed[position:], worker)
+                raise
             else:
                 store.mark_digest_sent(digest_id, now=clock())
                 report.sent += 1

@@ -353,3 +353,23 @@ def test_a_restarting_daemon_releases_only_claims_of_dead_local_senders(world) -
         assert len(store.claim_digests(holder, limit=1, lease_until=lease, now=T0)) == 1
     assert release_dead_claims(store) == 1  # only the dead local one
     assert sorted(store.claim_holders()) == sorted([f"{host}:{os.getpid()}", "elsewhere:1"])
+
+
+def test_a_transport_misconfiguration_stops_sending_and_bounces_nobody(world) -> None:
+    from digest.mail import TransportError
+
+    store, settings = world
+    for name in ("a", "b"):
+        _subscribe(store, settings, f"{name}@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+
+    class LoginRefused(Recorder):
+        def send(self, msg):  # type: ignore[override]
+            raise TransportError("smtp.example.org: 535 authentication failed (check smtp.user)")
+
+    with pytest.raises(TransportError):
+        deliver_step(store, settings, LoginRefused(), clock=lambda: T0)
+    counts = store.digest_status_counts()
+    assert counts["queued"] == 2 and counts["bounced"] == 0 and counts["sending"] == 0
+    assert deliver_step(store, settings, Recorder(), clock=lambda: T0).sent == 2
