@@ -114,7 +114,9 @@ class ScheduleSettings:
     default_tz: str = _opt("UTC", "Time zone of new subscribers (IANA name).")
     feeds_minutes: float = _opt(15.0, "How often the daemon rewrites the static feeds.")
     misfire_grace_seconds: int = _opt(
-        6 * 3600, "A digest missed while the daemon was down still runs if this late at most."
+        6 * 3600,
+        "A job that starts late while the daemon runs (machine suspended) still runs if this "
+        "late at most. Digests missed while the daemon was down are sent once at its start.",
     )
     shutdown_seconds: float = _opt(30.0, "On SIGTERM, finish the message in flight within this.")
 
