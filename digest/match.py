@@ -14,6 +14,7 @@ that matched are listed best first.
 
 from __future__ import annotations
 
+import functools
 import gc
 import heapq
 import itertools
@@ -609,13 +610,20 @@ def match_query(index: PaperIndex, query_text: str, limit: int | None = None) ->
     return out
 
 
+# Digests highlight the same few papers for many subscribers, each with their own words:
+# tokenising the abstract again for each was the largest cost of a send worker (profiled).
+@functools.lru_cache(maxsize=4096)
+def _highlight_tokens(text: str) -> tuple[textmod.Token, ...]:
+    return tuple(textmod.tokenize(text))
+
+
 def highlight_spans(
     text: str, queries: Query | str | Iterable[Query | str], field: str | None = None
 ) -> tuple[tuple[int, int], ...]:
     """Character spans in text of the queries' positive words (field: title or abstract)."""
     if isinstance(queries, (Query, str)):
         queries = (queries,)
-    toks = textmod.tokenize(text)
+    toks = _highlight_tokens(text)
     spans: list[tuple[int, int]] = []
     for q in queries:
         compiled = compile_query(q) if isinstance(q, str) else q
