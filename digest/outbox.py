@@ -86,20 +86,39 @@ def plan_digests(
     Pending: stored after the subscriber's watermark, first seen at or after their `since`, and
     not in their ledger. All profiles are matched against the batch at once.
     """
+    states = _due_states(store, now=now, force=force, only=only)
+    if not states:
+        return [], {}
+    papers = store.papers_after(min(s.watermark for s in states))
+    index = PaperIndex(papers) if papers else None
+    by_id = {p.id: p for p in papers}
+    return _plan_states(store, settings, states, papers, by_id, index, now), by_id
+
+
+def _due_states(
+    store: Store, *, now: datetime, force: bool, only: Sequence[int] | None
+) -> list[DeliveryState]:
     wanted = set(only) if only is not None else None
-    states = [
+    return [
         s
         for s in store.subscribers_for_delivery(due_at=None if force else now)
         if (wanted is None or s.subscriber.id in wanted)
         and (force or is_due(s.subscriber, now, s.last_slot))
     ]
-    if not states:
-        return [], {}
-    papers = store.papers_after(min(s.watermark for s in states))
-    by_id = {p.id: p for p in papers}
+
+
+def _plan_states(
+    store: Store,
+    settings: Settings,
+    states: Sequence[DeliveryState],
+    papers: Sequence[StoredPaper],
+    by_id: dict[int, StoredPaper],
+    index: PaperIndex | None,
+    now: datetime,
+) -> list[Plan]:
     top = papers[-1].id if papers else 0
     profiles = {s.subscriber.id: s.subscriber.topics for s in states if s.subscriber.topics}
-    results = match_profiles(PaperIndex(papers), profiles) if papers and profiles else {}
+    results = match_profiles(index, profiles) if index is not None and profiles else {}
     matched = sorted({m.paper_id for found in results.values() for m in found})
     delivered = store.delivered_pairs(sorted(results), matched) if results else set()
     plans = []
@@ -114,25 +133,41 @@ def plan_digests(
             and (sub.id, m.paper_id) not in delivered
         ][: settings.mail.max_papers]
         plans.append(Plan(s, items, max(top, s.watermark), latest_slot(sub, now)))
-    return plans, by_id
+    return plans
+
+
+# Subscribers matched and recorded at a time by queue_digests: bounds its memory (profiled: at
+# 100k subscribers, matching all at once held ~12 kB of match results per subscriber).
+QUEUE_CHUNK = 10_000
 
 
 def queue_digests(
     store: Store, settings: Settings, *, now: datetime, force: bool = False
 ) -> QueueReport:
-    """Plan the due digests and record them (ledger, Message-ID, status queued) atomically."""
-    plans, by_id = plan_digests(store, settings, now=now, force=force)
-    report = QueueReport(due=len(plans), papers=len(by_id))
-    store.record_plans(
-        [plan.progress() for plan in plans],
-        now=now,
-        message_id=lambda digest_id: make_message_id(digest_id, settings),
-    )
-    for plan in plans:
-        if plan.items and plan.kind == "feed":
-            report.feed_items += len(plan.items)
-        elif plan.items:
-            report.queued += 1
+    """Plan the due digests and record them (ledger, Message-ID, status queued) atomically,
+    a chunk of subscribers at a time against one index of the pending papers."""
+    states = _due_states(store, now=now, force=force, only=None)
+    report = QueueReport(due=len(states))
+    if not states:
+        return report
+    papers = store.papers_after(min(s.watermark for s in states))
+    index = PaperIndex(papers) if papers else None
+    by_id = {p.id: p for p in papers}
+    report.papers = len(by_id)
+    for start in range(0, len(states), QUEUE_CHUNK):
+        plans = _plan_states(
+            store, settings, states[start : start + QUEUE_CHUNK], papers, by_id, index, now
+        )
+        store.record_plans(
+            [plan.progress() for plan in plans],
+            now=now,
+            message_id=lambda digest_id: make_message_id(digest_id, settings),
+        )
+        for plan in plans:
+            if plan.items and plan.kind == "feed":
+                report.feed_items += len(plan.items)
+            elif plan.items:
+                report.queued += 1
     return report
 
 
