@@ -26,6 +26,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 
+import numpy as np
+
 from digest import text as textmod
 from digest.errors import QueryError
 from digest.models import Match, StoredPaper, Topic
@@ -66,6 +68,15 @@ def _build_bits(postings: dict[str, list[int]]) -> dict[str, int]:
             buf[i >> 3] |= 1 << (i & 7)
         out[key] = int.from_bytes(buf, "little")
     return out
+
+
+def _ranges(lo: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(lo[k], lo[k] + cnt[k]) for every k."""
+    total = int(cnt.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.cumsum(cnt) - cnt
+    return np.arange(total, dtype=np.int64) - np.repeat(starts - lo, cnt)
 
 
 def _merge_spans(spans: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
@@ -127,6 +138,9 @@ class PaperIndex:
         self.size = n
         self.all = (1 << n) - 1
         self._stems: list[tuple[tuple[str, ...], tuple[str, ...]]] = []  # (title, abstract)
+        vocab: dict[str, int] = {}
+        ids: tuple[list[int], list[int]] = ([], [])
+        lens: tuple[list[int], list[int]] = ([], [])
         self._norms: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
         posts: tuple[dict[str, list[int]], ...] = ({}, {}, {}, {})  # t stem, a stem, t/a norm
         # term frequencies aligned with the stem postings, for whole-vector BM25 weights
@@ -136,6 +150,12 @@ class PaperIndex:
             as_, an = textmod.words(p.abstract)
             self._stems.append((ts, as_))
             self._norms.append((tn, an))
+            for slot, seq in ((0, ts), (1, as_)):
+                for w in seq:
+                    if w not in vocab:
+                        vocab[w] = len(vocab)
+                ids[slot].extend(map(vocab.__getitem__, seq))
+                lens[slot].append(len(seq))
             for slot, seq in ((0, ts), (1, as_)):
                 d, tfd = posts[slot], self._tf[slot]
                 for w, c in Counter(seq).items():
@@ -166,6 +186,10 @@ class PaperIndex:
         self._avg_t = sum(self._tlen) / n if n else 1.0
         self._avg_a = sum(self._alen) / n if n else 1.0
         self._numbers = {name: self._cumulative(name) for name in ("upvotes", "authors")}
+        self._vocab = vocab
+        self._grams = tuple(self._gram_tables(ids[s], lens[s], len(vocab)) for s in (0, 1))
+        self._tnorm = 1 - B + B * np.asarray(self._tlen, dtype=np.float64) / self._avg_t
+        self._anorm = 1 - B + B * np.asarray(self._alen, dtype=np.float64) / self._avg_a
         # tie-break rank: more upvotes, then newer, then lower id first
         order = sorted(
             range(n),
@@ -178,6 +202,8 @@ class PaperIndex:
         self.rank = [0] * n
         for r, i in enumerate(order):
             self.rank[i] = r
+        self._by_rank = np.asarray(order, dtype=np.int64)
+        self._rank_arr = np.asarray(self.rank, dtype=np.int64)
         # per-index memos: bounded by this batch's papers and the queries run against it
         self._memo: dict[Node, int] = {}
         self._weights: dict[Node, dict[int, float]] = {}
@@ -187,6 +213,17 @@ class PaperIndex:
         self._positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
         self._bigrams: tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]] = ({}, {})
         self._spans: dict[tuple[Node, int], tuple[list, list]] = {}
+
+    def _gram_tables(self, ids: list[int], lens: list[int], nvocab: int) -> tuple:
+        """Sorted (word, paper) and (word pair, paper) keys of one field with their counts."""
+        n = max(1, self.size)
+        tok = np.asarray(ids, dtype=np.int64)
+        pap = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+        uni, uni_tf = np.unique(tok * n + pap, return_counts=True)
+        same = pap[:-1] == pap[1:]
+        pairs = (tok[:-1][same] * nvocab + tok[1:][same]) * n + pap[:-1][same]
+        bi, bi_tf = np.unique(pairs, return_counts=True)
+        return uni, uni_tf, bi, bi_tf
 
     def prime_phrases(self, phrases: Iterable[tuple[str, ...]]) -> None:
         """Index the adjacent word pairs of these phrases in one pass over the papers.
@@ -336,38 +373,99 @@ class PaperIndex:
     def weights(self, leaf: Node) -> dict[int, float]:
         """BM25F weight of a positive word/phrase/prefix leaf in every paper holding it."""
         ws = self._weights.get(leaf)
-        if ws is not None:
-            return ws
-        tt: dict[int, int] = {}
-        ta: dict[int, int] = {}
-        kind, arg, fld = leaf.kind, leaf.arg, leaf.field
-        if kind == "t":
-            for slot, acc, name in ((0, tt, "title"), (1, ta, "abstract")):
-                if fld in (None, name):
-                    idx = self._post[slot].get(arg)  # type: ignore[call-overload]
-                    if idx:
-                        acc.update(zip(idx, self._tf[slot][arg], strict=True))  # type: ignore[index]
-        else:
-            for i in bit_indices(self.bits(leaf)):
-                ts, as_ = (self._stems if kind == "p" else self._norms)[i]
-                for seq, acc, name in ((ts, tt, "title"), (as_, ta, "abstract")):
-                    if fld in (None, name):
-                        if kind == "p":
-                            c = _count_phrase(seq, arg)  # type: ignore[arg-type]
-                        else:
-                            c = sum(1 for x in seq if x.startswith(arg))  # type: ignore[arg-type]
-                        if c:
-                            acc[i] = c
-        idf = self._idf_of(leaf)
-        tlen, alen, at, aa = self._tlen, self._alen, self._avg_t, self._avg_a
-        ws = {}
-        for i in tt.keys() | ta.keys():
-            tf = TITLE_WEIGHT * tt.get(i, 0) / (1 - B + B * tlen[i] / at) + ta.get(i, 0) / (
-                1 - B + B * alen[i] / aa
-            )
-            ws[i] = idf * tf * (K1 + 1) / (K1 + tf)
-        self._weights[leaf] = ws
+        if ws is None:
+            _ptr, papers, w = self.postings([leaf])
+            ws = self._weights[leaf] = dict(zip(papers.tolist(), w.tolist(), strict=True))
         return ws
+
+    def postings(self, leaves: Sequence[Node]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Word/phrase/prefix leaves as CSR: offsets, papers (ascending) and BM25F weights.
+
+        Words and two-word phrases are looked up for all leaves at once in the sorted (word,
+        paper) and (word pair, paper) tables; longer phrases and prefixes are counted paper by
+        paper on the papers their bitset names.
+        """
+        n, nl = max(1, self.size), len(leaves)
+        nv, vocab = len(self._vocab), self._vocab
+        leaf_parts, pap_parts, tf_parts, slot_parts = [], [], [], []
+        slow = [
+            (j, x)
+            for j, x in enumerate(leaves)
+            if x.kind == "x" or (x.kind == "p" and len(x.arg) > 2)  # type: ignore[arg-type]
+        ]
+        for slot, name in ((0, "title"), (1, "abstract")):
+            uni, uni_tf, bi, bi_tf = self._grams[slot]
+            wl: list[int] = []
+            wk: list[int] = []
+            pl: list[int] = []
+            pk: list[int] = []
+            for j, leaf in enumerate(leaves):
+                if leaf.field not in (None, name):
+                    continue
+                kind, arg = leaf.kind, leaf.arg
+                if kind == "t":
+                    tid = vocab.get(arg)  # type: ignore[call-overload]
+                    if tid is not None:
+                        wl.append(j)
+                        wk.append(tid)
+                elif kind == "p" and len(arg) == 2:  # type: ignore[arg-type]
+                    a, b = vocab.get(arg[0]), vocab.get(arg[1])  # type: ignore[index]
+                    if a is not None and b is not None:
+                        pl.append(j)
+                        pk.append(a * nv + b)
+            for lj, keys, table, tf in ((wl, wk, uni, uni_tf), (pl, pk, bi, bi_tf)):
+                if not lj:
+                    continue
+                k = np.asarray(keys, dtype=np.int64) * n
+                lo = np.searchsorted(table, k)
+                cnt = np.searchsorted(table, k + n) - lo
+                idx = _ranges(lo, cnt)
+                leaf_parts.append(np.repeat(np.asarray(lj, dtype=np.int64), cnt))
+                pap_parts.append(table[idx] - np.repeat(k, cnt))
+                tf_parts.append(tf[idx])
+                slot_parts.append(np.full(len(idx), slot, dtype=np.int8))
+        if slow:
+            sl, sp, st, ss = self._slow_counts(slow)
+            leaf_parts.append(sl)
+            pap_parts.append(sp)
+            tf_parts.append(st)
+            slot_parts.append(ss)
+        if not leaf_parts:
+            return np.zeros(nl + 1, dtype=np.int64), np.zeros(0, np.int64), np.zeros(0)
+        leaf = np.concatenate(leaf_parts)
+        keys, inv = np.unique(leaf * n + np.concatenate(pap_parts), return_inverse=True)
+        tf = np.concatenate(tf_parts).astype(np.float64)
+        title = np.concatenate(slot_parts) == 0
+        tt = np.bincount(inv, weights=np.where(title, tf, 0.0), minlength=len(keys))
+        ta = np.bincount(inv, weights=np.where(title, 0.0, tf), minlength=len(keys))
+        leaf_of, papers = np.divmod(keys, n)
+        ptr = np.searchsorted(leaf_of, np.arange(nl + 1))
+        df = np.diff(ptr).tolist()
+        size = self.size
+        idf = np.asarray([math.log(1.0 + (size - d + 0.5) / (d + 0.5)) for d in df])
+        tfw = TITLE_WEIGHT * tt / self._tnorm[papers] + ta / self._anorm[papers]
+        w = idf[leaf_of] * tfw * (K1 + 1) / (K1 + tfw)
+        return ptr, papers, w
+
+    def _slow_counts(self, slow: list[tuple[int, Node]]) -> tuple[np.ndarray, ...]:
+        """(leaf, paper, count, slot) rows for long phrases and prefixes, counted in Python."""
+        out: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
+        for j, leaf in slow:
+            kind, arg, fld = leaf.kind, leaf.arg, leaf.field
+            for i in bit_indices(self.bits(leaf)):
+                pair = (self._stems if kind == "p" else self._norms)[i]
+                for slot, name in ((0, "title"), (1, "abstract")):
+                    if fld not in (None, name):
+                        continue
+                    seq = pair[slot]
+                    if kind == "p":
+                        c = _count_phrase(seq, arg)  # type: ignore[arg-type]
+                    else:
+                        c = sum(1 for x in seq if x.startswith(arg))  # type: ignore[arg-type]
+                    if c:
+                        for lst, v in zip(out, (j, i, c, slot), strict=True):
+                            lst.append(v)
+        return tuple(np.asarray(x, dtype=np.int64) for x in out)
 
     def weight(self, leaf: Node, i: int) -> float:
         """BM25F weight of one positive leaf in paper i (0 if absent)."""
@@ -515,47 +613,282 @@ def _compile(text: str) -> Query | None:
         return None
 
 
-def _single_topic(index: PaperIndex, topic: Topic, limit: int | None) -> list[Match]:
-    query = _compile(topic.query)
-    if query is None:
-        return []
-    names = (topic.name,)
-    papers = index.papers
-    out = []
-    for score, i in index.ranked(query, limit):
-        terms, ts, as_ = index.highlights(query.terms, i)
-        out.append(Match(papers[i].id, round(score, 6), names, terms, ts, as_))
-    return out
+_SCORE_BITS = 32  # scores are ranked in micro-units (Match.score keeps 6 decimals)
+_SCORE_MAX = (1 << _SCORE_BITS) - 1
+_LIT_BUDGET = 1 << 21  # literal bitset words gathered per chunk (16 MB; bounds pair arrays too)
 
 
-def _multi_topic(index: PaperIndex, topics: Sequence[Topic], limit: int | None) -> list[Match]:
-    compiled = [(t, q) for t in topics if (q := _compile(t.query)) is not None]
-    best: dict[int, float] = {}
-    for _t, q in compiled:
-        for score, i in index.ranked(q, limit):
-            if score > best.get(i, -1.0):
-                best[i] = score
-    rank = index.rank
-    chosen = sorted(best, key=lambda i: (-best[i], rank[i]))
-    if limit is not None:
-        chosen = chosen[:limit]
-    out = []
-    for i in chosen:
+def _bitset_rows(ptr: np.ndarray, papers: np.ndarray, words: int) -> np.ndarray:
+    """One row of uint64 bitset words per CSR row."""
+    nrows = len(ptr) - 1
+    out = np.zeros(nrows * words, dtype=np.uint64)
+    if len(papers):
+        row = np.repeat(np.arange(nrows, dtype=np.int64), np.diff(ptr))
+        word = row * words + (papers >> 6)
+        bit = np.left_shift(np.uint64(1), (papers & 63).astype(np.uint64))
+        starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])
+        out[word[starts]] = np.bitwise_or.reduceat(bit, starts)
+    return out.reshape(nrows, words)
+
+
+def _int_row(x: int, words: int) -> np.ndarray:
+    return np.frombuffer(x.to_bytes(words * 8, "little"), dtype=np.uint64)
+
+
+def _set_bits(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, bit position) of every set bit of a matrix of uint64 words, in no fixed order."""
+    ri, wi = np.nonzero(rows)
+    w = rows[ri, wi]
+    base = wi.astype(np.int64) << 6
+    out_r, out_p = [], []
+    one = np.uint64(1)
+    while len(w):  # peel the lowest set bit of every word still holding one
+        low = w & (~w + one)
+        out_r.append(ri)
+        out_p.append(base + np.bitwise_count(low - one).astype(np.int64))
+        w = w ^ low
+        keep = w != 0
+        ri, base, w = ri[keep], base[keep], w[keep]
+    if not out_r:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_r).astype(np.int64), np.concatenate(out_p)
+
+
+def _rank_sort(group: np.ndarray, micro: np.ndarray, rank: np.ndarray, rank_bits: int):
+    """Sort entries by (group, score descending, paper rank) with one int64 sort per chunk.
+
+    group must be ascending-chunkable: entries are split by group ranges so the group, the
+    score and the rank fit one 63-bit key. Returns (group, micro score, rank), sorted.
+    """
+    if not len(group):
+        return group, micro, rank
+    gbits = 63 - _SCORE_BITS - rank_bits
+    if gbits < 1:
+        order = np.lexsort((rank, -micro, group))
+        return group[order], micro[order], rank[order]
+    span = 1 << gbits
+    score = _SCORE_MAX - np.clip(micro, 0, _SCORE_MAX)
+    chunk = group // span
+    outs = []
+    bounds = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1], True])
+    if not np.all(chunk[1:] >= chunk[:-1]):
+        order = np.argsort(chunk, kind="stable")
+        group, score, rank, chunk = group[order], score[order], rank[order], chunk[order]
+        bounds = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1], True])
+    shift = _SCORE_BITS + rank_bits
+    for a, b in itertools.pairwise(bounds.tolist()):
+        base = int(chunk[a]) * span
+        key = ((group[a:b] - base) << shift) | (score[a:b] << rank_bits) | rank[a:b]
+        key.sort()
+        outs.append(key)
+    if not outs:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    key = np.concatenate(outs)
+    chunk_base = np.repeat(chunk[bounds[:-1]] * span, np.diff(bounds)) if len(bounds) > 1 else 0
+    g = (key >> shift) + chunk_base
+    return g, _SCORE_MAX - ((key >> rank_bits) & _SCORE_MAX), key & ((1 << rank_bits) - 1)
+
+
+class _Batch:
+    """Every distinct query of a batch evaluated at once: ranked (paper, score) per query."""
+
+    def __init__(self, index: PaperIndex, queries: list[Query]) -> None:
+        self.index = index
+        self.queries = queries
+        n = index.size
+        nw = max(1, (n + 63) >> 6)
+        # rows: word/phrase/prefix leaves first (from the CSR postings), then other literals
+        lits = list(itertools.chain.from_iterable(q.literals for q in queries))
+        pos = list(itertools.chain.from_iterable(q.terms for q in queries))
+        distinct = dict.fromkeys(itertools.chain(lits, pos))
+        leaves = [x for x in distinct if x.kind in ("t", "p", "x")]
+        others = [x for x in distinct if x.kind not in ("t", "p", "x")]
+        nested = [leaf for x in others for leaf in _leaves(x) if leaf.kind == "p"]
+        index.prime_phrases(leaf.arg for leaf in nested)  # type: ignore[misc]
+        rowmap = {x: k for k, x in enumerate(itertools.chain(leaves, others))}
+        ptr, papers, weights = index.postings(leaves)
+        rows = _bitset_rows(ptr, papers, nw)
+        if others:
+            extra = np.stack([_int_row(index.bits(x), nw) for x in others])
+            rows = np.concatenate([rows, extra])
+        all_mask = _int_row(index.all, nw)
+        # the literal program of every query, flattened
+        lit_rows = np.fromiter(map(rowmap.__getitem__, lits), np.int64, len(lits))
+        negs = np.fromiter(
+            itertools.chain.from_iterable(q.negated for q in queries), np.bool_, len(lits)
+        )
+        conj = np.fromiter(itertools.chain.from_iterable(q.conj_sizes for q in queries), np.int64)
+        clause = np.fromiter(
+            itertools.chain.from_iterable(q.clause_sizes for q in queries), np.int64
+        )
+        qclauses = np.fromiter((len(q.clause_sizes) for q in queries), np.int64, len(queries))
+        lit_start = np.r_[0, np.cumsum(conj)]  # per conjunction
+        conj_start = np.r_[0, np.cumsum(clause)]  # per clause
+        clause_start = np.r_[0, np.cumsum(qclauses)]  # per query
+        q_lit = lit_start[conj_start[clause_start]]  # first literal of each query (and end)
+        # positive leaves of every query, for scoring
+        pcount = np.fromiter((len(q.terms) for q in queries), np.int64, len(queries))
+        pleaf = np.fromiter(map(rowmap.__getitem__, pos), np.int64, len(pos))
+        pstart = np.r_[0, np.cumsum(pcount)]
+        leaf_rows = rows[: len(leaves)]
+        cum = np.cumsum(np.bitwise_count(leaf_rows), axis=1, dtype=np.int64)
+        cum -= np.bitwise_count(leaf_rows)
+        w_pad = np.r_[weights, 0.0]
+        rank_bits = max(1, (n - 1).bit_length())
+        neg_word = np.where(negs, ~np.uint64(0), np.uint64(0))
+        q_parts, s_parts, p_parts = [], [], []
+        qa, nq = 0, len(queries)
+        qspan = 1 << max(1, 63 - _SCORE_BITS - rank_bits)
+        while qa < nq:
+            # as many queries as fit the gather budget (at least one)
+            qb = int(np.searchsorted(q_lit, q_lit[qa] + max(1, _LIT_BUDGET // nw), "right")) - 1
+            qb = min(max(qb, qa + 1), nq, qa + qspan)
+            la, lb = int(q_lit[qa]), int(q_lit[qb])
+            ca, cb = int(conj_start[clause_start[qa]]), int(conj_start[clause_start[qb]])
+            ka, kb = int(clause_start[qa]), int(clause_start[qb])
+            g = rows[lit_rows[la:lb]]
+            g ^= neg_word[la:lb, None]
+            t = np.bitwise_and.reduceat(g, lit_start[ca:cb] - la, axis=0)
+            del g
+            c = np.bitwise_or.reduceat(t, conj_start[ka:kb] - ca, axis=0)
+            del t
+            qbits = np.bitwise_and.reduceat(c, clause_start[qa:qb] - ka, axis=0)
+            del c
+            qbits &= all_mask
+            pq, pp = _set_bits(qbits)
+            del qbits
+            # score: the sum of the query's positive leaf weights in the paper
+            npos = pcount[pq + qa]
+            rep = np.repeat(np.arange(len(pq), dtype=np.int64), npos)
+            leaf = pleaf[_ranges(pstart[pq + qa], npos)]
+            p = pp[rep]
+            word = leaf_rows[leaf, p >> 6]
+            bitpos = (p & 63).astype(np.uint64)
+            present = (word >> bitpos) & np.uint64(1)
+            below = np.bitwise_count(word & ((np.uint64(1) << bitpos) - np.uint64(1)))
+            at = ptr[leaf] + cum[leaf, p >> 6] + below
+            at = np.where(present.astype(bool), at, len(weights))
+            score = np.bincount(rep, weights=w_pad[at], minlength=len(pq))
+            micro = np.rint(score * 1e6).astype(np.int64)
+            # pq < qspan: one composite key sort ranks the whole chunk
+            g_, m_, r_ = _rank_sort(pq, micro, index._rank_arr[pp], rank_bits)
+            q_parts.append(g_ + qa)
+            s_parts.append(m_)
+            p_parts.append(index._by_rank[r_])
+            qa = qb
+        self.q = np.concatenate(q_parts) if q_parts else np.zeros(0, np.int64)
+        self.micro = np.concatenate(s_parts) if s_parts else np.zeros(0, np.int64)
+        self.paper = np.concatenate(p_parts) if p_parts else np.zeros(0, np.int64)
+        self.ptr = np.searchsorted(self.q, np.arange(nq + 1))
+
+    def score_of(self, qid: int, i: int) -> int | None:
+        """The micro-score of paper i for query qid, or None if it does not match."""
+        a, b = int(self.ptr[qid]), int(self.ptr[qid + 1])
+        hits = np.flatnonzero(self.paper[a:b] == i)
+        return int(self.micro[a + hits[0]]) if len(hits) else None
+
+
+class MatchList(Sequence[Match]):
+    """One subscriber's matches, best first; Match objects (with words and spans) are built
+    only for the items read, so a caller that reads the first few pays for those alone."""
+
+    __slots__ = ("_cache", "_micro", "_papers", "_qids", "_res", "_topics")
+
+    def __init__(self, res: Matches, papers: np.ndarray, micro: np.ndarray,
+                 topics: Sequence[Topic], qids: tuple[int, ...]) -> None:  # fmt: skip
+        self._res = res
+        self._papers = papers
+        self._micro = micro
+        self._topics = topics
+        self._qids = qids
+        self._cache: dict[int, Match] = {}
+
+    def __len__(self) -> int:
+        return len(self._papers)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        got = self._cache.get(k)
+        if got is None:
+            got = self._cache[k] = self._res.build(self, k)
+        return got
+
+    def paper_ids(self) -> list[int]:
+        """The matched papers' ids, best first (no Match objects built)."""
+        papers = self._res.index.papers
+        return [papers[i].id for i in self._papers.tolist()]
+
+    def scores(self) -> list[float]:
+        """The matches' scores, best first."""
+        return (self._micro / 1e6).tolist()
+
+    def __repr__(self) -> str:
+        return f"MatchList({list(self)!r})"
+
+
+class Matches(Mapping[int, MatchList]):
+    """Ranked matches per subscriber id (subscribers with no match are left out)."""
+
+    def __init__(self, index: PaperIndex, batch: _Batch | None, limit: int | None) -> None:
+        self.index = index
+        self.batch = batch
+        self.limit = limit
+        self._single: dict[int, tuple[int, Sequence[Topic], tuple[int, ...]]] = {}
+        self._multi: dict[int, tuple[int, int, Sequence[Topic], tuple[int, ...]]] = {}
+        self.multi_paper = np.zeros(0, np.int64)
+        self.multi_micro = np.zeros(0, np.int64)
+
+    def __getitem__(self, sid: int) -> MatchList:
+        got = self._single.get(sid)
+        batch = self.batch
+        if got is not None and batch is not None:
+            qid, topics, qids = got
+            a, b = int(batch.ptr[qid]), int(batch.ptr[qid + 1])
+            if self.limit is not None:
+                b = min(b, a + self.limit)
+            return MatchList(self, batch.paper[a:b], batch.micro[a:b], topics, qids)
+        m = self._multi.get(sid)
+        if m is None:
+            raise KeyError(sid)
+        a, b, topics, qids = m
+        return MatchList(self, self.multi_paper[a:b], self.multi_micro[a:b], topics, qids)
+
+    def __iter__(self):
+        return itertools.chain(self._single, self._multi)
+
+    def __len__(self) -> int:
+        return len(self._single) + len(self._multi)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._single or sid in self._multi
+
+    def build(self, ml: MatchList, k: int) -> Match:
+        """The Match for item k of one subscriber's list, with topics, words and spans."""
+        index, batch = self.index, self.batch
+        assert batch is not None
+        i = int(ml._papers[k])
+        micro = int(ml._micro[k])
         hits = []
-        for pos, (t, q) in enumerate(compiled):
-            if index.bits(q.root) >> i & 1:
-                hits.append((-index.score(q, i), pos, t.name, q))
+        for pos, (t, qid) in enumerate(zip(ml._topics, ml._qids, strict=True)):
+            s = micro if len(ml._qids) == 1 else batch.score_of(qid, i)
+            if s is not None:
+                hits.append((-s, pos, t.name, qid))
         hits.sort(key=lambda h: (h[0], h[1]))
         names = tuple(dict.fromkeys(h[2] for h in hits))
-        leaves = dict.fromkeys(leaf for h in hits for leaf in h[3].terms)
+        leaves = dict.fromkeys(leaf for h in hits for leaf in batch.queries[h[3]].terms)
         terms, ts, as_ = index.highlights(leaves, i)
-        out.append(Match(index.papers[i].id, round(best[i], 6), names, terms, ts, as_))
-    return out
+        return Match(index.papers[i].id, micro / 1e6, names, terms, ts, as_)
 
 
 def match_profiles(
     index: PaperIndex, profiles: Mapping[int, Sequence[Topic]], *, limit: int | None = None
-) -> dict[int, list[Match]]:
+) -> Matches:
     """Ranked matches per subscriber id (subscribers with no match are left out)."""
     # the batch allocates many small acyclic objects; cyclic GC passes over them cost more
     # than the matching itself, so pause it for the batch
@@ -570,34 +903,76 @@ def match_profiles(
 
 def _match_all(
     index: PaperIndex, profiles: Mapping[int, Sequence[Topic]], limit: int | None
-) -> dict[int, list[Match]]:
-    texts = {t.query for topics in profiles.values() for t in topics}
-    index.prime_phrases(
-        leaf.arg  # type: ignore[misc]
-        for text in texts
-        if (q := _compile(text)) is not None
-        for leaf in _leaves(q.root)
-        if leaf.kind == "p"
-    )
-    cache: dict[object, list[Match]] = {}
-    out: dict[int, list[Match]] = {}
+) -> Matches:
+    qid_of: dict[str, int | None] = {}
+    queries: list[Query] = []
+    subs: list[tuple[int, list[Topic], tuple[int, ...]]] = []
     for sid, topics in profiles.items():
-        if len(topics) == 1:
-            t = topics[0]
-            key: object = (t.name, t.query)
-            got = cache.get(key)
-            if got is None:
-                got = cache[key] = _single_topic(index, t, limit)
-        elif not topics:
-            continue
+        used, qids = [], []
+        for t in topics:
+            qid = qid_of.get(t.query, -1)
+            if qid == -1:
+                q = _compile(t.query)
+                qid = None
+                if q is not None:
+                    qid = len(queries)
+                    queries.append(q)
+                qid_of[t.query] = qid
+            if qid is not None:
+                used.append(t)
+                qids.append(qid)
+        if qids:
+            subs.append((sid, used, tuple(qids)))
+    if not index.size or not queries:
+        return Matches(index, None, limit)
+    batch = _Batch(index, queries)
+    res = Matches(index, batch, limit)
+    counts = np.diff(batch.ptr)
+    multi: list[tuple[int, list[Topic], tuple[int, ...]]] = []
+    single = res._single
+    for sid, used, qids in subs:
+        if len(qids) == 1:
+            if counts[qids[0]]:
+                single[sid] = (qids[0], used, qids)
         else:
-            key = tuple((t.name, t.query) for t in topics)
-            got = cache.get(key)
-            if got is None:
-                got = cache[key] = _multi_topic(index, topics, limit)
-        if got:
-            out[sid] = got.copy()  # identical profiles share work, not mutable lists
-    return out
+            multi.append((sid, used, qids))
+    if multi:
+        _merge_multi(res, batch, multi, limit)
+    return res
+
+
+def _merge_multi(res: Matches, batch: _Batch, multi: list, limit: int | None) -> None:
+    """Each multi-topic subscriber's papers once, at their best topic's score, ranked."""
+    index = res.index
+    n = max(1, index.size)
+    sub_of = np.fromiter(
+        itertools.chain.from_iterable(itertools.repeat(k, len(m[2])) for k, m in enumerate(multi)),
+        np.int64,
+    )
+    qids = np.fromiter(itertools.chain.from_iterable(m[2] for m in multi), np.int64)
+    a = batch.ptr[qids]
+    cnt = batch.ptr[qids + 1] - a
+    idx = _ranges(a, cnt)
+    sub = np.repeat(sub_of, cnt)
+    paper = batch.paper[idx]
+    micro = batch.micro[idx]
+    key = sub * n + paper
+    order = np.argsort(key, kind="stable")
+    key, micro = key[order], micro[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, int)
+    best = np.maximum.reduceat(micro, starts) if len(key) else micro
+    sub, paper = np.divmod(key[starts], n) if len(key) else (key, key)
+    rank_bits = max(1, (index.size - 1).bit_length())
+    g, m, r = _rank_sort(sub, best, index._rank_arr[paper], rank_bits)
+    res.multi_paper = index._by_rank[r]
+    res.multi_micro = m
+    bounds = np.searchsorted(g, np.arange(len(multi) + 1)).tolist()
+    for k, (sid, used, q) in enumerate(multi):
+        lo, hi = bounds[k], bounds[k + 1]
+        if limit is not None:
+            hi = min(hi, lo + limit)
+        if hi > lo:
+            res._multi[sid] = (lo, hi, used, q)
 
 
 def match_query(index: PaperIndex, query_text: str, limit: int | None = None) -> list[Match]:

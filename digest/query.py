@@ -42,6 +42,12 @@ class Query:
     text: str
     root: Node = field(compare=False)
     terms: tuple[Node, ...] = field(compare=False, default=())
+    # the root flattened for the batch matcher: an AND of clauses, each an OR of conjunctions
+    # of literals (a literal is any node, negated or not); see flatten()
+    literals: tuple[Node, ...] = field(compare=False, default=())
+    negated: tuple[bool, ...] = field(compare=False, default=())
+    conj_sizes: tuple[int, ...] = field(compare=False, default=())
+    clause_sizes: tuple[int, ...] = field(compare=False, default=())
 
     def __hash__(self) -> int:
         return hash(self.root)
@@ -385,6 +391,36 @@ def positive_terms(node: Node) -> tuple[Node, ...]:
     return tuple(out)
 
 
+def flatten(
+    root: Node,
+) -> tuple[tuple[Node, ...], tuple[bool, ...], tuple[int, ...], tuple[int, ...]]:
+    """The root as AND of clauses, each an OR of conjunctions of (possibly negated) literals.
+
+    Returns the literals in order, their negation flags, the literal count of each conjunction
+    and the conjunction count of each clause. Anything deeper (a parenthesised group inside an
+    alternative) stays one literal, evaluated as a whole.
+    """
+    lits: list[Node] = []
+    negs: list[bool] = []
+    conj_sizes: list[int] = []
+    clause_sizes: list[int] = []
+
+    def conj(node: Node) -> None:
+        items = node.arg if node.kind == "and" else (node,)
+        for c in items:  # type: ignore[union-attr]
+            neg = c.kind == "not"
+            lits.append(c.arg if neg else c)  # type: ignore[arg-type]
+            negs.append(neg)
+        conj_sizes.append(len(items))  # type: ignore[arg-type]
+
+    for clause in root.arg if root.kind == "and" else (root,):  # type: ignore[union-attr]
+        alts = clause.arg if clause.kind == "or" else (clause,)
+        for alt in alts:  # type: ignore[union-attr]
+            conj(alt)
+        clause_sizes.append(len(alts))  # type: ignore[arg-type]
+    return tuple(lits), tuple(negs), tuple(conj_sizes), tuple(clause_sizes)
+
+
 def _compile(text: str) -> Query:
     parser = _Parser(text, _lex(text))
     alts = parser.alternatives(0)
@@ -407,7 +443,7 @@ def _compile(text: str) -> Query:
     root = _or(positives)
     if exclusions:
         root = _and([root, *exclusions])
-    return Query(text=text, root=root, terms=positive_terms(root))
+    return Query(text, root, positive_terms(root), *flatten(root))
 
 
 @functools.lru_cache(maxsize=1 << 18)
