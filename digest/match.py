@@ -1,10 +1,12 @@
 """The batch matching engine: every subscriber's topics against a batch of papers at once.
 
-The batch is indexed once (stem -> bitset of papers per field, numbers as cumulative bitsets).
-Each distinct query node is evaluated once per index with Python int bitsets and memoised, so
-queries that share words, phrases or whole alternatives share the work; there is no loop over
-(subscriber, paper) pairs. Scores, matched words and highlight spans are computed only for the
-papers actually returned, and memoised per (query, paper) so identical topics share them.
+The batch is indexed once (sorted (word, paper) and (word pair, paper) tables with counts).
+match_profiles flattens every distinct query (AND of clauses, OR of conjunctions of literals),
+evaluates them all at once on numpy uint64 bitset rows, scores each (query, paper) pair by a
+popcount-rank lookup into per-leaf BM25F weights and ranks with one composite int64 sort per
+chunk; there is no loop over (subscriber, paper) pairs. Match objects (with matched words and
+highlight spans) are built lazily, only for the items a caller reads. match_query (previews)
+keeps the simpler path: memoised Python int bitsets per query node.
 
 Ranking: BM25F over the query's positive words present in the paper (title hits weigh
 TITLE_WEIGHT times an abstract hit), ties broken by upvotes, then publication date, then id.
