@@ -119,19 +119,27 @@ def _plan_states(
     top = papers[-1].id if papers else 0
     profiles = {s.subscriber.id: s.subscriber.topics for s in states if s.subscriber.topics}
     results = match_profiles(index, profiles) if index is not None and profiles else {}
-    matched = sorted({m.paper_id for found in results.values() for m in found})
+    # Ranked paper ids are cheap; a Match (matched words) is built only for what is kept.
+    matched = sorted({pid for found in results.values() for pid in found.paper_ids()})
     delivered = store.delivered_pairs(sorted(results), matched) if results else set()
     plans = []
     for s in states:
         sub = s.subscriber
         since = sub.since or sub.created_at
-        items = [
-            LedgerItem(paper_id=m.paper_id, topics=m.topics, terms=m.terms, score=m.score)
-            for m in results.get(sub.id, ())
-            if m.paper_id > s.watermark
-            and by_id[m.paper_id].first_seen >= since
-            and (sub.id, m.paper_id) not in delivered
-        ][: settings.mail.max_papers]
+        found = results.get(sub.id)
+        items: list[LedgerItem] = []
+        for rank, pid in enumerate(found.paper_ids() if found else ()):
+            if len(items) >= settings.mail.max_papers:
+                break
+            if (
+                pid > s.watermark
+                and by_id[pid].first_seen >= since
+                and (sub.id, pid) not in delivered
+            ):
+                m = found[rank]
+                items.append(
+                    LedgerItem(paper_id=pid, topics=m.topics, terms=m.terms, score=m.score)
+                )
         plans.append(Plan(s, items, max(top, s.watermark), latest_slot(sub, now)))
     return plans
 
