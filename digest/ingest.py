@@ -14,19 +14,19 @@ import hashlib
 import logging
 import os
 import stat
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from digest.config import Settings
 from digest.errors import ParseError, StoreError
 from digest.models import ParseResult
+from digest.progress import progress_bar
 from digest.store import Store
 
 log = logging.getLogger(__name__)
@@ -332,8 +332,9 @@ def _process(
 ) -> None:
     if not jobs:
         return
-    show = progress if progress is not None else (not quiet and sys.stderr.isatty())
-    bar = _bar(len(jobs), enabled=bool(show) and len(jobs) > 1)
+    # One dump needs no bar; `progress` overrides the terminal check either way.
+    show = progress if len(jobs) > 1 else False
+    bar = progress_bar(len(jobs), unit="dump", quiet=quiet, show=show)
     try:
         for job in jobs:
             bar.set_postfix_str(job.path.name[:40], refresh=False)
@@ -356,12 +357,6 @@ def _process(
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-
-
-def _bar(total: int, *, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, file=sys.stderr, unit="dump", disable=not enabled, leave=False)
 
 
 def _log(outcome: FileOutcome) -> None:

@@ -6,11 +6,13 @@ import sys
 from typing import Any
 
 
-def progress_bar(total: int | None, *, unit: str, quiet: bool = False, desc: str = "") -> Any:
-    """A tqdm bar on stderr, disabled when quiet or when stderr is not a terminal."""
+def progress_bar(
+    total: int | None, *, unit: str, quiet: bool = False, desc: str = "", show: bool | None = None
+) -> Any:
+    """A tqdm bar on stderr: shown when `show`, or (show=None) on a terminal unless quiet."""
     from tqdm import tqdm
 
-    enabled = not quiet and sys.stderr.isatty()
+    enabled = show if show is not None else (not quiet and sys.stderr.isatty())
     return tqdm(
         total=total, file=sys.stderr, unit=unit, desc=desc, disable=not enabled, leave=False
     )

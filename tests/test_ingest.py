@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -442,7 +443,7 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(
     inbox: Inbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     err = io.StringIO()
-    monkeypatch.setattr(ingest_mod.sys, "stderr", err)
+    monkeypatch.setattr(sys, "stderr", err)
     inbox.drop("a.txt", DAY1)
     inbox.drop("b.txt", DAY2)
     inbox.run()  # not a terminal: silent
