@@ -13,16 +13,16 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from sqlalchemy.pool import NullPool
+from support import free_port, unavailable
 
 SHARED_DUMPS = Path(__file__).resolve().parents[2] / "shared" / "dumps"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -31,16 +31,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("DIGEST_REQUIRE_POSTGRES") == "1":
-        pytest.fail(f"PostgreSQL required (DIGEST_REQUIRE_POSTGRES=1) but {reason}")
-    pytest.skip(f"PostgreSQL tests skipped: {reason}")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _unavailable(reason: str) -> NoReturn:
+    unavailable("PostgreSQL tests", "DIGEST_REQUIRE_POSTGRES", reason)
 
 
 def _initdb() -> str | None:
@@ -86,7 +78,7 @@ class _Cluster:
             raise RuntimeError(f"initdb failed: {done.stderr.strip() or done.stdout.strip()}")
         last = ""
         for _attempt in range(5):  # the free port may be taken between probing and binding
-            self.port = _free_port()
+            self.port = free_port()
             options = (
                 f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -156,14 +148,14 @@ def _create_database(conn: Any, name: str) -> None:
     conn.execute(text(f'CREATE DATABASE "{name}"' + (" STRATEGY FILE_COPY" if fast else "")))
 
 
-@pytest.fixture(scope="session")
-def _postgres_test_database(postgres_server: str) -> Iterator[str]:
-    """One database for the whole session; each test works in its own schema inside it."""
+@contextlib.contextmanager
+def _new_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server (its URL), dropped on exit."""
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
     name = f"digest_test_{uuid.uuid4().hex[:12]}"
-    admin = _admin_engine(postgres_server)
+    admin = _admin_engine(server_url)
     with admin.connect() as conn:
         _create_database(conn, name)
     try:
@@ -172,6 +164,13 @@ def _postgres_test_database(postgres_server: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def _postgres_test_database(postgres_server: str) -> Iterator[str]:
+    """One database for the whole session; each test works in its own schema inside it."""
+    with _new_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture
@@ -209,19 +208,8 @@ def postgres_url(_postgres_test_database: str) -> Iterator[str]:
 @pytest.fixture
 def postgres_database_url(postgres_server: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database of its own for one test; dropped afterwards."""
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    name = f"digest_test_{uuid.uuid4().hex[:12]}"
-    admin = _admin_engine(postgres_server)
-    with admin.connect() as conn:
-        _create_database(conn, name)
-    try:
-        yield make_url(str(admin.url)).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with _new_database(postgres_server) as url:
+        yield url
 
 
 # --- stores on both engines ---------------------------------------------------------------------

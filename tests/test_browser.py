@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,8 +16,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from support import free_port, unavailable
 from web_support import PASSWORD, PASSWORD_HASH
 
 from digest import subscribers as subs
@@ -44,16 +45,8 @@ SAMPLES = Path(__file__).resolve().parents[1] / "digest" / "samples" / "dumps"
 pytestmark = pytest.mark.browser
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("DIGEST_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"browser tests required (DIGEST_REQUIRE_BROWSER=1) but {reason}")
-    pytest.skip(f"browser tests skipped: {reason}")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _unavailable(reason: str) -> NoReturn:
+    unavailable("browser tests", "DIGEST_REQUIRE_BROWSER", reason)
 
 
 @pytest.fixture
@@ -75,7 +68,7 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def server(tmp_path) -> Iterator[tuple[str, Path]]:
     """`digest serve` in a subprocess on a free loopback port, over a seeded database."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     config = tmp_path / "settings.toml"
     config.write_text(

@@ -12,7 +12,8 @@ from email.message import EmailMessage
 
 import pytest
 from email_samples import email_settings, make_digest, make_subscriber
-from smtp_helpers import RecordingHandler, SmtpServer, free_port, smtp_server, start_server
+from smtp_helpers import RecordingHandler, SmtpServer, smtp_server, start_server
+from support import free_port
 
 from digest.errors import DeliveryError, ValidationError
 from digest.mail import (
