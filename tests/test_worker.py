@@ -13,12 +13,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import tomli_w
+from smtp_helpers import SmtpServer, smtp_server
 
 from digest.config import Settings, build_settings
 from digest.ingest import ingest_files
@@ -27,13 +27,13 @@ from digest.models import Subscriber, Topic
 from digest.outbox import deliver_queued, queue_digests
 from digest.store import Store
 from digest.worker import WorkerOptions, queue_idle, run_worker
-from tests.smtp_helpers import SmtpServer, start_server
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dumps"
 DIGEST_BIN = Path(sys.executable).with_name("digest")
 # Worker processes run on the real clock: queue with a time just before it.
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 QUERY = "models, scaling"  # matches several papers of ingest_day1.txt
+__all__ = ["smtp_server"]  # the fixture, imported for pytest
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -123,15 +123,6 @@ def received(smtp: SmtpServer) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = start_server()
-    try:
-        yield server
-    finally:
-        server.controller.stop()
-
-
 # --- scale out on PostgreSQL ---------------------------------------------------------------------
 
 SUBSCRIBERS = 5_000
@@ -139,9 +130,9 @@ SUBSCRIBERS = 5_000
 
 @pytest.mark.postgres
 def test_three_workers_on_postgresql_send_each_digest_exactly_once(
-    postgres_url: str, smtp: SmtpServer, tmp_path: Path
+    postgres_url: str, smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
-    config, settings = settings_file(tmp_path, postgres_url, smtp)
+    config, settings = settings_file(tmp_path, postgres_url, smtp_server)
     with Store.open(postgres_url) as store:
         emails = populate(store, settings, SUBSCRIBERS)
         logs = [tmp_path / f"worker{n}.log" for n in range(3)]
@@ -149,7 +140,7 @@ def test_three_workers_on_postgresql_send_each_digest_exactly_once(
         wait_all(procs, logs)
         assert [p.returncode for p in procs] == [0, 0, 0], [log.read_text() for log in logs]
 
-        got = received(smtp)
+        got = received(smtp_server)
         per_address = Counter(rcpt for rcpt, _ in got)
         assert set(per_address) == set(emails)
         assert max(per_address.values()) == 1, per_address.most_common(3)
@@ -164,9 +155,9 @@ def test_three_workers_on_postgresql_send_each_digest_exactly_once(
 
 @pytest.mark.postgres
 def test_a_worker_killed_mid_run_leaves_its_claims_to_the_others(
-    postgres_url: str, smtp: SmtpServer, tmp_path: Path
+    postgres_url: str, smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
-    config, settings = settings_file(tmp_path, postgres_url, smtp)
+    config, settings = settings_file(tmp_path, postgres_url, smtp_server)
     with Store.open(postgres_url) as store:
         emails = populate(store, settings, SUBSCRIBERS)
         logs = [tmp_path / f"worker{n}.log" for n in range(3)]
@@ -181,7 +172,7 @@ def test_a_worker_killed_mid_run_leaves_its_claims_to_the_others(
         assert [p.returncode for p in procs[1:]] == [0, 0], [log.read_text() for log in logs]
         assert victim.returncode == -signal.SIGKILL
 
-        got = received(smtp)
+        got = received(smtp_server)
         per_address = Counter(rcpt for rcpt, _ in got)
         assert set(per_address) == set(emails), "somebody was skipped"
         repeats = {rcpt: n for rcpt, n in per_address.items() if n > 1}
@@ -197,34 +188,36 @@ def test_a_worker_killed_mid_run_leaves_its_claims_to_the_others(
 # --- SQLite: the same command as a single worker -------------------------------------------------
 
 
-def test_a_single_worker_on_sqlite_sends_each_digest_once(smtp: SmtpServer, tmp_path: Path) -> None:
+def test_a_single_worker_on_sqlite_sends_each_digest_once(
+    smtp_server: SmtpServer, tmp_path: Path
+) -> None:
     url = f"sqlite:///{tmp_path / 'digest.db'}"
-    config, settings = settings_file(tmp_path, url, smtp)
+    config, settings = settings_file(tmp_path, url, smtp_server)
     with Store.open(url) as store:
         emails = populate(store, settings, 300)
     proc = start_worker(config, tmp_path / "worker.log", "--idle-exit", "--batch", "40")
     wait_all([proc], [tmp_path / "worker.log"])
     assert proc.returncode == 0, (tmp_path / "worker.log").read_text()
-    assert sorted(rcpt for rcpt, _ in received(smtp)) == emails
+    assert sorted(rcpt for rcpt, _ in received(smtp_server)) == emails
     with Store.open(url) as store:
         assert store.digest_status_counts()["sent"] == 300
 
 
 def test_sigterm_finishes_the_message_in_flight_and_gives_the_batch_back(
-    smtp: SmtpServer, tmp_path: Path
+    smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'digest.db'}"
-    config, settings = settings_file(tmp_path, url, smtp)
+    config, settings = settings_file(tmp_path, url, smtp_server)
     with Store.open(url) as store:
         emails = populate(store, settings, 400)
     log = tmp_path / "worker.log"
     proc = start_worker(config, log, "--batch", "400")  # one big batch, no idle exit
-    wait_for(lambda: len(smtp.handler.messages) >= 20, "the first messages")
+    wait_for(lambda: len(smtp_server.handler.messages) >= 20, "the first messages")
     proc.send_signal(signal.SIGTERM)
     wait_all([proc], [log])
     assert proc.returncode == 0, log.read_text()
     assert "finishing the message in flight" in log.read_text()
-    first = received(smtp)
+    first = received(smtp_server)
     assert len(first) < 400, "the worker did not stop early"
     with Store.open(url) as store:
         counts = store.digest_status_counts()
@@ -235,7 +228,7 @@ def test_sigterm_finishes_the_message_in_flight_and_gives_the_batch_back(
     proc = start_worker(config, log, "--idle-exit")
     wait_all([proc], [log])
     assert proc.returncode == 0, log.read_text()
-    assert sorted(rcpt for rcpt, _ in received(smtp)) == emails
+    assert sorted(rcpt for rcpt, _ in received(smtp_server)) == emails
 
 
 # --- in process: the loop, the lease -------------------------------------------------------------
