@@ -25,7 +25,6 @@ import platform
 import pwd
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import free_port, sink_protocol  # noqa: E402
+
 DUMPS = ROOT.parent / "shared" / "dumps"
 DIGEST_BIN = Path(sys.executable).with_name("digest")
 T0_OFFSET_HOURS = 1  # digests are queued an hour "ago" so real-clock workers find them due
@@ -45,52 +46,15 @@ T0_OFFSET_HOURS = 1  # digests are queued an hour "ago" so real-clock workers fi
 
 
 def _sink(port: int, ready, counter, ids_out) -> None:
-    """A minimal SMTP sink: answers 250 to everything, reads DATA in bulk, counts Message-IDs."""
+    """The sink process: counts messages and, on request, the distinct Message-IDs seen."""
     import asyncio
-    import re
 
-    mid = re.compile(rb"\r\nMessage-ID: *(<[^>\r\n]*>)", re.I)
     seen: set[bytes] = set()
-
-    class Sink(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.t, self.buf, self.in_data, self.scan = transport, b"", False, 0
-            transport.write(b"220 sink ESMTP\r\n")
-
-        def data_received(self, chunk):
-            self.buf += chunk
-            while True:
-                if self.in_data:
-                    end = self.buf.find(b"\r\n.\r\n", self.scan)
-                    if end < 0:
-                        self.scan = max(0, len(self.buf) - 4)
-                        return
-                    found = mid.search(self.buf, 0, min(end, 4096))
-                    seen.add(found.group(1) if found else b"?")
-                    self.buf, self.in_data, self.scan = self.buf[end + 5 :], False, 0
-                    with counter.get_lock():
-                        counter.value += 1
-                    self.t.write(b"250 OK\r\n")
-                    continue
-                eol = self.buf.find(b"\r\n")
-                if eol < 0:
-                    return
-                verb, self.buf = self.buf[:4].upper(), self.buf[eol + 2 :]
-                if verb == b"EHLO":
-                    self.t.write(b"250-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
-                elif verb == b"DATA":
-                    self.in_data = True
-                    self.t.write(b"354 go ahead\r\n")
-                elif verb == b"QUIT":
-                    self.t.write(b"221 bye\r\n")
-                    self.t.close()
-                    return
-                else:
-                    self.t.write(b"250 OK\r\n")
+    protocol = sink_protocol(counter, seen)
 
     async def serve():
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Sink, "127.0.0.1", port)
+        server = await loop.create_server(protocol, "127.0.0.1", port)
         ready.set()
         async with server:
             while True:
@@ -107,9 +71,7 @@ class Sink:
     """The sink process: `count` messages so far, `distinct()` Message-IDs since the last call."""
 
     def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.counter = mp.Value("l", 0)
         ready = mp.Event()
         self.pipe, child = mp.Pipe()
@@ -158,9 +120,7 @@ class Cluster:
         data = str(self.root / "data")
         self._run(str(self.bindir / "initdb"), "-D", data, "-U", "postgres", "--auth=trust",
                   "-E", "UTF8", "--no-locale")  # fmt: skip
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         opts = f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=50"
         self._run(str(self.bindir / "pg_ctl"), "-D", data, "-l", str(self.root / "log"),
                   "-o", opts, "-w", "start")  # fmt: skip

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import css_inline  # noqa: E402
+from _common import free_port, sink_protocol  # noqa: E402
 
 from digest import templates  # noqa: E402
 from digest.config import SmtpSettings, build_settings  # noqa: E402
@@ -240,43 +241,11 @@ def _sink(port: int, ready, counter) -> None:
     """A minimal SMTP sink (asyncio, DATA read in bulk): shows the sender's own limit."""
     import asyncio
 
-    class Sink(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.t, self.buf, self.in_data, self.scan = transport, b"", False, 0
-            transport.write(b"220 sink ESMTP\r\n")
-
-        def data_received(self, chunk):
-            self.buf += chunk
-            while True:
-                if self.in_data:
-                    end = self.buf.find(b"\r\n.\r\n", self.scan)
-                    if end < 0:
-                        self.scan = max(0, len(self.buf) - 4)
-                        return
-                    self.buf, self.in_data, self.scan = self.buf[end + 5 :], False, 0
-                    with counter.get_lock():
-                        counter.value += 1
-                    self.t.write(b"250 OK\r\n")
-                    continue
-                eol = self.buf.find(b"\r\n")
-                if eol < 0:
-                    return
-                verb, self.buf = self.buf[:4].upper(), self.buf[eol + 2 :]
-                if verb == b"EHLO":
-                    self.t.write(b"250-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
-                elif verb == b"DATA":
-                    self.in_data = True
-                    self.t.write(b"354 go ahead\r\n")
-                elif verb == b"QUIT":
-                    self.t.write(b"221 bye\r\n")
-                    self.t.close()
-                    return
-                else:
-                    self.t.write(b"250 OK\r\n")
-
     async def serve():
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Sink, "127.0.0.1", port, reuse_port=True)
+        server = await loop.create_server(
+            sink_protocol(counter), "127.0.0.1", port, reuse_port=True
+        )
         ready.set()
         async with server:
             await server.serve_forever()
@@ -285,11 +254,7 @@ def _sink(port: int, ready, counter) -> None:
 
 
 def start_receivers(n: int, target=_receiver):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     counter = mp.Value("l", 0)
     procs = []
     for _ in range(n):
