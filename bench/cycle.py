@@ -151,17 +151,22 @@ def fresh_database(server_url: str) -> str:
 # --- stages (each in a child process) ------------------------------------------------------------
 
 
-def _settings(workdir: Path, url: str, port: int):
-    import tomli_w
-
-    from digest.config import build_settings
-
-    data = {
+def _settings_data(url: str, port: int) -> dict:
+    """The settings every stage and worker runs with: the database, SMTP to the sink."""
+    return {
         "database": {"url": url},
         "inbox": {"settle_seconds": 0},
         "mail": {"transport": "smtp"},
         "smtp": {"host": "127.0.0.1", "port": port},
     }
+
+
+def _settings(workdir: Path, url: str, port: int):
+    import tomli_w
+
+    from digest.config import build_settings
+
+    data = _settings_data(url, port)
     (workdir / "settings.toml").write_text(tomli_w.dumps(data), encoding="utf-8")
     return build_settings(data, root=workdir)
 
@@ -412,15 +417,7 @@ def main() -> None:
 
         from digest.config import build_settings
 
-        settings = build_settings(
-            {
-                "database": {"url": args.url},
-                "inbox": {"settle_seconds": 0},
-                "mail": {"transport": "smtp"},
-                "smtp": {"host": "127.0.0.1", "port": args.port},
-            },
-            root=Path(args.workdir),
-        )
+        settings = build_settings(_settings_data(args.url, args.port), root=Path(args.workdir))
         result = STAGES[args.stage](settings, Path(args.workdir), args.n)
         result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps(result))
