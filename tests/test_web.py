@@ -13,10 +13,12 @@ import pytest
 from web_support import (
     NOW,
     FakeTransport,
+    admin_client,
     csrf_of,
     login,
     make_settings,
     seeded,
+    submit,
 )
 from werkzeug.security import check_password_hash
 
@@ -95,8 +97,7 @@ def test_subscriber_list_searches_and_pages(env):
     settings, store, app, _ = env
     for i in range(30):
         subs.add_subscriber(store, settings, f"user{i:02d}@example.org", name=f"User {i}")
-    client = app.test_client()
-    login(client)
+    client = admin_client(app)
     first = client.get("/admin/subscribers").get_data(as_text=True)
     assert "Page 1 of 2" in first and "(31)" in first
     second = client.get("/admin/subscribers?page=2").get_data(as_text=True)
@@ -113,8 +114,7 @@ def test_subscriber_list_searches_and_pages(env):
 
 def test_edit_topics_saves_what_a_fresh_store_reads(env):
     settings, store, app, _ = env
-    client = app.test_client()
-    login(client)
+    client = admin_client(app)
     sid = _ann(store).id
     page = client.get(f"/admin/subscribers/{sid}").get_data(as_text=True)
     assert "sparse attention" in page
@@ -150,14 +150,10 @@ def test_edit_topics_saves_what_a_fresh_store_reads(env):
 
 def test_query_error_is_shown_at_its_column_and_nothing_is_saved(env):
     _, store, app, _ = env
-    client = app.test_client()
-    login(client)
-    sid = _ann(store).id
-    page = client.get(f"/admin/subscribers/{sid}").get_data(as_text=True)
-    response = client.post(
-        f"/admin/subscribers/{sid}",
-        data={
-            "csrf_token": csrf_of(page),
+    response = submit(
+        admin_client(app),
+        f"/admin/subscribers/{_ann(store).id}",
+        {
             "topic_name": ["Attention"],
             "topic_query": ['latency\nsparse "attention'],
             "action": "save",
@@ -175,8 +171,7 @@ def test_query_error_is_shown_at_its_column_and_nothing_is_saved(env):
 
 def test_preview_reports_added_removed_and_kept(env):
     _, store, app, _ = env
-    client = app.test_client()
-    login(client)
+    client = admin_client(app)
     sid = _ann(store).id
     token = csrf_of(client.get(f"/admin/subscribers/{sid}").get_data(as_text=True))
     # saved: "sparse attention" matches only the first paper; "latency" matches three.
@@ -203,8 +198,7 @@ def test_preview_reports_added_removed_and_kept(env):
 def test_preview_considers_only_the_last_dumps(tmp_path):
     settings, store = seeded(tmp_path, preview_dumps=1)
     app = create_app(settings, store)
-    client = app.test_client()
-    login(client)
+    client = admin_client(app)
     sid = _ann(store).id
     token = csrf_of(client.get(f"/admin/subscribers/{sid}").get_data(as_text=True))
     html = client.post(
@@ -218,13 +212,11 @@ def test_preview_considers_only_the_last_dumps(tmp_path):
 
 def test_add_pause_resume_remove(env):
     _, store, app, _ = env
-    client = app.test_client()
-    login(client)
-    page = client.get("/admin/subscribers/new").get_data(as_text=True)
-    response = client.post(
+    client = admin_client(app)
+    response = submit(
+        client,
         "/admin/subscribers/new",
-        data={
-            "csrf_token": csrf_of(page),
+        {
             "email": "Bob@Example.org",
             "name": "Bob",
             "cadence": "daily",
@@ -257,17 +249,10 @@ def test_add_pause_resume_remove(env):
 
 def test_add_with_a_duplicate_email_shows_the_error(env):
     _, _, app, _ = env
-    client = app.test_client()
-    login(client)
-    page = client.get("/admin/subscribers/new").get_data(as_text=True)
-    response = client.post(
+    response = submit(
+        admin_client(app),
         "/admin/subscribers/new",
-        data={
-            "csrf_token": csrf_of(page),
-            "email": "ann@example.org",
-            "topic_name": ["K"],
-            "topic_query": ["x"],
-        },
+        {"email": "ann@example.org", "topic_name": ["K"], "topic_query": ["x"]},
     )
     assert response.status_code == 400
     assert "already subscribed" in response.get_data(as_text=True)

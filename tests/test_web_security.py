@@ -11,6 +11,7 @@ from itsdangerous import URLSafeTimedSerializer
 from web_support import (
     XSS,
     FakeTransport,
+    admin_client,
     csrf_of,
     login,
     make_settings,
@@ -167,8 +168,7 @@ def _forms(settings_, store, app):
 @pytest.mark.parametrize("token", [None, "wrong-token"])
 def test_every_form_without_the_right_csrf_token_gets_400(env, token):
     settings_, store, app = env
-    client = app.test_client()
-    login(client)
+    client = admin_client(app)
     data = {
         "action": "pause",
         "topic_name": ["T"],
@@ -288,8 +288,7 @@ def test_xss_payloads_are_inert_on_every_page(env):
     )
     sub = _ann(store)
     signer = app.extensions["digest"].signer
-    client = app.test_client()
-    login(client)
+    client = admin_client(app)
     pages = {
         "dashboard": client.get("/admin/"),
         "list": client.get("/admin/subscribers?q=" + "%3Cscript%3E"),

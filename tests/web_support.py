@@ -94,6 +94,19 @@ def login(client: Any, password: str = PASSWORD) -> Any:
     return client.post("/admin/login", data={"csrf_token": token, "password": password})
 
 
+def admin_client(app: Any) -> Any:
+    """A Flask test client already logged in as admin."""
+    client = app.test_client()
+    login(client)
+    return client
+
+
+def submit(client: Any, url: str, data: dict[str, Any]) -> Any:
+    """GET the form at `url`, then POST `data` to it with the page's CSRF token."""
+    token = csrf_of(client.get(url).get_data(as_text=True))
+    return client.post(url, data={"csrf_token": token, **data})
+
+
 class FakeTransport:
     """Keeps sent messages in a list shared by every instance the factory makes."""
 
