@@ -51,8 +51,8 @@ from digest.render import Links, RenderedDigest, clean_line
 CRLF = "\r\n"
 
 
-class TemporaryDeliveryError(DeliveryError):
-    """Try again later: a 4xx answer, a dropped connection, a timeout."""
+class _SendError(DeliveryError):
+    """A failed send: the server's reply code and the address it concerns, when known."""
 
     def __init__(
         self,
@@ -68,24 +68,16 @@ class TemporaryDeliveryError(DeliveryError):
         self.maybe_delivered = maybe_delivered
 
 
-class PermanentDeliveryError(DeliveryError):
+class TemporaryDeliveryError(_SendError):
+    """Try again later: a 4xx answer, a dropped connection, a timeout."""
+
+
+class PermanentDeliveryError(_SendError):
     """The server refused for good (5xx): a bounce; do not retry."""
 
-    def __init__(self, message: str, *, code: int | None = None, address: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.address = address
-        self.maybe_delivered = False
 
-
-class TransportError(DeliveryError):
+class TransportError(_SendError):
     """Our side is misconfigured (login, TLS, sender, missing password): stop, nobody bounced."""
-
-    def __init__(self, message: str, *, code: int | None = None, address: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.address = address
-        self.maybe_delivered = False
 
 
 # --- messages --------------------------------------------------------------------------------
