@@ -57,6 +57,11 @@ def browser() -> Iterator[object]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("the playwright package is not installed (pip install playwright)")
+    from playwright.sync_api import expect
+
+    # Generous waits: CI machines are shared and slow at times; these bound waiting for the page
+    # to settle (debounced preview, server round trips), they do not assert speed.
+    expect.set_options(timeout=30_000)
     with sync_playwright() as pw:
         launched = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -149,6 +154,7 @@ def test_admin_edits_a_topic_with_live_preview_and_saves(browser, server):
     new_query = "video, latency -draft"
     expected = _expected_summary(config, new_query)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(30_000)
     page.goto(base + "/admin/")
     expect(page).to_have_url(base + "/admin/login?next=/admin/")
     page.get_by_label("Password").fill(PASSWORD)
@@ -198,6 +204,7 @@ def test_subscriber_unsubscribes_through_their_link(browser, server):
         sub = subs.get_subscriber(store, "ada@example.org")
         links = links_for(settings, LinkSigner(secret_key(store, settings)), sub)
     page = browser.new_page(viewport={"width": 420, "height": 720})
+    page.set_default_timeout(30_000)
     page.goto(links.unsubscribe_url)  # the footer link: a GET only shows the page
     expect(page.get_by_role("heading", name="Unsubscribe?")).to_be_visible()
     with Store.open(settings.database.url) as store:
