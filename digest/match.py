@@ -28,12 +28,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 
+import numba
 import numpy as np
 
 from digest import text as textmod
 from digest.errors import QueryError
 from digest.models import Match, StoredPaper, Topic
-from digest.query import Node, Query, compile_query
+from digest.query import LEAVES, Node, Query, compile_query
 
 log = logging.getLogger(__name__)
 
@@ -617,7 +618,110 @@ def _compile(text: str) -> Query | None:
 
 _SCORE_BITS = 32  # scores are ranked in micro-units (Match.score keeps 6 decimals)
 _SCORE_MAX = (1 << _SCORE_BITS) - 1
-_LIT_BUDGET = 1 << 21  # literal bitset words gathered per chunk (16 MB; bounds pair arrays too)
+_CHUNK = 1 << 15  # queries per kernel call: bounds the per-call output buffer (limit x this)
+_BLOCKS = 64  # query blocks per kernel call, shared out among the threads
+
+
+def _debruijn_table() -> np.ndarray:
+    # the lowest set bit of a word times this constant puts a unique 6-bit code at the top
+    table = np.zeros(64, dtype=np.int64)
+    for b in range(64):
+        table[((1 << b) * _DEBRUIJN & (1 << 64) - 1) >> 58] = b
+    return table
+
+
+_DEBRUIJN = 0x03F79D71B4CB0A89
+_DB_TABLE = _debruijn_table()
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _run_queries(rows, all_mask, lit_rows, neg_words, lit_start, conj_start, clause_start,
+                 pleaf, pstart, ptr, papers, weights, rank, db_table, rank_bits,
+                 qa, qb, count_only, out_off, cap, out_keys, out_total):  # fmt: skip
+    """Evaluate queries qa..qb: each one's bitset program, then its matches' BM25F scores
+    (summed leaf by leaf over the leaves' postings), keeping its best cap[q] as sort keys
+    ((score max - micro-score) << rank_bits | paper rank) in ascending order at out_off[q]."""
+    nq = qb - qa
+    nw = rows.shape[1]
+    n = rank.shape[0]
+    one = np.uint64(1)
+    zero = np.uint64(0)
+    db = np.uint64(_DEBRUIJN)
+    s58 = np.uint64(58)
+    m63 = np.uint64(63)
+    score_max = np.int64(_SCORE_MAX)
+    blocks = min(nq, _BLOCKS)
+    for blk in numba.prange(blocks):
+        lo = qa + nq * blk // blocks
+        hi = qa + nq * (blk + 1) // blocks
+        res = np.empty(nw, dtype=np.uint64)
+        cl = np.empty(nw, dtype=np.uint64)
+        cj = np.empty(nw, dtype=np.uint64)
+        acc = np.zeros(n, dtype=np.float64)
+        buf = np.empty(n, dtype=np.int64)
+        for q in range(lo, hi):
+            res[:] = all_mask
+            nonempty = True
+            for c in range(clause_start[q], clause_start[q + 1]):
+                cl[:] = zero
+                for j in range(conj_start[c], conj_start[c + 1]):
+                    cj[:] = ~zero
+                    for li in range(lit_start[j], lit_start[j + 1]):
+                        r = lit_rows[li]
+                        neg = neg_words[li]
+                        for w in range(nw):
+                            cj[w] &= rows[r, w] ^ neg
+                    for w in range(nw):
+                        cl[w] |= cj[w]
+                anyset = zero
+                for w in range(nw):
+                    res[w] &= cl[w]
+                    anyset |= res[w]
+                if anyset == zero:
+                    nonempty = False
+                    break
+            count = 0
+            if not nonempty:
+                out_total[q - qa] = 0
+                continue
+            if count_only:
+                for w in range(nw):
+                    x = res[w]
+                    while x:
+                        x &= x - one
+                        count += 1
+                out_total[q - qa] = count
+                continue
+            # scores: each positive leaf's weight added on the matched papers that hold it
+            for t in range(pstart[q], pstart[q + 1]):
+                leaf = pleaf[t]
+                for k in range(ptr[leaf], ptr[leaf + 1]):
+                    p = papers[k]
+                    if (res[p >> 6] >> (np.uint64(p) & m63)) & one:
+                        acc[p] += weights[k]
+            for w in range(nw):
+                x = res[w]
+                base = w << 6
+                while x:
+                    low = x & (~x + one)
+                    p = base + db_table[(low * db) >> s58]
+                    m = np.int64(np.rint(acc[p] * 1e6))
+                    acc[p] = 0.0
+                    if m < 0:
+                        m = 0
+                    elif m > score_max:
+                        m = score_max
+                    buf[count] = ((score_max - m) << rank_bits) | rank[p]
+                    count += 1
+                    x ^= low
+            out_total[q - qa] = count
+            k = min(count, cap[q - qa])
+            if k <= 0:
+                continue
+            best = np.partition(buf[:count], k - 1)[:k] if count > k else buf[:count]
+            best.sort()
+            o = out_off[q - qa]
+            out_keys[o : o + k] = best
 
 
 def _bitset_rows(ptr: np.ndarray, papers: np.ndarray, words: int) -> np.ndarray:
@@ -637,23 +741,111 @@ def _int_row(x: int, words: int) -> np.ndarray:
     return np.frombuffer(x.to_bytes(words * 8, "little"), dtype=np.uint64)
 
 
-def _set_bits(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, bit position) of every set bit of a matrix of uint64 words, in no fixed order."""
-    ri, wi = np.nonzero(rows)
-    w = rows[ri, wi]
-    base = wi.astype(np.int64) << 6
-    out_r, out_p = [], []
-    one = np.uint64(1)
-    while len(w):  # peel the lowest set bit of every word still holding one
-        low = w & (~w + one)
-        out_r.append(ri)
-        out_p.append(base + np.bitwise_count(low - one).astype(np.int64))
-        w = w ^ low
-        keep = w != 0
-        ri, base, w = ri[keep], base[keep], w[keep]
-    if not out_r:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(out_r).astype(np.int64), np.concatenate(out_p)
+class _Batch:
+    """Every distinct query of a batch evaluated at once: its best (paper, score) pairs.
+
+    With a limit, each query keeps only its best `limit` matches (exact top-k: selected by
+    score, then paper rank, inside the kernel), so the batch never holds every matching pair;
+    `total` still counts them all, so a caller can tell a cut list from a complete one.
+    """
+
+    def __init__(self, index: PaperIndex, queries: list[Query], limit: int | None) -> None:
+        self.index = index
+        self.queries = queries
+        n = index.size
+        nw = max(1, (n + 63) >> 6)
+        # the queries' literals and positive words, numbered by process-wide leaf id
+        chain, get = itertools.chain.from_iterable, operator.attrgetter
+        codes = np.fromiter(chain(map(get("codes"), queries)), np.int64)
+        tids = np.fromiter(chain(map(get("term_ids"), queries)), np.int64)
+        ids = np.r_[codes >> 1, tids]
+        nl = len(LEAVES)  # other threads may add leaves meanwhile; ours are all below
+        seen = np.zeros(nl, dtype=np.bool_)
+        seen[ids] = True
+        gid = np.flatnonzero(seen)  # the batch's distinct leaves, by id
+        nodes = [LEAVES[i] for i in gid.tolist()]
+        is_leaf = np.fromiter((x.kind in "tpx" for x in nodes), np.bool_, len(nodes))
+        # rows: word/phrase/prefix leaves first (from the CSR postings), then other literals
+        order = np.r_[np.flatnonzero(is_leaf), np.flatnonzero(~is_leaf)]
+        row_of = np.zeros(nl, dtype=np.int64)
+        row_of[gid[order]] = np.arange(len(order))
+        leaves = [nodes[k] for k in order[: int(is_leaf.sum())].tolist()]
+        others = [nodes[k] for k in order[len(leaves) :].tolist()]
+        nested = [leaf for x in others for leaf in _leaves(x) if leaf.kind == "p"]
+        index.prime_phrases(leaf.arg for leaf in nested)  # type: ignore[misc]
+        ptr, papers, weights = index.postings(leaves)
+        rows = _bitset_rows(ptr, papers, nw)
+        if others:
+            extra = np.stack([_int_row(index.bits(x), nw) for x in others])
+            rows = np.concatenate([rows, extra])
+        if not len(rows):
+            rows = np.zeros((1, nw), dtype=np.uint64)
+        all_mask = _int_row(index.all, nw).copy()
+        # the literal program of every query, flattened
+        r = row_of[ids]
+        lit_rows, pleaf = r[: len(codes)], r[len(codes) :]
+        neg_words = np.where(codes & 1, ~np.uint64(0), np.uint64(0))
+        conj = np.fromiter(chain(map(get("conj_sizes"), queries)), np.int64)
+        clause = np.fromiter(chain(map(get("clause_sizes"), queries)), np.int64)
+        qclauses = np.fromiter(map(len, map(get("clause_sizes"), queries)), np.int64)
+        pcount = np.fromiter(map(len, map(get("term_ids"), queries)), np.int64)
+        lit_start = np.r_[0, np.cumsum(conj)]  # per conjunction
+        conj_start = np.r_[0, np.cumsum(clause)]  # per clause
+        clause_start = np.r_[0, np.cumsum(qclauses)]  # per query
+        pstart = np.r_[0, np.cumsum(pcount)]  # positive words per query, for scoring
+        rank_bits = max(1, (n - 1).bit_length())
+        program = (rows, all_mask, lit_rows, neg_words, lit_start, conj_start, clause_start, pleaf,
+                   pstart, ptr, papers, weights, index._rank_arr, _DB_TABLE, rank_bits)  # fmt: skip
+        nq = len(queries)
+        key_parts, kept_parts, total_parts = [], [], []
+        for qa in range(0, nq, _CHUNK):
+            qb = min(nq, qa + _CHUNK)
+            m = qb - qa
+            total = np.zeros(m, dtype=np.int64)
+            if limit is None:
+                # count first, then write every match at its exact place
+                none = np.zeros(0, dtype=np.int64)
+                _run_queries(*program, qa, qb, True, none, none, none, total)
+                cap = total.copy()
+                off = np.cumsum(total) - total
+                keys = np.empty(int(total.sum()), dtype=np.int64)
+                _run_queries(*program, qa, qb, False, off, cap, keys, total)
+                kept = total
+            else:
+                k = max(0, limit)
+                cap = np.full(m, k, dtype=np.int64)
+                off = np.arange(m, dtype=np.int64) * k
+                keys = np.empty(m * k, dtype=np.int64)
+                _run_queries(*program, qa, qb, False, off, cap, keys, total)
+                kept = np.minimum(total, k)
+                keys = keys[_ranges(off, kept)]
+            key_parts.append(keys)
+            kept_parts.append(kept)
+            total_parts.append(total)
+        empty = np.zeros(0, dtype=np.int64)
+        keys = np.concatenate(key_parts) if key_parts else empty
+        kept = np.concatenate(kept_parts) if kept_parts else empty
+        self.total = np.concatenate(total_parts) if total_parts else empty
+        self.kept = kept
+        self.ptr = np.r_[0, np.cumsum(kept)]
+        self.micro = _SCORE_MAX - (keys >> rank_bits)
+        self.paper = index._by_rank[keys & ((1 << rank_bits) - 1)]
+
+    def cut(self, qid: int) -> bool:
+        """Whether the query's list was cut at the limit (it has more matches)."""
+        return bool(self.total[qid] > self.kept[qid])
+
+    def score_of(self, qid: int, i: int) -> int | None:
+        """The micro-score of paper i for query qid, or None if it does not match."""
+        a, b = int(self.ptr[qid]), int(self.ptr[qid + 1])
+        hits = np.flatnonzero(self.paper[a:b] == i)
+        if len(hits):
+            return int(self.micro[a + hits[0]])
+        query, index = self.queries[qid], self.index
+        if not self.cut(qid) or not index.bits(query.root) >> i & 1:
+            return None
+        # beyond the kept ones: the same sum, leaf by leaf, as the kernel's
+        return min(_SCORE_MAX, max(0, int(np.rint(index.score(query, i) * 1e6))))
 
 
 def _rank_sort(group: np.ndarray, micro: np.ndarray, rank: np.ndarray, rank_bits: int):
@@ -692,114 +884,16 @@ def _rank_sort(group: np.ndarray, micro: np.ndarray, rank: np.ndarray, rank_bits
     return g, _SCORE_MAX - ((key >> rank_bits) & _SCORE_MAX), key & ((1 << rank_bits) - 1)
 
 
-class _Batch:
-    """Every distinct query of a batch evaluated at once: ranked (paper, score) per query."""
-
-    def __init__(self, index: PaperIndex, queries: list[Query]) -> None:
-        self.index = index
-        self.queries = queries
-        n = index.size
-        nw = max(1, (n + 63) >> 6)
-        # rows: word/phrase/prefix leaves first (from the CSR postings), then other literals
-        lits = list(itertools.chain.from_iterable(q.literals for q in queries))
-        pos = list(itertools.chain.from_iterable(q.terms for q in queries))
-        distinct = dict.fromkeys(itertools.chain(lits, pos))
-        leaves = [x for x in distinct if x.kind in ("t", "p", "x")]
-        others = [x for x in distinct if x.kind not in ("t", "p", "x")]
-        nested = [leaf for x in others for leaf in _leaves(x) if leaf.kind == "p"]
-        index.prime_phrases(leaf.arg for leaf in nested)  # type: ignore[misc]
-        rowmap = {x: k for k, x in enumerate(itertools.chain(leaves, others))}
-        ptr, papers, weights = index.postings(leaves)
-        rows = _bitset_rows(ptr, papers, nw)
-        if others:
-            extra = np.stack([_int_row(index.bits(x), nw) for x in others])
-            rows = np.concatenate([rows, extra])
-        all_mask = _int_row(index.all, nw)
-        # the literal program of every query, flattened
-        lit_rows = np.fromiter(map(rowmap.__getitem__, lits), np.int64, len(lits))
-        negs = np.fromiter(
-            itertools.chain.from_iterable(q.negated for q in queries), np.bool_, len(lits)
-        )
-        conj = np.fromiter(itertools.chain.from_iterable(q.conj_sizes for q in queries), np.int64)
-        clause = np.fromiter(
-            itertools.chain.from_iterable(q.clause_sizes for q in queries), np.int64
-        )
-        qclauses = np.fromiter((len(q.clause_sizes) for q in queries), np.int64, len(queries))
-        lit_start = np.r_[0, np.cumsum(conj)]  # per conjunction
-        conj_start = np.r_[0, np.cumsum(clause)]  # per clause
-        clause_start = np.r_[0, np.cumsum(qclauses)]  # per query
-        q_lit = lit_start[conj_start[clause_start]]  # first literal of each query (and end)
-        # positive leaves of every query, for scoring
-        pcount = np.fromiter((len(q.terms) for q in queries), np.int64, len(queries))
-        pleaf = np.fromiter(map(rowmap.__getitem__, pos), np.int64, len(pos))
-        pstart = np.r_[0, np.cumsum(pcount)]
-        leaf_rows = rows[: len(leaves)]
-        cum = np.cumsum(np.bitwise_count(leaf_rows), axis=1, dtype=np.int64)
-        cum -= np.bitwise_count(leaf_rows)
-        w_pad = np.r_[weights, 0.0]
-        rank_bits = max(1, (n - 1).bit_length())
-        neg_word = np.where(negs, ~np.uint64(0), np.uint64(0))
-        q_parts, s_parts, p_parts = [], [], []
-        qa, nq = 0, len(queries)
-        qspan = 1 << max(1, 63 - _SCORE_BITS - rank_bits)
-        while qa < nq:
-            # as many queries as fit the gather budget (at least one)
-            qb = int(np.searchsorted(q_lit, q_lit[qa] + max(1, _LIT_BUDGET // nw), "right")) - 1
-            qb = min(max(qb, qa + 1), nq, qa + qspan)
-            la, lb = int(q_lit[qa]), int(q_lit[qb])
-            ca, cb = int(conj_start[clause_start[qa]]), int(conj_start[clause_start[qb]])
-            ka, kb = int(clause_start[qa]), int(clause_start[qb])
-            g = rows[lit_rows[la:lb]]
-            g ^= neg_word[la:lb, None]
-            t = np.bitwise_and.reduceat(g, lit_start[ca:cb] - la, axis=0)
-            del g
-            c = np.bitwise_or.reduceat(t, conj_start[ka:kb] - ca, axis=0)
-            del t
-            qbits = np.bitwise_and.reduceat(c, clause_start[qa:qb] - ka, axis=0)
-            del c
-            qbits &= all_mask
-            pq, pp = _set_bits(qbits)
-            del qbits
-            # score: the sum of the query's positive leaf weights in the paper
-            npos = pcount[pq + qa]
-            rep = np.repeat(np.arange(len(pq), dtype=np.int64), npos)
-            leaf = pleaf[_ranges(pstart[pq + qa], npos)]
-            p = pp[rep]
-            word = leaf_rows[leaf, p >> 6]
-            bitpos = (p & 63).astype(np.uint64)
-            present = (word >> bitpos) & np.uint64(1)
-            below = np.bitwise_count(word & ((np.uint64(1) << bitpos) - np.uint64(1)))
-            at = ptr[leaf] + cum[leaf, p >> 6] + below
-            at = np.where(present.astype(bool), at, len(weights))
-            score = np.bincount(rep, weights=w_pad[at], minlength=len(pq))
-            micro = np.rint(score * 1e6).astype(np.int64)
-            # pq < qspan: one composite key sort ranks the whole chunk
-            g_, m_, r_ = _rank_sort(pq, micro, index._rank_arr[pp], rank_bits)
-            q_parts.append(g_ + qa)
-            s_parts.append(m_)
-            p_parts.append(index._by_rank[r_])
-            qa = qb
-        self.q = np.concatenate(q_parts) if q_parts else np.zeros(0, np.int64)
-        self.micro = np.concatenate(s_parts) if s_parts else np.zeros(0, np.int64)
-        self.paper = np.concatenate(p_parts) if p_parts else np.zeros(0, np.int64)
-        self.ptr = np.searchsorted(self.q, np.arange(nq + 1))
-
-    def score_of(self, qid: int, i: int) -> int | None:
-        """The micro-score of paper i for query qid, or None if it does not match."""
-        a, b = int(self.ptr[qid]), int(self.ptr[qid + 1])
-        hits = np.flatnonzero(self.paper[a:b] == i)
-        return int(self.micro[a + hits[0]]) if len(hits) else None
-
-
 class MatchList(Sequence[Match]):
     """One subscriber's matches, best first; Match objects (with words and spans) are built
     only for the items read, so a caller that reads the first few pays for those alone."""
 
-    __slots__ = ("_cache", "_micro", "_papers", "_qids", "_res", "_topics")
+    __slots__ = ("_cache", "_micro", "_more", "_papers", "_qids", "_res", "_topics")
 
     def __init__(self, res: Matches, papers: np.ndarray, micro: np.ndarray,
-                 topics: Sequence[Topic], qids: tuple[int, ...]) -> None:  # fmt: skip
+                 topics: Sequence[Topic], qids: tuple[int, ...], more: bool) -> None:  # fmt: skip
         self._res = res
+        self._more = more
         self._papers = papers
         self._micro = micro
         self._topics = topics
@@ -830,6 +924,19 @@ class MatchList(Sequence[Match]):
         """The matches' scores, best first."""
         return (self._micro / 1e6).tolist()
 
+    @property
+    def cut(self) -> bool:
+        """Whether the list stops at the limit while more papers match (see full())."""
+        return self._more
+
+    def full(self) -> MatchList:
+        """The whole ranking (this list if it is not cut): the first items are the same."""
+        if not self.cut:
+            return self
+        got = match_profiles(self._res.index, {0: self._topics}).get(0)
+        assert got is not None  # a cut list has matches
+        return got
+
     def __repr__(self) -> str:
         return f"MatchList({list(self)!r})"
 
@@ -841,8 +948,9 @@ class Matches(Mapping[int, MatchList]):
         self.index = index
         self.batch = batch
         self.limit = limit
-        self._single: dict[int, tuple[int, Sequence[Topic], tuple[int, ...]]] = {}
-        self._multi: dict[int, tuple[int, int, Sequence[Topic], tuple[int, ...]]] = {}
+        self._single: dict[int, tuple[int, Topic, int]] = {}  # sid -> (sid, topic, query id)
+        # sid -> (start, end, topics, query ids, whether the list was cut at the limit)
+        self._multi: dict[int, tuple[int, int, Sequence[Topic], tuple[int, ...], bool]] = {}
         self.multi_paper = np.zeros(0, np.int64)
         self.multi_micro = np.zeros(0, np.int64)
 
@@ -850,16 +958,15 @@ class Matches(Mapping[int, MatchList]):
         got = self._single.get(sid)
         batch = self.batch
         if got is not None and batch is not None:
-            qid, topics, qids = got
+            _sid, topic, qid = got
             a, b = int(batch.ptr[qid]), int(batch.ptr[qid + 1])
-            if self.limit is not None:
-                b = min(b, a + self.limit)
-            return MatchList(self, batch.paper[a:b], batch.micro[a:b], topics, qids)
+            more = batch.cut(qid)
+            return MatchList(self, batch.paper[a:b], batch.micro[a:b], (topic,), (qid,), more)
         m = self._multi.get(sid)
         if m is None:
             raise KeyError(sid)
-        a, b, topics, qids = m
-        return MatchList(self, self.multi_paper[a:b], self.multi_micro[a:b], topics, qids)
+        a, b, topics, qids, more = m
+        return MatchList(self, self.multi_paper[a:b], self.multi_micro[a:b], topics, qids, more)
 
     def __iter__(self):
         return itertools.chain(self._single, self._multi)
@@ -908,36 +1015,48 @@ def _match_all(
 ) -> Matches:
     qid_of: dict[str, int | None] = {}
     queries: list[Query] = []
-    subs: list[tuple[int, list[Topic], tuple[int, ...]]] = []
+
+    def qid_for(text: str) -> int | None:
+        q = _compile(text)
+        qid = None
+        if q is not None:
+            qid = len(queries)
+            queries.append(q)
+        qid_of[text] = qid
+        return qid
+
+    ones: list[tuple[int, Topic, int]] = []  # most subscribers have one topic: a fast path
+    multi: list[tuple[int, list[Topic], tuple[int, ...]]] = []
     for sid, topics in profiles.items():
+        if len(topics) == 1:
+            t = topics[0]
+            qid = qid_of.get(t.query, -1)
+            if qid == -1:
+                qid = qid_for(t.query)
+            if qid is not None:
+                ones.append((sid, t, qid))
+            continue
         used, qids = [], []
         for t in topics:
             qid = qid_of.get(t.query, -1)
             if qid == -1:
-                q = _compile(t.query)
-                qid = None
-                if q is not None:
-                    qid = len(queries)
-                    queries.append(q)
-                qid_of[t.query] = qid
+                qid = qid_for(t.query)
             if qid is not None:
                 used.append(t)
                 qids.append(qid)
-        if qids:
-            subs.append((sid, used, tuple(qids)))
+        if len(qids) == 1:
+            ones.append((sid, used[0], qids[0]))
+        elif qids:
+            multi.append((sid, used, tuple(qids)))
     if not index.size or not queries:
         return Matches(index, None, limit)
-    batch = _Batch(index, queries)
+    batch = _Batch(index, queries, limit)
     res = Matches(index, batch, limit)
-    counts = np.diff(batch.ptr)
-    multi: list[tuple[int, list[Topic], tuple[int, ...]]] = []
+    kept = batch.kept.tolist()
     single = res._single
-    for sid, used, qids in subs:
-        if len(qids) == 1:
-            if counts[qids[0]]:
-                single[sid] = (qids[0], used, qids)
-        else:
-            multi.append((sid, used, qids))
+    for entry in ones:
+        if kept[entry[2]]:
+            single[entry[0]] = entry
     if multi:
         _merge_multi(res, batch, multi, limit)
     return res
@@ -971,10 +1090,12 @@ def _merge_multi(res: Matches, batch: _Batch, multi: list, limit: int | None) ->
     bounds = np.searchsorted(g, np.arange(len(multi) + 1)).tolist()
     for k, (sid, used, q) in enumerate(multi):
         lo, hi = bounds[k], bounds[k + 1]
+        # past the limit the merge of cut lists is not exact: cut it there too
+        more = (limit is not None and hi - lo > limit) or any(map(batch.cut, q))
         if limit is not None:
             hi = min(hi, lo + limit)
         if hi > lo:
-            res._multi[sid] = (lo, hi, used, q)
+            res._multi[sid] = (lo, hi, used, q, more)
 
 
 def match_query(index: PaperIndex, query_text: str, limit: int | None = None) -> list[Match]:

@@ -118,7 +118,10 @@ def _plan_states(
 ) -> list[Plan]:
     top = papers[-1].id if papers else 0
     profiles = {s.subscriber.id: s.subscriber.topics for s in states if s.subscriber.topics}
-    results = match_profiles(index, profiles) if index is not None and profiles else {}
+    # Only each subscriber's best 2 x max_papers are ranked (exact top-k); the rare list whose
+    # head is filtered out below (older or delivered papers) is ranked in full on demand.
+    limit = 2 * settings.mail.max_papers
+    results = match_profiles(index, profiles, limit=limit) if index is not None and profiles else {}
     # Ranked paper ids are cheap; a Match (matched words) is built only for what is kept.
     matched = sorted({pid for found in results.values() for pid in found.paper_ids()})
     delivered = store.delivered_pairs(sorted(results), matched) if results else set()
@@ -128,9 +131,15 @@ def _plan_states(
         since = sub.since or sub.created_at
         found = results.get(sub.id)
         items: list[LedgerItem] = []
-        for rank, pid in enumerate(found.paper_ids() if found else ()):
-            if len(items) >= settings.mail.max_papers:
-                break
+        ranked, rank = found.paper_ids() if found else [], 0
+        while len(items) < settings.mail.max_papers:
+            if rank == len(ranked):
+                if found is None or not found.cut:
+                    break
+                found = found.full()
+                ranked = found.paper_ids()
+                delivered |= store.delivered_pairs([sub.id], ranked[rank:])
+            pid = ranked[rank]
             if (
                 pid > s.watermark
                 and by_id[pid].first_seen >= since
@@ -140,6 +149,7 @@ def _plan_states(
                 items.append(
                     LedgerItem(paper_id=pid, topics=m.topics, terms=m.terms, score=m.score)
                 )
+            rank += 1
         plans.append(Plan(s, items, max(top, s.watermark), latest_slot(sub, now)))
     return plans
 

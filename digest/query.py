@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -48,6 +49,10 @@ class Query:
     negated: tuple[bool, ...] = field(compare=False, default=())
     conj_sizes: tuple[int, ...] = field(compare=False, default=())
     clause_sizes: tuple[int, ...] = field(compare=False, default=())
+    # the same literals and positive words as process-wide leaf ids (see leaf_id), so a batch of
+    # queries is flattened into arrays without hashing a single Node: literal id << 1 | negated
+    codes: tuple[int, ...] = field(compare=False, default=())
+    term_ids: tuple[int, ...] = field(compare=False, default=())
 
     def __hash__(self) -> int:
         return hash(self.root)
@@ -443,7 +448,31 @@ def _compile(text: str) -> Query:
     root = _or(positives)
     if exclusions:
         root = _and([root, *exclusions])
-    return Query(text, root, positive_terms(root), *flatten(root))
+    terms = positive_terms(root)
+    lits, negs, conj_sizes, clause_sizes = flatten(root)
+    codes = tuple(leaf_id(x) << 1 | n for x, n in zip(lits, negs, strict=True))
+    term_ids = tuple(map(leaf_id, terms))
+    return Query(text, root, terms, lits, negs, conj_sizes, clause_sizes, codes, term_ids)
+
+
+# Leaf ids, process-wide: the matcher numbers a batch's leaves by these instead of hashing
+# Node tuples (that hashing was the largest Python cost of a 100k-query batch). Bounded by the
+# distinct words, phrases and filters ever compiled in the process, not by the queries.
+_LEAF_IDS: dict[Node, int] = {}
+LEAVES: list[Node] = []
+_LEAF_LOCK = threading.Lock()  # web threads compile queries concurrently
+
+
+def leaf_id(node: Node) -> int:
+    """The process-wide id of a literal or word node (LEAVES[id] is the node)."""
+    got = _LEAF_IDS.get(node)
+    if got is None:
+        with _LEAF_LOCK:
+            got = _LEAF_IDS.get(node)
+            if got is None:
+                LEAVES.append(node)
+                got = _LEAF_IDS[node] = len(LEAVES) - 1
+    return got
 
 
 # Big enough for one chunk of the scheduler's queue_digests (10k subscribers, each query compiled

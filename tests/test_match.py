@@ -318,6 +318,31 @@ def test_engine_agrees_with_reference(papers, queries):
         assert keys == sorted(keys)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(papers_strategy(), st.lists(query_strategy(), min_size=1, max_size=4), st.integers(1, 4))
+def test_limited_lists_are_the_full_rankings_cut(papers, queries, limit):
+    compiled = []
+    for q in queries:
+        try:
+            compile_query(q)
+        except QueryError:
+            continue
+        compiled.append(q)
+    profiles = {k: [Topic(f"t{k}", q)] for k, q in enumerate(compiled)}
+    profiles[len(compiled)] = [Topic(f"t{k}", q) for k, q in enumerate(compiled)]
+    full = match_profiles(PaperIndex(papers), profiles)
+    top = match_profiles(PaperIndex(papers), profiles, limit=limit)
+    assert set(top) == set(full)
+    for sid, whole in full.items():
+        cut = top[sid]
+        # exact top-k: the same papers, scores, topics and words as the head of the full list
+        assert list(cut) == list(whole)[:limit]
+        assert cut.paper_ids() == whole.paper_ids()[:limit]
+        assert cut.cut == (len(whole) > limit)
+        assert list(cut.full()) == list(whole)
+        assert not whole.cut and whole.full() is whole
+
+
 # ---------------------------------------------------------------- the shared dumps
 
 
