@@ -635,9 +635,8 @@ _DB_TABLE = _debruijn_table()
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _run_queries(rows, all_mask, lit_rows, neg_words, lit_start, conj_start, clause_start,
-                 pleaf, pstart, ptr, papers, weights, rank, db_table, rank_bits,
-                 qa, qb, count_only, out_off, cap, out_keys, out_total):  # fmt: skip
+def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, rank, db_table,
+                 rank_bits, qa, qb, count_only, out_off, cap, out_keys, out_total):  # fmt: skip
     """Evaluate queries qa..qb: each one's bitset program, then its matches' BM25F scores
     (summed leaf by leaf over the leaves' postings), keeping its best cap[q] as sort keys
     ((score max - micro-score) << rank_bits | paper rank) in ascending order at out_off[q]."""
@@ -660,17 +659,26 @@ def _run_queries(rows, all_mask, lit_rows, neg_words, lit_start, conj_start, cla
         acc = np.zeros(n, dtype=np.float64)
         buf = np.empty(n, dtype=np.int64)
         for q in range(lo, hi):
+            # the query's program (see Query.program): positive words, then the clauses
+            tpos = qstart[q] + 1
+            nterms = prog[tpos - 1]
+            pos = tpos + nterms + 1
             res[:] = all_mask
             nonempty = True
-            for c in range(clause_start[q], clause_start[q + 1]):
+            for _c in range(prog[pos - 1]):
                 cl[:] = zero
-                for j in range(conj_start[c], conj_start[c + 1]):
+                nconj = prog[pos]
+                pos += 1
+                for _j in range(nconj):
                     cj[:] = ~zero
-                    for li in range(lit_start[j], lit_start[j + 1]):
-                        r = lit_rows[li]
-                        neg = neg_words[li]
+                    nlits = prog[pos]
+                    pos += 1
+                    for li in range(pos, pos + nlits):
+                        r = row_of[prog[li] >> 1]
+                        neg = ~zero if prog[li] & 1 else zero
                         for w in range(nw):
                             cj[w] &= rows[r, w] ^ neg
+                    pos += nlits
                     for w in range(nw):
                         cl[w] |= cj[w]
                 anyset = zero
@@ -693,8 +701,8 @@ def _run_queries(rows, all_mask, lit_rows, neg_words, lit_start, conj_start, cla
                 out_total[q - qa] = count
                 continue
             # scores: each positive leaf's weight added on the matched papers that hold it
-            for t in range(pstart[q], pstart[q + 1]):
-                leaf = pleaf[t]
+            for t in range(tpos, tpos + nterms):
+                leaf = row_of[prog[t]]
                 for k in range(ptr[leaf], ptr[leaf + 1]):
                     p = papers[k]
                     if (res[p >> 6] >> (np.uint64(p) & m63)) & one:
@@ -722,6 +730,27 @@ def _run_queries(rows, all_mask, lit_rows, neg_words, lit_start, conj_start, cla
             best.sort()
             o = out_off[q - qa]
             out_keys[o : o + k] = best
+
+
+@numba.njit(cache=True, nogil=True)
+def _mark_leaves(prog, qstart, seen):
+    """Set seen[id] for every leaf id the queries' programs use."""
+    for q in range(len(qstart) - 1):
+        pos = qstart[q]
+        nterms = prog[pos]
+        for t in range(pos + 1, pos + 1 + nterms):
+            seen[prog[t]] = True
+        pos += nterms + 1
+        nclauses = prog[pos]
+        pos += 1
+        for _c in range(nclauses):
+            nconj = prog[pos]
+            pos += 1
+            for _j in range(nconj):
+                nlits = prog[pos]
+                for li in range(pos + 1, pos + 1 + nlits):
+                    seen[prog[li] >> 1] = True
+                pos += nlits + 1
 
 
 def _bitset_rows(ptr: np.ndarray, papers: np.ndarray, words: int) -> np.ndarray:
@@ -754,14 +783,13 @@ class _Batch:
         self.queries = queries
         n = index.size
         nw = max(1, (n + 63) >> 6)
-        # the queries' literals and positive words, numbered by process-wide leaf id
-        chain, get = itertools.chain.from_iterable, operator.attrgetter
-        codes = np.fromiter(chain(map(get("codes"), queries)), np.int64)
-        tids = np.fromiter(chain(map(get("term_ids"), queries)), np.int64)
-        ids = np.r_[codes >> 1, tids]
+        # every query's program (see Query.program) in one array, literals by leaf id
+        programs = list(map(operator.attrgetter("program"), queries))
+        prog = np.fromiter(itertools.chain.from_iterable(programs), np.int64)
+        qstart = np.r_[0, np.cumsum(np.fromiter(map(len, programs), np.int64, len(programs)))]
         nl = len(LEAVES)  # other threads may add leaves meanwhile; ours are all below
         seen = np.zeros(nl, dtype=np.bool_)
-        seen[ids] = True
+        _mark_leaves(prog, qstart, seen)
         gid = np.flatnonzero(seen)  # the batch's distinct leaves, by id
         nodes = [LEAVES[i] for i in gid.tolist()]
         is_leaf = np.fromiter((x.kind in "tpx" for x in nodes), np.bool_, len(nodes))
@@ -781,21 +809,9 @@ class _Batch:
         if not len(rows):
             rows = np.zeros((1, nw), dtype=np.uint64)
         all_mask = _int_row(index.all, nw).copy()
-        # the literal program of every query, flattened
-        r = row_of[ids]
-        lit_rows, pleaf = r[: len(codes)], r[len(codes) :]
-        neg_words = np.where(codes & 1, ~np.uint64(0), np.uint64(0))
-        conj = np.fromiter(chain(map(get("conj_sizes"), queries)), np.int64)
-        clause = np.fromiter(chain(map(get("clause_sizes"), queries)), np.int64)
-        qclauses = np.fromiter(map(len, map(get("clause_sizes"), queries)), np.int64)
-        pcount = np.fromiter(map(len, map(get("term_ids"), queries)), np.int64)
-        lit_start = np.r_[0, np.cumsum(conj)]  # per conjunction
-        conj_start = np.r_[0, np.cumsum(clause)]  # per clause
-        clause_start = np.r_[0, np.cumsum(qclauses)]  # per query
-        pstart = np.r_[0, np.cumsum(pcount)]  # positive words per query, for scoring
         rank_bits = max(1, (n - 1).bit_length())
-        program = (rows, all_mask, lit_rows, neg_words, lit_start, conj_start, clause_start, pleaf,
-                   pstart, ptr, papers, weights, index._rank_arr, _DB_TABLE, rank_bits)  # fmt: skip
+        program = (rows, all_mask, prog, qstart, row_of, ptr, papers, weights, index._rank_arr,
+                   _DB_TABLE, rank_bits)  # fmt: skip
         nq = len(queries)
         key_parts, kept_parts, total_parts = [], [], []
         for qa in range(0, nq, _CHUNK):

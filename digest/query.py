@@ -14,6 +14,7 @@ are equal keys and the matcher evaluates each once per batch.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import threading
 from dataclasses import dataclass, field
@@ -49,10 +50,11 @@ class Query:
     negated: tuple[bool, ...] = field(compare=False, default=())
     conj_sizes: tuple[int, ...] = field(compare=False, default=())
     clause_sizes: tuple[int, ...] = field(compare=False, default=())
-    # the same literals and positive words as process-wide leaf ids (see leaf_id), so a batch of
-    # queries is flattened into arrays without hashing a single Node: literal id << 1 | negated
-    codes: tuple[int, ...] = field(compare=False, default=())
-    term_ids: tuple[int, ...] = field(compare=False, default=())
+    # the same as one flat tuple of process-wide leaf ids (see leaf_id), so the matcher reads a
+    # batch of queries without hashing a single Node: [number of positive words, their ids,
+    # number of clauses, per clause: number of conjunctions, per conjunction: number of
+    # literals, each literal as id << 1 | negated]
+    program: tuple[int, ...] = field(compare=False, default=())
 
     def __hash__(self) -> int:
         return hash(self.root)
@@ -450,9 +452,16 @@ def _compile(text: str) -> Query:
         root = _and([root, *exclusions])
     terms = positive_terms(root)
     lits, negs, conj_sizes, clause_sizes = flatten(root)
-    codes = tuple(leaf_id(x) << 1 | n for x, n in zip(lits, negs, strict=True))
-    term_ids = tuple(map(leaf_id, terms))
-    return Query(text, root, terms, lits, negs, conj_sizes, clause_sizes, codes, term_ids)
+    program = [len(terms), *map(leaf_id, terms), len(clause_sizes)]
+    codes = iter([leaf_id(x) << 1 | n for x, n in zip(lits, negs, strict=True)])
+    conjs = iter(conj_sizes)
+    for nconj in clause_sizes:
+        program.append(nconj)
+        for _ in range(nconj):
+            nlits = next(conjs)
+            program.append(nlits)
+            program.extend(itertools.islice(codes, nlits))
+    return Query(text, root, terms, lits, negs, conj_sizes, clause_sizes, tuple(program))
 
 
 # Leaf ids, process-wide: the matcher numbers a batch's leaves by these instead of hashing
