@@ -1123,11 +1123,14 @@ class Store:
 
     # -- outbox --
 
-    def subscribers_for_delivery(self, *, due_at: datetime | None = None) -> list[DeliveryState]:
+    def subscribers_for_delivery(
+        self, *, due_at: datetime | None = None, after_id: int = 0, limit: int | None = None
+    ) -> list[DeliveryState]:
         """Active subscribers with topics, each with their paper watermark and last slot.
 
         With `due_at`, only those who may be due then: instant and feed subscribers with papers
-        stored after their watermark, daily and weekly ones whose next slot has come.
+        stored after their watermark, daily and weekly ones whose next slot has come. By id;
+        `after_id` and `limit` give one page (the queue walks 100k subscribers page by page).
         """
         wanted = subscribers.c.status == "active"
         if due_at is not None:
@@ -1145,6 +1148,16 @@ class Store:
                     )
                 )
             )
+        if after_id:
+            wanted = wanted & (subscribers.c.id > after_id)
+        if limit is not None:
+            # The page's last id bounds the topics query to the same subscribers.
+            page = select(subscribers.c.id).where(wanted).order_by(subscribers.c.id).limit(limit)
+            with self._read() as conn:
+                last = conn.scalar(select(func.max(page.subquery().c.id)))
+            if last is None:
+                return []
+            wanted = wanted & (subscribers.c.id <= last)
         with self._read() as conn:
             rows = list(conn.execute(select(subscribers).where(wanted).order_by(subscribers.c.id)))
             # One pass over topics instead of chunked IN lists when (nearly) everyone is wanted.

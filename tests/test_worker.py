@@ -290,3 +290,45 @@ def test_run_worker_idle_exit_waits_for_claims_held_elsewhere(store: Store, tmp_
     assert sorted(m.recipients[0] for m in transport.messages) == [
         f"reader{n:05d}@example.org" for n in range(5)
     ]
+
+
+def test_queue_digests_page_by_page_plans_what_one_pass_would(store: Store, tmp_path, monkeypatch):
+    import digest.outbox as outbox
+    from digest.outbox import plan_digests
+
+    settings = build_settings({"mail": {"max_papers": 10}}, root=tmp_path)
+    assert not ingest_files(store, settings, [FIXTURES / "ingest_day1.txt"], quiet=True).failures
+    since = T0 - timedelta(days=1)
+    queries = ["models", "scaling", "small, cheap", "models, -bigger", "author"]
+    store.insert_subscribers(
+        [
+            Subscriber(
+                0,
+                f"p{n}@example.org",
+                "",
+                "active",
+                "instant",
+                "08:00",
+                "UTC",
+                0,
+                since,
+                f"tok-{n}",
+                (Topic("T", q),),
+                since,
+            )
+            for n, q in enumerate(queries)
+        ]
+    )
+    expected = {
+        p.state.subscriber.email: [i.paper_id for i in p.items]
+        for p in plan_digests(store, settings, now=T0, force=True)[0]
+    }
+    monkeypatch.setattr(outbox, "QUEUE_CHUNK", 2)
+    report = queue_digests(store, settings, now=T0, force=True)
+    assert report.due == len(queries)
+    assert report.queued == sum(1 for ids in expected.values() if ids)
+    got = {}
+    for digest_id in store.digest_ids_by_status("queued"):
+        record = store.digest_record(digest_id)
+        got[record.subscriber.email] = [paper.id for paper, _item in record.items]
+    assert got == {email: ids for email, ids in expected.items() if ids}
