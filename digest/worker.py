@@ -122,7 +122,7 @@ def run_worker(
             stop.wait(options.poll)
     finally:
         # A TransportError (our own login, TLS or sender is wrong) ends the worker through
-        # here: the claims of its pass lapse with the lease; the failed attempt delivered nothing.
+        # here; deliver_queued has given the rest of its batch back to the queue already.
         transport.close()
         report.seconds = time.monotonic() - started
     return report
