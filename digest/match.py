@@ -16,7 +16,6 @@ that matched are listed best first.
 
 from __future__ import annotations
 
-import functools
 import gc
 import heapq
 import itertools
@@ -33,6 +32,7 @@ import numpy as np
 
 from digest import text as textmod
 from digest.errors import QueryError
+from digest.highlight import leaf_spans, merge_spans
 from digest.models import Match, StoredPaper, Topic
 from digest.query import LEAVES, Node, Query, compile_query
 
@@ -80,34 +80,6 @@ def _ranges(lo: np.ndarray, cnt: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     starts = np.cumsum(cnt) - cnt
     return np.arange(total, dtype=np.int64) - np.repeat(starts - lo, cnt)
-
-
-def _merge_spans(spans: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    out: list[tuple[int, int]] = []
-    for s, e in sorted(spans):
-        if out and s <= out[-1][1]:
-            if e > out[-1][1]:
-                out[-1] = (out[-1][0], e)
-        else:
-            out.append((s, e))
-    return tuple(out)
-
-
-def _leaf_spans(leaf: Node, toks: Sequence[textmod.Token]) -> list[tuple[int, int]]:
-    """Character spans in one field's tokens where a word/phrase/prefix leaf occurs."""
-    kind, arg = leaf.kind, leaf.arg
-    if kind == "t":
-        return [(t.start, t.end) for t in toks if t.stem == arg]
-    if kind == "x":
-        return [(t.start, t.end) for t in toks if t.norm.startswith(arg)]  # type: ignore[arg-type]
-    phrase: tuple[str, ...] = arg  # type: ignore[assignment]
-    n = len(phrase)
-    stems = [t.stem for t in toks]
-    return [
-        (toks[p].start, toks[p + n - 1].end)
-        for p in range(len(stems) - n + 1)
-        if stems[p] == phrase[0] and tuple(stems[p : p + n]) == phrase
-    ]
 
 
 def _positions(toks: Sequence[textmod.Token]) -> dict[str, list[int]]:
@@ -556,7 +528,7 @@ class PaperIndex:
                 elif leaf.kind == "p" and leaf.arg[0] not in pos[slot]:  # type: ignore[index]
                     pair.append([])
                 else:
-                    pair.append(_leaf_spans(leaf, ft))
+                    pair.append(leaf_spans(leaf, ft))
             got = self._spans[key] = (pair[0], pair[1])
         return got
 
@@ -570,7 +542,7 @@ class PaperIndex:
             ts, as_ = self.leaf_spans(leaf, i)
             t_spans.extend(ts)
             a_spans.extend(as_)
-        tm, am = _merge_spans(t_spans), _merge_spans(a_spans)
+        tm, am = merge_spans(t_spans), merge_spans(a_spans)
         p = self.papers[i]
         seen: dict[str, str] = {}
         for src, spans in ((p.title, tm), (p.abstract, am)):
@@ -1122,26 +1094,3 @@ def match_query(index: PaperIndex, query_text: str, limit: int | None = None) ->
         terms, ts, as_ = index.highlights(query.terms, i)
         out.append(Match(index.papers[i].id, round(score, 6), (), terms, ts, as_))
     return out
-
-
-# Digests highlight the same few papers for many subscribers, each with their own words:
-# tokenising the abstract again for each was the largest cost of a send worker (profiled).
-@functools.lru_cache(maxsize=4096)
-def _highlight_tokens(text: str) -> tuple[textmod.Token, ...]:
-    return tuple(textmod.tokenize(text))
-
-
-def highlight_spans(
-    text: str, queries: Query | str | Iterable[Query | str], field: str | None = None
-) -> tuple[tuple[int, int], ...]:
-    """Character spans in text of the queries' positive words (field: title or abstract)."""
-    if isinstance(queries, (Query, str)):
-        queries = (queries,)
-    toks = _highlight_tokens(text)
-    spans: list[tuple[int, int]] = []
-    for q in queries:
-        compiled = compile_query(q) if isinstance(q, str) else q
-        for leaf in compiled.terms:
-            if leaf.field is None or field is None or leaf.field == field:
-                spans.extend(_leaf_spans(leaf, toks))
-    return _merge_spans(spans)

@@ -17,15 +17,19 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from digest.config import Settings
 from digest.errors import QueryError
+from digest.highlight import highlight_spans
 from digest.mail import PermanentDeliveryError, TemporaryDeliveryError, make_message_id
-from digest.match import PaperIndex, highlight_spans, match_profiles
 from digest.models import Digest, DigestItem, Match, StoredPaper
 from digest.query import Query, compile_query
 from digest.schedule import is_due, latest_slot, next_slot
 from digest.store import DeliveryState, DigestRecord, LedgerItem, Store
+
+if TYPE_CHECKING:
+    from digest.match import PaperIndex
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,8 @@ def plan_digests(
     Pending: stored after the subscriber's watermark, first seen at or after their `since`, and
     not in their ledger. All profiles are matched against the batch at once.
     """
+    from digest.match import PaperIndex  # see _plan_states
+
     states = _due_states(store, now=now, force=force, only=only)
     if not states:
         return [], {}
@@ -125,6 +131,10 @@ def _plan_states(
     index: PaperIndex | None,
     now: datetime,
 ) -> list[Plan]:
+    # Imported here, not at the top: the matching engine loads numpy and numba (~120 MB),
+    # which a send worker (deliver_queued only) never needs.
+    from digest.match import match_profiles
+
     top = papers[-1].id if papers else 0
     profiles = {s.subscriber.id: s.subscriber.topics for s in states if s.subscriber.topics}
     # Only each subscriber's best 2 x max_papers are ranked (exact top-k); the rare list whose
@@ -174,6 +184,8 @@ def queue_digests(
 ) -> QueueReport:
     """Plan the due digests and record them (ledger, Message-ID, status queued) atomically,
     a page of subscribers at a time against one index of the pending papers."""
+    from digest.match import PaperIndex  # see _plan_states
+
     report = QueueReport()
     after_id, loaded_from = 0, None
     papers: list[StoredPaper] = []

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest.errors import QueryError
-from digest.match import PaperIndex, bit_indices, highlight_spans, match_profiles, match_query
+from digest.highlight import highlight_spans
+from digest.match import PaperIndex, bit_indices, match_profiles, match_query
 from digest.models import StoredPaper, Topic
 from digest.query import Node, compile_query
 from digest.text import tokenize

@@ -332,3 +332,10 @@ def test_queue_digests_page_by_page_plans_what_one_pass_would(store: Store, tmp_
         record = store.digest_record(digest_id)
         got[record.subscriber.email] = [paper.id for paper, _item in record.items]
     assert got == {email: ids for email, ids in expected.items() if ids}
+
+
+def test_a_send_worker_does_not_load_the_matching_engine():
+    # numpy and numba cost a worker ~120 MB of memory and only planning needs them
+    code = "import sys, digest.worker; print(sorted({'numba', 'numpy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

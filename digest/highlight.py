@@ -1,0 +1,65 @@
+"""Where query words occur in a text: character spans for highlighting.
+
+Kept apart from the matching engine (numpy, numba) so that a send worker, which highlights
+recorded terms but never matches, does not load it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+
+from digest import text as textmod
+from digest.query import Node, Query, compile_query
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Overlapping or touching spans joined, in order."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(spans):
+        if out and s <= out[-1][1]:
+            if e > out[-1][1]:
+                out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return tuple(out)
+
+
+def leaf_spans(leaf: Node, toks: Sequence[textmod.Token]) -> list[tuple[int, int]]:
+    """Character spans in one field's tokens where a word/phrase/prefix leaf occurs."""
+    kind, arg = leaf.kind, leaf.arg
+    if kind == "t":
+        return [(t.start, t.end) for t in toks if t.stem == arg]
+    if kind == "x":
+        return [(t.start, t.end) for t in toks if t.norm.startswith(arg)]  # type: ignore[arg-type]
+    phrase: tuple[str, ...] = arg  # type: ignore[assignment]
+    n = len(phrase)
+    stems = [t.stem for t in toks]
+    return [
+        (toks[p].start, toks[p + n - 1].end)
+        for p in range(len(stems) - n + 1)
+        if stems[p] == phrase[0] and tuple(stems[p : p + n]) == phrase
+    ]
+
+
+# Digests highlight the same few papers for many subscribers, each with their own words:
+# tokenising the abstract again for each was the largest cost of a send worker (profiled).
+@functools.lru_cache(maxsize=4096)
+def _tokens(text: str) -> tuple[textmod.Token, ...]:
+    return tuple(textmod.tokenize(text))
+
+
+def highlight_spans(
+    text: str, queries: Query | str | Iterable[Query | str], field: str | None = None
+) -> tuple[tuple[int, int], ...]:
+    """Character spans in text of the queries' positive words (field: title or abstract)."""
+    if isinstance(queries, (Query, str)):
+        queries = (queries,)
+    toks = _tokens(text)
+    spans: list[tuple[int, int]] = []
+    for q in queries:
+        compiled = compile_query(q) if isinstance(q, str) else q
+        for leaf in compiled.terms:
+            if leaf.field is None or field is None or leaf.field == field:
+                spans.extend(leaf_spans(leaf, toks))
+    return merge_spans(spans)
