@@ -373,3 +373,37 @@ def test_a_transport_misconfiguration_stops_sending_and_bounces_nobody(world) ->
     counts = store.digest_status_counts()
     assert counts["queued"] == 2 and counts["bounced"] == 0 and counts["sending"] == 0
     assert deliver_step(store, settings, Recorder(), clock=lambda: T0).sent == 2
+
+
+def test_a_cut_ranking_whose_head_is_filtered_out_is_ranked_in_full(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Planning ranks only each subscriber's best 2 x max_papers; when all of those are older
+    # than the subscriber (or delivered), the whole ranking is taken on demand.
+    from digest.match import MatchList
+
+    store, settings = world
+    settings = make_settings(Path(settings.root), settings.database.url, mail={"max_papers": 1})
+    three_days_ago = (T0 - timedelta(days=3)).timestamp()
+    report = ingest_files(
+        store, settings, [FIXTURES / "ingest_day1.txt"], quiet=True, clock=lambda: three_days_ago
+    )
+    assert not report.failures
+    # since = T0 - 1 day, pending from paper 1 on: the day-1 papers are pending but too old
+    _subscribe(store, settings, "ada@example.org", "model, latency, pruning, sparse",
+               now=T0, backfill_days=1)  # fmt: skip
+    report = ingest_files(
+        store, settings, [FIXTURES / "ingest_day2.txt"], quiet=True, clock=T0.timestamp
+    )
+    assert not report.failures
+    calls = []
+    full = MatchList.full
+    monkeypatch.setattr(MatchList, "full", lambda self: calls.append(self.cut) or full(self))
+
+    plans, papers = plan_digests(store, settings, now=T0 + timedelta(hours=1))
+
+    assert calls == [True]
+    (plan,) = plans
+    assert [papers[i.paper_id].title for i in plan.items] == [
+        "Mixture of Tiny Experts for Edge Devices"
+    ]
