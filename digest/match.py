@@ -757,8 +757,9 @@ class _Batch:
         nw = max(1, (n + 63) >> 6)
         # every query's program (see Query.program) in one array, literals by leaf id
         programs = list(map(operator.attrgetter("program"), queries))
-        prog = np.fromiter(itertools.chain.from_iterable(programs), np.int64)
-        qstart = np.r_[0, np.cumsum(np.fromiter(map(len, programs), np.int64, len(programs)))]
+        prog = np.frombuffer(b"".join(programs), np.int64)
+        sizes = np.fromiter(map(len, programs), np.int64, len(programs)) // prog.itemsize
+        qstart = np.r_[0, np.cumsum(sizes)]
         nl = len(LEAVES)  # other threads may add leaves meanwhile; ours are all below
         seen = np.zeros(nl, dtype=np.bool_)
         _mark_leaves(prog, qstart, seen)
@@ -932,21 +933,30 @@ class MatchList(Sequence[Match]):
 class Matches(Mapping[int, MatchList]):
     """Ranked matches per subscriber id (subscribers with no match are left out)."""
 
-    def __init__(self, index: PaperIndex, batch: _Batch | None, limit: int | None) -> None:
+    def __init__(
+        self,
+        index: PaperIndex,
+        batch: _Batch | None,
+        limit: int | None,
+        profiles: Mapping[int, Sequence[Topic]],
+        qid_of: Mapping[str, int],
+    ) -> None:
         self.index = index
         self.batch = batch
         self.limit = limit
-        self._single: dict[int, tuple[int, Topic, int]] = {}  # sid -> (sid, topic, query id)
+        self._profiles = profiles
+        self._qid_of = qid_of  # query text -> query id in the batch (-1: unparsable)
+        self._single: dict[int, int] = {}  # sid -> query id of their one usable topic
         # sid -> (start, end, topics, query ids, whether the list was cut at the limit)
         self._multi: dict[int, tuple[int, int, Sequence[Topic], tuple[int, ...], bool]] = {}
         self.multi_paper = np.zeros(0, np.int64)
         self.multi_micro = np.zeros(0, np.int64)
 
     def __getitem__(self, sid: int) -> MatchList:
-        got = self._single.get(sid)
+        qid = self._single.get(sid)
         batch = self.batch
-        if got is not None and batch is not None:
-            _sid, topic, qid = got
+        if qid is not None and batch is not None:
+            topic = next(t for t in self._profiles[sid] if self._qid_of[t.query] == qid)
             a, b = int(batch.ptr[qid]), int(batch.ptr[qid + 1])
             more = batch.cut(qid)
             return MatchList(self, batch.paper[a:b], batch.micro[a:b], (topic,), (qid,), more)
@@ -1001,50 +1011,43 @@ def match_profiles(
 def _match_all(
     index: PaperIndex, profiles: Mapping[int, Sequence[Topic]], limit: int | None
 ) -> Matches:
-    qid_of: dict[str, int | None] = {}
-    queries: list[Query] = []
-
-    def qid_for(text: str) -> int | None:
-        q = _compile(text)
-        qid = None
-        if q is not None:
-            qid = len(queries)
-            queries.append(q)
-        qid_of[text] = qid
-        return qid
-
-    ones: list[tuple[int, Topic, int]] = []  # most subscribers have one topic: a fast path
-    multi: list[tuple[int, list[Topic], tuple[int, ...]]] = []
-    for sid, topics in profiles.items():
-        if len(topics) == 1:
-            t = topics[0]
-            qid = qid_of.get(t.query, -1)
-            if qid == -1:
-                qid = qid_for(t.query)
-            if qid is not None:
-                ones.append((sid, t, qid))
-            continue
-        used, qids = [], []
-        for t in topics:
-            qid = qid_of.get(t.query, -1)
-            if qid == -1:
-                qid = qid_for(t.query)
-            if qid is not None:
-                used.append(t)
-                qids.append(qid)
-        if len(qids) == 1:
-            ones.append((sid, used[0], qids[0]))
-        elif qids:
-            multi.append((sid, used, tuple(qids)))
+    # Per-subscriber Python work is what dominates at 100k subscribers, so the profiles are
+    # flattened into arrays once and everything after runs on whole arrays.
+    sids = np.fromiter(profiles.keys(), np.int64, len(profiles))
+    counts = np.fromiter(map(len, profiles.values()), np.int64, len(profiles))
+    texts = [t.query for topics in profiles.values() for t in topics]
+    position: dict[str, int] = {}  # distinct text -> its position, in order of first use
+    slots = [position.setdefault(x, len(position)) for x in texts]
+    compiled = list(map(_compile, position))
+    queries = [q for q in compiled if q is not None]
+    if len(queries) == len(compiled):
+        qids = np.asarray(slots, dtype=np.int64)
+        qid_of: Mapping[str, int] = position
+    else:
+        valid = np.fromiter((q is not None for q in compiled), np.bool_, len(compiled))
+        code = np.where(valid, np.cumsum(valid) - 1, -1)  # position -> query id, -1: bad
+        qids = code[np.asarray(slots, dtype=np.int64)]
+        qid_of = dict(zip(position, code.tolist(), strict=True))
     if not index.size or not queries:
-        return Matches(index, None, limit)
+        return Matches(index, None, limit, profiles, qid_of)
     batch = _Batch(index, queries, limit)
-    res = Matches(index, batch, limit)
-    kept = batch.kept.tolist()
-    single = res._single
-    for entry in ones:
-        if kept[entry[2]]:
-            single[entry[0]] = entry
+    res = Matches(index, batch, limit, profiles, qid_of)
+    starts = np.cumsum(counts) - counts
+    one = counts == 1
+    first = qids[starts[one]]
+    hit = first >= 0
+    hit[hit] = batch.kept[first[hit]] > 0
+    res._single.update(zip(sids[one][hit].tolist(), first[hit].tolist(), strict=True))
+    multi: list[tuple[int, list[Topic], tuple[int, ...]]] = []
+    for k in np.flatnonzero(counts > 1).tolist():  # a minority: one Python step each
+        sid = int(sids[k])
+        pairs = [(t, qid_of[t.query]) for t in profiles[sid]]
+        pairs = [(t, q) for t, q in pairs if q >= 0]
+        if len(pairs) == 1:
+            if batch.kept[pairs[0][1]]:
+                res._single[sid] = pairs[0][1]
+        elif pairs:
+            multi.append((sid, [t for t, _ in pairs], tuple(q for _, q in pairs)))
     if multi:
         _merge_multi(res, batch, multi, limit)
     return res
@@ -1076,10 +1079,11 @@ def _merge_multi(res: Matches, batch: _Batch, multi: list, limit: int | None) ->
     res.multi_paper = index._by_rank[r]
     res.multi_micro = m
     bounds = np.searchsorted(g, np.arange(len(multi) + 1)).tolist()
+    cut = (batch.total > batch.kept).tolist()
     for k, (sid, used, q) in enumerate(multi):
         lo, hi = bounds[k], bounds[k + 1]
         # past the limit the merge of cut lists is not exact: cut it there too
-        more = (limit is not None and hi - lo > limit) or any(map(batch.cut, q))
+        more = (limit is not None and hi - lo > limit) or any(cut[x] for x in q)
         if limit is not None:
             hi = min(hi, lo + limit)
         if hi > lo:

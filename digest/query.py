@@ -13,6 +13,7 @@ are equal keys and the matcher evaluates each once per batch.
 
 from __future__ import annotations
 
+import array
 import functools
 import itertools
 import re
@@ -53,8 +54,8 @@ class Query:
     # the same as one flat tuple of process-wide leaf ids (see leaf_id), so the matcher reads a
     # batch of queries without hashing a single Node: [number of positive words, their ids,
     # number of clauses, per clause: number of conjunctions, per conjunction: number of
-    # literals, each literal as id << 1 | negated]
-    program: tuple[int, ...] = field(compare=False, default=())
+    # literals, each literal as id << 1 | negated], packed as native int64s
+    program: bytes = field(compare=False, default=b"")
 
     def __hash__(self) -> int:
         return hash(self.root)
@@ -461,7 +462,8 @@ def _compile(text: str) -> Query:
             nlits = next(conjs)
             program.append(nlits)
             program.extend(itertools.islice(codes, nlits))
-    return Query(text, root, terms, lits, negs, conj_sizes, clause_sizes, tuple(program))
+    packed = array.array("q", program).tobytes()
+    return Query(text, root, terms, lits, negs, conj_sizes, clause_sizes, packed)
 
 
 # Leaf ids, process-wide: the matcher numbers a batch's leaves by these instead of hashing
