@@ -16,6 +16,7 @@ that matched are listed best first.
 
 from __future__ import annotations
 
+import functools
 import gc
 import heapq
 import itertools
@@ -71,6 +72,24 @@ def _build_bits(postings: dict[str, list[int]]) -> dict[str, int]:
             buf[i >> 3] |= 1 << (i & 7)
         out[key] = int.from_bytes(buf, "little")
     return out
+
+
+_FIELDS = {None: 0, "title": 1, "abstract": 2}
+
+
+def _field_tables(tkeys, ttf, akeys, atf) -> tuple[tuple[np.ndarray, ...], ...]:
+    """Sorted keys with title and abstract counts: for either field, title only, abstract only."""
+    keys = np.union1d(tkeys, akeys)
+    both_t = np.zeros(len(keys))
+    both_a = np.zeros(len(keys))
+    both_t[np.searchsorted(keys, tkeys)] = ttf
+    both_a[np.searchsorted(keys, akeys)] = atf
+    zt, za = np.zeros(len(tkeys)), np.zeros(len(akeys))
+    return (
+        (keys, both_t, both_a),
+        (tkeys, ttf.astype(np.float64), zt),
+        (akeys, za, atf.astype(np.float64)),
+    )
 
 
 def _ranges(lo: np.ndarray, cnt: np.ndarray) -> np.ndarray:
@@ -162,7 +181,10 @@ class PaperIndex:
         self._avg_a = sum(self._alen) / n if n else 1.0
         self._numbers = {name: self._cumulative(name) for name in ("upvotes", "authors")}
         self._vocab = vocab
-        self._grams = tuple(self._gram_tables(ids[s], lens[s], len(vocab)) for s in (0, 1))
+        grams = [self._gram_tables(ids[s], lens[s], len(vocab)) for s in (0, 1)]
+        # (word, paper) and (word pair, paper) tables: title only, abstract only, either field
+        self._words = _field_tables(grams[0][0], grams[0][1], grams[1][0], grams[1][1])
+        self._pairs = _field_tables(grams[0][2], grams[0][3], grams[1][2], grams[1][3])
         self._tnorm = 1 - B + B * np.asarray(self._tlen, dtype=np.float64) / self._avg_t
         self._anorm = 1 - B + B * np.asarray(self._alen, dtype=np.float64) / self._avg_a
         # tie-break rank: more upvotes, then newer, then lower id first
@@ -362,85 +384,83 @@ class PaperIndex:
         """
         n, nl = max(1, self.size), len(leaves)
         nv, vocab = len(self._vocab), self._vocab
-        leaf_parts, pap_parts, tf_parts, slot_parts = [], [], [], []
-        slow = [
-            (j, x)
-            for j, x in enumerate(leaves)
-            if x.kind == "x" or (x.kind == "p" and len(x.arg) > 2)  # type: ignore[arg-type]
-        ]
-        for slot, name in ((0, "title"), (1, "abstract")):
-            uni, uni_tf, bi, bi_tf = self._grams[slot]
-            wl: list[int] = []
-            wk: list[int] = []
-            pl: list[int] = []
-            pk: list[int] = []
-            for j, leaf in enumerate(leaves):
-                if leaf.field not in (None, name):
-                    continue
-                kind, arg = leaf.kind, leaf.arg
-                if kind == "t":
-                    tid = vocab.get(arg)  # type: ignore[call-overload]
-                    if tid is not None:
-                        wl.append(j)
-                        wk.append(tid)
-                elif kind == "p" and len(arg) == 2:  # type: ignore[arg-type]
-                    a, b = vocab.get(arg[0]), vocab.get(arg[1])  # type: ignore[index]
-                    if a is not None and b is not None:
-                        pl.append(j)
-                        pk.append(a * nv + b)
-            for lj, keys, table, tf in ((wl, wk, uni, uni_tf), (pl, pk, bi, bi_tf)):
-                if not lj:
-                    continue
-                k = np.asarray(keys, dtype=np.int64) * n
-                lo = np.searchsorted(table, k)
-                cnt = np.searchsorted(table, k + n) - lo
-                idx = _ranges(lo, cnt)
-                leaf_parts.append(np.repeat(np.asarray(lj, dtype=np.int64), cnt))
-                pap_parts.append(table[idx] - np.repeat(k, cnt))
-                tf_parts.append(tf[idx])
-                slot_parts.append(np.full(len(idx), slot, dtype=np.int8))
+        # per table (words, pairs) and field (either, title, abstract): leaf positions, keys
+        found: dict[tuple[int, str | None], tuple[list[int], list[int]]] = {}
+        slow: list[tuple[int, Node]] = []
+        for j, leaf in enumerate(leaves):
+            kind, arg = leaf.kind, leaf.arg
+            if kind == "t":
+                key = vocab.get(arg)  # type: ignore[call-overload]
+                table = 0
+            elif kind == "p" and len(arg) == 2:  # type: ignore[arg-type]
+                a, b = vocab.get(arg[0]), vocab.get(arg[1])  # type: ignore[index]
+                key = None if a is None or b is None else a * nv + b
+                table = 1
+            else:
+                slow.append((j, leaf))
+                continue
+            if key is not None:
+                got = found.setdefault((table, leaf.field), ([], []))
+                got[0].append(j)
+                got[1].append(key)
+        groups = []  # (leaf positions, counts, papers, title tf, abstract tf)
+        for (table, fld), (lj, keys) in found.items():
+            tkeys, ttf, atf = (self._words, self._pairs)[table][_FIELDS[fld]]
+            k = np.asarray(keys, dtype=np.int64) * n
+            lo = np.searchsorted(tkeys, k)
+            cnt = np.searchsorted(tkeys, k + n) - lo
+            idx = _ranges(lo, cnt)
+            papers = tkeys[idx] - np.repeat(k, cnt)
+            groups.append((np.asarray(lj, dtype=np.int64), cnt, papers, ttf[idx], atf[idx]))
         if slow:
-            sl, sp, st, ss = self._slow_counts(slow)
-            leaf_parts.append(sl)
-            pap_parts.append(sp)
-            tf_parts.append(st)
-            slot_parts.append(ss)
-        if not leaf_parts:
-            return np.zeros(nl + 1, dtype=np.int64), np.zeros(0, np.int64), np.zeros(0)
-        leaf = np.concatenate(leaf_parts)
-        keys, inv = np.unique(leaf * n + np.concatenate(pap_parts), return_inverse=True)
-        tf = np.concatenate(tf_parts).astype(np.float64)
-        title = np.concatenate(slot_parts) == 0
-        tt = np.bincount(inv, weights=np.where(title, tf, 0.0), minlength=len(keys))
-        ta = np.bincount(inv, weights=np.where(title, 0.0, tf), minlength=len(keys))
-        leaf_of, papers = np.divmod(keys, n)
-        ptr = np.searchsorted(leaf_of, np.arange(nl + 1))
-        df = np.diff(ptr).tolist()
+            groups.append(self._slow_counts(slow))
+        # every leaf's entries at their CSR place, with no sort: each leaf is in one group
+        per_leaf = np.zeros(nl, dtype=np.int64)
+        for lj, cnt, *_ in groups:
+            per_leaf[lj] = cnt
+        ptr = np.r_[0, np.cumsum(per_leaf)]
+        papers = np.empty(int(ptr[-1]), dtype=np.int64)
+        tt = np.empty(len(papers), dtype=np.float64)
+        ta = np.empty(len(papers), dtype=np.float64)
+        for lj, cnt, gp, gt, ga in groups:
+            dest = _ranges(ptr[lj], cnt)
+            papers[dest], tt[dest], ta[dest] = gp, gt, ga
+        leaf_of = np.repeat(np.arange(nl, dtype=np.int64), per_leaf)
         size = self.size
-        idf = np.asarray([math.log(1.0 + (size - d + 0.5) / (d + 0.5)) for d in df])
+        idf = np.log(1.0 + (size - per_leaf + 0.5) / (per_leaf + 0.5))
         tfw = TITLE_WEIGHT * tt / self._tnorm[papers] + ta / self._anorm[papers]
         w = idf[leaf_of] * tfw * (K1 + 1) / (K1 + tfw)
         return ptr, papers, w
 
     def _slow_counts(self, slow: list[tuple[int, Node]]) -> tuple[np.ndarray, ...]:
-        """(leaf, paper, count, slot) rows for long phrases and prefixes, counted in Python."""
-        out: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
+        """Long phrases and prefixes counted in Python: leaf positions, their paper counts,
+        then per (leaf, paper) the paper and its title and abstract counts."""
+        lj: list[int] = []
+        cnt: list[int] = []
+        out: tuple[list[int], list[int], list[int]] = ([], [], [])
         for j, leaf in slow:
             kind, arg, fld = leaf.kind, leaf.arg, leaf.field
+            c0 = len(out[0])
             for i in bit_indices(self.bits(leaf)):
                 pair = (self._stems if kind == "p" else self._norms)[i]
+                tf = [0, 0]
                 for slot, name in ((0, "title"), (1, "abstract")):
                     if fld not in (None, name):
                         continue
                     seq = pair[slot]
                     if kind == "p":
-                        c = _count_phrase(seq, arg)  # type: ignore[arg-type]
+                        tf[slot] = _count_phrase(seq, arg)  # type: ignore[arg-type]
                     else:
-                        c = sum(1 for x in seq if x.startswith(arg))  # type: ignore[arg-type]
-                    if c:
-                        for lst, v in zip(out, (j, i, c, slot), strict=True):
-                            lst.append(v)
-        return tuple(np.asarray(x, dtype=np.int64) for x in out)
+                        tf[slot] = sum(1 for x in seq if x.startswith(arg))  # type: ignore[arg-type]
+                if tf[0] or tf[1]:
+                    out[0].append(i)
+                    out[1].append(tf[0])
+                    out[2].append(tf[1])
+            lj.append(j)
+            cnt.append(len(out[0]) - c0)
+        i64 = functools.partial(np.asarray, dtype=np.int64)
+        f64 = functools.partial(np.asarray, dtype=np.float64)
+        return i64(lj), i64(cnt), i64(out[0]), f64(out[1]), f64(out[2])
 
     def weight(self, leaf: Node, i: int) -> float:
         """BM25F weight of one positive leaf in paper i (0 if absent)."""
@@ -590,7 +610,6 @@ def _compile(text: str) -> Query | None:
 
 _SCORE_BITS = 32  # scores are ranked in micro-units (Match.score keeps 6 decimals)
 _SCORE_MAX = (1 << _SCORE_BITS) - 1
-_CHUNK = 1 << 15  # queries per kernel call: bounds the per-call output buffer (limit x this)
 _BLOCKS = 64  # query blocks per kernel call, shared out among the threads
 
 
@@ -607,12 +626,13 @@ _DB_TABLE = _debruijn_table()
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, rank, db_table,
-                 rank_bits, qa, qb, count_only, out_off, cap, out_keys, out_total):  # fmt: skip
-    """Evaluate queries qa..qb: each one's bitset program, then its matches' BM25F scores
-    (summed leaf by leaf over the leaves' postings), keeping its best cap[q] as sort keys
-    ((score max - micro-score) << rank_bits | paper rank) in ascending order at out_off[q]."""
-    nq = qb - qa
+def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, rank, by_rank,
+                 db_table, rank_bits, count_only, out_off, cap, out_paper, out_micro,
+                 out_total):  # fmt: skip
+    """Evaluate every query: its bitset program, then its matches' BM25F scores (summed leaf by
+    leaf over the leaves' postings); write its best cap[q] papers, best first (score, then
+    paper rank), with their micro-scores at out_off[q], and its match count to out_total[q]."""
+    nq = len(qstart) - 1
     nw = rows.shape[1]
     n = rank.shape[0]
     one = np.uint64(1)
@@ -621,10 +641,11 @@ def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, ran
     s58 = np.uint64(58)
     m63 = np.uint64(63)
     score_max = np.int64(_SCORE_MAX)
+    rank_mask = (np.int64(1) << rank_bits) - 1
     blocks = min(nq, _BLOCKS)
     for blk in numba.prange(blocks):
-        lo = qa + nq * blk // blocks
-        hi = qa + nq * (blk + 1) // blocks
+        lo = nq * blk // blocks
+        hi = nq * (blk + 1) // blocks
         res = np.empty(nw, dtype=np.uint64)
         cl = np.empty(nw, dtype=np.uint64)
         cj = np.empty(nw, dtype=np.uint64)
@@ -662,7 +683,7 @@ def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, ran
                     break
             count = 0
             if not nonempty:
-                out_total[q - qa] = 0
+                out_total[q] = 0
                 continue
             if count_only:
                 for w in range(nw):
@@ -670,7 +691,7 @@ def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, ran
                     while x:
                         x &= x - one
                         count += 1
-                out_total[q - qa] = count
+                out_total[q] = count
                 continue
             # scores: each positive leaf's weight added on the matched papers that hold it
             for t in range(tpos, tpos + nterms):
@@ -694,14 +715,16 @@ def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, ran
                     buf[count] = ((score_max - m) << rank_bits) | rank[p]
                     count += 1
                     x ^= low
-            out_total[q - qa] = count
-            k = min(count, cap[q - qa])
+            out_total[q] = count
+            k = min(count, cap[q])
             if k <= 0:
                 continue
             best = np.partition(buf[:count], k - 1)[:k] if count > k else buf[:count]
             best.sort()
-            o = out_off[q - qa]
-            out_keys[o : o + k] = best
+            o = out_off[q]
+            for j in range(k):
+                out_paper[o + j] = by_rank[best[j] & rank_mask]
+                out_micro[o + j] = score_max - (best[j] >> rank_bits)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -784,41 +807,33 @@ class _Batch:
         all_mask = _int_row(index.all, nw).copy()
         rank_bits = max(1, (n - 1).bit_length())
         program = (rows, all_mask, prog, qstart, row_of, ptr, papers, weights, index._rank_arr,
-                   _DB_TABLE, rank_bits)  # fmt: skip
+                   index._by_rank, _DB_TABLE, rank_bits)  # fmt: skip
         nq = len(queries)
-        key_parts, kept_parts, total_parts = [], [], []
-        for qa in range(0, nq, _CHUNK):
-            qb = min(nq, qa + _CHUNK)
-            m = qb - qa
-            total = np.zeros(m, dtype=np.int64)
-            if limit is None:
-                # count first, then write every match at its exact place
-                none = np.zeros(0, dtype=np.int64)
-                _run_queries(*program, qa, qb, True, none, none, none, total)
-                cap = total.copy()
-                off = np.cumsum(total) - total
-                keys = np.empty(int(total.sum()), dtype=np.int64)
-                _run_queries(*program, qa, qb, False, off, cap, keys, total)
-                kept = total
-            else:
-                k = max(0, limit)
-                cap = np.full(m, k, dtype=np.int64)
-                off = np.arange(m, dtype=np.int64) * k
-                keys = np.empty(m * k, dtype=np.int64)
-                _run_queries(*program, qa, qb, False, off, cap, keys, total)
-                kept = np.minimum(total, k)
-                keys = keys[_ranges(off, kept)]
-            key_parts.append(keys)
-            kept_parts.append(kept)
-            total_parts.append(total)
-        empty = np.zeros(0, dtype=np.int64)
-        keys = np.concatenate(key_parts) if key_parts else empty
-        kept = np.concatenate(kept_parts) if kept_parts else empty
-        self.total = np.concatenate(total_parts) if total_parts else empty
-        self.kept = kept
-        self.ptr = np.r_[0, np.cumsum(kept)]
-        self.micro = _SCORE_MAX - (keys >> rank_bits)
-        self.paper = index._by_rank[keys & ((1 << rank_bits) - 1)]
+        total = np.zeros(nq, dtype=np.int64)
+        if limit is None:
+            # count first, then write every match at its exact place
+            none = np.zeros(0, dtype=np.int64)
+            _run_queries(*program, True, none, none, none.astype(np.int32),
+                         none.astype(np.uint32), total)  # fmt: skip
+            cap = total.copy()
+            start = np.cumsum(total) - total
+        else:
+            # each query's best `limit` in a slot of its own (no compaction pass)
+            cap = np.full(nq, max(0, limit), dtype=np.int64)
+            start = np.arange(nq, dtype=np.int64) * max(0, limit)
+        size = int(cap.sum())
+        self.paper = np.empty(size, dtype=np.int32)  # index of the paper in the batch
+        self.micro = np.empty(size, dtype=np.uint32)  # its score in micro-units
+        _run_queries(*program, False, start, cap, self.paper, self.micro, total)
+        self.total = total
+        self.kept = np.minimum(total, cap)
+        self.start = start
+
+    def entries(self, qid: int) -> tuple[np.ndarray, np.ndarray]:
+        """The query's kept papers (batch indices) and micro-scores, best first."""
+        a = int(self.start[qid])
+        b = a + int(self.kept[qid])
+        return self.paper[a:b], self.micro[a:b]
 
     def cut(self, qid: int) -> bool:
         """Whether the query's list was cut at the limit (it has more matches)."""
@@ -826,51 +841,15 @@ class _Batch:
 
     def score_of(self, qid: int, i: int) -> int | None:
         """The micro-score of paper i for query qid, or None if it does not match."""
-        a, b = int(self.ptr[qid]), int(self.ptr[qid + 1])
-        hits = np.flatnonzero(self.paper[a:b] == i)
+        papers, micro = self.entries(qid)
+        hits = np.flatnonzero(papers == i)
         if len(hits):
-            return int(self.micro[a + hits[0]])
+            return int(micro[hits[0]])
         query, index = self.queries[qid], self.index
         if not self.cut(qid) or not index.bits(query.root) >> i & 1:
             return None
         # beyond the kept ones: the same sum, leaf by leaf, as the kernel's
         return min(_SCORE_MAX, max(0, int(np.rint(index.score(query, i) * 1e6))))
-
-
-def _rank_sort(group: np.ndarray, micro: np.ndarray, rank: np.ndarray, rank_bits: int):
-    """Sort entries by (group, score descending, paper rank) with one int64 sort per chunk.
-
-    group must be ascending-chunkable: entries are split by group ranges so the group, the
-    score and the rank fit one 63-bit key. Returns (group, micro score, rank), sorted.
-    """
-    if not len(group):
-        return group, micro, rank
-    gbits = 63 - _SCORE_BITS - rank_bits
-    if gbits < 1:
-        order = np.lexsort((rank, -micro, group))
-        return group[order], micro[order], rank[order]
-    span = 1 << gbits
-    score = _SCORE_MAX - np.clip(micro, 0, _SCORE_MAX)
-    chunk = group // span
-    outs = []
-    bounds = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1], True])
-    if not np.all(chunk[1:] >= chunk[:-1]):
-        order = np.argsort(chunk, kind="stable")
-        group, score, rank, chunk = group[order], score[order], rank[order], chunk[order]
-        bounds = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1], True])
-    shift = _SCORE_BITS + rank_bits
-    for a, b in itertools.pairwise(bounds.tolist()):
-        base = int(chunk[a]) * span
-        key = ((group[a:b] - base) << shift) | (score[a:b] << rank_bits) | rank[a:b]
-        key.sort()
-        outs.append(key)
-    if not outs:
-        z = np.zeros(0, np.int64)
-        return z, z, z
-    key = np.concatenate(outs)
-    chunk_base = np.repeat(chunk[bounds[:-1]] * span, np.diff(bounds)) if len(bounds) > 1 else 0
-    g = (key >> shift) + chunk_base
-    return g, _SCORE_MAX - ((key >> rank_bits) & _SCORE_MAX), key & ((1 << rank_bits) - 1)
 
 
 class MatchList(Sequence[Match]):
@@ -949,17 +928,16 @@ class Matches(Mapping[int, MatchList]):
         self._single: dict[int, int] = {}  # sid -> query id of their one usable topic
         # sid -> (start, end, topics, query ids, whether the list was cut at the limit)
         self._multi: dict[int, tuple[int, int, Sequence[Topic], tuple[int, ...], bool]] = {}
-        self.multi_paper = np.zeros(0, np.int64)
-        self.multi_micro = np.zeros(0, np.int64)
+        self.multi_paper = np.zeros(0, np.int32)
+        self.multi_micro = np.zeros(0, np.uint32)
 
     def __getitem__(self, sid: int) -> MatchList:
         qid = self._single.get(sid)
         batch = self.batch
         if qid is not None and batch is not None:
             topic = next(t for t in self._profiles[sid] if self._qid_of[t.query] == qid)
-            a, b = int(batch.ptr[qid]), int(batch.ptr[qid + 1])
-            more = batch.cut(qid)
-            return MatchList(self, batch.paper[a:b], batch.micro[a:b], (topic,), (qid,), more)
+            papers, micro = batch.entries(qid)
+            return MatchList(self, papers, micro, (topic,), (qid,), batch.cut(qid))
         m = self._multi.get(sid)
         if m is None:
             raise KeyError(sid)
@@ -1056,38 +1034,65 @@ def _match_all(
 def _merge_multi(res: Matches, batch: _Batch, multi: list, limit: int | None) -> None:
     """Each multi-topic subscriber's papers once, at their best topic's score, ranked."""
     index = res.index
-    n = max(1, index.size)
-    sub_of = np.fromiter(
-        itertools.chain.from_iterable(itertools.repeat(k, len(m[2])) for k, m in enumerate(multi)),
-        np.int64,
-    )
-    qids = np.fromiter(itertools.chain.from_iterable(m[2] for m in multi), np.int64)
-    a = batch.ptr[qids]
-    cnt = batch.ptr[qids + 1] - a
-    idx = _ranges(a, cnt)
-    sub = np.repeat(sub_of, cnt)
-    paper = batch.paper[idx]
-    micro = batch.micro[idx]
-    key = sub * n + paper
-    order = np.argsort(key, kind="stable")
-    key, micro = key[order], micro[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, int)
-    best = np.maximum.reduceat(micro, starts) if len(key) else micro
-    sub, paper = np.divmod(key[starts], n) if len(key) else (key, key)
+    sizes = np.fromiter(map(len, (m[2] for m in multi)), np.int64, len(multi))
+    qids = np.fromiter(itertools.chain.from_iterable(m[2] for m in multi), np.int64, sizes.sum())
+    sub_ptr = np.r_[0, np.cumsum(sizes)]
+    entries = np.r_[0, np.cumsum(batch.kept[qids])][sub_ptr]
+    per_sub = np.diff(entries)  # entries before removing repeats: the most a list can hold
+    cap = per_sub if limit is None else np.minimum(per_sub, max(0, limit))
+    off = np.r_[0, np.cumsum(cap)]
+    res.multi_paper = np.empty(int(off[-1]), dtype=np.int32)
+    res.multi_micro = np.empty(int(off[-1]), dtype=np.uint32)
+    unique = np.zeros(len(multi), dtype=np.int64)
     rank_bits = max(1, (index.size - 1).bit_length())
-    g, m, r = _rank_sort(sub, best, index._rank_arr[paper], rank_bits)
-    res.multi_paper = index._by_rank[r]
-    res.multi_micro = m
-    bounds = np.searchsorted(g, np.arange(len(multi) + 1)).tolist()
+    _merge_lists(sub_ptr, qids, batch.start, batch.kept, batch.paper, batch.micro,
+                 index._rank_arr, index._by_rank, rank_bits, int(per_sub.max(initial=0)),
+                 off, cap, res.multi_paper, res.multi_micro, unique)  # fmt: skip
     cut = (batch.total > batch.kept).tolist()
+    count = np.minimum(unique, cap).tolist()
+    lows = off.tolist()
     for k, (sid, used, q) in enumerate(multi):
-        lo, hi = bounds[k], bounds[k + 1]
-        # past the limit the merge of cut lists is not exact: cut it there too
-        more = (limit is not None and hi - lo > limit) or any(cut[x] for x in q)
-        if limit is not None:
-            hi = min(hi, lo + limit)
-        if hi > lo:
-            res._multi[sid] = (lo, hi, used, q, more)
+        if count[k]:
+            # past the limit the merge of cut lists is not exact: it is cut there too
+            more = (limit is not None and unique[k] > limit) or any(cut[x] for x in q)
+            res._multi[sid] = (lows[k], lows[k] + count[k], used, q, bool(more))
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _merge_lists(sub_ptr, qids, start, kept, paper, micro, rank, by_rank, rank_bits, longest,
+                 out_off, cap, out_paper, out_micro, out_unique):  # fmt: skip
+    """Per subscriber: the kept lists of their queries merged, each paper once at its best
+    score, best first; the first cap[s] written at out_off[s], the distinct count kept."""
+    nsub = len(sub_ptr) - 1
+    n = len(rank)
+    score_max = np.int64(_SCORE_MAX)
+    rank_mask = (np.int64(1) << rank_bits) - 1
+    blocks = min(nsub, _BLOCKS)
+    for blk in numba.prange(blocks):
+        lo = nsub * blk // blocks
+        hi = nsub * (blk + 1) // blocks
+        seen = np.zeros(n, dtype=np.int64)  # s + 1 where subscriber s has taken the paper
+        buf = np.empty(longest, dtype=np.int64)
+        for s in range(lo, hi):
+            c = 0
+            for j in range(sub_ptr[s], sub_ptr[s + 1]):
+                q = qids[j]
+                for e in range(start[q], start[q] + kept[q]):
+                    buf[c] = ((score_max - np.int64(micro[e])) << rank_bits) | rank[paper[e]]
+                    c += 1
+            keys = buf[:c]
+            keys.sort()  # best first, so a paper's first appearance is its best score
+            u = 0
+            o = out_off[s]
+            for e in range(c):
+                p = by_rank[keys[e] & rank_mask]
+                if seen[p] != s + 1:
+                    seen[p] = s + 1
+                    if u < cap[s]:
+                        out_paper[o + u] = p
+                        out_micro[o + u] = score_max - (keys[e] >> rank_bits)
+                    u += 1
+            out_unique[s] = u
 
 
 def match_query(index: PaperIndex, query_text: str, limit: int | None = None) -> list[Match]:
