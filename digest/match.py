@@ -210,6 +210,7 @@ class PaperIndex:
         self._positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
         self._bigrams: tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]] = ({}, {})
         self._spans: dict[tuple[Node, int], tuple[list, list]] = {}
+        self._by_org: dict[tuple[str | None, str | None], int] | None = None
 
     def _gram_tables(self, ids: list[int], lens: list[int], nvocab: int) -> tuple:
         """Sorted (word, paper) and (word pair, paper) keys of one field with their counts."""
@@ -351,10 +352,15 @@ class PaperIndex:
         return at_most(bisect_right(values, value) - 1) & ~at_most(bisect_left(values, value) - 1)
 
     def _org_bits(self, words: tuple[str, ...]) -> int:
+        if self._by_org is None:  # a batch has few organizations: test each one once
+            self._by_org = {}
+            for i, p in enumerate(self.papers):
+                key = (p.organization_id, p.organization)
+                self._by_org[key] = self._by_org.get(key, 0) | 1 << i
         r = 0
-        for i, p in enumerate(self.papers):
-            if org_matches(words, p):
-                r |= 1 << i
+        for (org_id, org), bits in self._by_org.items():
+            if org_matches(words, org_id, org):
+                r |= bits
         return r
 
     # ------------------------------------------------------------ ranking
@@ -587,9 +593,9 @@ def _cheap_first(node: Node) -> int:
     return 0 if node.kind == "t" else 1 if node.kind != "not" else 2
 
 
-def org_matches(words: tuple[str, ...], paper: StoredPaper) -> bool:
-    """Whether org: words name the paper's organization (its id, or words of its name)."""
-    for value in (paper.organization_id, paper.organization):
+def org_matches(words: tuple[str, ...], org_id: str | None, org: str | None) -> bool:
+    """Whether org: words name an organization (its hub id, or words of its name)."""
+    for value in (org_id, org):
         if not value:
             continue
         norms = [t.norm for t in textmod.tokenize(value)]
@@ -623,6 +629,31 @@ def _debruijn_table() -> np.ndarray:
 
 _DEBRUIJN = 0x03F79D71B4CB0A89
 _DB_TABLE = _debruijn_table()
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(buf, count, k):
+    """Reorder buf[:count] in place so that its k smallest come first (quickselect; unlike
+    np.partition it allocates nothing, which matters in the kernel's parallel loop)."""
+    lo, hi, want = 0, count - 1, k - 1
+    while lo < hi:
+        pivot = buf[(lo + hi) >> 1]
+        i, j = lo, hi
+        while i <= j:
+            while buf[i] < pivot:
+                i += 1
+            while buf[j] > pivot:
+                j -= 1
+            if i <= j:
+                buf[i], buf[j] = buf[j], buf[i]
+                i += 1
+                j -= 1
+        if want <= j:
+            hi = j
+        elif want >= i:
+            lo = i
+        else:
+            return
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
@@ -719,12 +750,33 @@ def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, ran
             k = min(count, cap[q])
             if k <= 0:
                 continue
-            best = np.partition(buf[:count], k - 1)[:k] if count > k else buf[:count]
+            if count > k:
+                _select(buf, count, k)
+            best = buf[:k]
             best.sort()
             o = out_off[q]
             for j in range(k):
                 out_paper[o + j] = by_rank[best[j] & rank_mask]
                 out_micro[o + j] = score_max - (best[j] >> rank_bits)
+
+
+@numba.njit(cache=True, nogil=True)
+def _program_starts(prog, nq):
+    """Where each of nq concatenated programs starts (programs are self-delimiting)."""
+    out = np.empty(nq + 1, dtype=np.int64)
+    pos = 0
+    for q in range(nq):
+        out[q] = pos
+        pos += prog[pos] + 1  # positive words
+        nclauses = prog[pos]
+        pos += 1
+        for _c in range(nclauses):
+            nconj = prog[pos]
+            pos += 1
+            for _j in range(nconj):
+                pos += prog[pos] + 1
+    out[nq] = pos
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -781,8 +833,7 @@ class _Batch:
         # every query's program (see Query.program) in one array, literals by leaf id
         programs = list(map(operator.attrgetter("program"), queries))
         prog = np.frombuffer(b"".join(programs), np.int64)
-        sizes = np.fromiter(map(len, programs), np.int64, len(programs)) // prog.itemsize
-        qstart = np.r_[0, np.cumsum(sizes)]
+        qstart = _program_starts(prog, len(programs))
         nl = len(LEAVES)  # other threads may add leaves meanwhile; ours are all below
         seen = np.zeros(nl, dtype=np.bool_)
         _mark_leaves(prog, qstart, seen)
@@ -996,7 +1047,10 @@ def _match_all(
     texts = [t.query for topics in profiles.values() for t in topics]
     position: dict[str, int] = {}  # distinct text -> its position, in order of first use
     slots = [position.setdefault(x, len(position)) for x in texts]
-    compiled = list(map(_compile, position))
+    try:
+        compiled: list[Query | None] = list(map(compile_query, position))
+    except QueryError:  # a bad stored profile: find it, and match the others
+        compiled = list(map(_compile, position))
     queries = [q for q in compiled if q is not None]
     if len(queries) == len(compiled):
         qids = np.asarray(slots, dtype=np.int64)
