@@ -977,8 +977,14 @@ class Matches(Mapping[int, MatchList]):
         self._profiles = profiles
         self._qid_of = qid_of  # query text -> query id in the batch (-1: unparsable)
         self._single: dict[int, int] = {}  # sid -> query id of their one usable topic
-        # sid -> (start, end, topics, query ids, whether the list was cut at the limit)
-        self._multi: dict[int, tuple[int, int, Sequence[Topic], tuple[int, ...], bool]] = {}
+        self._multi: dict[int, int] = {}  # sid -> k: row of the arrays below
+        # multi-topic subscriber k: query ids at multi_qids[multi_qptr[k]:multi_qptr[k + 1]],
+        # merged list at multi_paper/multi_micro[multi_lo[k]:multi_hi[k]], cut or not
+        self.multi_qids: list[int] = []
+        self.multi_qptr: list[int] = []
+        self.multi_lo: list[int] = []
+        self.multi_hi: list[int] = []
+        self.multi_cut: list[bool] = []
         self.multi_paper = np.zeros(0, np.int32)
         self.multi_micro = np.zeros(0, np.uint32)
 
@@ -989,11 +995,14 @@ class Matches(Mapping[int, MatchList]):
             topic = next(t for t in self._profiles[sid] if self._qid_of[t.query] == qid)
             papers, micro = batch.entries(qid)
             return MatchList(self, papers, micro, (topic,), (qid,), batch.cut(qid))
-        m = self._multi.get(sid)
-        if m is None:
+        k = self._multi.get(sid)
+        if k is None:
             raise KeyError(sid)
-        a, b, topics, qids, more = m
-        return MatchList(self, self.multi_paper[a:b], self.multi_micro[a:b], topics, qids, more)
+        a, b = self.multi_lo[k], self.multi_hi[k]
+        qids = tuple(self.multi_qids[self.multi_qptr[k] : self.multi_qptr[k + 1]])
+        topics = [t for t in self._profiles[sid] if self._qid_of[t.query] >= 0]
+        return MatchList(self, self.multi_paper[a:b], self.multi_micro[a:b], topics, qids,
+                         self.multi_cut[k])  # fmt: skip
 
     def __iter__(self):
         return itertools.chain(self._single, self._multi)
@@ -1051,11 +1060,12 @@ def _match_all(
         compiled: list[Query | None] = list(map(compile_query, position))
     except QueryError:  # a bad stored profile: find it, and match the others
         compiled = list(map(_compile, position))
-    queries = [q for q in compiled if q is not None]
-    if len(queries) == len(compiled):
+    if None not in compiled:
+        queries: list[Query] = compiled  # type: ignore[assignment]
         qids = np.asarray(slots, dtype=np.int64)
         qid_of: Mapping[str, int] = position
     else:
+        queries = [q for q in compiled if q is not None]
         valid = np.fromiter((q is not None for q in compiled), np.bool_, len(compiled))
         code = np.where(valid, np.cumsum(valid) - 1, -1)  # position -> query id, -1: bad
         qids = code[np.asarray(slots, dtype=np.int64)]
@@ -1064,52 +1074,52 @@ def _match_all(
         return Matches(index, None, limit, profiles, qid_of)
     batch = _Batch(index, queries, limit)
     res = Matches(index, batch, limit, profiles, qid_of)
+    # each subscriber's usable topics (a bad stored query is skipped, as if absent)
+    usable = qids >= 0
+    owner = np.repeat(np.arange(len(sids)), counts)[usable]
+    qids = qids[usable]
+    counts = np.bincount(owner, minlength=len(sids))
     starts = np.cumsum(counts) - counts
     one = counts == 1
     first = qids[starts[one]]
-    hit = first >= 0
-    hit[hit] = batch.kept[first[hit]] > 0
+    hit = batch.kept[first] > 0
     res._single.update(zip(sids[one][hit].tolist(), first[hit].tolist(), strict=True))
-    multi: list[tuple[int, list[Topic], tuple[int, ...]]] = []
-    for k in np.flatnonzero(counts > 1).tolist():  # a minority: one Python step each
-        sid = int(sids[k])
-        pairs = [(t, qid_of[t.query]) for t in profiles[sid]]
-        pairs = [(t, q) for t, q in pairs if q >= 0]
-        if len(pairs) == 1:
-            if batch.kept[pairs[0][1]]:
-                res._single[sid] = pairs[0][1]
-        elif pairs:
-            multi.append((sid, [t for t, _ in pairs], tuple(q for _, q in pairs)))
-    if multi:
-        _merge_multi(res, batch, multi, limit)
+    several = counts > 1
+    if several.any():
+        sub_ptr = np.r_[0, np.cumsum(counts[several])]
+        _merge_multi(res, batch, sids[several], sub_ptr, qids[np.repeat(several, counts)], limit)
     return res
 
 
-def _merge_multi(res: Matches, batch: _Batch, multi: list, limit: int | None) -> None:
-    """Each multi-topic subscriber's papers once, at their best topic's score, ranked."""
+def _merge_multi(res: Matches, batch: _Batch, sids: np.ndarray, sub_ptr: np.ndarray,
+                 qids: np.ndarray, limit: int | None) -> None:  # fmt: skip
+    """Each multi-topic subscriber's papers once, at their best topic's score, ranked
+    (subscriber k's query ids are qids[sub_ptr[k]:sub_ptr[k + 1]])."""
     index = res.index
-    sizes = np.fromiter(map(len, (m[2] for m in multi)), np.int64, len(multi))
-    qids = np.fromiter(itertools.chain.from_iterable(m[2] for m in multi), np.int64, sizes.sum())
-    sub_ptr = np.r_[0, np.cumsum(sizes)]
     entries = np.r_[0, np.cumsum(batch.kept[qids])][sub_ptr]
     per_sub = np.diff(entries)  # entries before removing repeats: the most a list can hold
     cap = per_sub if limit is None else np.minimum(per_sub, max(0, limit))
     off = np.r_[0, np.cumsum(cap)]
     res.multi_paper = np.empty(int(off[-1]), dtype=np.int32)
     res.multi_micro = np.empty(int(off[-1]), dtype=np.uint32)
-    unique = np.zeros(len(multi), dtype=np.int64)
+    unique = np.zeros(len(sids), dtype=np.int64)
     rank_bits = max(1, (index.size - 1).bit_length())
     _merge_lists(sub_ptr, qids, batch.start, batch.kept, batch.paper, batch.micro,
                  index._rank_arr, index._by_rank, rank_bits, int(per_sub.max(initial=0)),
                  off, cap, res.multi_paper, res.multi_micro, unique)  # fmt: skip
-    cut = (batch.total > batch.kept).tolist()
-    count = np.minimum(unique, cap).tolist()
-    lows = off.tolist()
-    for k, (sid, used, q) in enumerate(multi):
-        if count[k]:
-            # past the limit the merge of cut lists is not exact: it is cut there too
-            more = (limit is not None and unique[k] > limit) or any(cut[x] for x in q)
-            res._multi[sid] = (lows[k], lows[k] + count[k], used, q, bool(more))
+    # past the limit the merge of cut lists is not exact: it is cut there too
+    any_cut = np.add.reduceat((batch.total > batch.kept)[qids], sub_ptr[:-1]) > 0
+    more = any_cut | (unique > limit if limit is not None else False)
+    count = np.minimum(unique, cap)
+    found = np.flatnonzero(count)
+    res._multi.update(zip(sids[found].tolist(), range(len(found)), strict=True))
+    keep = np.zeros(len(sids), dtype=np.bool_)
+    keep[found] = True
+    res.multi_qids = qids[np.repeat(keep, np.diff(sub_ptr))].tolist()
+    res.multi_qptr = np.r_[0, np.cumsum(np.diff(sub_ptr)[found])].tolist()
+    res.multi_lo = off[found].tolist()
+    res.multi_hi = (off[found] + count[found]).tolist()
+    res.multi_cut = more[found].tolist()
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)

@@ -38,7 +38,7 @@ class Node(NamedTuple):
     arg: object
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Query:
     """A compiled topic query: its text, boolean tree and the positive words for highlighting."""
 

@@ -209,6 +209,23 @@ def test_bad_stored_query_matches_nothing_without_stopping_others(index):
     assert set(got) == {2}
 
 
+def test_a_bad_stored_topic_is_skipped_and_the_subscribers_other_topics_still_match(index):
+    bad = Topic("bad", '"open')
+    good = {
+        1: [Topic("L", "latency")],
+        2: [Topic("L", "latency"), Topic("P", "pruning")],
+        3: [Topic("D", "decoding"), Topic("S", "speculative serving"), Topic("P", "pruning")],
+    }
+    with_bad = {1: [bad, *good[1]], 2: [good[2][0], bad, good[2][1]], 3: [*good[3], bad], 4: [bad]}
+    for limit in (None, 1):
+        want = match_profiles(index, good, limit=limit)
+        got = match_profiles(index, with_bad, limit=limit)
+        assert set(got) == {1, 2, 3}
+        for sid in good:
+            assert list(got[sid]) == list(want[sid]), sid
+            assert got[sid].cut == want[sid].cut
+
+
 def test_match_query_raises_on_bad_query(index):
     with pytest.raises(QueryError):
         match_query(index, "title:")
