@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import quote_plus, urlsplit
 
 from feedgen.feed import FeedGenerator
@@ -66,6 +66,7 @@ _URL_QUOTE = {
     for i in range(128)
     if not (chr(i).isalnum() or chr(i) in "_.-~")
 }
+_URL_RESERVED = re.compile(r"[^A-Za-z0-9_.~ -]")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 # feedgen formats RSS dates by switching the process locale to C and back (setlocale is process
@@ -148,15 +149,16 @@ def feed_url(base_url: str, fmt: FeedFormat, token: str | None = None) -> str:
 
 def clean_text(text: str) -> str:
     """Remove characters XML cannot carry and bidi overrides; everything else is kept as is."""
-    # Fast paths (the regex costs ~8 ns a character, and abstracts are long): printable text
-    # holds none of them (controls, bidi formats, surrogates and non-characters are all not
-    # printable); ASCII text can only hold C0 controls and DEL, which bytes.translate deletes.
-    if text.isprintable():
-        return text
+    # Fast paths (the regex costs ~8 ns a character, and abstracts are long): ASCII text can only
+    # hold C0 controls and DEL, which bytes.translate deletes at memory speed; other printable
+    # text holds none of them (controls, bidi formats, surrogates and non-characters are all
+    # not printable).
     if text.isascii():
         raw = text.encode("ascii")
         kept = raw.translate(None, _ASCII_CONTROLS)
         return text if len(kept) == len(raw) else kept.decode("ascii")
+    if text.isprintable():
+        return text
     return _STRIP.sub("", text)
 
 
@@ -171,8 +173,16 @@ def paper_link(title: str) -> str:
 
 
 def _search_link(clean_title: str) -> str:
-    quoted = clean_title.translate(_URL_QUOTE) if clean_title.isascii() else quote_plus(clean_title)
+    if not clean_title.isascii():
+        return PAPER_SEARCH_URL + quote_plus(clean_title)
+    # quote_plus for ASCII: the few reserved characters of a title (":", "+", "?"...) one by
+    # one, then spaces; str.translate would look every character up (4x slower)
+    quoted = _URL_RESERVED.sub(_quote_char, clean_title).replace(" ", "+")
     return PAPER_SEARCH_URL + quoted
+
+
+def _quote_char(found: re.Match[str]) -> str:
+    return _URL_QUOTE[ord(found.group())]
 
 
 def build_feed(
@@ -413,6 +423,8 @@ def _etag(body: bytes) -> str:
 def _utc_seconds(moment: datetime) -> datetime:
     # Naive times come from SQLite as UTC. Whole seconds: HTTP dates have no fractions, and a
     # fraction would make Last-Modified disagree with the date inside the feed.
+    if moment.tzinfo is UTC:
+        return moment.replace(microsecond=0) if moment.microsecond else moment
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).replace(microsecond=0)
@@ -464,8 +476,28 @@ def _summary_html(entry: FeedEntry) -> str:
     Readers render RSS descriptions and Atom type="html" summaries as HTML, so escaping once for
     XML is not enough: `<script>` in an abstract must reach the reader as the text "<script>".
     """
+    head, abstract = _summary_parts(entry)
+    return head + "<p>" + html.escape(abstract, quote=False) + "</p>"
+
+
+def _summary_xml(entry: FeedEntry) -> str:
+    """_xml_text(_summary_html(entry)), with the long abstract escaped in one pass, not two."""
+    head, abstract = _summary_parts(entry)
+    twice = abstract.replace("&", "&amp;amp;").replace("<", "&amp;lt;").replace(">", "&amp;gt;")
+    if "\r" in twice:
+        twice = twice.replace("\r", "&#13;")
+    return _xml_text(head) + "&lt;p&gt;" + twice + "&lt;/p&gt;"
+
+
+def _escape_content(text: str) -> str:
+    """HTML-escape element content (quotes need no escaping there)."""
+    return html.escape(text, quote=False)
+
+
+def _summary_parts(entry: FeedEntry) -> tuple[str, str]:
+    """The summary's HTML before the abstract, and the abstract as plain (cleaned) text."""
     paper = entry.paper
-    esc = html.escape
+    esc = _escape_content
     out = ""
     if entry.topics or entry.terms:
         out = "<p><strong>Matched:</strong> "
@@ -487,7 +519,7 @@ def _summary_html(entry: FeedEntry) -> str:
     abstract = clean_text(paper.abstract).strip()
     if len(abstract) > _MAX_ABSTRACT:
         abstract = abstract[:_MAX_ABSTRACT].rsplit(" ", 1)[0] + " …"
-    return out + "<p>" + esc(abstract) + "</p>"
+    return out, abstract
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,14 +532,13 @@ class _FeedHead:
     description: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
-    """One feed item's text, cleaned, shared by both formats."""
+class _Item(NamedTuple):
+    """One feed item's text, cleaned and escaped for XML once, shared by both formats."""
 
-    id: str
-    title: str
+    id_xml: str
+    title_xml: str
     link: str
-    summary: str  # HTML, escaped once already (readers render it as HTML)
+    summary_xml: str  # HTML, escaped for HTML and then for XML (readers render it as HTML)
     categories: tuple[str, ...]
     when: datetime
 
@@ -529,12 +560,14 @@ def _items(
         paper = entry.paper
         title = _one_line(clean_text(paper.title)) or UNTITLED  # feedgen refuses ""
         link = _search_link(title)
-        summary = _summary_html(entry)
+        summary = _summary_xml(entry)
         floor += len(title) + len(link) + len(summary)
         if floor > max_bytes:
             break
         topics = tuple(t for t in map(_one_line, map(clean_text, entry.topics)) if t)
-        items.append(_Item(prefix + paper.key, title, link, summary, topics, when))
+        items.append(
+            _Item(_xml_text(prefix + paper.key), _xml_text(title), link, summary, topics, when)
+        )
     return items
 
 
@@ -552,14 +585,26 @@ def _xml_attr(text: str) -> str:
     return text
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _rss_date(when: datetime) -> str:
+    """RFC 2822 date of a UTC time, as feedgen writes it (email.utils would, 4x slower)."""
+    return (
+        f"{_DAYS[when.weekday()]}, {when.day:02d} {_MONTHS[when.month - 1]} {when.year:04d} "
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} +0000"
+    )
+
+
 def _rss_item(item: _Item) -> str:
     # the element order and form of feedgen's FeedEntry.rss_entry
     cats = "".join(f"<category>{_xml_text(c)}</category>" for c in item.categories)
     return (
-        f"<item><title>{_xml_text(item.title)}</title><link>{_xml_text(item.link)}</link>"
-        f"<description>{_xml_text(item.summary)}</description>"
-        f'<guid isPermaLink="false">{_xml_text(item.id)}</guid>{cats}'
-        f"<pubDate>{format_datetime(item.when)}</pubDate></item>"
+        f"<item><title>{item.title_xml}</title><link>{_xml_text(item.link)}</link>"
+        f"<description>{item.summary_xml}</description>"
+        f'<guid isPermaLink="false">{item.id_xml}</guid>{cats}'
+        f"<pubDate>{_rss_date(item.when)}</pubDate></item>"
     )
 
 
@@ -568,9 +613,9 @@ def _atom_entry(item: _Item) -> str:
     cats = "".join(f'<category term="{_xml_attr(c)}"/>' for c in item.categories)
     stamp = item.when.isoformat()
     return (
-        f"<entry><id>{_xml_text(item.id)}</id><title>{_xml_text(item.title)}</title>"
+        f"<entry><id>{item.id_xml}</id><title>{item.title_xml}</title>"
         f'<updated>{stamp}</updated><link href="{_xml_attr(item.link)}"/>'
-        f'<summary type="html">{_xml_text(item.summary)}</summary>{cats}'
+        f'<summary type="html">{item.summary_xml}</summary>{cats}'
         f"<published>{stamp}</published></entry>"
     )
 
