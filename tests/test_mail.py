@@ -11,7 +11,7 @@ from email import policy
 from email.message import EmailMessage
 
 import pytest
-from email_samples import email_settings, make_digest, make_subscriber
+from email_samples import email_settings, make_digest, make_paper, make_subscriber
 from smtp_helpers import RecordingHandler, SmtpServer, smtp_server, start_server
 from support import free_port
 
@@ -85,6 +85,20 @@ def test_lines_are_crlf_and_short():
     data = digest_message().data
     assert b"\n" not in data.replace(b"\r\n", b"")
     assert max(len(line) for line in data.split(b"\r\n")) <= 998
+
+
+def test_a_line_too_long_for_smtp_falls_back_to_an_encoding_that_keeps_it():
+    word = "Ünïcödé" + "x" * 2_000  # one word: no place to break the line
+    paper = make_paper(1, f"Title {word}", f"An abstract.\rWith a bare CR and {word}.")
+    data = digest_message(make_digest([(paper, ("T",), ("abstract",))])).data
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    msg = parse(data)
+    text, html = msg.get_body(("plain",)), msg.get_body(("html",))
+    assert text["Content-Transfer-Encoding"] == "quoted-printable"
+    assert html["Content-Transfer-Encoding"] == "base64"
+    assert word in text.get_content()
+    assert "x" * 2_000 in html.get_content()
 
 
 def test_message_id_is_derived_from_the_digest_id():
