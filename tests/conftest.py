@@ -177,8 +177,7 @@ def _postgres_test_database(postgres_server: str) -> Iterator[str]:
 def postgres_url(_postgres_test_database: str) -> Iterator[str]:
     """A URL whose connections see a fresh, empty schema (search_path), dropped afterwards.
 
-    A schema per test costs milliseconds where a database per test costs ~0.3 s. Tests that
-    need a whole database of their own use `postgres_database_url`.
+    A schema per test costs milliseconds where a database per test costs ~0.3 s.
     """
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
@@ -203,13 +202,6 @@ def postgres_url(_postgres_test_database: str) -> Iterator[str]:
             )
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
-
-
-@pytest.fixture
-def postgres_database_url(postgres_server: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database of its own for one test; dropped afterwards."""
-    with _new_database(postgres_server) as url:
-        yield url
 
 
 # --- stores on both engines ---------------------------------------------------------------------
