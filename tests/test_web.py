@@ -169,42 +169,35 @@ def test_query_error_is_shown_at_its_column_and_nothing_is_saved(env):
     assert _ann(store).topics == (Topic("Attention", "sparse attention"),)
 
 
+def _preview(client, sid: int, names: list[str], queries: list[str]):
+    """POST a live-preview request for these topic rows, as the subscriber page's script does."""
+    token = csrf_of(client.get(f"/admin/subscribers/{sid}").get_data(as_text=True))
+    return client.post(
+        f"/admin/subscribers/{sid}/preview",
+        data={"csrf_token": token, "topic_name": names, "topic_query": queries},
+    )
+
+
 def test_preview_reports_added_removed_and_kept(env):
     _, store, app, _ = env
     client = admin_client(app)
     sid = _ann(store).id
-    token = csrf_of(client.get(f"/admin/subscribers/{sid}").get_data(as_text=True))
     # saved: "sparse attention" matches only the first paper; "latency" matches three.
-    response = client.post(
-        f"/admin/subscribers/{sid}/preview",
-        data={"csrf_token": token, "topic_name": ["Attention"], "topic_query": ["latency"]},
-    )
+    response = _preview(client, sid, ["Attention"], ["latency"])
     assert response.status_code == 200
     html = response.get_json()["html"]
     assert "+2 added" in html and "−0 removed" in html and "1 unchanged" in html
     assert "Pruning Large Language Models" in html and "<mark>latency</mark>" not in html
-    none = client.post(
-        f"/admin/subscribers/{sid}/preview",
-        data={"csrf_token": token, "topic_name": ["Attention"], "topic_query": ["video"]},
-    ).get_json()["html"]
+    none = _preview(client, sid, ["Attention"], ["video"]).get_json()["html"]
     assert "+1 added" in none and "−1 removed" in none and "0 unchanged" in none
-    bad = client.post(
-        f"/admin/subscribers/{sid}/preview",
-        data={"csrf_token": token, "topic_name": ["A", "B"], "topic_query": ["ok", "(x"]},
-    ).get_json()
+    bad = _preview(client, sid, ["A", "B"], ["ok", "(x"]).get_json()
     assert list(bad["errors"]) == ["1"] and "column" in bad["errors"]["1"]
 
 
 def test_preview_considers_only_the_last_dumps(tmp_path):
     settings, store = seeded(tmp_path, preview_dumps=1)
-    app = create_app(settings, store)
-    client = admin_client(app)
-    sid = _ann(store).id
-    token = csrf_of(client.get(f"/admin/subscribers/{sid}").get_data(as_text=True))
-    html = client.post(
-        f"/admin/subscribers/{sid}/preview",
-        data={"csrf_token": token, "topic_name": ["T"], "topic_query": ["decoding"]},
-    ).get_json()["html"]
+    client = admin_client(create_app(settings, store))
+    html = _preview(client, _ann(store).id, ["T"], ["decoding"]).get_json()["html"]
     # "Speculative Decoding" was only in the older dump, so the backtest does not see it.
     assert "Over the 3 papers of the last 1 dumps" in html and "+0 added" in html
     store.close()
