@@ -761,29 +761,13 @@ def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, ran
 
 
 @numba.njit(cache=True, nogil=True)
-def _program_starts(prog, nq):
-    """Where each of nq concatenated programs starts (programs are self-delimiting)."""
+def _walk_programs(prog, nq, seen):
+    """Where each of nq concatenated programs starts (programs are self-delimiting); sets
+    seen[id] for every leaf id they use."""
     out = np.empty(nq + 1, dtype=np.int64)
     pos = 0
     for q in range(nq):
         out[q] = pos
-        pos += prog[pos] + 1  # positive words
-        nclauses = prog[pos]
-        pos += 1
-        for _c in range(nclauses):
-            nconj = prog[pos]
-            pos += 1
-            for _j in range(nconj):
-                pos += prog[pos] + 1
-    out[nq] = pos
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _mark_leaves(prog, qstart, seen):
-    """Set seen[id] for every leaf id the queries' programs use."""
-    for q in range(len(qstart) - 1):
-        pos = qstart[q]
         nterms = prog[pos]
         for t in range(pos + 1, pos + 1 + nterms):
             seen[prog[t]] = True
@@ -798,6 +782,8 @@ def _mark_leaves(prog, qstart, seen):
                 for li in range(pos + 1, pos + 1 + nlits):
                     seen[prog[li] >> 1] = True
                 pos += nlits + 1
+    out[nq] = pos
+    return out
 
 
 def _bitset_rows(ptr: np.ndarray, papers: np.ndarray, words: int) -> np.ndarray:
@@ -833,10 +819,9 @@ class _Batch:
         # every query's program (see Query.program) in one array, literals by leaf id
         programs = list(map(operator.attrgetter("program"), queries))
         prog = np.frombuffer(b"".join(programs), np.int64)
-        qstart = _program_starts(prog, len(programs))
         nl = len(LEAVES)  # other threads may add leaves meanwhile; ours are all below
         seen = np.zeros(nl, dtype=np.bool_)
-        _mark_leaves(prog, qstart, seen)
+        qstart = _walk_programs(prog, len(programs), seen)
         gid = np.flatnonzero(seen)  # the batch's distinct leaves, by id
         nodes = [LEAVES[i] for i in gid.tolist()]
         is_leaf = np.fromiter((x.kind in "tpx" for x in nodes), np.bool_, len(nodes))
