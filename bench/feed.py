@@ -207,28 +207,21 @@ def main() -> None:
     items = feedmod._items(kept, "papers.example.org", 1 << 40)
     head = feedmod._FeedHead("papers.example.org", "Daily Papers Digest", SITE, "New papers")
 
+    about = {"title": "Daily Papers Digest", "site_url": SITE, "description": "New papers"}
+
     def ours(fmt: str, cap: int = 1 << 40) -> object:
         return build_feed(
             entries,
             fmt=fmt,
-            title="Daily Papers Digest",
             self_url=f"{SITE}/feeds/all.{fmt}",
-            site_url=SITE,
-            description="New papers",
             max_items=n,
             max_bytes=cap,
+            **about,
         )
 
     def pair() -> object:
-        return build_feeds(
-            entries,
-            self_urls={fmt: f"{SITE}/feeds/all.{fmt}" for fmt in ("rss", "atom")},
-            title="Daily Papers Digest",
-            site_url=SITE,
-            description="New papers",
-            max_items=n,
-            max_bytes=1 << 40,
-        )
+        urls = {fmt: f"{SITE}/feeds/all.{fmt}" for fmt in ("rss", "atom")}
+        return build_feeds(entries, self_urls=urls, max_items=n, max_bytes=1 << 40, **about)
 
     cases: dict[str, Callable[[], object]] = {
         "prep": lambda: prepare(entries),
@@ -241,12 +234,7 @@ def main() -> None:
             items, fmt, head, f"{SITE}/feeds/all.{fmt}", kept[0][0]
         )
         cases[f"{fmt} feedgen"] = lambda fmt=fmt: feedmod.reference_document(
-            entries,
-            fmt=fmt,
-            title="Daily Papers Digest",
-            self_url=f"{SITE}/feeds/all.{fmt}",
-            site_url=SITE,
-            description="New papers",
+            entries, fmt=fmt, self_url=f"{SITE}/feeds/all.{fmt}", **about
         )
         cases[f"{fmt} cap"] = lambda fmt=fmt: ours(fmt, 2_000_000)
         cases[f"{fmt} etree"] = lambda fmt=fmt: baseline_etree(entries, fmt)

@@ -438,15 +438,10 @@ def test_items_are_written_exactly_as_feedgen_writes_them(texts, fmt):
         )
         for i, (title, abstract, topics) in enumerate(texts)
     ]
-    reference = feedmod.reference_document(
-        entries,
-        fmt=fmt,
-        title="Daily Papers Digest",
-        self_url=feed_url(SITE, fmt),
-        site_url=SITE,
-        description="New papers",
-    )
-    assert build(entries, fmt, max_bytes=1 << 30).body == reference
+    args = {"fmt": fmt, "title": "T <&>", "self_url": feed_url(SITE, fmt), "site_url": SITE,
+            "description": "New papers"}  # fmt: skip
+    reference = feedmod.reference_document(entries, **args)
+    assert build_feed(entries, max_items=100, max_bytes=1 << 30, **args).body == reference
 
 
 def test_site_url_without_a_host_is_refused():
