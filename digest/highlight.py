@@ -42,11 +42,36 @@ def leaf_spans(leaf: Node, toks: Sequence[textmod.Token]) -> list[tuple[int, int
     ]
 
 
+def positions(toks: Sequence[textmod.Token]) -> dict[str, list[int]]:
+    """Where each stem occurs among the tokens (token indices, ascending)."""
+    out: dict[str, list[int]] = {}
+    for k, t in enumerate(toks):
+        lst = out.get(t.stem)
+        if lst is None:
+            out[t.stem] = [k]
+        else:
+            lst.append(k)
+    return out
+
+
+def indexed_spans(
+    leaf: Node, toks: Sequence[textmod.Token], where: dict[str, list[int]]
+) -> list[tuple[int, int]]:
+    """leaf_spans, with a word or phrase found through the stems' positions, not a scan."""
+    if leaf.kind == "t":
+        return [(toks[k].start, toks[k].end) for k in where.get(leaf.arg, ())]  # type: ignore[call-overload]
+    if leaf.kind == "p" and leaf.arg[0] not in where:  # type: ignore[index]
+        return []
+    return leaf_spans(leaf, toks)
+
+
 # Digests highlight the same few papers for many subscribers, each with their own words:
-# tokenising the abstract again for each was the largest cost of a send worker (profiled).
+# tokenising the abstract again for each was the largest cost of a send worker (profiled), and
+# then scanning its tokens once per word (so the stems' positions are kept with them).
 @functools.lru_cache(maxsize=4096)
-def _tokens(text: str) -> tuple[textmod.Token, ...]:
-    return tuple(textmod.tokenize(text))
+def _indexed(text: str) -> tuple[tuple[textmod.Token, ...], dict[str, list[int]]]:
+    toks = tuple(textmod.tokenize(text))
+    return toks, positions(toks)
 
 
 def highlight_spans(
@@ -55,11 +80,11 @@ def highlight_spans(
     """Character spans in text of the queries' positive words (field: title or abstract)."""
     if isinstance(queries, (Query, str)):
         queries = (queries,)
-    toks = _tokens(text)
+    toks, where = _indexed(text)
     spans: list[tuple[int, int]] = []
     for q in queries:
         compiled = compile_query(q) if isinstance(q, str) else q
         for leaf in compiled.terms:
             if leaf.field is None or field is None or leaf.field == field:
-                spans.extend(leaf_spans(leaf, toks))
+                spans.extend(indexed_spans(leaf, toks, where))
     return merge_spans(spans)

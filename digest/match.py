@@ -33,7 +33,7 @@ import numpy as np
 
 from digest import text as textmod
 from digest.errors import QueryError
-from digest.highlight import leaf_spans, merge_spans
+from digest.highlight import indexed_spans, merge_spans, positions
 from digest.models import Match, StoredPaper, Topic
 from digest.query import LEAVES, Node, Query, compile_query
 
@@ -99,17 +99,6 @@ def _ranges(lo: np.ndarray, cnt: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     starts = np.cumsum(cnt) - cnt
     return np.arange(total, dtype=np.int64) - np.repeat(starts - lo, cnt)
-
-
-def _positions(toks: Sequence[textmod.Token]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for k, t in enumerate(toks):
-        lst = out.get(t.stem)
-        if lst is None:
-            out[t.stem] = [k]
-        else:
-            lst.append(k)
-    return out
 
 
 def _count_phrase(stems: tuple[str, ...], phrase: tuple[str, ...]) -> int:
@@ -542,19 +531,13 @@ class PaperIndex:
             toks = self.tokens(i)
             pos = self._positions.get(i)
             if pos is None:
-                pos = self._positions[i] = (_positions(toks[0]), _positions(toks[1]))
+                pos = self._positions[i] = (positions(toks[0]), positions(toks[1]))
             pair: list[list[tuple[int, int]]] = []
             for slot, name in ((0, "title"), (1, "abstract")):
-                ft = toks[slot]
                 if leaf.field not in (None, name):
                     pair.append([])
-                elif leaf.kind == "t":
-                    where = pos[slot].get(leaf.arg, ())  # type: ignore[call-overload]
-                    pair.append([(ft[k].start, ft[k].end) for k in where])
-                elif leaf.kind == "p" and leaf.arg[0] not in pos[slot]:  # type: ignore[index]
-                    pair.append([])
                 else:
-                    pair.append(leaf_spans(leaf, ft))
+                    pair.append(indexed_spans(leaf, toks[slot], pos[slot]))
             got = self._spans[key] = (pair[0], pair[1])
         return got
 
