@@ -1425,17 +1425,24 @@ class Store:
                     heads[head.id] = head
                 for row in conn.execute(
                     select(
-                        papers,
+                        deliveries.c.paper_id.label("id"),
                         deliveries.c.digest_id.label("d_digest"),
                         deliveries.c.topics.label("d_topics"),
                         deliveries.c.terms.label("d_terms"),
                         deliveries.c.score.label("d_score"),
                     )
-                    .join(deliveries, deliveries.c.paper_id == papers.c.id)
                     .where(deliveries.c.digest_id.in_(chunk))
-                    .order_by(deliveries.c.digest_id, deliveries.c.score.desc(), papers.c.id)
+                    .order_by(
+                        deliveries.c.digest_id, deliveries.c.score.desc(), deliveries.c.paper_id
+                    )
                 ):
                     rows[row.d_digest].append(row)
+            # A batch's digests share most of their papers: each is read (and built) once.
+            paper_ids = sorted({r.id for items in rows.values() for r in items})
+            by_id: dict[int, StoredPaper] = {}
+            for chunk in _chunks(paper_ids):
+                for row in conn.execute(select(papers).where(papers.c.id.in_(chunk))):
+                    by_id[row.id] = _paper(row)
             sub_ids = sorted({h.subscriber_id for h in heads.values()})
             subs: dict[int, Subscriber] = {}
             found = self._topics_of(conn, sub_ids)
@@ -1451,7 +1458,7 @@ class Store:
                 message_id=head.message_id,
                 created_at=head.created_at,
                 attempts=head.attempts,
-                items=[(_paper(r), _ledger_item(r)) for r in rows[head.id]],
+                items=[(by_id[r.id], _ledger_item(r)) for r in rows[head.id]],
             )
             for head in (heads[i] for i in wanted if i in heads)
             if head.subscriber_id in subs
