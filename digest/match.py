@@ -35,7 +35,7 @@ from digest import text as textmod
 from digest.errors import QueryError
 from digest.highlight import indexed_spans, merge_spans, positions
 from digest.models import Match, StoredPaper, Topic
-from digest.query import LEAVES, Node, Query, compile_query
+from digest.query import LEAF_IS_TERM, LEAVES, Node, Query, compile_query
 
 log = logging.getLogger(__name__)
 
@@ -807,7 +807,7 @@ class _Batch:
         qstart = _walk_programs(prog, len(programs), seen)
         gid = np.flatnonzero(seen)  # the batch's distinct leaves, by id
         nodes = [LEAVES[i] for i in gid.tolist()]
-        is_leaf = np.fromiter((x.kind in "tpx" for x in nodes), np.bool_, len(nodes))
+        is_leaf = np.frombuffer(bytes(LEAF_IS_TERM[:nl]), np.uint8)[gid].astype(np.bool_)
         # rows: word/phrase/prefix leaves first (from the CSR postings), then other literals
         order = np.r_[np.flatnonzero(is_leaf), np.flatnonzero(~is_leaf)]
         row_of = np.zeros(nl, dtype=np.int64)
