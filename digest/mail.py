@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import mailbox
 import os
@@ -35,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -154,7 +155,7 @@ class MessageBuilder:
             headers.append(self.reply_to_header)
         headers += [
             _fold("Subject", _header_text(rendered.subject)),
-            "Date: " + format_datetime(created),
+            "Date: " + _date_header(created),
             "Message-ID: " + message_id,
             self.list_id_header,
             _fold("List-Unsubscribe", unsubscribe),
@@ -188,6 +189,12 @@ class MessageBuilder:
             smtputf8=to_utf8 or self.from_utf8,
             eight_bit="8bit" in (text_cte, html_cte),
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _date_header(created: datetime) -> str:
+    # a batch's digests share their creation time
+    return format_datetime(created)
 
 
 def build_message(

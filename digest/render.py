@@ -527,6 +527,8 @@ def _join_limited(names: list[str], limit: int) -> str:
     return f"{shown} and {more} more" if more > 0 else shown
 
 
+# A batch's digests share their creation time and a handful of zones.
+@functools.lru_cache(maxsize=1024)
 def _date_label(when: datetime, tz: str) -> str:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
