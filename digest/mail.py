@@ -155,7 +155,7 @@ class MessageBuilder:
             headers.append(self.reply_to_header)
         headers += [
             _fold("Subject", _header_text(rendered.subject)),
-            "Date: " + _date_header(created),
+            "Date: " + _date_header(created.astimezone(UTC)),
             "Message-ID: " + message_id,
             self.list_id_header,
             _fold("List-Unsubscribe", unsubscribe),
@@ -193,7 +193,7 @@ class MessageBuilder:
 
 @functools.lru_cache(maxsize=256)
 def _date_header(created: datetime) -> str:
-    # a batch's digests share their creation time
+    # a batch's digests share their creation time (UTC, so equal instants print alike)
     return format_datetime(created)
 
 
