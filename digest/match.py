@@ -35,7 +35,7 @@ from digest import text as textmod
 from digest.errors import QueryError
 from digest.highlight import indexed_spans, merge_spans, positions
 from digest.models import Match, StoredPaper, Topic
-from digest.query import LEAF_IS_TERM, LEAVES, Node, Query, compile_query
+from digest.query import LEAVES, Node, Query, compile_query
 
 log = logging.getLogger(__name__)
 
@@ -614,6 +614,29 @@ _DEBRUIJN = 0x03F79D71B4CB0A89
 _DB_TABLE = _debruijn_table()
 
 
+# Both kernels rank (paper, score) entries by one int64 sort key: best score first, then the
+# paper's tie-break rank (more upvotes, newer, lower id), so an ascending sort is best first.
+@numba.njit(nogil=True, inline="always")
+def _sort_key(micro, rank, rank_bits):
+    return ((np.int64(_SCORE_MAX) - micro) << rank_bits) | rank
+
+
+@numba.njit(nogil=True, inline="always")
+def _key_rank(key, rank_bits):
+    return key & ((np.int64(1) << rank_bits) - 1)
+
+
+@numba.njit(nogil=True, inline="always")
+def _key_micro(key, rank_bits):
+    return np.int64(_SCORE_MAX) - (key >> rank_bits)
+
+
+@numba.njit(nogil=True, inline="always")
+def _block(n, blk, blocks):
+    """Items [lo, hi) of block blk when n items are shared out among `blocks` blocks."""
+    return n * blk // blocks, n * (blk + 1) // blocks
+
+
 @numba.njit(cache=True, nogil=True)
 def _select(buf, count, k):
     """Reorder buf[:count] in place so that its k smallest come first (quickselect; unlike
@@ -655,11 +678,9 @@ def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, ran
     s58 = np.uint64(58)
     m63 = np.uint64(63)
     score_max = np.int64(_SCORE_MAX)
-    rank_mask = (np.int64(1) << rank_bits) - 1
     blocks = min(nq, _BLOCKS)
     for blk in numba.prange(blocks):
-        lo = nq * blk // blocks
-        hi = nq * (blk + 1) // blocks
+        lo, hi = _block(nq, blk, blocks)
         res = np.empty(nw, dtype=np.uint64)
         cl = np.empty(nw, dtype=np.uint64)
         cj = np.empty(nw, dtype=np.uint64)
@@ -726,7 +747,7 @@ def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, ran
                         m = 0
                     elif m > score_max:
                         m = score_max
-                    buf[count] = ((score_max - m) << rank_bits) | rank[p]
+                    buf[count] = _sort_key(m, rank[p], rank_bits)
                     count += 1
                     x ^= low
             out_total[q] = count
@@ -739,8 +760,8 @@ def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, ran
             best.sort()
             o = out_off[q]
             for j in range(k):
-                out_paper[o + j] = by_rank[best[j] & rank_mask]
-                out_micro[o + j] = score_max - (best[j] >> rank_bits)
+                out_paper[o + j] = by_rank[_key_rank(best[j], rank_bits)]
+                out_micro[o + j] = _key_micro(best[j], rank_bits)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -807,7 +828,7 @@ class _Batch:
         qstart = _walk_programs(prog, len(programs), seen)
         gid = np.flatnonzero(seen)  # the batch's distinct leaves, by id
         nodes = [LEAVES[i] for i in gid.tolist()]
-        is_leaf = np.frombuffer(bytes(LEAF_IS_TERM[:nl]), np.uint8)[gid].astype(np.bool_)
+        is_leaf = np.fromiter((x.kind in "tpx" for x in nodes), np.bool_, len(nodes))
         # rows: word/phrase/prefix leaves first (from the CSR postings), then other literals
         order = np.r_[np.flatnonzero(is_leaf), np.flatnonzero(~is_leaf)]
         row_of = np.zeros(nl, dtype=np.int64)
@@ -846,6 +867,7 @@ class _Batch:
         _run_queries(*program, False, start, cap, self.paper, self.micro, total)
         self.total = total
         self.kept = np.minimum(total, cap)
+        self.more = total > self.kept  # lists cut at the limit (more papers match)
         self.start = start
 
     def entries(self, qid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -856,7 +878,7 @@ class _Batch:
 
     def cut(self, qid: int) -> bool:
         """Whether the query's list was cut at the limit (it has more matches)."""
-        return bool(self.total[qid] > self.kept[qid])
+        return bool(self.more[qid])
 
     def score_of(self, qid: int, i: int) -> int | None:
         """The micro-score of paper i for query qid, or None if it does not match."""
@@ -1076,7 +1098,7 @@ def _merge_multi(res: Matches, batch: _Batch, sids: np.ndarray, sub_ptr: np.ndar
                  index._rank_arr, index._by_rank, rank_bits, int(per_sub.max(initial=0)),
                  off, cap, res.multi_paper, res.multi_micro, unique)  # fmt: skip
     # past the limit the merge of cut lists is not exact: it is cut there too
-    any_cut = np.add.reduceat((batch.total > batch.kept)[qids], sub_ptr[:-1]) > 0
+    any_cut = np.add.reduceat(batch.more[qids], sub_ptr[:-1]) > 0
     more = any_cut | (unique > limit if limit is not None else False)
     count = np.minimum(unique, cap)
     found = np.flatnonzero(count)
@@ -1096,33 +1118,29 @@ def _merge_lists(sub_ptr, qids, start, kept, paper, micro, rank, by_rank, rank_b
     """Per subscriber: the kept lists of their queries merged, each paper once at its best
     score, best first; the first cap[s] written at out_off[s], the distinct count kept."""
     nsub = len(sub_ptr) - 1
-    n = len(rank)
-    score_max = np.int64(_SCORE_MAX)
-    rank_mask = (np.int64(1) << rank_bits) - 1
     blocks = min(nsub, _BLOCKS)
     for blk in numba.prange(blocks):
-        lo = nsub * blk // blocks
-        hi = nsub * (blk + 1) // blocks
-        seen = np.zeros(n, dtype=np.int64)  # s + 1 where subscriber s has taken the paper
+        lo, hi = _block(nsub, blk, blocks)
+        seen = np.zeros(len(rank), dtype=np.int64)  # s + 1 where subscriber s took the paper
         buf = np.empty(longest, dtype=np.int64)
         for s in range(lo, hi):
             c = 0
             for j in range(sub_ptr[s], sub_ptr[s + 1]):
                 q = qids[j]
                 for e in range(start[q], start[q] + kept[q]):
-                    buf[c] = ((score_max - np.int64(micro[e])) << rank_bits) | rank[paper[e]]
+                    buf[c] = _sort_key(np.int64(micro[e]), rank[paper[e]], rank_bits)
                     c += 1
             keys = buf[:c]
             keys.sort()  # best first, so a paper's first appearance is its best score
             u = 0
             o = out_off[s]
             for e in range(c):
-                p = by_rank[keys[e] & rank_mask]
+                p = by_rank[_key_rank(keys[e], rank_bits)]
                 if seen[p] != s + 1:
                     seen[p] = s + 1
                     if u < cap[s]:
                         out_paper[o + u] = p
-                        out_micro[o + u] = score_max - (keys[e] >> rank_bits)
+                        out_micro[o + u] = _key_micro(keys[e], rank_bits)
                     u += 1
             out_unique[s] = u
 

@@ -90,15 +90,22 @@ def plan_digests(
     Pending: stored after the subscriber's watermark, first seen at or after their `since`, and
     not in their ledger. All profiles are matched against the batch at once.
     """
-    from digest.match import PaperIndex  # see _plan_states
-
     states = _due_states(store, now=now, force=force, only=only)
     if not states:
         return [], {}
     papers = store.papers_after(min(s.watermark for s in states))
-    index = PaperIndex(papers) if papers else None
+    index = _paper_index(papers)
     by_id = {p.id: p for p in papers}
     return _plan_states(store, settings, states, papers, by_id, index, now), by_id
+
+
+def _paper_index(papers: Sequence[StoredPaper]) -> PaperIndex | None:
+    """The matching index of the pending papers, None when there are none."""
+    # Imported here, not at the top: the matching engine loads numpy and numba (~120 MB),
+    # which a send worker (deliver_queued only) never needs.
+    from digest.match import PaperIndex
+
+    return PaperIndex(papers) if papers else None
 
 
 def _due_states(
@@ -131,9 +138,7 @@ def _plan_states(
     index: PaperIndex | None,
     now: datetime,
 ) -> list[Plan]:
-    # Imported here, not at the top: the matching engine loads numpy and numba (~120 MB),
-    # which a send worker (deliver_queued only) never needs.
-    from digest.match import match_profiles
+    from digest.match import match_profiles  # see _paper_index
 
     top = papers[-1].id if papers else 0
     profiles = {s.subscriber.id: s.subscriber.topics for s in states if s.subscriber.topics}
@@ -184,8 +189,6 @@ def queue_digests(
 ) -> QueueReport:
     """Plan the due digests and record them (ledger, Message-ID, status queued) atomically,
     a page of subscribers at a time against one index of the pending papers."""
-    from digest.match import PaperIndex  # see _plan_states
-
     report = QueueReport()
     after_id, loaded_from = 0, None
     papers: list[StoredPaper] = []
@@ -206,7 +209,7 @@ def queue_digests(
             # Usually once: every page's subscribers wait for the same new papers.
             papers = store.papers_after(lowest)
             by_id = {p.id: p for p in papers}
-            index = PaperIndex(papers) if papers else None
+            index = _paper_index(papers)
             loaded_from = lowest
         report.due += len(states)
         report.papers = len(by_id)

@@ -471,8 +471,6 @@ def _compile(text: str) -> Query:
 # distinct words, phrases and filters ever compiled in the process, not by the queries.
 _LEAF_IDS: dict[Node, int] = {}
 LEAVES: list[Node] = []
-# LEAF_IS_TERM[id]: 1 when LEAVES[id] is a word, phrase or prefix (what BM25F scores), else 0
-LEAF_IS_TERM = bytearray()
 _LEAF_LOCK = threading.Lock()  # web threads compile queries concurrently
 
 
@@ -483,7 +481,6 @@ def leaf_id(node: Node) -> int:
         with _LEAF_LOCK:
             got = _LEAF_IDS.get(node)
             if got is None:
-                LEAF_IS_TERM.append(node.kind in ("t", "p", "x"))
                 LEAVES.append(node)
                 got = _LEAF_IDS[node] = len(LEAVES) - 1
     return got
