@@ -11,6 +11,8 @@ from email import policy
 from email.message import EmailMessage
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from email_samples import email_settings, make_digest, make_paper, make_subscriber
 from smtp_helpers import RecordingHandler, SmtpServer, smtp_server, start_server
 from support import free_port
@@ -28,6 +30,7 @@ from digest.mail import (
     TemporaryDeliveryError,
     TransportError,
     build_message,
+    lines_fit,
     make_message_id,
     make_transport,
     to_seven_bit,
@@ -99,6 +102,15 @@ def test_a_line_too_long_for_smtp_falls_back_to_an_encoding_that_keeps_it():
     assert html["Content-Transfer-Encoding"] == "base64"
     assert word in text.get_content()
     assert "x" * 2_000 in html.get_content()
+
+
+@given(st.integers(1, 6), st.lists(st.integers(0, 14), max_size=10))
+@example(998, [998, 998, 12])
+@example(998, [12, 999])
+@example(998, [1996])
+def test_lines_fit_agrees_with_measuring_every_line(limit, lengths):
+    raw = b"\n".join(b"x" * n for n in lengths)
+    assert lines_fit(raw, limit) == (max(map(len, raw.split(b"\n"))) <= limit)
 
 
 def test_message_id_is_derived_from_the_digest_id():
