@@ -11,9 +11,9 @@ from email import policy
 from email.message import EmailMessage
 
 import pytest
+from email_samples import email_settings, make_digest, make_paper, make_subscriber
 from hypothesis import example, given
 from hypothesis import strategies as st
-from email_samples import email_settings, make_digest, make_paper, make_subscriber
 from smtp_helpers import RecordingHandler, SmtpServer, smtp_server, start_server
 from support import free_port
 
