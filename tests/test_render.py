@@ -79,6 +79,18 @@ def test_override_dir_comes_first(tmp_path):
     assert "Nemotron" in out.html  # digest.html still found in the project's templates
 
 
+def test_an_override_can_use_jinja_globals_and_filters(tmp_path):
+    # The renderer copies template globals into a plain dict at load; they must all be there.
+    (tmp_path / "email").mkdir()
+    (tmp_path / "email" / "digest.txt").write_text(
+        "{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}{% endfor %}"
+        "{{ ns.n }} {{ dict(a=1)['a'] }} {{ 'x y' | wrap(2) | replace('\n', '/') }}\n"
+    )
+    settings = email_settings(templates={"override_dir": str(tmp_path)})
+    out = Renderer(settings).render(make_digest(), make_links(settings, make_subscriber()))
+    assert out.text == "3 1 x/y\n"
+
+
 def test_missing_override_dir_is_an_error_naming_it(tmp_path):
     settings = email_settings(templates={"override_dir": str(tmp_path / "nope")})
     with pytest.raises(templates.TemplateError, match="nope"):
