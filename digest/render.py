@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 import re
 import typing
 import unicodedata
@@ -38,11 +39,10 @@ _markup: typing.Callable[[str], Markup] = functools.partial(str.__new__, Markup)
 
 
 def _escape_ascii(text: str) -> str:
-    html = str(escape(text))
+    html = templates.escape_html(text)
     return html if html.isascii() else html.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
-_SLOTS = ("title_html", "abstract_html", "matched_html")
 _SLOT_MARK = re.compile("\ue000([0-9])\ue001")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -130,13 +130,36 @@ class ItemView:
     number: int
     paper: PaperView
     html: Markup  # email/paper.html for this paper, with this subscriber's highlights
-    title_html: Markup  # every piece escaped; matched words in <span class="hl" style=...>
-    abstract_html: Markup
-    matched_html: Markup  # <strong>topics</strong> (words)
-    topics_label: str
-    words_label: str
-    text_title: str
-    text_matched: str
+    text: str  # email/paper.txt for this paper, with this subscriber's number and reasons
+    text_title: str  # "N. " and the wrapped title
+    title_marked: str  # escaped HTML; matched words in <span class="hl" style=...>
+    abstract_marked: str
+    labels: MatchedLabels
+
+    # The pieces email/paper.html receives, as Markup, for templates that show them elsewhere.
+    @property
+    def title_html(self) -> Markup:
+        return _markup(self.title_marked)
+
+    @property
+    def abstract_html(self) -> Markup:
+        return _markup(self.abstract_marked)
+
+    @property
+    def matched_html(self) -> Markup:
+        return self.labels.html
+
+    @property
+    def topics_label(self) -> str:
+        return self.labels.topics
+
+    @property
+    def words_label(self) -> str:
+        return self.labels.words
+
+    @property
+    def text_matched(self) -> str:
+        return self.labels.text
 
 
 @dataclass(slots=True)
@@ -194,6 +217,7 @@ class Renderer:
         self.html_template = templates.html_template(env, "email/digest.html")
         self.text_template = templates.load_template(env, "email/digest.txt")
         self.paper_template = templates.html_template(env, "email/paper.html")
+        self.paper_text_template = templates.load_template(env, "email/paper.txt")
         self.admin_note_html, self.admin_note_text = _admin_note(settings.mail.admin_note, css)
         self.abstract_chars = settings.mail.abstract_chars
         # The highlight tag with the .hl styles inlined, built once like the templates.
@@ -201,7 +225,7 @@ class Renderer:
         # A line break inside the tag (HTML whitespace, invisible) keeps lines short: a
         # message line may not pass 998 characters, and many highlights would otherwise.
         self.highlight_open = probe[: probe.index(">") + 1].replace(" style=", "\nstyle=", 1)
-        self._papers: dict[tuple[int, str, str], tuple[PaperView, list[str], list[int]]] = {}
+        self._papers: dict[tuple[int, str, str], _PaperParts] = {}
 
     def render(self, digest: Digest, links: Links) -> RenderedDigest:
         """Render one digest; raises EmptyDigestError when it holds no paper."""
@@ -255,95 +279,131 @@ class Renderer:
 
     def paper_view(self, paper: StoredPaper) -> PaperView:
         """The subscriber-independent view of a paper, from the cache when seen before."""
-        return self._paper(paper)[0]
+        return self._paper(paper).view
 
-    def _paper(self, paper: StoredPaper) -> tuple[PaperView, list[str], list[int]]:
+    def _paper(self, paper: StoredPaper) -> _PaperParts:
         key = (paper.id, paper.title, paper.abstract)
         cached = self._papers.get(key)
         if cached is None:
             if len(self._papers) >= self.cache_size:
                 self._papers.clear()
             view = make_paper_view(paper, self.abstract_chars)
-            statics, slots = self._paper_fragment(view)
-            cached = self._papers[key] = (view, statics, slots)
+            html = _fragment(self.paper_template, view, _HTML_SLOTS)
+            text = _fragment(self.paper_text_template, view, _TEXT_SLOTS)
+            cached = self._papers[key] = _PaperParts(view, html, text)
         return cached
-
-    def _paper_fragment(self, view: PaperView) -> tuple[list[str], list[int]]:
-        """email/paper.html rendered once, cut at its three per-subscriber slots."""
-        marks = {name: Markup(f"\ue000{i}\ue001") for i, name in enumerate(_SLOTS)}
-        try:
-            html = self.paper_template.render(paper=view, **marks)
-        except Exception as exc:  # a user's override template can fail in any way
-            raise templates.TemplateError(f"rendering email/paper.html failed: {exc}") from exc
-        parts = _SLOT_MARK.split(html)
-        statics, slots = parts[0::2], [int(i) for i in parts[1::2]]
-        if sorted(slots) != list(range(len(_SLOTS))):
-            raise templates.TemplateError(
-                "template email/paper.html must output each of "
-                f"{', '.join(_SLOTS)} exactly once, as it is"
-            )
-        return statics, slots
 
     def item(self, number: int, item: DigestItem) -> ItemView:
         """One paper of one digest, with this subscriber's highlights and reasons."""
-        view, statics, slots = self._paper(item.paper)
+        view, html, text = self._paper(item.paper)
         match = item.match
-        title_html = self._mark(view.title_escaped, match.title_spans, len(view.title))
-        abstract_html = self._mark(view.abstract_escaped, match.abstract_spans, view.cut)
-        topics_label = ", ".join(match.topics)
-        words_label = ", ".join(dict.fromkeys(match.terms))
-        matched_html = f"<strong>{_escape_ascii(topics_label)}</strong>"
-        if words_label:
-            matched_html += f" ({_escape_ascii(words_label)})"
-        values = (title_html, abstract_html, matched_html)
-        pieces = [statics[0]]
-        for slot, static in zip(slots, statics[1:], strict=True):
-            pieces += (values[slot], static)
-        matched = f"matched: {topics_label}" + (f" ({words_label})" if words_label else "")
-        if len(matched) <= TEXT_WIDTH - 4 and matched.isprintable():
-            text_matched = "    " + matched
+        title = self._mark(view.title_escaped, match.title_spans, len(view.title))
+        abstract = self._mark(view.abstract_escaped, match.abstract_spans, view.cut)
+        labels = _matched_labels(match.topics, match.terms)
+        if number < 100:  # "N. " fits the 4-column indent the title was wrapped with
+            text_title = f"{number}. {view.text_title[3 if number < 10 else 4 :]}"
         else:
-            text_matched = wrap(matched, TEXT_WIDTH, "    ", "      ")
-        prefix = f"{number}. "
-        if len(prefix) <= 4:
-            text_title = prefix + view.text_title[len(prefix) :]
-        else:
-            text_title = wrap(view.title, TEXT_WIDTH, prefix, "    ")
+            text_title = wrap(view.title, TEXT_WIDTH, f"{number}. ", "    ")
         return ItemView(
-            number=number,
-            paper=view,
-            html=_markup("".join(pieces)),
-            title_html=title_html,
-            abstract_html=abstract_html,
-            matched_html=_markup(matched_html),
-            topics_label=topics_label,
-            words_label=words_label,
-            text_title=text_title,
-            text_matched=text_matched,
+            number,
+            view,
+            _markup(html.fill((title, abstract, labels.html))),
+            text.fill((text_title, labels.text)),
+            text_title,
+            title,
+            abstract,
+            labels,
         )
 
     def highlight(
         self, text: str, spans: tuple[tuple[int, int], ...], limit: int | None = None
     ) -> Markup:
         """Text as HTML with the spans (clipped to `limit`) highlighted; hostile text stays text."""
-        return self._mark(escape_text(text), spans, len(text) if limit is None else limit)
+        return _markup(self._mark(escape_text(text), spans, len(text) if limit is None else limit))
 
-    def _mark(self, esc: EscapedText, spans: tuple[tuple[int, int], ...], limit: int) -> Markup:
+    def _mark(self, esc: EscapedText, spans: tuple[tuple[int, int], ...], limit: int) -> str:
         # Tags go between slices of the already escaped text: they never come from the text,
         # and per digest nothing is escaped again (the escaped text is cached per paper).
-        merged = merge_spans(spans, limit)
-        if not merged:
-            return _markup(esc.html)
-        html, pos, open_tag = esc.html, esc.offsets, self.highlight_open
+        html = esc.html
+        if not spans:
+            return html
+        pos, open_tag = esc.offsets, self.highlight_open
         out = []
         last = 0
-        for start, end in merged:
+        for start, end in merge_spans(spans, limit):
             if pos is not None:
                 start, end = pos[start], pos[end]
             out += (html[last:start], open_tag, html[start:end], "</span>")
             last = end
         out.append(html[last:])
-        return _markup("".join(out))
+        return "".join(out)
+
+
+class _Fragment(typing.NamedTuple):
+    """A per-paper template rendered once, cut around its per-subscriber slots."""
+
+    pieces: list[str]  # the text around the slots, with a placeholder at every odd index
+    pick: typing.Callable[[tuple[str, ...]], tuple[str, ...]]  # slot values in template order
+
+    def fill(self, values: tuple[str, ...]) -> str:
+        """The fragment with the slot values (given in declaration order) put in."""
+        pieces = self.pieces.copy()
+        pieces[1::2] = self.pick(values)  # C-level copy and slice: a loop cost 4x as much
+        return "".join(pieces)
+
+
+# Slot names each per-paper template must output exactly once, as given.
+_HTML_SLOTS = ("title_html", "abstract_html", "matched_html")
+_TEXT_SLOTS = ("text_title", "text_matched")
+
+
+def _fragment(template: typing.Any, view: PaperView, slots: tuple[str, ...]) -> _Fragment:
+    """Render a per-paper template once with markers in its slots, and cut it there."""
+    marks = {name: Markup(f"\ue000{i}\ue001") for i, name in enumerate(slots)}
+    try:
+        out = template.render(paper=view, **marks)
+    except Exception as exc:  # a user's override template can fail in any way
+        raise templates.TemplateError(f"rendering {template.name} failed: {exc}") from exc
+    pieces = _SLOT_MARK.split(out)
+    order = [int(i) for i in pieces[1::2]]
+    if sorted(order) != list(range(len(slots))):
+        raise templates.TemplateError(
+            f"template {template.name} must output each of {', '.join(slots)} exactly once, "
+            "as it is"
+        )
+    return _Fragment(pieces, operator.itemgetter(*order))
+
+
+class _PaperParts(typing.NamedTuple):
+    view: PaperView
+    html: _Fragment  # email/paper.html
+    text: _Fragment  # email/paper.txt
+
+
+class MatchedLabels(typing.NamedTuple):
+    """The "matched:" line of one item, for HTML and text."""
+
+    topics: str
+    words: str
+    html: Markup
+    text: str
+
+
+def _matched_labels(topics: tuple[str, ...], terms: tuple[str, ...]) -> MatchedLabels:
+    """The topics and distinct matched words, as labels and as the item's "matched:" line."""
+    topics_label = ", ".join(topics)
+    words_label = ", ".join(dict.fromkeys(terms))
+    if words_label:
+        html = f"<strong>{_escape_ascii(topics_label)}</strong> ({_escape_ascii(words_label)})"
+        matched = f"matched: {topics_label} ({words_label})"
+    else:
+        html = f"<strong>{_escape_ascii(topics_label)}</strong>"
+        matched = f"matched: {topics_label}"
+    if len(matched) <= TEXT_WIDTH - 4 and matched.isprintable():
+        text = "    " + matched
+    else:
+        text = wrap(matched, TEXT_WIDTH, "    ", "      ")
+    return MatchedLabels(topics_label, words_label, _markup(html), text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,22 +499,18 @@ def paper_url(title: str) -> str:
 
 def merge_spans(spans: tuple[tuple[int, int], ...] | list, length: int) -> list[tuple[int, int]]:
     """Spans clipped to [0, length], sorted, overlapping or touching ones merged."""
-    previous = -(1 << 62)
-    for start, _ in spans:  # the matcher gives them sorted; sort only when they are not
-        if start < previous:
-            spans = sorted(spans)
-            break
-        previous = start
     merged: list[tuple[int, int]] = []
+    previous = -(1 << 62)
     for start, end in spans:
-        if start >= length:
-            break  # sorted: every later span starts past the end too
-        if end <= start or end <= 0:
-            continue
+        if start < previous:  # the matcher gives them sorted; sort only when they are not
+            return merge_spans(sorted(spans), length)
+        previous = start
         if start < 0:
             start = 0
         if end > length:
             end = length
+        if end <= start:
+            continue
         if merged and start <= merged[-1][1]:
             if end > merged[-1][1]:
                 merged[-1] = (merged[-1][0], end)
@@ -488,22 +544,26 @@ def wrap(text: str, width: int = TEXT_WIDTH, first: str = "", rest: str | None =
     words = " ".join(text.split())
     if not words:
         return ""
-    if len(first) + len(words) <= width:
-        return first + words
-    # The regex engine finds each line's last fitting space; far faster than a loop over words.
-    head = _line_pattern(max(1, width - len(first))).match(words)
-    assert head is not None  # the pattern always matches at least one word
-    lines = [first + (head.group(1) or head.group(2))]
-    remainder = words[head.end() :]
-    if remainder:
-        pattern = _line_pattern(max(1, width - len(rest)))
-        lines += [rest + (a or b) for a, b in pattern.findall(remainder)]
+    prefix = first
+    room = max(1, width - len(prefix))
+    if len(words) <= room:
+        return prefix + words
+    lines = []
+    pos, end = 0, len(words)
+    while end - pos > room:
+        # Words are single-space separated: the line ends at the last space within reach,
+        # or, for a word longer than the line, at the first space after it.
+        cut = words.rfind(" ", pos, pos + room + 1)
+        if cut < 0:
+            cut = words.find(" ", pos + room)
+            if cut < 0:
+                break
+        lines.append(prefix + words[pos:cut])
+        pos = cut + 1
+        prefix = rest
+        room = max(1, width - len(prefix))
+    lines.append(prefix + words[pos:])
     return "\n".join(lines)
-
-
-@functools.lru_cache(maxsize=64)
-def _line_pattern(width: int) -> re.Pattern[str]:
-    return re.compile(rf"(\S.{{0,{width - 1}}})(?: |$)|(\S+)(?: |$)")
 
 
 def clean_line(text: str) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import html
+import itertools
 import os
 import re
+import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
 
 import jinja2
+import markupsafe
 import pytest
 from email_samples import HOSTILE, email_settings, make_digest, make_paper, make_subscriber
 from hypothesis import given, settings
@@ -67,6 +70,14 @@ def test_html_template_refuses_an_environment_without_autoescape():
     env = jinja2.Environment(loader=jinja2.DictLoader({"a.html": "{{ x }}"}), autoescape=False)
     with pytest.raises(templates.TemplateError, match="autoescaping is off"):
         templates.html_template(env, "a.html")
+
+
+@given(st.text(alphabet=st.sampled_from("ab &<>\"'\u00e9\n")))
+def test_escape_fast_paths_escape_exactly_like_markupsafe(text):
+    expected = str(markupsafe.escape(text))
+    assert templates.escape_html(text) == expected
+    env = templates.make_environment(email_settings())
+    assert env.from_string("{{ x }}").render(x=text) == expected
 
 
 def test_override_dir_comes_first(tmp_path):
@@ -368,6 +379,27 @@ def test_wrap_keeps_words_and_width(words, width):
         assert len(line) <= width or len(line.split()) == 1
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab:/.-\u00e9", min_size=1, max_size=30), max_size=30),
+    st.integers(6, 80),
+    st.sampled_from(["", "  ", "    "]),
+    st.sampled_from(["", "    ", "      "]),
+)
+def test_wrap_is_the_greedy_wrap_of_textwrap(words, width, first, rest):
+    # textwrap is the reference (too slow to use per email): same lines, byte for byte.
+    text = " ".join(words)
+    expected = textwrap.fill(
+        text,
+        width,
+        initial_indent=first,
+        subsequent_indent=rest,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    assert wrap(text, width, first, rest) == expected
+
+
 def test_shorten_at_sentence():
     text = "First sentence here. Second one, e.g. With an abbreviation. Third 3.5 value. Tail"
     assert shorten_at_sentence(text, 200) == (len(text), "")
@@ -385,6 +417,17 @@ def test_merge_spans():
         (5, 9),
         (20, 25),
     ]
+
+
+@given(
+    st.lists(st.tuples(st.integers(-5, 40), st.integers(-5, 40)), max_size=12), st.integers(0, 35)
+)
+def test_merge_spans_covers_exactly_the_clipped_spans(spans, length):
+    merged = merge_spans(spans, length)
+    covered = {i for start, end in spans for i in range(max(start, 0), min(end, length))}
+    assert {i for start, end in merged for i in range(start, end)} == covered
+    assert all(s < e for s, e in merged)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(merged))  # sorted, apart, not touching
 
 
 # --- golden ----------------------------------------------------------------------------------
@@ -427,3 +470,30 @@ def test_paper_fragment_is_rendered_once_per_paper_and_must_output_every_slot(tm
     settings = email_settings(templates={"override_dir": str(tmp_path)})
     with pytest.raises(templates.TemplateError, match="matched_html exactly once"):
         Renderer(settings).render(digest, make_links(settings, digest.subscriber))
+
+
+def test_paper_text_fragment_must_output_every_slot_and_may_reorder_them(tmp_path):
+    digest = make_digest()
+    (tmp_path / "email").mkdir()
+    paper_txt = tmp_path / "email" / "paper.txt"
+    settings = email_settings(templates={"override_dir": str(tmp_path)})
+    links = make_links(settings, digest.subscriber)
+    paper_txt.write_text("{{ text_title }} {{ text_title }}\n")
+    with pytest.raises(templates.TemplateError, match=r"paper\.txt must output each of"):
+        Renderer(settings).render(digest, links)
+    # Slots in another order than declared, around per-paper values: each lands in its place.
+    paper_txt.write_text("[{{ text_matched }}] {{ paper.url }} [{{ text_title }}]\n")
+    renderer = Renderer(settings)
+    text = renderer.render(digest, links).text
+    first = renderer.sections(digest.items[:1])[0][0].items[0]
+    assert first.text_title.startswith("1.  Nemotron-Flash")  # numbers align in 4 columns
+    assert f"[{first.text_matched}] {first.paper.url} [{first.text_title}]\n" in text
+    # ...and the same holds in the HTML fragment.
+    (tmp_path / "email" / "paper.html").write_text(
+        "<i>{{ matched_html }}</i><b>{{ abstract_html }}</b><u>{{ title_html }}</u>"
+    )
+    item = Renderer(settings).sections(digest.items[:1])[0][0].items[0]
+    assert (
+        item.html
+        == f"<i>{item.matched_html}</i><b>{item.abstract_html}</b><u>{item.title_html}</u>"
+    )
