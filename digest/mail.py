@@ -286,7 +286,7 @@ _SAFE_TOKEN = re.compile(r'[^\x00-\x20\x7f-\U0010ffff<>()\[\]\\,;:"]*')
 
 def _url(url: str) -> str:
     cleaned = clean_line(url)
-    if any(c in cleaned for c in "<> ") or not cleaned.isascii():
+    if "<" in cleaned or ">" in cleaned or " " in cleaned or not cleaned.isascii():
         raise ValidationError(
             f"URL for List-Unsubscribe {url!r}: must be ASCII without <, >, space"
         )

@@ -115,6 +115,7 @@ def make_environment(settings: Settings) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         auto_reload=False,
+        cache_size=-1,  # a handful of templates: a plain dict, not an LRU with a lock per lookup
     )
     env.template_class = FastTemplate
     return env

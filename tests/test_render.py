@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
 import itertools
@@ -10,6 +11,7 @@ import re
 import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import quote
 
 import jinja2
 import markupsafe
@@ -348,6 +350,26 @@ def test_make_links_quotes_tokens_and_derives_the_mailto():
     )
 
 
+_TOKEN = st.text(st.sampled_from("aZ09_.~-/ %?&#\u00e9"), max_size=12) | st.text(max_size=12)
+
+
+@given(_TOKEN, _TOKEN)
+def test_make_links_quote_every_token_as_urllib_does(manage, unsubscribe):
+    settings = email_settings()
+    links = make_links(
+        settings,
+        make_subscriber(),
+        manage_token=manage or "m",
+        unsubscribe_token=unsubscribe or "u",
+    )
+    unsub = quote(unsubscribe or "u", safe="")
+    assert links.manage_url == "https://digest.example.org/manage/" + quote(manage or "m", safe="")
+    assert links.unsubscribe_url == "https://digest.example.org/unsubscribe/" + unsub
+    assert links.unsubscribe_mailto == (
+        "mailto:unsubscribe@example.org?subject=" + quote("unsubscribe " + unsub)
+    )
+
+
 # --- helpers, property-tested ----------------------------------------------------------------
 
 _TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=120)
@@ -465,6 +487,9 @@ def test_paper_fragment_is_rendered_once_per_paper_and_must_output_every_slot(tm
     r.render(digest, links)
     r.render(digest, links)
     assert len(r._papers) == len(digest.items)  # cached per paper, not per digest
+    first = digest.items[0]
+    more_upvotes = dataclasses.replace(first.paper, upvotes=(first.paper.upvotes or 0) + 5)
+    assert r.paper_view(first.paper).facts != r.paper_view(more_upvotes).facts  # not stale
     (tmp_path / "email").mkdir()
     (tmp_path / "email" / "paper.html").write_text("<p>{{ title_html }} {{ abstract_html }}</p>")
     settings = email_settings(templates={"override_dir": str(tmp_path)})
