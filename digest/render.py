@@ -27,7 +27,7 @@ from markupsafe import Markup, escape
 from digest import templates
 from digest.config import Settings
 from digest.errors import DigestError, ValidationError
-from digest.models import Digest, DigestItem, StoredPaper, Subscriber
+from digest.models import Digest, DigestItem, Match, StoredPaper, Subscriber
 
 PAPERS_SEARCH_URL = "https://huggingface.co/papers?q="
 TEXT_WIDTH = 72
@@ -134,9 +134,11 @@ class ItemView:
     text_title: str  # "N. " and the wrapped title
     title_marked: str  # escaped HTML; matched words in <span class="hl" style=...>
     abstract_marked: str
-    labels: MatchedLabels
+    matched_html: Markup  # <strong>topics</strong> (words)
+    text_matched: str  # "matched: topics (words)", wrapped and indented
+    match: Match
 
-    # The pieces email/paper.html receives, as Markup, for templates that show them elsewhere.
+    # More of what email/paper.html receives, for templates that show it elsewhere.
     @property
     def title_html(self) -> Markup:
         return _markup(self.title_marked)
@@ -146,20 +148,12 @@ class ItemView:
         return _markup(self.abstract_marked)
 
     @property
-    def matched_html(self) -> Markup:
-        return self.labels.html
-
-    @property
     def topics_label(self) -> str:
-        return self.labels.topics
+        return ", ".join(self.match.topics)
 
     @property
     def words_label(self) -> str:
-        return self.labels.words
-
-    @property
-    def text_matched(self) -> str:
-        return self.labels.text
+        return ", ".join(dict.fromkeys(self.match.terms))
 
 
 @dataclass(slots=True)
@@ -308,7 +302,7 @@ class Renderer:
         match = item.match
         title = self._mark(view.title_escaped, match.title_spans, len(view.title))
         abstract = self._mark(view.abstract_escaped, match.abstract_spans, view.cut)
-        labels = _matched_labels(match.topics, match.terms)
+        matched_html, text_matched = _matched_line(match.topics, match.terms)
         if number < 100:  # "N. " fits the 4-column indent the title was wrapped with
             text_title = f"{number}. {view.text_title[3 if number < 10 else 4 :]}"
         else:
@@ -316,19 +310,22 @@ class Renderer:
         return ItemView(
             number,
             view,
-            _markup(html.fill((title, abstract, labels.html))),
-            text.fill((text_title, labels.text)),
+            _markup(html.fill((title, abstract, matched_html))),
+            text.fill((text_title, text_matched)),
             text_title,
             title,
             abstract,
-            labels,
+            matched_html,
+            text_matched,
+            match,
         )
 
     def highlight(
         self, text: str, spans: tuple[tuple[int, int], ...], limit: int | None = None
     ) -> Markup:
         """Text as HTML with the spans (clipped to `limit`) highlighted; hostile text stays text."""
-        return _markup(self._mark(escape_text(text), spans, len(text) if limit is None else limit))
+        end = len(text) if limit is None else min(limit, len(text))
+        return _markup(self._mark(escape_text(text), spans, end))
 
     def _mark(self, esc: EscapedText, spans: tuple[tuple[int, int], ...], limit: int) -> str:
         # Tags go between slices of the already escaped text: they never come from the text,
@@ -338,8 +335,17 @@ class Renderer:
             return html
         pos, open_tag = esc.offsets, self.highlight_open
         out = []
-        last = 0
-        for start, end in merge_spans(spans, limit):
+        last, previous = 0, -1
+        for start, end in spans:
+            if start <= previous or end <= start:
+                # Unsorted, overlapping, touching or empty: not what the matcher gives, so
+                # merge them first (the merged spans take this loop's straight path).
+                return self._mark(esc, tuple(merge_spans(spans, limit)), limit)
+            previous = end
+            if start >= limit:
+                continue  # past the shortened text
+            if end > limit:
+                end = limit
             if pos is not None:
                 start, end = pos[start], pos[end]
             out += (html[last:start], open_tag, html[start:end], "</span>")
@@ -390,17 +396,8 @@ class _PaperParts(typing.NamedTuple):
     text: _Fragment  # email/paper.txt
 
 
-class MatchedLabels(typing.NamedTuple):
-    """The "matched:" line of one item, for HTML and text."""
-
-    topics: str
-    words: str
-    html: Markup
-    text: str
-
-
-def _matched_labels(topics: tuple[str, ...], terms: tuple[str, ...]) -> MatchedLabels:
-    """The topics and distinct matched words, as labels and as the item's "matched:" line."""
+def _matched_line(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[Markup, str]:
+    """An item's "matched: topics (words)" line, as HTML and as wrapped text."""
     topics_label = ", ".join(topics)
     words_label = ", ".join(dict.fromkeys(terms))
     if words_label:
@@ -410,10 +407,8 @@ def _matched_labels(topics: tuple[str, ...], terms: tuple[str, ...]) -> MatchedL
         html = f"<strong>{_escape_ascii(topics_label)}</strong>"
         matched = f"matched: {topics_label}"
     if len(matched) <= TEXT_WIDTH - 4 and matched.isprintable():
-        text = "    " + matched
-    else:
-        text = wrap(matched, TEXT_WIDTH, "    ", "      ")
-    return MatchedLabels(topics_label, words_label, _markup(html), text)
+        return _markup(html), "    " + matched
+    return _markup(html), wrap(matched, TEXT_WIDTH, "    ", "      ")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import jinja2
 import markupsafe
 import pytest
 from email_samples import HOSTILE, email_settings, make_digest, make_paper, make_subscriber
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from digest import templates
@@ -375,17 +375,40 @@ def test_make_links_quote_every_token_as_urllib_does(manage, unsubscribe):
 _TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=120)
 
 
-@settings(max_examples=150, deadline=None)
-@given(_TEXT, st.lists(st.tuples(st.integers(-5, 130), st.integers(-5, 130)), max_size=6))
-def test_highlight_round_trips_to_the_text(text, spans):
+_HL_TAG = re.compile(r"(<span class=\"hl\"\s+style=\"[^\"]*\">|</span>)")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _TEXT,
+    st.lists(st.tuples(st.integers(-5, 130), st.integers(-5, 130)), max_size=6)
+    | st.lists(st.integers(0, 130), max_size=12).map(
+        lambda xs: list(zip(sorted(xs)[::2], sorted(xs)[1::2], strict=False))  # the usual shape
+    ),
+    st.none() | st.integers(0, 130),
+)
+@example("abcdef", [(1, 4)], 3)
+@example("é<b>", [(0, 1), (2, 4)], None)
+def test_highlight_round_trips_to_the_text(text, spans, limit):
     r = shared_renderer()
-    markup = str(r.highlight(text, tuple(spans)))
-    plain = html.unescape(re.sub(r"<span class=\"hl\"\s+style=\"[^\"]*\">|</span>", "", markup))
-    expected = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", " ", text)
-    assert plain == expected
-    assert "<" not in re.sub(r"<span class=\"hl\"\s+style=\"[^\"]*\">|</span>", "", markup)
+    markup = str(r.highlight(text, tuple(spans), limit))
     assert markup.isascii()
-    assert markup.count("<span") == len(merge_spans(spans, len(text)))
+    # Walk the markup: exactly the characters inside the clipped, merged spans are marked.
+    marked, at, inside, plain = set(), 0, False, []
+    for piece in _HL_TAG.split(markup):
+        if _HL_TAG.fullmatch(piece):
+            inside = not piece.startswith("</")
+            continue
+        assert "<" not in piece
+        chars = html.unescape(piece)
+        if inside:
+            marked.update(range(at, at + len(chars)))
+        at += len(chars)
+        plain.append(chars)
+    assert "".join(plain) == re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", " ", text)
+    end = len(text) if limit is None else limit
+    assert marked == {i for s, e in spans for i in range(max(s, 0), min(e, end, len(text)))}
+    assert markup.count("<span") == len(merge_spans(spans, min(end, len(text))))
 
 
 @settings(max_examples=150, deadline=None)
