@@ -36,6 +36,7 @@ from _common import free_port, sink_protocol  # noqa: E402
 
 from digest import templates  # noqa: E402
 from digest.config import SmtpSettings, build_settings  # noqa: E402
+from digest.highlight import merge_spans  # noqa: E402
 from digest.mail import MessageBuilder, SmtpPool, SmtpTransport  # noqa: E402
 from digest.models import Digest, DigestItem, Match, StoredPaper, Subscriber, Topic  # noqa: E402
 from digest.render import Renderer, make_links  # noqa: E402
@@ -112,11 +113,9 @@ def load_papers() -> list[StoredPaper]:
 
 
 def spans(text: str, words: list[str]) -> tuple[tuple[int, int], ...]:
-    out = []
-    for w in words:
-        for m in re.finditer(re.escape(w), text):
-            out.append((m.start(), m.end()))
-    return tuple(out)
+    """Every occurrence of the words, sorted and merged as the matcher gives them."""
+    found = [(m.start(), m.end()) for w in words for m in re.finditer(re.escape(w), text)]
+    return merge_spans(found)
 
 
 def make_digests(n: int, papers: list[StoredPaper], rng: random.Random) -> list[Digest]:
