@@ -129,14 +129,24 @@ class ItemView:
 
     number: int
     paper: PaperView
-    html: Markup  # email/paper.html for this paper, with this subscriber's highlights
-    text: str  # email/paper.txt for this paper, with this subscriber's number and reasons
+    html_parts: list[str]  # email/paper.html with this subscriber's highlights, in pieces
+    text_parts: list[str]  # email/paper.txt with this subscriber's number and reasons
     text_title: str  # "N. " and the wrapped title
     title_marked: str  # escaped HTML; matched words in <span class="hl" style=...>
     abstract_marked: str
     matched_html: Markup  # <strong>topics</strong> (words)
     text_matched: str  # "matched: topics (words)", wrapped and indented
     match: Match
+
+    @property
+    def html(self) -> Markup:
+        """The paper as email/paper.html renders it for this subscriber."""
+        return _markup("".join(self.html_parts))
+
+    @property
+    def text(self) -> str:
+        """The paper as email/paper.txt renders it for this subscriber."""
+        return "".join(self.text_parts)
 
     # More of what email/paper.html receives, for templates that show it elsewhere.
     @property
@@ -161,8 +171,24 @@ class SectionView:
     """The papers whose best topic is `topic`, in rank order."""
 
     topic: str
-    count: int
     items: list[ItemView]
+    # Every item's pieces in order, joined once per section rather than once per item.
+    html_parts: list[str]
+    text_parts: list[str]
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    @property
+    def html(self) -> Markup:
+        """Every item's email/paper.html, in rank order."""
+        return _markup("".join(self.html_parts))
+
+    @property
+    def text(self) -> str:
+        """Every item's email/paper.txt, in rank order."""
+        return "".join(self.text_parts)
 
 
 def unsubscribe_address(settings: Settings) -> str:
@@ -275,9 +301,11 @@ class Renderer:
             topics = item.match.topics or ("Other",)
             section = by_topic.get(topics[0])
             if section is None:
-                section = by_topic[topics[0]] = SectionView(topics[0], 0, [])
-            section.items.append(self.item(number, item))
-            section.count += 1
+                section = by_topic[topics[0]] = SectionView(topics[0], [], [], [])
+            view = self.item(number, item)
+            section.items.append(view)
+            section.html_parts += view.html_parts
+            section.text_parts += view.text_parts
         return list(by_topic.values()), list(by_topic)
 
     def paper_view(self, paper: StoredPaper) -> PaperView:
@@ -310,7 +338,7 @@ class Renderer:
         return ItemView(
             number,
             view,
-            _markup(html.fill((title, abstract, matched_html))),
+            html.fill((title, abstract, matched_html)),
             text.fill((text_title, text_matched)),
             text_title,
             title,
@@ -360,11 +388,11 @@ class _Fragment(typing.NamedTuple):
     pieces: list[str]  # the text around the slots, with a placeholder at every odd index
     pick: typing.Callable[[tuple[str, ...]], tuple[str, ...]]  # slot values in template order
 
-    def fill(self, values: tuple[str, ...]) -> str:
-        """The fragment with the slot values (given in declaration order) put in."""
+    def fill(self, values: tuple[str, ...]) -> list[str]:
+        """The fragment's pieces with the slot values (given in declaration order) put in."""
         pieces = self.pieces.copy()
         pieces[1::2] = self.pick(values)  # C-level copy and slice: a loop cost 4x as much
-        return "".join(pieces)
+        return pieces
 
 
 # Slot names each per-paper template must output exactly once, as given.

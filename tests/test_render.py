@@ -520,6 +520,31 @@ def test_paper_fragment_is_rendered_once_per_paper_and_must_output_every_slot(tm
         Renderer(settings).render(digest, make_links(settings, digest.subscriber))
 
 
+def test_templates_may_loop_over_items_instead_of_whole_sections(tmp_path):
+    # section.html / section.text are every item's fragment in order; looping gives the same.
+    (tmp_path / "email").mkdir()
+    for name, whole, loop in (
+        (
+            "digest.html",
+            "{{ section.html -}}",
+            "{% for item in section.items %}{{ item.html }}{% endfor %}",
+        ),
+        (
+            "digest.txt",
+            "{{ section.text -}}",
+            "{% for item in section.items %}{{ item.text }}{% endfor %}",
+        ),
+    ):
+        source = (ROOT / "templates" / "email" / name).read_text()
+        assert whole in source
+        (tmp_path / "email" / name).write_text(source.replace(whole, loop))
+    digest = make_digest()
+    ours = Renderer(email_settings())
+    looped = Renderer(email_settings(templates={"override_dir": str(tmp_path)}))
+    links = make_links(ours.settings, digest.subscriber)
+    assert looped.render(digest, links) == ours.render(digest, links)
+
+
 def test_paper_text_fragment_must_output_every_slot_and_may_reorder_them(tmp_path):
     digest = make_digest()
     (tmp_path / "email").mkdir()
