@@ -123,8 +123,26 @@ class PaperView:
     abstract_escaped: EscapedText  # of abstract (with the suffix)
 
 
+class _JoinedParts:
+    """`html` and `text` joined on demand from the pieces in `html_parts` and `text_parts`."""
+
+    __slots__ = ()
+    html_parts: list[str]
+    text_parts: list[str]
+
+    @property
+    def html(self) -> Markup:
+        """Every piece from email/paper.html, with this subscriber's slots, in order."""
+        return _markup("".join(self.html_parts))
+
+    @property
+    def text(self) -> str:
+        """Every piece from email/paper.txt, with this subscriber's slots, in order."""
+        return "".join(self.text_parts)
+
+
 @dataclass(slots=True)
-class ItemView:
+class ItemView(_JoinedParts):
     """One paper in one digest: the shared PaperView plus this subscriber's highlights."""
 
     number: int
@@ -137,16 +155,6 @@ class ItemView:
     matched_html: Markup  # <strong>topics</strong> (words)
     text_matched: str  # "matched: topics (words)", wrapped and indented
     match: Match
-
-    @property
-    def html(self) -> Markup:
-        """The paper as email/paper.html renders it for this subscriber."""
-        return _markup("".join(self.html_parts))
-
-    @property
-    def text(self) -> str:
-        """The paper as email/paper.txt renders it for this subscriber."""
-        return "".join(self.text_parts)
 
     # More of what email/paper.html receives, for templates that show it elsewhere.
     @property
@@ -167,28 +175,18 @@ class ItemView:
 
 
 @dataclass(slots=True)
-class SectionView:
+class SectionView(_JoinedParts):
     """The papers whose best topic is `topic`, in rank order."""
 
     topic: str
     items: list[ItemView]
-    # Every item's pieces in order, joined once per section rather than once per item.
+    # Every item's pieces in rank order, joined once per section rather than once per item.
     html_parts: list[str]
     text_parts: list[str]
 
     @property
     def count(self) -> int:
         return len(self.items)
-
-    @property
-    def html(self) -> Markup:
-        """Every item's email/paper.html, in rank order."""
-        return _markup("".join(self.html_parts))
-
-    @property
-    def text(self) -> str:
-        """Every item's email/paper.txt, in rank order."""
-        return "".join(self.text_parts)
 
 
 def unsubscribe_address(settings: Settings) -> str:
