@@ -228,8 +228,9 @@ def _quote(text: str, safe: str = "/") -> str:
 class Renderer:
     """Renders digests with templates loaded and CSS-inlined once, at construction.
 
-    What a paper looks like whoever receives it (URL, facts, shortened and wrapped abstract) is
-    kept in a bounded per-renderer cache: one batch of digests shares the same few papers.
+    What a paper looks like whoever receives it (URL, facts, shortened and wrapped abstract, and
+    its paper.html / paper.txt fragments cut at their per-subscriber slots) is kept in a bounded
+    per-renderer cache: one batch of digests shares the same few papers.
     """
 
     cache_size = 20_000
