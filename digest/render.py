@@ -24,7 +24,7 @@ import markdown
 import nh3
 from markupsafe import Markup, escape
 
-from digest import templates
+from digest import highlight, templates
 from digest.config import Settings
 from digest.errors import DigestError, ValidationError
 from digest.models import Digest, DigestItem, Match, StoredPaper, Subscriber
@@ -531,24 +531,8 @@ def paper_url(title: str) -> str:
 
 def merge_spans(spans: tuple[tuple[int, int], ...] | list, length: int) -> list[tuple[int, int]]:
     """Spans clipped to [0, length], sorted, overlapping or touching ones merged."""
-    merged: list[tuple[int, int]] = []
-    previous = -(1 << 62)
-    for start, end in spans:
-        if start < previous:  # the matcher gives them sorted; sort only when they are not
-            return merge_spans(sorted(spans), length)
-        previous = start
-        if start < 0:
-            start = 0
-        if end > length:
-            end = length
-        if end <= start:
-            continue
-        if merged and start <= merged[-1][1]:
-            if end > merged[-1][1]:
-                merged[-1] = (merged[-1][0], end)
-        else:
-            merged.append((start, end))
-    return merged
+    clipped = ((max(start, 0), min(end, length)) for start, end in spans)
+    return list(highlight.merge_spans((start, end) for start, end in clipped if start < end))
 
 
 def shorten_at_sentence(text: str, limit: int) -> tuple[int, str]:
