@@ -4,6 +4,11 @@
 moment) and renders any number of digests: `renderer.render(digest, links)`. Links to the
 subscriber's pages are passed in (`Links`), so rendering never depends on how tokens are signed.
 An empty digest is an error (`EmptyDigestError`): no email is ever sent for an empty digest.
+
+Speed comes from doing per paper what does not depend on the subscriber: each paper's part of
+the email (`email/paper.html`, `email/paper.txt`) is rendered once and cut at its per-subscriber
+slots (highlighted title and abstract, the matched line, the item's number); a digest fills the
+slots and joins each section's pieces once, and the outer templates only place the sections.
 """
 
 from __future__ import annotations
