@@ -21,7 +21,6 @@ import gc
 import heapq
 import itertools
 import logging
-import math
 import operator
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -193,7 +192,6 @@ class PaperIndex:
         # per-index memos: bounded by this batch's papers and the queries run against it
         self._memo: dict[Node, int] = {}
         self._weights: dict[Node, dict[int, float]] = {}
-        self._idf: dict[Node, float] = {}
         self._ranked: dict[tuple[Node, int | None], _Ranked] = {}
         self._tokens: dict[int, tuple[list[textmod.Token], list[textmod.Token]]] = {}
         self._positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
@@ -353,14 +351,6 @@ class PaperIndex:
         return r
 
     # ------------------------------------------------------------ ranking
-
-    def _idf_of(self, leaf: Node) -> float:
-        idf = self._idf.get(leaf)
-        if idf is None:
-            df = self.bits(leaf).bit_count()
-            idf = math.log(1.0 + (self.size - df + 0.5) / (df + 0.5))
-            self._idf[leaf] = idf
-        return idf
 
     def weights(self, leaf: Node) -> dict[int, float]:
         """BM25F weight of a positive word/phrase/prefix leaf in every paper holding it."""

@@ -27,11 +27,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import css_inline
 import markdown
 import nh3
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from digest import highlight, templates
 from digest.config import Settings
 from digest.errors import DigestError, ValidationError
+from digest.links import manage_path, one_click_path, unsubscribe_mailto
 from digest.models import Digest, DigestItem, Match, StoredPaper, Subscriber
 
 PAPERS_SEARCH_URL = "https://huggingface.co/papers?q="
@@ -44,6 +45,7 @@ _markup: typing.Callable[[str], Markup] = functools.partial(str.__new__, Markup)
 
 
 def _escape_ascii(text: str) -> str:
+    # Character references keep the HTML part ASCII: smaller, faster, 7bit-safe.
     html = templates.escape_html(text)
     return html if html.isascii() else html.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
@@ -172,11 +174,11 @@ class ItemView(_JoinedParts):
 
     @property
     def topics_label(self) -> str:
-        return ", ".join(self.match.topics)
+        return _labels(self.match.topics, self.match.terms)[0]
 
     @property
     def words_label(self) -> str:
-        return ", ".join(dict.fromkeys(self.match.terms))
+        return _labels(self.match.topics, self.match.terms)[1]
 
 
 @dataclass(slots=True)
@@ -194,14 +196,6 @@ class SectionView(_JoinedParts):
         return len(self.items)
 
 
-def unsubscribe_address(settings: Settings) -> str:
-    """The mailbox that takes mailto unsubscribes: the setting, else unsubscribe@<From domain>."""
-    if settings.site.unsubscribe_mailto:
-        return settings.site.unsubscribe_mailto
-    domain = settings.mail.from_addr.rpartition("@")[2].strip(" >")
-    return f"unsubscribe@{domain or 'localhost'}"
-
-
 def make_links(
     settings: Settings,
     subscriber: Subscriber,
@@ -209,25 +203,27 @@ def make_links(
     manage_token: str | None = None,
     unsubscribe_token: str | None = None,
 ) -> Links:
-    """The subscriber's links: <base>/manage/TOKEN, <base>/unsubscribe/TOKEN and a mailto.
+    """The subscriber's links: the manage page, the RFC 8058 one-click target and the mailto.
 
-    The web app passes signed tokens (a salt per purpose); without them the subscriber's own
-    random token is used.
+    Every sender passes tokens signed per purpose (`links.links_for`); without them the
+    subscriber's own random token stands in (fixtures, benchmarks).
     """
     base = settings.site.base_url.rstrip("/")
-    manage = _quote(manage_token or subscriber.token, safe="")
-    unsub = _quote(unsubscribe_token or subscriber.token, safe="")
-    # quote() works character by character, so quoting the two parts apart is the same.
-    mailto = f"mailto:{unsubscribe_address(settings)}?subject=unsubscribe%20{_quote(unsub)}"
-    return Links(f"{base}/manage/{manage}", f"{base}/unsubscribe/{unsub}", mailto)
+    manage = _quote(manage_token or subscriber.token)
+    unsub = _quote(unsubscribe_token or subscriber.token)
+    return Links(
+        base + manage_path(manage),
+        base + one_click_path(unsub),
+        unsubscribe_mailto(settings),
+    )
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")
 
 
-def _quote(text: str, safe: str = "/") -> str:
-    # Tokens are URL-safe base64: quote() would return them unchanged, at ten times the cost.
-    return text if _URL_SAFE.fullmatch(text) else quote(text, safe=safe)
+def _quote(token: str) -> str:
+    # Signed tokens are URL-safe: quote() would return them unchanged, at ten times the cost.
+    return token if _URL_SAFE.fullmatch(token) else quote(token, safe="")
 
 
 class Renderer:
@@ -428,10 +424,14 @@ class _PaperParts(typing.NamedTuple):
     text: _Fragment  # email/paper.txt
 
 
+def _labels(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[str, str]:
+    """The topics, and the distinct matched words, each joined with ", "."""
+    return ", ".join(topics), ", ".join(dict.fromkeys(terms))
+
+
 def _matched_line(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[Markup, str]:
     """An item's "matched: topics (words)" line, as HTML and as wrapped text."""
-    topics_label = ", ".join(topics)
-    words_label = ", ".join(dict.fromkeys(terms))
+    topics_label, words_label = _labels(topics, terms)
     if words_label:
         html = f"<strong>{_escape_ascii(topics_label)}</strong> ({_escape_ascii(words_label)})"
         matched = f"matched: {topics_label} ({words_label})"
@@ -457,10 +457,7 @@ def escape_text(text: str) -> EscapedText:
         # Controls mean nothing in HTML (and C1 references decode as cp1252): blank them.
         # Same length, so offsets into the original still fit.
         text = _CONTROLS.sub(" ", text)
-    html = str(escape(text))
-    if not html.isascii():
-        # Character references keep the HTML part ASCII: smaller, faster, 7bit-safe.
-        html = html.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    html = _escape_ascii(text)
     if len(html) > _LINE_CHUNK:
         html = _break_lines(html)
     if len(html) == len(text):
@@ -492,11 +489,11 @@ def _break_lines(html: str) -> str:
     return "\n".join(out)
 
 
-_SPECIAL_HTML = frozenset("&<>\"'")
+_SPECIAL_HTML = frozenset(templates.HTML_SPECIAL)
 
 
 def _escaped_len(c: str) -> int:
-    return len(str(escape(c)).encode("ascii", "xmlcharrefreplace"))
+    return len(_escape_ascii(c))
 
 
 def make_paper_view(paper: StoredPaper, abstract_chars: int) -> PaperView:
@@ -517,7 +514,7 @@ def make_paper_view(paper: StoredPaper, abstract_chars: int) -> PaperView:
         title=paper.title,
         url=paper_url(paper.title),
         facts=facts,
-        facts_html=Markup(str(escape(facts)).encode("ascii", "xmlcharrefreplace").decode()),
+        facts_html=_markup(_escape_ascii(facts)),
         abstract=abstract,
         cut=cut,
         suffix=suffix,

@@ -59,7 +59,8 @@ def autoescape_for(name: str | None) -> bool:
     return name is None or not name.endswith(_PLAIN_SUFFIXES)
 
 
-_HTML_SPECIAL = re.compile("[&<>\"']")
+HTML_SPECIAL = "&<>\"'"  # what HTML escaping replaces (markupsafe's five)
+_HTML_SPECIAL = re.compile(f"[{HTML_SPECIAL}]")
 
 
 def escape_html(text: str) -> str:
@@ -78,8 +79,8 @@ def _escape_unless_markup(value: typing.Any) -> str:
     # str; a Markup goes through as it is, and so does a str with nothing to escape.
     if type(value) is markupsafe.Markup:
         return value
-    if type(value) is str and _HTML_SPECIAL.search(value) is None:
-        return value
+    if type(value) is str:
+        return escape_html(value)
     return markupsafe.escape(value)
 
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from digest import templates
 from digest.errors import ValidationError
+from digest.links import LinkSigner, links_for
 from digest.mail import build_message
 from digest.render import (
     EmptyDigestError,
@@ -215,7 +216,7 @@ def test_content_header_sections_items_footer(renderer):
         in body
     )
     assert "https://digest.example.org/manage/tok-ada-123" in body
-    assert "https://digest.example.org/unsubscribe/tok-ada-123" in body
+    assert "https://digest.example.org/unsubscribe/tok-ada-123/one-click" in body
     assert "ada@example.org subscribed to Daily Papers Digest" in body
     # Non-ASCII text becomes character references: the HTML part stays ASCII.
     assert out.html.isascii() and "&#220;n&#239;c&#246;d&#233;" in body
@@ -342,12 +343,24 @@ def test_links_must_be_http_urls():
 def test_make_links_quotes_tokens_and_derives_the_mailto():
     settings = email_settings()
     links = make_links(settings, make_subscriber(), unsubscribe_token="a/b c")
-    assert links.unsubscribe_url == "https://digest.example.org/unsubscribe/a%2Fb%20c"
-    assert links.unsubscribe_mailto.startswith("mailto:unsubscribe@example.org?subject=")
+    assert links.unsubscribe_url == "https://digest.example.org/unsubscribe/a%2Fb%20c/one-click"
+    assert links.unsubscribe_mailto == "mailto:unsubscribe@example.org?subject=unsubscribe"
     custom = email_settings(site={"unsubscribe_mailto": "leave@lists.example.org"})
     assert make_links(custom, make_subscriber()).unsubscribe_mailto.startswith(
         "mailto:leave@lists.example.org?"
     )
+
+
+def test_senders_links_are_make_links_with_signed_tokens():
+    # One builder: what pipeline, preview and the web app send is make_links with signed tokens.
+    settings, sub = email_settings(), make_subscriber()
+    signer = LinkSigner("a secret for the test")
+    sent = links_for(settings, signer, sub)
+    token = sent.manage_url.rpartition("/")[2]
+    assert signer.read_token("manage", token) == sub.token
+    unsub = sent.unsubscribe_url.removesuffix("/one-click").rpartition("/")[2]
+    assert signer.read_token("unsubscribe", unsub) == sub.token
+    assert sent == make_links(settings, sub, manage_token=token, unsubscribe_token=unsub)
 
 
 _TOKEN = st.text(st.sampled_from("aZ09_.~-/ %?&#\u00e9"), max_size=12) | st.text(max_size=12)
@@ -355,18 +368,17 @@ _TOKEN = st.text(st.sampled_from("aZ09_.~-/ %?&#\u00e9"), max_size=12) | st.text
 
 @given(_TOKEN, _TOKEN)
 def test_make_links_quote_every_token_as_urllib_does(manage, unsubscribe):
-    settings = email_settings()
     links = make_links(
-        settings,
+        email_settings(),
         make_subscriber(),
         manage_token=manage or "m",
         unsubscribe_token=unsubscribe or "u",
     )
-    unsub = quote(unsubscribe or "u", safe="")
-    assert links.manage_url == "https://digest.example.org/manage/" + quote(manage or "m", safe="")
-    assert links.unsubscribe_url == "https://digest.example.org/unsubscribe/" + unsub
-    assert links.unsubscribe_mailto == (
-        "mailto:unsubscribe@example.org?subject=" + quote("unsubscribe " + unsub)
+    base = "https://digest.example.org"
+    assert links.manage_url == f"{base}/manage/" + quote(manage or "m", safe="")
+    assert (
+        links.unsubscribe_url
+        == f"{base}/unsubscribe/{quote(unsubscribe or 'u', safe='')}/one-click"
     )
 
 
