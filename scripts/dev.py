@@ -3,6 +3,8 @@
 
     python3 scripts/dev.py demo [DIR]   install digest, build a demo folder, run one full cycle
     python3 scripts/dev.py test [ARGS]  install digest with its test extra, run the whole test suite
+    python3 scripts/dev.py test --fast  the same without the tests marked slow
+    python3 scripts/dev.py install      only install digest with its test extra into ./.venv
 
 The demo installs into a virtual environment outside the checkout ($DIGEST_VENV, default
 ~/.cache/digest/venv) and writes the demo folder outside it too (default $TMPDIR/digest-demo), so
@@ -54,16 +56,25 @@ def demo(args: list[str]) -> int:
     return subprocess.call([str(env_dir / "bin" / "digest"), "demo", target, *args[1:]])
 
 
-def test(args: list[str]) -> int:
-    """Install the project editable with its test extra and run pytest."""
+def install(args: list[str]) -> int:
+    """Install the project editable with its test extra into ./.venv (or $DIGEST_VENV)."""
     env_dir = _venv(ROOT / ".venv")
     python = env_dir / "bin" / "python"
     _run([str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]"])
+    return 0
+
+
+def test(args: list[str]) -> int:
+    """Install the project editable with its test extra and run pytest (--fast: not slow ones)."""
+    install([])
+    python = Path(os.environ.get("DIGEST_VENV") or ROOT / ".venv") / "bin" / "python"
+    if "--fast" in args:
+        args = [a for a in args if a != "--fast"] + ["-m", "not slow"]
     return subprocess.call([str(python), "-m", "pytest", *args], cwd=ROOT)
 
 
 def main() -> int:
-    commands = {"demo": demo, "test": test}
+    commands = {"demo": demo, "test": test, "install": install}
     if len(sys.argv) < 2 or sys.argv[1] not in commands or sys.argv[1] in ("-h", "--help"):
         print(__doc__)
         return 2 if len(sys.argv) >= 2 and sys.argv[1] not in ("-h", "--help") else 0
