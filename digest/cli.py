@@ -339,14 +339,12 @@ def cmd_subscriber_export(ctx: Context, args: argparse.Namespace) -> int:
 @_explains_queries
 def cmd_match(ctx: Context, args: argparse.Namespace) -> int:
     """Preview a query against the stored papers, best first, matched words highlighted."""
-    from digest.match import PaperIndex, match_query
-    from digest.query import compile_query
+    from digest.match import preview_query
 
-    query = compile_query(args.query)
     total = ctx.store.count_papers()
     papers = ctx.store.recent_papers(limit=args.recent or max(total, 1))
-    index = PaperIndex(papers)
-    matches = match_query(index, args.query, args.limit)
+    found = preview_query(papers, args.query, args.limit)
+    matches = found.matches
     by_id = {p.id: p for p in papers}
     if args.json:
         ctx.print_json([_match_to_json(m, by_id[m.paper_id]) for m in matches])
@@ -365,9 +363,8 @@ def cmd_match(ctx: Context, args: argparse.Namespace) -> int:
         ctx.print("     matched: " + ", ".join(_safe(t) for t in m.terms))
         snippet, spans = excerpt(paper.abstract, m.abstract_spans)
         ctx.print("     " + highlight(snippet, spans, color))
-    hits = index.bits(query.root).bit_count()
-    more = f"; showing the {len(matches)} best (--limit)" if len(matches) < hits else ""
-    ctx.print(f"{hits} of {len(papers)} stored papers match{more}")
+    more = f"; showing the {len(matches)} best (--limit)" if len(matches) < found.hits else ""
+    ctx.print(f"{found.hits} of {len(papers)} stored papers match{more}")
     return 0
 
 
@@ -635,29 +632,19 @@ def _add_web_parsers(sub: Any) -> None:
 
 def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
     """Build and deliver every digest that is due (--now: every active subscriber with news)."""
-    from digest.mail import DryRunTransport, make_transport
-    from digest.outbox import digest_from_plan, plan_digests, queue_digests, utcnow
-    from digest.pipeline import deliver_step, make_sender
+    from digest.pipeline import Cycle
     from digest.progress import progress_bar
 
-    store, settings, now = ctx.store, ctx.settings, utcnow()
+    cycle = Cycle(ctx.store, ctx.settings)
     if args.dry_run:
-        plans, papers = plan_digests(store, settings, now=now, force=args.now)
-        send_one = make_sender(store, settings, DryRunTransport(ctx.out))
-        emails = [p for p in plans if p.items and p.kind == "email"]
-        for plan in emails:
-            send_one(digest_from_plan(plan, papers, now))
-        ctx.print(f"dry run: {len(emails)} digests would be sent; nothing was recorded")
+        count = cycle.dry_run(ctx.out, force=args.now)
+        ctx.print(f"dry run: {count} digests would be sent; nothing was recorded")
         return 0
-    queued = queue_digests(store, settings, now=now, force=args.now)
+    queued = cycle.queue(force=args.now)
     ctx.print(f"queue: {queued.summary()}")
-    pending = store.digest_status_counts()["queued"]
-    transport = make_transport(settings)
-    try:
-        with progress_bar(pending, unit="email", quiet=ctx.quiet, desc="sending") as bar:
-            report = deliver_step(store, settings, transport, progress=bar.update)
-    finally:
-        transport.close()
+    pending = ctx.store.digest_status_counts()["queued"]
+    with progress_bar(pending, unit="email", quiet=ctx.quiet, desc="sending") as bar:
+        report = cycle.deliver(progress=bar.update)
     for error in report.errors:
         print(f"error: {error}", file=ctx.err)
     ctx.print(f"deliver: {report.summary()}")
@@ -691,10 +678,10 @@ def cmd_preview(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_feeds(ctx: Context, args: argparse.Namespace) -> int:
-    """Write the static feeds under public/."""
-    from digest.publish import write_feeds
+    """Record feed-only subscribers' new matches, then write the static feeds under public/."""
+    from digest.pipeline import Cycle
 
-    report = write_feeds(ctx.store, ctx.settings, full=args.all)
+    report = Cycle(ctx.store, ctx.settings).feeds(full=args.all)
     ctx.print(f"feeds: {report.summary()} in {ctx.settings.feeds.public_dir / 'feeds'}")
     return 0
 
@@ -733,7 +720,12 @@ def _add_delivery_parsers(sub: Any) -> None:
     p.add_argument("--out", metavar="DIR", default=".", help="folder for the files (default: .)")
     p.set_defaults(handler=cmd_preview)
 
-    p = sub.add_parser("feeds", help="write the static RSS/Atom feeds under public/")
+    p = sub.add_parser(
+        "feeds",
+        help="write the static RSS/Atom feeds under public/",
+        description="First records the new matches of feed-only subscribers, so their private "
+        "feeds are current without a `send` or `run`.",
+    )
     p.add_argument(
         "--all", action="store_true", help="rewrite every private feed, not only changed ones"
     )

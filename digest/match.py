@@ -25,6 +25,7 @@ import operator
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 
 import numba
@@ -193,10 +194,8 @@ class PaperIndex:
         self._memo: dict[Node, int] = {}
         self._weights: dict[Node, dict[int, float]] = {}
         self._ranked: dict[tuple[Node, int | None], _Ranked] = {}
-        self._tokens: dict[int, tuple[list[textmod.Token], list[textmod.Token]]] = {}
-        self._positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
         self._bigrams: tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]] = ({}, {})
-        self._spans: dict[tuple[Node, int], tuple[list, list]] = {}
+        self.texts = PaperTexts(self.papers)
         self._by_org: dict[tuple[str | None, str | None], int] | None = None
 
     def _gram_tables(self, ids: list[int], lens: list[int], nvocab: int) -> tuple:
@@ -503,7 +502,16 @@ class PaperIndex:
             self._ranked[key] = got
         return got
 
-    # ------------------------------------------------------------ highlighting
+
+class PaperTexts:
+    """Where a batch's matched words stand in each paper's title and abstract (for highlights),
+    tokenised on demand and cached per paper and per (word, paper)."""
+
+    def __init__(self, papers: Sequence[StoredPaper]) -> None:
+        self.papers = papers
+        self._tokens: dict[int, tuple[list[textmod.Token], list[textmod.Token]]] = {}
+        self._positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
+        self._spans: dict[tuple[Node, int], tuple[list, list]] = {}
 
     def tokens(self, i: int) -> tuple[list[textmod.Token], list[textmod.Token]]:
         """Title and abstract tokens of paper i with character offsets (computed on demand)."""
@@ -1007,7 +1015,7 @@ class Matches(Mapping[int, MatchList]):
         hits.sort(key=lambda h: (h[0], h[1]))
         names = tuple(dict.fromkeys(h[2] for h in hits))
         leaves = dict.fromkeys(leaf for h in hits for leaf in batch.queries[h[3]].terms)
-        terms, ts, as_ = index.highlights(leaves, i)
+        terms, ts, as_ = index.texts.highlights(leaves, i)
         return Match(index.papers[i].id, micro / 1e6, names, terms, ts, as_)
 
 
@@ -1135,11 +1143,30 @@ def _merge_lists(sub_ptr, qids, start, kept, paper, micro, rank, by_rank, rank_b
             out_unique[s] = u
 
 
+@dataclass(frozen=True)
+class QueryPreview:
+    """One query against a set of papers: the best matches and how many matched in all."""
+
+    matches: list[Match]
+    hits: int
+    papers: tuple[StoredPaper, ...]
+
+
+def preview_query(
+    papers: Sequence[StoredPaper], query_text: str, limit: int | None = None
+) -> QueryPreview:
+    """`digest match`: the query's best `limit` matches among `papers` and the total matched."""
+    index = PaperIndex(papers)
+    matches = match_query(index, query_text, limit)
+    hits = index.bits(compile_query(query_text).root).bit_count()
+    return QueryPreview(matches, hits, index.papers)
+
+
 def match_query(index: PaperIndex, query_text: str, limit: int | None = None) -> list[Match]:
     """Preview one query against the index, best first; raises QueryError if it is malformed."""
     query = compile_query(query_text)
     out = []
     for score, i in index.ranked(query, limit):
-        terms, ts, as_ = index.highlights(query.terms, i)
+        terms, ts, as_ = index.texts.highlights(query.terms, i)
         out.append(Match(index.papers[i].id, round(score, 6), (), terms, ts, as_))
     return out
