@@ -144,9 +144,9 @@ class Settings:
 
 
 _SECTIONS: dict[str, type] = {
-    f.name: type(f.default_factory())  # type: ignore[misc]
-    for f in dataclasses.fields(Settings)
-    if not f.metadata.get("internal")
+    name: hint
+    for name, hint in typing.get_type_hints(Settings).items()
+    if not next(f for f in dataclasses.fields(Settings) if f.name == name).metadata.get("internal")
 }
 
 
@@ -340,13 +340,13 @@ def validate(settings: Settings) -> None:
     ):
         if value < 1:
             raise bad(key, "must be at least 1")
-    for key, value in (
+    for key, seconds in (
         ("inbox.settle_seconds", settings.inbox.settle_seconds),
         ("inbox.poll_seconds", settings.inbox.poll_seconds),
         ("schedule.feeds_minutes", settings.schedule.feeds_minutes),
         ("schedule.shutdown_seconds", settings.schedule.shutdown_seconds),
     ):
-        if value < 0:
+        if seconds < 0:
             raise bad(key, "must not be negative")
     if not _HHMM.match(settings.schedule.default_time):
         raise bad("schedule.default_time", "must be HH:MM (24-hour)")
