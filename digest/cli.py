@@ -653,20 +653,15 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_preview(ctx: Context, args: argparse.Namespace) -> int:
     """Render a subscriber's next digest to files without recording or sending anything."""
-    from digest.links import LinkSigner, links_for, secret_key
-    from digest.outbox import digest_from_plan, plan_digests, utcnow
-    from digest.render import Renderer
+    from digest.pipeline import Cycle
     from digest.subscribers import get_subscriber
 
-    store, settings, now = ctx.store, ctx.settings, utcnow()
-    sub = get_subscriber(store, args.email)
-    plans, papers = plan_digests(store, settings, now=now, force=True, only=[sub.id])
-    if not plans or not plans[0].items:
+    sub = get_subscriber(ctx.store, args.email)
+    found = Cycle(ctx.store, ctx.settings).preview(sub)
+    if found is None:
         ctx.print(f"{sub.email}: no pending papers match their topics; nothing to preview")
         return 0
-    digest = digest_from_plan(plans[0], papers, now)
-    links = links_for(settings, LinkSigner(secret_key(store, settings)), sub)
-    rendered = Renderer(settings).render(digest, links)
+    rendered, digest = found
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "preview-" + "".join(c if c.isalnum() else "_" for c in sub.email)

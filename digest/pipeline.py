@@ -21,7 +21,7 @@ from digest.config import Settings
 from digest.ingest import IngestReport, ingest_inbox
 from digest.links import LinkSigner, links_for, secret_key
 from digest.mail import DryRunTransport, MessageBuilder, Transport, make_transport
-from digest.models import Digest
+from digest.models import Digest, Subscriber
 from digest.outbox import (
     Clock,
     DeliveryReport,
@@ -34,7 +34,7 @@ from digest.outbox import (
     utcnow,
 )
 from digest.publish import FeedReport, write_feeds
-from digest.render import Renderer
+from digest.render import RenderedDigest, Renderer
 from digest.store import Store
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,19 @@ class Cycle:
         for plan in emails:
             send_one(digest_from_plan(plan, papers, now))
         return len(emails)
+
+    def preview(self, subscriber: Subscriber) -> tuple[RenderedDigest, Digest] | None:
+        """The subscriber's next digest rendered as it would be sent, recording nothing; None
+        when no pending paper matches their topics."""
+        now = self.clock()
+        plans, papers = plan_digests(
+            self.store, self.settings, now=now, force=True, only=[subscriber.id]
+        )
+        if not plans or not plans[0].items:
+            return None
+        digest = digest_from_plan(plans[0], papers, now)
+        renderer, _, signer = self._message_parts
+        return renderer.render(digest, links_for(self.settings, signer, subscriber)), digest
 
     def pending(self) -> bool:
         """True while an email digest is queued or in flight: something a sender could take.
