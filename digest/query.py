@@ -133,6 +133,9 @@ class _Tok(NamedTuple):
     end: int  # 1-based column after the token
 
 
+# Parentheses and NOTs, counted together: far beyond any real topic, far below Python's
+# recursion limit for every function that walks a query tree.
+MAX_DEPTH = 32
 _BARE_STOP = set(' \t\r\n,()"“”')
 _NUM_RE = re.compile(r"([A-Za-z_]+)(<=|>=|<|>|=)(.*)\Z", re.S)
 _FIELD_RE = re.compile(r"([A-Za-z_]+):(.*)\Z", re.S)
@@ -308,7 +311,8 @@ class _Parser:
             if nxt is None or nxt.kind in ("sep", ")", "AND", "OR"):
                 raise self.err(tok.col, f"{tok.value} needs a term after it",
                                "write NOT word or -word")  # fmt: skip
-            return _not(self.unary(depth, fld))
+            self.check_depth(tok, depth + 1)
+            return _not(self.unary(depth + 1, fld))
         if tok.kind == "field":
             self.i += 1
             nxt = self.peek()
@@ -328,6 +332,12 @@ class _Parser:
                 self.group_field = None
         return self.primary(depth, fld)
 
+    def check_depth(self, tok: _Tok, depth: int) -> None:
+        """Refuse nesting past MAX_DEPTH (the parser and the matcher recurse over the tree)."""
+        if depth > MAX_DEPTH:
+            raise self.err(tok.col, f"nested more than {MAX_DEPTH} levels deep",
+                           "use fewer parentheses and NOTs")  # fmt: skip
+
     def org(self, tok: _Tok) -> Node:
         self.i += 1
         if tok.kind not in ("word", "phrase"):
@@ -344,6 +354,7 @@ class _Parser:
         assert tok is not None
         self.i += 1
         if tok.kind == "(":
+            self.check_depth(tok, depth + 1)
             alts = self.alternatives(depth + 1)
             close = self.peek()
             if close is None:
