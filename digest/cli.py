@@ -6,8 +6,10 @@ Every DigestError is caught once here and printed to stderr (exit 1); wrong usag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -313,7 +315,6 @@ def cmd_subscriber_import(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_subscriber_export(ctx: Context, args: argparse.Namespace) -> int:
     """Write every subscriber as CSV (the import format) to FILE or stdout."""
     import io
-    import os
     import tempfile
 
     from digest.subscribers import export_csv
@@ -410,8 +411,6 @@ def _safe(text: str) -> str:
 
 
 def _use_color(mode: str, out: TextIO) -> bool:
-    import os
-
     if mode == "always":
         return True
     if mode == "never" or os.environ.get("NO_COLOR"):
@@ -559,7 +558,7 @@ def _add_subscriber_parsers(sub: Any) -> None:
 
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     """Run the web app (admin UI, subscriber links, feeds) with the waitress WSGI server."""
-    import waitress
+    from waitress.server import create_server
 
     from digest.web import create_app
 
@@ -573,8 +572,17 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
             "(run `digest admin-password` and set web.admin_password_hash)",
             file=ctx.err,
         )
+    try:
+        # Bound before saying "serving": a busy port or an unknown host is a one-line error.
+        server = create_server(app, host=host, port=port, threads=args.threads, ident="digest")
+    except (OSError, ValueError) as exc:  # waitress: ValueError for a host it cannot resolve
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise DigestError(f"cannot listen on {host}:{port}: {reason}") from None
     ctx.print(f"serving http://{host}:{port}/ (admin: /admin/, feeds: /feeds/all.rss)")
-    waitress.serve(app, host=host, port=port, threads=args.threads, ident="digest")
+    try:
+        server.run()
+    finally:
+        server.close()
     return 0
 
 
@@ -901,6 +909,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`digest ... --json | head`): stop quietly. Point stdout at
+        # /dev/null so the interpreter's own flush at exit cannot raise again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     finally:
         ctx.close()
 
