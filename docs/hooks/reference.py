@@ -166,14 +166,14 @@ def _options_table(parser: argparse.ArgumentParser) -> list[str]:
             continue
         if action.option_strings:
             name = ", ".join(action.option_strings)
-            extra = _metavar(action)
+            extra = _code(_metavar(action))
         else:  # a positional argument
             name = _metavar(action)
-            extra = ""
-        if action.choices is not None and action.option_strings and action.metavar is not None:
-            extra += " (one of " + ", ".join(map(str, action.choices)) + ")"
+            extra = "*(positional)*"
+        if action.choices is not None and action.metavar is not None:
+            extra += " one of " + ", ".join(_code(str(c)) for c in action.choices)
         rows.append(
-            f"| {_code(name)} | {_code(extra)} | {_code(_default(action))} "
+            f"| {_code(name)} | {extra} | {_code(_default(action))} "
             f"| {_cell(_expand_help(action, parser.prog))} |"
         )
     if not rows:
