@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import IO
 
 from digest.config import Settings
+from digest.errors import DigestError, RenderError
 from digest.ingest import IngestReport, ingest_inbox
 from digest.links import LinkSigner, links_for, secret_key
 from digest.mail import DryRunTransport, MessageBuilder, Transport, make_transport
@@ -131,6 +132,7 @@ class Cycle:
                 lease=lease,
                 stop=self.stop,
                 progress=progress,
+                parallel=transport.parallel,
             )
         finally:
             if own:
@@ -183,8 +185,15 @@ class Cycle:
         renderer, builder, signer = self._message_parts
 
         def send_one(digest: Digest) -> None:
-            links = links_for(self.settings, signer, digest.subscriber)
-            result = transport.send(builder.build(renderer.render(digest, links), digest, links))
+            try:
+                links = links_for(self.settings, signer, digest.subscriber)
+                message = builder.build(renderer.render(digest, links), digest, links)
+            except DigestError as exc:
+                raise RenderError(f"cannot render: {exc}") from exc
+            except Exception as exc:  # a template override or text we did not foresee
+                log.exception("digest %d cannot be rendered", digest.id)
+                raise RenderError(f"cannot render: {type(exc).__name__}: {exc}") from exc
+            result = transport.send(message)
             # One recipient per digest: a refusal inside an accepted session is that one's outcome.
             for error in result.refused.values():
                 raise error

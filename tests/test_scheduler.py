@@ -56,6 +56,8 @@ class FakeClock:
 class RecordingTransport:
     """Accepts every message and remembers it with the (fake) time it was sent."""
 
+    parallel = 1
+
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.sent: list[tuple[datetime, OutgoingMessage]] = []
