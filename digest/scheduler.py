@@ -46,6 +46,7 @@ from digest.daemon_lock import DaemonLock, daemon_lock, database_label, holder_t
 from digest.errors import DigestError
 from digest.ingest import IngestReport, ingest_inbox
 from digest.mail import Transport, make_transport
+from digest.models import DigestStatus
 from digest.outbox import (
     Clock,
     DeliveryReport,
@@ -187,7 +188,7 @@ class Runtime:
 
     def _anything_to_send(self) -> bool:
         counts = self.store.digest_status_counts()
-        return bool(counts["queued"] or counts["sending"])
+        return any(counts[s] for s in DigestStatus if s.in_flight)
 
     def feeds_step(self) -> FeedReport:
         """Rewrite the public feed and the private feeds whose ledger grew."""

@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from digest.config import Settings
 from digest.mail import Transport, make_transport
+from digest.models import DigestStatus
 from digest.outbox import Clock, DeliveryReport, deliver_queued, utcnow, worker_name
 from digest.pipeline import make_sender
 from digest.store import Store
@@ -74,7 +75,7 @@ def queue_idle(store: Store) -> bool:
     lapses and this one must take it, so an idle-exit worker waits for it.
     """
     counts = store.digest_status_counts()
-    return not (counts["queued"] or counts["sending"])
+    return not any(counts[s] for s in DigestStatus if s.in_flight)
 
 
 def run_worker(

@@ -17,7 +17,7 @@ from digest import store as store_mod
 from digest import subscribers as subs
 from digest.config import Settings, build_settings
 from digest.errors import NotFoundError, QueryError, ValidationError
-from digest.models import Paper, ParseResult, Topic
+from digest.models import Paper, ParseResult, StatusChange, Topic
 from digest.store import Store
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "subscribers"
@@ -285,11 +285,11 @@ def test_pause_resume_unsubscribe(store: Store, cfg: Settings) -> None:
     assert subs.set_status(store, sub.email, "active").status == "active"
     # the papers stored during the pause are not pending after the resume
     assert _watermarks(store) == {sub.email: store.max_paper_id()}
-    assert subs.unsubscribe_by_token(store, sub.token) is True
-    assert subs.unsubscribe_by_token(store, sub.token) is True  # idempotent
+    assert subs.unsubscribe_by_token(store, sub.token, how=StatusChange.LINK) is True
+    assert subs.unsubscribe_by_token(store, sub.token, how=StatusChange.LINK) is True  # idempotent
     assert subs.get_subscriber(store, sub.email).status == "unsubscribed"
-    assert subs.unsubscribe_by_token(store, "not-a-token") is False
-    assert subs.unsubscribe_by_token(store, "") is False
+    assert subs.unsubscribe_by_token(store, "not-a-token", how=StatusChange.LINK) is False
+    assert subs.unsubscribe_by_token(store, "", how=StatusChange.LINK) is False
     with pytest.raises(ValidationError):
         subs.set_status(store, sub.email, "gone")
 
