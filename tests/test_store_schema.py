@@ -41,12 +41,12 @@ PINNED = FIXTURES / "schema_latest.sqlite.sql"
 MIGRATION_DIR = resources.files("digest.store") / "migrations"
 
 # Released migration files never change (a database that ran one would not see the edit):
-# a schema change is a new migration. Add the new files' hashes here when releasing them.
+# a schema change is a new migration. Add the new files' hashes, by (version, engine), here.
 FROZEN = {
-    "0001_initial.sqlite.sql": "3a04c9c6a81d964cdb55957b159ec78192a069e4d4c6ad353a9aca3d1641b46e",
-    "0001_initial.postgresql.sql": "8f12ec6bf09015bb9512c998f51460748aae75d72301f8f7647788e6befc9a44",
-    "0002_events_feedback.sqlite.sql": "9cc4419afd47ac192d69c26a4b1a706e7f29d6cf770fbb1aae0bd1ede292386a",
-    "0002_events_feedback.postgresql.sql": "a6ca8bcb997c692893596bff16b6ba0a30e1bfda66bae11ba861877cd8f6bfb8",
+    (1, "sqlite"): "3a04c9c6a81d964cdb55957b159ec78192a069e4d4c6ad353a9aca3d1641b46e",
+    (1, "postgresql"): "8f12ec6bf09015bb9512c998f51460748aae75d72301f8f7647788e6befc9a44",
+    (2, "sqlite"): "9cc4419afd47ac192d69c26a4b1a706e7f29d6cf770fbb1aae0bd1ede292386a",
+    (2, "postgresql"): "a6ca8bcb997c692893596bff16b6ba0a30e1bfda66bae11ba861877cd8f6bfb8",
 }
 
 
@@ -148,7 +148,11 @@ def test_migration_files_are_frozen_and_listed() -> None:
     for m in MIGRATIONS:
         assert int(m.stem[:4]) == m.version, m.stem
     digests_now = {
-        name: hashlib.sha256((MIGRATION_DIR / name).read_bytes()).hexdigest() for name in names
+        (m.version, d): hashlib.sha256(
+            (MIGRATION_DIR / f"{m.stem}.{d}.sql").read_bytes()
+        ).hexdigest()
+        for m in MIGRATIONS
+        for d in ("sqlite", "postgresql")
     }
     assert digests_now == FROZEN, "a released migration file changed: add a new migration"
 
