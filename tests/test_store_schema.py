@@ -28,6 +28,7 @@ from digest.store import (
     digests,
     dumps,
     metadata,
+    migrate,
     papers,
     schema_version,
     subscribers,
@@ -40,14 +41,9 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PINNED = FIXTURES / "schema_latest.sqlite.sql"
 MIGRATION_DIR = resources.files("digest.store") / "migrations"
 
-# Released migration files never change (a database that ran one would not see the edit):
-# a schema change is a new migration. Add the new files' hashes, by (version, engine), here.
-FROZEN = {
-    (1, "sqlite"): "3a04c9c6a81d964cdb55957b159ec78192a069e4d4c6ad353a9aca3d1641b46e",
-    (1, "postgresql"): "8f12ec6bf09015bb9512c998f51460748aae75d72301f8f7647788e6befc9a44",
-    (2, "sqlite"): "9cc4419afd47ac192d69c26a4b1a706e7f29d6cf770fbb1aae0bd1ede292386a",
-    (2, "postgresql"): "a6ca8bcb997c692893596bff16b6ba0a30e1bfda66bae11ba861877cd8f6bfb8",
-}
+# Released migration files never change (a database that ran one would not see an edit): their
+# hashes are pinned here. UPDATE_SCHEMA=1 adds the hashes of new files, never changes old ones.
+HASHES = FIXTURES / "migrations.sha256"
 
 
 def sha(n: int) -> str:
@@ -138,23 +134,55 @@ def test_tables_describe_what_the_migrations_create(store_url: str, other_store_
         assert migrated[name] == described[name], name
 
 
-def test_migration_files_are_frozen_and_listed() -> None:
-    """Every migration has a file per engine, every file is a listed migration, and released
-    files keep their content (edit a migration by adding one)."""
+def test_migration_files_are_listed_and_frozen() -> None:
+    """Every file of the migrations folder is a step (one file for both engines or one per
+    engine), and released files keep their content: change the schema by adding a step."""
     names = sorted(p.name for p in MIGRATION_DIR.iterdir() if p.name.endswith(".sql"))
-    listed = sorted(f"{m.stem}.{d}.sql" for m in MIGRATIONS for d in ("sqlite", "postgresql"))
-    assert names == listed
-    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
-    for m in MIGRATIONS:
-        assert int(m.stem[:4]) == m.version, m.stem
-    digests_now = {
-        (m.version, d): hashlib.sha256(
-            (MIGRATION_DIR / f"{m.stem}.{d}.sql").read_bytes()
-        ).hexdigest()
-        for m in MIGRATIONS
-        for d in ("sqlite", "postgresql")
-    }
-    assert digests_now == FROZEN, "a released migration file changed: add a new migration"
+    used = sorted({name for m in MIGRATIONS for name in m.files().values()})
+    assert names == used
+    assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+    now = {name: hashlib.sha256((MIGRATION_DIR / name).read_bytes()).hexdigest() for name in names}
+    pinned = dict(
+        reversed(line.split()) for line in HASHES.read_text(encoding="utf-8").splitlines() if line
+    )
+    changed = sorted(n for n in pinned if now.get(n) != pinned[n])
+    assert changed == [], f"released migrations changed or removed: {changed}; add a new one"
+    new = sorted(set(now) - set(pinned))
+    if new and os.environ.get("UPDATE_SCHEMA") == "1":
+        with HASHES.open("a", encoding="utf-8") as out:
+            out.writelines(f"{now[n]}  {n}\n" for n in new)
+        new = []
+    assert new == [], f"new migration files {new}: pin them with UPDATE_SCHEMA=1"
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"0001_a.sql": "-- Migration 1: a\n", "0003_c.sql": "-- Migration 3: c\n"}, "numbered"),
+        ({"0001_a.sqlite.sql": "-- Migration 1: a\n"}, "no SQL for postgresql"),
+        ({"0001_a.sql": "CREATE TABLE a (x INTEGER);\n"}, "first line"),
+        ({"0001_a.sql": "-- Migration 1: a\n", "0001_b.sql": "-- Migration 1: b\n"}, "several"),
+    ],
+)
+def test_inconsistent_migration_files_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], message: str
+) -> None:
+    for name, content in files.items():
+        (tmp_path / name).write_text(content, encoding="utf-8")
+    monkeypatch.setattr(migrate, "_FOLDER", tmp_path)
+    with pytest.raises(StoreError, match=message):
+        migrate._discover()
+
+
+def test_one_file_serves_both_engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "0001_a.sqlite.sql").write_text("-- Migration 1: a.\nSELECT 1;\n")
+    (tmp_path / "0001_a.postgresql.sql").write_text("-- Migration 1: a.\nSELECT 2;\n")
+    (tmp_path / "0002_b.sql").write_text("-- Migration 2: add b\nCREATE TABLE b (x TEXT);\n")
+    monkeypatch.setattr(migrate, "_FOLDER", tmp_path)
+    one, two = migrate._discover()
+    assert (one.description, two.description) == ("a", "add b")
+    assert [one.statements(d) for d in migrate.DIALECTS] == [["SELECT 1"], ["SELECT 2"]]
+    assert two.statements("sqlite") == two.statements("postgresql") == ["CREATE TABLE b (x TEXT)"]
 
 
 def test_the_latest_schema_is_pinned(tmp_path: Path) -> None:
@@ -254,22 +282,25 @@ def test_a_v1_database_with_data_upgrades_to_the_latest(
 def test_a_failing_migration_leaves_the_previous_version(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The steps run in one transaction: a step failing half-way leaves no trace of itself."""
     with Store.open(store_url, migrate=False) as store:
         store.migrate(target=1)
+    before = schema_of_url(store_url)
     real = Migration.statements
 
     def broken(self: Migration, dialect: str) -> list[str]:
         found = real(self, dialect)
-        return [*found, "CREATE TABLE broken (x NOSUCHTYPE("] if self.version == 2 else found
+        last = self.version == SCHEMA_VERSION
+        return [*found, "CREATE TABLE broken (x NOSUCHTYPE("] if last else found
 
     monkeypatch.setattr(Migration, "statements", broken)
     with pytest.raises(StoreError):
         Store.open(store_url)
     monkeypatch.setattr(Migration, "statements", real)
+    assert schema_of_url(store_url) == before
     with Store.open(store_url, migrate=False) as store:
         assert store.schema_version() == 1
-        assert "subscriber_events" not in inspect(store.engine).get_table_names()
-        assert store.migrate() == [2]
+        assert store.migrate() == list(range(2, SCHEMA_VERSION + 1))
 
 
 def test_a_newer_schema_is_refused(store_url: str) -> None:

@@ -10,9 +10,10 @@ facade combining one class per aggregate:
 - meta.py: the meta table of named values (MetaStore)
 - locks.py: the daemon's PostgreSQL session lock (LockStore)
 
-schema.py holds the current tables (what queries use); migrate.py applies the frozen SQL files of
-migrations/ and records them in `schema_version`. Timestamps go in and come out as timezone-aware
-UTC; records are frozen dataclasses (records.py).
+Each module defines its tables (what its queries use) on schema.metadata; migrate.py applies the
+frozen SQL files of migrations/, which create those tables, and records them in
+`schema_version`. Timestamps go in and come out as timezone-aware UTC; records are frozen
+dataclasses (records.py).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from digest.errors import StoreError
 from digest.store.base import PG_LOCK_MIGRATE, StoreBase
 from digest.store.claims import ClaimStore
 from digest.store.engine import SQLITE_BUSY_TIMEOUT_MS, engine_for, reason, safe_url
-from digest.store.ledger import LedgerStore
+from digest.store.ledger import DIGEST_KINDS, DIGEST_STATUSES, LedgerStore, deliveries, digests
 from digest.store.locks import LockStore
-from digest.store.meta import MetaStore
+from digest.store.meta import MetaStore, meta
 from digest.store.migrate import MIGRATIONS, SCHEMA_VERSION, Migration, apply_migrations
 from digest.store.migrate import current_version as _current_version
-from digest.store.papers import PaperStore
+from digest.store.papers import DUMP_STATUSES, PaperStore, dumps, papers, sightings
 from digest.store.records import (
     DeliveryState,
     DigestRecord,
@@ -44,25 +45,15 @@ from digest.store.records import (
     Sighting,
     SubscriberEvent,
 )
-from digest.store.schema import (
-    DIGEST_KINDS,
-    DIGEST_STATUSES,
-    DUMP_STATUSES,
-    UtcDateTime,
-    deliveries,
-    digests,
-    dumps,
+from digest.store.schema import UtcDateTime, metadata, schema_version
+from digest.store.subscribers import (
+    VERDICTS,
+    SubscriberStore,
     feedback,
-    meta,
-    metadata,
-    papers,
-    schema_version,
-    sightings,
     subscriber_events,
     subscribers,
     topics,
 )
-from digest.store.subscribers import SubscriberStore
 
 __all__ = [
     "DIGEST_KINDS",
@@ -71,6 +62,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "SQLITE_BUSY_TIMEOUT_MS",
+    "VERDICTS",
     "DeliveryState",
     "DigestRecord",
     "DigestRow",

@@ -15,9 +15,10 @@ from sqlalchemy import func, select, update
 from digest.errors import StoreError
 from digest.models import DigestKind, DigestStatus, StatusChange, StoredPaper, SubscriberStatus
 from digest.store.base import StoreBase, chunks, utc
-from digest.store.records import DigestRecord, DigestRow, LedgerEntry, ledger_item, stored_paper
-from digest.store.schema import DIGEST_STATUSES, deliveries, digests, papers, subscribers
-from digest.store.subscribers import load_subscribers, record_events
+from digest.store.ledger import DIGEST_STATUSES, deliveries, digests
+from digest.store.papers import papers, stored_paper
+from digest.store.records import DigestRecord, DigestRow, LedgerEntry, ledger_item
+from digest.store.subscribers import load_subscribers, record_events, subscribers
 
 QUEUED, SENDING = DigestStatus.QUEUED, DigestStatus.SENDING
 

@@ -10,11 +10,28 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, bindparam, func, insert, select, update
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    ColumnElement,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from digest.models import Cadence, DigestKind, DigestStatus, Subscriber, SubscriberStatus, Topic
 from digest.store.base import StoreBase, chunks, utc
+from digest.store.papers import papers, stored_paper
 from digest.store.records import (
     DeliveryState,
     LedgerEntry,
@@ -22,10 +39,60 @@ from digest.store.records import (
     SentDigest,
     SentPaper,
     ledger_item,
-    stored_paper,
 )
-from digest.store.schema import deliveries, digests, papers, subscribers, topics
-from digest.store.subscribers import load_subscribers, subscriber_row
+from digest.store.schema import UtcDateTime, in_list, metadata
+from digest.store.subscribers import load_subscribers, subscriber_row, subscribers, topics
+
+DIGEST_KINDS = tuple(k.value for k in DigestKind)
+DIGEST_STATUSES = tuple(s.value for s in DigestStatus)
+
+digests = Table(
+    "digests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", String(8), nullable=False),
+    Column("message_id", Text, nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("claimed_by", Text),
+    Column("lease_until", UtcDateTime),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UtcDateTime),
+    Column("sent_at", UtcDateTime),
+    Column("last_error", Text),
+    CheckConstraint(f"kind IN ({in_list(DIGEST_KINDS)})", name="ck_digests_kind"),
+    CheckConstraint(f"status IN ({in_list(DIGEST_STATUSES)})", name="ck_digests_status"),
+)
+Index("ix_digests_queue", digests.c.status, digests.c.next_attempt_at)
+Index("ix_digests_subscriber", digests.c.subscriber_id, digests.c.created_at)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("paper_id", Integer, ForeignKey("papers.id"), primary_key=True),
+    # Feed items reference a digest of kind 'feed'; nullable leaves room for other ledgers.
+    Column("digest_id", Integer, ForeignKey("digests.id", ondelete="CASCADE")),
+    Column("topic", Text),
+    Column("delivered_at", UtcDateTime, nullable=False),
+    # Why it matched, kept so a digest renders the same after a profile edit or a crash.
+    Column("topics", Text),  # JSON list of topic names, best first
+    Column("terms", Text),  # JSON list of the matched words
+    Column("score", Float),
+)
+Index("ix_deliveries_digest", deliveries.c.digest_id)
+
 
 _RECEIVING = [s for s in SubscriberStatus if s.receives_mail]
 _SCHEDULED = [c for c in Cadence if c.is_scheduled]

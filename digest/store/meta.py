@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Column, String, Table, Text, select
 
 from digest.store.base import StoreBase
-from digest.store.schema import meta
+from digest.store.schema import metadata
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)
 
 
 class MetaStore(StoreBase):

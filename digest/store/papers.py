@@ -6,25 +6,105 @@ A paper's identity is its key (models.paper_key); a dump seen again is recorded 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from digest.errors import StoreError
 from digest.models import Paper, ParseResult, StoredPaper
 from digest.store.base import PG_LOCK_INGEST, StoreBase, chunks, inserted_id, utc
-from digest.store.records import DumpRecord, IngestOutcome, Sighting, dump_record, stored_paper
-from digest.store.schema import dumps, papers, sightings
+from digest.store.records import DumpRecord, IngestOutcome, Sighting
+from digest.store.schema import UtcDateTime, in_list, metadata
 
-# The facts of a paper that a later dump may change (title and abstract stay the first ones).
-_PAPER_FACTS = ("authors", "organization", "organization_id", "published", "upvotes")
+DUMP_STATUSES = ("stored", "failed", "duplicate")
+
+dumps = Table(
+    "dumps",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("papers", Integer, nullable=False, server_default="0"),
+    Column("new_papers", Integer, nullable=False, server_default="0"),
+    Column("error", Text),
+    Column("layout", Text),
+    Column("captured_on", Date),
+    CheckConstraint(f"status IN ({in_list(DUMP_STATUSES)})", name="ck_dumps_status"),
+)
+# One *stored* dump per content; failed attempts and duplicates are recorded beside it.
+Index(
+    "ux_dumps_sha256_stored",
+    dumps.c.sha256,
+    unique=True,
+    sqlite_where=dumps.c.status == "stored",
+    postgresql_where=dumps.c.status == "stored",
+)
+Index("ix_dumps_sha256", dumps.c.sha256)
+Index("ix_dumps_received_at", dumps.c.received_at)
+
+papers = Table(
+    "papers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(64), nullable=False, unique=True),
+    Column("title", Text, nullable=False),
+    Column("abstract", Text, nullable=False),
+    Column("authors", Integer),
+    Column("organization", Text),
+    Column("organization_id", Text),
+    Column("published", Date),
+    Column("upvotes", Integer),
+    Column("first_seen", UtcDateTime, nullable=False),
+    Column("first_dump_id", Integer, ForeignKey("dumps.id"), nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+Index("ix_papers_first_seen", papers.c.first_seen)
+
+sightings = Table(
+    "sightings",
+    metadata,
+    Column("paper_id", Integer, ForeignKey("papers.id"), primary_key=True),
+    Column("dump_id", Integer, ForeignKey("dumps.id"), primary_key=True),
+    Column("upvotes", Integer),
+)
+Index("ix_sightings_dump_id", sightings.c.dump_id)
+
+
+# The facts of a paper beyond its identity (title, abstract): a later dump may change them, and the
+# latest known value is kept. Every field of models.Paper is a column of the papers table.
+_PAPER_FACTS = tuple(f.name for f in fields(Paper) if f.name not in ("title", "abstract", "line"))
+_STORED_FIELDS = tuple(f.name for f in fields(StoredPaper))
+
+
+def _known(value: Any) -> bool:
+    return value is not None and value != ""
 
 
 def _merge_by_key(found: Iterable[Paper]) -> dict[str, Paper]:
-    """One record per key in dump order: first title and abstract, later non-null facts win."""
+    """One record per key in dump order: first title and abstract, later known facts win."""
     merged: dict[str, Paper] = {}
     for paper in found:
         key = paper.key
@@ -35,14 +115,23 @@ def _merge_by_key(found: Iterable[Paper]) -> dict[str, Paper]:
         merged[key] = Paper(
             title=old.title,
             abstract=old.abstract or paper.abstract,
-            authors=paper.authors if paper.authors is not None else old.authors,
-            organization=paper.organization or old.organization,
-            organization_id=paper.organization_id or old.organization_id,
-            published=paper.published or old.published,
-            upvotes=paper.upvotes if paper.upvotes is not None else old.upvotes,
             line=old.line,
+            **{
+                f: getattr(paper, f) if _known(getattr(paper, f)) else getattr(old, f)
+                for f in _PAPER_FACTS
+            },
         )
     return merged
+
+
+def stored_paper(row: Any) -> StoredPaper:
+    """A StoredPaper from a row holding the papers table's columns."""
+    return StoredPaper(**{name: getattr(row, name) for name in _STORED_FIELDS})
+
+
+def dump_record(row: Any) -> DumpRecord:
+    """A DumpRecord from a row of the dumps table."""
+    return DumpRecord(**{name: getattr(row, name) for name in DumpRecord.__dataclass_fields__})
 
 
 class PaperStore(StoreBase):
@@ -139,11 +228,7 @@ class PaperStore(StoreBase):
                 "key": key,
                 "title": p.title,
                 "abstract": p.abstract,
-                "authors": p.authors,
-                "organization": p.organization,
-                "organization_id": p.organization_id,
-                "published": p.published,
-                "upvotes": p.upvotes,
+                **{f: getattr(p, f) for f in _PAPER_FACTS},
                 "first_seen": now,
                 "first_dump_id": dump_id,
                 "updated_at": now,

@@ -155,37 +155,6 @@ class SubscriberEvent:
     how: StatusChange
 
 
-def dump_record(row: Any) -> DumpRecord:
-    return DumpRecord(
-        id=row.id,
-        name=row.name,
-        sha256=row.sha256,
-        size=row.size,
-        received_at=row.received_at,
-        status=row.status,
-        papers=row.papers,
-        new_papers=row.new_papers,
-        error=row.error,
-        layout=row.layout,
-        captured_on=row.captured_on,
-    )
-
-
-def stored_paper(row: Any) -> StoredPaper:
-    return StoredPaper(
-        id=row.id,
-        key=row.key,
-        title=row.title,
-        abstract=row.abstract,
-        first_seen=row.first_seen,
-        authors=row.authors,
-        organization=row.organization,
-        organization_id=row.organization_id,
-        published=row.published,
-        upvotes=row.upvotes,
-    )
-
-
 def ledger_item(row: Any) -> LedgerItem:
     """Why a paper is in a ledger row selected with d_topics, d_terms and d_score labels."""
     return LedgerItem(

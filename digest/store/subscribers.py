@@ -10,12 +10,27 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from digest.errors import DigestError, StoreError, ValidationError
 from digest.models import (
+    CADENCES,
     STATUSES,
     Cadence,
     StatusChange,
@@ -25,16 +40,94 @@ from digest.models import (
 )
 from digest.store.base import StoreBase, chunks, inserted_id, utc
 from digest.store.engine import reason
+from digest.store.papers import papers
 from digest.store.records import SubscriberEvent
-from digest.store.schema import (
-    deliveries,
-    digests,
-    feedback,
-    papers,
-    subscriber_events,
-    subscribers,
-    topics,
+from digest.store.schema import UtcDateTime, in_list, metadata
+
+VERDICTS = ("like", "dislike")
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", Text, nullable=False, unique=True),
+    Column("name", Text, nullable=False, server_default=""),
+    Column("status", String(16), nullable=False),
+    Column("cadence", String(16), nullable=False),
+    Column("time", String(5), nullable=False),
+    Column("tz", Text, nullable=False),
+    Column("weekday", Integer, nullable=False, server_default="0"),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("since", UtcDateTime),
+    Column("token", String(64), nullable=False, unique=True),
+    Column("bounces", Integer, nullable=False, server_default="0"),
+    Column("updated_at", UtcDateTime, nullable=False),
+    # Papers with an id at or below this were already considered for this subscriber.
+    Column("watermark", Integer, nullable=False, server_default="0"),
+    # The delivery slot last handled (schedule.latest_slot), so each slot is served once.
+    Column("last_slot", UtcDateTime),
+    # When a daily/weekly subscriber can next be due (NULL: check at once); lets the per-minute
+    # due job read only the subscribers whose time has come instead of all of them.
+    Column("next_due_at", UtcDateTime),
+    CheckConstraint(f"status IN ({in_list(STATUSES)})", name="ck_subscribers_status"),
+    CheckConstraint(f"cadence IN ({in_list(CADENCES)})", name="ck_subscribers_cadence"),
+    CheckConstraint("weekday BETWEEN 0 AND 6", name="ck_subscribers_weekday"),
 )
+Index("ix_subscribers_status", subscribers.c.status)
+Index("ix_subscribers_due", subscribers.c.status, subscribers.c.next_due_at)
+
+topics = Table(
+    "topics",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("position", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("query", Text, nullable=False),
+)
+Index("ix_topics_subscriber", topics.c.subscriber_id, topics.c.position)
+
+# Added by migration 2: a subscriber's status history, and their verdicts on papers.
+subscriber_events = Table(
+    "subscriber_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("at", UtcDateTime, nullable=False),
+    Column("old_status", String(16)),  # NULL: the subscriber was created
+    Column("new_status", String(16), nullable=False),
+    Column("how", String(16), nullable=False),
+)
+Index("ix_subscriber_events_subscriber", subscriber_events.c.subscriber_id, subscriber_events.c.id)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("topic", Text, nullable=False),  # the topic's name (topics are replaced on edits)
+    Column("paper_id", Integer, ForeignKey("papers.id"), nullable=False),
+    Column("verdict", String(8), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    UniqueConstraint("subscriber_id", "topic", "paper_id", name="uq_feedback_once"),
+    CheckConstraint(f"verdict IN ({in_list(VERDICTS)})", name="ck_feedback_verdict"),
+)
+
 
 # Columns a subscriber edit may change; `since` moves only with an explicit backfill. The status
 # changes through set_subscriber_status, which keeps the status history.
@@ -178,7 +271,10 @@ class SubscriberStore(StoreBase):
         False if unknown."""
         with self._write() as conn:
             # Explicit deletes: the cascade needs foreign keys on, which only we guarantee.
-            for table in (deliveries, digests, topics, subscriber_events, feedback):
+            # Every table with a subscriber_id, dependents first (deliveries before digests).
+            for table in reversed(metadata.sorted_tables):
+                if "subscriber_id" not in table.c:
+                    continue
                 conn.execute(table.delete().where(table.c.subscriber_id == subscriber_id))
             done = conn.execute(
                 subscribers.delete().where(subscribers.c.id == subscriber_id)
