@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, delete, insert, inspect, select, text
 
 from digest.errors import StoreError
-from digest.models import Paper, ParseResult, StatusChange, SubscriberStatus
+from digest.models import StatusChange, SubscriberStatus, paper_key
 from digest.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -31,6 +31,7 @@ from digest.store import (
     migrate,
     papers,
     schema_version,
+    sightings,
     subscribers,
     topics,
 )
@@ -58,10 +59,11 @@ def schema_of(engine: Any) -> dict[str, Any]:
         if name.startswith("apscheduler"):
             continue  # the scheduler's own job table, created by APScheduler
         out[name] = {
-            "columns": [
+            # By name: ALTER TABLE appends columns, a table definition may list them anywhere.
+            "columns": sorted(
                 (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
                 for c in found.get_columns(name)
-            ],
+            ),
             "primary key": found.get_pk_constraint(name)["constrained_columns"],
             "foreign keys": sorted(
                 (
@@ -217,13 +219,34 @@ def test_migration_statements_split_at_line_ending_semicolons() -> None:
 
 
 def _fill_v1(store: Store) -> dict[str, int]:
-    """Data of every v1 table, written as digest 0.1.0 could have (raw inserts: no history)."""
-    store.ingest_dump(
-        "d1", sha(1), 10, ParseResult(papers=(Paper("Alpha", "a", upvotes=3), Paper("Beta", "b"))),
-        received_at=T0,
-    )  # fmt: skip
+    """Data in every v1 table, written with raw inserts of v1 columns only (the store's methods
+    use the latest schema)."""
     with store.engine.begin() as conn:
-        paper_id = conn.scalar(select(papers.c.id).where(papers.c.title == "Alpha"))
+        dump_id = conn.execute(
+            insert(dumps).values(
+                name="d1", sha256=sha(1), size=10, received_at=T0, status="stored", papers=2,
+                new_papers=2, layout="test",
+            )
+        ).inserted_primary_key[0]  # fmt: skip
+        paper_ids = [
+            conn.execute(
+                insert(papers).values(
+                    key=paper_key(title),
+                    title=title,
+                    abstract="a",
+                    upvotes=3,
+                    first_seen=T0,
+                    first_dump_id=dump_id,
+                    updated_at=T0,
+                )
+            ).inserted_primary_key[0]
+            for title in ("Alpha", "Beta")
+        ]
+        conn.execute(
+            insert(sightings),
+            [{"paper_id": p, "dump_id": dump_id, "upvotes": 3} for p in paper_ids],
+        )
+        paper_id = paper_ids[0]
         sid = conn.execute(
             insert(subscribers).values(
                 email="old@example.org", name="Old", status="active", cadence="daily",
@@ -264,6 +287,7 @@ def test_a_v1_database_with_data_upgrades_to_the_latest(
     with Store.open(store_url) as store:  # opening upgrades
         assert store.schema_version() == SCHEMA_VERSION
         assert store.count_papers() == 2
+        assert [h.upvotes for h in store.upvote_history(ids["paper"])] == [3]
         sub = store.subscriber_by_email("old@example.org")
         assert sub is not None and sub.id == ids["subscriber"]
         assert [t.name for t in sub.topics] == ["Speed", "Size"]
