@@ -234,3 +234,27 @@ def test_property_store_matches_a_simple_model(dumps_in: list[list[Paper]]) -> N
             assert stored[key].upvotes == entry["up"]
     finally:
         store.close()
+
+
+def test_every_paper_fact_is_a_column_kept_and_read_back(store: Store) -> None:
+    """A field added to models.Paper and StoredPaper needs only its column in store/papers.py."""
+    from dataclasses import fields
+
+    from digest.models import StoredPaper
+    from digest.store import papers
+
+    facts = [f.name for f in fields(Paper) if f.name not in ("title", "abstract", "line")]
+    assert set(facts) <= {f.name for f in fields(StoredPaper)} <= set(papers.c.keys())
+    full = Paper("T", "t", authors=3, organization="Org", organization_id="org",
+                 published=date(2026, 3, 1), upvotes=9)  # fmt: skip
+    store.ingest_dump("d1", sha(1), 1, result(full), received_at=T0)
+    # later known facts replace stored ones; unknown ones (None, or "" within a dump) do not
+    later = Paper("T", "", organization="Org2", authors=4)
+    blank = Paper("t!", "x", organization="", upvotes=None)
+    store.ingest_dump("d2", sha(2), 1, result(later, blank), received_at=T0)
+    got = store.paper_by_key(full.key)
+    assert got is not None
+    assert {f: getattr(got, f) for f in facts} == {
+        "authors": 4, "organization": "Org2", "organization_id": "org",
+        "published": date(2026, 3, 1), "upvotes": 9,
+    }  # fmt: skip
