@@ -441,6 +441,7 @@ def _outgoing(msg: OutgoingMessage | EmailMessage) -> OutgoingMessage:
 
 class _BaseTransport:
     parallel = 1
+
     def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:  # pragma: no cover
         raise NotImplementedError
 

@@ -26,10 +26,10 @@ from digest.config import Settings
 from digest.errors import DigestError, QueryError, RenderError
 from digest.highlight import highlight_spans
 from digest.mail import PermanentDeliveryError, TemporaryDeliveryError, make_message_id
-from digest.models import Digest, DigestItem, Match, StoredPaper
+from digest.models import Cadence, Digest, DigestItem, DigestKind, Match, StoredPaper
 from digest.query import Query, compile_query
 from digest.schedule import is_due, latest_slot, next_slot
-from digest.store import DeliveryState, DigestRecord, LedgerItem, Store
+from digest.store import DeliveryState, DigestRecord, LedgerItem, PlanProgress, Store
 
 if TYPE_CHECKING:
     from digest.match import PaperIndex
@@ -70,14 +70,14 @@ class Plan:
     slot: datetime
 
     @property
-    def kind(self) -> str:
-        return "feed" if self.state.subscriber.cadence == "feed" else "email"
+    def kind(self) -> DigestKind:
+        return self.state.subscriber.cadence.digest_kind
 
-    def progress(self) -> tuple[int, str, list[LedgerItem], int, datetime, datetime | None]:
-        """The row `Store.record_plans` takes: who, what, and when they are next due."""
+    def progress(self) -> PlanProgress:
+        """What `Store.record_plans` takes: who, what, and when they are next due."""
         sub = self.state.subscriber
-        upcoming = next_slot(sub, self.slot) if sub.cadence in ("daily", "weekly") else None
-        return (sub.id, self.kind, self.items, self.watermark, self.slot, upcoming)
+        upcoming = next_slot(sub, self.slot) if sub.cadence.is_scheduled else None
+        return PlanProgress(sub.id, self.kind, self.items, self.watermark, self.slot, upcoming)
 
 
 def plan_digests(
@@ -172,6 +172,7 @@ def _plan_states(
                 and by_id[pid].first_seen >= since
                 and (sub.id, pid) not in delivered
             ):
+                assert found is not None  # ranked is empty without a match list
                 m = found[rank]
                 items.append(
                     LedgerItem(paper_id=pid, topics=m.topics, terms=m.terms, score=m.score)
@@ -214,7 +215,7 @@ def queue_digests(
             s
             for s in page
             if (force or is_due(s.subscriber, now, s.last_slot))
-            and (not feeds_only or s.subscriber.cadence == "feed")
+            and (not feeds_only or s.subscriber.cadence == Cadence.FEED)
         ]
         if not states:
             continue
@@ -234,7 +235,7 @@ def queue_digests(
             message_id=lambda digest_id: make_message_id(digest_id, settings),
         )
         for plan in plans:
-            if plan.items and plan.kind == "feed":
+            if plan.items and plan.kind == DigestKind.FEED:
                 report.feed_items += len(plan.items)
             elif plan.items:
                 report.queued += 1
@@ -294,7 +295,7 @@ def build_digest(store: Store, digest_id: int, record: DigestRecord | None = Non
         subscriber=record.subscriber,
         created_at=record.created_at,
         message_id=record.message_id,
-        items=[_item(paper, item) for paper, item in record.items],
+        items=[_item(entry.paper, entry.item) for entry in record.items],
     )
 
 

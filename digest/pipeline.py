@@ -22,7 +22,7 @@ from digest.errors import DigestError, RenderError
 from digest.ingest import IngestReport, ingest_inbox
 from digest.links import LinkSigner, links_for, secret_key
 from digest.mail import DryRunTransport, MessageBuilder, Transport, make_transport
-from digest.models import Digest, Subscriber
+from digest.models import Digest, DigestKind, DigestStatus, Subscriber
 from digest.outbox import (
     Clock,
     DeliveryReport,
@@ -153,7 +153,7 @@ class Cycle:
         now = self.clock()
         plans, papers = plan_digests(self.store, self.settings, now=now, force=force)
         send_one = self.sender(DryRunTransport(out))
-        emails = [plan for plan in plans if plan.items and plan.kind == "email"]
+        emails = [plan for plan in plans if plan.items and plan.kind == DigestKind.EMAIL]
         for plan in emails:
             send_one(digest_from_plan(plan, papers, now))
         return len(emails)
@@ -178,7 +178,7 @@ class Cycle:
         idle-exit worker must still be there to take it.
         """
         counts = self.store.digest_status_counts()
-        return bool(counts["queued"] or counts["sending"])
+        return any(counts[status] for status in DigestStatus if status.in_flight)
 
     def sender(self, transport: Transport) -> SendOne:
         """Render a digest and hand it to `transport` (one recipient per digest)."""

@@ -18,7 +18,7 @@ def collect_status(store: Store, settings: Settings, *, recent: int = 5) -> dict
     upcoming = sorted(
         (next_slot(s.subscriber, now), s.subscriber.email, s.subscriber.cadence)
         for s in states
-        if s.subscriber.cadence in ("daily", "weekly")
+        if s.subscriber.cadence.is_scheduled
     )[:recent]
     inbox = settings.inbox.dir
     waiting = (
