@@ -70,6 +70,14 @@ def test_login_then_dashboard_shows_statuses_dumps_and_failures(env):
     assert re.search(r'<span class="n">1</span> <span class="badge badge-active">', page)
 
 
+def test_a_subscriber_id_past_64_bits_is_404_not_500(env):
+    _, _, app, _ = env
+    client = app.test_client()
+    login(client)
+    for sid in (2**63, 10**30, 0):
+        assert client.get(f"/admin/subscribers/{sid}").status_code == 404
+
+
 def test_login_redirects_back_to_next_but_never_off_site(env):
     _, _, app, _ = env
     client = app.test_client()

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 # Big enough to amortise round trips, small enough for SQLite's bound-parameter limit.
 CHUNK = 500
 # PostgreSQL advisory lock ids (arbitrary constants, "dgst" + a purpose number).
+MAX_ID = 2**63 - 1  # ids are 64-bit integers on both engines
 PG_LOCK_MIGRATE = 0x64677374_0001
 PG_LOCK_INGEST = 0x64677374_0002
 PG_LOCK_DAEMON = 0x64677374_0003

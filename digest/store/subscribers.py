@@ -38,7 +38,7 @@ from digest.models import (
     SubscriberStatus,
     Topic,
 )
-from digest.store.base import StoreBase, chunks, inserted_id, utc
+from digest.store.base import MAX_ID, StoreBase, chunks, inserted_id, utc
 from digest.store.engine import reason
 from digest.store.papers import papers
 from digest.store.records import SubscriberEvent
@@ -283,6 +283,8 @@ class SubscriberStore(StoreBase):
 
     def subscriber_by_id(self, subscriber_id: int) -> Subscriber | None:
         """The subscriber with this id, with topics, or None."""
+        if not 0 < subscriber_id <= MAX_ID:  # a URL may carry any number; no row has it
+            return None
         return self._one_subscriber(subscribers.c.id == subscriber_id)
 
     def subscriber_by_email(self, email: str) -> Subscriber | None:
