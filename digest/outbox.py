@@ -77,7 +77,10 @@ class Plan:
         """What `Store.record_plans` takes: who, what, and when they are next due."""
         sub = self.state.subscriber
         upcoming = next_slot(sub, self.slot) if sub.cadence.is_scheduled else None
-        return PlanProgress(sub.id, self.kind, self.items, self.watermark, self.slot, upcoming)
+        return PlanProgress(
+            sub.id, self.kind, self.items, self.watermark, self.slot, upcoming,
+            was_watermark=self.state.watermark, was_slot=self.state.last_slot,
+        )  # fmt: skip
 
 
 def plan_digests(

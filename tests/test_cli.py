@@ -5,7 +5,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
 from pathlib import Path
+
+from digest.config import load_settings
+from digest.ingest import ingest_files
+from digest.models import Subscriber, Topic
+from digest.store import Store
 
 DUMPS = Path(__file__).resolve().parents[2] / "shared" / "dumps"
 OWN_DUMPS = Path(__file__).resolve().parent / "fixtures" / "dumps"
@@ -62,3 +70,48 @@ def test_json_piped_into_head_stops_quietly(tmp_path: Path) -> None:
     writer.stderr.close()
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert writer.returncode == 1
+
+
+def test_two_sends_at_once_give_everyone_one_digest_and_no_traceback(
+    tmp_path: Path, store_url: str
+) -> None:
+    config = site(tmp_path)
+    text = config.read_text(encoding="utf-8").replace(
+        'url = "sqlite:///digest.db"', f'url = "{store_url}"'
+    )
+    config.write_text(text, encoding="utf-8")
+    settings = load_settings(config, env={})
+    people = [f"r{n:04d}@example.org" for n in range(400)]
+    with Store.open(store_url) as store:
+        yesterday = datetime.now(UTC) - timedelta(days=1)
+        subs = [
+            Subscriber(
+                id=0,
+                email=email,
+                name="",
+                status="active",
+                cadence="daily",
+                time="07:00",
+                tz="UTC",
+                weekday=0,
+                created_at=yesterday,
+                token=f"t{email}",
+                topics=(Topic("Mine", "sparse, latency, speculative"),),
+                since=yesterday,
+            )
+            for email in people
+        ]
+        store.insert_subscribers(subs, how="import")
+        ingest_files(store, settings, [OWN_DUMPS / "ingest_day1.txt"], quiet=True)
+    # Overlapping cron runs: both plan, record and deliver at the same time.
+    cmd = [sys.executable, "-m", "digest.cli", "--config", str(config), "-q", "send", "--now"]
+    runs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]  # fmt: skip
+    outputs = [run.communicate(timeout=120) for run in runs]
+    for run, (_out, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0 and "Traceback" not in err, err
+    received = Counter()
+    for path in (settings.mail.maildir / "new").iterdir():
+        msg = message_from_bytes(path.read_bytes(), policy=policy.default)
+        received[str(msg["To"])] += 1
+    assert sorted(received) == people and set(received.values()) == {1}

@@ -3,6 +3,7 @@ re-runs, crashes, retries and bounces."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from digest.mail import (
     PermanentDeliveryError,
     SendResult,
     TemporaryDeliveryError,
+    make_message_id,
 )
 from digest.models import Topic
 from digest.outbox import build_digest, plan_digests, queue_digests
@@ -407,3 +409,21 @@ def test_a_cut_ranking_whose_head_is_filtered_out_is_ranked_in_full(
     assert [papers[i.paper_id].title for i in plan.items] == [
         "Mixture of Tiny Experts for Edge Devices"
     ]
+
+
+def test_two_queueing_passes_from_one_state_record_one_digest(world) -> None:
+    store, settings = world
+    for name in ("a", "b"):
+        _subscribe(store, settings, f"{name}@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    # Two passes plan at once (cron beside the daemon): both see the same state...
+    first, _ = plan_digests(store, settings, now=T0)
+    second, _ = plan_digests(store, settings, now=T0)
+    assert [p.items for p in first] == [p.items for p in second] and first[0].items
+    ids = functools.partial(make_message_id, settings=settings)
+    record = functools.partial(store.record_plans, now=T0, message_id=ids)
+    assert len(record([p.progress() for p in first])) == 2
+    # ...the later one records nothing: no IntegrityError, no second digest for anyone.
+    assert record([p.progress() for p in second]) == []
+    assert store.digest_status_counts()["queued"] == 2
+    assert Cycle(store, settings, lambda: T0).deliver(Recorder()).sent == 2

@@ -198,9 +198,34 @@ class LedgerStore(StoreBase):
             with self._write() as conn:
                 # A few executemany statements per chunk, not four statements per subscriber
                 # (profiled: recording 100k digests one by one took minutes on PostgreSQL).
+                # A plan whose subscriber moved on meanwhile (another pass recorded it) is
+                # dropped, with its digest: never two digests from one state.
+                part = self._still_at(conn, part)
                 created.extend(_insert_digests(conn, [p for p in part if p.items], now, message_id))
                 self._advance_many(conn, part)
         return created
+
+    def _still_at(self, conn: Connection, plans: Sequence[PlanProgress]) -> list[PlanProgress]:
+        """The plans whose subscriber is still at the progress the plan was made from (rows
+        locked on PostgreSQL; SQLite's write transaction already excludes other writers)."""
+        ids = [p.subscriber_id for p in plans if p.was_watermark is not None]
+        if not ids:
+            return list(plans)
+        stmt = select(subscribers.c.id, subscribers.c.watermark, subscribers.c.last_slot).where(
+            subscribers.c.id.in_(ids)
+        )
+        if self.dialect != "sqlite":
+            stmt = stmt.with_for_update()
+        at = {
+            r.id: (r.watermark, utc(r.last_slot) if r.last_slot else None)
+            for r in conn.execute(stmt)
+        }
+        return [
+            p
+            for p in plans
+            if p.was_watermark is None
+            or at.get(p.subscriber_id) == (p.was_watermark, utc(p.was_slot) if p.was_slot else None)
+        ]
 
     def _advance_many(self, conn: Connection, progress: Sequence[PlanProgress]) -> None:
         """Advance subscribers: watermark, slot handled, next due time."""

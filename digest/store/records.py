@@ -110,6 +110,10 @@ class PlanProgress:
     watermark: int
     slot: datetime
     next_due: datetime | None = None
+    # The progress the plan was made from: recorded only if the subscriber still has it, so
+    # two queueing passes at once (cron beside the daemon) never record two digests.
+    was_watermark: int | None = None
+    was_slot: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
