@@ -24,6 +24,8 @@ from digest import templates
 from digest.errors import ValidationError
 from digest.links import LinkSigner, links_for
 from digest.mail import build_message
+from digest.models import Paper
+from digest.parse import format_dump, parse_text
 from digest.render import (
     EmptyDigestError,
     Links,
@@ -35,6 +37,7 @@ from digest.render import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+PRIVATE_USE = {0xE000: None, 0xE001: None}
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden" / "digest.eml"
 
 
@@ -582,3 +585,26 @@ def test_paper_text_fragment_must_output_every_slot_and_may_reorder_them(tmp_pat
         item.html
         == f"<i>{item.matched_html}</i><b>{item.abstract_html}</b><u>{item.title_html}</u>"
     )
+
+
+@pytest.mark.parametrize("marker", ["\ue0000\ue001", "x \ue0002\ue001 y", "\ue000\ue001"])
+def test_an_abstract_shaped_like_a_fragment_marker_renders(renderer, marker):
+    # Private-use characters once reached the renderer, whose slot markers were made of them: an
+    # abstract holding a marker's shape made its whole digest fail to render.
+    digest = make_digest()
+    first = digest.items[0]
+    hostile = dataclasses.replace(first.paper, abstract=first.paper.abstract + " " + marker)
+    digest.items[0] = dataclasses.replace(first, paper=hostile)
+    render(renderer, digest)  # the email's structure never depends on the text
+    # And such text never gets that far: the parser drops private-use characters.
+    parsed = parse_text(format_dump([make_paper_record(hostile)])).papers[0]
+    assert parsed.abstract == first.paper.abstract + " " + marker.translate(PRIVATE_USE)
+    digest.items[0] = dataclasses.replace(
+        first, paper=dataclasses.replace(hostile, abstract=parsed.abstract)
+    )
+    out = render(renderer, digest)
+    assert "\ue000" not in out.html + out.text and "&#57344;" not in out.html
+
+
+def make_paper_record(paper) -> Paper:
+    return Paper(paper.title, paper.abstract, None, None, None, None, None, 1)
