@@ -33,6 +33,7 @@ from feedgen.feed import FeedGenerator
 
 from digest.errors import DigestError, NotFoundError, ValidationError
 from digest.models import Match, StoredPaper
+from digest.text import clean_text
 
 FeedFormat = Literal["rss", "atom"]
 FORMATS: tuple[FeedFormat, ...] = ("rss", "atom")
@@ -53,14 +54,6 @@ PAPER_SEARCH_URL = "https://huggingface.co/papers?q="
 GENERATOR = "Daily Papers Digest"
 UNTITLED = "(untitled paper)"
 
-# Characters XML 1.0 forbids (lxml raises on them), C1 controls (legal but never meant as text),
-# and bidi embeddings/overrides/isolates, which let a hostile title reorder how the text around it
-# is displayed. Plain right-to-left letters and the harmless LRM/RLM/ALM marks are kept.
-_STRIP = re.compile(
-    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\u202a-\u202e\u2066-\u2069"
-    "\ud800-\udfff\ufffe\uffff]+"
-)
-_ASCII_CONTROLS = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _SPACES = re.compile(r"\s+")
 # quote_plus for ASCII titles in one str.translate: unreserved characters stay, space is "+".
 _URL_QUOTE = {
@@ -149,21 +142,6 @@ def feed_url(base_url: str, fmt: FeedFormat, token: str | None = None) -> str:
     return base_url.rstrip("/") + feed_url_path(fmt, token)
 
 
-def clean_text(text: str) -> str:
-    """Remove characters XML cannot carry and bidi overrides; everything else is kept as is."""
-    # Fast paths (the regex costs ~8 ns a character, and abstracts are long): ASCII text can only
-    # hold C0 controls and DEL, which bytes.translate deletes at memory speed; other printable
-    # text holds none of them (controls, bidi formats, surrogates and non-characters are all
-    # not printable).
-    if text.isascii():
-        raw = text.encode("ascii")
-        kept = raw.translate(None, _ASCII_CONTROLS)
-        return text if len(kept) == len(raw) else kept.decode("ascii")
-    if text.isprintable():
-        return text
-    return _STRIP.sub("", text)
-
-
 def paper_tag_id(key: str, site_url: str) -> str:
     """The permanent id of a paper in our feeds: tag:HOST,2025:paper/KEY (RFC 4151)."""
     return f"tag:{_tag_authority(site_url)},{TAG_YEAR}:paper/{key}"
@@ -171,7 +149,7 @@ def paper_tag_id(key: str, site_url: str) -> str:
 
 def paper_link(title: str) -> str:
     """Where an item links: a search for the paper's title on huggingface.co/papers."""
-    return _search_link(_one_line(clean_text(title)) or UNTITLED)
+    return _search_link(_one_line(title) or UNTITLED)
 
 
 def _search_link(clean_title: str) -> str:
@@ -270,13 +248,13 @@ def reference_document(entries: Sequence[FeedEntry], **feed: Any) -> bytes:
     fmt = _check_fmt(feed["fmt"])
     fg = _feed_generator(head, fmt, feed["self_url"], kept[0][0] if kept else EPOCH)
     for when, entry in kept:
-        name = _one_line(clean_text(entry.paper.title)) or UNTITLED
+        name = _one_line(entry.paper.title) or UNTITLED
         fe = FeedGenEntry()
         fe.id(paper_tag_id(entry.paper.key, site_url))
         fe.title(name)
         fe.link(href=_search_link(name))
         fe.summary(_summary_html(entry), type="html")
-        topics = [{"term": t} for t in map(_one_line, map(clean_text, entry.topics)) if t]
+        topics = [{"term": t} for t in map(_one_line, entry.topics) if t]
         if topics:
             fe.category(topics)
         fe.updated(when)
@@ -532,13 +510,13 @@ def _summary_parts(entry: FeedEntry) -> tuple[str, str]:
     out = ""
     if entry.topics or entry.terms:
         out = "<p><strong>Matched:</strong> "
-        out += esc(clean_text(", ".join(entry.topics))) if entry.topics else "-"
+        out += esc(", ".join(entry.topics)) if entry.topics else "-"
         if entry.terms:
-            out += " (" + esc(clean_text(", ".join(entry.terms))) + ")"
+            out += " (" + esc(", ".join(entry.terms)) + ")"
         out += "</p>"
     facts = []
     if paper.organization:
-        facts.append(esc(clean_text(paper.organization)))
+        facts.append(esc(paper.organization))
     if paper.authors is not None:
         facts.append(_plural(paper.authors, "author"))
     if paper.upvotes is not None:
@@ -547,7 +525,7 @@ def _summary_parts(entry: FeedEntry) -> tuple[str, str]:
         facts.append("published " + paper.published.isoformat())
     if facts:
         out += "<p>" + " · ".join(facts) + "</p>"
-    abstract = clean_text(paper.abstract).strip()
+    abstract = paper.abstract.strip()
     if len(abstract) > _MAX_ABSTRACT:
         abstract = abstract[:_MAX_ABSTRACT].rsplit(" ", 1)[0] + " …"
     return out, abstract
@@ -589,13 +567,13 @@ def _items(
     floor = 0  # a lower bound of the serialised size of the items so far
     for when, entry in kept:
         paper = entry.paper
-        title = _one_line(clean_text(paper.title)) or UNTITLED  # feedgen refuses ""
+        title = _one_line(paper.title) or UNTITLED  # feedgen refuses ""
         link = _search_link(title)
         summary = _summary_xml(entry)
         floor += len(title) + len(link) + len(summary)
         if floor > max_bytes:
             break
-        topics = tuple(t for t in map(_one_line, map(clean_text, entry.topics)) if t)
+        topics = tuple(t for t in map(_one_line, entry.topics) if t)
         items.append(
             _Item(_xml_text(prefix + paper.key), _xml_text(title), link, summary, topics, when)
         )

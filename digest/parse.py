@@ -2,7 +2,9 @@
 
 How a dump is read (the README documents it for users):
 
-1. Lines are split on LF after CRLF/CR are folded; each line is stripped (trailing spaces, tabs).
+1. Lines are split on LF after CRLF/CR are folded; each line is cleaned by the project's one text
+   policy (`digest.text.clean_text`: controls become spaces; private-use, bidi-override and
+   zero-width characters are dropped; NFC) and stripped, so every field of a Paper is clean.
 2. Every non-blank line is one token: page chrome ("Subscribe", "Daily Papers"...), a metadata line
    ("• 5 authors", "·", a date such as "Nov 24, 2025 2") or text.
 3. Text lines pair up as (title, abstract). Structure decides, not the file name: blank lines are
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from digest.errors import ParseError
 from digest.models import Paper, ParseResult, ParseWarning
+from digest.text import clean_text
 
 TITLE_MAX = 300  # longest line that can be a title; real titles stay under 200
 _ORG_MAX = 120  # longest line that can be an organization line
@@ -119,9 +122,7 @@ def parse_bytes(
         raise ParseError(
             f"not UTF-8: invalid byte 0x{bad} at byte offset {exc.start}", file=name, line=line
         ) from None
-    extra: list[ParseWarning] = []
-    if controls:
-        text, extra = _blank_controls(text)
+    extra = _control_warnings(text) if controls else []
     ref = date.fromtimestamp(mtime) if mtime is not None else None
     result = parse_text(text, name=name, capture_date=ref)
     if extra:
@@ -220,16 +221,16 @@ def _format_entry(p: Paper, capture_date: date | None) -> list[str]:
     return lines
 
 
-def _blank_controls(text: str) -> tuple[str, list[ParseWarning]]:
-    """Replace stray control characters by spaces, warning once per line."""
-    pattern = re.compile("[" + re.escape(_CONTROL_BYTES.decode("ascii")) + "]")
-    warnings = []
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        if pattern.search(line):
-            lines[i] = pattern.sub(" ", line)
-            warnings.append(ParseWarning(i + 1, "control characters replaced by spaces"))
-    return "\n".join(lines), warnings
+_CONTROL_RE = re.compile("[" + re.escape(_CONTROL_BYTES.decode("ascii")) + "]")
+
+
+def _control_warnings(text: str) -> list[ParseWarning]:
+    """One warning per line holding stray control characters (clean_text replaces them)."""
+    return [
+        ParseWarning(i + 1, "control characters replaced by spaces")
+        for i, line in enumerate(text.split("\n"))
+        if _CONTROL_RE.search(line)
+    ]
 
 
 def _resolve(month: int, day: int, ref: date) -> date | None:
@@ -314,7 +315,10 @@ class _Parser:
 
     def run(self, text: str) -> ParseResult:
         self.clean = "\t" in text or "\xa0" in text
-        lines = self.lines = list(map(str.strip, text.split("\n")))
+        raw = text.split("\n")
+        if self.clean:  # tab runs become one space before the policy would make each one a space
+            raw = list(map(_clean, raw))
+        lines = self.lines = [clean_text(s).strip() for s in raw]
         idx = [i for i, s in enumerate(lines) if s]
         n = len(idx)
         kind_of = self.kind

@@ -9,6 +9,7 @@ from digest.errors import QueryError
 from digest.match import PaperIndex, match_profiles
 from digest.models import Match, StoredPaper, Topic
 from digest.query import compile_query
+from digest.text import clean_text
 
 MAX_TOPICS = 20
 MAX_QUERY_CHARS = 2_000
@@ -59,8 +60,9 @@ def parse_topic_rows(
     errors: list[TopicError] = []
     rows = list(zip(names, queries, strict=False))[:MAX_TOPICS]
     for index, (raw_name, raw_query) in enumerate(rows):
-        name = " ".join(raw_name.split())[:100]
-        query = raw_query.replace("\r\n", "\n").strip()
+        # The text policy on form input (subscribers.check_topics applies it again when saving).
+        name = " ".join(clean_text(raw_name).split())[:100]
+        query = clean_text(raw_query, multiline=True).strip()
         if not name and not query:
             continue
         if not query:
