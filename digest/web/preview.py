@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from digest import highlight
 from digest.errors import QueryError
 from digest.match import PaperIndex, match_profiles
 from digest.models import Match, StoredPaper, Topic
@@ -143,16 +144,4 @@ def _row(paper: StoredPaper, match: Match, kind: str) -> PreviewRow:
 
 def split_spans(text: str, spans: Sequence[tuple[int, int]]) -> tuple[tuple[str, bool], ...]:
     """Cut text into (piece, highlighted) parts; the template escapes each piece."""
-    parts: list[tuple[str, bool]] = []
-    pos = 0
-    for start, end in sorted(spans):
-        start, end = max(start, pos), min(end, len(text))
-        if start >= end:
-            continue
-        if start > pos:
-            parts.append((text[pos:start], False))
-        parts.append((text[start:end], True))
-        pos = end
-    if pos < len(text):
-        parts.append((text[pos:], False))
-    return tuple(parts)
+    return tuple(highlight.segments(text, spans))
