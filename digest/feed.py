@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
-from urllib.parse import quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 from feedgen.entry import FeedEntry as FeedGenEntry
 from feedgen.feed import FeedGenerator
@@ -34,6 +34,7 @@ from feedgen.feed import FeedGenerator
 from digest.errors import DigestError, NotFoundError, ValidationError
 from digest.models import Match, StoredPaper
 from digest.text import clean_text
+from digest.urls import PAPERS_SEARCH_URL, paper_url
 
 FeedFormat = Literal["rss", "atom"]
 FORMATS: tuple[FeedFormat, ...] = ("rss", "atom")
@@ -50,18 +51,11 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # shows every paper again.
 TAG_YEAR = "2025"
 
-PAPER_SEARCH_URL = "https://huggingface.co/papers?q="
+PAPER_SEARCH_URL = PAPERS_SEARCH_URL  # the old name
 GENERATOR = "Daily Papers Digest"
 UNTITLED = "(untitled paper)"
 
 _SPACES = re.compile(r"\s+")
-# quote_plus for ASCII titles in one str.translate: unreserved characters stay, space is "+".
-_URL_QUOTE = {
-    i: "+" if i == 0x20 else f"%{i:02X}"
-    for i in range(128)
-    if not (chr(i).isalnum() or chr(i) in "_.-~")
-}
-_URL_RESERVED = re.compile(r"[^A-Za-z0-9_.~ -]")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 # feedgen formats RSS dates by switching the process locale to C and back (setlocale is process
@@ -149,20 +143,7 @@ def paper_tag_id(key: str, site_url: str) -> str:
 
 def paper_link(title: str) -> str:
     """Where an item links: a search for the paper's title on huggingface.co/papers."""
-    return _search_link(_one_line(title) or UNTITLED)
-
-
-def _search_link(clean_title: str) -> str:
-    if not clean_title.isascii():
-        return PAPER_SEARCH_URL + quote_plus(clean_title)
-    # quote_plus for ASCII: the few reserved characters of a title (":", "+", "?"...) one by
-    # one, then spaces; str.translate would look every character up (4x slower)
-    quoted = _URL_RESERVED.sub(_quote_char, clean_title).replace(" ", "+")
-    return PAPER_SEARCH_URL + quoted
-
-
-def _quote_char(found: re.Match[str]) -> str:
-    return _URL_QUOTE[ord(found.group())]
+    return paper_url(_one_line(title) or UNTITLED)
 
 
 def build_feed(
@@ -252,7 +233,7 @@ def reference_document(entries: Sequence[FeedEntry], **feed: Any) -> bytes:
         fe = FeedGenEntry()
         fe.id(paper_tag_id(entry.paper.key, site_url))
         fe.title(name)
-        fe.link(href=_search_link(name))
+        fe.link(href=paper_url(name))
         fe.summary(_summary_html(entry), type="html")
         topics = [{"term": t} for t in map(_one_line, entry.topics) if t]
         if topics:
@@ -568,7 +549,7 @@ def _items(
     for when, entry in kept:
         paper = entry.paper
         title = _one_line(paper.title) or UNTITLED  # feedgen refuses ""
-        link = _search_link(title)
+        link = paper_url(title)
         summary = _summary_xml(entry)
         floor += len(title) + len(link) + len(summary)
         if floor > max_bytes:
