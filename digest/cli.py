@@ -313,9 +313,8 @@ def cmd_subscriber_import(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_subscriber_export(ctx: Context, args: argparse.Namespace) -> int:
     """Write every subscriber as CSV (the import format) to FILE or stdout."""
     import io
-    import os
-    import tempfile
 
+    from digest.fsutil import atomic_write
     from digest.subscribers import export_csv
 
     if not args.file or args.file == "-":
@@ -325,11 +324,8 @@ def cmd_subscriber_export(ctx: Context, args: argparse.Namespace) -> int:
     buffer = io.StringIO()
     count = export_csv(ctx.store, buffer)
     # Temp file + rename: a crash never leaves a half-written export under the real name.
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, target)
+    try:  # 0600: an export holds every subscriber's address
+        atomic_write(target, buffer.getvalue().encode("utf-8"), mode=0o600)
     except OSError as exc:
         raise DigestError(f"{target}: cannot write: {exc.strerror or exc}") from None
     ctx.print(f"exported {count} subscriber(s) to {target}")

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import html
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from feedgen.entry import FeedEntry as FeedGenEntry
 from feedgen.feed import FeedGenerator
 
 from digest.errors import DigestError, NotFoundError, ValidationError
+from digest.fsutil import atomic_write
 from digest.models import Match, StoredPaper
 from digest.text import clean_text
 from digest.urls import PAPERS_SEARCH_URL, paper_url
@@ -260,22 +259,9 @@ def write_feed_atomically(path: Path, doc: FeedDocument) -> bool:
     except OSError as exc:
         raise DigestError(f"{path}: cannot read the current feed: {exc.strerror}") from exc
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write(path, doc.body)  # 0644: a static web server running as another user reads it
     except OSError as exc:
         raise DigestError(f"{path}: cannot write the feed: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(doc.body)
-            out.flush()
-            os.fsync(out.fileno())
-            # mkstemp makes 0600; a static web server running as another user must read it.
-            os.fchmod(out.fileno(), 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise DigestError(f"{path}: cannot write the feed: {exc.strerror}") from exc
-    _fsync_dir(path.parent)
     return True
 
 
@@ -700,17 +686,3 @@ def _parse_feed_date(text: str, fmt: FeedFormat) -> datetime | None:
         except ValueError:
             return None
     return parse_http_date(text)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename durable; not every platform can open a directory.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

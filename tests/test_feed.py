@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest import feed as feedmod
+from digest import fsutil
 from digest.errors import DigestError, NotFoundError, ValidationError
 from digest.feed import (
     EPOCH,
@@ -508,7 +509,7 @@ def test_a_failed_write_keeps_the_old_feed_and_leaves_no_temp_file(tmp_path, mon
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(feedmod.os, "replace", broken_replace)
+    monkeypatch.setattr(fsutil.os, "replace", broken_replace)
     with pytest.raises(DigestError, match=r"all\.atom: cannot write the feed"):
         write_feed_atomically(path, build(make_entries(5), "atom"))
     assert path.read_bytes() == old.body
