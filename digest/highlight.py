@@ -37,12 +37,22 @@ def bounds(
     end = length if limit is None else max(0, min(limit, length))
     out: list[tuple[int, int, bool]] = []
     pos = 0
-    for start, stop in merge_spans((max(s, 0), min(e, end)) for s, e in spans if s < e):
-        if stop <= start:
-            continue
-        if start > pos:
-            out.append((pos, start, False))
-        out.append((start, stop, True))
+    for start, stop in spans:
+        if start < pos or stop <= start:
+            # Unsorted, overlapping, touching or empty: not what the matcher gives, so clip and
+            # merge them first (the merged spans take this loop's straight path).
+            merged = merge_spans((max(s, 0), min(e, end)) for s, e in spans if s < e)
+            return bounds([(s, e) for s, e in merged if s < e], length, end)
+        if start >= end:
+            break  # sorted: every later span is past the limit too
+        if stop > end:
+            stop = end
+        if start > pos or not out:
+            if start > pos:
+                out.append((pos, start, False))
+            out.append((start, stop, True))
+        else:  # touches the previous span (start == pos): one highlight
+            out[-1] = (out[-1][0], stop, True)
         pos = stop
     if pos < length:
         out.append((pos, length, False))

@@ -275,6 +275,7 @@ def _labels(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[str, str]:
     return ", ".join(topics), ", ".join(dict.fromkeys(terms))
 
 
+@functools.lru_cache(maxsize=8192)  # a subscriber's topics and words recur across their papers
 def _matched_line(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[Markup, str]:
     """An item's "matched: topics (words)" line, as HTML and as wrapped text."""
     topics_label, words_label = _labels(topics, terms)
@@ -396,8 +397,11 @@ def shorten_at_sentence(text: str, limit: int) -> tuple[int, str]:
 
 def wrap(text: str, width: int = TEXT_WIDTH, first: str = "", rest: str | None = None) -> str:
     """Greedy word wrap to `width` columns (textwrap); a word longer than a line stands alone."""
+    words = " ".join(text.split())
+    if words and len(first) + len(words) <= width:
+        return first + words  # what textwrap gives for one line, without its chunking
     return textwrap.fill(
-        " ".join(text.split()),
+        words,
         width,
         initial_indent=first,
         subsequent_indent=first if rest is None else rest,
