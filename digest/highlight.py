@@ -36,15 +36,16 @@ def bounds(
     """
     end = length if limit is None else max(0, min(limit, length))
     out: list[tuple[int, int, bool]] = []
-    pos = 0
+    pos = previous = 0
     for start, stop in spans:
-        if start < pos or stop <= start:
+        if start < previous or stop <= start:
             # Unsorted, overlapping, touching or empty: not what the matcher gives, so clip and
             # merge them first (the merged spans take this loop's straight path).
             merged = merge_spans((max(s, 0), min(e, end)) for s, e in spans if s < e)
             return bounds([(s, e) for s, e in merged if s < e], length, end)
+        previous = stop
         if start >= end:
-            break  # sorted: every later span is past the limit too
+            continue  # past the limit
         if stop > end:
             stop = end
         if start > pos or not out:
