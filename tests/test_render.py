@@ -560,3 +560,50 @@ def test_an_abstract_shaped_like_a_fragment_marker_renders(renderer, marker):
 
 def make_paper_record(paper) -> Paper:
     return Paper(paper.title, paper.abstract, None, None, None, None, None, 1)
+
+
+_FIELD = st.text(st.characters(codec="utf-8") | st.sampled_from(list("\ue000\ue001\u202e\x1b\n")))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_FIELD, _FIELD, _FIELD), min_size=1, max_size=4), _FIELD)
+def test_a_dump_with_random_text_in_every_field_parses_and_renders(fields, topic):
+    from digest.errors import ParseError
+    from digest.feed import FeedEntry, build_feed
+    from digest.highlight import highlight_spans
+
+    records = [
+        Paper(f"T {title}", f"A {abstract}.", 3, org or None, "org" if org else None, None, None)
+        for title, abstract, org in fields
+    ]
+    try:
+        parsed = parse_text(format_dump(records)).papers
+    except ParseError:
+        return  # text that leaves no title/abstract pair is refused, named: fine
+    topic = clean_text(topic).strip() or "Topic"
+    papers = [
+        (make_paper(i + 1, p.title, p.abstract, organization=p.organization), (topic,), ("t", "a"))
+        for i, p in enumerate(parsed)
+    ]
+    digest = make_digest(papers)
+    for k, item in enumerate(digest.items):  # spans as the matcher finds them, parsed text
+        match = dataclasses.replace(
+            item.match,
+            title_spans=highlight_spans(item.paper.title, "a OR t"),
+            abstract_spans=highlight_spans(item.paper.abstract, "a OR t"),
+        )
+        digest.items[k] = dataclasses.replace(item, match=match)
+    out = render(shared_renderer(), digest)
+    assert "\ue000" not in out.html + out.text and "\u202e" not in out.html + out.text
+    links = make_links(shared_renderer().settings, digest.subscriber)
+    build_message(out, digest, links, shared_renderer().settings)
+    build_feed(
+        [FeedEntry(p) for p, _, _ in papers],
+        fmt="atom",
+        title="T",
+        self_url="https://digest.example.org/feeds/all.atom",
+        site_url="https://digest.example.org",
+        description="D",
+        max_items=10,
+        max_bytes=1_000_000,
+    )
