@@ -100,7 +100,7 @@ class OutgoingMessage:
 
     def as_email(self) -> EmailMessage:
         """Parse the bytes back into an EmailMessage (for tests and previews)."""
-        return BytesParser(policy=policy.default).parsebytes(self.data)  # type: ignore[return-value]
+        return BytesParser(policy=policy.default).parsebytes(self.data)
 
     @classmethod
     def from_email(cls, msg: EmailMessage, envelope_from: str | None = None) -> OutgoingMessage:

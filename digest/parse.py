@@ -373,6 +373,7 @@ class _Parser:
                 k += 1
             elif not started and kind == _DATE and not page_date_seen:
                 page_date_seen = True
+                assert m is not None  # a _DATE line always carries its match
                 self._page_date(m, i + 1)
                 k += 1
             else:
@@ -459,14 +460,17 @@ class _Parser:
             s = lines[i]
             kind, m = self.kind(s)
             if kind == _AUTH:
+                assert m is not None  # metadata kinds always carry their match
                 if meta.authors is not None:
                     self.warn(i + 1, f"second author count {s!r} in one entry; ignored")
                 else:
                     meta.authors = int(m["n"])
             elif kind == _DATE:
+                assert m is not None
                 self._date(meta, m, i + 1)
             elif kind == _TEXT and self._org_at(idx, k):
                 om = _ORG_RE.fullmatch(s)
+                assert om is not None  # _org_at matched it
                 if meta.organization_id is not None:
                     self.warn(i + 1, f"second organization {s!r} in one entry; ignored")
                 else:
@@ -525,6 +529,7 @@ class _Parser:
                 Paper(lines[t], lines[a], None, None, None, None, None, t + 1) for t, a in pairs
             ]
         if last is not None:
+            assert meta is not None  # last is only taken when metadata follows
             t, a = last
             self.with_meta += 1
             self.papers.append(

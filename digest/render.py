@@ -262,7 +262,7 @@ class Renderer:
         if not spans:
             return Markup(html)
         pos, open_tag = esc.offsets, self.highlight_open
-        out = []
+        out: list[str] = []
         for start, end, hit in highlight.bounds(spans, esc.length, limit):
             if pos is not None:
                 start, end = pos[start], pos[end]

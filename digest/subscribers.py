@@ -547,7 +547,7 @@ def _import_row(
             errors.append(RowError(file, line, column, str(exc)))
     if "email" not in values and not any(e.column == "email" for e in errors):
         errors.append(RowError(file, line, "email", "no address"))
-    address = values.get("email")
+    address = values.get("email", "")
     if address in seen:
         errors.append(RowError(file, line, "email", f"{address} already on line {seen[address]}"))
     if errors:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import snowballstemmer
@@ -146,7 +147,7 @@ def normalize(raw: str) -> str:
     return _GREEK_NAMES.get(word, word)
 
 
-def _pieces(text: str):
+def _pieces(text: str) -> Iterator[tuple[str, int, int]]:
     """Yield (raw, start, end) word pieces of text, Greek letters split out one by one."""
     for m in _TOKEN_RE.finditer(text):
         raw = m.group()
