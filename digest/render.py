@@ -107,7 +107,7 @@ class PaperView:
     abstract_escaped: EscapedText  # of abstract (with the suffix)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen dataclasses set each field through object.__setattr__
 class ItemView:
     """One paper in one digest: the shared PaperView plus this subscriber's highlights."""
 
@@ -129,7 +129,7 @@ class ItemView:
         return _labels(self.match.topics, self.match.terms)[1]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SectionView:
     """The papers whose best topic is `topic`, in rank order."""
 
