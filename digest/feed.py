@@ -33,7 +33,7 @@ from digest.errors import DigestError, NotFoundError, ValidationError
 from digest.fsutil import atomic_write
 from digest.models import Match, StoredPaper
 from digest.text import clean_text
-from digest.urls import PAPERS_SEARCH_URL, paper_url
+from digest.urls import paper_url
 
 FeedFormat = Literal["rss", "atom"]
 FORMATS: tuple[FeedFormat, ...] = ("rss", "atom")
@@ -50,7 +50,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # shows every paper again.
 TAG_YEAR = "2025"
 
-PAPER_SEARCH_URL = PAPERS_SEARCH_URL  # the old name
 GENERATOR = "Daily Papers Digest"
 UNTITLED = "(untitled paper)"
 

@@ -11,6 +11,7 @@ from digest.match import PaperIndex, match_profiles
 from digest.models import Match, StoredPaper, Topic
 from digest.query import compile_query
 from digest.text import clean_text
+from digest.urls import paper_url
 
 MAX_TOPICS = 20
 MAX_QUERY_CHARS = 2_000
@@ -39,6 +40,7 @@ class PreviewRow:
     topics: tuple[str, ...]
     title_parts: tuple[tuple[str, bool], ...]
     terms: tuple[str, ...]
+    url: str = ""  # where the paper links (urls.paper_url, as in emails and feeds)
 
 
 @dataclass(slots=True)
@@ -139,6 +141,7 @@ def _row(paper: StoredPaper, match: Match, kind: str) -> PreviewRow:
         topics=match.topics,
         title_parts=split_spans(paper.title, match.title_spans),
         terms=match.terms,
+        url=paper_url(paper.title),
     )
 
 
