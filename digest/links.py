@@ -9,7 +9,6 @@ caller cannot tell them apart and neither can an attacker probing the endpoints.
 from __future__ import annotations
 
 import functools
-import re
 import secrets
 from dataclasses import dataclass
 from email.utils import parseaddr
@@ -146,21 +145,13 @@ def make_links(
     own random token stands in (fixtures, benchmarks).
     """
     base = settings.site.base_url.rstrip("/")
-    manage = _quote(manage_token or subscriber.token)
-    unsub = _quote(unsubscribe_token or subscriber.token)
+    manage = quote(manage_token or subscriber.token, safe="")
+    unsub = quote(unsubscribe_token or subscriber.token, safe="")
     return Links(
         base + manage_path(manage),
         base + one_click_path(unsub),
         unsubscribe_mailto(settings),
     )
-
-
-_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")
-
-
-def _quote(token: str) -> str:
-    # Signed tokens are URL-safe: quote() would return them unchanged, at ten times the cost.
-    return token if _URL_SAFE.fullmatch(token) else quote(token, safe="")
 
 
 def links_for(settings: Settings, signer: LinkSigner, subscriber: Any) -> Links:
