@@ -125,9 +125,15 @@ def clean_text(text: str, *, multiline: bool = False) -> str:
     return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
+# What clean text cannot hold: for one line, every control; for several, all but LF and TAB.
+_DIRTY_LINE = re.compile(f"[{_DROPPED}{_CONTROL_CLASS}]")
+_DIRTY_LINES = re.compile(f"[{_DROPPED}\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\u2028\\u2029]")
+
+
 def is_clean(text: str, *, multiline: bool = False) -> bool:
-    """Whether clean_text would return text unchanged."""
-    return clean_text(text, multiline=multiline) == text
+    """Whether clean_text would return text unchanged (one scan, no copy: for whole files)."""
+    dirty = _DIRTY_LINES if multiline else _DIRTY_LINE
+    return dirty.search(text) is None and (text.isascii() or unicodedata.is_normalized("NFC", text))
 
 
 @functools.lru_cache(maxsize=1 << 17)
