@@ -131,7 +131,7 @@ _DIRTY_LINES = re.compile(f"[{_DROPPED}\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\u2028\
 
 
 def is_clean(text: str, *, multiline: bool = False) -> bool:
-    """Whether clean_text would return text unchanged (one scan, no copy: for whole files)."""
+    """Whether clean_text would return text unchanged (a regex scan: for checks and tests)."""
     dirty = _DIRTY_LINES if multiline else _DIRTY_LINE
     return dirty.search(text) is None and (text.isascii() or unicodedata.is_normalized("NFC", text))
 
