@@ -260,7 +260,7 @@ def bench(
     # tokenising every paper with offsets is a per-batch cost, paid once (not extrapolated)
     t0 = time.perf_counter()
     for i in range(index.size):
-        index.tokens(i)
+        index.texts.tokens(i)
     t_tok = time.perf_counter() - t0
     keys = random.Random(2).sample(sorted(warm), min(2000, len(warm)))
     t0 = time.perf_counter()

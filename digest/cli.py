@@ -6,8 +6,10 @@ Every DigestError is caught once here and printed to stderr (exit 1); wrong usag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -335,14 +337,12 @@ def cmd_subscriber_export(ctx: Context, args: argparse.Namespace) -> int:
 @_explains_queries
 def cmd_match(ctx: Context, args: argparse.Namespace) -> int:
     """Preview a query against the stored papers, best first, matched words highlighted."""
-    from digest.match import PaperIndex, match_query
-    from digest.query import compile_query
+    from digest.match import preview_query
 
-    query = compile_query(args.query)
     total = ctx.store.count_papers()
     papers = ctx.store.recent_papers(limit=args.recent or max(total, 1))
-    index = PaperIndex(papers)
-    matches = match_query(index, args.query, args.limit)
+    found = preview_query(papers, args.query, args.limit)
+    matches = found.matches
     by_id = {p.id: p for p in papers}
     if args.json:
         ctx.print_json([_match_to_json(m, by_id[m.paper_id]) for m in matches])
@@ -361,9 +361,8 @@ def cmd_match(ctx: Context, args: argparse.Namespace) -> int:
         ctx.print("     matched: " + ", ".join(_safe(t) for t in m.terms))
         snippet, spans = excerpt(paper.abstract, m.abstract_spans)
         ctx.print("     " + highlight(snippet, spans, color))
-    hits = index.bits(query.root).bit_count()
-    more = f"; showing the {len(matches)} best (--limit)" if len(matches) < hits else ""
-    ctx.print(f"{hits} of {len(papers)} stored papers match{more}")
+    more = f"; showing the {len(matches)} best (--limit)" if len(matches) < found.hits else ""
+    ctx.print(f"{found.hits} of {len(papers)} stored papers match{more}")
     return 0
 
 
@@ -411,8 +410,6 @@ def _safe(text: str) -> str:
 
 
 def _use_color(mode: str, out: TextIO) -> bool:
-    import os
-
     if mode == "always":
         return True
     if mode == "never" or os.environ.get("NO_COLOR"):
@@ -551,7 +548,7 @@ def _add_subscriber_parsers(sub: Any) -> None:
 
 def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     """Run the web app (admin UI, subscriber links, feeds) with the waitress WSGI server."""
-    import waitress
+    from waitress.server import create_server
 
     from digest.web import create_app
 
@@ -565,8 +562,17 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
             "(run `digest admin-password` and set web.admin_password_hash)",
             file=ctx.err,
         )
+    try:
+        # Bound before saying "serving": a busy port or an unknown host is a one-line error.
+        server = create_server(app, host=host, port=port, threads=args.threads, ident="digest")
+    except (OSError, ValueError) as exc:  # waitress: ValueError for a host it cannot resolve
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise DigestError(f"cannot listen on {host}:{port}: {reason}") from None
     ctx.print(f"serving http://{host}:{port}/ (admin: /admin/, feeds: /feeds/all.rss)")
-    waitress.serve(app, host=host, port=port, threads=args.threads, ident="digest")
+    try:
+        server.run()
+    finally:
+        server.close()
     return 0
 
 
@@ -624,29 +630,19 @@ def _add_web_parsers(sub: Any) -> None:
 
 def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
     """Build and deliver every digest that is due (--now: every active subscriber with news)."""
-    from digest.mail import DryRunTransport, make_transport
-    from digest.outbox import digest_from_plan, plan_digests, queue_digests, utcnow
-    from digest.pipeline import deliver_step, make_sender
+    from digest.pipeline import Cycle
     from digest.progress import progress_bar
 
-    store, settings, now = ctx.store, ctx.settings, utcnow()
+    cycle = Cycle(ctx.store, ctx.settings)
     if args.dry_run:
-        plans, papers = plan_digests(store, settings, now=now, force=args.now)
-        send_one = make_sender(store, settings, DryRunTransport(ctx.out))
-        emails = [p for p in plans if p.items and p.kind == "email"]
-        for plan in emails:
-            send_one(digest_from_plan(plan, papers, now))
-        ctx.print(f"dry run: {len(emails)} digests would be sent; nothing was recorded")
+        count = cycle.dry_run(ctx.out, force=args.now)
+        ctx.print(f"dry run: {count} digests would be sent; nothing was recorded")
         return 0
-    queued = queue_digests(store, settings, now=now, force=args.now)
+    queued = cycle.queue(force=args.now)
     ctx.print(f"queue: {queued.summary()}")
-    pending = store.digest_status_counts()["queued"]
-    transport = make_transport(settings)
-    try:
-        with progress_bar(pending, unit="email", quiet=ctx.quiet, desc="sending") as bar:
-            report = deliver_step(store, settings, transport, progress=bar.update)
-    finally:
-        transport.close()
+    pending = ctx.store.digest_status_counts()["queued"]
+    with progress_bar(pending, unit="email", quiet=ctx.quiet, desc="sending") as bar:
+        report = cycle.deliver(progress=bar.update)
     for error in report.errors:
         print(f"error: {error}", file=ctx.err)
     ctx.print(f"deliver: {report.summary()}")
@@ -655,20 +651,15 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_preview(ctx: Context, args: argparse.Namespace) -> int:
     """Render a subscriber's next digest to files without recording or sending anything."""
-    from digest.links import LinkSigner, links_for, secret_key
-    from digest.outbox import digest_from_plan, plan_digests, utcnow
-    from digest.render import Renderer
+    from digest.pipeline import Cycle
     from digest.subscribers import get_subscriber
 
-    store, settings, now = ctx.store, ctx.settings, utcnow()
-    sub = get_subscriber(store, args.email)
-    plans, papers = plan_digests(store, settings, now=now, force=True, only=[sub.id])
-    if not plans or not plans[0].items:
+    sub = get_subscriber(ctx.store, args.email)
+    found = Cycle(ctx.store, ctx.settings).preview(sub)
+    if found is None:
         ctx.print(f"{sub.email}: no pending papers match their topics; nothing to preview")
         return 0
-    digest = digest_from_plan(plans[0], papers, now)
-    links = links_for(settings, LinkSigner(secret_key(store, settings)), sub)
-    rendered = Renderer(settings).render(digest, links)
+    rendered, digest = found
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "preview-" + "".join(c if c.isalnum() else "_" for c in sub.email)
@@ -680,10 +671,10 @@ def cmd_preview(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_feeds(ctx: Context, args: argparse.Namespace) -> int:
-    """Write the static feeds under public/."""
-    from digest.publish import write_feeds
+    """Record feed-only subscribers' new matches, then write the static feeds under public/."""
+    from digest.pipeline import Cycle
 
-    report = write_feeds(ctx.store, ctx.settings, full=args.all)
+    report = Cycle(ctx.store, ctx.settings).feeds(full=args.all)
     ctx.print(f"feeds: {report.summary()} in {ctx.settings.feeds.public_dir / 'feeds'}")
     return 0
 
@@ -722,7 +713,12 @@ def _add_delivery_parsers(sub: Any) -> None:
     p.add_argument("--out", metavar="DIR", default=".", help="folder for the files (default: .)")
     p.set_defaults(handler=cmd_preview)
 
-    p = sub.add_parser("feeds", help="write the static RSS/Atom feeds under public/")
+    p = sub.add_parser(
+        "feeds",
+        help="write the static RSS/Atom feeds under public/",
+        description="First records the new matches of feed-only subscribers, so their private "
+        "feeds are current without a `send` or `run`.",
+    )
     p.add_argument(
         "--all", action="store_true", help="rewrite every private feed, not only changed ones"
     )
@@ -903,6 +899,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`digest ... --json | head`): stop quietly. Point stdout at
+        # /dev/null so the interpreter's own flush at exit cannot raise again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     finally:
         ctx.close()
 

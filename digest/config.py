@@ -9,6 +9,7 @@ errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import os
 import re
 import tomllib
@@ -144,9 +145,9 @@ class Settings:
 
 
 _SECTIONS: dict[str, type] = {
-    f.name: type(f.default_factory())  # type: ignore[misc]
-    for f in dataclasses.fields(Settings)
-    if not f.metadata.get("internal")
+    name: hint
+    for name, hint in typing.get_type_hints(Settings).items()
+    if not next(f for f in dataclasses.fields(Settings) if f.name == name).metadata.get("internal")
 }
 
 
@@ -305,6 +306,21 @@ def _resolve_paths_in_db_url(settings: Settings) -> None:
 
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_header_address(
+    value: str, *, optional: bool, bad: typing.Callable[[str], ConfigError]
+) -> None:
+    """An address that goes into a header: one line (CR or LF would inject headers), one
+    mailbox with an @."""
+    if optional and not value:
+        return
+    if _HEADER_UNSAFE.search(value):
+        raise bad("must be one line without control characters (CR or LF would add headers)")
+    _name, addr = email.utils.parseaddr(value)
+    if "@" not in addr:
+        raise bad(f"must be an address such as 'Daily Papers <digest@example.org>', got {value!r}")
 
 
 def validate(settings: Settings) -> None:
@@ -340,13 +356,25 @@ def validate(settings: Settings) -> None:
     ):
         if value < 1:
             raise bad(key, "must be at least 1")
-    for key, value in (
-        ("inbox.settle_seconds", settings.inbox.settle_seconds),
+    for key, seconds in (
         ("inbox.poll_seconds", settings.inbox.poll_seconds),
+        ("smtp.timeout_seconds", settings.smtp.timeout_seconds),
+    ):
+        if not seconds > 0:
+            raise bad(key, "must be more than 0 seconds")
+    for key, address in (
+        ("mail.from_addr", settings.mail.from_addr),
+        ("mail.reply_to", settings.mail.reply_to),
+    ):
+        _check_header_address(
+            address, optional=key == "mail.reply_to", bad=lambda why, k=key: bad(k, why)
+        )
+    for key, seconds in (
+        ("inbox.settle_seconds", settings.inbox.settle_seconds),
         ("schedule.feeds_minutes", settings.schedule.feeds_minutes),
         ("schedule.shutdown_seconds", settings.schedule.shutdown_seconds),
     ):
-        if value < 0:
+        if seconds < 0:
             raise bad(key, "must not be negative")
     if not _HHMM.match(settings.schedule.default_time):
         raise bad("schedule.default_time", "must be HH:MM (24-hour)")

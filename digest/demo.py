@@ -12,7 +12,7 @@ from typing import TextIO
 from werkzeug.security import generate_password_hash
 
 from digest.config import init_folder, load_settings
-from digest.pipeline import run_cycle
+from digest.pipeline import Cycle
 from digest.store import Store
 from digest.subscribers import import_csv
 
@@ -54,7 +54,7 @@ def run_demo(target: Path, *, out: TextIO, quiet: bool = False) -> int:
         for dump in sorted((samples / "dumps").glob("*.txt")):
             _drop_into_inbox(dump, settings.inbox.dir, settings.inbox.settle_seconds)
         # --now semantics: the demo shows digests at once rather than at 07:00 tomorrow.
-        report = run_cycle(store, settings, force=True, quiet=quiet)
+        report = Cycle(store, settings).run(force=True, quiet=quiet)
     print(report.summary(), file=out)
     maildir = settings.mail.maildir
     messages = sorted((maildir / "new").glob("*")) if (maildir / "new").is_dir() else []

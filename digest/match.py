@@ -25,7 +25,9 @@ import operator
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
+from typing import TypeVar, cast
 
 import numba
 import numpy as np
@@ -63,8 +65,12 @@ def bit_indices(x: int) -> list[int]:
     return out
 
 
-def _build_bits(postings: dict[str, list[int]]) -> dict[str, int]:
-    out = {}
+K = TypeVar("K")
+
+
+def _build_bits(postings: Mapping[K, list[int]]) -> dict[K, int]:
+    """Each key's postings (ascending paper positions) as one bitset int."""
+    out: dict[K, int] = {}
     for key, idx in postings.items():
         buf = bytearray((idx[-1] >> 3) + 1)
         for i in idx:
@@ -76,7 +82,9 @@ def _build_bits(postings: dict[str, list[int]]) -> dict[str, int]:
 _FIELDS = {None: 0, "title": 1, "abstract": 2}
 
 
-def _field_tables(tkeys, ttf, akeys, atf) -> tuple[tuple[np.ndarray, ...], ...]:
+def _field_tables(
+    tkeys: np.ndarray, ttf: np.ndarray, akeys: np.ndarray, atf: np.ndarray
+) -> tuple[tuple[np.ndarray, ...], ...]:
     """Sorted keys with title and abstract counts: for either field, title only, abstract only."""
     keys = np.union1d(tkeys, akeys)
     both_t = np.zeros(len(keys))
@@ -193,10 +201,8 @@ class PaperIndex:
         self._memo: dict[Node, int] = {}
         self._weights: dict[Node, dict[int, float]] = {}
         self._ranked: dict[tuple[Node, int | None], _Ranked] = {}
-        self._tokens: dict[int, tuple[list[textmod.Token], list[textmod.Token]]] = {}
-        self._positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
         self._bigrams: tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]] = ({}, {})
-        self._spans: dict[tuple[Node, int], tuple[list, list]] = {}
+        self.texts = PaperTexts(self.papers)
         self._by_org: dict[tuple[str | None, str | None], int] | None = None
 
     def _gram_tables(self, ids: list[int], lens: list[int], nvocab: int) -> tuple:
@@ -226,9 +232,9 @@ class PaperIndex:
                 for bg in wanted.intersection(itertools.pairwise(seq)):
                     posts[slot].setdefault(bg, []).append(i)
         for slot in (0, 1):
-            built = _build_bits(posts[slot])  # type: ignore[arg-type]
+            built = _build_bits(posts[slot])
             for bg in wanted:
-                self._bigrams[slot][bg] = built.get(bg, 0)  # type: ignore[call-overload]
+                self._bigrams[slot][bg] = built.get(bg, 0)
 
     def _cumulative(self, name: str) -> tuple[list[int], list[int], int]:
         """Sorted distinct values, bitset of papers with value <= each, and all with a value."""
@@ -254,26 +260,26 @@ class PaperIndex:
         kind = node.kind
         if kind == "and":
             r = self.all
-            for c in sorted(node.arg, key=_cheap_first):  # type: ignore[attr-defined]
+            for c in sorted(node.children, key=_cheap_first):
                 r &= self.bits(c)
                 if not r:
                     break
         elif kind == "or":
             r = 0
-            for c in node.arg:  # type: ignore[attr-defined]
+            for c in node.children:
                 r |= self.bits(c)
         elif kind == "not":
-            r = self.all & ~self.bits(node.arg)  # type: ignore[arg-type]
+            r = self.all & ~self.bits(node.child)
         elif kind == "t":
-            r = self._field_bits(self._bits, node.field, node.arg)  # type: ignore[arg-type]
+            r = self._field_bits(self._bits, node.field, node.word)
         elif kind == "p":
             r = self._phrase_bits(node)
         elif kind == "x":
             r = self._prefix_bits(node)
         elif kind == "n":
-            r = self._number_bits(*node.arg)  # type: ignore[misc]
+            r = self._number_bits(*node.condition)
         elif kind == "o":
-            r = self._org_bits(node.arg)  # type: ignore[arg-type]
+            r = self._org_bits(node.words)
         else:
             raise ValueError(f"unknown query node {kind!r}")
         self._memo[node] = r
@@ -285,7 +291,7 @@ class PaperIndex:
         return table["title"].get(word, 0) | table["abstract"].get(word, 0)
 
     def _phrase_bits(self, node: Node) -> int:
-        phrase: tuple[str, ...] = node.arg  # type: ignore[assignment]
+        phrase = node.words
         r = 0
         for slot, fld in enumerate(("title", "abstract")):
             if node.field not in (None, fld):
@@ -310,7 +316,7 @@ class PaperIndex:
         return r
 
     def _prefix_bits(self, node: Node) -> int:
-        prefix: str = node.arg  # type: ignore[assignment]
+        prefix = node.word
         r = 0
         for fld in ("title", "abstract"):
             if node.field not in (None, fld):
@@ -373,12 +379,12 @@ class PaperIndex:
         found: dict[tuple[int, str | None], tuple[list[int], list[int]]] = {}
         slow: list[tuple[int, Node]] = []
         for j, leaf in enumerate(leaves):
-            kind, arg = leaf.kind, leaf.arg
+            kind = leaf.kind
             if kind == "t":
-                key = vocab.get(arg)  # type: ignore[call-overload]
+                key = vocab.get(leaf.word)
                 table = 0
-            elif kind == "p" and len(arg) == 2:  # type: ignore[arg-type]
-                a, b = vocab.get(arg[0]), vocab.get(arg[1])  # type: ignore[index]
+            elif kind == "p" and len(leaf.words) == 2:
+                a, b = vocab.get(leaf.words[0]), vocab.get(leaf.words[1])
                 key = None if a is None or b is None else a * nv + b
                 table = 1
             else:
@@ -388,7 +394,8 @@ class PaperIndex:
                 got = found.setdefault((table, leaf.field), ([], []))
                 got[0].append(j)
                 got[1].append(key)
-        groups = []  # (leaf positions, counts, papers, title tf, abstract tf)
+        # (leaf positions, counts, papers, title tf, abstract tf)
+        groups: list[tuple[np.ndarray, ...]] = []
         for (table, fld), (lj, keys) in found.items():
             tkeys, ttf, atf = (self._words, self._pairs)[table][_FIELDS[fld]]
             k = np.asarray(keys, dtype=np.int64) * n
@@ -401,14 +408,14 @@ class PaperIndex:
             groups.append(self._slow_counts(slow))
         # every leaf's entries at their CSR place, with no sort: each leaf is in one group
         per_leaf = np.zeros(nl, dtype=np.int64)
-        for lj, cnt, *_ in groups:
-            per_leaf[lj] = cnt
+        for leaf_pos, counts, *_ in groups:
+            per_leaf[leaf_pos] = counts
         ptr = np.r_[0, np.cumsum(per_leaf)]
         papers = np.empty(int(ptr[-1]), dtype=np.int64)
         tt = np.empty(len(papers), dtype=np.float64)
         ta = np.empty(len(papers), dtype=np.float64)
-        for lj, cnt, gp, gt, ga in groups:
-            dest = _ranges(ptr[lj], cnt)
+        for leaf_pos, counts, gp, gt, ga in groups:
+            dest = _ranges(ptr[leaf_pos], counts)
             papers[dest], tt[dest], ta[dest] = gp, gt, ga
         leaf_of = np.repeat(np.arange(nl, dtype=np.int64), per_leaf)
         size = self.size
@@ -424,7 +431,7 @@ class PaperIndex:
         cnt: list[int] = []
         out: tuple[list[int], list[int], list[int]] = ([], [], [])
         for j, leaf in slow:
-            kind, arg, fld = leaf.kind, leaf.arg, leaf.field
+            kind, fld = leaf.kind, leaf.field
             c0 = len(out[0])
             for i in bit_indices(self.bits(leaf)):
                 pair = (self._stems if kind == "p" else self._norms)[i]
@@ -434,9 +441,9 @@ class PaperIndex:
                         continue
                     seq = pair[slot]
                     if kind == "p":
-                        tf[slot] = _count_phrase(seq, arg)  # type: ignore[arg-type]
+                        tf[slot] = _count_phrase(seq, leaf.words)
                     else:
-                        tf[slot] = sum(1 for x in seq if x.startswith(arg))  # type: ignore[arg-type]
+                        tf[slot] = sum(1 for x in seq if x.startswith(leaf.word))
                 if tf[0] or tf[1]:
                     out[0].append(i)
                     out[1].append(tf[0])
@@ -503,7 +510,16 @@ class PaperIndex:
             self._ranked[key] = got
         return got
 
-    # ------------------------------------------------------------ highlighting
+
+class PaperTexts:
+    """Where a batch's matched words stand in each paper's title and abstract (for highlights),
+    tokenised on demand and cached per paper and per (word, paper)."""
+
+    def __init__(self, papers: Sequence[StoredPaper]) -> None:
+        self.papers = papers
+        self._tokens: dict[int, tuple[list[textmod.Token], list[textmod.Token]]] = {}
+        self._positions: dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]] = {}
+        self._spans: dict[tuple[Node, int], tuple[list, list]] = {}
 
     def tokens(self, i: int) -> tuple[list[textmod.Token], list[textmod.Token]]:
         """Title and abstract tokens of paper i with character offsets (computed on demand)."""
@@ -553,10 +569,10 @@ class PaperIndex:
 
 def _leaves(node: Node) -> Iterable[Node]:
     if node.kind in ("and", "or"):
-        for c in node.arg:  # type: ignore[attr-defined]
+        for c in node.children:
             yield from _leaves(c)
     elif node.kind == "not":
-        yield from _leaves(node.arg)  # type: ignore[arg-type]
+        yield from _leaves(node.child)
     else:
         yield node
 
@@ -734,7 +750,7 @@ def _run_queries(rows, all_mask, prog, qstart, row_of, ptr, papers, weights, ran
                     m = np.int64(np.rint(acc[p] * 1e6))
                     acc[p] = 0.0
                     if m < 0:
-                        m = 0
+                        m = np.int64(0)
                     elif m > score_max:
                         m = score_max
                     buf[count] = _sort_key(m, rank[p], rank_bits)
@@ -826,7 +842,7 @@ class _Batch:
         leaves = [nodes[k] for k in order[: int(is_leaf.sum())].tolist()]
         others = [nodes[k] for k in order[len(leaves) :].tolist()]
         nested = [leaf for x in others for leaf in _leaves(x) if leaf.kind == "p"]
-        index.prime_phrases(leaf.arg for leaf in nested)  # type: ignore[misc]
+        index.prime_phrases(leaf.words for leaf in nested)
         ptr, papers, weights = index.postings(leaves)
         rows = _bitset_rows(ptr, papers, nw)
         if others:
@@ -902,7 +918,7 @@ class MatchList(Sequence[Match]):
     def __len__(self) -> int:
         return len(self._papers)
 
-    def __getitem__(self, k):  # type: ignore[override]
+    def __getitem__(self, k):
         if isinstance(k, slice):
             return [self[j] for j in range(*k.indices(len(self)))]
         if k < 0:
@@ -1007,7 +1023,7 @@ class Matches(Mapping[int, MatchList]):
         hits.sort(key=lambda h: (h[0], h[1]))
         names = tuple(dict.fromkeys(h[2] for h in hits))
         leaves = dict.fromkeys(leaf for h in hits for leaf in batch.queries[h[3]].terms)
-        terms, ts, as_ = index.highlights(leaves, i)
+        terms, ts, as_ = index.texts.highlights(leaves, i)
         return Match(index.papers[i].id, micro / 1e6, names, terms, ts, as_)
 
 
@@ -1041,7 +1057,7 @@ def _match_all(
     except QueryError:  # a bad stored profile: find it, and match the others
         compiled = list(map(_compile, position))
     if None not in compiled:
-        queries: list[Query] = compiled  # type: ignore[assignment]
+        queries: list[Query] = cast("list[Query]", compiled)  # no None, checked above
         qids = np.asarray(slots, dtype=np.int64)
         qid_of: Mapping[str, int] = position
     else:
@@ -1135,11 +1151,30 @@ def _merge_lists(sub_ptr, qids, start, kept, paper, micro, rank, by_rank, rank_b
             out_unique[s] = u
 
 
+@dataclass(frozen=True)
+class QueryPreview:
+    """One query against a set of papers: the best matches and how many matched in all."""
+
+    matches: list[Match]
+    hits: int
+    papers: tuple[StoredPaper, ...]
+
+
+def preview_query(
+    papers: Sequence[StoredPaper], query_text: str, limit: int | None = None
+) -> QueryPreview:
+    """`digest match`: the query's best `limit` matches among `papers` and the total matched."""
+    index = PaperIndex(papers)
+    matches = match_query(index, query_text, limit)
+    hits = index.bits(compile_query(query_text).root).bit_count()
+    return QueryPreview(matches, hits, index.papers)
+
+
 def match_query(index: PaperIndex, query_text: str, limit: int | None = None) -> list[Match]:
     """Preview one query against the index, best first; raises QueryError if it is malformed."""
     query = compile_query(query_text)
     out = []
     for score, i in index.ranked(query, limit):
-        terms, ts, as_ = index.highlights(query.terms, i)
+        terms, ts, as_ = index.texts.highlights(query.terms, i)
         out.append(Match(index.papers[i].id, round(score, 6), (), terms, ts, as_))
     return out

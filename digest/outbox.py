@@ -185,10 +185,16 @@ QUEUE_CHUNK = 5_000
 
 
 def queue_digests(
-    store: Store, settings: Settings, *, now: datetime, force: bool = False
+    store: Store,
+    settings: Settings,
+    *,
+    now: datetime,
+    force: bool = False,
+    feeds_only: bool = False,
 ) -> QueueReport:
     """Plan the due digests and record them (ledger, Message-ID, status queued) atomically,
-    a page of subscribers at a time against one index of the pending papers."""
+    a page of subscribers at a time against one index of the pending papers (`feeds_only`:
+    only feed-only subscribers' new items, as `digest feeds` records them)."""
     report = QueueReport()
     after_id, loaded_from = 0, None
     papers: list[StoredPaper] = []
@@ -201,7 +207,12 @@ def queue_digests(
         if not page:
             break
         after_id = page[-1].subscriber.id
-        states = [s for s in page if force or is_due(s.subscriber, now, s.last_slot)]
+        states = [
+            s
+            for s in page
+            if (force or is_due(s.subscriber, now, s.last_slot))
+            and (not feeds_only or s.subscriber.cadence == "feed")
+        ]
         if not states:
             continue
         lowest = min(s.watermark for s in states)

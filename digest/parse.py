@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import codecs
 import re
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from itertools import compress
 from pathlib import Path
 
 from digest.errors import ParseError
@@ -68,6 +71,21 @@ _META_KINDS = (_AUTH, _DOT, _DATE)
 _SENTENCE_END = frozenset(".!?")
 _SKIP = 3.0  # cost of leaving a line out of every record
 _INF = float("inf")
+# Viterbi moves of _pair_slow: their names and the state each leaves from.
+_M_SKIP, _M_TITLE, _M_ABSTRACT, _M_SKIP_MID, _M_RETITLE = range(1, 6)
+_MOVES = {1: "skip", 2: "title", 3: "abstract", 4: "skip-mid", 5: "retitle"}
+_MOVE_FROM = {1: 0, 2: 0, 3: 1, 4: 1, 5: 1}
+# More problems than this and the file is not a dump: refused at once, not after a full parse.
+MAX_PROBLEMS = 1_000
+_STRAYS = "text lines that pair into no title and abstract"
+
+
+def _strays_left(lines: int, stray: int) -> int:
+    """The fewest warnings pairing `lines` text lines can give when `stray` of them end no
+    sentence: each line outside a pair with a sentence-like abstract costs one warning, or half
+    of one (a pair whose abstract ends no sentence)."""
+    return (2 * stray - lines) // 2
+
 
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13)) + b"\x7f"
@@ -311,6 +329,15 @@ class _Parser:
 
     def warn(self, line: int, message: str) -> None:
         self.warnings.append(ParseWarning(line, message))
+        if len(self.warnings) > MAX_PROBLEMS:
+            first = min(self.warnings, key=lambda w: w.line)
+            raise self._refusal(first.line, first.message)
+
+    def _refusal(self, line: int, message: str) -> ParseError:
+        return ParseError(
+            f"more than {MAX_PROBLEMS:,} problems, not a dump? (first at line {line}: {message})",
+            file=self.name,
+        )
 
     @staticmethod
     def kind(s: str) -> tuple[int, re.Match | None]:
@@ -338,10 +365,12 @@ class _Parser:
         else:
             lines = [s.strip() if s.isascii() else clean_text(s).strip() for s in raw]
         self.lines = lines
-        idx = [i for i, s in enumerate(lines) if s]
+        # Positions of the non-blank lines as machine ints: 8 bytes each, not an int object.
+        idx = array("q", compress(range(len(lines)), lines))
         n = len(idx)
         kind_of = self.kind
         seg: list[int] = []  # indexes of the text lines of the entries being read
+        stray = 0  # lines of seg that end no sentence (see _pair_slow's refusal)
         started = False  # a text line has been seen: chrome and dates are no longer header
         seen_subscribe = False
         page_date_seen = False
@@ -378,15 +407,19 @@ class _Parser:
                     and self._org_at(idx, k)
                 ):
                     k = self._meta_group(idx, k, seg)
-                    seg = []
+                    seg, stray = [], 0
                     continue
                 seg.append(i)
+                if len(s) <= TITLE_MAX and s[-1] not in _SENTENCE_END:
+                    stray += 1
+                    if len(self.warnings) + _strays_left(len(seg), stray) > MAX_PROBLEMS:
+                        raise self._refusal(seg[0] + 1, _STRAYS)
                 k += 1
             elif kind == _CHROME_K:
                 if started:
                     self.warn(i + 1, f"page chrome {_quote(s)} among the entries; skipped")
                     self._emit(seg, None)
-                    seg = []
+                    seg, stray = [], 0
                 else:
                     seen_subscribe = seen_subscribe or s == _GLUED_CHROME
                 k += 1
@@ -397,7 +430,7 @@ class _Parser:
                 k += 1
             else:
                 k = self._meta_group(idx, k, seg)
-                seg = []
+                seg, stray = [], 0
         self._emit(seg, None)
         if self.papers and self.last_text == idx[-1] and not text.endswith("\n"):
             last = lines[self.last_text]
@@ -462,14 +495,14 @@ class _Parser:
         else:
             self.capture = d
 
-    def _org_at(self, idx: list[int], k: int) -> bool:
+    def _org_at(self, idx: Sequence[int], k: int) -> bool:
         """A text line is an organization line when a metadata line follows and shape fits."""
         if k + 1 >= len(idx) or self.kind(self.lines[idx[k + 1]])[0] not in (_DOT, _DATE):
             return False
         s = self.lines[idx[k]]
         return len(s) <= _ORG_MAX and _ORG_RE.fullmatch(s) is not None
 
-    def _meta_group(self, idx: list[int], k: int, seg: list[int]) -> int:
+    def _meta_group(self, idx: Sequence[int], k: int, seg: list[int]) -> int:
         """Read the run of metadata lines starting at idx[k], attach it, return the next k."""
         lines = self.lines
         meta = _Meta(idx[k] + 1)
@@ -585,34 +618,41 @@ class _Parser:
     def _pair_slow(self, seg: list[int]) -> list[tuple[int, int]]:
         # Viterbi over two states: 0 = expecting a title, 1 = holding a title, expecting its
         # abstract. Ties prefer the line just above an abstract as its title (the known layouts).
+        # Costs are kept for the current line only and back pointers as one byte per line and
+        # state, so a junk file of a million lines costs megabytes, not gigabytes.
         n = len(seg)
         lines = self.lines
-        cost = [[_INF, _INF] for _ in range(n + 1)]
-        back: list[list[tuple[int, str]]] = [[(0, ""), (0, "")] for _ in range(n + 1)]
-        cost[0][0] = 0.0
+        # Enough lines that can only become warnings refuse the file before the pass below.
+        stray = sum(1 for i in seg if _abstract_cost(lines[i]))
+        if len(self.warnings) + _strays_left(n, stray) > MAX_PROBLEMS:
+            raise self._refusal(seg[0] + 1, _STRAYS)
+        c0, c1 = 0.0, _INF
+        back = bytearray(2 * (n + 1))  # per line and state: the move that reached it
         for j, i in enumerate(seg):
             s = lines[i]
             tc, ac = _title_cost(s), _abstract_cost(s)
-            c0, c1 = cost[j]
-            # (previous state, action, added cost, next state, cost so far)
-            moves = (
-                (0, "skip", _SKIP, 0, c0),
-                (0, "title", tc, 1, c0),
-                (1, "abstract", ac, 0, c1),
-                (1, "skip-mid", _SKIP + 0.1, 1, c1),
-                (1, "retitle", _SKIP + tc, 1, c1),
-            )
-            for prev, action, add, nxt, base in moves:
+            best = [_INF, _INF]
+            how = [0, 0]
+            # (move, added cost, next state, cost so far); the first of equal costs wins
+            for move, add, nxt, base in (
+                (_M_SKIP, _SKIP, 0, c0),
+                (_M_TITLE, tc, 1, c0),
+                (_M_ABSTRACT, ac, 0, c1),
+                (_M_SKIP_MID, _SKIP + 0.1, 1, c1),
+                (_M_RETITLE, _SKIP + tc, 1, c1),
+            ):
                 total = base + add
-                if total < cost[j + 1][nxt]:
-                    cost[j + 1][nxt] = total
-                    back[j + 1][nxt] = (prev, action)
-        state = 0 if cost[n][0] <= cost[n][1] + _SKIP else 1
+                if total < best[nxt]:
+                    best[nxt] = total
+                    how[nxt] = move
+            c0, c1 = best
+            back[2 * (j + 1)], back[2 * (j + 1) + 1] = how
+        state = 0 if c0 <= c1 + _SKIP else 1
         actions = []
         for j in range(n, 0, -1):
-            prev, action = back[j][state]
-            actions.append(action)
-            state = prev
+            move = back[2 * j + state]
+            actions.append(_MOVES[move])
+            state = _MOVE_FROM[move]
         actions.reverse()
         pairs: list[tuple[int, int]] = []
         title = -1

@@ -1,33 +1,49 @@
-"""One cycle of the digest: ingest -> select & match -> record -> render & deliver -> feeds.
+"""One cycle of the digest: ingest -> queue -> deliver -> feeds, defined once.
 
-Each step is a function the scheduler and the CLI call on their own; `run_cycle` runs them in order.
+Every entry point runs these steps and nothing else: `digest run --once` (`Cycle.run`), the
+daemon's jobs (digest.scheduler), `digest send`, `digest feeds` and `digest worker`. Each step is a
+method of `Cycle`, which carries the store, the settings, the clock and the stop event (tests
+control all four). Delivering always starts by giving back the claims of dead senders of this
+host, so a killed `send` never strands its batch for the whole lease.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import IO
 
 from digest.config import Settings
 from digest.ingest import IngestReport, ingest_inbox
 from digest.links import LinkSigner, links_for, secret_key
-from digest.mail import MessageBuilder, Transport, make_transport
-from digest.models import Digest
+from digest.mail import DryRunTransport, MessageBuilder, Transport, make_transport
+from digest.models import Digest, Subscriber
 from digest.outbox import (
     Clock,
     DeliveryReport,
     QueueReport,
     deliver_queued,
+    digest_from_plan,
+    plan_digests,
     queue_digests,
+    release_dead_claims,
     utcnow,
 )
 from digest.publish import FeedReport, write_feeds
-from digest.render import Renderer
+from digest.render import RenderedDigest, Renderer
 from digest.store import Store
 
 log = logging.getLogger(__name__)
+
+TransportFactory = Callable[[Settings], Transport]
+SendOne = Callable[[Digest], None]
+
+DEFAULT_BATCH = 50  # digests claimed per transaction
+DEFAULT_LEASE = timedelta(minutes=10)  # how long a claim holds before another sender may take it
 
 
 @dataclass
@@ -38,9 +54,9 @@ class CycleReport:
     queue: QueueReport | None = None
     delivery: DeliveryReport | None = None
     feeds: FeedReport | None = None
-    lines: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        """One line per stage that ran."""
         parts = [
             ("ingest", self.ingest),
             ("queue", self.queue),
@@ -50,60 +66,136 @@ class CycleReport:
         return "\n".join(f"{name}: {report.summary()}" for name, report in parts if report)
 
 
-def make_sender(store: Store, settings: Settings, transport: Transport) -> Callable[[Digest], None]:
-    """Render a digest and hand it to the transport (templates and CSS prepared once)."""
-    renderer = Renderer(settings)
-    builder = MessageBuilder(settings)
-    signer = LinkSigner(secret_key(store, settings))
+@dataclass
+class Cycle:
+    """The steps of one cycle over one store; `run` performs them in order."""
 
-    def send_one(digest: Digest) -> None:
-        links = links_for(settings, signer, digest.subscriber)
-        result = transport.send(builder.build(renderer.render(digest, links), digest, links))
-        # One recipient per digest: a refusal inside an accepted session is that one's outcome.
-        for error in result.refused.values():
-            raise error
+    store: Store
+    settings: Settings
+    clock: Clock = utcnow
+    transport_factory: TransportFactory = make_transport
+    stop: threading.Event = field(default_factory=threading.Event)
 
-    return send_one
+    def run(self, *, force: bool = False, quiet: bool = False) -> CycleReport:
+        """Ingest the inbox, queue what is due, deliver it, and refresh the feeds."""
+        report = CycleReport()
+        report.ingest = self.ingest(quiet=quiet)
+        report.queue = self.queue(force=force)
+        report.delivery = self.deliver()
+        report.feeds = self.feeds(record=False)  # the queue step just recorded feed items
+        return report
 
+    def ingest(
+        self, *, wait: bool = True, quiet: bool = False, progress: bool | None = None
+    ) -> IngestReport:
+        """Store every complete dump waiting in the inbox."""
+        report = ingest_inbox(self.store, self.settings, wait=wait, quiet=quiet, progress=progress)
+        log.debug("ingest: %s", report.summary())
+        return report
 
-def deliver_step(
-    store: Store,
-    settings: Settings,
-    transport: Transport,
-    *,
-    clock: Clock = utcnow,
-    stop: threading.Event | None = None,
-    progress: Callable[[int], object] | None = None,
-) -> DeliveryReport:
-    """Send every queued email digest whose time has come."""
-    send_one = make_sender(store, settings, transport)
-    return deliver_queued(store, settings, send_one, clock=clock, stop=stop, progress=progress)
+    def queue(self, *, force: bool = False, feeds_only: bool = False) -> QueueReport:
+        """Record every due digest (and feed-only subscribers' new items) in the ledger."""
+        report = queue_digests(
+            self.store, self.settings, now=self.clock(), force=force, feeds_only=feeds_only
+        )
+        log.debug("queue: %s", report.summary())
+        return report
 
+    def deliver(
+        self,
+        transport: Transport | None = None,
+        *,
+        worker: str | None = None,
+        batch: int = DEFAULT_BATCH,
+        lease: timedelta = DEFAULT_LEASE,
+        progress: Callable[[int], object] | None = None,
+    ) -> DeliveryReport:
+        """Give back dead local senders' claims, then send every queued digest now due."""
+        requeued = release_dead_claims(self.store)
+        if requeued:
+            log.warning(
+                "requeued %d digest(s) a sender that is no longer running left in flight; "
+                "they are sent now under their own Message-ID",
+                requeued,
+            )
+        own = transport is None
+        transport = transport or self.transport_factory(self.settings)
+        try:
+            report = deliver_queued(
+                self.store,
+                self.settings,
+                self.sender(transport),
+                clock=self.clock,
+                worker=worker,
+                batch=batch,
+                lease=lease,
+                stop=self.stop,
+                progress=progress,
+            )
+        finally:
+            if own:
+                transport.close()
+        log.debug("deliver: %s", report.summary())
+        return report
 
-def run_cycle(
-    store: Store,
-    settings: Settings,
-    *,
-    transport: Transport | None = None,
-    clock: Clock = utcnow,
-    force: bool = False,
-    stop: threading.Event | None = None,
-    quiet: bool = False,
-) -> CycleReport:
-    """Ingest the inbox, queue what is due, deliver it, and refresh the feeds."""
-    report = CycleReport()
-    report.ingest = ingest_inbox(store, settings, quiet=quiet)
-    log.info("ingest: %s", report.ingest.summary())
-    report.queue = queue_digests(store, settings, now=clock(), force=force)
-    log.info("queue: %s", report.queue.summary())
-    own_transport = transport is None
-    transport = transport or make_transport(settings)
-    try:
-        report.delivery = deliver_step(store, settings, transport, clock=clock, stop=stop)
-    finally:
-        if own_transport:
-            transport.close()
-    log.info("deliver: %s", report.delivery.summary())
-    report.feeds = write_feeds(store, settings)
-    log.info("feeds: %s", report.feeds.summary())
-    return report
+    def feeds(self, *, record: bool = True, full: bool = False) -> FeedReport:
+        """Rewrite the feeds; first record feed-only subscribers' new matches (`record`)."""
+        if record:
+            self.queue(feeds_only=True)
+        report = write_feeds(self.store, self.settings, full=full)
+        log.debug("feeds: %s", report.summary())
+        return report
+
+    def dry_run(self, out: IO[str] | None, *, force: bool = False) -> int:
+        """Render and print what `deliver` would send now, recording nothing; how many."""
+        now = self.clock()
+        plans, papers = plan_digests(self.store, self.settings, now=now, force=force)
+        send_one = self.sender(DryRunTransport(out))
+        emails = [plan for plan in plans if plan.items and plan.kind == "email"]
+        for plan in emails:
+            send_one(digest_from_plan(plan, papers, now))
+        return len(emails)
+
+    def preview(self, subscriber: Subscriber) -> tuple[RenderedDigest, Digest] | None:
+        """The subscriber's next digest rendered as it would be sent, recording nothing; None
+        when no pending paper matches their topics."""
+        now = self.clock()
+        plans, papers = plan_digests(
+            self.store, self.settings, now=now, force=True, only=[subscriber.id]
+        )
+        if not plans or not plans[0].items:
+            return None
+        digest = digest_from_plan(plans[0], papers, now)
+        renderer, _, signer = self._message_parts
+        return renderer.render(digest, links_for(self.settings, signer, subscriber)), digest
+
+    def pending(self) -> bool:
+        """True while an email digest is queued or in flight: something a sender could take.
+
+        A digest another sender holds counts: if that sender dies its claim lapses, and an
+        idle-exit worker must still be there to take it.
+        """
+        counts = self.store.digest_status_counts()
+        return bool(counts["queued"] or counts["sending"])
+
+    def sender(self, transport: Transport) -> SendOne:
+        """Render a digest and hand it to `transport` (one recipient per digest)."""
+        renderer, builder, signer = self._message_parts
+
+        def send_one(digest: Digest) -> None:
+            links = links_for(self.settings, signer, digest.subscriber)
+            result = transport.send(builder.build(renderer.render(digest, links), digest, links))
+            # One recipient per digest: a refusal inside an accepted session is that one's outcome.
+            for error in result.refused.values():
+                raise error
+
+        return send_one
+
+    @functools.cached_property
+    def _message_parts(self) -> tuple[Renderer, MessageBuilder, LinkSigner]:
+        # Templates, CSS and the signing key are loaded once per cycle, not once per pass.
+        return (
+            Renderer(self.settings),
+            MessageBuilder(self.settings),
+            LinkSigner(secret_key(self.store, self.settings)),
+        )

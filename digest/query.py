@@ -19,7 +19,7 @@ import itertools
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from digest import text as textmod
 from digest.errors import QueryError
@@ -36,6 +36,32 @@ class Node(NamedTuple):
     kind: str
     field: str | None
     arg: object
+
+    # Typed views of `arg`, one per kind, so callers need no casts.
+    @property
+    def children(self) -> frozenset[Node]:
+        """The operands of an `and` / `or` node."""
+        return cast("frozenset[Node]", self.arg)
+
+    @property
+    def child(self) -> Node:
+        """The operand of a `not` node."""
+        return cast(Node, self.arg)
+
+    @property
+    def word(self) -> str:
+        """The stem of a `t` node, the prefix of an `x` node."""
+        return cast(str, self.arg)
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """The stems of a `p` (phrase) node, the words of an `o` (organization) node."""
+        return cast("tuple[str, ...]", self.arg)
+
+    @property
+    def condition(self) -> tuple[str, str, int]:
+        """(name, operator, value) of an `n` (number) node."""
+        return cast("tuple[str, str, int]", self.arg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,18 +96,18 @@ def describe_node(node: Node) -> str:
     if node.kind == "t":
         return prefix + str(node.arg)
     if node.kind == "p":
-        return prefix + '"' + " ".join(node.arg) + '"'  # type: ignore[arg-type]
+        return prefix + '"' + " ".join(node.words) + '"'
     if node.kind == "x":
         return f"{prefix}{node.arg}*"
     if node.kind == "o":
-        return "org:" + " ".join(node.arg)  # type: ignore[arg-type]
+        return "org:" + " ".join(node.words)
     if node.kind == "n":
-        name, op, value = node.arg  # type: ignore[misc]
+        name, op, value = node.condition
         return f"{name}{op}{value}"
     if node.kind == "not":
-        return "NOT " + describe_node(node.arg)  # type: ignore[arg-type]
+        return "NOT " + describe_node(node.child)
     joiner = " AND " if node.kind == "and" else " OR "
-    return "(" + joiner.join(sorted(describe_node(c) for c in node.arg)) + ")"  # type: ignore[attr-defined]
+    return "(" + joiner.join(sorted(describe_node(c) for c in node.children)) + ")"
 
 
 def describe_error(text: str, err: QueryError) -> str:
@@ -107,6 +133,9 @@ class _Tok(NamedTuple):
     end: int  # 1-based column after the token
 
 
+# Parentheses and NOTs, counted together: far beyond any real topic, far below Python's
+# recursion limit for every function that walks a query tree.
+MAX_DEPTH = 32
 _BARE_STOP = set(' \t\r\n,()"“”')
 _NUM_RE = re.compile(r"([A-Za-z_]+)(<=|>=|<|>|=)(.*)\Z", re.S)
 _FIELD_RE = re.compile(r"([A-Za-z_]+):(.*)\Z", re.S)
@@ -194,19 +223,19 @@ def _lex_bare(text: str, bare: str, i: int, out: list[_Tok]) -> None:
 def _and(children: list[Node]) -> Node:
     flat: set[Node] = set()
     for c in children:
-        flat.update(c.arg if c.kind == "and" else (c,))  # type: ignore[arg-type]
+        flat.update(c.children if c.kind == "and" else (c,))
     return next(iter(flat)) if len(flat) == 1 else Node("and", None, frozenset(flat))
 
 
 def _or(children: list[Node]) -> Node:
     flat: set[Node] = set()
     for c in children:
-        flat.update(c.arg if c.kind == "or" else (c,))  # type: ignore[arg-type]
+        flat.update(c.children if c.kind == "or" else (c,))
     return next(iter(flat)) if len(flat) == 1 else Node("or", None, frozenset(flat))
 
 
 def _not(child: Node) -> Node:
-    return child.arg if child.kind == "not" else Node("not", None, child)  # type: ignore[return-value]
+    return child.child if child.kind == "not" else Node("not", None, child)
 
 
 class _Parser:
@@ -282,7 +311,8 @@ class _Parser:
             if nxt is None or nxt.kind in ("sep", ")", "AND", "OR"):
                 raise self.err(tok.col, f"{tok.value} needs a term after it",
                                "write NOT word or -word")  # fmt: skip
-            return _not(self.unary(depth, fld))
+            self.check_depth(tok, depth + 1)
+            return _not(self.unary(depth + 1, fld))
         if tok.kind == "field":
             self.i += 1
             nxt = self.peek()
@@ -302,6 +332,12 @@ class _Parser:
                 self.group_field = None
         return self.primary(depth, fld)
 
+    def check_depth(self, tok: _Tok, depth: int) -> None:
+        """Refuse nesting past MAX_DEPTH (the parser and the matcher recurse over the tree)."""
+        if depth > MAX_DEPTH:
+            raise self.err(tok.col, f"nested more than {MAX_DEPTH} levels deep",
+                           "use fewer parentheses and NOTs")  # fmt: skip
+
     def org(self, tok: _Tok) -> Node:
         self.i += 1
         if tok.kind not in ("word", "phrase"):
@@ -318,6 +354,7 @@ class _Parser:
         assert tok is not None
         self.i += 1
         if tok.kind == "(":
+            self.check_depth(tok, depth + 1)
             alts = self.alternatives(depth + 1)
             close = self.peek()
             if close is None:
@@ -375,9 +412,9 @@ def _with_field(node: Node, fld: str) -> Node:
     if node.kind in ("t", "p", "x"):
         return Node(node.kind, fld, node.arg)
     if node.kind == "not":
-        return Node("not", None, _with_field(node.arg, fld))  # type: ignore[arg-type]
+        return Node("not", None, _with_field(node.child, fld))
     if node.kind in ("and", "or"):
-        return Node(node.kind, None, frozenset(_with_field(c, fld) for c in node.arg))  # type: ignore[attr-defined]
+        return Node(node.kind, None, frozenset(_with_field(c, fld) for c in node.children))
     return node
 
 
@@ -390,9 +427,9 @@ def positive_terms(node: Node) -> tuple[Node, ...]:
             if positive:
                 out[n] = None
         elif n.kind == "not":
-            walk(n.arg, not positive)  # type: ignore[arg-type]
+            walk(n.child, not positive)
         elif n.kind in ("and", "or"):
-            for c in sorted(n.arg, key=repr):  # type: ignore[attr-defined]
+            for c in sorted(n.children, key=repr):
                 walk(c, positive)
 
     walk(node, True)
@@ -414,18 +451,18 @@ def flatten(
     clause_sizes: list[int] = []
 
     def conj(node: Node) -> None:
-        items = node.arg if node.kind == "and" else (node,)
-        for c in items:  # type: ignore[union-attr]
+        items = node.children if node.kind == "and" else (node,)
+        for c in items:
             neg = c.kind == "not"
-            lits.append(c.arg if neg else c)  # type: ignore[arg-type]
+            lits.append(c.child if neg else c)
             negs.append(neg)
-        conj_sizes.append(len(items))  # type: ignore[arg-type]
+        conj_sizes.append(len(items))
 
-    for clause in root.arg if root.kind == "and" else (root,):  # type: ignore[union-attr]
-        alts = clause.arg if clause.kind == "or" else (clause,)
-        for alt in alts:  # type: ignore[union-attr]
+    for clause in root.children if root.kind == "and" else (root,):
+        alts = clause.children if clause.kind == "or" else (clause,)
+        for alt in alts:
             conj(alt)
-        clause_sizes.append(len(alts))  # type: ignore[arg-type]
+        clause_sizes.append(len(alts))
     return tuple(lits), tuple(negs), tuple(conj_sizes), tuple(clause_sizes)
 
 
@@ -440,9 +477,9 @@ def _compile(text: str) -> Query:
     positives: list[Node] = []
     exclusions: list[Node] = []
     for node, _col in alts:
-        conj = node.arg if node.kind == "and" else (node,)
-        if all(c.kind == "not" for c in conj):  # type: ignore[union-attr]
-            exclusions.extend(conj)  # type: ignore[arg-type]
+        conj = node.children if node.kind == "and" else (node,)
+        if all(c.kind == "not" for c in conj):
+            exclusions.extend(conj)
         else:
             positives.append(node)
     if not positives:

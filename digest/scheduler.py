@@ -44,18 +44,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from digest.config import Settings
 from digest.daemon_lock import DaemonLock, daemon_lock, database_label, holder_text
 from digest.errors import DigestError
-from digest.ingest import IngestReport, ingest_inbox
+from digest.ingest import IngestReport
 from digest.mail import Transport, make_transport
-from digest.outbox import (
-    Clock,
-    DeliveryReport,
-    QueueReport,
-    queue_digests,
-    release_dead_claims,
-    utcnow,
-)
-from digest.pipeline import CycleReport, deliver_step, run_cycle
-from digest.publish import FeedReport, write_feeds
+from digest.outbox import Clock, DeliveryReport, QueueReport, utcnow
+from digest.pipeline import Cycle, CycleReport
+from digest.publish import FeedReport
 from digest.store import Store
 
 log = logging.getLogger(__name__)
@@ -79,7 +72,7 @@ _RUNTIMES_LOCK = threading.Lock()
 
 @dataclass
 class Runtime:
-    """Everything the job bodies need; each step is callable directly (tests, `--once`)."""
+    """What the job bodies need: the daemon's `Cycle` and its lock; each step callable directly."""
 
     settings: Settings
     store: Store
@@ -90,6 +83,9 @@ class Runtime:
     lost_lock: bool = False
     _busy: int = field(default=0, repr=False)
     _idle: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+    def __post_init__(self) -> None:
+        self.cycle = Cycle(self.store, self.settings, self.clock, self.transport_factory, self.stop)
 
     def run_job(self, job_id: str) -> None:
         """Run one job body unless stopping; log its failure as one line and keep the daemon up."""
@@ -123,7 +119,7 @@ class Runtime:
 
     def inbox_step(self) -> IngestReport:
         """Ingest settled dumps; new papers go to instant subscribers and the feeds at once."""
-        report = ingest_inbox(self.store, self.settings, wait=False, quiet=True, progress=False)
+        report = self.cycle.ingest(wait=False, quiet=True, progress=False)
         for failure in report.failures:
             log.warning("ingest: %s", failure)
         _stage(
@@ -154,7 +150,7 @@ class Runtime:
             )
             self.stop.set()
             return QueueReport(), None
-        queued = queue_digests(self.store, self.settings, now=self.clock())
+        queued = self.cycle.queue()
         _stage(
             "queue",
             queued.queued or queued.feed_items,
@@ -163,15 +159,9 @@ class Runtime:
             feed_items=queued.feed_items,
             candidate_papers=queued.papers,
         )
-        if self.stop.is_set() or not self._anything_to_send():
+        if self.stop.is_set() or not self.cycle.pending():
             return queued, None
-        transport = self.transport_factory(self.settings)
-        try:
-            delivery = deliver_step(
-                self.store, self.settings, transport, clock=self.clock, stop=self.stop
-            )
-        finally:
-            transport.close()
+        delivery = self.cycle.deliver()
         for error in delivery.errors:
             log.warning("deliver: %s", error)
         _stage(
@@ -185,13 +175,10 @@ class Runtime:
         )
         return queued, delivery
 
-    def _anything_to_send(self) -> bool:
-        counts = self.store.digest_status_counts()
-        return bool(counts["queued"] or counts["sending"])
-
     def feeds_step(self) -> FeedReport:
-        """Rewrite the public feed and the private feeds whose ledger grew."""
-        report = write_feeds(self.store, self.settings)
+        """Rewrite the public feed and the private feeds whose ledger grew (the due job, every
+        minute, records feed-only subscribers' items)."""
+        report = self.cycle.feeds(record=False)
         _stage(
             "feeds",
             report.public_changed or report.private_changed,
@@ -337,7 +324,8 @@ class _DropMaxInstancesWarnings(logging.Filter):
 
 
 class Daemon:
-    """`digest run`: hold the lock, requeue what a crash left in flight, run the jobs."""
+    """`digest run`: hold the lock, run the jobs (the first due run requeues what a crash left in
+    flight, as every delivery does)."""
 
     def __init__(
         self,
@@ -372,13 +360,6 @@ class Daemon:
         """Take the lock (LockError if another daemon has it), then start the jobs."""
         self.lock.acquire()
         try:
-            requeued = release_dead_claims(self.store)
-            if requeued:
-                log.warning(
-                    "requeued %d digest(s) a previous run left in flight; they are resent "
-                    "under their own Message-ID",
-                    requeued,
-                )
             with _RUNTIMES_LOCK:
                 _RUNTIMES[self.key] = self.runtime
             self.scheduler = self._build_scheduler()
@@ -578,15 +559,12 @@ def run_once(
     settings: Settings,
     store: Store,
     *,
-    transport: Transport | None = None,
     clock: Clock = utcnow,
+    transport_factory: TransportFactory = make_transport,
     quiet: bool = False,
 ) -> CycleReport:
     """`digest run --once`: under the daemon lock, one full cycle (ingest, send what is due,
     feeds); SIGTERM/SIGINT finish the message in flight and skip the rest of the sending."""
-    stop = threading.Event()
-    with daemon_lock(store, settings.database.url), stop_on_signals(stop):
-        requeued = release_dead_claims(store)
-        if requeued:
-            log.warning("requeued %d digest(s) a previous run left in flight", requeued)
-        return run_cycle(store, settings, transport=transport, clock=clock, stop=stop, quiet=quiet)
+    cycle = Cycle(store, settings, clock, transport_factory)
+    with daemon_lock(store, settings.database.url), stop_on_signals(cycle.stop):
+        return cycle.run(quiet=quiet)

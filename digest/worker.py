@@ -14,19 +14,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from digest.config import Settings
-from digest.mail import Transport, make_transport
-from digest.outbox import Clock, DeliveryReport, deliver_queued, utcnow, worker_name
-from digest.pipeline import make_sender
+from digest.mail import make_transport
+from digest.outbox import Clock, DeliveryReport, utcnow, worker_name
+from digest.pipeline import Cycle, TransportFactory
 from digest.store import Store
 
 log = logging.getLogger(__name__)
-
-TransportFactory = Callable[[Settings], Transport]
 
 
 @dataclass(frozen=True)
@@ -67,16 +64,6 @@ class WorkerReport:
         )
 
 
-def queue_idle(store: Store) -> bool:
-    """True when no email digest is queued or in flight: nothing a worker could ever claim.
-
-    A digest another worker holds ('sending') counts as work: if that worker dies, its claim
-    lapses and this one must take it, so an idle-exit worker waits for it.
-    """
-    counts = store.digest_status_counts()
-    return not (counts["queued"] or counts["sending"])
-
-
 def run_worker(
     store: Store,
     settings: Settings,
@@ -92,22 +79,17 @@ def run_worker(
     Setting `stop` (SIGTERM/SIGINT in the CLI) lets the message in flight finish and gives the
     rest of the claimed batch back to the queue at once.
     """
-    stop = stop or threading.Event()
+    cycle = Cycle(store, settings, clock, transport_factory, stop or threading.Event())
     report = WorkerReport(name=name or worker_name())
     started = time.monotonic()
     transport = transport_factory(settings)
     try:
-        send_one = make_sender(store, settings, transport)
-        while not stop.is_set():
-            delivery = deliver_queued(
-                store,
-                settings,
-                send_one,
-                clock=clock,
+        while not cycle.stop.is_set():
+            delivery = cycle.deliver(
+                transport,
                 worker=report.name,
                 batch=options.batch,
                 lease=timedelta(seconds=options.lease),
-                stop=stop,
             )
             report.add(delivery)
             for error in delivery.errors:
@@ -115,11 +97,11 @@ def run_worker(
             if delivery.sent or delivery.retried or delivery.failed or delivery.bounced:
                 log.info("pass: %s", delivery.summary())
                 continue  # the queue may have grown meanwhile: claim again before waiting
-            if options.idle_exit and queue_idle(store):
+            if options.idle_exit and not cycle.pending():
                 break
             # Nothing claimable now: retries not yet due, or claims of other workers whose
             # lease has not lapsed. Wait, but wake at once on a stop.
-            stop.wait(options.poll)
+            cycle.stop.wait(options.poll)
     finally:
         # A TransportError (our own login, TLS or sender is wrong) ends the worker through
         # here; deliver_queued has given the rest of its batch back to the queue already.

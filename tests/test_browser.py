@@ -147,6 +147,7 @@ def _expected_summary(config: Path, query: str) -> str:
     return f"+{counts['added']} added −{counts['removed']} removed {counts['kept']} unchanged"
 
 
+@pytest.mark.slow
 def test_admin_edits_a_topic_with_live_preview_and_saves(browser, server):
     from playwright.sync_api import expect
 

@@ -347,3 +347,28 @@ def test_excerpt_keeps_spans_on_their_words() -> None:
     assert snippet[a:b] == "target"
     short, same = excerpt("tiny", [(0, 4)])
     assert (short, same) == ("tiny", [(0, 4)])
+
+
+DEEP = "(" * 200 + "latency" + ")" * 200
+
+
+def test_deeply_nested_queries_are_one_line_errors_everywhere(
+    config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(config, "subscriber", "add", "x@example.org", "--keywords", DEEP) == 1
+    err = capsys.readouterr().err
+    assert "error: x@example.org: topic 'Keywords': column 33: nested more than" in err
+    assert run(config, "match", "NOT " * 5000 + "a") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: column 129: nested more than") and "Traceback" not in err
+    # A CSV import rejects that row by line and goes on with the others.
+    rows = tmp_path / "deep.csv"
+    rows.write_text(
+        f"email,topics\nok@example.org,Speed: latency\ndeep@example.org,Deep: {DEEP}\n"
+        "fine@example.org,Sparse: sparse\n",
+        encoding="utf-8",
+    )
+    assert run(config, "subscriber", "import", str(rows)) == 1
+    captured = capsys.readouterr()
+    assert f"{rows}:3: column topics" in captured.err and "nested more than" in captured.err
+    assert "2 added" in captured.out and "1 rows rejected" in captured.out

@@ -53,6 +53,12 @@ def test_file_overrides_defaults_and_environment_overrides_file(tmp_path: Path) 
         ({}, {"DIGEST_SMTP_PORT": "many"}, "DIGEST_SMTP_PORT: expected a whole number"),
         ({"smtp": {"port": 0}}, {}, "'smtp.port' must be between"),
         ({"database": {"url": "mysql://x"}}, {}, "'database.url' must be"),
+        ({"inbox": {"poll_seconds": 0}}, {}, "'inbox.poll_seconds' must be more than 0"),
+        ({"smtp": {"timeout_seconds": 0.0}}, {}, "'smtp.timeout_seconds' must be more than 0"),
+        ({"mail": {"from_addr": "a@b.org\r\nBcc: x@y.org"}}, {}, "'mail.from_addr' must be one"),
+        ({}, {"DIGEST_MAIL_FROM_ADDR": "Me <me@x.org>\nX: y"}, "'mail.from_addr' must be one"),
+        ({"mail": {"from_addr": "nobody"}}, {}, "'mail.from_addr' must be an address"),
+        ({"mail": {"reply_to": "a@b.org\n"}}, {}, "'mail.reply_to' must be one line"),
     ],
 )
 def test_bad_settings_name_the_key(data: dict, env: dict, message: str, tmp_path: Path) -> None:

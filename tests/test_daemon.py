@@ -170,6 +170,8 @@ def test_a_second_daemon_exits_1_naming_the_holder(
         assert second.returncode == 1, second.stderr
         assert expected in second.stderr
         assert "Traceback" not in second.stderr
+    # The state the last assertion needs, waited for (not assumed): all six sent by the first.
+    assert first.wait_for_line("stage=deliver sent=6"), first.stderr()
     first.signal(signal.SIGTERM)
     assert first.wait() == 0, first.stderr()
     assert "digest daemon stopped" in first.stderr()
@@ -285,6 +287,44 @@ def test_a_stop_that_outlasts_shutdown_seconds_exits_and_the_restart_resends_the
     received = _message_ids_by_recipient(gated_smtp)
     assert sorted(received) == sorted(PEOPLE), "somebody was skipped"
     # Nobody got two different digests; the one repeat carries the same Message-ID.
+    assert all(len(set(ids)) == 1 for ids in received.values()), received
+    assert sum(len(ids) for ids in received.values()) in (6, 7)
+    assert _counts(url)["sent"] == 6
+
+
+def test_a_send_killed_mid_batch_is_finished_at_once_by_the_next_send(
+    tmp_path: Path, gated_smtp: SmtpServer
+) -> None:
+    url = f"sqlite:///{tmp_path / 'digest.db'}"
+    config = make_site(tmp_path, url, smtp_port=gated_smtp.port)
+    handler: GatedHandler = gated_smtp.handler  # type: ignore[assignment]
+    send = subprocess.Popen(
+        digest_cmd(config, "send", "--now"), cwd=tmp_path, env=_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert handler.arrived.wait(WAIT)  # the third digest is on the wire
+        send.kill()  # kill -9: no handler runs, its claimed batch stays 'sending'
+        send.wait(WAIT)
+    finally:
+        if send.poll() is None:
+            send.kill()
+        assert send.stderr is not None
+        send.stderr.close()
+    counts = _counts(url)
+    assert counts["sent"] == 2 and counts["sending"] == 4, counts
+    handler.release.set()  # the held message arrives after all; the ledger never learnt it
+    again = subprocess.run(
+        digest_cmd(config, "send"), cwd=tmp_path, env=_env(),
+        capture_output=True, text=True, timeout=WAIT,
+    )  # fmt: skip
+    # No wait for the 10-minute lease: the dead sender's claims are given back at once.
+    assert again.returncode == 0, again.stderr
+    assert "requeued 4 digest" in again.stderr
+    assert "deliver: 4 sent" in again.stdout
+    received = _message_ids_by_recipient(gated_smtp)
+    assert sorted(received) == sorted(PEOPLE), "somebody was skipped"
+    # The one in flight at the kill may arrive twice, under its own Message-ID; nobody else.
     assert all(len(set(ids)) == 1 for ids in received.values()), received
     assert sum(len(ids) for ids in received.values()) in (6, 7)
     assert _counts(url)["sent"] == 6

@@ -28,6 +28,7 @@ def test_readme_opens_with_the_demo_and_the_test_command() -> None:
     assert test in ci, ".ci/run must call the README's test command"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to make a clean clone")
 def test_readme_main_command_works_from_a_clean_clone(tmp_path: Path) -> None:
     """Installs into a fresh virtual environment, so it needs the package index (slow-ish)."""

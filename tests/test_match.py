@@ -309,6 +309,7 @@ def query_strategy(draw):
     return ", ".join(" ".join(a) for a in alts)
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(papers_strategy(), st.lists(query_strategy(), min_size=1, max_size=4))
 def test_engine_agrees_with_reference(papers, queries):

@@ -20,7 +20,7 @@ from digest.mail import (
 )
 from digest.models import Topic
 from digest.outbox import build_digest, plan_digests, queue_digests
-from digest.pipeline import deliver_step
+from digest.pipeline import Cycle
 from digest.store import Store
 from digest.subscribers import add_subscriber, get_subscriber
 
@@ -99,14 +99,14 @@ def test_a_paper_reappearing_in_a_later_dump_is_not_sent_again(world) -> None:
     transport = Recorder()
     _ingest(store, settings, "ingest_day1.txt")
     first = queue_digests(store, settings, now=T0)
-    deliver_step(store, settings, transport, clock=lambda: T0)
+    Cycle(store, settings, lambda: T0).deliver(transport)
     assert first.queued == 1
     _ingest(store, settings, "ingest_day2.txt")  # repeats papers of day 1
     queue_digests(store, settings, now=T0 + timedelta(hours=1))
-    deliver_step(store, settings, transport, clock=lambda: T0 + timedelta(hours=1))
+    Cycle(store, settings, lambda: T0 + timedelta(hours=1)).deliver(transport)
     # A third pass with nothing new sends nothing.
     queue_digests(store, settings, now=T0 + timedelta(hours=2))
-    deliver_step(store, settings, transport, clock=lambda: T0 + timedelta(hours=2))
+    Cycle(store, settings, lambda: T0 + timedelta(hours=2)).deliver(transport)
 
     sent = [t for m in transport.messages for t in _titles(m)]
     assert len(sent) == len(set(sent)), f"a paper was sent twice: {sent}"
@@ -135,7 +135,7 @@ def test_ledger_on_the_shared_dumps_000_then_001(world, shared_dumps) -> None:
         assert not ingest_files(store, settings, [dump], quiet=True).failures
         now = T0 + timedelta(hours=step)
         queue_digests(store, settings, now=now)
-        deliver_step(store, settings, transport, clock=lambda now=now: now)
+        Cycle(store, settings, lambda now=now: now).deliver(transport)
     sent = [t for m in transport.messages for t in _titles(m)]
     assert len(transport.messages) == 2
     assert len(sent) == len(set(sent))
@@ -159,7 +159,7 @@ def test_subscribers_only_get_papers_stored_after_they_subscribed(world) -> None
     )
     transport = Recorder()
     queue_digests(store, settings, now=datetime.now(UTC))
-    deliver_step(store, settings, transport)
+    Cycle(store, settings).deliver(transport)
     assert transport.by_recipient() == Counter({"back@example.org": 1})
 
 
@@ -182,15 +182,15 @@ def test_crash_between_acceptance_and_ledger_update_resends_same_message_id(worl
 
     store.mark_digest_sent = dies_on_second_mark  # type: ignore[method-assign]
     with pytest.raises(SystemExit):
-        deliver_step(store, settings, transport, clock=lambda: T0)
+        Cycle(store, settings, lambda: T0).deliver(transport)
     store.mark_digest_sent = real_mark  # type: ignore[method-assign]
     assert len(transport.messages) == 2
     # Another sender, while the dead one's lease holds, takes nothing of its batch...
-    deliver_step(store, settings, transport, clock=lambda: T0 + timedelta(minutes=1))
+    Cycle(store, settings, lambda: T0 + timedelta(minutes=1)).deliver(transport)
     assert len(transport.messages) == 2
     # ...once it lapses, the one in flight is sent again under the same Message-ID, and the
     # rest of the batch once.
-    deliver_step(store, settings, transport, clock=lambda: T0 + timedelta(hours=1))
+    Cycle(store, settings, lambda: T0 + timedelta(hours=1)).deliver(transport)
     ids = Counter(m.message_id for m in transport.messages)
     assert len(ids) == 3 and sorted(ids.values()) == [1, 1, 2]
     assert transport.by_recipient().keys() == {"a@example.org", "b@example.org", "c@example.org"}
@@ -206,7 +206,7 @@ def test_the_sole_daemon_restarting_takes_back_its_claims_at_once(world) -> None
     assert claimed and store.digest_status_counts()["sending"] == 1
     assert store.release_all_claims() == 1
     transport = Recorder()
-    assert deliver_step(store, settings, transport, clock=lambda: T0).sent == 1
+    assert Cycle(store, settings, lambda: T0).deliver(transport).sent == 1
 
 
 def test_temporary_failures_retry_with_backoff_then_fail(world) -> None:
@@ -217,20 +217,20 @@ def test_temporary_failures_retry_with_backoff_then_fail(world) -> None:
     transport = Recorder()
     transport.temporary.add("slow@example.org")
     now = T0
-    report = deliver_step(store, settings, transport, clock=lambda: now)
+    report = Cycle(store, settings, lambda: now).deliver(transport)
     assert report.retried == 1
     # Not due again until the backoff has passed (60 s, then 120 s, ...).
     now = T0 + timedelta(seconds=30)
-    assert deliver_step(store, settings, transport, clock=lambda: now).retried == 0
+    assert Cycle(store, settings, lambda: now).deliver(transport).retried == 0
     now = T0 + timedelta(seconds=61)
-    assert deliver_step(store, settings, transport, clock=lambda: now).retried == 1
+    assert Cycle(store, settings, lambda: now).deliver(transport).retried == 1
     for _ in range(settings.mail.retry_attempts):
         now += timedelta(days=1)
-        deliver_step(store, settings, transport, clock=lambda now=now: now)
+        Cycle(store, settings, lambda now=now: now).deliver(transport)
     assert store.digest_status_counts()["failed"] == 1
     transport.temporary.clear()
     now += timedelta(days=1)
-    assert deliver_step(store, settings, transport, clock=lambda: now).sent == 0
+    assert Cycle(store, settings, lambda: now).deliver(transport).sent == 0
 
 
 def test_hard_bounces_mark_the_subscriber_bouncing(world, tmp_path: Path, store_url: str) -> None:
@@ -243,7 +243,7 @@ def test_hard_bounces_mark_the_subscriber_bouncing(world, tmp_path: Path, store_
         _ingest(store, settings, name)
         now = T0 + timedelta(hours=step)
         queue_digests(store, settings, now=now)
-        report = deliver_step(store, settings, transport, clock=lambda now=now: now)
+        report = Cycle(store, settings, lambda now=now: now).deliver(transport)
         assert report.bounced == 1 and report.retried == 0
     assert get_subscriber(store, "gone@example.org").status == "bouncing"
     assert plan_digests(store, settings, now=T0 + timedelta(days=1), force=True)[0] == []
@@ -255,7 +255,7 @@ def test_feed_subscribers_get_ledger_items_and_no_email(world) -> None:
     _ingest(store, settings, "ingest_day1.txt")
     report = queue_digests(store, settings, now=T0)
     transport = Recorder()
-    deliver_step(store, settings, transport, clock=lambda: T0)
+    Cycle(store, settings, lambda: T0).deliver(transport)
     assert report.feed_items >= 1 and report.queued == 0
     assert transport.messages == []
     assert len(store.ledger_entries(1, 100)) == report.feed_items
@@ -306,7 +306,7 @@ def test_refused_recipient_inside_an_accepted_session_is_a_bounce(world) -> None
                 msg.message_id, (), {rcpt: PermanentDeliveryError("550 refused", code=550)}
             )
 
-    report = deliver_step(store, settings, Refusing(), clock=lambda: T0)
+    report = Cycle(store, settings, lambda: T0).deliver(Refusing())
     assert report.bounced == 1
 
 
@@ -369,10 +369,10 @@ def test_a_transport_misconfiguration_stops_sending_and_bounces_nobody(world) ->
             raise TransportError("smtp.example.org: 535 authentication failed (check smtp.user)")
 
     with pytest.raises(TransportError):
-        deliver_step(store, settings, LoginRefused(), clock=lambda: T0)
+        Cycle(store, settings, lambda: T0).deliver(LoginRefused())
     counts = store.digest_status_counts()
     assert counts["queued"] == 2 and counts["bounced"] == 0 and counts["sending"] == 0
-    assert deliver_step(store, settings, Recorder(), clock=lambda: T0).sent == 2
+    assert Cycle(store, settings, lambda: T0).deliver(Recorder()).sent == 2
 
 
 def test_a_cut_ranking_whose_head_is_filtered_out_is_ranked_in_full(

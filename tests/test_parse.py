@@ -18,6 +18,7 @@ from digest.parse import (
     _CHROME,
     _META_RE,
     LAYOUTS,
+    MAX_PROBLEMS,
     format_dump,
     paper_to_json,
     parse_bytes,
@@ -489,3 +490,27 @@ def test_round_trip_survives_crlf_bom_and_trailing_spaces(records, layout):
     result = parse_bytes(noisy.encode("utf-8"), mtime=datetime(2026, 4, 16, 12).timestamp())
     assert result.warnings == ()
     assert [dataclasses.replace(p, line=0) for p in result.papers] == list(records)
+
+
+GOOD_ENTRY = "A Title About Sparse Attention\nWe study sparse attention. It is fast.\n"
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "x\n" * 50_000,  # one block of lines that pair into nothing: refused before pairing
+        "x\n\n" * 5_000,  # blank-line separated: each block warns; refused at the cap
+        GOOD_ENTRY + "\n" + "stray line\n" * (2 * MAX_PROBLEMS + 10),
+    ],
+)
+def test_a_junk_file_is_refused_once_it_has_too_many_problems(junk: str) -> None:
+    with pytest.raises(ParseError) as info:
+        parse_text(junk, name="junk.txt")
+    message = str(info.value)
+    assert message.startswith("junk.txt: more than 1,000 problems, not a dump? (first at line ")
+
+
+def test_up_to_the_problem_cap_a_file_still_parses() -> None:
+    text = GOOD_ENTRY + "\n" + "stray line\n\n" * (MAX_PROBLEMS - 5) + GOOD_ENTRY.replace("A", "B")
+    result = parse_text(text, name="ok.txt")
+    assert len(result.papers) == 2 and len(result.warnings) == MAX_PROBLEMS - 5

@@ -16,7 +16,7 @@ from digest.config import Settings, build_settings
 from digest.mail import make_transport
 from digest.models import Topic
 from digest.outbox import queue_digests
-from digest.pipeline import deliver_step, run_cycle
+from digest.pipeline import Cycle
 from digest.store import Store
 from digest.subscribers import add_subscriber
 
@@ -73,7 +73,7 @@ def _received(server: SmtpServer) -> Counter[tuple[str, str]]:
 
 def test_one_cycle_delivers_each_subscriber_one_complete_digest(world) -> None:
     store, settings, server = world
-    report = run_cycle(store, settings, quiet=True)
+    report = Cycle(store, settings).run(quiet=True)
     assert report.ingest.new_papers == 4
     assert report.delivery.sent == 3
     assert sorted(r for r, _ in _received(server)) == sorted(PEOPLE)
@@ -89,7 +89,7 @@ def test_one_cycle_delivers_each_subscriber_one_complete_digest(world) -> None:
         long = [ln for ln in text.splitlines() if len(ln) > 72]
         assert all(ln.strip().startswith(("http://", "https://")) for ln in long), long
     # A second cycle with nothing new sends nothing.
-    assert run_cycle(store, settings, quiet=True).delivery.sent == 0
+    assert Cycle(store, settings).run(quiet=True).delivery.sent == 0
     assert len(server.handler.messages) == 3
     # The feeds were written and read cleanly by a feed client.
     parsed = feedparser.parse(str(settings.feeds.public_dir / "feeds" / "all.atom"))
@@ -102,14 +102,14 @@ def test_smtp_faults_then_a_rerun_leaves_everyone_with_exactly_their_digest(worl
     server.handler.perm_fail.add("bob@example.org")  # 550 at RCPT
     server.handler.drop_during_data = 1  # the first DATA loses the connection
     t0 = datetime.now(UTC)
-    report = run_cycle(store, settings, quiet=True, clock=lambda: t0)
+    report = Cycle(store, settings, lambda: t0).run(quiet=True)
     assert report.delivery.bounced == 1
     assert report.delivery.retried == 2  # ada's 450 and whoever met the dropped DATA
     server.handler.temp_fail.clear()
     later = t0 + timedelta(minutes=5)
     transport = make_transport(settings)
     try:
-        again = deliver_step(store, settings, transport, clock=lambda: later)
+        again = Cycle(store, settings, lambda: later).deliver(transport)
     finally:
         transport.close()
     assert again.sent == 2 and again.bounced == 0
@@ -134,7 +134,7 @@ def test_death_between_acceptance_and_ledger_update_repeats_only_that_message(wo
 
     store.mark_digest_sent = die  # type: ignore[method-assign]
     with pytest.raises(SystemExit):
-        run_cycle(store, settings, quiet=True)
+        Cycle(store, settings).run(quiet=True)
     store.mark_digest_sent = real_mark  # type: ignore[method-assign]
     assert len(server.handler.messages) == 1
     # The restarted daemon (sole sender) takes its claims back and finishes.
@@ -142,10 +142,28 @@ def test_death_between_acceptance_and_ledger_update_repeats_only_that_message(wo
     queue_digests(store, settings, now=datetime.now(UTC))
     transport = make_transport(settings)
     try:
-        deliver_step(store, settings, transport)
+        Cycle(store, settings).deliver(transport)
     finally:
         transport.close()
     received = _received(server)
     assert sorted(r for r, _ in received) == sorted(PEOPLE)
     assert sorted(received.values()) == [1, 1, 2]  # only the in-flight one, same Message-ID
     assert store.digest_status_counts()["sent"] == 3
+
+
+def test_the_feeds_step_records_feed_only_subscribers_first(world) -> None:
+    store, settings, server = world
+    add_subscriber(
+        store, settings, "feedy@example.org", topics=[Topic("Mine", "latency")],
+        cadence="feed", now=datetime.now(UTC) - timedelta(days=1),
+    )  # fmt: skip
+    cycle = Cycle(store, settings)
+    cycle.ingest(quiet=True)
+    report = cycle.feeds()  # no send, no run: the feed-only subscriber's feed is current anyway
+    feedy = store.subscriber_by_email("feedy@example.org")
+    assert feedy is not None and report.private_written >= 1
+    private = settings.feeds.public_dir / "feeds" / "s" / f"{feedy.token}.atom"
+    parsed = feedparser.parse(str(private))
+    assert not parsed.bozo and parsed.entries, parsed
+    # Email subscribers were left for their own delivery: nothing was queued for them.
+    assert store.digest_status_counts()["queued"] == 0 and not server.handler.messages

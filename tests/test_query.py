@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from digest.errors import QueryError
-from digest.query import Node, compile_query, describe_error, describe_node
+from digest.query import MAX_DEPTH, Node, compile_query, describe_error, describe_node
 
 
 def shape(text: str) -> str:
@@ -121,6 +121,27 @@ def test_errors_name_the_column_and_give_a_hint(text, column, fragment):
     assert fragment in str(err)
     assert err.hint
     assert str(err).startswith(f"column {column}: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "column"),
+    [
+        ("(" * 200 + "a" + ")" * 200, MAX_DEPTH + 1),
+        ("NOT " * 5000 + "a", 4 * MAX_DEPTH + 1),
+        ("-" * 5000 + "a", MAX_DEPTH + 1),
+        ("b, " + "(NOT " * 20 + "a" + ")" * 20, 3 + 5 * 16 + 1),
+    ],
+)
+def test_deep_nesting_is_refused_at_the_column_not_by_recursion(text, column):
+    with pytest.raises(QueryError) as info:
+        compile_query(text)
+    assert info.value.column == column
+    assert f"nested more than {MAX_DEPTH} levels deep" in str(info.value)
+
+
+def test_nesting_up_to_the_limit_compiles():
+    assert compile_query("(" * MAX_DEPTH + "a" + ")" * MAX_DEPTH).terms
+    assert compile_query("NOT " * (MAX_DEPTH - 1) + "a, b").terms
 
 
 def test_describe_error_puts_a_caret_under_the_column():

@@ -413,7 +413,11 @@ def test_jobs_do_nothing_once_stopping(world) -> None:
 def test_a_second_daemon_on_the_same_database_is_refused_with_the_holder(world) -> None:
     settings, store = world
     other = Store.open(settings.database.url)
-    first = Daemon(settings, store, transport_factory=lambda s: RecordingTransport(None))
+
+    def recording(_settings: Settings) -> RecordingTransport:
+        return RecordingTransport(None)
+
+    first = Daemon(settings, store, transport_factory=recording)
     first.start()
     try:
         holder = running_daemon(other, settings.database.url)
@@ -422,12 +426,12 @@ def test_a_second_daemon_on_the_same_database_is_refused_with_the_holder(world) 
         with pytest.raises(LockError, match=r"another digest daemon holds the lock for .*\(pid "):
             second.start()
         with pytest.raises(LockError, match="another digest daemon"):
-            run_once(settings, other, transport=RecordingTransport(None), quiet=True)
+            run_once(settings, other, transport_factory=recording, quiet=True)
     finally:
         assert first.shutdown()
     assert running_daemon(other, settings.database.url) is None
     # Once the first has stopped, the lock is free again.
-    report = run_once(settings, other, transport=RecordingTransport(None), quiet=True)
+    report = run_once(settings, other, transport_factory=recording, quiet=True)
     assert report.ingest is not None
     other.close()
 

@@ -382,6 +382,12 @@ def test_signup_rejects_bad_keywords_with_the_column(tmp_path):
     )
     assert response.status_code == 400 and "column" in response.get_data(as_text=True)
     assert store.subscriber_by_email("d@example.org") is None
+    deep = "(" * 200 + "a" + ")" * 200  # was HTTP 500 (RecursionError)
+    page = client.get("/signup").get_data(as_text=True)
+    response = client.post(
+        "/signup", data={"csrf_token": csrf_of(page), "email": "d@example.org", "keywords": deep}
+    )
+    assert response.status_code == 400 and "nested more than" in response.get_data(as_text=True)
     store.close()
 
 

@@ -25,8 +25,9 @@ from digest.ingest import ingest_files
 from digest.mail import DryRunTransport
 from digest.models import Subscriber, Topic
 from digest.outbox import deliver_queued, queue_digests
+from digest.pipeline import Cycle
 from digest.store import Store
-from digest.worker import WorkerOptions, queue_idle, run_worker
+from digest.worker import WorkerOptions, run_worker
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dumps"
 DIGEST_BIN = Path(sys.executable).with_name("digest")
@@ -128,6 +129,7 @@ def received(smtp: SmtpServer) -> list[tuple[str, str]]:
 SUBSCRIBERS = 5_000
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_three_workers_on_postgresql_send_each_digest_exactly_once(
     postgres_url: str, smtp_server: SmtpServer, tmp_path: Path
@@ -153,6 +155,7 @@ def test_three_workers_on_postgresql_send_each_digest_exactly_once(
         assert all(shares), shares
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_a_worker_killed_mid_run_leaves_its_claims_to_the_others(
     postgres_url: str, smtp_server: SmtpServer, tmp_path: Path
@@ -275,7 +278,7 @@ def test_run_worker_idle_exit_waits_for_claims_held_elsewhere(store: Store, tmp_
     populate(store, settings, 5)
     # Another worker holds two digests with a lease that has already lapsed (it died).
     held = store.claim_digests("dead", limit=2, lease_until=T0, now=T0)
-    assert not queue_idle(store)
+    assert Cycle(store, settings).pending()
     transport = DryRunTransport(stream=None)
     report = run_worker(
         store,
@@ -286,7 +289,7 @@ def test_run_worker_idle_exit_waits_for_claims_held_elsewhere(store: Store, tmp_
         name="alive",
     )
     assert report.sent == 5 and len(held) == 2
-    assert queue_idle(store)
+    assert not Cycle(store, settings).pending()
     assert sorted(m.recipients[0] for m in transport.messages) == [
         f"reader{n:05d}@example.org" for n in range(5)
     ]

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, abort, render_template, request, url_for
 
 from digest import subscribers as subs
 from digest.errors import DigestError, NotFoundError
-from digest.feed import FeedEntry, build_feed, conditional_response, feed_url
+from digest.feed import FeedEntry, FeedFormat, build_feed, conditional_response, feed_url
 from digest.links import CONFIRM_MAX_AGE, LinkError, confirm_path, links_for
 from digest.models import CADENCES, Subscriber
 from digest.web import state
@@ -288,13 +288,13 @@ def confirm(signed: str) -> Any:
 # --- feeds ----------------------------------------------------------------------------------
 
 
-def _feed_response(entries: list[FeedEntry], fmt: str, title: str, token: str | None) -> Any:
+def _feed_response(entries: list[FeedEntry], fmt: FeedFormat, title: str, token: str | None) -> Any:
     settings = state().settings
     doc = build_feed(
         entries,
-        fmt=fmt,  # type: ignore[arg-type]
+        fmt=fmt,
         title=title,
-        self_url=feed_url(settings.site.base_url, fmt, token),  # type: ignore[arg-type]
+        self_url=feed_url(settings.site.base_url, fmt, token),
         site_url=settings.site.base_url,
         description=f"New papers from {settings.site.title}",
         max_items=settings.feeds.max_items,
@@ -312,7 +312,7 @@ def _feed_response(entries: list[FeedEntry], fmt: str, title: str, token: str | 
 
 
 @bp.get("/feeds/all.<any(rss, atom):fmt>")
-def feed_all(fmt: str) -> Any:
+def feed_all(fmt: FeedFormat) -> Any:
     """The public feed: the latest papers by when they were first stored."""
     st = state()
     papers = st.store.recent_papers(st.settings.feeds.max_items)
@@ -321,7 +321,7 @@ def feed_all(fmt: str) -> Any:
 
 
 @bp.get("/feeds/s/<token>.<any(rss, atom):fmt>")
-def feed_subscriber(token: str, fmt: str) -> Any:
+def feed_subscriber(token: str, fmt: FeedFormat) -> Any:
     """A subscriber's private feed: the papers of their ledger, the topic as category."""
     st = state()
     try:
