@@ -370,12 +370,6 @@ def make_paper_view(paper: StoredPaper, abstract_chars: int) -> PaperView:
     )
 
 
-def merge_spans(spans: tuple[tuple[int, int], ...] | list, length: int) -> list[tuple[int, int]]:
-    """Spans clipped to [0, length], sorted, overlapping or touching ones merged."""
-    clipped = ((max(start, 0), min(end, length)) for start, end in spans)
-    return list(highlight.merge_spans((start, end) for start, end in clipped if start < end))
-
-
 def shorten_at_sentence(text: str, limit: int) -> tuple[int, str]:
     """Where to cut an abstract near `limit` characters, preferably at a sentence end.
 

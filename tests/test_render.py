@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from digest import templates
 from digest.errors import ValidationError
+from digest.highlight import bounds, segments
 from digest.links import LinkSigner, links_for
 from digest.mail import build_message
 from digest.models import Paper
@@ -29,7 +30,6 @@ from digest.render import (
     Links,
     Renderer,
     make_links,
-    merge_spans,
     shorten_at_sentence,
     wrap,
 )
@@ -404,7 +404,7 @@ def test_highlight_round_trips_to_the_text(text, spans, limit):
     assert "".join(plain) == text
     end = len(text) if limit is None else limit
     assert marked == {i for s, e in spans for i in range(max(s, 0), min(e, end, len(text)))}
-    assert markup.count("<span") == len(merge_spans(spans, min(end, len(text))))
+    assert markup.count("<span") == sum(hit for *_, hit in bounds(spans, len(text), end))
 
 
 @settings(max_examples=150, deadline=None)
@@ -431,23 +431,34 @@ def test_shorten_at_sentence():
     assert cut <= 50 and suffix == "\u2026"
 
 
-def test_merge_spans():
-    assert merge_spans([(5, 8), (0, 2), (1, 3), (8, 9), (20, 30), (-3, 0)], 25) == [
-        (0, 3),
-        (5, 9),
-        (20, 25),
+def test_bounds_cut_the_text_at_the_clipped_merged_spans():
+    spans = [(5, 8), (0, 2), (1, 3), (8, 9), (20, 30), (-3, 0)]
+    assert bounds(spans, 28, 25) == [
+        (0, 3, True),
+        (3, 5, False),
+        (5, 9, True),
+        (9, 20, False),
+        (20, 25, True),
+        (25, 28, False),
     ]
+    assert segments("sparse attention", [(0, 6)]) == [("sparse", True), (" attention", False)]
 
 
 @given(
-    st.lists(st.tuples(st.integers(-5, 40), st.integers(-5, 40)), max_size=12), st.integers(0, 35)
+    st.lists(st.tuples(st.integers(-5, 40), st.integers(-5, 40)), max_size=12),
+    st.integers(0, 35),
+    st.none() | st.integers(0, 40),
 )
-def test_merge_spans_covers_exactly_the_clipped_spans(spans, length):
-    merged = merge_spans(spans, length)
-    covered = {i for start, end in spans for i in range(max(start, 0), min(end, length))}
-    assert {i for start, end in merged for i in range(start, end)} == covered
-    assert all(s < e for s, e in merged)
-    assert all(a[1] < b[0] for a, b in itertools.pairwise(merged))  # sorted, apart, not touching
+def test_bounds_cover_the_text_and_exactly_the_clipped_spans(spans, length, limit):
+    pieces = bounds(spans, length, limit)
+    end = length if limit is None else min(limit, length)
+    starts = [s for s, _, _ in pieces]
+    assert starts == [0, *(e for _, e, _ in pieces[:-1])][: len(pieces)]  # contiguous from 0...
+    assert (pieces[-1][1] if pieces else 0) == length  # ...to the end, no empty piece
+    assert all(s < e for s, e, _ in pieces)
+    covered = {i for start, stop in spans for i in range(max(start, 0), min(stop, end))}
+    assert {i for s, e, hit in pieces if hit for i in range(s, e)} == covered
+    assert not any(a[2] and b[2] for a, b in itertools.pairwise(pieces))  # hits never touch
 
 
 # --- golden ----------------------------------------------------------------------------------
