@@ -220,7 +220,7 @@ def profiles(n: int, seed: int = 7) -> list[str]:
 def stage_subscribers(settings, workdir: Path, n: int) -> dict:
     from datetime import UTC, datetime, timedelta
 
-    from digest.models import Subscriber, Topic
+    from digest.models import StatusChange, Subscriber, Topic
     from digest.store import Store
 
     since = datetime.now(UTC) - timedelta(days=2)
@@ -245,7 +245,7 @@ def stage_subscribers(settings, workdir: Path, n: int) -> dict:
     ]
     with Store.open(settings.database.url) as store:
         for chunk in range(0, n, 20_000):
-            store.insert_subscribers(subs[chunk : chunk + 20_000])
+            store.insert_subscribers(subs[chunk : chunk + 20_000], how=StatusChange.IMPORT)
     return {"seconds": time.perf_counter() - start}
 
 

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from digest import __version__
 from digest.config import Settings, find_settings_file, init_folder, load_settings
 from digest.errors import DigestError
+from digest.models import CADENCES, Cadence, DigestStatus, SubscriberStatus
 
 log = logging.getLogger("digest")
 
@@ -186,11 +187,11 @@ def _topics_from_args(args: argparse.Namespace) -> list[Any] | None:
 def _describe_schedule(sub: Any) -> str:
     from digest.subscribers import WEEKDAYS
 
-    if sub.cadence == "feed":
+    if sub.cadence == Cadence.FEED:
         return "feed only (no email)"
-    if sub.cadence == "instant":
+    if sub.cadence == Cadence.INSTANT:
         return "instant (after each ingest)"
-    if sub.cadence == "weekly":
+    if sub.cadence == Cadence.WEEKLY:
         return f"weekly on {WEEKDAYS[sub.weekday]} at {sub.time} {sub.tz}"
     return f"daily at {sub.time} {sub.tz}"
 
@@ -206,7 +207,7 @@ def cmd_subscriber_add(ctx: Context, args: argparse.Namespace) -> int:
         args.email,
         name=args.name or "",
         topics=_topics_from_args(args) or (),
-        cadence=args.cadence or "daily",
+        cadence=args.cadence or Cadence.DAILY,
         time=args.time,
         tz=args.tz,
         weekday=args.weekday if args.weekday is not None else 0,
@@ -458,7 +459,7 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
         metavar=("NAME", "QUERY"),
         help="a named topic; repeat for several",
     )
-    p.add_argument("--cadence", choices=("instant", "daily", "weekly", "feed"))
+    p.add_argument("--cadence", choices=CADENCES)
     p.add_argument("--time", metavar="HH:MM", help="delivery time in --tz")
     p.add_argument("--tz", metavar="ZONE", help="IANA time zone, e.g. Europe/London")
     p.add_argument(
@@ -504,8 +505,12 @@ def _add_subscriber_parsers(sub: Any) -> None:
     p.set_defaults(handler=cmd_subscriber_remove)
 
     for action, status, text in (
-        ("pause", "paused", "stop deliveries until resumed"),
-        ("resume", "active", "deliver again (papers stored while paused are skipped)"),
+        ("pause", SubscriberStatus.PAUSED, "stop deliveries until resumed"),
+        (
+            "resume",
+            SubscriberStatus.ACTIVE,
+            "deliver again (papers stored while paused are skipped)",
+        ),
     ):
         p = actions.add_parser(action, help=text)
         p.add_argument("email", metavar="EMAIL")
@@ -640,7 +645,7 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     queued = cycle.queue(force=args.now)
     ctx.print(f"queue: {queued.summary()}")
-    pending = ctx.store.digest_status_counts()["queued"]
+    pending = ctx.store.digest_status_counts()[DigestStatus.QUEUED]
     with progress_bar(pending, unit="email", quiet=ctx.quiet, desc="sending") as bar:
         report = cycle.deliver(progress=bar.update)
     for error in report.errors:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import functools
 import os
 import re
 import tomllib
@@ -367,7 +368,7 @@ def validate(settings: Settings) -> None:
         ("mail.reply_to", settings.mail.reply_to),
     ):
         _check_header_address(
-            address, optional=key == "mail.reply_to", bad=lambda why, k=key: bad(k, why)
+            address, optional=key == "mail.reply_to", bad=functools.partial(bad, key)
         )
     for key, seconds in (
         ("inbox.settle_seconds", settings.inbox.settle_seconds),

@@ -55,5 +55,9 @@ class DeliveryError(DigestError):
     """A message could not be handed to the transport."""
 
 
+class RenderError(DigestError):
+    """One digest cannot be rendered or built into a message: it fails alone, sending goes on."""
+
+
 class LockError(DigestError):
     """Another daemon holds the database lock."""

@@ -429,6 +429,8 @@ class Delivery:
 class Transport(Protocol):
     """Something that delivers messages; tests and the ledger pass one in."""
 
+    parallel: int  # how many `send` calls may run at once from different threads
+
     def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:
         """Deliver one message; raise a DeliveryError subclass for whole-message failures."""
         ...
@@ -447,6 +449,8 @@ def _outgoing(msg: OutgoingMessage | EmailMessage) -> OutgoingMessage:
 
 
 class _BaseTransport:
+    parallel = 1
+
     def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:  # pragma: no cover
         raise NotImplementedError
 
@@ -745,7 +749,7 @@ class SmtpPool(_BaseTransport):
         env: Mapping[str, str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.size = connections or smtp.connections
+        self.size = self.parallel = connections or smtp.connections
         limiter = RateLimiter(smtp.rate_per_second)
         self.transports = [
             SmtpTransport(

@@ -7,6 +7,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import StrEnum
 
 _KEY_STRIP = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -82,8 +83,83 @@ class Topic:
     query: str
 
 
-CADENCES = ("instant", "daily", "weekly", "feed")
-STATUSES = ("pending", "active", "paused", "unsubscribed", "bouncing")
+class Cadence(StrEnum):
+    """How often a subscriber gets papers; the values are what the database and CLI show."""
+
+    INSTANT = "instant"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    FEED = "feed"
+
+    @property
+    def is_scheduled(self) -> bool:
+        """Delivered at a time of day (and weekday): daily and weekly, not as papers arrive."""
+        return self in (Cadence.DAILY, Cadence.WEEKLY)
+
+    @property
+    def sends_email(self) -> bool:
+        """Digests go out by email (feed subscribers only read their Atom feed)."""
+        return self is not Cadence.FEED
+
+    @property
+    def digest_kind(self) -> DigestKind:
+        """The kind of digest recorded for this cadence."""
+        return DigestKind.EMAIL if self.sends_email else DigestKind.FEED
+
+
+class SubscriberStatus(StrEnum):
+    """Where a subscriber stands; only active ones are delivered to."""
+
+    PENDING = "pending"  # signed up on the web, not confirmed yet
+    ACTIVE = "active"
+    PAUSED = "paused"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCING = "bouncing"  # too many permanent failures
+
+    @property
+    def receives_mail(self) -> bool:
+        """Digests are planned and sent (emails or feed items) for this status."""
+        return self is SubscriberStatus.ACTIVE
+
+
+class DigestKind(StrEnum):
+    """What a recorded digest is: an email to send or items of the subscriber's feed."""
+
+    EMAIL = "email"
+    FEED = "feed"
+
+
+class DigestStatus(StrEnum):
+    """Where a recorded digest stands in the send ledger."""
+
+    QUEUED = "queued"
+    SENDING = "sending"  # claimed by a sender (a lease)
+    SENT = "sent"
+    FAILED = "failed"  # out of retries
+    BOUNCED = "bounced"  # a permanent failure
+
+    @property
+    def in_flight(self) -> bool:
+        """Still to be sent by someone: queued, or claimed and being sent."""
+        return self in (DigestStatus.QUEUED, DigestStatus.SENDING)
+
+
+class StatusChange(StrEnum):
+    """How a subscriber's status changed, as the status history (subscriber_events) keeps it."""
+
+    SIGNUP = "signup"  # the web sign-up form (a pending subscriber)
+    CONFIRM = "confirm"  # the confirmation link
+    LINK = "link"  # a signed link: unsubscribe page, resubscribe on the manage page
+    ONE_CLICK = "one-click"  # RFC 8058 List-Unsubscribe-Post
+    ADMIN = "admin"  # the admin web pages
+    BOUNCE = "bounce"  # permanent delivery failures
+    IMPORT = "import"  # subscriber import (CSV)
+    CLI = "cli"  # the digest command (and code calling the service directly)
+
+
+# The values as plain strings, in order (choices of forms and the CLI, CHECK constraints).
+CADENCES: tuple[str, ...] = tuple(c.value for c in Cadence)
+STATUSES: tuple[str, ...] = tuple(s.value for s in SubscriberStatus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +169,8 @@ class Subscriber:
     id: int
     email: str
     name: str
-    status: str
-    cadence: str
+    status: SubscriberStatus
+    cadence: Cadence
     time: str  # "HH:MM" in tz
     tz: str
     weekday: int  # 0 = Monday; used by the weekly cadence
@@ -103,6 +179,13 @@ class Subscriber:
     topics: tuple[Topic, ...] = ()
     since: datetime | None = None  # papers first seen at or after this are eligible
     bounces: int = 0
+
+    def __post_init__(self) -> None:
+        # Callers may pass the plain strings; the record always holds the enums.
+        if type(self.status) is not SubscriberStatus:
+            object.__setattr__(self, "status", SubscriberStatus(self.status))
+        if type(self.cadence) is not Cadence:
+            object.__setattr__(self, "cadence", Cadence(self.cadence))
 
 
 @dataclass(frozen=True, slots=True)

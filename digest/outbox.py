@@ -9,24 +9,27 @@ same Message-ID, so receivers recognise the repeat.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from digest.config import Settings
-from digest.errors import QueryError
+from digest.errors import DigestError, QueryError, RenderError
 from digest.highlight import highlight_spans
 from digest.mail import PermanentDeliveryError, TemporaryDeliveryError, make_message_id
-from digest.models import Digest, DigestItem, Match, StoredPaper
+from digest.models import Cadence, Digest, DigestItem, DigestKind, Match, StoredPaper
 from digest.query import Query, compile_query
 from digest.schedule import is_due, latest_slot, next_slot
-from digest.store import DeliveryState, DigestRecord, LedgerItem, Store
+from digest.store import DeliveryState, DigestRecord, LedgerItem, PlanProgress, Store
 
 if TYPE_CHECKING:
     from digest.match import PaperIndex
@@ -67,14 +70,14 @@ class Plan:
     slot: datetime
 
     @property
-    def kind(self) -> str:
-        return "feed" if self.state.subscriber.cadence == "feed" else "email"
+    def kind(self) -> DigestKind:
+        return self.state.subscriber.cadence.digest_kind
 
-    def progress(self) -> tuple[int, str, list[LedgerItem], int, datetime, datetime | None]:
-        """The row `Store.record_plans` takes: who, what, and when they are next due."""
+    def progress(self) -> PlanProgress:
+        """What `Store.record_plans` takes: who, what, and when they are next due."""
         sub = self.state.subscriber
-        upcoming = next_slot(sub, self.slot) if sub.cadence in ("daily", "weekly") else None
-        return (sub.id, self.kind, self.items, self.watermark, self.slot, upcoming)
+        upcoming = next_slot(sub, self.slot) if sub.cadence.is_scheduled else None
+        return PlanProgress(sub.id, self.kind, self.items, self.watermark, self.slot, upcoming)
 
 
 def plan_digests(
@@ -169,6 +172,7 @@ def _plan_states(
                 and by_id[pid].first_seen >= since
                 and (sub.id, pid) not in delivered
             ):
+                assert found is not None  # ranked is empty without a match list
                 m = found[rank]
                 items.append(
                     LedgerItem(paper_id=pid, topics=m.topics, terms=m.terms, score=m.score)
@@ -211,7 +215,7 @@ def queue_digests(
             s
             for s in page
             if (force or is_due(s.subscriber, now, s.last_slot))
-            and (not feeds_only or s.subscriber.cadence == "feed")
+            and (not feeds_only or s.subscriber.cadence == Cadence.FEED)
         ]
         if not states:
             continue
@@ -231,7 +235,7 @@ def queue_digests(
             message_id=lambda digest_id: make_message_id(digest_id, settings),
         )
         for plan in plans:
-            if plan.items and plan.kind == "feed":
+            if plan.items and plan.kind == DigestKind.FEED:
                 report.feed_items += len(plan.items)
             elif plan.items:
                 report.queued += 1
@@ -291,7 +295,7 @@ def build_digest(store: Store, digest_id: int, record: DigestRecord | None = Non
         subscriber=record.subscriber,
         created_at=record.created_at,
         message_id=record.message_id,
-        items=[_item(paper, item) for paper, item in record.items],
+        items=[_item(entry.paper, entry.item) for entry in record.items],
     )
 
 
@@ -356,59 +360,126 @@ def deliver_queued(
     lease: timedelta = timedelta(minutes=10),
     stop: threading.Event | None = None,
     progress: Callable[[int], object] | None = None,
+    parallel: int = 1,
 ) -> DeliveryReport:
-    """Claim queued email digests in batches and send each; mark the outcome in the ledger."""
-    worker = worker or worker_name()
-    report = DeliveryReport()
-    while not (stop and stop.is_set()):
-        now = clock()
-        lease_until = now + lease
-        claimed = store.claim_digests(worker, limit=batch, lease_until=lease_until, now=now)
-        if not claimed:
-            break
-        held = set(claimed)
-        # One read for the whole batch instead of four per digest (profiled: half the time).
-        records = store.digest_records(claimed)
-        for position, digest_id in enumerate(claimed):
-            if stop and stop.is_set():
-                store.release_claims(claimed[position:], worker)
+    """Claim queued email digests in batches and send them, up to `parallel` at once (one per
+    SMTP connection); each is marked in the ledger as its own send completes."""
+    sender = _BatchSender(store, settings, send_one, clock, worker or worker_name(), lease,
+                          stop or threading.Event(), progress)  # fmt: skip
+    with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="send") as pool:
+        while not sender.stop.is_set():
+            now = clock()
+            claimed = store.claim_digests(
+                sender.worker, limit=batch, lease_until=now + lease, now=now
+            )
+            if not claimed:
                 break
-            if clock() >= lease_until - lease / 2:
-                # A slow batch: extend the lease before it lapses, so no other worker takes
-                # (and sends again) what this one is about to send; skip what was taken over.
-                lease_until = clock() + lease
-                held = store.renew_claims(claimed[position:], worker, lease_until=lease_until)
-            if digest_id not in held:
-                continue
-            digest = build_digest(store, digest_id, records.get(digest_id))
-            try:
-                send_one(digest)
-            except TemporaryDeliveryError as exc:
-                attempts = store.digest_attempts(digest_id) + 1
-                if attempts >= settings.mail.retry_attempts:
-                    store.fail_digest(digest_id, str(exc), now=clock())
-                    report.failed += 1
-                else:
-                    delay = settings.mail.retry_base_seconds * 2 ** (attempts - 1)
-                    store.retry_digest(
-                        digest_id, str(exc), next_attempt_at=clock() + timedelta(seconds=delay)
-                    )
-                    report.retried += 1
-                report.errors.append(f"{digest.subscriber.email}: {exc}")
-                log.warning("temporary failure for %s: %s", digest.subscriber.email, exc)
-            except PermanentDeliveryError as exc:
-                store.bounce_digest(digest_id, str(exc), max_bounces=settings.mail.max_bounces)
-                report.bounced += 1
-                report.errors.append(f"{digest.subscriber.email}: {exc}")
-                log.warning("bounce for %s: %s", digest.subscriber.email, exc)
-            except Exception:
-                # Our side is broken (SMTP login refused, a bad template override...): give the
-                # rest of the batch back at once, untouched, and let the caller report it.
-                store.release_claims(claimed[position:], worker)
-                raise
+            sender.send_batch(pool, max(1, parallel), claimed, now + lease)
+    return sender.report
+
+
+@dataclass
+class _BatchSender:
+    """One delivery pass: sends claimed digests through a pool, settles each outcome."""
+
+    store: Store
+    settings: Settings
+    send_one: SendOne
+    clock: Clock
+    worker: str
+    lease: timedelta
+    stop: threading.Event
+    progress: Callable[[int], object] | None
+    report: DeliveryReport = field(default_factory=lambda: DeliveryReport())
+
+    def send_batch(
+        self, pool: ThreadPoolExecutor, window: int, claimed: list[int], lease_until: datetime
+    ) -> None:
+        """Send a claimed batch, at most `window` in flight; on a stop, or when our own side
+        fails, what has not started goes back to the queue at once, untouched."""
+        # One read for the whole batch instead of four per digest (profiled: half the time).
+        records = self.store.digest_records(claimed)
+        held, waiting = set(claimed), deque(claimed)
+        flying: dict[Future[None], Digest] = {}
+        broken: Exception | None = None
+        try:
+            while waiting or flying:
+                while waiting and len(flying) < window and not self.stop.is_set():
+                    if self.clock() >= lease_until - self.lease / 2:
+                        # A slow batch: extend the lease before it lapses, so no other sender
+                        # takes (and sends again) what this one still holds.
+                        lease_until = self.clock() + self.lease
+                        mine = [d.id for d in flying.values()] + list(waiting)
+                        held = self.store.renew_claims(mine, self.worker, lease_until=lease_until)
+                    digest_id = waiting.popleft()
+                    if digest_id not in held:
+                        continue  # taken over by another sender after our lease lapsed
+                    digest = self._build(digest_id, records.get(digest_id))
+                    if digest is not None:
+                        flying[pool.submit(self.send_one, digest)] = digest
+                if self.stop.is_set() and waiting:
+                    self.store.release_claims(list(waiting), self.worker)
+                    waiting.clear()
+                if not flying:
+                    break
+                done, _ = wait(flying, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._settle(flying.pop(future), future.exception())
+        except Exception as exc:  # not SystemExit: a dying process leaves its claims to lapse
+            broken = exc
+        if broken is not None:
+            # Our side is broken (SMTP login refused, a lost database...): let what is in
+            # flight finish and settle it, give the rest back untouched, and report.
+            for future in as_completed(flying):
+                with contextlib.suppress(Exception):
+                    self._settle(flying[future], future.exception())
+            if waiting:
+                self.store.release_claims(list(waiting), self.worker)
+            raise broken
+
+    def _build(self, digest_id: int, record: DigestRecord | None) -> Digest | None:
+        try:
+            return build_digest(self.store, digest_id, record)
+        except (DigestError, ValueError, KeyError, TypeError) as exc:
+            self._fail(digest_id, None, f"cannot build the digest: {exc}")
+            return None
+
+    def _fail(self, digest_id: int, digest: Digest | None, reason: str) -> None:
+        self.store.fail_digest(digest_id, reason, now=self.clock())
+        self.report.failed += 1
+        who = digest.subscriber.email if digest is not None else f"digest {digest_id}"
+        self.report.errors.append(f"{who}: {reason}")
+        log.warning("digest %d for %s failed: %s", digest_id, who, reason)
+
+    def _settle(self, digest: Digest, error: BaseException | None) -> None:
+        """Mark one finished send: sent, retry later, failed, bounced; re-raise our own fault."""
+        store, settings, email = self.store, self.settings, digest.subscriber.email
+        if error is None:
+            store.mark_digest_sent(digest.id, now=self.clock())
+            self.report.sent += 1
+        elif isinstance(error, RenderError):
+            self._fail(digest.id, digest, str(error))
+        elif isinstance(error, TemporaryDeliveryError):
+            attempts = store.digest_attempts(digest.id) + 1
+            if attempts >= settings.mail.retry_attempts:
+                store.fail_digest(digest.id, str(error), now=self.clock())
+                self.report.failed += 1
             else:
-                store.mark_digest_sent(digest_id, now=clock())
-                report.sent += 1
-            if progress:
-                progress(1)
-    return report
+                delay = settings.mail.retry_base_seconds * 2 ** (attempts - 1)
+                store.retry_digest(
+                    digest.id, str(error), next_attempt_at=self.clock() + timedelta(seconds=delay)
+                )
+                self.report.retried += 1
+            self.report.errors.append(f"{email}: {error}")
+            log.warning("temporary failure for %s: %s", email, error)
+        elif isinstance(error, PermanentDeliveryError):
+            store.bounce_digest(digest.id, str(error), max_bounces=settings.mail.max_bounces)
+            self.report.bounced += 1
+            self.report.errors.append(f"{email}: {error}")
+            log.warning("bounce for %s: %s", email, error)
+        else:
+            # Not this digest's fault: it goes back to the queue with the rest of the batch.
+            store.release_claims([digest.id], self.worker)
+            raise error
+        if self.progress:
+            self.progress(1)

@@ -18,10 +18,11 @@ from datetime import timedelta
 from typing import IO
 
 from digest.config import Settings
+from digest.errors import DigestError, RenderError
 from digest.ingest import IngestReport, ingest_inbox
 from digest.links import LinkSigner, links_for, secret_key
 from digest.mail import DryRunTransport, MessageBuilder, Transport, make_transport
-from digest.models import Digest, Subscriber
+from digest.models import Digest, DigestKind, DigestStatus, Subscriber
 from digest.outbox import (
     Clock,
     DeliveryReport,
@@ -131,6 +132,7 @@ class Cycle:
                 lease=lease,
                 stop=self.stop,
                 progress=progress,
+                parallel=transport.parallel,
             )
         finally:
             if own:
@@ -151,7 +153,7 @@ class Cycle:
         now = self.clock()
         plans, papers = plan_digests(self.store, self.settings, now=now, force=force)
         send_one = self.sender(DryRunTransport(out))
-        emails = [plan for plan in plans if plan.items and plan.kind == "email"]
+        emails = [plan for plan in plans if plan.items and plan.kind == DigestKind.EMAIL]
         for plan in emails:
             send_one(digest_from_plan(plan, papers, now))
         return len(emails)
@@ -176,15 +178,22 @@ class Cycle:
         idle-exit worker must still be there to take it.
         """
         counts = self.store.digest_status_counts()
-        return bool(counts["queued"] or counts["sending"])
+        return any(counts[status] for status in DigestStatus if status.in_flight)
 
     def sender(self, transport: Transport) -> SendOne:
         """Render a digest and hand it to `transport` (one recipient per digest)."""
         renderer, builder, signer = self._message_parts
 
         def send_one(digest: Digest) -> None:
-            links = links_for(self.settings, signer, digest.subscriber)
-            result = transport.send(builder.build(renderer.render(digest, links), digest, links))
+            try:
+                links = links_for(self.settings, signer, digest.subscriber)
+                message = builder.build(renderer.render(digest, links), digest, links)
+            except DigestError as exc:
+                raise RenderError(f"cannot render: {exc}") from exc
+            except Exception as exc:  # a template override or text we did not foresee
+                log.exception("digest %d cannot be rendered", digest.id)
+                raise RenderError(f"cannot render: {type(exc).__name__}: {exc}") from exc
+            result = transport.send(message)
             # One recipient per digest: a refusal inside an accepted session is that one's outcome.
             for error in result.refused.values():
                 raise error

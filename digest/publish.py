@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from digest import feed
 from digest.config import Settings
@@ -31,8 +32,10 @@ class FeedReport:
 def private_entries(store: Store, subscriber_id: int, limit: int) -> list[feed.FeedEntry]:
     """A subscriber's ledger as feed entries: topics as categories, matched words, date added."""
     return [
-        feed.FeedEntry(paper=paper, topics=item.topics, terms=item.terms, added=delivered_at)
-        for paper, item, delivered_at in store.ledger_entries(subscriber_id, limit)
+        feed.FeedEntry(
+            paper=e.paper, topics=e.item.topics, terms=e.item.terms, added=e.delivered_at
+        )
+        for e in store.ledger_entries(subscriber_id, limit)
     ]
 
 
@@ -44,7 +47,7 @@ def public_entries(store: Store, limit: int) -> list[feed.FeedEntry]:
 def write_feeds(store: Store, settings: Settings, *, full: bool = False) -> FeedReport:
     """Rewrite the public feed and every private feed whose ledger grew since the last pass."""
     report = FeedReport()
-    options = {
+    options: dict[str, Any] = {
         "base_url": settings.site.base_url,
         "max_items": settings.feeds.max_items,
         "max_bytes": settings.feeds.max_bytes,

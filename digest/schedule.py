@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from digest.models import Subscriber
+from digest.models import Cadence, Subscriber
 
 
 def _local_time(text: str) -> time:
@@ -36,30 +36,30 @@ def _slots(subscriber: Subscriber, now: datetime, step: int) -> Iterator[datetim
     at = _local_time(subscriber.time)
     day = now.astimezone(tz)
     for _ in range(9):  # a weekly slot always falls within 8 days of any day
-        if subscriber.cadence == "daily" or day.weekday() == subscriber.weekday:
+        if subscriber.cadence == Cadence.DAILY or day.weekday() == subscriber.weekday:
             yield _resolve(day, at, tz)
         day += timedelta(days=step)
 
 
 def latest_slot(subscriber: Subscriber, now: datetime) -> datetime:
     """The latest delivery slot at or before `now` (UTC); instant and feed cadences: `now`."""
-    if subscriber.cadence in ("instant", "feed"):
+    if not subscriber.cadence.is_scheduled:
         return now
     return next(slot for slot in _slots(subscriber, now, -1) if slot <= now)
 
 
 def next_slot(subscriber: Subscriber, now: datetime) -> datetime:
     """The first delivery slot strictly after `now` (UTC), for status displays."""
-    if subscriber.cadence in ("instant", "feed"):
+    if not subscriber.cadence.is_scheduled:
         return now
     return next(slot for slot in _slots(subscriber, now, 1) if slot > now)
 
 
 def is_due(subscriber: Subscriber, now: datetime, last_slot: datetime | None) -> bool:
     """True when a slot has come since the last one handled (or since they subscribed)."""
-    if subscriber.status != "active":
+    if not subscriber.status.receives_mail:
         return False
-    if subscriber.cadence in ("instant", "feed"):
+    if not subscriber.cadence.is_scheduled:
         return True
     slot = latest_slot(subscriber, now)
     handled = last_slot or subscriber.created_at

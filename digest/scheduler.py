@@ -21,7 +21,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,16 +76,17 @@ class Runtime:
 
     settings: Settings
     store: Store
-    clock: Clock = utcnow
-    transport_factory: TransportFactory = make_transport
+    clock: InitVar[Clock] = utcnow  # both go to the Cycle, which tests may reach into
+    transport_factory: InitVar[TransportFactory] = make_transport
     stop: threading.Event = field(default_factory=threading.Event)
     lock: DaemonLock | None = None
     lost_lock: bool = False
+    cycle: Cycle = field(init=False)
     _busy: int = field(default=0, repr=False)
     _idle: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
-    def __post_init__(self) -> None:
-        self.cycle = Cycle(self.store, self.settings, self.clock, self.transport_factory, self.stop)
+    def __post_init__(self, clock: Clock, transport_factory: TransportFactory) -> None:
+        self.cycle = Cycle(self.store, self.settings, clock, transport_factory, self.stop)
 
     def run_job(self, job_id: str) -> None:
         """Run one job body unless stopping; log its failure as one line and keep the daemon up."""

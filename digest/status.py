@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from digest.config import Settings
+from digest.models import DigestStatus
 from digest.outbox import utcnow
 from digest.schedule import next_slot
 from digest.store import Store
@@ -18,7 +19,7 @@ def collect_status(store: Store, settings: Settings, *, recent: int = 5) -> dict
     upcoming = sorted(
         (next_slot(s.subscriber, now), s.subscriber.email, s.subscriber.cadence)
         for s in states
-        if s.subscriber.cadence in ("daily", "weekly")
+        if s.subscriber.cadence.is_scheduled
     )[:recent]
     inbox = settings.inbox.dir
     waiting = (
@@ -43,6 +44,16 @@ def collect_status(store: Store, settings: Settings, *, recent: int = 5) -> dict
         ],
         "subscribers": store.subscriber_status_counts(),
         "digests": store.digest_status_counts(),
+        "failed_digests": [
+            {
+                "id": d.id,
+                "email": d.email,
+                "created_at": d.created_at.isoformat(),
+                "attempts": d.attempts,
+                "error": d.last_error,
+            }
+            for d in store.recent_digests(recent, status=DigestStatus.FAILED)
+        ],
         "next_deliveries": [
             {"at": at.isoformat(), "email": email, "cadence": cadence}
             for at, email, cadence in upcoming
@@ -60,8 +71,12 @@ def format_status(data: dict[str, Any]) -> str:
         f"inbox: {len(data['inbox_waiting'])} files waiting",
         f"subscribers: {subs}",
         f"email digests: {digests}",
-        "recent dumps:",
     ]
+    if data["failed_digests"]:
+        lines.append("failed digests (newest first; not retried):")
+    for f in data["failed_digests"]:
+        lines.append(f"  {f['created_at'][:19]}  {f['email']}: {f['error'] or 'no reason kept'}")
+    lines.append("recent dumps:")
     for d in data["recent_dumps"]:
         extra = f" ({d['error']})" if d["error"] else ""
         lines.append(

@@ -3,7 +3,7 @@
 Every function validates its input and raises a DigestError subclass naming the address, field or
 CSV line concerned: `FieldError` (a ValidationError with `.field`) for a bad value,
 `TopicQueryError` (a QueryError with `.topic`, `.column` and `.hint`) for a topic whose query does
-not compile, NotFoundError for an unknown subscriber. SQL stays in digest/store.py.
+not compile, NotFoundError for an unknown subscriber. SQL stays in digest/store/.
 """
 
 from __future__ import annotations
@@ -23,7 +23,15 @@ from email_validator import EmailNotValidError, validate_email
 
 from digest.config import Settings
 from digest.errors import DigestError, NotFoundError, QueryError, ValidationError
-from digest.models import CADENCES, STATUSES, Subscriber, Topic
+from digest.models import (
+    CADENCES,
+    STATUSES,
+    Cadence,
+    StatusChange,
+    Subscriber,
+    SubscriberStatus,
+    Topic,
+)
 from digest.query import compile_query
 from digest.store import Store
 from digest.text import clean_text
@@ -109,20 +117,20 @@ def check_tz(text: str) -> str:
     return name
 
 
-def check_cadence(text: str) -> str:
-    """One of models.CADENCES."""
+def check_cadence(text: str) -> Cadence:
+    """One of models.Cadence."""
     value = (text or "").strip().lower()
     if value not in CADENCES:
         raise FieldError("cadence", f"cadence {text!r} is not one of {', '.join(CADENCES)}")
-    return value
+    return Cadence(value)
 
 
-def check_status(text: str) -> str:
-    """One of models.STATUSES."""
+def check_status(text: str) -> SubscriberStatus:
+    """One of models.SubscriberStatus."""
     value = (text or "").strip().lower()
     if value not in STATUSES:
         raise FieldError("status", f"status {text!r} is not one of {', '.join(STATUSES)}")
-    return value
+    return SubscriberStatus(value)
 
 
 def parse_weekday(value: str | int) -> int:
@@ -214,20 +222,21 @@ def add_subscriber(
     *,
     name: str = "",
     topics: Sequence[Topic] = (),
-    cadence: str = "daily",
+    cadence: str = Cadence.DAILY,
     time: str | None = None,
     tz: str | None = None,
     weekday: int = 0,
     backfill_days: int | None = None,
-    status: str = "active",
+    status: str = SubscriberStatus.ACTIVE,
     now: datetime | None = None,
+    how: StatusChange = StatusChange.CLI,
 ) -> Subscriber:
     """Validate and store a new subscriber; their first digest holds papers stored from now on
-    (or from `backfill_days` ago)."""
+    (or from `backfill_days` ago). `how` goes to the status history."""
     address = normalize_email(email)
     with _about(address):
         return _add(store, settings, address, name, topics, cadence, time, tz, weekday,
-                    backfill_days, status, now)  # fmt: skip
+                    backfill_days, status, now, how)  # fmt: skip
 
 
 def _add(
@@ -243,6 +252,7 @@ def _add(
     backfill_days: int | None,
     status: str,
     now: datetime | None,
+    how: StatusChange,
 ) -> Subscriber:
     now = _now(now)
     if backfill_days is not None and not (0 <= backfill_days <= MAX_BACKFILL_DAYS):
@@ -267,7 +277,7 @@ def _add(
         raise FieldError("email", f"{address}: already subscribed")
     # Papers already stored are not pending, unless a backfill asks for them (then `since` rules).
     watermark = 0 if backfill_days is not None else store.max_paper_id()
-    return store.insert_subscriber(sub, watermark=watermark)
+    return store.insert_subscriber(sub, watermark=watermark, how=how)
 
 
 def get_subscriber(store: Store, email: str) -> Subscriber:
@@ -371,21 +381,25 @@ def _edit(
     return _reload(store, current.id, current.email)
 
 
-def set_status(store: Store, email: str, status: str) -> Subscriber:
-    """Pause, resume or unsubscribe; a resumed subscriber skips the papers of their pause."""
-    status = check_status(status)
+def set_status(
+    store: Store, email: str, status: str, *, how: StatusChange = StatusChange.CLI
+) -> Subscriber:
+    """Pause, resume or unsubscribe; a resumed subscriber skips the papers of their pause.
+    `how` goes to the status history."""
+    new = check_status(status)
     current = get_subscriber(store, email)
-    resuming = status == "active" and current.status != "active"
-    if status != current.status:
-        store.set_subscriber_status(current.id, status, reset_watermark=resuming)
+    resuming = new.receives_mail and not current.status.receives_mail
+    if new != current.status:
+        store.set_subscriber_status(current.id, new, how=how, reset_watermark=resuming)
     return _reload(store, current.id, current.email)
 
 
-def unsubscribe_by_token(store: Store, token: str) -> bool:
-    """Unsubscribe whoever holds this token; True if someone does (already unsubscribed too)."""
+def unsubscribe_by_token(store: Store, token: str, *, how: StatusChange) -> bool:
+    """Unsubscribe whoever holds this token; True if someone does (already unsubscribed too).
+    `how` (a link, one-click) goes to the status history."""
     if not token or len(token) > 200:
         return False
-    return store.unsubscribe_token(token)
+    return store.unsubscribe_token(token, how=how)
 
 
 def remove_subscriber(store: Store, email: str) -> None:
@@ -418,9 +432,9 @@ def history(store: Store, email: str) -> list[dict[str, Any]]:
     sub = get_subscriber(store, email)
     return [
         {
-            "message_id": entry["message_id"],
-            "sent_at": entry["sent_at"].isoformat() if entry["sent_at"] else None,
-            "papers": [{"title": title, "topic": topic} for title, topic in entry["papers"]],
+            "message_id": entry.message_id,
+            "sent_at": entry.sent_at.isoformat() if entry.sent_at else None,
+            "papers": [{"title": p.title, "topic": p.topic} for p in entry.papers],
         }
         for entry in store.subscriber_history(sub.id)
     ]
@@ -547,7 +561,7 @@ def _import_row(
             errors.append(RowError(file, line, column, str(exc)))
     if "email" not in values and not any(e.column == "email" for e in errors):
         errors.append(RowError(file, line, "email", "no address"))
-    address = values.get("email", "")
+    address: str = values.get("email", "")
     if address in seen:
         errors.append(RowError(file, line, "email", f"{address} already on line {seen[address]}"))
     if errors:
@@ -578,11 +592,12 @@ def _apply_row(
                 address,
                 name=values.get("name", ""),
                 topics=values.get("topics", ()),
-                cadence=values.get("cadence", "daily"),
+                cadence=values.get("cadence", Cadence.DAILY),
                 time=values.get("time"),
                 tz=values.get("tz"),
                 weekday=values.get("weekday", 0),
-                status=values.get("status", "active"),
+                status=values.get("status", SubscriberStatus.ACTIVE),
+                how=StatusChange.IMPORT,
             )
         report.added += 1
         return
@@ -607,7 +622,7 @@ def _apply_row(
             weekday=values.get("weekday"),
         )
         if "status" in values:
-            set_status(store, address, values["status"])
+            set_status(store, address, values["status"], how=StatusChange.IMPORT)
     report.updated += 1
 
 

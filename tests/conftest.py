@@ -179,16 +179,21 @@ def postgres_url(_postgres_test_database: str) -> Iterator[str]:
 
     A schema per test costs milliseconds where a database per test costs ~0.3 s.
     """
+    with _schema_url(_postgres_test_database) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _schema_url(database_url: str) -> Iterator[str]:
+    """A URL of `database_url` whose connections see a new, empty schema, dropped on exit."""
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
     schema = f"t_{uuid.uuid4().hex[:16]}"
-    admin = _admin_engine(_postgres_test_database)
+    admin = _admin_engine(database_url)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(_postgres_test_database).update_query_dict(
-        {"options": f"-csearch_path={schema}"}
-    )
+    url = make_url(database_url).update_query_dict({"options": f"-csearch_path={schema}"})
     try:
         yield url.render_as_string(hide_password=False)
     finally:
@@ -213,6 +218,18 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'digest.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def other_store_url(
+    store_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A second fresh, empty database on the same engine as `store_url` (schema comparisons)."""
+    if store_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'other.db'}"
+        return
+    with _schema_url(request.getfixturevalue("_postgres_test_database")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
 import feedparser
 import pytest
-from smtp_helpers import SmtpServer, smtp_server  # noqa: F401 - fixture
+from smtp_helpers import RecordingHandler, SmtpServer, smtp_server, start_server  # noqa: F401
 
 from digest.config import Settings, build_settings
+from digest.ingest import ingest_files
 from digest.mail import make_transport
 from digest.models import Topic
 from digest.outbox import queue_digests
 from digest.pipeline import Cycle
+from digest.render import Renderer
+from digest.status import collect_status, format_status
 from digest.store import Store
 from digest.subscribers import add_subscriber
 
@@ -167,3 +172,79 @@ def test_the_feeds_step_records_feed_only_subscribers_first(world) -> None:
     assert not parsed.bozo and parsed.entries, parsed
     # Email subscribers were left for their own delivery: nothing was queued for them.
     assert store.digest_status_counts()["queued"] == 0 and not server.handler.messages
+
+
+@dataclass
+class OverlapHandler(RecordingHandler):
+    """Holds each DATA until `want` are open at once (or a second passes); notes the most."""
+
+    want: int = 3
+    active: int = 0
+    most: int = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        self.active += 1
+        self.most = max(self.most, self.active)
+        for _ in range(100):
+            if self.active >= self.want:
+                break
+            await asyncio.sleep(0.01)
+        try:
+            return await super().handle_DATA(server, session, envelope)
+        finally:
+            self.active -= 1
+
+
+def test_deliver_uses_every_configured_smtp_connection(tmp_path: Path) -> None:
+    server = start_server(OverlapHandler(want=3))
+    try:
+        settings = build_settings(
+            {
+                "database": {"url": f"sqlite:///{tmp_path / 'digest.db'}"},
+                "mail": {"transport": "smtp"},
+                "smtp": {"host": server.host, "port": server.port, "connections": 3},
+            },
+            root=tmp_path,
+        )
+        store = Store.open(settings.database.url)
+        people = [f"p{n}@example.org" for n in range(9)]
+        for email in people:
+            add_subscriber(
+                store, settings, email, topics=[Topic("Mine", "latency")], cadence="instant",
+                now=datetime.now(UTC) - timedelta(days=1),
+            )  # fmt: skip
+        cycle = Cycle(store, settings)
+        ingest_files(store, settings, [FIXTURES / "ingest_day1.txt"], quiet=True)
+        cycle.queue()
+        report = cycle.deliver()
+        store.close()
+    finally:
+        server.controller.stop()
+    assert report.sent == 9 and sorted(r for r, _ in _received(server)) == sorted(people)
+    assert server.handler.most == 3  # three sessions carried messages at the same time
+    assert len({m.session for m in server.handler.messages}) == 3
+
+
+def test_a_digest_that_cannot_be_rendered_fails_alone_and_delivery_goes_on(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, settings, server = world
+    real = Renderer.render
+
+    def render(self, digest, links):
+        if digest.subscriber.email == "bob@example.org":
+            raise ValueError("a template override met text it cannot handle")
+        return real(self, digest, links)
+
+    monkeypatch.setattr(Renderer, "render", render)
+    cycle = Cycle(store, settings)
+    cycle.ingest(quiet=True)
+    cycle.queue()
+    # bob's digest is first in line on every pass: it must not hold the others back.
+    report = cycle.deliver()
+    assert (report.sent, report.failed) == (2, 1)
+    assert sorted(r for r, _ in _received(server)) == ["ada@example.org", "cy@example.org"]
+    assert any("bob@example.org: cannot render: ValueError: a template" in e for e in report.errors)
+    status = collect_status(store, settings)
+    assert "cannot render" in format_status(status)
+    assert Cycle(store, settings).deliver().sent == 0  # failed is final, not retried forever

@@ -56,6 +56,8 @@ class FakeClock:
 class RecordingTransport:
     """Accepts every message and remembers it with the (fake) time it was sent."""
 
+    parallel = 1
+
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.sent: list[tuple[datetime, OutgoingMessage]] = []
@@ -388,7 +390,7 @@ def test_a_failing_job_logs_one_line_and_the_daemon_carries_on(
     assert not runtime.stop.is_set()
     # The digest stays queued for the next run, which succeeds.
     transport = RecordingTransport(FakeClock(now))
-    runtime.transport_factory = lambda s: transport
+    runtime.cycle.transport_factory = lambda s: transport
     runtime.run_job(JOB_DUE)
     assert transport.recipients() == ["ada@example.org"]
 

@@ -17,7 +17,7 @@ from digest import store as store_mod
 from digest import subscribers as subs
 from digest.config import Settings, build_settings
 from digest.errors import NotFoundError, QueryError, ValidationError
-from digest.models import Paper, ParseResult, Topic
+from digest.models import Paper, ParseResult, StatusChange, Topic
 from digest.store import Store
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "subscribers"
@@ -282,16 +282,23 @@ def test_pause_resume_unsubscribe(store: Store, cfg: Settings) -> None:
     sub = _add(store, cfg, "ada@example.org")
     assert subs.set_status(store, sub.email, "paused").status == "paused"
     _ingest(store, ["Paper during the pause"])
-    assert subs.set_status(store, sub.email, "active").status == "active"
+    assert subs.set_status(store, sub.email, "active", how=StatusChange.ADMIN).status == "active"
     # the papers stored during the pause are not pending after the resume
     assert _watermarks(store) == {sub.email: store.max_paper_id()}
-    assert subs.unsubscribe_by_token(store, sub.token) is True
-    assert subs.unsubscribe_by_token(store, sub.token) is True  # idempotent
+    assert subs.unsubscribe_by_token(store, sub.token, how=StatusChange.LINK) is True
+    assert subs.unsubscribe_by_token(store, sub.token, how=StatusChange.LINK) is True  # idempotent
     assert subs.get_subscriber(store, sub.email).status == "unsubscribed"
-    assert subs.unsubscribe_by_token(store, "not-a-token") is False
-    assert subs.unsubscribe_by_token(store, "") is False
+    assert subs.unsubscribe_by_token(store, "not-a-token", how=StatusChange.LINK) is False
+    assert subs.unsubscribe_by_token(store, "", how=StatusChange.LINK) is False
     with pytest.raises(ValidationError):
         subs.set_status(store, sub.email, "gone")
+    history = [(e.old_status, e.new_status, e.how) for e in store.subscriber_events(sub.id)]
+    assert history == [
+        (None, "active", "cli"),
+        ("active", "paused", "cli"),
+        ("paused", "active", "admin"),
+        ("active", "unsubscribed", "link"),
+    ]
 
 
 def _sent_digest(
@@ -455,6 +462,11 @@ def test_import_updates_known_and_dry_run_changes_nothing(
     ada = subs.get_subscriber(store, "ada@example.org")
     assert (ada.name, ada.status, ada.tz) == ("Ada", "paused", "Asia/Tokyo")
     assert ada.topics == (Topic("Compression", "quantiz*"),)
+    # the status history says how: the service's default (the CLI), then the import
+    history = [(e.old_status, e.new_status, e.how) for e in store.subscriber_events(ada.id)]
+    assert history == [(None, "active", "cli"), ("active", "paused", "import")]
+    new = subs.get_subscriber(store, "new@example.org")
+    assert [e.how for e in store.subscriber_events(new.id)] == ["import"]
 
 
 @pytest.mark.parametrize(

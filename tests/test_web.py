@@ -44,6 +44,12 @@ def _path(url: str, settings) -> str:
     return url.removeprefix(settings.site.base_url.rstrip("/"))
 
 
+def _history(store, email):
+    """A subscriber's status history as (old, new, how) triples."""
+    sub = store.subscriber_by_email(email)
+    return [(e.old_status, e.new_status, e.how) for e in store.subscriber_events(sub.id)]
+
+
 def _ann(store):
     return subs.get_subscriber(store, "ann@example.org")
 
@@ -62,6 +68,14 @@ def test_login_then_dashboard_shows_statuses_dumps_and_failures(env):
     assert "2025-11-23.txt" in page and "broken.txt" in page
     assert "not UTF-8" in page  # the failure's reason is shown
     assert re.search(r'<span class="n">1</span> <span class="badge badge-active">', page)
+
+
+def test_a_subscriber_id_past_64_bits_is_404_not_500(env):
+    _, _, app, _ = env
+    client = app.test_client()
+    login(client)
+    for sid in (2**63, 10**30, 0):
+        assert client.get(f"/admin/subscribers/{sid}").status_code == 404
 
 
 def test_login_redirects_back_to_next_but_never_off_site(env):
@@ -233,6 +247,11 @@ def test_add_pause_resume_remove(env):
         f"/admin/subscribers/{bob.id}/status", data={"csrf_token": token, "action": "resume"}
     )
     assert subs.get_subscriber(store, "bob@example.org").status == "active"
+    assert _history(store, "bob@example.org") == [
+        (None, "active", "admin"),
+        ("active", "paused", "admin"),
+        ("paused", "active", "admin"),
+    ]
     assert client.get(f"/admin/subscribers/{bob.id}/remove").status_code == 200
     assert subs.get_subscriber(store, "bob@example.org")  # GET only asks
     client.post(f"/admin/subscribers/{bob.id}/remove", data={"csrf_token": token})
@@ -295,6 +314,7 @@ def test_unsubscribe_page_get_asks_post_unsubscribes(env):
     done = client.post(url, data={"csrf_token": csrf_of(page.get_data(as_text=True))})
     assert done.status_code == 200 and "You are unsubscribed" in done.get_data(as_text=True)
     assert _ann(store).status == "unsubscribed"
+    assert _history(store, "ann@example.org")[-1] == ("active", "unsubscribed", "link")
 
 
 def test_one_click_unsubscribe_is_idempotent_without_redirect_and_get_is_harmless(env):
@@ -315,6 +335,8 @@ def test_one_click_unsubscribe_is_idempotent_without_redirect_and_get_is_harmles
         )
         assert response.status_code == 200 and "Location" not in response.headers
         assert _ann(store).status == "unsubscribed"
+    changes = [h for h in _history(store, "ann@example.org") if h[0] is not None]
+    assert changes == [("active", "unsubscribed", "one-click")]  # once, though posted twice
 
 
 def test_resubscribe_from_the_manage_page(env):
@@ -327,6 +349,10 @@ def test_resubscribe_from_the_manage_page(env):
     assert "Subscribe again" in page
     client.post(url, data={"csrf_token": csrf_of(page), "action": "resubscribe"})
     assert _ann(store).status == "active"
+    assert _history(store, "ann@example.org")[-2:] == [
+        ("active", "unsubscribed", "cli"),
+        ("unsubscribed", "active", "link"),
+    ]
 
 
 # --- sign-up -------------------------------------------------------------------------------
@@ -368,6 +394,10 @@ def test_signup_double_opt_in(tmp_path):
         data={"csrf_token": csrf_of(page), "email": "carol@example.org", "keywords": "x"},
     )
     assert again.status_code == 200 and len(sent) == 1
+    assert _history(store, "carol@example.org") == [
+        (None, "pending", "signup"),
+        ("pending", "active", "confirm"),
+    ]
     store.close()
 
 

@@ -23,7 +23,7 @@ from smtp_helpers import SmtpServer, smtp_server
 from digest.config import Settings, build_settings
 from digest.ingest import ingest_files
 from digest.mail import DryRunTransport
-from digest.models import Subscriber, Topic
+from digest.models import StatusChange, Subscriber, Topic
 from digest.outbox import deliver_queued, queue_digests
 from digest.pipeline import Cycle
 from digest.store import Store
@@ -76,7 +76,7 @@ def populate(store: Store, settings: Settings, count: int) -> list[str]:
         )
         for n, email in enumerate(emails)
     ]
-    assert store.insert_subscribers(subs) == count
+    assert store.insert_subscribers(subs, how=StatusChange.IMPORT) == count
     report = queue_digests(store, settings, now=T0, force=True)
     assert report.queued == count
     return emails
@@ -320,7 +320,8 @@ def test_queue_digests_page_by_page_plans_what_one_pass_would(store: Store, tmp_
                 since,
             )
             for n, q in enumerate(queries)
-        ]
+        ],
+        how=StatusChange.IMPORT,
     )
     expected = {
         p.state.subscriber.email: [i.paper_id for i in p.items]
@@ -333,7 +334,7 @@ def test_queue_digests_page_by_page_plans_what_one_pass_would(store: Store, tmp_
     got = {}
     for digest_id in store.digest_ids_by_status("queued"):
         record = store.digest_record(digest_id)
-        got[record.subscriber.email] = [paper.id for paper, _item in record.items]
+        got[record.subscriber.email] = [e.paper.id for e in record.items]
     assert got == {email: ids for email, ids in expected.items() if ids}
 
 

@@ -110,6 +110,8 @@ def submit(client: Any, url: str, data: dict[str, Any]) -> Any:
 class FakeTransport:
     """Keeps sent messages in a list shared by every instance the factory makes."""
 
+    parallel = 1
+
     def __init__(self, sent: list[EmailMessage]) -> None:
         self.sent = sent
 

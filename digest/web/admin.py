@@ -25,7 +25,16 @@ from digest import subscribers as subs
 from digest.errors import DigestError
 from digest.feed import feed_url
 from digest.links import links_for
-from digest.models import CADENCES, STATUSES, Subscriber, Topic
+from digest.models import (
+    CADENCES,
+    STATUSES,
+    Cadence,
+    DigestStatus,
+    StatusChange,
+    Subscriber,
+    SubscriberStatus,
+    Topic,
+)
 from digest.web import state
 from digest.web.preview import Preview, TopicError, backtest, parse_topic_rows
 from digest.web.security import check_csrf, password_ok
@@ -115,8 +124,8 @@ def dashboard() -> Any:
         papers=store.count_papers(),
         dumps=store.recent_dumps(10),
         digests=store.recent_digests(10),
-        bounced=store.recent_digests(10, status="bounced"),
-        bouncing=subs.list_subscribers(store, status="bouncing", offset=0, limit=10),
+        bounced=store.recent_digests(10, status=DigestStatus.BOUNCED),
+        bouncing=subs.list_subscribers(store, status=SubscriberStatus.BOUNCING, offset=0, limit=10),
     )
 
 
@@ -297,15 +306,15 @@ def change_status(sid: int) -> Response:
     """Pause or resume a subscriber."""
     sub = _subscriber(sid)
     action = request.form.get("action")
-    target = {"pause": "paused", "resume": "active"}.get(action or "")
+    target = {"pause": SubscriberStatus.PAUSED, "resume": SubscriberStatus.ACTIVE}.get(action or "")
     if target is None:
         abort(400, description="Unknown action.")
     try:
-        subs.set_status(state().store, sub.email, target)
+        subs.set_status(state().store, sub.email, target, how=StatusChange.ADMIN)
     except DigestError as exc:
         flash(str(exc), "error")
     else:
-        flash("Paused." if target == "paused" else "Resumed.")
+        flash("Resumed." if target.receives_mail else "Paused.")
     return redirect(url_for("admin.subscriber", sid=sid))
 
 
@@ -329,7 +338,7 @@ def new_subscriber() -> Any:
     defaults = {
         "email": "",
         "name": "",
-        "cadence": "daily",
+        "cadence": Cadence.DAILY,
         "time": st.settings.schedule.default_time,
         "tz": st.settings.schedule.default_tz,
         "weekday": "0",
@@ -367,8 +376,9 @@ def new_subscriber() -> Any:
                     tz=form["tz"],
                     weekday=_weekday(form["weekday"]) or 0,
                     backfill_days=backfill or None,
-                    status="active",
+                    status=SubscriberStatus.ACTIVE,
                     now=st.clock(),
+                    how=StatusChange.ADMIN,
                 )
             except DigestError as exc:
                 message = str(exc)

@@ -13,7 +13,7 @@ from digest import subscribers as subs
 from digest.errors import DigestError, NotFoundError
 from digest.feed import FeedEntry, FeedFormat, build_feed, conditional_response, feed_url
 from digest.links import CONFIRM_MAX_AGE, LinkError, confirm_path, links_for
-from digest.models import CADENCES, Subscriber
+from digest.models import CADENCES, Cadence, StatusChange, Subscriber, SubscriberStatus
 from digest.web import state
 from digest.web.admin import WEEKDAYS, _submitted_form, _topic_rows, _weekday
 from digest.web.preview import parse_topic_rows
@@ -74,8 +74,8 @@ def manage(signed: str) -> Any:
     if request.method == "POST":
         check_csrf()
         if request.form.get("action") == "resubscribe":
-            if sub.status == "unsubscribed":
-                subs.set_status(st.store, sub.email, "active")
+            if sub.status == SubscriberStatus.UNSUBSCRIBED:
+                subs.set_status(st.store, sub.email, SubscriberStatus.ACTIVE, how=StatusChange.LINK)
             sub = subs.get_subscriber(st.store, sub.email)
             message = "Welcome back: you are subscribed again."
         else:
@@ -145,7 +145,7 @@ def unsubscribe(signed: str) -> Any:
     if request.method != "POST":  # GET and HEAD only show the page
         return _unsubscribe_page(sub, signed)
     check_csrf()
-    subs.unsubscribe_by_token(state().store, sub.token)
+    subs.unsubscribe_by_token(state().store, sub.token, how=StatusChange.LINK)
     return _done_page(sub)
 
 
@@ -166,7 +166,7 @@ def one_click(signed: str) -> Any:
     sub = _from_link("unsubscribe", signed)
     if request.method != "POST":  # GET and HEAD only show the page
         return _unsubscribe_page(sub, signed)
-    subs.unsubscribe_by_token(state().store, sub.token)
+    subs.unsubscribe_by_token(state().store, sub.token, how=StatusChange.ONE_CLICK)
     return Response(
         "You are unsubscribed.\n", status=200, mimetype="text/plain", headers=_no_store()
     )
@@ -217,19 +217,20 @@ def signup() -> Any:
                 email,
                 name=form["name"][:100],
                 topics=topics,
-                cadence="daily",
+                cadence=Cadence.DAILY,
                 time=st.settings.schedule.default_time,
                 tz=st.settings.schedule.default_tz,
                 weekday=0,
                 backfill_days=None,
-                status="pending",
+                status=SubscriberStatus.PENDING,
                 now=st.clock(),
+                how=StatusChange.SIGNUP,
             )
         except DigestError as exc:
             page = render_template("web/signup.html", form=form, message=str(exc), error=None)
             return page, 400
     # The same page whether or not the address was known: sign-up reveals no subscriber.
-    if sub.status == "pending":
+    if sub.status == SubscriberStatus.PENDING:
         _send_confirmation(sub)
     return render_template("web/signup_sent.html", email=email)
 
@@ -273,8 +274,8 @@ def confirm(signed: str) -> Any:
     st = state()
     if request.method == "POST":
         check_csrf()
-        if sub.status == "pending":
-            subs.set_status(st.store, sub.email, "active")
+        if sub.status == SubscriberStatus.PENDING:
+            subs.set_status(st.store, sub.email, SubscriberStatus.ACTIVE, how=StatusChange.CONFIRM)
             sub = subs.get_subscriber(st.store, sub.email)
     manage = url_for("public.manage", signed=st.signer.make_token("manage", sub.token))
     return render_template(
@@ -328,11 +329,11 @@ def feed_subscriber(token: str, fmt: FeedFormat) -> Any:
         sub = subs.subscriber_by_token(st.store, token)
     except (NotFoundError, DigestError):
         sub = None
-    if sub is None or sub.status == "unsubscribed":
+    if sub is None or sub.status == SubscriberStatus.UNSUBSCRIBED:
         abort(404, description="No such feed.")
     rows = st.store.ledger_entries(sub.id, st.settings.feeds.max_items)
     entries = [
-        FeedEntry(paper=paper, topics=item.topics, terms=item.terms, added=delivered_at)
-        for paper, item, delivered_at in rows
+        FeedEntry(paper=e.paper, topics=e.item.topics, terms=e.item.terms, added=e.delivered_at)
+        for e in rows
     ]
     return _feed_response(entries, fmt, f"{st.settings.site.title}: your papers", token)

@@ -1,0 +1,77 @@
+"""What every part of the store shares: the engine, transactions, locks and small helpers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, Executable, Table, text
+from sqlalchemy.engine import Connection
+
+# Big enough to amortise round trips, small enough for SQLite's bound-parameter limit.
+CHUNK = 500
+# PostgreSQL advisory lock ids (arbitrary constants, "dgst" + a purpose number).
+MAX_ID = 2**63 - 1  # ids are 64-bit integers on both engines
+PG_LOCK_MIGRATE = 0x64677374_0001
+PG_LOCK_INGEST = 0x64677374_0002
+PG_LOCK_DAEMON = 0x64677374_0003
+
+
+class StoreBase:
+    """The engine and transaction helpers the aggregate stores (mixins of `Store`) build on."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(digest_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read transaction: a consistent snapshot that does not block writers."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _lock(self, conn: Connection, lock_id: int) -> None:
+        """Serialise with other processes for this transaction (SQLite already is, by BEGIN
+        IMMEDIATE)."""
+        if self.dialect == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id})
+
+    def _dialect_insert(self, table: Table) -> Any:
+        """INSERT with the engine's ON CONFLICT support."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+
+def utc(value: datetime) -> datetime:
+    """An aware datetime in UTC; naive values are refused."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: pass a timezone-aware time")
+    return value.astimezone(UTC)
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    """Slices of at most `size` items (bound-parameter limits of IN lists)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def inserted_id(conn: Connection, stmt: Executable) -> int:
+    """Run a one-row INSERT and return the new row's primary key."""
+    key = conn.execute(stmt).inserted_primary_key
+    assert key is not None  # an INSERT of one row always has one
+    return int(key[0])

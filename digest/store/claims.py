@@ -1,0 +1,332 @@
+"""Sending recorded email digests: claims (leases) by senders, and each digest's outcome.
+
+Senders claim due digests (queued, or sending with a lapsed lease), send them and mark them sent,
+to retry, failed or bounced; a stalled sender's claims are taken over once their lease lapses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from digest.errors import StoreError
+from digest.models import DigestKind, DigestStatus, StatusChange, StoredPaper, SubscriberStatus
+from digest.store.base import StoreBase, chunks, utc
+from digest.store.ledger import DIGEST_STATUSES, deliveries, digests
+from digest.store.papers import papers, stored_paper
+from digest.store.records import DigestRecord, DigestRow, LedgerEntry, ledger_item
+from digest.store.subscribers import load_subscribers, record_events, subscribers
+
+QUEUED, SENDING = DigestStatus.QUEUED, DigestStatus.SENDING
+
+
+class ClaimStore(StoreBase):
+    """Claims on email digests and their delivery outcomes."""
+
+    def claim_digests(
+        self, worker: str, *, limit: int, lease_until: datetime, now: datetime
+    ) -> list[int]:
+        """Claim up to `limit` email digests that are due: queued, or sending with a lapsed lease.
+
+        On PostgreSQL concurrent workers skip each other's rows (FOR UPDATE SKIP LOCKED); on
+        SQLite the write transaction itself serialises claimers.
+        """
+        now = utc(now)
+        due = (digests.c.kind == DigestKind.EMAIL) & (
+            ((digests.c.status == QUEUED) & (digests.c.next_attempt_at <= now))
+            | ((digests.c.status == SENDING) & (digests.c.lease_until < now))
+        )
+        pick = select(digests.c.id).where(due).order_by(digests.c.id).limit(limit)
+        if self.dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        with self._write() as conn:
+            ids = [r.id for r in conn.execute(pick)]
+            if ids:
+                conn.execute(
+                    update(digests)
+                    .where(digests.c.id.in_(ids))
+                    .values(status=SENDING, claimed_by=worker, lease_until=utc(lease_until))
+                )
+        return ids
+
+    def renew_claims(
+        self, digest_ids: Sequence[int], worker: str, *, lease_until: datetime
+    ) -> set[int]:
+        """Extend this worker's lease on claimed digests; return the ids it still holds.
+
+        A digest missing from the answer was taken over after the lease lapsed (a stalled
+        worker): the caller must not send it, the new holder will.
+        """
+        if not digest_ids:
+            return set()
+        held = (
+            digests.c.id.in_(list(digest_ids)),
+            digests.c.claimed_by == worker,
+            digests.c.status == SENDING,
+        )
+        with self._write() as conn:
+            conn.execute(update(digests).where(*held).values(lease_until=utc(lease_until)))
+            return set(conn.scalars(select(digests.c.id).where(*held)))
+
+    def release_claims(self, digest_ids: Sequence[int], worker: str) -> None:
+        """Give back claimed digests not yet sent (a graceful stop), so others take them now."""
+        if not digest_ids:
+            return
+        with self._write() as conn:
+            conn.execute(
+                update(digests)
+                .where(
+                    digests.c.id.in_(list(digest_ids)),
+                    digests.c.claimed_by == worker,
+                    digests.c.status == SENDING,
+                )
+                .values(status=QUEUED, claimed_by=None, lease_until=None)
+            )
+
+    def claim_holders(self) -> list[str]:
+        """Who holds in-flight digests (`host:pid` of each sender with a claim)."""
+        with self._read() as conn:
+            return list(
+                conn.scalars(
+                    select(digests.c.claimed_by)
+                    .where(digests.c.status == SENDING, digests.c.claimed_by.is_not(None))
+                    .distinct()
+                )
+            )
+
+    def release_claims_of(self, worker: str) -> int:
+        """Return a dead sender's in-flight digests to the queue at once (no lease wait)."""
+        with self._write() as conn:
+            return conn.execute(
+                update(digests)
+                .where(digests.c.status == SENDING, digests.c.claimed_by == worker)
+                .values(status=QUEUED, claimed_by=None, lease_until=None)
+            ).rowcount
+
+    def release_all_claims(self) -> int:
+        """Return every in-flight digest to the queue: only for the sole sender after a crash."""
+        with self._write() as conn:
+            return conn.execute(
+                update(digests)
+                .where(digests.c.status == SENDING)
+                .values(status=QUEUED, claimed_by=None, lease_until=None)
+            ).rowcount
+
+    def digest_record(self, digest_id: int) -> DigestRecord:
+        """A recorded digest with its subscriber and ledger items, best score first."""
+        record = self.digest_records([digest_id]).get(digest_id)
+        if record is None:
+            with self._read() as conn:
+                exists = conn.scalar(select(digests.c.id).where(digests.c.id == digest_id))
+            if exists is None:
+                raise StoreError(f"digest {digest_id} does not exist")
+            raise StoreError(f"digest {digest_id}: its subscriber no longer exists")
+        return record
+
+    def digest_records(self, digest_ids: Sequence[int]) -> dict[int, DigestRecord]:
+        """Many recorded digests at once (a worker's batch), by id, in a few queries.
+
+        Digests that do not exist, or whose subscriber no longer does, are absent.
+        """
+        wanted = list(dict.fromkeys(digest_ids))
+        heads: dict[int, Any] = {}
+        rows: dict[int, list[Any]] = {i: [] for i in wanted}
+        with self._read() as conn:
+            for chunk in chunks(wanted):
+                for head in conn.execute(select(digests).where(digests.c.id.in_(chunk))):
+                    heads[head.id] = head
+                for row in conn.execute(
+                    select(
+                        deliveries.c.paper_id.label("id"),
+                        deliveries.c.digest_id.label("d_digest"),
+                        deliveries.c.topics.label("d_topics"),
+                        deliveries.c.terms.label("d_terms"),
+                        deliveries.c.score.label("d_score"),
+                        deliveries.c.delivered_at.label("d_at"),
+                    )
+                    .where(deliveries.c.digest_id.in_(chunk))
+                    .order_by(
+                        deliveries.c.digest_id, deliveries.c.score.desc(), deliveries.c.paper_id
+                    )
+                ):
+                    rows[row.d_digest].append(row)
+            # A batch's digests share most of their papers: each is read (and built) once.
+            paper_ids = sorted({r.id for items in rows.values() for r in items})
+            by_id: dict[int, StoredPaper] = {}
+            for chunk in chunks(paper_ids):
+                for row in conn.execute(select(papers).where(papers.c.id.in_(chunk))):
+                    by_id[row.id] = stored_paper(row)
+            subs = load_subscribers(conn, [h.subscriber_id for h in heads.values()])
+        return {
+            head.id: DigestRecord(
+                id=head.id,
+                subscriber=subs[head.subscriber_id],
+                kind=DigestKind(head.kind),
+                status=DigestStatus(head.status),
+                message_id=head.message_id,
+                created_at=head.created_at,
+                attempts=head.attempts,
+                items=[LedgerEntry(by_id[r.id], ledger_item(r), r.d_at) for r in rows[head.id]],
+            )
+            for head in (heads[i] for i in wanted if i in heads)
+            if head.subscriber_id in subs
+        }
+
+    def digest_attempts(self, digest_id: int) -> int:
+        """How many times sending this digest was tried and ended (sent, retried, failed)."""
+        with self._read() as conn:
+            return conn.scalar(select(digests.c.attempts).where(digests.c.id == digest_id)) or 0
+
+    def mark_digest_sent(self, digest_id: int, *, now: datetime) -> None:
+        """The transport accepted the digest: it is never sent again."""
+        with self._write() as conn:
+            conn.execute(
+                update(digests)
+                .where(digests.c.id == digest_id)
+                .values(
+                    status=DigestStatus.SENT,
+                    sent_at=utc(now),
+                    attempts=digests.c.attempts + 1,
+                    claimed_by=None,
+                    lease_until=None,
+                    last_error=None,
+                )
+            )
+
+    def retry_digest(self, digest_id: int, error: str, *, next_attempt_at: datetime) -> None:
+        """A temporary failure: back to the queue, to be tried again at `next_attempt_at`."""
+        with self._write() as conn:
+            conn.execute(
+                update(digests)
+                .where(digests.c.id == digest_id)
+                .values(
+                    status=QUEUED,
+                    attempts=digests.c.attempts + 1,
+                    next_attempt_at=utc(next_attempt_at),
+                    claimed_by=None,
+                    lease_until=None,
+                    last_error=error[:2000],
+                )
+            )
+
+    def fail_digest(self, digest_id: int, error: str, *, now: datetime) -> None:
+        """Out of retries: the digest stays failed and visible to the admin."""
+        with self._write() as conn:
+            conn.execute(
+                update(digests)
+                .where(digests.c.id == digest_id)
+                .values(
+                    status=DigestStatus.FAILED,
+                    attempts=digests.c.attempts + 1,
+                    claimed_by=None,
+                    lease_until=None,
+                    last_error=error[:2000],
+                )
+            )
+
+    def bounce_digest(self, digest_id: int, error: str, *, max_bounces: int) -> bool:
+        """A permanent failure: record the bounce; True if the subscriber is now 'bouncing'
+        (an active subscriber at `max_bounces` bounces; the status history says 'bounce')."""
+        with self._write() as conn:
+            sub_id = conn.scalar(select(digests.c.subscriber_id).where(digests.c.id == digest_id))
+            if sub_id is None:
+                return False  # no such digest
+            conn.execute(
+                update(digests)
+                .where(digests.c.id == digest_id)
+                .values(
+                    status=DigestStatus.BOUNCED,
+                    attempts=digests.c.attempts + 1,
+                    claimed_by=None,
+                    lease_until=None,
+                    last_error=error[:2000],
+                )
+            )
+            conn.execute(
+                update(subscribers)
+                .where(subscribers.c.id == sub_id)
+                .values(bounces=subscribers.c.bounces + 1)
+            )
+            bounces = conn.scalar(select(subscribers.c.bounces).where(subscribers.c.id == sub_id))
+            if bounces is not None and bounces >= max_bounces:
+                now = datetime.now(UTC)
+                active, bouncing = SubscriberStatus.ACTIVE, SubscriberStatus.BOUNCING
+                changed = conn.execute(
+                    update(subscribers)
+                    .where(subscribers.c.id == sub_id, subscribers.c.status == active)
+                    .values(status=bouncing, updated_at=now)
+                ).rowcount
+                if changed:
+                    record_events(conn, [(sub_id, active, bouncing)], StatusChange.BOUNCE, at=now)
+                return True
+        return False
+
+    def digest_status_counts(self) -> dict[str, int]:
+        """Email digests per status (queued, sending, sent, failed, bounced)."""
+        counts: dict[str, int] = {s: 0 for s in DIGEST_STATUSES}
+        with self._read() as conn:
+            for status, n in conn.execute(
+                select(digests.c.status, func.count())
+                .where(digests.c.kind == DigestKind.EMAIL)
+                .group_by(digests.c.status)
+            ):
+                counts[DigestStatus(status)] = n
+        return counts
+
+    def digest_ids_by_status(self, status: DigestStatus) -> list[int]:
+        """Ids of email digests in a status, oldest first (tests and `status`)."""
+        with self._read() as conn:
+            return list(
+                conn.scalars(
+                    select(digests.c.id)
+                    .where(digests.c.kind == DigestKind.EMAIL, digests.c.status == status)
+                    .order_by(digests.c.id)
+                )
+            )
+
+    def recent_digests(
+        self, limit: int = 20, *, status: DigestStatus | None = None
+    ) -> list[DigestRow]:
+        """The latest digests (optionally of one status), newest first, with paper counts."""
+        counts = (
+            select(deliveries.c.digest_id, func.count().label("n"))
+            .group_by(deliveries.c.digest_id)
+            .subquery()
+        )
+        stmt = (
+            select(
+                digests.c.id,
+                subscribers.c.email,
+                digests.c.kind,
+                digests.c.status,
+                digests.c.created_at,
+                digests.c.sent_at,
+                digests.c.attempts,
+                digests.c.last_error,
+                func.coalesce(counts.c.n, 0).label("papers"),
+            )
+            .join(subscribers, subscribers.c.id == digests.c.subscriber_id)
+            .outerjoin(counts, counts.c.digest_id == digests.c.id)
+            .order_by(digests.c.id.desc())
+            .limit(limit)
+        )
+        if status is not None:
+            stmt = stmt.where(digests.c.status == status)
+        with self._read() as conn:
+            return [
+                DigestRow(
+                    id=r.id,
+                    email=r.email,
+                    kind=DigestKind(r.kind),
+                    status=DigestStatus(r.status),
+                    created_at=r.created_at,
+                    sent_at=r.sent_at,
+                    attempts=r.attempts,
+                    last_error=r.last_error,
+                    papers=r.papers,
+                )
+                for r in conn.execute(stmt)
+            ]

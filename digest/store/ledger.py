@@ -1,0 +1,346 @@
+"""The delivery ledger: who is due, which papers they already had, and recording digests.
+
+A digest is recorded with its ledger rows (deliveries) and the subscriber's progress in one
+transaction, so a paper is never put in two digests for one subscriber.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    ColumnElement,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+
+from digest.models import Cadence, DigestKind, DigestStatus, Subscriber, SubscriberStatus, Topic
+from digest.store.base import StoreBase, chunks, utc
+from digest.store.papers import papers, stored_paper
+from digest.store.records import (
+    DeliveryState,
+    LedgerEntry,
+    PlanProgress,
+    SentDigest,
+    SentPaper,
+    ledger_item,
+)
+from digest.store.schema import UtcDateTime, in_list, metadata
+from digest.store.subscribers import load_subscribers, subscriber_row, subscribers, topics
+
+DIGEST_KINDS = tuple(k.value for k in DigestKind)
+DIGEST_STATUSES = tuple(s.value for s in DigestStatus)
+
+digests = Table(
+    "digests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", String(8), nullable=False),
+    Column("message_id", Text, nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("claimed_by", Text),
+    Column("lease_until", UtcDateTime),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UtcDateTime),
+    Column("sent_at", UtcDateTime),
+    Column("last_error", Text),
+    CheckConstraint(f"kind IN ({in_list(DIGEST_KINDS)})", name="ck_digests_kind"),
+    CheckConstraint(f"status IN ({in_list(DIGEST_STATUSES)})", name="ck_digests_status"),
+)
+Index("ix_digests_queue", digests.c.status, digests.c.next_attempt_at)
+Index("ix_digests_subscriber", digests.c.subscriber_id, digests.c.created_at)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("paper_id", Integer, ForeignKey("papers.id"), primary_key=True),
+    # Feed items reference a digest of kind 'feed'; nullable leaves room for other ledgers.
+    Column("digest_id", Integer, ForeignKey("digests.id", ondelete="CASCADE")),
+    Column("topic", Text),
+    Column("delivered_at", UtcDateTime, nullable=False),
+    # Why it matched, kept so a digest renders the same after a profile edit or a crash.
+    Column("topics", Text),  # JSON list of topic names, best first
+    Column("terms", Text),  # JSON list of the matched words
+    Column("score", Float),
+)
+Index("ix_deliveries_digest", deliveries.c.digest_id)
+
+
+_RECEIVING = [s for s in SubscriberStatus if s.receives_mail]
+_SCHEDULED = [c for c in Cadence if c.is_scheduled]
+_AS_PAPERS_ARRIVE = [c for c in Cadence if not c.is_scheduled]
+
+
+class LedgerStore(StoreBase):
+    """Delivery states, recorded digests and the ledger of delivered papers."""
+
+    def subscribers_for_delivery(
+        self, *, due_at: datetime | None = None, after_id: int = 0, limit: int | None = None
+    ) -> list[DeliveryState]:
+        """Active subscribers with topics, each with their paper watermark and last slot.
+
+        With `due_at`, only those who may be due then: instant and feed subscribers with papers
+        stored after their watermark, daily and weekly ones whose next slot has come. By id;
+        `after_id` and `limit` give one page (the queue walks 100k subscribers page by page).
+        """
+        wanted: ColumnElement[bool] = subscribers.c.status.in_(_RECEIVING)
+        if due_at is not None:
+            newest = select(func.max(papers.c.id)).scalar_subquery()
+            wanted = wanted & (
+                (
+                    subscribers.c.cadence.in_(_AS_PAPERS_ARRIVE)
+                    & (subscribers.c.watermark < func.coalesce(newest, 0))
+                )
+                | (
+                    subscribers.c.cadence.in_(_SCHEDULED)
+                    & (
+                        subscribers.c.next_due_at.is_(None)
+                        | (subscribers.c.next_due_at <= utc(due_at))
+                    )
+                )
+            )
+        if after_id:
+            wanted = wanted & (subscribers.c.id > after_id)
+        if limit is not None:
+            # The page's last id bounds the topics query to the same subscribers.
+            page = select(subscribers.c.id).where(wanted).order_by(subscribers.c.id).limit(limit)
+            with self._read() as conn:
+                last = conn.scalar(select(func.max(page.subquery().c.id)))
+            if last is None:
+                return []
+            wanted = wanted & (subscribers.c.id <= last)
+        with self._read() as conn:
+            rows = list(conn.execute(select(subscribers).where(wanted).order_by(subscribers.c.id)))
+            # One pass over topics instead of chunked IN lists when (nearly) everyone is wanted.
+            found: dict[int, list[Topic]] = {}
+            for row in conn.execute(
+                select(topics.c.subscriber_id, topics.c.name, topics.c.query)
+                .join(subscribers, subscribers.c.id == topics.c.subscriber_id)
+                .where(wanted)
+                .order_by(topics.c.subscriber_id, topics.c.position)
+            ):
+                found.setdefault(row.subscriber_id, []).append(Topic(row.name, row.query))
+        return [
+            DeliveryState(
+                subscriber=subscriber_row(r, found.get(r.id, ())),
+                watermark=r.watermark,
+                last_slot=r.last_slot,
+            )
+            for r in rows
+        ]
+
+    def delivered_pairs(
+        self, subscriber_ids: Sequence[int], paper_ids: Sequence[int]
+    ) -> set[tuple[int, int]]:
+        """Which of these (subscriber, paper) pairs are already in the delivery ledger."""
+        found: set[tuple[int, int]] = set()
+        if not subscriber_ids or not paper_ids:
+            return found
+        with self._read() as conn:
+            for chunk in chunks(list(paper_ids)):
+                rows = conn.execute(
+                    select(deliveries.c.subscriber_id, deliveries.c.paper_id).where(
+                        deliveries.c.paper_id.in_(chunk)
+                    )
+                )
+                wanted = set(subscriber_ids)
+                found.update((s, p) for s, p in rows if s in wanted)
+        return found
+
+    def record_plans(
+        self,
+        plans: Sequence[PlanProgress],
+        *,
+        now: datetime,
+        message_id: Callable[[int], str],
+        chunk: int = 500,
+    ) -> list[int]:
+        """Record digests (subscriber, kind, items) and each subscriber's progress.
+
+        Each digest is written with its ledger rows and the subscriber's new watermark and slot
+        in one transaction (several subscribers share one, for speed), so a crash leaves each
+        either wholly recorded or not at all. Email digests start `queued`; feed digests are
+        delivered by being recorded (`sent`). An empty item list only advances the subscriber.
+        The Message-ID derives from the digest id, so a repeat after a crash is recognisable.
+        """
+        now = utc(now)
+        created: list[int] = []
+        for start in range(0, len(plans), chunk):
+            part = plans[start : start + chunk]
+            with self._write() as conn:
+                # A few executemany statements per chunk, not four statements per subscriber
+                # (profiled: recording 100k digests one by one took minutes on PostgreSQL).
+                created.extend(_insert_digests(conn, [p for p in part if p.items], now, message_id))
+                self._advance_many(conn, part)
+        return created
+
+    def _advance_many(self, conn: Connection, progress: Sequence[PlanProgress]) -> None:
+        """Advance subscribers: watermark, slot handled, next due time."""
+        if not progress:
+            return
+        larger = func.max if self.dialect == "sqlite" else func.greatest
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id == bindparam("b_id"))
+            .values(
+                watermark=larger(subscribers.c.watermark, bindparam("b_watermark")),
+                last_slot=bindparam("b_slot"),
+                next_due_at=bindparam("b_next"),
+            ),
+            [
+                {
+                    "b_id": p.subscriber_id,
+                    "b_watermark": p.watermark,
+                    "b_slot": utc(p.slot),
+                    "b_next": utc(p.next_due) if p.next_due else None,
+                }
+                for p in progress
+            ],
+        )
+
+    def subscribers_with_deliveries_since(self, ts: datetime | None) -> list[Subscriber]:
+        """Subscribers whose ledger grew after `ts` (all with a ledger when None): feed rewrites."""
+        stmt = select(deliveries.c.subscriber_id).distinct()
+        if ts is not None:
+            stmt = stmt.where(deliveries.c.delivered_at > utc(ts))
+        with self._read() as conn:
+            ids = list(conn.scalars(stmt))
+            found = load_subscribers(conn, ids)
+        return [found[i] for i in ids if i in found]
+
+    def latest_delivery_time(self) -> datetime | None:
+        """When the ledger last grew (None when empty)."""
+        with self._read() as conn:
+            return conn.scalar(select(func.max(deliveries.c.delivered_at)))
+
+    def ledger_entries(self, subscriber_id: int, limit: int) -> list[LedgerEntry]:
+        """A subscriber's ledger, newest first (paper, why it matched, when), at most `limit`."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    papers,
+                    deliveries.c.topics.label("d_topics"),
+                    deliveries.c.terms.label("d_terms"),
+                    deliveries.c.score.label("d_score"),
+                    deliveries.c.delivered_at.label("d_at"),
+                )
+                .join(deliveries, deliveries.c.paper_id == papers.c.id)
+                .where(deliveries.c.subscriber_id == subscriber_id)
+                .order_by(deliveries.c.delivered_at.desc(), papers.c.id.desc())
+                .limit(limit)
+            )
+            return [LedgerEntry(stored_paper(r), ledger_item(r), r.d_at) for r in rows]
+
+    def subscriber_history(self, subscriber_id: int) -> list[SentDigest]:
+        """Sent email digests of a subscriber, newest first, each with its papers' titles and
+        best topics."""
+        with self._read() as conn:
+            heads = list(
+                conn.execute(
+                    select(digests.c.id, digests.c.message_id, digests.c.sent_at)
+                    .where(
+                        digests.c.subscriber_id == subscriber_id,
+                        digests.c.kind == DigestKind.EMAIL,
+                        digests.c.status == DigestStatus.SENT,
+                    )
+                    .order_by(digests.c.sent_at.desc(), digests.c.id.desc())
+                )
+            )
+            items: dict[int, list[SentPaper]] = {h.id: [] for h in heads}
+            # The digest's own ranking when the ledger keeps scores, else the order stored.
+            order = (
+                [deliveries.c.score.desc(), papers.c.id]
+                if "score" in deliveries.c
+                else [papers.c.id]
+            )
+            for chunk in chunks(list(items)):
+                rows = conn.execute(
+                    select(deliveries.c.digest_id, papers.c.title, deliveries.c.topic)
+                    .join(papers, papers.c.id == deliveries.c.paper_id)
+                    .where(deliveries.c.digest_id.in_(chunk))
+                    .order_by(deliveries.c.digest_id, *order)
+                )
+                for row in rows:
+                    items[row.digest_id].append(SentPaper(row.title, row.topic))
+        return [SentDigest(h.id, h.message_id, h.sent_at, tuple(items[h.id])) for h in heads]
+
+
+def _insert_digests(
+    conn: Connection,
+    wanted: Sequence[PlanProgress],
+    now: datetime,
+    message_id: Callable[[int], str],
+) -> list[int]:
+    """Insert the plans' digests with their ledger rows; return their ids."""
+    if not wanted:
+        return []
+    stamp = now.timestamp()
+    rows = [
+        {
+            "subscriber_id": p.subscriber_id,
+            "kind": p.kind,
+            # Unique placeholder until the id is known; replaced in this transaction.
+            "message_id": f"<pending-{p.subscriber_id}-{stamp}>",
+            # A feed digest is delivered by being recorded; an email waits for a sender.
+            "status": DigestStatus.SENT if p.kind == DigestKind.FEED else DigestStatus.QUEUED,
+            "created_at": now,
+            "sent_at": now if p.kind == DigestKind.FEED else None,
+            "next_attempt_at": now,
+        }
+        for p in wanted
+    ]
+    # RETURNING gives (id, subscriber_id) pairs, so row order does not matter.
+    stmt = insert(digests).returning(digests.c.id, digests.c.subscriber_id)
+    ids = {r.subscriber_id: r.id for r in conn.execute(stmt, rows)}
+    conn.execute(
+        update(digests)
+        .where(digests.c.id == bindparam("b_id"))
+        .values(message_id=bindparam("b_mid")),
+        [{"b_id": i, "b_mid": message_id(i)} for i in ids.values()],
+    )
+    conn.execute(
+        insert(deliveries),
+        [
+            {
+                "subscriber_id": p.subscriber_id,
+                "paper_id": item.paper_id,
+                "digest_id": ids[p.subscriber_id],
+                "topic": item.topics[0] if item.topics else None,
+                "topics": json.dumps(list(item.topics)),
+                "terms": json.dumps(list(item.terms)),
+                "score": item.score,
+                "delivered_at": now,
+            }
+            for p in wanted
+            for item in p.items
+        ],
+    )
+    return [ids[p.subscriber_id] for p in wanted]

@@ -1,0 +1,165 @@
+"""Records the store takes and returns (frozen dataclasses), and the row -> record converters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from digest.models import (
+    DigestKind,
+    DigestStatus,
+    StatusChange,
+    StoredPaper,
+    Subscriber,
+    SubscriberStatus,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DumpRecord:
+    """A row of the dumps table: one dump file the store was given, and what became of it."""
+
+    id: int
+    name: str
+    sha256: str
+    size: int
+    received_at: datetime
+    status: str
+    papers: int
+    new_papers: int
+    error: str | None = None
+    layout: str | None = None
+    captured_on: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    """What ingesting one dump did: stored (with counts), or a recorded duplicate."""
+
+    dump_id: int
+    status: str  # 'stored' or 'duplicate'
+    papers: int
+    new_papers: int
+    duplicate_of: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """A paper seen in one dump, with the upvotes that dump showed."""
+
+    dump_id: int
+    dump_name: str
+    received_at: datetime
+    upvotes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DigestRow:
+    """A digest as the admin dashboard lists it."""
+
+    id: int
+    email: str
+    kind: DigestKind
+    status: DigestStatus
+    created_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    last_error: str | None
+    papers: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerItem:
+    """A paper put in a digest, with why it matched (kept in the delivery ledger)."""
+
+    paper_id: int
+    topics: tuple[str, ...]
+    terms: tuple[str, ...]
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """A ledger row read back: the paper, why it matched, and when it was delivered."""
+
+    paper: StoredPaper
+    item: LedgerItem
+    delivered_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """An active subscriber with their delivery progress."""
+
+    subscriber: Subscriber
+    watermark: int
+    last_slot: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanProgress:
+    """What `Store.record_plans` records for one subscriber: a digest (when there are items)
+    and their progress: the paper watermark, the slot handled and when they are next due."""
+
+    subscriber_id: int
+    kind: DigestKind
+    items: Sequence[LedgerItem]
+    watermark: int
+    slot: datetime
+    next_due: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DigestRecord:
+    """A recorded digest: its subscriber, identity, state and ledger entries (best first)."""
+
+    id: int
+    subscriber: Subscriber
+    kind: DigestKind
+    status: DigestStatus
+    message_id: str
+    created_at: datetime
+    attempts: int
+    items: list[LedgerEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class SentPaper:
+    """A paper of a sent digest, as a subscriber's history shows it."""
+
+    title: str
+    topic: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SentDigest:
+    """An email digest sent to a subscriber, with its papers' titles and best topics."""
+
+    digest_id: int
+    message_id: str
+    sent_at: datetime | None
+    papers: tuple[SentPaper, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberEvent:
+    """A row of a subscriber's status history (old_status None: the subscriber was created)."""
+
+    subscriber_id: int
+    at: datetime
+    old_status: SubscriberStatus | None
+    new_status: SubscriberStatus
+    how: StatusChange
+
+
+def ledger_item(row: Any) -> LedgerItem:
+    """Why a paper is in a ledger row selected with d_topics, d_terms and d_score labels."""
+    return LedgerItem(
+        paper_id=row.id,
+        topics=tuple(json.loads(row.d_topics or "[]")),
+        terms=tuple(json.loads(row.d_terms or "[]")),
+        score=row.d_score or 0.0,
+    )

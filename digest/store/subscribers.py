@@ -1,0 +1,490 @@
+"""Subscribers with their topics, and their status history (subscriber_events).
+
+Every store method that creates a subscriber or changes a status writes a subscriber_events row in
+the same transaction, with `how` the change came about (models.StatusChange).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from digest.errors import DigestError, StoreError, ValidationError
+from digest.models import (
+    CADENCES,
+    STATUSES,
+    Cadence,
+    StatusChange,
+    Subscriber,
+    SubscriberStatus,
+    Topic,
+)
+from digest.store.base import MAX_ID, StoreBase, chunks, inserted_id, utc
+from digest.store.engine import reason
+from digest.store.papers import papers
+from digest.store.records import SubscriberEvent
+from digest.store.schema import UtcDateTime, in_list, metadata
+
+VERDICTS = ("like", "dislike")
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", Text, nullable=False, unique=True),
+    Column("name", Text, nullable=False, server_default=""),
+    Column("status", String(16), nullable=False),
+    Column("cadence", String(16), nullable=False),
+    Column("time", String(5), nullable=False),
+    Column("tz", Text, nullable=False),
+    Column("weekday", Integer, nullable=False, server_default="0"),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("since", UtcDateTime),
+    Column("token", String(64), nullable=False, unique=True),
+    Column("bounces", Integer, nullable=False, server_default="0"),
+    Column("updated_at", UtcDateTime, nullable=False),
+    # Papers with an id at or below this were already considered for this subscriber.
+    Column("watermark", Integer, nullable=False, server_default="0"),
+    # The delivery slot last handled (schedule.latest_slot), so each slot is served once.
+    Column("last_slot", UtcDateTime),
+    # When a daily/weekly subscriber can next be due (NULL: check at once); lets the per-minute
+    # due job read only the subscribers whose time has come instead of all of them.
+    Column("next_due_at", UtcDateTime),
+    CheckConstraint(f"status IN ({in_list(STATUSES)})", name="ck_subscribers_status"),
+    CheckConstraint(f"cadence IN ({in_list(CADENCES)})", name="ck_subscribers_cadence"),
+    CheckConstraint("weekday BETWEEN 0 AND 6", name="ck_subscribers_weekday"),
+)
+Index("ix_subscribers_status", subscribers.c.status)
+Index("ix_subscribers_due", subscribers.c.status, subscribers.c.next_due_at)
+
+topics = Table(
+    "topics",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("position", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("query", Text, nullable=False),
+)
+Index("ix_topics_subscriber", topics.c.subscriber_id, topics.c.position)
+
+# Added by migration 2: a subscriber's status history, and their verdicts on papers.
+subscriber_events = Table(
+    "subscriber_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("at", UtcDateTime, nullable=False),
+    Column("old_status", String(16)),  # NULL: the subscriber was created
+    Column("new_status", String(16), nullable=False),
+    Column("how", String(16), nullable=False),
+)
+Index("ix_subscriber_events_subscriber", subscriber_events.c.subscriber_id, subscriber_events.c.id)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "subscriber_id",
+        Integer,
+        ForeignKey("subscribers.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("topic", Text, nullable=False),  # the topic's name (topics are replaced on edits)
+    Column("paper_id", Integer, ForeignKey("papers.id"), nullable=False),
+    Column("verdict", String(8), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    UniqueConstraint("subscriber_id", "topic", "paper_id", name="uq_feedback_once"),
+    CheckConstraint(f"verdict IN ({in_list(VERDICTS)})", name="ck_feedback_verdict"),
+)
+
+
+# Columns a subscriber edit may change; `since` moves only with an explicit backfill. The status
+# changes through set_subscriber_status, which keeps the status history.
+SUBSCRIBER_FIELDS = ("email", "name", "cadence", "time", "tz", "weekday", "since")
+_SCHEDULE_FIELDS = {"cadence", "time", "tz", "weekday"}
+
+
+class SubscriberStore(StoreBase):
+    """Subscribers, their topics and status history."""
+
+    def insert_subscriber(
+        self, sub: Subscriber, *, watermark: int = 0, how: StatusChange
+    ) -> Subscriber:
+        """Store a new subscriber with its topics; ValidationError if the email is taken."""
+        try:
+            with self._write() as conn:
+                new_id = inserted_id(conn, insert(subscribers).values(**_new_row(sub, watermark)))
+                _insert_topics(conn, new_id, sub.topics)
+                record_events(conn, [(new_id, None, sub.status)], how, at=utc(sub.created_at))
+        except IntegrityError as exc:
+            raise _subscriber_conflict(exc, sub.email) from None
+        found = self.subscriber_by_id(new_id)
+        assert found is not None
+        return found
+
+    def insert_subscribers(
+        self, subs: Sequence[Subscriber], *, watermark: int = 0, how: StatusChange
+    ) -> int:
+        """Store many new, already validated subscribers with their topics in one transaction
+        (bulk loads, benchmarks); ValidationError if an email is taken. Returns how many."""
+        rows = [_new_row(s, watermark) for s in subs]
+        if not rows:
+            return 0
+        by_email = {s.email: s for s in subs}
+        try:
+            with self._write() as conn:
+                # RETURNING gives (id, email) pairs, so row order does not matter.
+                stmt = insert(subscribers).returning(subscribers.c.id, subscribers.c.email)
+                ids = {r.email: r.id for r in conn.execute(stmt, rows)}
+                topic_rows = [
+                    {"subscriber_id": ids[email], "position": i, "name": t.name, "query": t.query}
+                    for email, s in by_email.items()
+                    for i, t in enumerate(s.topics)
+                ]
+                if topic_rows:
+                    conn.execute(insert(topics), topic_rows)
+                record_events(
+                    conn,
+                    [(ids[email], None, s.status) for email, s in by_email.items()],
+                    how,
+                    at=datetime.now(UTC),
+                )
+        except IntegrityError as exc:
+            raise _subscriber_conflict(exc, "a subscriber of the batch") from None
+        return len(rows)
+
+    def update_subscriber(
+        self,
+        subscriber_id: int,
+        fields: dict[str, Any],
+        topic_list: Sequence[Topic] | None = None,
+    ) -> bool:
+        """Change the given columns and, when given, replace the topics; False if unknown id."""
+        unknown = set(fields) - set(SUBSCRIBER_FIELDS)
+        if unknown:
+            raise StoreError(f"subscriber columns {sorted(unknown)} cannot be edited")
+        values = dict(fields)
+        if values.get("since") is not None:
+            values["since"] = utc(values["since"])
+        values["updated_at"] = datetime.now(UTC)
+        if _SCHEDULE_FIELDS & set(fields):
+            values["next_due_at"] = None  # the schedule changed: work the next slot out again
+        try:
+            with self._write() as conn:
+                done = conn.execute(
+                    update(subscribers).where(subscribers.c.id == subscriber_id).values(**values)
+                ).rowcount
+                if not done:
+                    return False
+                if topic_list is not None:
+                    conn.execute(topics.delete().where(topics.c.subscriber_id == subscriber_id))
+                    _insert_topics(conn, subscriber_id, topic_list)
+        except IntegrityError as exc:
+            raise _subscriber_conflict(exc, str(fields.get("email", ""))) from None
+        return True
+
+    def set_subscriber_status(
+        self,
+        subscriber_id: int,
+        status: SubscriberStatus,
+        *,
+        how: StatusChange,
+        reset_watermark: bool = False,
+    ) -> bool:
+        """Set the status; with reset_watermark, papers stored until now are no longer pending."""
+        now = datetime.now(UTC)
+        with self._write() as conn:
+            old = conn.scalar(select(subscribers.c.status).where(subscribers.c.id == subscriber_id))
+            if old is None:
+                return False
+            values: dict[str, Any] = {"status": status, "next_due_at": None, "updated_at": now}
+            if reset_watermark:
+                values["watermark"] = conn.scalar(select(func.max(papers.c.id))) or 0
+            conn.execute(
+                update(subscribers).where(subscribers.c.id == subscriber_id).values(**values)
+            )
+            if old != status:
+                record_events(conn, [(subscriber_id, old, status)], how, at=now)
+        return True
+
+    def reset_watermark(self, subscriber_id: int, paper_id: int) -> None:
+        """Mark papers up to `paper_id` as not pending for this subscriber."""
+        with self._write() as conn:
+            conn.execute(
+                update(subscribers)
+                .where(subscribers.c.id == subscriber_id)
+                .values(watermark=paper_id, updated_at=datetime.now(UTC))
+            )
+
+    def unsubscribe_token(self, token: str, *, how: StatusChange) -> bool:
+        """Unsubscribe whoever holds this token (idempotent); False if no one does."""
+        gone = SubscriberStatus.UNSUBSCRIBED
+        now = datetime.now(UTC)
+        with self._write() as conn:
+            found = conn.execute(
+                select(subscribers.c.id, subscribers.c.status).where(subscribers.c.token == token)
+            ).first()
+            if found is None:
+                return False
+            if found.status != gone:
+                conn.execute(
+                    update(subscribers)
+                    .where(subscribers.c.id == found.id)
+                    .values(status=gone, updated_at=now)
+                )
+                record_events(conn, [(found.id, found.status, gone)], how, at=now)
+        return True
+
+    def delete_subscriber(self, subscriber_id: int) -> bool:
+        """Delete a subscriber with their topics, digests, ledger rows, history and feedback;
+        False if unknown."""
+        with self._write() as conn:
+            # Explicit deletes: the cascade needs foreign keys on, which only we guarantee.
+            # Every table with a subscriber_id, dependents first (deliveries before digests).
+            for table in reversed(metadata.sorted_tables):
+                if "subscriber_id" not in table.c:
+                    continue
+                conn.execute(table.delete().where(table.c.subscriber_id == subscriber_id))
+            done = conn.execute(
+                subscribers.delete().where(subscribers.c.id == subscriber_id)
+            ).rowcount
+        return bool(done)
+
+    def subscriber_by_id(self, subscriber_id: int) -> Subscriber | None:
+        """The subscriber with this id, with topics, or None."""
+        if not 0 < subscriber_id <= MAX_ID:  # a URL may carry any number; no row has it
+            return None
+        return self._one_subscriber(subscribers.c.id == subscriber_id)
+
+    def subscriber_by_email(self, email: str) -> Subscriber | None:
+        """The subscriber with this (normalised) email, with topics, or None."""
+        return self._one_subscriber(subscribers.c.email == email)
+
+    def subscriber_by_token(self, token: str) -> Subscriber | None:
+        """The subscriber holding this secret token, with topics, or None."""
+        return self._one_subscriber(subscribers.c.token == token)
+
+    def list_subscribers(
+        self,
+        *,
+        search: str | None = None,
+        status: SubscriberStatus | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Subscriber]:
+        """Subscribers with their topics, by email; `search` matches email or name, any case."""
+        stmt = select(subscribers).order_by(subscribers.c.email)
+        for cond in _subscriber_filter(search, status):
+            stmt = stmt.where(cond)
+        if offset:
+            stmt = stmt.offset(offset)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._read() as conn:
+            rows = list(conn.execute(stmt))
+            by_id = topics_of(conn, [r.id for r in rows])
+        return [subscriber_row(r, by_id.get(r.id, ())) for r in rows]
+
+    def count_subscribers(
+        self, *, search: str | None = None, status: SubscriberStatus | None = None
+    ) -> int:
+        """How many subscribers `list_subscribers` would give without offset and limit."""
+        stmt = select(func.count()).select_from(subscribers)
+        for cond in _subscriber_filter(search, status):
+            stmt = stmt.where(cond)
+        with self._read() as conn:
+            return conn.scalar(stmt) or 0
+
+    def subscriber_status_counts(self) -> dict[str, int]:
+        """Subscribers per status, every status present (0 when none)."""
+        counts: dict[str, int] = {s: 0 for s in STATUSES}
+        with self._read() as conn:
+            rows = conn.execute(
+                select(subscribers.c.status, func.count()).group_by(subscribers.c.status)
+            )
+            for status, n in rows:
+                counts[SubscriberStatus(status)] = n
+        return counts
+
+    def subscriber_events(self, subscriber_id: int) -> list[SubscriberEvent]:
+        """A subscriber's status history, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(subscriber_events)
+                .where(subscriber_events.c.subscriber_id == subscriber_id)
+                .order_by(subscriber_events.c.id)
+            )
+            return [
+                SubscriberEvent(
+                    subscriber_id=r.subscriber_id,
+                    at=r.at,
+                    old_status=SubscriberStatus(r.old_status) if r.old_status else None,
+                    new_status=SubscriberStatus(r.new_status),
+                    how=StatusChange(r.how),
+                )
+                for r in rows
+            ]
+
+    def _one_subscriber(self, cond: Any) -> Subscriber | None:
+        with self._read() as conn:
+            row = conn.execute(select(subscribers).where(cond)).first()
+            if row is None:
+                return None
+            found = topics_of(conn, [row.id])
+        return subscriber_row(row, found.get(row.id, ()))
+
+
+# --- helpers the ledger shares -----------------------------------------------------------------
+
+
+def record_events(
+    conn: Connection,
+    changes: Sequence[tuple[int, str | None, str]],
+    how: StatusChange,
+    *,
+    at: datetime,
+) -> None:
+    """Append status-history rows: (subscriber_id, old status or None when created, new)."""
+    if changes:
+        conn.execute(
+            insert(subscriber_events),
+            [
+                {
+                    "subscriber_id": sid,
+                    "at": at,
+                    "old_status": old,
+                    "new_status": new,
+                    "how": StatusChange(how),
+                }
+                for sid, old, new in changes
+            ],
+        )
+
+
+def topics_of(conn: Connection, ids: Sequence[int]) -> dict[int, list[Topic]]:
+    """The topics of these subscribers, in their order, by subscriber id."""
+    found: dict[int, list[Topic]] = {}
+    for chunk in chunks(list(ids)):
+        rows = conn.execute(
+            select(topics.c.subscriber_id, topics.c.name, topics.c.query)
+            .where(topics.c.subscriber_id.in_(chunk))
+            .order_by(topics.c.subscriber_id, topics.c.position)
+        )
+        for row in rows:
+            found.setdefault(row.subscriber_id, []).append(Topic(row.name, row.query))
+    return found
+
+
+def load_subscribers(conn: Connection, ids: Sequence[int]) -> dict[int, Subscriber]:
+    """These subscribers with their topics, by id (unknown ids are absent)."""
+    wanted = sorted(set(ids))
+    found = topics_of(conn, wanted)
+    subs: dict[int, Subscriber] = {}
+    for chunk in chunks(wanted):
+        for row in conn.execute(select(subscribers).where(subscribers.c.id.in_(chunk))):
+            subs[row.id] = subscriber_row(row, found.get(row.id, ()))
+    return subs
+
+
+# Row values to enums by lookup: the delivery queue builds 100k subscribers at a time.
+_STATUS = {s.value: s for s in SubscriberStatus}
+_CADENCE = {c.value: c for c in Cadence}
+
+
+def subscriber_row(row: Any, found: Sequence[Topic]) -> Subscriber:
+    """A Subscriber from a row of the subscribers table and its topics."""
+    return Subscriber(
+        id=row.id,
+        email=row.email,
+        name=row.name,
+        status=_STATUS[row.status],
+        cadence=_CADENCE[row.cadence],
+        time=row.time,
+        tz=row.tz,
+        weekday=row.weekday,
+        created_at=row.created_at,
+        token=row.token,
+        topics=tuple(found),
+        since=row.since,
+        bounces=row.bounces,
+    )
+
+
+def _new_row(sub: Subscriber, watermark: int) -> dict[str, Any]:
+    return {
+        "email": sub.email,
+        "name": sub.name,
+        "status": sub.status,
+        "cadence": sub.cadence,
+        "time": sub.time,
+        "tz": sub.tz,
+        "weekday": sub.weekday,
+        "created_at": utc(sub.created_at),
+        "since": utc(sub.since) if sub.since else None,
+        "token": sub.token,
+        "bounces": sub.bounces,
+        "updated_at": utc(sub.created_at),
+        "watermark": watermark,
+    }
+
+
+def _subscriber_filter(search: str | None, status: str | None) -> list[Any]:
+    conds: list[Any] = []
+    if status:
+        conds.append(subscribers.c.status == status)
+    if search:
+        needle = search.strip().lower()
+        conds.append(
+            func.lower(subscribers.c.email).contains(needle, autoescape=True)
+            | func.lower(subscribers.c.name).contains(needle, autoescape=True)
+        )
+    return conds
+
+
+def _insert_topics(conn: Connection, subscriber_id: int, items: Sequence[Topic]) -> None:
+    if items:
+        conn.execute(
+            insert(topics),
+            [
+                {"subscriber_id": subscriber_id, "position": i, "name": t.name, "query": t.query}
+                for i, t in enumerate(items)
+            ],
+        )
+
+
+def _subscriber_conflict(exc: IntegrityError, email: str) -> DigestError:
+    why = reason(exc).lower()
+    if "email" in why or "subscribers_email" in why:
+        return ValidationError(f"{email}: already subscribed")
+    return StoreError(f"subscriber {email}: {reason(exc)}")
