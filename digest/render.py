@@ -275,7 +275,6 @@ def _labels(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[str, str]:
     return ", ".join(topics), ", ".join(dict.fromkeys(terms))
 
 
-@functools.lru_cache(maxsize=8192)  # a subscriber's topics and words recur across their papers
 def _matched_line(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[Markup, str]:
     """An item's "matched: topics (words)" line, as HTML and as wrapped text."""
     topics_label, words_label = _labels(topics, terms)
