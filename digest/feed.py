@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 from urllib.parse import urlsplit
 
 from feedgen.entry import FeedEntry as FeedGenEntry
@@ -370,7 +370,7 @@ def parse_http_date(value: str) -> datetime | None:
 def _check_fmt(fmt: str) -> FeedFormat:
     if fmt not in CONTENT_TYPES:
         raise ValidationError(f"unknown feed format {fmt!r} (use rss or atom)")
-    return fmt  # type: ignore[return-value]
+    return cast(FeedFormat, fmt)  # one of CONTENT_TYPES' keys, checked above
 
 
 def _check_token(token: str) -> str:

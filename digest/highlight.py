@@ -69,12 +69,12 @@ def segments(
 
 def leaf_spans(leaf: Node, toks: Sequence[textmod.Token]) -> list[tuple[int, int]]:
     """Character spans in one field's tokens where a word/phrase/prefix leaf occurs."""
-    kind, arg = leaf.kind, leaf.arg
+    kind = leaf.kind
     if kind == "t":
-        return [(t.start, t.end) for t in toks if t.stem == arg]
+        return [(t.start, t.end) for t in toks if t.stem == leaf.word]
     if kind == "x":
-        return [(t.start, t.end) for t in toks if t.norm.startswith(arg)]  # type: ignore[arg-type]
-    phrase: tuple[str, ...] = arg  # type: ignore[assignment]
+        return [(t.start, t.end) for t in toks if t.norm.startswith(leaf.word)]
+    phrase = leaf.words
     n = len(phrase)
     stems = [t.stem for t in toks]
     return [
@@ -101,8 +101,8 @@ def indexed_spans(
 ) -> list[tuple[int, int]]:
     """leaf_spans, with a word or phrase found through the stems' positions, not a scan."""
     if leaf.kind == "t":
-        return [(toks[k].start, toks[k].end) for k in where.get(leaf.arg, ())]  # type: ignore[call-overload]
-    if leaf.kind == "p" and leaf.arg[0] not in where:  # type: ignore[index]
+        return [(toks[k].start, toks[k].end) for k in where.get(leaf.word, ())]
+    if leaf.kind == "p" and leaf.words[0] not in where:
         return []
     return leaf_spans(leaf, toks)
 

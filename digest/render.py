@@ -155,7 +155,8 @@ class Renderer:
         self.settings = settings
         env = templates.make_environment(settings)
         css, _ = templates.template_source(env, "email/style.css")
-        env.loader = templates.InliningLoader(env.loader, css)  # type: ignore[arg-type]
+        assert env.loader is not None  # make_environment always sets one
+        env.loader = templates.InliningLoader(env.loader, css)
         env.filters["wrap"] = wrap
         self.env = env
         self.html_template = templates.html_template(env, "email/digest.html")
