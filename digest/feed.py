@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from feedgen.entry import FeedEntry as FeedGenEntry
@@ -33,10 +33,15 @@ from digest.errors import DigestError, NotFoundError, ValidationError
 from digest.fsutil import atomic_write
 from digest.models import Match, StoredPaper
 from digest.text import clean_text
-from digest.urls import paper_url
-
-FeedFormat = Literal["rss", "atom"]
-FORMATS: tuple[FeedFormat, ...] = ("rss", "atom")
+from digest.urls import (  # noqa: F401 - FORMATS, feed_url_path: part of this module's API
+    FORMATS,
+    FeedFormat,
+    check_fmt,
+    check_token,
+    feed_url,
+    feed_url_path,
+    paper_url,
+)
 
 CONTENT_TYPES: dict[str, str] = {
     "rss": "application/rss+xml; charset=utf-8",
@@ -54,7 +59,6 @@ GENERATOR = "Daily Papers Digest"
 UNTITLED = "(untitled paper)"
 
 _SPACES = re.compile(r"\s+")
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 # feedgen formats RSS dates by switching the process locale to C and back (setlocale is process
 # wide): two threads doing it at once can leave the process in the wrong locale. The web app
@@ -110,28 +114,16 @@ class FeedPaths:
 
     def all(self, fmt: FeedFormat) -> Path:
         """The public feed of all new papers."""
-        return self.root / f"all.{_check_fmt(fmt)}"
+        return self.root / f"all.{check_fmt(fmt)}"
 
     def subscriber(self, token: str, fmt: FeedFormat) -> Path:
         """A subscriber's private feed, named by their secret token."""
-        return self.root / "s" / f"{_check_token(token)}.{_check_fmt(fmt)}"
+        return self.root / "s" / f"{check_token(token)}.{check_fmt(fmt)}"
 
 
 def feed_paths(public_dir: Path) -> FeedPaths:
     """The feed layout under public/: feeds/all.rss|atom and feeds/s/TOKEN.rss|atom."""
     return FeedPaths(Path(public_dir) / "feeds")
-
-
-def feed_url_path(fmt: FeedFormat, token: str | None = None) -> str:
-    """The URL path of a feed, the same under a static server and `digest serve`."""
-    if token is None:
-        return f"/feeds/all.{_check_fmt(fmt)}"
-    return f"/feeds/s/{_check_token(token)}.{_check_fmt(fmt)}"
-
-
-def feed_url(base_url: str, fmt: FeedFormat, token: str | None = None) -> str:
-    """The absolute URL of a feed under the site's base URL (its self link)."""
-    return base_url.rstrip("/") + feed_url_path(fmt, token)
 
 
 def paper_tag_id(key: str, site_url: str) -> str:
@@ -183,7 +175,7 @@ def build_feeds(
     and hands every entry to feedgen once instead of twice.
     """
     for fmt in self_urls:
-        _check_fmt(fmt)
+        check_fmt(fmt)
     if max_items < 0 or max_bytes < 0:
         raise ValidationError(
             f"feed caps must not be negative (max_items={max_items}, max_bytes={max_bytes})"
@@ -224,7 +216,7 @@ def reference_document(entries: Sequence[FeedEntry], **feed: Any) -> bytes:
     kept = _newest_first(entries)
     site_url = feed["site_url"]
     head = _FeedHead(_tag_authority(site_url), feed["title"], site_url, feed["description"])
-    fmt = _check_fmt(feed["fmt"])
+    fmt = check_fmt(feed["fmt"])
     fg = _feed_generator(head, fmt, feed["self_url"], kept[0][0] if kept else EPOCH)
     for when, entry in kept:
         name = _one_line(entry.paper.title) or UNTITLED
@@ -365,19 +357,6 @@ def parse_http_date(value: str) -> datetime | None:
 
 
 # --- internals -----------------------------------------------------------------------------
-
-
-def _check_fmt(fmt: str) -> FeedFormat:
-    if fmt not in CONTENT_TYPES:
-        raise ValidationError(f"unknown feed format {fmt!r} (use rss or atom)")
-    return cast(FeedFormat, fmt)  # one of CONTENT_TYPES' keys, checked above
-
-
-def _check_token(token: str) -> str:
-    # The token becomes a file name: anything but the URL-safe alphabet could leave feeds/s/.
-    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
-        raise ValidationError("invalid feed token (expected 1-128 characters A-Z a-z 0-9 _ -)")
-    return token
 
 
 def _tag_authority(site_url: str) -> str:

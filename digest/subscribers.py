@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
+from digest import urls
 from digest.config import Settings
 from digest.errors import DigestError, NotFoundError, QueryError, ValidationError
 from digest.models import (
@@ -410,7 +411,7 @@ def remove_subscriber(store: Store, email: str) -> None:
 
 def feed_url(sub: Subscriber, settings: Settings) -> str:
     """The subscriber's private Atom feed."""
-    return f"{settings.site.base_url.rstrip('/')}/feeds/s/{sub.token}.atom"
+    return urls.feed_url(settings.site.base_url, "atom", sub.token)
 
 
 def subscriber_to_json(sub: Subscriber, settings: Settings) -> dict[str, Any]:
