@@ -143,10 +143,18 @@ class MessageBuilder:
         list_id = _safe_token(_one_line(settings.site.list_id)) or "digest.localhost"
         self.list_id_header = _fold("List-Id", f"{_phrase(settings.site.title)} <{list_id}>")
 
-    def build(self, rendered: RenderedDigest, digest: Digest, links: Links) -> OutgoingMessage:
-        """The digest as a multipart/alternative message (text, then HTML) with list headers."""
+    def build(
+        self,
+        rendered: RenderedDigest,
+        digest: Digest,
+        links: Links,
+        *,
+        sent_at: datetime | None = None,
+    ) -> OutgoingMessage:
+        """The digest as a multipart/alternative message (text, then HTML) with list headers;
+        `Date:` is `sent_at` (the moment it is handed to the transport), else when it was made."""
         to_addr, to_utf8 = _checked_address(digest.subscriber.email, "subscriber email")
-        created = digest.created_at
+        created = (sent_at or digest.created_at).replace(microsecond=0)
         if created.tzinfo is None:
             created = created.replace(tzinfo=UTC)
         message_id = _message_id_value(digest.message_id)
@@ -195,7 +203,7 @@ class MessageBuilder:
 
 @functools.lru_cache(maxsize=256)
 def _date_header(created: datetime) -> str:
-    # a batch's digests share their creation time (UTC, so equal instants print alike)
+    # messages sent within one second share it (UTC, so equal instants print alike)
     return format_datetime(created)
 
 

@@ -214,12 +214,13 @@ class Renderer:
     def sections(self, items: list[DigestItem]) -> tuple[list[SectionView], list[str]]:
         """Items grouped under their best topic; sections ordered by their best item."""
         by_topic: dict[str, SectionView] = {}
-        for number, item in enumerate(items, 1):
+        for item in items:
             topics = item.match.topics or ("Other",)
             section = by_topic.get(topics[0])
             if section is None:
                 section = by_topic[topics[0]] = SectionView(topics[0], [])
-            section.items.append(self.item(number, item))
+            # Numbered within the section, as read (a global rank would jump: 1 2 3 6 7, 4 5).
+            section.items.append(self.item(len(section.items) + 1, item))
         return list(by_topic.values()), list(by_topic)
 
     def paper_view(self, paper: StoredPaper) -> PaperView:
@@ -353,7 +354,7 @@ def make_paper_view(paper: StoredPaper, abstract_chars: int) -> PaperView:
         facts_list.append(paper.published.strftime("%b %-d, %Y"))
     if paper.upvotes is not None:
         facts_list.append(f"{paper.upvotes} upvote{'s' if paper.upvotes != 1 else ''}")
-    facts = " \u00b7 ".join(facts_list) or "Hugging Face Daily Papers"
+    facts = " \u00b7 ".join(facts_list)  # empty when the dump states none: no placeholder
     return PaperView(
         title=paper.title,
         url=paper_url(paper.title),

@@ -598,3 +598,25 @@ def test_a_dump_with_random_text_in_every_field_parses_and_renders(fields, topic
         max_items=10,
         max_bytes=1_000_000,
     )
+
+
+def test_a_paper_without_facts_has_no_byline_and_numbers_restart_per_section():
+    bare = make_paper(1, "Bare Paper About Sparse Things")
+    other = make_paper(2, "Second Sparse Paper", organization="Acme")
+    third = make_paper(3, "A Paper On Latency", upvotes=3)
+    digest = make_digest(
+        [(bare, ("Sparse",), ("Sparse",)), (third, ("Latency",), ("Latency",)),
+         (other, ("Sparse",), ("Sparse",))]
+    )  # fmt: skip
+    settings = email_settings()
+    rendered = Renderer(settings).render(digest, make_links(settings, digest.subscriber))
+    for part in (rendered.text, rendered.html):
+        assert "Hugging Face Daily Papers" not in part
+    assert '<p class="facts"></p>' not in rendered.html
+    text = rendered.text
+    # Sections in the order of their best paper; numbers as read within each section.
+    assert (
+        text.index("1.  Bare Paper") < text.index("2.  Second Sparse") < text.index("1.  A Paper")
+    )
+    bare_block = text[text.index("1.  Bare Paper") : text.index("2.  Second Sparse")]
+    assert bare_block.splitlines()[1].strip().startswith("https://")  # no empty byline line
