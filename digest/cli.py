@@ -639,6 +639,9 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
     from digest.progress import progress_bar
 
     cycle = Cycle(ctx.store, ctx.settings)
+    if args.retry_failed and not args.dry_run:
+        requeued = ctx.store.requeue_failed(now=cycle.clock())
+        ctx.print(f"requeued {requeued} failed digest(s)")
     if args.dry_run:
         count = cycle.dry_run(ctx.out, force=args.now)
         ctx.print(f"dry run: {count} digests would be sent; nothing was recorded")
@@ -710,6 +713,11 @@ def _add_delivery_parsers(sub: Any) -> None:
     )
     p.add_argument(
         "--dry-run", action="store_true", help="print what would be sent; record nothing"
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="first put failed digests back in the queue (after fixing what failed them)",
     )
     p.set_defaults(handler=cmd_send)
 

@@ -381,9 +381,16 @@ def deliver_queued(
     return sender.report
 
 
+# A pass whose first renders all fail this many times, with none rendered, is our own fault (a
+# broken template override or setting): it stops, giving everything back, rather than failing
+# every digest in the queue one by one.
+SYSTEMIC_RENDER_FAILURES = 3
+
+
 @dataclass
 class _BatchSender:
-    """One delivery pass: sends claimed digests through a pool, settles each outcome."""
+    """One delivery pass: sends claimed digests (inline, or through a pool when several may be
+    in flight), settles each outcome as it completes."""
 
     store: Store
     settings: Settings
@@ -394,6 +401,8 @@ class _BatchSender:
     stop: threading.Event
     progress: Callable[[int], object] | None
     report: DeliveryReport = field(default_factory=lambda: DeliveryReport())
+    rendered: int = 0  # digests this pass rendered (sent or refused by the server)
+    unrendered: list[tuple[Digest, RenderError]] = field(default_factory=list)  # held back
 
     def send_batch(
         self, pool: ThreadPoolExecutor, window: int, claimed: list[int], lease_until: datetime
@@ -404,7 +413,6 @@ class _BatchSender:
         records = self.store.digest_records(claimed)
         held, waiting = set(claimed), deque(claimed)
         flying: dict[Future[None], Digest] = {}
-        broken: Exception | None = None
         try:
             while waiting or flying:
                 while waiting and len(flying) < window and not self.stop.is_set():
@@ -414,12 +422,13 @@ class _BatchSender:
                         lease_until = self.clock() + self.lease
                         mine = [d.id for d in flying.values()] + list(waiting)
                         held = self.store.renew_claims(mine, self.worker, lease_until=lease_until)
-                    digest_id = waiting.popleft()
-                    if digest_id not in held:
-                        continue  # taken over by another sender after our lease lapsed
-                    digest = self._build(digest_id, records.get(digest_id))
+                    if waiting[0] not in held:
+                        waiting.popleft()  # taken over by another sender: our lease lapsed
+                        continue
+                    digest = self._build(waiting[0], records.get(waiting[0]))
                     if digest is not None:
-                        flying[pool.submit(self.send_one, digest)] = digest
+                        flying[self._launch(pool, window, digest)] = digest
+                    waiting.popleft()  # only now: until here a failure gives it back too
                 if self.stop.is_set() and waiting:
                     self.store.release_claims(list(waiting), self.worker)
                     waiting.clear()
@@ -428,17 +437,31 @@ class _BatchSender:
                 done, _ = wait(flying, return_when=FIRST_COMPLETED)
                 for future in done:
                     self._settle(flying.pop(future), future.exception())
-        except Exception as exc:  # not SystemExit: a dying process leaves its claims to lapse
-            broken = exc
-        if broken is not None:
-            # Our side is broken (SMTP login refused, a lost database...): let what is in
-            # flight finish and settle it, give the rest back untouched, and report.
+        except Exception:  # not SystemExit: a dying process leaves its claims to lapse
+            # Our side is broken (SMTP login refused, a lost database, every render failing):
+            # let what is in flight finish and settle it, give the rest back untouched, report.
             for future in as_completed(flying):
                 with contextlib.suppress(Exception):
                     self._settle(flying[future], future.exception())
-            if waiting:
-                self.store.release_claims(list(waiting), self.worker)
-            raise broken
+            back = [*waiting, *(d.id for d, _ in self.unrendered)]
+            self.unrendered.clear()
+            with contextlib.suppress(Exception):
+                self.store.release_claims(back, self.worker)
+            raise
+        self._fail_unrendered()
+
+    def _launch(self, pool: ThreadPoolExecutor, window: int, digest: Digest) -> Future[None]:
+        if window > 1:
+            return pool.submit(self.send_one, digest)
+        # One at a time: sent here, in this thread (a pool hand-off costs more than it gives).
+        future: Future[None] = Future()
+        try:
+            self.send_one(digest)
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+        return future
 
     def _build(self, digest_id: int, record: DigestRecord | None) -> Digest | None:
         try:
@@ -448,41 +471,71 @@ class _BatchSender:
             return None
 
     def _fail(self, digest_id: int, digest: Digest | None, reason: str) -> None:
-        self.store.fail_digest(digest_id, reason, now=self.clock())
+        if not self.store.fail_digest(digest_id, reason, now=self.clock(), worker=self.worker):
+            return  # another sender holds it now
         self.report.failed += 1
         who = digest.subscriber.email if digest is not None else f"digest {digest_id}"
         self.report.errors.append(f"{who}: {reason}")
         log.warning("digest %d for %s failed: %s", digest_id, who, reason)
 
+    def _fail_unrendered(self) -> None:
+        """Digests that could not be rendered fail alone, now that others rendered (or too few
+        were tried to tell a broken setup from a few odd digests)."""
+        held, self.unrendered = self.unrendered, []
+        for digest, error in held:
+            self._fail(digest.id, digest, str(error))
+            if self.progress:
+                self.progress(1)
+
     def _settle(self, digest: Digest, error: BaseException | None) -> None:
         """Mark one finished send: sent, retry later, failed, bounced; re-raise our own fault."""
-        store, settings, email = self.store, self.settings, digest.subscriber.email
+        store, settings, email, worker = (
+            self.store,
+            self.settings,
+            digest.subscriber.email,
+            self.worker,
+        )
+        if isinstance(error, RenderError):
+            self.unrendered.append((digest, error))
+            if self.rendered == 0 and len(self.unrendered) >= SYSTEMIC_RENDER_FAILURES:
+                store.release_claims([d.id for d, _ in self.unrendered], worker)
+                self.unrendered.clear()
+                raise DigestError(
+                    f"the first {SYSTEMIC_RENDER_FAILURES} digests of this pass all failed to "
+                    f"render, so the fault is ours (a template or a setting), not theirs; nothing "
+                    f"was marked failed. Last: {error}"
+                )
+            if self.rendered:
+                self._fail_unrendered()
+            return
+        self.rendered += 1
+        if self.unrendered:
+            self._fail_unrendered()
         if error is None:
             store.mark_digest_sent(digest.id, now=self.clock())
             self.report.sent += 1
-        elif isinstance(error, RenderError):
-            self._fail(digest.id, digest, str(error))
         elif isinstance(error, TemporaryDeliveryError):
             attempts = store.digest_attempts(digest.id) + 1
             if attempts >= settings.mail.retry_attempts:
-                store.fail_digest(digest.id, str(error), now=self.clock())
-                self.report.failed += 1
+                if store.fail_digest(digest.id, str(error), now=self.clock(), worker=worker):
+                    self.report.failed += 1
             else:
                 delay = settings.mail.retry_base_seconds * 2 ** (attempts - 1)
-                store.retry_digest(
-                    digest.id, str(error), next_attempt_at=self.clock() + timedelta(seconds=delay)
-                )
-                self.report.retried += 1
+                again = self.clock() + timedelta(seconds=delay)
+                if store.retry_digest(digest.id, str(error), next_attempt_at=again, worker=worker):
+                    self.report.retried += 1
             self.report.errors.append(f"{email}: {error}")
             log.warning("temporary failure for %s: %s", email, error)
         elif isinstance(error, PermanentDeliveryError):
-            store.bounce_digest(digest.id, str(error), max_bounces=settings.mail.max_bounces)
+            store.bounce_digest(
+                digest.id, str(error), max_bounces=settings.mail.max_bounces, worker=worker
+            )
             self.report.bounced += 1
             self.report.errors.append(f"{email}: {error}")
             log.warning("bounce for %s: %s", email, error)
         else:
             # Not this digest's fault: it goes back to the queue with the rest of the batch.
-            store.release_claims([digest.id], self.worker)
+            store.release_claims([digest.id], worker)
             raise error
         if self.progress:
             self.progress(1)

@@ -9,20 +9,24 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from digest.config import Settings, build_settings
+from digest.errors import DigestError
 from digest.ingest import ingest_files
 from digest.mail import (
     DryRunTransport,
     PermanentDeliveryError,
     SendResult,
     TemporaryDeliveryError,
+    TransportError,
     make_message_id,
 )
 from digest.models import Topic
 from digest.outbox import build_digest, plan_digests, queue_digests
 from digest.pipeline import Cycle
+from digest.render import Renderer
 from digest.store import Store
 from digest.subscribers import add_subscriber, get_subscriber
 
@@ -427,3 +431,76 @@ def test_two_queueing_passes_from_one_state_record_one_digest(world) -> None:
     assert record([p.progress() for p in second]) == []
     assert store.digest_status_counts()["queued"] == 2
     assert Cycle(store, settings, lambda: T0).deliver(Recorder()).sent == 2
+
+
+def test_when_every_render_fails_the_pass_stops_and_nothing_is_failed(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, settings = world
+    for n in range(5):
+        _subscribe(store, settings, f"r{n}@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+
+    def broken(self, digest, links):
+        raise jinja2.UndefinedError("'item' has no attribute 'titel'")  # a bad override
+
+    monkeypatch.setattr(Renderer, "render", broken)
+    with pytest.raises(DigestError, match="first 3 digests of this pass all failed to render"):
+        Cycle(store, settings, lambda: T0).deliver(Recorder())
+    counts = store.digest_status_counts()
+    assert counts["queued"] == 5 and counts["failed"] == 0 and counts["sending"] == 0
+    monkeypatch.undo()  # the operator fixed the template
+    assert Cycle(store, settings, lambda: T0).deliver(Recorder()).sent == 5
+
+
+def test_failed_digests_can_be_requeued_once_the_cause_is_fixed(world) -> None:
+    store, settings = world
+    _subscribe(store, settings, "a@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+    (digest_id,) = store.claim_digests("me", limit=5, lease_until=T0 + timedelta(hours=1), now=T0)
+    assert store.fail_digest(digest_id, "cannot render: x", now=T0, worker="me")
+    assert store.requeue_failed(now=T0) == 1
+    assert Cycle(store, settings, lambda: T0).deliver(Recorder()).sent == 1
+
+
+def test_a_late_outcome_of_a_sender_that_lost_its_claim_changes_nothing(world) -> None:
+    store, settings = world
+    _subscribe(store, settings, "a@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+    (digest_id,) = store.claim_digests("slow", limit=1, lease_until=T0, now=T0)
+    later = T0 + timedelta(minutes=1)
+    assert store.claim_digests("other", limit=1, lease_until=later + timedelta(hours=1), now=later)
+    # The slow sender's 4xx, failure or bounce comes in after the other took over: ignored.
+    assert not store.retry_digest(digest_id, "451", next_attempt_at=later, worker="slow")
+    assert not store.fail_digest(digest_id, "gave up", now=later, worker="slow")
+    assert not store.bounce_digest(digest_id, "550", max_bounces=1, worker="slow")
+    assert store.digest_status_counts()["sending"] == 1
+    assert get_subscriber(store, "a@example.org").status == "active"
+
+
+def test_with_several_connections_our_own_failure_settles_what_is_in_flight(world) -> None:
+    store, settings = world
+    for n in range(8):
+        _subscribe(store, settings, f"r{n}@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+
+    class Pool(Recorder):
+        parallel = 3
+
+        def send(self, msg):  # type: ignore[override]
+            if msg.recipients[0] == "r3@example.org":
+                raise TransportError("smtp.example.org: 535 authentication failed")
+            return super().send(msg)
+
+    transport = Pool()
+    with pytest.raises(TransportError):
+        Cycle(store, settings, lambda: T0).deliver(transport)
+    counts = store.digest_status_counts()
+    # What the server took is marked sent; nothing is stranded in 'sending'; the rest waits.
+    assert counts["sent"] == len(transport.messages) and counts["sending"] == 0
+    assert counts["queued"] == 8 - counts["sent"]
+    assert Cycle(store, settings, lambda: T0).deliver(Recorder()).sent == 8 - counts["sent"]

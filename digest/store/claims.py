@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 
 from digest.errors import StoreError
 from digest.models import DigestKind, DigestStatus, StatusChange, StoredPaper, SubscriberStatus
@@ -181,70 +181,46 @@ class ClaimStore(StoreBase):
             return conn.scalar(select(digests.c.attempts).where(digests.c.id == digest_id)) or 0
 
     def mark_digest_sent(self, digest_id: int, *, now: datetime) -> None:
-        """The transport accepted the digest: it is never sent again."""
+        """The transport accepted the digest: it is never sent again. Whoever holds it now: a
+        sender whose lease lapsed mid-send still delivered it, and marking it spares the new
+        holder a repeat (the other outcomes only count while the sender holds the claim)."""
         with self._write() as conn:
-            conn.execute(
-                update(digests)
-                .where(digests.c.id == digest_id)
-                .values(
-                    status=DigestStatus.SENT,
-                    sent_at=utc(now),
-                    attempts=digests.c.attempts + 1,
-                    claimed_by=None,
-                    lease_until=None,
-                    last_error=None,
-                )
+            _settle_claim(
+                conn, digest_id, None, status=DigestStatus.SENT, sent_at=utc(now), last_error=None
             )
 
-    def retry_digest(self, digest_id: int, error: str, *, next_attempt_at: datetime) -> None:
+    def retry_digest(
+        self, digest_id: int, error: str, *, next_attempt_at: datetime, worker: str | None = None
+    ) -> bool:
         """A temporary failure: back to the queue, to be tried again at `next_attempt_at`."""
         with self._write() as conn:
-            conn.execute(
-                update(digests)
-                .where(digests.c.id == digest_id)
-                .values(
-                    status=QUEUED,
-                    attempts=digests.c.attempts + 1,
-                    next_attempt_at=utc(next_attempt_at),
-                    claimed_by=None,
-                    lease_until=None,
-                    last_error=error[:2000],
-                )
-            )
+            return _settle_claim(
+                conn, digest_id, worker, status=QUEUED, next_attempt_at=utc(next_attempt_at),
+                last_error=error[:2000],
+            )  # fmt: skip
 
-    def fail_digest(self, digest_id: int, error: str, *, now: datetime) -> None:
-        """Out of retries: the digest stays failed and visible to the admin."""
+    def fail_digest(
+        self, digest_id: int, error: str, *, now: datetime, worker: str | None = None
+    ) -> bool:
+        """Out of retries (or unsendable): the digest stays failed and visible to the admin."""
         with self._write() as conn:
-            conn.execute(
-                update(digests)
-                .where(digests.c.id == digest_id)
-                .values(
-                    status=DigestStatus.FAILED,
-                    attempts=digests.c.attempts + 1,
-                    claimed_by=None,
-                    lease_until=None,
-                    last_error=error[:2000],
-                )
+            return _settle_claim(
+                conn, digest_id, worker, status=DigestStatus.FAILED, last_error=error[:2000]
             )
 
-    def bounce_digest(self, digest_id: int, error: str, *, max_bounces: int) -> bool:
+    def bounce_digest(
+        self, digest_id: int, error: str, *, max_bounces: int, worker: str | None = None
+    ) -> bool:
         """A permanent failure: record the bounce; True if the subscriber is now 'bouncing'
         (an active subscriber at `max_bounces` bounces; the status history says 'bounce')."""
         with self._write() as conn:
             sub_id = conn.scalar(select(digests.c.subscriber_id).where(digests.c.id == digest_id))
             if sub_id is None:
                 return False  # no such digest
-            conn.execute(
-                update(digests)
-                .where(digests.c.id == digest_id)
-                .values(
-                    status=DigestStatus.BOUNCED,
-                    attempts=digests.c.attempts + 1,
-                    claimed_by=None,
-                    lease_until=None,
-                    last_error=error[:2000],
-                )
-            )
+            if not _settle_claim(
+                conn, digest_id, worker, status=DigestStatus.BOUNCED, last_error=error[:2000]
+            ):
+                return False  # another sender took it over and settled it
             conn.execute(
                 update(subscribers)
                 .where(subscribers.c.id == sub_id)
@@ -263,6 +239,21 @@ class ClaimStore(StoreBase):
                     record_events(conn, [(sub_id, active, bouncing)], StatusChange.BOUNCE, at=now)
                 return True
         return False
+
+    def requeue_failed(self, *, now: datetime) -> int:
+        """Failed email digests of subscribers still receiving mail back to the queue, attempts
+        reset (the operator fixed what failed them: a template, a setting); how many."""
+        receiving = select(subscribers.c.id).where(subscribers.c.status == SubscriberStatus.ACTIVE)
+        with self._write() as conn:
+            return conn.execute(
+                update(digests)
+                .where(
+                    digests.c.kind == DigestKind.EMAIL,
+                    digests.c.status == DigestStatus.FAILED,
+                    digests.c.subscriber_id.in_(receiving),
+                )
+                .values(status=QUEUED, attempts=0, next_attempt_at=utc(now), last_error=None)
+            ).rowcount
 
     def digest_status_counts(self) -> dict[str, int]:
         """Email digests per status (queued, sending, sent, failed, bounced)."""
@@ -330,3 +321,13 @@ class ClaimStore(StoreBase):
                 )
                 for r in conn.execute(stmt)
             ]
+
+
+def _settle_claim(conn: Connection, digest_id: int, worker: str | None, **values: Any) -> bool:
+    """End one send attempt: the outcome's values, one more attempt, the claim released. With
+    `worker`, only while that sender still holds the digest; True if the row changed."""
+    stmt = update(digests).where(digests.c.id == digest_id)
+    if worker is not None:
+        stmt = stmt.where(digests.c.claimed_by == worker, digests.c.status == SENDING)
+    stmt = stmt.values(attempts=digests.c.attempts + 1, claimed_by=None, lease_until=None, **values)
+    return bool(conn.execute(stmt).rowcount)
