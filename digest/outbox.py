@@ -232,15 +232,17 @@ def queue_digests(
         report.due += len(states)
         report.papers = len(by_id)
         plans = _plan_states(store, settings, states, papers, by_id, index, now)
-        store.record_plans(
+        created = store.record_plans(
             [plan.progress() for plan in plans],
             now=now,
             message_id=lambda digest_id: make_message_id(digest_id, settings),
         )
         for plan in plans:
-            if plan.items and plan.kind == DigestKind.FEED:
+            if plan.state.subscriber.id not in created:
+                continue  # nothing new, or recorded meanwhile by another pass
+            if plan.kind == DigestKind.FEED:
                 report.feed_items += len(plan.items)
-            elif plan.items:
+            else:
                 report.queued += 1
     return report
 
@@ -303,8 +305,21 @@ def build_digest(store: Store, digest_id: int, record: DigestRecord | None = Non
 
 
 def worker_name() -> str:
-    """Who holds a claim: host and process, for the claimed_by column and logs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who holds a claim: host, PID namespace and process, for the claimed_by column and logs.
+
+    The namespace tells containers that share a host name apart: a PID is only checked (and
+    its claims given back when it is dead) by senders that see the same processes.
+    """
+    return f"{_this_host()}:{os.getpid()}"
+
+
+@functools.cache
+def _this_host() -> str:
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
+    except OSError:  # not Linux: the host name alone
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}" if namespace else socket.gethostname()
 
 
 def _alive(pid: int) -> bool:
@@ -323,7 +338,7 @@ def release_dead_claims(store: Store) -> int:
     A crashed sender on another machine cannot be checked from here: its claims wait for their
     lease to lapse, so a live worker's message is never sent twice by a restarting daemon.
     """
-    host = socket.gethostname()
+    host = _this_host()
     released = 0
     for holder in store.claim_holders():
         name, _, pid = holder.rpartition(":")

@@ -344,7 +344,7 @@ def test_a_restarting_daemon_releases_only_claims_of_dead_local_senders(world) -
     import socket
     import subprocess
 
-    from digest.outbox import release_dead_claims
+    from digest.outbox import release_dead_claims, worker_name
 
     store, settings = world
     for name in ("a", "b", "c"):
@@ -353,12 +353,15 @@ def test_a_restarting_daemon_releases_only_claims_of_dead_local_senders(world) -
     queue_digests(store, settings, now=T0)
     proc = subprocess.Popen(["true"])
     proc.wait()
-    host = socket.gethostname()
+    host = worker_name().rpartition(":")[0]  # this host and PID namespace
+    assert worker_name() == f"{host}:{os.getpid()}" and host.startswith(socket.gethostname())
+    # A container with the same host name but its own PIDs: its "dead" pid proves nothing.
+    other_ns = f"{socket.gethostname()}/1:{proc.pid}"
     lease = T0 + timedelta(hours=1)
-    for holder in (f"{host}:{proc.pid}", f"{host}:{os.getpid()}", "elsewhere:1"):
+    for holder in (f"{host}:{proc.pid}", f"{host}:{os.getpid()}", other_ns):
         assert len(store.claim_digests(holder, limit=1, lease_until=lease, now=T0)) == 1
     assert release_dead_claims(store) == 1  # only the dead local one
-    assert sorted(store.claim_holders()) == sorted([f"{host}:{os.getpid()}", "elsewhere:1"])
+    assert sorted(store.claim_holders()) == sorted([f"{host}:{os.getpid()}", other_ns])
 
 
 def test_a_transport_misconfiguration_stops_sending_and_bounces_nobody(world) -> None:
@@ -428,7 +431,7 @@ def test_two_queueing_passes_from_one_state_record_one_digest(world) -> None:
     record = functools.partial(store.record_plans, now=T0, message_id=ids)
     assert len(record([p.progress() for p in first])) == 2
     # ...the later one records nothing: no IntegrityError, no second digest for anyone.
-    assert record([p.progress() for p in second]) == []
+    assert record([p.progress() for p in second]) == {}
     assert store.digest_status_counts()["queued"] == 2
     assert Cycle(store, settings, lambda: T0).deliver(Recorder()).sent == 2
 
@@ -504,3 +507,35 @@ def test_with_several_connections_our_own_failure_settles_what_is_in_flight(worl
     assert counts["sent"] == len(transport.messages) and counts["sending"] == 0
     assert counts["queued"] == 8 - counts["sent"]
     assert Cycle(store, settings, lambda: T0).deliver(Recorder()).sent == 8 - counts["sent"]
+
+
+def test_a_plan_for_someone_who_paused_meanwhile_records_nothing(world) -> None:
+    store, settings = world
+    for name in ("a", "b"):
+        _subscribe(store, settings, f"{name}@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    plans, _ = plan_digests(store, settings, now=T0)
+    paused = get_subscriber(store, "b@example.org")
+    store.set_subscriber_status(paused.id, "paused", how="admin")  # between planning and recording
+    ids = functools.partial(make_message_id, settings=settings)
+    created = store.record_plans([p.progress() for p in plans], now=T0, message_id=ids)
+    assert list(created) == [get_subscriber(store, "a@example.org").id]
+
+
+def test_a_queue_pass_reports_what_it_recorded_not_what_it_planned(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, settings = world
+    for name in ("a", "b"):
+        _subscribe(store, settings, f"{name}@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    real = store.record_plans
+
+    def another_pass_first(plans, **kwargs):
+        real(plans, **kwargs)  # the same plans, recorded by a concurrent pass just before
+        return real(plans, **kwargs)
+
+    monkeypatch.setattr(store, "record_plans", another_pass_first)
+    report = queue_digests(store, settings, now=T0)
+    assert report.due == 2 and report.queued == 0
+    assert store.digest_status_counts()["queued"] == 2

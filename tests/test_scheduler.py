@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import socket
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -23,7 +22,7 @@ from digest.daemon_lock import running_daemon
 from digest.errors import LockError
 from digest.mail import OutgoingMessage, SendResult
 from digest.models import Paper, ParseResult, Topic
-from digest.outbox import queue_digests
+from digest.outbox import queue_digests, worker_name
 from digest.scheduler import (
     JOB_DUE,
     JOB_FEEDS,
@@ -353,7 +352,7 @@ def test_a_digest_left_in_flight_by_a_crash_is_resent_with_its_message_id(
     assert queue_digests(store, settings, now=now).queued == 1
     # A previous daemon on this host claimed it with a long lease, then died before marking it
     # sent; a sender on another host keeps its claim until the lease lapses.
-    dead = f"{socket.gethostname()}:{_dead_pid()}"
+    dead = f"{worker_name().rpartition(':')[0]}:{_dead_pid()}"
     claimed = store.claim_digests(dead, limit=10, lease_until=now + timedelta(days=1), now=now)
     message_id = store.digest_record(claimed[0]).message_id
     transport = RecordingTransport(clock)

@@ -45,7 +45,7 @@ def test_record_plans_writes_digests_ledger_rows_and_progress(store: Store) -> N
         LedgerItem(paper_id=p2, topics=("T", "U"), terms=("about",), score=2.0),
     ]
     slot, upcoming = T0 + timedelta(hours=1), T0 + timedelta(days=1)
-    created = store.record_plans(
+    by_subscriber = store.record_plans(
         [
             PlanProgress(mail, DigestKind.EMAIL, items, p2, slot, upcoming),
             PlanProgress(feed, DigestKind.FEED, items[:1], p2, slot),
@@ -54,7 +54,8 @@ def test_record_plans_writes_digests_ledger_rows_and_progress(store: Store) -> N
         now=T0,
         message_id=lambda i: f"<{i}@example.org>",
     )
-    assert len(created) == 2
+    assert list(by_subscriber) == [mail, feed]  # the idle one only advanced
+    created = list(by_subscriber.values())
     records = store.digest_records(created)
     email, feed_digest = (records[i] for i in created)
     assert (email.kind, email.status, email.message_id) == (
@@ -92,7 +93,7 @@ def test_subscriber_history_lists_sent_email_digests_as_records(store: Store) ->
     ]
     (digest_id,) = store.record_plans(
         [PlanProgress(sid, DigestKind.EMAIL, items, p2, T0)], now=T0, message_id=lambda i: "<m>"
-    )
+    ).values()
     assert store.subscriber_history(sid) == []  # queued, not sent
     store.mark_digest_sent(digest_id, now=T0 + timedelta(minutes=1))
     titles = {p.id: p.title for p in store.recent_papers(2)}

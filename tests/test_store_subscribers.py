@@ -94,7 +94,7 @@ def _digest_for(store: Store, sid: int) -> int:
     store.ingest_dump("d", "0" * 64, 1, ParseResult(papers=(Paper("P", "p"),)), received_at=T0)
     item = LedgerItem(paper_id=store.max_paper_id(), topics=("T",), terms=("p",), score=1.0)
     plan = PlanProgress(sid, DigestKind.EMAIL, [item], store.max_paper_id(), T0)
-    (digest_id,) = store.record_plans([plan], now=T0, message_id=lambda i: f"<{i}@x>")
+    (digest_id,) = store.record_plans([plan], now=T0, message_id=lambda i: f"<{i}@x>").values()
     return digest_id
 
 

@@ -182,8 +182,9 @@ class LedgerStore(StoreBase):
         now: datetime,
         message_id: Callable[[int], str],
         chunk: int = 500,
-    ) -> list[int]:
-        """Record digests (subscriber, kind, items) and each subscriber's progress.
+    ) -> dict[int, int]:
+        """Record digests (subscriber, kind, items) and each subscriber's progress; the digests
+        created, by subscriber id (a plan made from a stale state records nothing).
 
         Each digest is written with its ledger rows and the subscriber's new watermark and slot
         in one transaction (several subscribers share one, for speed), so a crash leaves each
@@ -192,7 +193,7 @@ class LedgerStore(StoreBase):
         The Message-ID derives from the digest id, so a repeat after a crash is recognisable.
         """
         now = utc(now)
-        created: list[int] = []
+        created: dict[int, int] = {}
         for start in range(0, len(plans), chunk):
             part = plans[start : start + chunk]
             with self._write() as conn:
@@ -201,7 +202,7 @@ class LedgerStore(StoreBase):
                 # A plan whose subscriber moved on meanwhile (another pass recorded it) is
                 # dropped, with its digest: never two digests from one state.
                 part = self._still_at(conn, part)
-                created.extend(_insert_digests(conn, [p for p in part if p.items], now, message_id))
+                created.update(_insert_digests(conn, [p for p in part if p.items], now, message_id))
                 self._advance_many(conn, part)
         return created
 
@@ -211,14 +212,23 @@ class LedgerStore(StoreBase):
         ids = [p.subscriber_id for p in plans if p.was_watermark is not None]
         if not ids:
             return list(plans)
-        stmt = select(subscribers.c.id, subscribers.c.watermark, subscribers.c.last_slot).where(
-            subscribers.c.id.in_(ids)
+        stmt = (
+            select(
+                subscribers.c.id,
+                subscribers.c.watermark,
+                subscribers.c.last_slot,
+                subscribers.c.status,
+            )
+            .where(subscribers.c.id.in_(ids))
+            .order_by(subscribers.c.id)  # two passes lock in one order: no deadlock
         )
         if self.dialect != "sqlite":
             stmt = stmt.with_for_update()
         at = {
+            # Someone who paused or unsubscribed since the plan was made gets nothing either.
             r.id: (r.watermark, utc(r.last_slot) if r.last_slot else None)
             for r in conn.execute(stmt)
+            if SubscriberStatus(r.status).receives_mail
         }
         return [
             p
@@ -323,10 +333,10 @@ def _insert_digests(
     wanted: Sequence[PlanProgress],
     now: datetime,
     message_id: Callable[[int], str],
-) -> list[int]:
-    """Insert the plans' digests with their ledger rows; return their ids."""
+) -> dict[int, int]:
+    """Insert the plans' digests with their ledger rows; their ids by subscriber id."""
     if not wanted:
-        return []
+        return {}
     stamp = now.timestamp()
     rows = [
         {
@@ -368,4 +378,4 @@ def _insert_digests(
             for item in p.items
         ],
     )
-    return [ids[p.subscriber_id] for p in wanted]
+    return {p.subscriber_id: ids[p.subscriber_id] for p in wanted}
