@@ -119,6 +119,9 @@ class Cycle:
                 "they are sent now under their own Message-ID",
                 requeued,
             )
+        # Templates and settings are read afresh for each delivery (a few ms), so a daemon
+        # picks up an edited template override without a restart.
+        self.__dict__.pop("_message_parts", None)
         own = transport is None
         transport = transport or self.transport_factory(self.settings)
         try:
@@ -203,7 +206,7 @@ class Cycle:
 
     @functools.cached_property
     def _message_parts(self) -> tuple[Renderer, MessageBuilder, LinkSigner]:
-        # Templates, CSS and the signing key are loaded once per cycle, not once per pass.
+        # Templates, CSS and the signing key: loaded once per delivery, not once per message.
         return (
             Renderer(self.settings),
             MessageBuilder(self.settings),

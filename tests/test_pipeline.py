@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -260,3 +261,25 @@ def test_the_date_header_is_the_send_time_not_the_queue_time(world) -> None:
     for m in server.handler.messages:
         msg = message_from_bytes(m.data, policy=policy.default)
         assert msg["Date"].datetime == sent_at.replace(microsecond=0)
+
+
+def test_an_edited_template_override_is_used_by_the_next_delivery(world, tmp_path: Path) -> None:
+    store, settings, server = world
+    override = tmp_path / "my-templates" / "email"
+    override.mkdir(parents=True)
+    shipped = (Path(__file__).parents[1] / "templates" / "email" / "paper.txt").read_text()
+    (override / "paper.txt").write_text("EDITION-ONE\n" + shipped, encoding="utf-8")
+    settings = dataclasses.replace(
+        settings,
+        templates=dataclasses.replace(settings.templates, override_dir=override.parent),
+    )
+    cycle = Cycle(store, settings)  # one Cycle, as the daemon keeps one for its life
+    ingest_files(store, settings, [FIXTURES / "ingest_day1.txt"], quiet=True)
+    cycle.queue()
+    assert cycle.deliver().sent
+    (override / "paper.txt").write_text("EDITION-TWO\n" + shipped, encoding="utf-8")
+    ingest_files(store, settings, [FIXTURES / "ingest_day2.txt"], quiet=True)
+    cycle.queue()
+    assert cycle.deliver().sent
+    bodies = [m.data.decode("utf-8", "replace") for m in server.handler.messages]
+    assert "EDITION-ONE" in bodies[0] and "EDITION-TWO" in bodies[-1]
