@@ -279,9 +279,7 @@ class SubscriberStore(StoreBase):
                 record_events(conn, [(found.id, found.status, gone)], how, at=now)
         return True
 
-    def delete_subscriber(
-        self, subscriber_id: int, *, suppress: Suppression | None = None
-    ) -> bool:
+    def delete_subscriber(self, subscriber_id: int, *, suppress: Suppression | None = None) -> bool:
         """Delete a subscriber with their topics, digests, ledger rows, history and feedback;
         False if unknown. With `suppress`, its suppression entry is written in the same
         transaction (replacing an older one for the same hash)."""
@@ -344,6 +342,15 @@ class SubscriberStore(StoreBase):
                 .values(confirm_sent_at=now)
             ).rowcount
         return bool(done)
+
+    def release_confirmation(self, subscriber_id: int) -> None:
+        """Forget the last confirmation time (its email could not be sent)."""
+        with self._write() as conn:
+            conn.execute(
+                update(subscribers)
+                .where(subscribers.c.id == subscriber_id)
+                .values(confirm_sent_at=None)
+            )
 
     def feedback_of(self, subscriber_id: int) -> list[FeedbackRecord]:
         """A subscriber's verdicts on papers, oldest first, with the papers' titles."""
