@@ -51,9 +51,15 @@ class SignupLimiter:
         return self._hit("address", key, self.per_address)
 
     def _hit(self, scope: str, key: str, rates: list[RateLimitItem]) -> int:
+        # A refused request is not counted against the other rates: hammering the per-minute
+        # limit does not also use up the per-hour one.
         wait = 0
         for rate in rates:
-            if not self._limiter.hit(rate, scope, key):
+            if not self._limiter.test(rate, scope, key):
                 stats = self._limiter.get_window_stats(rate, scope, key)
                 wait = max(wait, 1, math.ceil(stats.reset_time - time.time()))
-        return wait
+        if wait:
+            return wait
+        for rate in rates:
+            self._limiter.hit(rate, scope, key)
+        return 0
