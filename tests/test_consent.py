@@ -238,9 +238,10 @@ def test_wipe_leaves_only_a_suppression_that_admin_paths_respect(tmp_path: Path)
         subs.add_subscriber(store, settings, "ann@example.org", how=StatusChange.ADMIN)
     csv_file = tmp_path / "again.csv"
     csv_file.write_text("email\nann@example.org\n")
-    report = subs.import_csv(store, settings, csv_file)
-    assert str(report.errors[0]).startswith(f"{csv_file}:2: ann@example.org was erased")
-    assert report.added == 0
+    for dry_run in (True, False):
+        report = subs.import_csv(store, settings, csv_file, dry_run=dry_run)
+        assert str(report.errors[0]).startswith(f"{csv_file}:2: ann@example.org was erased")
+        assert report.added == 0
     # their own sign-up is allowed and lifts the suppression once confirmed
     sent: list = []
     app = create_app(settings, store, transport_factory=lambda s: FakeTransport(sent))
