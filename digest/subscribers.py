@@ -368,6 +368,7 @@ def _edit(
         if address != current.email:
             if store.subscriber_by_email(address) is not None:
                 raise FieldError("email", f"{address}: already subscribed")
+            check_not_suppressed(store, address)  # no re-adding a wiped person by a rename
             fields["email"] = address
     if name is not None:
         fields["name"] = check_name(name)

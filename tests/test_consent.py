@@ -236,6 +236,9 @@ def test_wipe_leaves_only_a_suppression_that_admin_paths_respect(tmp_path: Path)
     assert store.subscriber_by_email("ann@example.org") is None
     with pytest.raises(ConsentError, match=r"ann@example\.org was erased on "):
         subs.add_subscriber(store, settings, "ann@example.org", how=StatusChange.ADMIN)
+    subs.add_subscriber(store, settings, "other@example.org")
+    with pytest.raises(ConsentError, match=r"ann@example\.org was erased on "):  # nor a rename
+        subs.edit_subscriber(store, settings, "other@example.org", new_email="ann@example.org")
     csv_file = tmp_path / "again.csv"
     csv_file.write_text("email\nann@example.org\n")
     for dry_run in (True, False):
