@@ -267,8 +267,8 @@ def stage_queue(settings, workdir: Path, _n: int) -> dict:
                 return inner(plans, **kwargs)
             finally:
                 record[0] += time.perf_counter() - start
-                record[1] += sum(1 for p in plans if p[2])
-                record[2] += sum(len(p[2]) for p in plans)
+                record[1] += sum(1 for p in plans if p.items)
+                record[2] += sum(len(p.items) for p in plans)
 
         store.record_plans = timed_record  # type: ignore[method-assign]
         start = time.perf_counter()

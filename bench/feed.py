@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from digest import feed as feedmod  # noqa: E402
-from digest.feed import FeedEntry, build_feed, build_feeds, clean_text, paper_link  # noqa: E402
+from digest.feed import FeedEntry, build_feed, build_feeds, paper_link  # noqa: E402
 from digest.models import StoredPaper, paper_key  # noqa: E402
+from digest.text import clean_text  # noqa: E402
 
 DUMPS = ROOT.parent / "shared" / "dumps"
 SITE = "https://papers.example.org"

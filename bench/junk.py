@@ -9,6 +9,7 @@ Run: .venv/bin/python bench/junk.py [SIZE_MBxLINE_BYTES ...]   (default: 10x2 10
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -48,4 +49,9 @@ def main(cases: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["10x2", "10x10", "20x2", "20x80"])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "cases", nargs="*", default=["10x2", "10x10", "20x2", "20x80"],
+        help="SIZE_MBxLINE_BYTES, e.g. 10x2 (default: 10x2 10x10 20x2 20x80)",
+    )  # fmt: skip
+    main(parser.parse_args().cases)

@@ -323,8 +323,8 @@ def cmd_subscriber_import(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_subscriber_export(ctx: Context, args: argparse.Namespace) -> int:
     """Write every subscriber as CSV (the import format) to FILE or stdout."""
     import io
-    import tempfile
 
+    from digest.fsutil import atomic_write
     from digest.subscribers import export_csv
 
     if not args.file or args.file == "-":
@@ -334,11 +334,8 @@ def cmd_subscriber_export(ctx: Context, args: argparse.Namespace) -> int:
     buffer = io.StringIO()
     count = export_csv(ctx.store, buffer)
     # Temp file + rename: a crash never leaves a half-written export under the real name.
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, target)
+    try:  # 0600: an export holds every subscriber's address
+        atomic_write(target, buffer.getvalue().encode("utf-8"), mode=0o600)
     except OSError as exc:
         raise DigestError(f"{target}: cannot write: {exc.strerror or exc}") from None
     ctx.print(f"exported {count} subscriber(s) to {target}")
@@ -461,13 +458,15 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
 
 # Terminal highlighting: ANSI bold yellow on a terminal, [brackets] when piped or redirected.
 _HL_ON, _HL_OFF = "\x1b[1;33m", "\x1b[0m"
-# Paper text comes from outside: control characters (ANSI escapes...) never reach the terminal;
-# each becomes one space so character spans stay valid.
-_CONTROL_CHARS = {c: " " for c in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]}
 
 
 def _safe(text: str) -> str:
-    return text.translate(_CONTROL_CHARS)
+    """Terminal-safe printing: stored text is clean (digest.text policy), and whatever a store
+    written before that policy holds, no control character (ANSI escape...) reaches the terminal;
+    each becomes one space, so character spans stay valid."""
+    from digest.text import TERMINAL_CONTROLS
+
+    return text.translate(TERMINAL_CONTROLS)
 
 
 def _use_color(mode: str, out: TextIO) -> bool:
@@ -481,19 +480,10 @@ def _use_color(mode: str, out: TextIO) -> bool:
 
 def highlight(text: str, spans: Sequence[tuple[int, int]], color: bool) -> str:
     """Text with the spans marked: ANSI bold colour, or [brackets] for plain output."""
-    out: list[str] = []
-    pos = 0
-    for start, end in sorted(spans):
-        start = max(start, pos)
-        end = min(end, len(text))
-        if end <= start:
-            continue
-        word = _safe(text[start:end])
-        out.append(_safe(text[pos:start]))
-        out.append(f"{_HL_ON}{word}{_HL_OFF}" if color else f"[{word}]")
-        pos = end
-    out.append(_safe(text[pos:]))
-    return "".join(out)
+    from digest.highlight import segments
+
+    on, off = (_HL_ON, _HL_OFF) if color else ("[", "]")
+    return "".join(f"{on}{_safe(p)}{off}" if hit else _safe(p) for p, hit in segments(text, spans))
 
 
 def excerpt(

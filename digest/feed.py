@@ -16,26 +16,32 @@ from __future__ import annotations
 
 import hashlib
 import html
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
-from urllib.parse import quote_plus, urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from feedgen.entry import FeedEntry as FeedGenEntry
 from feedgen.feed import FeedGenerator
 
 from digest.errors import DigestError, NotFoundError, ValidationError
+from digest.fsutil import atomic_write
 from digest.models import Match, StoredPaper
-
-FeedFormat = Literal["rss", "atom"]
-FORMATS: tuple[FeedFormat, ...] = ("rss", "atom")
+from digest.text import clean_text
+from digest.urls import (  # noqa: F401 - FORMATS, feed_url_path: part of this module's API
+    FORMATS,
+    FeedFormat,
+    check_fmt,
+    check_token,
+    feed_url,
+    feed_url_path,
+    paper_url,
+)
 
 CONTENT_TYPES: dict[str, str] = {
     "rss": "application/rss+xml; charset=utf-8",
@@ -49,27 +55,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # shows every paper again.
 TAG_YEAR = "2025"
 
-PAPER_SEARCH_URL = "https://huggingface.co/papers?q="
 GENERATOR = "Daily Papers Digest"
 UNTITLED = "(untitled paper)"
 
-# Characters XML 1.0 forbids (lxml raises on them), C1 controls (legal but never meant as text),
-# and bidi embeddings/overrides/isolates, which let a hostile title reorder how the text around it
-# is displayed. Plain right-to-left letters and the harmless LRM/RLM/ALM marks are kept.
-_STRIP = re.compile(
-    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\u202a-\u202e\u2066-\u2069"
-    "\ud800-\udfff\ufffe\uffff]+"
-)
-_ASCII_CONTROLS = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _SPACES = re.compile(r"\s+")
-# quote_plus for ASCII titles in one str.translate: unreserved characters stay, space is "+".
-_URL_QUOTE = {
-    i: "+" if i == 0x20 else f"%{i:02X}"
-    for i in range(128)
-    if not (chr(i).isalnum() or chr(i) in "_.-~")
-}
-_URL_RESERVED = re.compile(r"[^A-Za-z0-9_.~ -]")
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 # feedgen formats RSS dates by switching the process locale to C and back (setlocale is process
 # wide): two threads doing it at once can leave the process in the wrong locale. The web app
@@ -125,43 +114,16 @@ class FeedPaths:
 
     def all(self, fmt: FeedFormat) -> Path:
         """The public feed of all new papers."""
-        return self.root / f"all.{_check_fmt(fmt)}"
+        return self.root / f"all.{check_fmt(fmt)}"
 
     def subscriber(self, token: str, fmt: FeedFormat) -> Path:
         """A subscriber's private feed, named by their secret token."""
-        return self.root / "s" / f"{_check_token(token)}.{_check_fmt(fmt)}"
+        return self.root / "s" / f"{check_token(token)}.{check_fmt(fmt)}"
 
 
 def feed_paths(public_dir: Path) -> FeedPaths:
     """The feed layout under public/: feeds/all.rss|atom and feeds/s/TOKEN.rss|atom."""
     return FeedPaths(Path(public_dir) / "feeds")
-
-
-def feed_url_path(fmt: FeedFormat, token: str | None = None) -> str:
-    """The URL path of a feed, the same under a static server and `digest serve`."""
-    if token is None:
-        return f"/feeds/all.{_check_fmt(fmt)}"
-    return f"/feeds/s/{_check_token(token)}.{_check_fmt(fmt)}"
-
-
-def feed_url(base_url: str, fmt: FeedFormat, token: str | None = None) -> str:
-    """The absolute URL of a feed under the site's base URL (its self link)."""
-    return base_url.rstrip("/") + feed_url_path(fmt, token)
-
-
-def clean_text(text: str) -> str:
-    """Remove characters XML cannot carry and bidi overrides; everything else is kept as is."""
-    # Fast paths (the regex costs ~8 ns a character, and abstracts are long): ASCII text can only
-    # hold C0 controls and DEL, which bytes.translate deletes at memory speed; other printable
-    # text holds none of them (controls, bidi formats, surrogates and non-characters are all
-    # not printable).
-    if text.isascii():
-        raw = text.encode("ascii")
-        kept = raw.translate(None, _ASCII_CONTROLS)
-        return text if len(kept) == len(raw) else kept.decode("ascii")
-    if text.isprintable():
-        return text
-    return _STRIP.sub("", text)
 
 
 def paper_tag_id(key: str, site_url: str) -> str:
@@ -171,20 +133,7 @@ def paper_tag_id(key: str, site_url: str) -> str:
 
 def paper_link(title: str) -> str:
     """Where an item links: a search for the paper's title on huggingface.co/papers."""
-    return _search_link(_one_line(clean_text(title)) or UNTITLED)
-
-
-def _search_link(clean_title: str) -> str:
-    if not clean_title.isascii():
-        return PAPER_SEARCH_URL + quote_plus(clean_title)
-    # quote_plus for ASCII: the few reserved characters of a title (":", "+", "?"...) one by
-    # one, then spaces; str.translate would look every character up (4x slower)
-    quoted = _URL_RESERVED.sub(_quote_char, clean_title).replace(" ", "+")
-    return PAPER_SEARCH_URL + quoted
-
-
-def _quote_char(found: re.Match[str]) -> str:
-    return _URL_QUOTE[ord(found.group())]
+    return paper_url(_one_line(title) or UNTITLED)
 
 
 def build_feed(
@@ -226,7 +175,7 @@ def build_feeds(
     and hands every entry to feedgen once instead of twice.
     """
     for fmt in self_urls:
-        _check_fmt(fmt)
+        check_fmt(fmt)
     if max_items < 0 or max_bytes < 0:
         raise ValidationError(
             f"feed caps must not be negative (max_items={max_items}, max_bytes={max_bytes})"
@@ -267,16 +216,16 @@ def reference_document(entries: Sequence[FeedEntry], **feed: Any) -> bytes:
     kept = _newest_first(entries)
     site_url = feed["site_url"]
     head = _FeedHead(_tag_authority(site_url), feed["title"], site_url, feed["description"])
-    fmt = _check_fmt(feed["fmt"])
+    fmt = check_fmt(feed["fmt"])
     fg = _feed_generator(head, fmt, feed["self_url"], kept[0][0] if kept else EPOCH)
     for when, entry in kept:
-        name = _one_line(clean_text(entry.paper.title)) or UNTITLED
+        name = _one_line(entry.paper.title) or UNTITLED
         fe = FeedGenEntry()
         fe.id(paper_tag_id(entry.paper.key, site_url))
         fe.title(name)
-        fe.link(href=_search_link(name))
+        fe.link(href=paper_url(name))
         fe.summary(_summary_html(entry), type="html")
-        topics = [{"term": t} for t in map(_one_line, map(clean_text, entry.topics)) if t]
+        topics = [{"term": t} for t in map(_one_line, entry.topics) if t]
         if topics:
             fe.category(topics)
         fe.updated(when)
@@ -301,22 +250,9 @@ def write_feed_atomically(path: Path, doc: FeedDocument) -> bool:
     except OSError as exc:
         raise DigestError(f"{path}: cannot read the current feed: {exc.strerror}") from exc
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write(path, doc.body)  # 0644: a static web server running as another user reads it
     except OSError as exc:
         raise DigestError(f"{path}: cannot write the feed: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(doc.body)
-            out.flush()
-            os.fsync(out.fileno())
-            # mkstemp makes 0600; a static web server running as another user must read it.
-            os.fchmod(out.fileno(), 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise DigestError(f"{path}: cannot write the feed: {exc.strerror}") from exc
-    _fsync_dir(path.parent)
     return True
 
 
@@ -423,19 +359,6 @@ def parse_http_date(value: str) -> datetime | None:
 # --- internals -----------------------------------------------------------------------------
 
 
-def _check_fmt(fmt: str) -> FeedFormat:
-    if fmt not in CONTENT_TYPES:
-        raise ValidationError(f"unknown feed format {fmt!r} (use rss or atom)")
-    return fmt  # type: ignore[return-value]
-
-
-def _check_token(token: str) -> str:
-    # The token becomes a file name: anything but the URL-safe alphabet could leave feeds/s/.
-    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
-        raise ValidationError("invalid feed token (expected 1-128 characters A-Z a-z 0-9 _ -)")
-    return token
-
-
 def _tag_authority(site_url: str) -> str:
     host = urlsplit(site_url).hostname
     if not host:
@@ -532,13 +455,13 @@ def _summary_parts(entry: FeedEntry) -> tuple[str, str]:
     out = ""
     if entry.topics or entry.terms:
         out = "<p><strong>Matched:</strong> "
-        out += esc(clean_text(", ".join(entry.topics))) if entry.topics else "-"
+        out += esc(", ".join(entry.topics)) if entry.topics else "-"
         if entry.terms:
-            out += " (" + esc(clean_text(", ".join(entry.terms))) + ")"
+            out += " (" + esc(", ".join(entry.terms)) + ")"
         out += "</p>"
     facts = []
     if paper.organization:
-        facts.append(esc(clean_text(paper.organization)))
+        facts.append(esc(paper.organization))
     if paper.authors is not None:
         facts.append(_plural(paper.authors, "author"))
     if paper.upvotes is not None:
@@ -547,7 +470,7 @@ def _summary_parts(entry: FeedEntry) -> tuple[str, str]:
         facts.append("published " + paper.published.isoformat())
     if facts:
         out += "<p>" + " · ".join(facts) + "</p>"
-    abstract = clean_text(paper.abstract).strip()
+    abstract = paper.abstract.strip()
     if len(abstract) > _MAX_ABSTRACT:
         abstract = abstract[:_MAX_ABSTRACT].rsplit(" ", 1)[0] + " …"
     return out, abstract
@@ -589,13 +512,13 @@ def _items(
     floor = 0  # a lower bound of the serialised size of the items so far
     for when, entry in kept:
         paper = entry.paper
-        title = _one_line(clean_text(paper.title)) or UNTITLED  # feedgen refuses ""
-        link = _search_link(title)
+        title = _one_line(paper.title) or UNTITLED  # feedgen refuses ""
+        link = paper_url(title)
         summary = _summary_xml(entry)
         floor += len(title) + len(link) + len(summary)
         if floor > max_bytes:
             break
-        topics = tuple(t for t in map(_one_line, map(clean_text, entry.topics)) if t)
+        topics = tuple(t for t in map(_one_line, entry.topics) if t)
         items.append(
             _Item(_xml_text(prefix + paper.key), _xml_text(title), link, summary, topics, when)
         )
@@ -741,17 +664,3 @@ def _parse_feed_date(text: str, fmt: FeedFormat) -> datetime | None:
         except ValueError:
             return None
     return parse_http_date(text)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename durable; not every platform can open a directory.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -25,14 +25,56 @@ def merge_spans(spans: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]
     return tuple(out)
 
 
+def bounds(
+    spans: Iterable[tuple[int, int]], length: int, limit: int | None = None
+) -> list[tuple[int, int, bool]]:
+    """[0, length) cut at the spans: (start, end, highlighted) pieces in order, none empty.
+
+    Spans are clipped to [0, limit] (default: length), sorted, and overlapping or touching ones
+    joined: the one way highlight spans become pieces, for every output (`segments` for text,
+    digest.render for the email's pre-escaped HTML, which maps the offsets itself).
+    """
+    end = length if limit is None else max(0, min(limit, length))
+    out: list[tuple[int, int, bool]] = []
+    pos = previous = 0
+    for start, stop in spans:
+        if start < previous or stop <= start:
+            # Unsorted, overlapping, touching or empty: not what the matcher gives, so clip and
+            # merge them first (the merged spans take this loop's straight path).
+            merged = merge_spans((max(s, 0), min(e, end)) for s, e in spans if s < e)
+            return bounds([(s, e) for s, e in merged if s < e], length, end)
+        previous = stop
+        if start >= end:
+            continue  # past the limit
+        if stop > end:
+            stop = end
+        if start > pos or not out:
+            if start > pos:
+                out.append((pos, start, False))
+            out.append((start, stop, True))
+        else:  # touches the previous span (start == pos): one highlight
+            out[-1] = (out[-1][0], stop, True)
+        pos = stop
+    if pos < length:
+        out.append((pos, length, False))
+    return out
+
+
+def segments(
+    text: str, spans: Iterable[tuple[int, int]], limit: int | None = None
+) -> list[tuple[str, bool]]:
+    """Text cut into (piece, highlighted) parts; formatters (HTML, terminal, web) escape each."""
+    return [(text[s:e], hit) for s, e, hit in bounds(spans, len(text), limit)]
+
+
 def leaf_spans(leaf: Node, toks: Sequence[textmod.Token]) -> list[tuple[int, int]]:
     """Character spans in one field's tokens where a word/phrase/prefix leaf occurs."""
-    kind, arg = leaf.kind, leaf.arg
+    kind = leaf.kind
     if kind == "t":
-        return [(t.start, t.end) for t in toks if t.stem == arg]
+        return [(t.start, t.end) for t in toks if t.stem == leaf.word]
     if kind == "x":
-        return [(t.start, t.end) for t in toks if t.norm.startswith(arg)]  # type: ignore[arg-type]
-    phrase: tuple[str, ...] = arg  # type: ignore[assignment]
+        return [(t.start, t.end) for t in toks if t.norm.startswith(leaf.word)]
+    phrase = leaf.words
     n = len(phrase)
     stems = [t.stem for t in toks]
     return [
@@ -59,8 +101,8 @@ def indexed_spans(
 ) -> list[tuple[int, int]]:
     """leaf_spans, with a word or phrase found through the stems' positions, not a scan."""
     if leaf.kind == "t":
-        return [(toks[k].start, toks[k].end) for k in where.get(leaf.arg, ())]  # type: ignore[call-overload]
-    if leaf.kind == "p" and leaf.arg[0] not in where:  # type: ignore[index]
+        return [(toks[k].start, toks[k].end) for k in where.get(leaf.word, ())]
+    if leaf.kind == "p" and leaf.words[0] not in where:
         return []
     return leaf_spans(leaf, toks)
 

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from digest.config import Settings
 from digest.errors import ParseError, StoreError
+from digest.fsutil import atomic_write
 from digest.models import ParseResult
 from digest.progress import progress_bar
 from digest.store import Store
@@ -508,9 +509,7 @@ def _set_aside(path: Path, folder: Path, note: str) -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     target = _free_name(folder, path.name, also=ERROR_SUFFIX)
     note_path = target.with_name(target.name + ERROR_SUFFIX)
-    tmp = note_path.with_name(f".{note_path.name}.tmp")
-    tmp.write_text(note, encoding="utf-8")
-    os.replace(tmp, note_path)
+    atomic_write(note_path, note.encode("utf-8"))
     return _move(path, folder, target=target)
 
 

@@ -46,8 +46,10 @@ from typing import IO, Protocol
 
 from digest.config import Settings, SmtpSettings
 from digest.errors import DeliveryError, ValidationError
+from digest.links import Links
 from digest.models import Digest
-from digest.render import Links, RenderedDigest, clean_line
+from digest.render import RenderedDigest
+from digest.text import clean_text
 
 CRLF = "\r\n"
 
@@ -98,7 +100,7 @@ class OutgoingMessage:
 
     def as_email(self) -> EmailMessage:
         """Parse the bytes back into an EmailMessage (for tests and previews)."""
-        return BytesParser(policy=policy.default).parsebytes(self.data)  # type: ignore[return-value]
+        return BytesParser(policy=policy.default).parsebytes(self.data)
 
     @classmethod
     def from_email(cls, msg: EmailMessage, envelope_from: str | None = None) -> OutgoingMessage:
@@ -119,7 +121,7 @@ class OutgoingMessage:
 
 def make_message_id(digest_id: int, settings: Settings) -> str:
     """The Message-ID of a digest, derived from its id: a repeat send is recognisable."""
-    domain = _domain_of(settings.mail.from_addr) or clean_line(settings.site.list_id) or "localhost"
+    domain = _domain_of(settings.mail.from_addr) or _one_line(settings.site.list_id) or "localhost"
     salt = f"{settings.site.list_id}\0{settings.site.base_url}\0{digest_id}".encode()
     digest_hash = hashlib.sha256(salt).hexdigest()[:16]
     return f"<digest-{int(digest_id)}-{digest_hash}@{_safe_token(domain)}>"
@@ -138,13 +140,21 @@ class MessageBuilder:
             rt_name, rt_addr = _split_address(settings.mail.reply_to, "mail.reply_to")
             rt_addr, _ = _checked_address(rt_addr, "mail.reply_to")
             self.reply_to_header = _fold("Reply-To", _address(rt_name, rt_addr))
-        list_id = _safe_token(clean_line(settings.site.list_id)) or "digest.localhost"
+        list_id = _safe_token(_one_line(settings.site.list_id)) or "digest.localhost"
         self.list_id_header = _fold("List-Id", f"{_phrase(settings.site.title)} <{list_id}>")
 
-    def build(self, rendered: RenderedDigest, digest: Digest, links: Links) -> OutgoingMessage:
-        """The digest as a multipart/alternative message (text, then HTML) with list headers."""
+    def build(
+        self,
+        rendered: RenderedDigest,
+        digest: Digest,
+        links: Links,
+        *,
+        sent_at: datetime | None = None,
+    ) -> OutgoingMessage:
+        """The digest as a multipart/alternative message (text, then HTML) with list headers;
+        `Date:` is `sent_at` (the moment it is handed to the transport), else when it was made."""
         to_addr, to_utf8 = _checked_address(digest.subscriber.email, "subscriber email")
-        created = digest.created_at
+        created = (sent_at or digest.created_at).replace(microsecond=0)
         if created.tzinfo is None:
             created = created.replace(tzinfo=UTC)
         message_id = _message_id_value(digest.message_id)
@@ -193,7 +203,7 @@ class MessageBuilder:
 
 @functools.lru_cache(maxsize=256)
 def _date_header(created: datetime) -> str:
-    # a batch's digests share their creation time (UTC, so equal instants print alike)
+    # messages sent within one second share it (UTC, so equal instants print alike)
     return format_datetime(created)
 
 
@@ -268,7 +278,7 @@ def to_seven_bit(data: bytes) -> bytes:
 
 
 def _message_id_value(value: str) -> str:
-    inner = _safe_token(clean_line(value).strip("<>"))
+    inner = _safe_token(_one_line(value).strip("<>"))
     if "@" not in inner:
         raise ValidationError(f"Message-ID {value!r}: must look like <id@domain>")
     return f"<{inner}>"
@@ -285,7 +295,7 @@ _SAFE_TOKEN = re.compile(r'[^\x00-\x20\x7f-\U0010ffff<>()\[\]\\,;:"]*')
 
 
 def _url(url: str) -> str:
-    cleaned = clean_line(url)
+    cleaned = _one_line(url)
     if "<" in cleaned or ">" in cleaned or " " in cleaned or not cleaned.isascii():
         raise ValidationError(
             f"URL for List-Unsubscribe {url!r}: must be ASCII without <, >, space"
@@ -294,11 +304,11 @@ def _url(url: str) -> str:
 
 
 def _domain_of(address: str) -> str:
-    return parseaddr(clean_line(address))[1].rpartition("@")[2]
+    return parseaddr(_one_line(address))[1].rpartition("@")[2]
 
 
 def _split_address(value: str, key: str) -> tuple[str, str]:
-    name, addr = parseaddr(clean_line(value))
+    name, addr = parseaddr(_one_line(value))
     if not addr:
         raise ValidationError(f"{key}: not an email address: {value!r}")
     return name, addr
@@ -326,7 +336,7 @@ _BAD_ADDRESS_CHAR = re.compile(r'[\s<>,;"()\\]')
 
 
 def _address(name: str, addr: str) -> str:
-    name = clean_line(name)
+    name = _one_line(name)
     if not name:
         return addr
     return f"{_phrase(name)} <{addr}>"
@@ -337,7 +347,7 @@ _SPECIAL_CHAR = re.compile(r'[()<>\[\]:;@\\,."]')
 
 def _phrase(text: str) -> str:
     """A display name: plain, quoted, or RFC 2047 encoded, never able to break the header."""
-    text = clean_line(text)
+    text = _one_line(text)
     if not text.isascii() or "=?" in text:
         return _encoded_words(text)
     if _SPECIAL_CHAR.search(text):
@@ -345,9 +355,16 @@ def _phrase(text: str) -> str:
     return text
 
 
+def _one_line(text: str) -> str:
+    """Header-safe text: one line (controls and line separators as spaces, by the text policy),
+    runs of white space as one space. Values from settings are checked here, where they become
+    header bytes."""
+    return " ".join(clean_text(text).split())
+
+
 def _header_text(text: str) -> str:
     """Unstructured header text (a subject): one line, encoded when not plain ASCII."""
-    text = clean_line(text)
+    text = _one_line(text)
     if not text.isascii() or "=?" in text:
         return _encoded_words(text)
     return text
@@ -810,7 +827,7 @@ def _classify(
 def _text(reply: bytes | str) -> str:
     if isinstance(reply, bytes):
         reply = reply.decode("utf-8", "replace")
-    return clean_line(reply)
+    return _one_line(reply)
 
 
 def _one(addresses: Iterable[str]) -> str | None:

@@ -2,7 +2,9 @@
 
 How a dump is read (the README documents it for users):
 
-1. Lines are split on LF after CRLF/CR are folded; each line is stripped (trailing spaces, tabs).
+1. Lines are split on LF after CRLF/CR are folded; each line is cleaned by the project's one text
+   policy (`digest.text.clean_text`: controls become spaces; private-use, bidi-override and
+   zero-width characters are dropped; NFC) and stripped, so every field of a Paper is clean.
 2. Every non-blank line is one token: page chrome ("Subscribe", "Daily Papers"...), a metadata line
    ("• 5 authors", "·", a date such as "Nov 24, 2025 2") or text.
 3. Text lines pair up as (title, abstract). Structure decides, not the file name: blank lines are
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from digest.errors import ParseError
 from digest.models import Paper, ParseResult, ParseWarning
+from digest.text import clean_text
 
 TITLE_MAX = 300  # longest line that can be a title; real titles stay under 200
 _ORG_MAX = 120  # longest line that can be an organization line
@@ -87,6 +90,8 @@ def _strays_left(lines: int, stray: int) -> int:
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 12, 13)) + b"\x7f"
 _KEEP_BYTES = bytes(b for b in range(256) if b not in _CONTROL_BYTES)
+# Every byte but the ASCII controls clean_text changes on one line, other than TAB (parse's own).
+_NOT_ASCII_CONTROL = bytes(b for b in range(256) if not ((b < 32 and b not in (9, 10)) or b == 127))
 _BINARY_CONTROL_SHARE = 0.05  # more control bytes than this share means "not a text file"
 
 
@@ -98,11 +103,21 @@ def parse_text(
     text: str, *, name: str = "<input>", capture_date: date | None = None
 ) -> ParseResult:
     """Parse one decoded dump; `capture_date` is when it was saved (default today)."""
+    return _parse_text(text, name, capture_date, None)
+
+
+def _parse_text(
+    text: str, name: str, capture_date: date | None, ascii_controls: bool | None
+) -> ParseResult:
+    # ascii_controls: whether the text holds ASCII controls other than TAB and LF (None: look).
     if text.startswith("\ufeff"):
         text = text[1:]
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return _Parser(name, capture_date or date.today()).run(text)
+    if ascii_controls is None:
+        raw = text.encode("utf-8", "surrogatepass")
+        ascii_controls = len(raw.translate(None, _NOT_ASCII_CONTROL)) > 0
+    return _Parser(name, capture_date or date.today()).run(text, ascii_controls)
 
 
 def parse_bytes(
@@ -137,11 +152,9 @@ def parse_bytes(
         raise ParseError(
             f"not UTF-8: invalid byte 0x{bad} at byte offset {exc.start}", file=name, line=line
         ) from None
-    extra: list[ParseWarning] = []
-    if controls:
-        text, extra = _blank_controls(text)
+    extra = _control_warnings(text) if controls else []
     ref = date.fromtimestamp(mtime) if mtime is not None else None
-    result = parse_text(text, name=name, capture_date=ref)
+    result = _parse_text(text, name, ref, bool(controls) or b"\x0c" in data)
     if extra:
         warnings = tuple(sorted(extra + list(result.warnings), key=lambda w: w.line))
         result = ParseResult(result.papers, warnings, result.layout, result.capture_date)
@@ -238,16 +251,16 @@ def _format_entry(p: Paper, capture_date: date | None) -> list[str]:
     return lines
 
 
-def _blank_controls(text: str) -> tuple[str, list[ParseWarning]]:
-    """Replace stray control characters by spaces, warning once per line."""
-    pattern = re.compile("[" + re.escape(_CONTROL_BYTES.decode("ascii")) + "]")
-    warnings = []
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        if pattern.search(line):
-            lines[i] = pattern.sub(" ", line)
-            warnings.append(ParseWarning(i + 1, "control characters replaced by spaces"))
-    return "\n".join(lines), warnings
+_CONTROL_RE = re.compile("[" + re.escape(_CONTROL_BYTES.decode("ascii")) + "]")
+
+
+def _control_warnings(text: str) -> list[ParseWarning]:
+    """One warning per line holding stray control characters (clean_text replaces them)."""
+    return [
+        ParseWarning(i + 1, "control characters replaced by spaces")
+        for i, line in enumerate(text.split("\n"))
+        if _CONTROL_RE.search(line)
+    ]
 
 
 def _resolve(month: int, day: int, ref: date) -> date | None:
@@ -339,9 +352,19 @@ class _Parser:
                 return (_AUTH if m["n"] else _DOT if m["dot"] else _DATE), m
         return _TEXT, None
 
-    def run(self, text: str) -> ParseResult:
+    def run(self, text: str, ascii_controls: bool = True) -> ParseResult:
         self.clean = "\t" in text or "\xa0" in text
-        lines = self.lines = list(map(str.strip, text.split("\n")))
+        raw = text.split("\n")
+        if self.clean:  # tab runs become one space before the policy would make each one a space
+            raw = list(map(_clean, raw))
+        # The text policy on every line, so on every field of every Paper. Without ASCII
+        # controls in the file (known from its bytes), an ASCII line is clean as it is: the
+        # policy's own check costs a scan of every character, a third of the parse.
+        if ascii_controls:
+            lines = [clean_text(s).strip() for s in raw]
+        else:
+            lines = [s.strip() if s.isascii() else clean_text(s).strip() for s in raw]
+        self.lines = lines
         # Positions of the non-blank lines as machine ints: 8 bytes each, not an int object.
         idx = array("q", compress(range(len(lines)), lines))
         n = len(idx)
@@ -402,6 +425,7 @@ class _Parser:
                 k += 1
             elif not started and kind == _DATE and not page_date_seen:
                 page_date_seen = True
+                assert m is not None  # a _DATE line always carries its match
                 self._page_date(m, i + 1)
                 k += 1
             else:
@@ -488,14 +512,17 @@ class _Parser:
             s = lines[i]
             kind, m = self.kind(s)
             if kind == _AUTH:
+                assert m is not None  # metadata kinds always carry their match
                 if meta.authors is not None:
                     self.warn(i + 1, f"second author count {s!r} in one entry; ignored")
                 else:
                     meta.authors = int(m["n"])
             elif kind == _DATE:
+                assert m is not None
                 self._date(meta, m, i + 1)
             elif kind == _TEXT and self._org_at(idx, k):
                 om = _ORG_RE.fullmatch(s)
+                assert om is not None  # _org_at matched it
                 if meta.organization_id is not None:
                     self.warn(i + 1, f"second organization {s!r} in one entry; ignored")
                 else:
@@ -554,6 +581,7 @@ class _Parser:
                 Paper(lines[t], lines[a], None, None, None, None, None, t + 1) for t, a in pairs
             ]
         if last is not None:
+            assert meta is not None  # last is only taken when metadata follows
             t, a = last
             self.with_meta += 1
             self.papers.append(

@@ -187,7 +187,8 @@ class Cycle:
         def send_one(digest: Digest) -> None:
             try:
                 links = links_for(self.settings, signer, digest.subscriber)
-                message = builder.build(renderer.render(digest, links), digest, links)
+                rendered = renderer.render(digest, links)
+                message = builder.build(rendered, digest, links, sent_at=self.clock())
             except DigestError as exc:
                 raise RenderError(f"cannot render: {exc}") from exc
             except Exception as exc:  # a template override or text we did not foresee

@@ -5,23 +5,23 @@ moment) and renders any number of digests: `renderer.render(digest, links)`. Lin
 subscriber's pages are passed in (`Links`), so rendering never depends on how tokens are signed.
 An empty digest is an error (`EmptyDigestError`): no email is ever sent for an empty digest.
 
-Speed comes from doing per paper what does not depend on the subscriber: each paper's part of
-the email (`email/paper.html`, `email/paper.txt`) is rendered once and cut at its per-subscriber
-slots (highlighted title and abstract, the matched line, the item's number); a digest fills the
-slots and joins each section's pieces once, and the outer templates only place the sections.
+Templates are plain Jinja with stock autoescaping: `email/digest.html` and `email/digest.txt` loop
+over `sections` and their `items` and `{% include %}` `email/paper.html` / `email/paper.txt` for
+each `item` (an `ItemView`; `item.paper` is the `PaperView`). What does not depend on the
+subscriber (URL, facts, shortened and wrapped abstract, the escaped title and abstract) is computed
+once per paper and cached; per digest only the highlights, the matched line and the number are
+made. Text reaching the renderer is clean (digest.text policy, applied at parse and entry): the
+renderer only escapes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import operator
 import re
-import typing
-import unicodedata
+import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import quote, quote_plus
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import css_inline
@@ -31,17 +31,18 @@ from markupsafe import Markup
 
 from digest import highlight, templates
 from digest.config import Settings
-from digest.errors import DigestError, ValidationError
-from digest.links import manage_path, one_click_path, unsubscribe_mailto
-from digest.models import Digest, DigestItem, Match, StoredPaper, Subscriber
+from digest.errors import DigestError
+from digest.links import Links, make_links
+from digest.models import Digest, DigestItem, Match, StoredPaper
+from digest.text import clean_text
+from digest.urls import paper_url
 
-PAPERS_SEARCH_URL = "https://huggingface.co/papers?q="
+__all__ = ["Links", "make_links", "paper_url"]  # re-exported: their home is below this module
+
 TEXT_WIDTH = 72
 _SUBJECT_MAX = 110
 # Invisible filler after the preheader, so clients do not pull body text into the inbox preview.
 _PREHEADER_PAD = Markup("&#847;&zwnj;&nbsp;" * 30)
-# Markup without markupsafe's Python-level __new__ (the text is already safe HTML).
-_markup: typing.Callable[[str], Markup] = functools.partial(str.__new__, Markup)  # type: ignore[assignment]
 
 
 def _escape_ascii(text: str) -> str:
@@ -49,9 +50,6 @@ def _escape_ascii(text: str) -> str:
     html = templates.escape_html(text)
     return html if html.isascii() else html.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
-
-_SLOT_MARK = re.compile("\ue000([0-9])\ue001")
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 _NOTE_TAGS = {
     "p",
@@ -82,27 +80,6 @@ class EmptyDigestError(DigestError):
 
 
 @dataclass(frozen=True, slots=True)
-class Links:
-    """The subscriber's links shown in the footer and in the List-Unsubscribe header."""
-
-    manage_url: str
-    unsubscribe_url: str  # the RFC 8058 one-click target: a POST there unsubscribes
-    unsubscribe_mailto: str  # "mailto:unsubscribe@example.org?subject=..."
-
-    def __post_init__(self) -> None:
-        for name in ("manage_url", "unsubscribe_url"):
-            value = getattr(self, name)
-            if not value.startswith(("https://", "http://")) or _has_control(value):
-                raise ValidationError(f"links.{name}: must be an http(s) URL, got {value!r}")
-        if not self.unsubscribe_mailto.startswith("mailto:") or _has_control(
-            self.unsubscribe_mailto
-        ):
-            raise ValidationError(
-                f"links.unsubscribe_mailto: must be a mailto: URL, got {self.unsubscribe_mailto!r}"
-            )
-
-
-@dataclass(frozen=True, slots=True)
 class RenderedDigest:
     """A rendered digest: what build_message turns into an email."""
 
@@ -130,47 +107,18 @@ class PaperView:
     abstract_escaped: EscapedText  # of abstract (with the suffix)
 
 
-class _JoinedParts:
-    """`html` and `text` joined on demand from the pieces in `html_parts` and `text_parts`."""
-
-    __slots__ = ()
-    html_parts: list[str]
-    text_parts: list[str]
-
-    @property
-    def html(self) -> Markup:
-        """Every piece from email/paper.html, with this subscriber's slots, in order."""
-        return _markup("".join(self.html_parts))
-
-    @property
-    def text(self) -> str:
-        """Every piece from email/paper.txt, with this subscriber's slots, in order."""
-        return "".join(self.text_parts)
-
-
-@dataclass(slots=True)
-class ItemView(_JoinedParts):
+@dataclass(slots=True)  # not frozen: frozen dataclasses set each field through object.__setattr__
+class ItemView:
     """One paper in one digest: the shared PaperView plus this subscriber's highlights."""
 
     number: int
     paper: PaperView
-    html_parts: list[str]  # email/paper.html with this subscriber's highlights, in pieces
-    text_parts: list[str]  # email/paper.txt with this subscriber's number and reasons
     text_title: str  # "N. " and the wrapped title
-    title_marked: str  # escaped HTML; matched words in <span class="hl" style=...>
-    abstract_marked: str
+    title_html: Markup  # escaped HTML; matched words in <span class="hl" style=...>
+    abstract_html: Markup
     matched_html: Markup  # <strong>topics</strong> (words)
     text_matched: str  # "matched: topics (words)", wrapped and indented
     match: Match
-
-    # More of what email/paper.html receives, for templates that show it elsewhere.
-    @property
-    def title_html(self) -> Markup:
-        return _markup(self.title_marked)
-
-    @property
-    def abstract_html(self) -> Markup:
-        return _markup(self.abstract_marked)
 
     @property
     def topics_label(self) -> str:
@@ -182,56 +130,23 @@ class ItemView(_JoinedParts):
 
 
 @dataclass(slots=True)
-class SectionView(_JoinedParts):
+class SectionView:
     """The papers whose best topic is `topic`, in rank order."""
 
     topic: str
     items: list[ItemView]
-    # Every item's pieces in rank order, joined once per section rather than once per item.
-    html_parts: list[str]
-    text_parts: list[str]
 
     @property
     def count(self) -> int:
         return len(self.items)
 
 
-def make_links(
-    settings: Settings,
-    subscriber: Subscriber,
-    *,
-    manage_token: str | None = None,
-    unsubscribe_token: str | None = None,
-) -> Links:
-    """The subscriber's links: the manage page, the RFC 8058 one-click target and the mailto.
-
-    Every sender passes tokens signed per purpose (`links.links_for`); without them the
-    subscriber's own random token stands in (fixtures, benchmarks).
-    """
-    base = settings.site.base_url.rstrip("/")
-    manage = _quote(manage_token or subscriber.token)
-    unsub = _quote(unsubscribe_token or subscriber.token)
-    return Links(
-        base + manage_path(manage),
-        base + one_click_path(unsub),
-        unsubscribe_mailto(settings),
-    )
-
-
-_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")
-
-
-def _quote(token: str) -> str:
-    # Signed tokens are URL-safe: quote() would return them unchanged, at ten times the cost.
-    return token if _URL_SAFE.fullmatch(token) else quote(token, safe="")
-
-
 class Renderer:
     """Renders digests with templates loaded and CSS-inlined once, at construction.
 
-    What a paper looks like whoever receives it (URL, facts, shortened and wrapped abstract, and
-    its paper.html / paper.txt fragments cut at their per-subscriber slots) is kept in a bounded
-    per-renderer cache: one batch of digests shares the same few papers.
+    What a paper looks like whoever receives it (URL, facts, shortened and wrapped abstract, its
+    escaped title and abstract) is kept in a bounded per-renderer cache: one batch of digests
+    shares the same few papers.
     """
 
     cache_size = 20_000
@@ -240,13 +155,15 @@ class Renderer:
         self.settings = settings
         env = templates.make_environment(settings)
         css, _ = templates.template_source(env, "email/style.css")
-        env.loader = templates.InliningLoader(env.loader, css)  # type: ignore[arg-type]
+        assert env.loader is not None  # make_environment always sets one
+        env.loader = templates.InliningLoader(env.loader, css)
         env.filters["wrap"] = wrap
         self.env = env
         self.html_template = templates.html_template(env, "email/digest.html")
         self.text_template = templates.load_template(env, "email/digest.txt")
-        self.paper_template = templates.html_template(env, "email/paper.html")
-        self.paper_text_template = templates.load_template(env, "email/paper.txt")
+        # Included per item; loaded here so that a broken override fails at start, named.
+        templates.html_template(env, "email/paper.html")
+        templates.load_template(env, "email/paper.txt")
         self.admin_note_html, self.admin_note_text = _admin_note(settings.mail.admin_note, css)
         self.abstract_chars = settings.mail.abstract_chars
         # The highlight tag with the .hl styles inlined, built once like the templates.
@@ -254,7 +171,7 @@ class Renderer:
         # A line break inside the tag (HTML whitespace, invisible) keeps lines short: a
         # message line may not pass 998 characters, and many highlights would otherwise.
         self.highlight_open = probe[: probe.index(">") + 1].replace(" style=", "\nstyle=", 1)
-        self._papers: dict[int, _PaperParts] = {}
+        self._papers: dict[int, tuple[StoredPaper, PaperView]] = {}
 
     def render(self, digest: Digest, links: Links) -> RenderedDigest:
         """Render one digest; raises EmptyDigestError when it holds no paper."""
@@ -265,11 +182,11 @@ class Renderer:
         count = len(digest.items)
         count_label = f"{count} new paper{'s' if count != 1 else ''}"
         topics_label = _join_limited(topic_order, 3)
-        subject = clean_line(f"{count_label} on {topics_label}")
+        subject = _one_line(f"{count_label} on {topics_label}")
         if len(subject) > _SUBJECT_MAX:
             subject = subject[: _SUBJECT_MAX - 1].rstrip() + "\u2026"
         first = digest.items[0].paper
-        preheader = clean_line(f"Top pick: {first.title}")[:140]
+        preheader = _one_line(f"Top pick: {first.title}")[:140]
         all_topics = [t.name for t in sub.topics] or topic_order
         context = {
             "subject": subject,
@@ -297,36 +214,30 @@ class Renderer:
     def sections(self, items: list[DigestItem]) -> tuple[list[SectionView], list[str]]:
         """Items grouped under their best topic; sections ordered by their best item."""
         by_topic: dict[str, SectionView] = {}
-        for number, item in enumerate(items, 1):
+        for item in items:
             topics = item.match.topics or ("Other",)
             section = by_topic.get(topics[0])
             if section is None:
-                section = by_topic[topics[0]] = SectionView(topics[0], [], [], [])
-            view = self.item(number, item)
-            section.items.append(view)
-            section.html_parts += view.html_parts
-            section.text_parts += view.text_parts
+                section = by_topic[topics[0]] = SectionView(topics[0], [])
+            # Numbered within the section, as read (a global rank would jump: 1 2 3 6 7, 4 5).
+            section.items.append(self.item(len(section.items) + 1, item))
         return list(by_topic.values()), list(by_topic)
 
     def paper_view(self, paper: StoredPaper) -> PaperView:
         """The subscriber-independent view of a paper, from the cache when seen before."""
-        return self._paper(paper).view
-
-    def _paper(self, paper: StoredPaper) -> _PaperParts:
         cached = self._papers.get(paper.id)
         # A batch shares one StoredPaper per paper; a changed one (more upvotes) is redone.
-        if cached is None or (cached.paper is not paper and cached.paper != paper):
-            if len(self._papers) >= self.cache_size:
-                self._papers.clear()
-            view = make_paper_view(paper, self.abstract_chars)
-            html = _fragment(self.paper_template, view, _HTML_SLOTS)
-            text = _fragment(self.paper_text_template, view, _TEXT_SLOTS)
-            cached = self._papers[paper.id] = _PaperParts(paper, view, html, text)
-        return cached
+        if cached is not None and (cached[0] is paper or cached[0] == paper):
+            return cached[1]
+        if len(self._papers) >= self.cache_size:
+            self._papers.clear()
+        view = make_paper_view(paper, self.abstract_chars)
+        self._papers[paper.id] = (paper, view)
+        return view
 
     def item(self, number: int, item: DigestItem) -> ItemView:
         """One paper of one digest, with this subscriber's highlights and reasons."""
-        _, view, html, text = self._paper(item.paper)
+        view = self.paper_view(item.paper)
         match = item.match
         title = self._mark(view.title_escaped, match.title_spans, len(view.title))
         abstract = self._mark(view.abstract_escaped, match.abstract_spans, view.cut)
@@ -336,16 +247,7 @@ class Renderer:
         else:
             text_title = wrap(view.title, TEXT_WIDTH, f"{number}. ", "    ")
         return ItemView(
-            number,
-            view,
-            html.fill((title, abstract, matched_html)),
-            text.fill((text_title, text_matched)),
-            text_title,
-            title,
-            abstract,
-            matched_html,
-            text_matched,
-            match,
+            number, view, text_title, title, abstract, matched_html, text_matched, match
         )
 
     def highlight(
@@ -353,75 +255,21 @@ class Renderer:
     ) -> Markup:
         """Text as HTML with the spans (clipped to `limit`) highlighted; hostile text stays text."""
         end = len(text) if limit is None else min(limit, len(text))
-        return _markup(self._mark(escape_text(text), spans, end))
+        return self._mark(escape_text(text), spans, end)
 
-    def _mark(self, esc: EscapedText, spans: tuple[tuple[int, int], ...], limit: int) -> str:
-        # Tags go between slices of the already escaped text: they never come from the text,
-        # and per digest nothing is escaped again (the escaped text is cached per paper).
+    def _mark(self, esc: EscapedText, spans: tuple[tuple[int, int], ...], limit: int) -> Markup:
+        # The HTML formatter of highlight.bounds: tags go between slices of the text escaped
+        # once per paper (offsets maps raw positions into it); they never come from the text.
         html = esc.html
         if not spans:
-            return html
+            return Markup(html)
         pos, open_tag = esc.offsets, self.highlight_open
-        out = []
-        last, previous = 0, -1
-        for start, end in spans:
-            if start <= previous or end <= start:
-                # Unsorted, overlapping, touching or empty: not what the matcher gives, so
-                # merge them first (the merged spans take this loop's straight path).
-                return self._mark(esc, tuple(merge_spans(spans, limit)), limit)
-            previous = end
-            if start >= limit:
-                continue  # past the shortened text
-            if end > limit:
-                end = limit
+        out: list[str] = []
+        for start, end, hit in highlight.bounds(spans, esc.length, limit):
             if pos is not None:
                 start, end = pos[start], pos[end]
-            out += (html[last:start], open_tag, html[start:end], "</span>")
-            last = end
-        out.append(html[last:])
-        return "".join(out)
-
-
-class _Fragment(typing.NamedTuple):
-    """A per-paper template rendered once, cut around its per-subscriber slots."""
-
-    pieces: list[str]  # the text around the slots, with a placeholder at every odd index
-    pick: typing.Callable[[tuple[str, ...]], tuple[str, ...]]  # slot values in template order
-
-    def fill(self, values: tuple[str, ...]) -> list[str]:
-        """The fragment's pieces with the slot values (given in declaration order) put in."""
-        pieces = self.pieces.copy()
-        pieces[1::2] = self.pick(values)  # C-level copy and slice: a loop cost 4x as much
-        return pieces
-
-
-# Slot names each per-paper template must output exactly once, as given.
-_HTML_SLOTS = ("title_html", "abstract_html", "matched_html")
-_TEXT_SLOTS = ("text_title", "text_matched")
-
-
-def _fragment(template: typing.Any, view: PaperView, slots: tuple[str, ...]) -> _Fragment:
-    """Render a per-paper template once with markers in its slots, and cut it there."""
-    marks = {name: Markup(f"\ue000{i}\ue001") for i, name in enumerate(slots)}
-    try:
-        out = template.render(paper=view, **marks)
-    except Exception as exc:  # a user's override template can fail in any way
-        raise templates.TemplateError(f"rendering {template.name} failed: {exc}") from exc
-    pieces = _SLOT_MARK.split(out)
-    order = [int(i) for i in pieces[1::2]]
-    if sorted(order) != list(range(len(slots))):
-        raise templates.TemplateError(
-            f"template {template.name} must output each of {', '.join(slots)} exactly once, "
-            "as it is"
-        )
-    return _Fragment(pieces, operator.itemgetter(*order))
-
-
-class _PaperParts(typing.NamedTuple):
-    paper: StoredPaper
-    view: PaperView
-    html: _Fragment  # email/paper.html
-    text: _Fragment  # email/paper.txt
+            out += (open_tag, html[start:end], "</span>") if hit else (html[start:end],)
+        return Markup("".join(out))
 
 
 def _labels(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[str, str]:
@@ -439,8 +287,8 @@ def _matched_line(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[Mark
         html = f"<strong>{_escape_ascii(topics_label)}</strong>"
         matched = f"matched: {topics_label}"
     if len(matched) <= TEXT_WIDTH - 4 and matched.isprintable():
-        return _markup(html), "    " + matched
-    return _markup(html), wrap(matched, TEXT_WIDTH, "    ", "      ")
+        return Markup(html), "    " + matched
+    return Markup(html), wrap(matched, TEXT_WIDTH, "    ", "      ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,19 +297,16 @@ class EscapedText:
 
     html: str
     offsets: list[int] | None  # offsets[i]: where raw character i starts; None: the same
+    length: int  # of the raw text
 
 
 def escape_text(text: str) -> EscapedText:
-    """Escape text for HTML once: controls blanked, non-ASCII as character references."""
-    if not text.isprintable():
-        # Controls mean nothing in HTML (and C1 references decode as cp1252): blank them.
-        # Same length, so offsets into the original still fit.
-        text = _CONTROLS.sub(" ", text)
+    """Escape text for HTML once: non-ASCII as character references, long lines broken."""
     html = _escape_ascii(text)
     if len(html) > _LINE_CHUNK:
         html = _break_lines(html)
     if len(html) == len(text):
-        return EscapedText(html, None)  # nothing grew, so every offset is unchanged
+        return EscapedText(html, None, len(text))  # nothing grew: every offset is unchanged
     offsets = [0]
     n = 0
     for c in text:
@@ -469,7 +314,7 @@ def escape_text(text: str) -> EscapedText:
         offsets.append(n)
     if n != len(html):  # pragma: no cover - would mean escape() changed its rules
         raise AssertionError("escaped length mismatch")
-    return EscapedText(html, offsets)
+    return EscapedText(html, offsets, len(text))
 
 
 _LINE_CHUNK = 600
@@ -509,12 +354,12 @@ def make_paper_view(paper: StoredPaper, abstract_chars: int) -> PaperView:
         facts_list.append(paper.published.strftime("%b %-d, %Y"))
     if paper.upvotes is not None:
         facts_list.append(f"{paper.upvotes} upvote{'s' if paper.upvotes != 1 else ''}")
-    facts = " \u00b7 ".join(facts_list) or "Hugging Face Daily Papers"
+    facts = " \u00b7 ".join(facts_list)  # empty when the dump states none: no placeholder
     return PaperView(
         title=paper.title,
         url=paper_url(paper.title),
         facts=facts,
-        facts_html=_markup(_escape_ascii(facts)),
+        facts_html=Markup(_escape_ascii(facts)),
         abstract=abstract,
         cut=cut,
         suffix=suffix,
@@ -524,17 +369,6 @@ def make_paper_view(paper: StoredPaper, abstract_chars: int) -> PaperView:
         title_escaped=escape_text(paper.title),
         abstract_escaped=escape_text(abstract),
     )
-
-
-def paper_url(title: str) -> str:
-    """A search for the paper on huggingface.co/papers (the dumps carry no paper id)."""
-    return PAPERS_SEARCH_URL + quote_plus(" ".join(title.split()))
-
-
-def merge_spans(spans: tuple[tuple[int, int], ...] | list, length: int) -> list[tuple[int, int]]:
-    """Spans clipped to [0, length], sorted, overlapping or touching ones merged."""
-    clipped = ((max(start, 0), min(end, length)) for start, end in spans)
-    return list(highlight.merge_spans((start, end) for start, end in clipped if start < end))
 
 
 def shorten_at_sentence(text: str, limit: int) -> tuple[int, str]:
@@ -557,46 +391,23 @@ def shorten_at_sentence(text: str, limit: int) -> tuple[int, str]:
 
 
 def wrap(text: str, width: int = TEXT_WIDTH, first: str = "", rest: str | None = None) -> str:
-    """Greedy word wrap to `width` columns; a word longer than a line (a URL) stands alone."""
-    rest = first if rest is None else rest
+    """Greedy word wrap to `width` columns (textwrap); a word longer than a line stands alone."""
     words = " ".join(text.split())
-    if not words:
-        return ""
-    prefix = first
-    room = max(1, width - len(prefix))
-    if len(words) <= room:
-        return prefix + words
-    lines = []
-    pos, end = 0, len(words)
-    while end - pos > room:
-        # Words are single-space separated: the line ends at the last space within reach,
-        # or, for a word longer than the line, at the first space after it.
-        cut = words.rfind(" ", pos, pos + room + 1)
-        if cut < 0:
-            cut = words.find(" ", pos + room)
-            if cut < 0:
-                break
-        lines.append(prefix + words[pos:cut])
-        pos = cut + 1
-        prefix = rest
-        room = max(1, width - len(prefix))
-    lines.append(prefix + words[pos:])
-    return "\n".join(lines)
+    if words and len(first) + len(words) <= width:
+        return first + words  # what textwrap gives for one line, without its chunking
+    return textwrap.fill(
+        words,
+        width,
+        initial_indent=first,
+        subsequent_indent=first if rest is None else rest,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
-def clean_line(text: str) -> str:
-    """One line of text: every control, line or paragraph separator becomes a space."""
-    if _has_control(text):
-        text = "".join(" " if _is_control(c) else c for c in text)
+def _one_line(text: str) -> str:
+    """Text on one line, runs of white space as one space (a subject, a preheader)."""
     return " ".join(text.split())
-
-
-def _is_control(c: str) -> bool:
-    return unicodedata.category(c) in ("Cc", "Zl", "Zp") or c == "\x85"
-
-
-def _has_control(text: str) -> bool:
-    return not text.isprintable() and any(_is_control(c) for c in text)
 
 
 def _join_limited(names: list[str], limit: int) -> str:
@@ -618,6 +429,7 @@ def _date_label(when: datetime, tz: str) -> str:
 
 def _admin_note(source: str, css: str) -> tuple[Markup | None, str]:
     """The admin note as sanitised, CSS-inlined HTML and as wrapped text (both once)."""
+    source = clean_text(source, multiline=True)  # the text policy, where the note comes in
     if not source.strip():
         return None, ""
     raw = markdown.markdown(source)
@@ -632,5 +444,5 @@ def _admin_note(source: str, css: str) -> tuple[Markup | None, str]:
     inlined = css_inline.inline_fragment(f'<div class="note">{clean}</div>', css)
     inner = inlined.removeprefix(inlined[: inlined.index(">") + 1]).removesuffix("</div>")
     paragraphs = [p for p in re.split(r"\n\s*\n", source) if p.strip()]
-    text = "\n\n".join(wrap(clean_line(p)) for p in paragraphs)
+    text = "\n\n".join(wrap(p) for p in paragraphs)
     return Markup(inner), text

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
+from digest import urls
 from digest.config import Settings
 from digest.errors import ConsentError, DigestError, NotFoundError, QueryError, ValidationError
 from digest.models import (
@@ -40,6 +41,7 @@ from digest.models import (
 )
 from digest.query import compile_query
 from digest.store import Store, SubscriberEvent, Suppression
+from digest.text import clean_text
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CSV_COLUMNS = ("email", "name", "status", "cadence", "time", "tz", "weekday", "topics")
@@ -51,7 +53,8 @@ MAX_TOPICS = 50
 MAX_BACKFILL_DAYS = 3650
 
 _TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)\Z")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+# A line break in a one-line field is refused (the person meant something else), not joined.
+_LINE_BREAK = re.compile(r"[\n\r\x0b\x0c\x85\u2028\u2029]")
 
 
 class FieldError(ValidationError):
@@ -93,8 +96,9 @@ def normalize_email(text: str) -> str:
 def check_name(text: str) -> str:
     """A display name: trimmed, one line, at most MAX_NAME characters (it goes in headers)."""
     name = (text or "").strip()
-    if _CONTROL.search(name):
+    if _LINE_BREAK.search(name):
         raise FieldError("name", f"name {name!r} must be one line without control characters")
+    name = clean_text(name).strip()  # the text policy, once, where a name comes in
     if len(name) > MAX_NAME:
         raise FieldError("name", f"name is {len(name)} characters long; at most {MAX_NAME}")
     return name
@@ -160,11 +164,14 @@ def check_topics(topics: Sequence[Topic]) -> tuple[Topic, ...]:
     out: list[Topic] = []
     seen: dict[str, int] = {}
     for i, topic in enumerate(topics):
-        name = (topic.name or "").strip()
-        query = (topic.query or "").strip()
+        if _LINE_BREAK.search(topic.name or ""):
+            raise FieldError("topics", f"topic name {topic.name!r} must be one line")
+        # The text policy, once, where topics come in (CLI, CSV import and the web forms).
+        name = clean_text(topic.name or "").strip()
+        query = clean_text(topic.query or "", multiline=True).strip()
         if not name:
             raise FieldError("topics", f"topic {i + 1} has no name")
-        if _CONTROL.search(name) or ":" in name or "|" in name:
+        if ":" in name or "|" in name:
             raise FieldError(
                 "topics",
                 f"topic name {name!r} must be one line without ':' or '|' "
@@ -604,7 +611,7 @@ def export_data(store: Store, settings: Settings, email: str) -> dict[str, Any]:
 
 def feed_url(sub: Subscriber, settings: Settings) -> str:
     """The subscriber's private Atom feed."""
-    return f"{settings.site.base_url.rstrip('/')}/feeds/s/{sub.token}.atom"
+    return urls.feed_url(settings.site.base_url, "atom", sub.token)
 
 
 def subscriber_to_json(sub: Subscriber, settings: Settings) -> dict[str, Any]:

@@ -11,6 +11,34 @@ Decisions (pinned by tests/test_text.py):
 - every Greek letter is a word of its own, spelled out ("α-divergence" is "alpha divergence");
 - words are NFKC-normalised and casefolded, then stemmed with the Snowball English stemmer
   (words holding a digit are not stemmed).
+
+The text policy: `clean_text(s, multiline=...)` is applied ONCE, where text comes in (every field
+of a parsed Paper in digest.parse; subscriber names, topic names and queries in
+digest.subscribers, which the CLI, CSV import and the web forms all go through). Every later stage
+(render, feed, mail, CLI output) trusts it and only escapes for its output (HTML, XML, headers,
+terminal). What it does, character class by class:
+
+| characters                                             | single-line | multiline  |
+| ------------------------------------------------------ | ----------- | ---------- |
+| CR LF and a lone CR                                    | one space   | LF         |
+| LF                                                     | space       | kept       |
+| TAB                                                    | space       | kept       |
+| U+2028 LINE / U+2029 PARAGRAPH SEPARATOR               | space       | LF         |
+| other C0 controls U+0000-001F, DEL U+007F, C1 U+0080-009F | space    | space      |
+| private use U+E000-F8FF, planes 15 and 16              | dropped     | dropped    |
+| bidi embeddings/overrides U+202A-202E, isolates U+2066-2069 | dropped | dropped    |
+| zero-width space U+200B, word joiner U+2060, BOM U+FEFF | dropped    | dropped    |
+| unpaired surrogates U+D800-DFFF                        | dropped     | dropped    |
+| noncharacters U+FDD0-FDEF and U+nFFFE/U+nFFFF          | dropped     | dropped    |
+| everything else                                        | kept        | kept       |
+
+then the result is NFC-normalised. Controls become a space rather than vanishing because they
+separate words ("A\x1bTitle" stays two words); the invisible formats vanish because they sit
+inside words. Kept on purpose: ZWNJ U+200C and ZWJ U+200D (Persian, Indic scripts, emoji
+sequences), the bidi marks LRM/RLM/ALM (U+200E, U+200F, U+061C: they open no scope that could
+reorder the text around them), soft hyphens, plane-14 tags (emoji flag sequences), and unassigned
+code points (a later Unicode may assign them). Nothing left can break HTML or XML 1.0 or move a
+terminal's cursor; `is_clean` tells whether a text is already in this form.
 """
 
 from __future__ import annotations
@@ -18,6 +46,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import snowballstemmer
@@ -52,6 +81,60 @@ class Token(NamedTuple):
 
 _STEMMER = snowballstemmer.stemmer("english")
 
+# --- the text policy (see the module docstring) ----------------------------------------------
+
+_NONCHARACTERS = "\ufdd0-\ufdef" + "".join(
+    f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(15)
+)
+# Dropped in every mode: planes 15 and 16 are all private use or noncharacters.
+_DROPPED = (
+    "\u200b\u2060\ufeff\u202a-\u202e\u2066-\u2069\ud800-\udfff\ue000-\uf8ff"
+    + _NONCHARACTERS
+    + "\U000f0000-\U0010ffff"
+)
+_CONTROL_CLASS = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+_POLICY = re.compile(f"[{_DROPPED}]+|([{_CONTROL_CLASS}])")
+_LINE_SEPARATORS = "\n\u2028\u2029"
+# What a terminal must not receive (the CLI's escaping of text it prints): every control.
+TERMINAL_CONTROLS = {c: " " for c in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]}
+
+
+def _single(m: re.Match[str]) -> str:
+    return " " if m.group(1) else ""
+
+
+def _multi(m: re.Match[str]) -> str:
+    c = m.group(1)
+    if not c:
+        return ""
+    if c in _LINE_SEPARATORS:
+        return "\n"
+    return "\t" if c == "\t" else " "
+
+
+def clean_text(text: str, *, multiline: bool = False) -> str:
+    """Text as the project keeps it: the policy of the module docstring, then NFC."""
+    if text.isascii():
+        if text.isprintable():
+            return text  # the common case: nothing to do
+    elif text.isprintable() and unicodedata.is_normalized("NFC", text):
+        return text  # no control, format, private-use, surrogate or separator character
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _POLICY.sub(_multi if multiline else _single, text)
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+# What clean text cannot hold: for one line, every control; for several, all but LF and TAB.
+_DIRTY_LINE = re.compile(f"[{_DROPPED}{_CONTROL_CLASS}]")
+_DIRTY_LINES = re.compile(f"[{_DROPPED}\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\u2028\\u2029]")
+
+
+def is_clean(text: str, *, multiline: bool = False) -> bool:
+    """Whether clean_text would return text unchanged (a regex scan: for checks and tests)."""
+    dirty = _DIRTY_LINES if multiline else _DIRTY_LINE
+    return dirty.search(text) is None and (text.isascii() or unicodedata.is_normalized("NFC", text))
+
 
 @functools.lru_cache(maxsize=1 << 17)
 def stem(norm: str) -> str:
@@ -70,7 +153,7 @@ def normalize(raw: str) -> str:
     return _GREEK_NAMES.get(word, word)
 
 
-def _pieces(text: str):
+def _pieces(text: str) -> Iterator[tuple[str, int, int]]:
     """Yield (raw, start, end) word pieces of text, Greek letters split out one by one."""
     for m in _TOKEN_RE.finditer(text):
         raw = m.group()

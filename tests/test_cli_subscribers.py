@@ -335,7 +335,7 @@ def test_highlight_plain_and_color() -> None:
     )
     assert highlight("ab", [(0, 1)], True) == "\x1b[1;33ma\x1b[0mb"
     # overlapping spans never duplicate text
-    assert highlight("abcdef", [(0, 4), (2, 5)], False) == "[abcd][e]f"
+    assert highlight("abcdef", [(0, 4), (2, 5)], False) == "[abcde]f"  # merged, never doubled
     # terminal escapes in paper text are neutralised, offsets kept
     assert highlight("x\x1b[31my", [(6, 7)], False) == "x [31m[y]"
 

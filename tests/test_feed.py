@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from digest import feed as feedmod
+from digest import fsutil
 from digest.errors import DigestError, NotFoundError, ValidationError
 from digest.feed import (
     EPOCH,
@@ -28,7 +29,6 @@ from digest.feed import (
     FeedEntry,
     build_feed,
     build_feeds,
-    clean_text,
     conditional_response,
     feed_paths,
     feed_url,
@@ -40,6 +40,7 @@ from digest.feed import (
     write_feeds,
 )
 from digest.models import Match, StoredPaper, paper_key
+from digest.text import clean_text
 
 SITE = "http://papers.example.org:8000"
 BASE = datetime(2025, 11, 24, 9, 30, tzinfo=UTC)
@@ -47,12 +48,17 @@ ATOM_NS = "{http://www.w3.org/2005/Atom}"
 
 
 def make_paper(i: int, title: str | None = None, **facts: object) -> StoredPaper:
-    title = title if title is not None else f"Paper number {i}: sparse attention at scale"
+    """A stored paper; its text cleaned as the parser cleans every field (digest.text policy)."""
+    title = clean_text(
+        title if title is not None else f"Paper number {i}: sparse attention at scale"
+    )
+    if isinstance(facts.get("organization"), str):
+        facts["organization"] = clean_text(facts["organization"])  # type: ignore[arg-type]
     return StoredPaper(
         id=i,
         key=paper_key(title),
         title=title,
-        abstract=facts.pop("abstract", f"We study problem {i}. It is hard."),  # type: ignore[arg-type]
+        abstract=clean_text(facts.pop("abstract", f"We study problem {i}. It is hard.")),  # type: ignore[arg-type]
         first_seen=BASE + timedelta(hours=i),
         **facts,  # type: ignore[arg-type]
     )
@@ -290,8 +296,8 @@ def test_building_both_formats_at_once_gives_the_same_documents():
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=40))
 def test_fast_paths_agree_with_the_plain_definitions(text):
-    assert clean_text(text) == feedmod._STRIP.sub("", text)
-    expected = " ".join(feedmod._STRIP.sub("", text).split()) or "(untitled paper)"
+    text = clean_text(text)
+    expected = " ".join(text.split()) or "(untitled paper)"
     assert paper_link(text) == "https://huggingface.co/papers?q=" + quote_plus(expected)
 
 
@@ -380,7 +386,8 @@ def test_hostile_text_parses_cleanly_and_stays_inert(fmt, text):
     paper = make_paper(
         1, f"Title {text}", abstract=f"Abstract {text}", organization=f"Org {text}", authors=2
     )
-    entry = FeedEntry(paper, topics=(f"Topic {text}",), terms=(f"term {text}",), added=BASE)
+    topics, terms = (clean_text(f"Topic {text}"),), (clean_text(f"term {text}"),)
+    entry = FeedEntry(paper, topics=topics, terms=terms, added=BASE)
     doc = build([entry], fmt, title=f"Feed {text}", description=f"Desc {text}")
     feed = parsed(doc)
     assert len(feed.entries) == 1
@@ -400,6 +407,8 @@ def test_hostile_text_parses_cleanly_and_stays_inert(fmt, text):
 def test_right_to_left_letters_survive_and_overrides_do_not():
     text = "\u202eשלום\u202c مرحبا \u200f"
     assert clean_text(text) == "שלום مرحبا \u200f"
+    (item,) = raw_items(build([FeedEntry(make_paper(1, text))], "atom"))
+    assert item_title(item, "atom") == "שלום مرحبا \u200f".strip()
 
 
 @settings(max_examples=60, deadline=None)
@@ -411,6 +420,7 @@ def test_right_to_left_letters_survive_and_overrides_do_not():
 )
 def test_any_text_gives_a_well_formed_feed(title, abstract, topic, fmt):
     paper = make_paper(1, title, abstract=abstract, organization=topic or None)
+    topic = clean_text(topic)
     doc = build([FeedEntry(paper, topics=(topic,) if topic else (), terms=(topic,))], fmt)
     (item,) = raw_items(doc)  # ElementTree is strict: this proves well-formedness
     assert item_title(item, fmt) == (" ".join(clean_text(title).split()) or "(untitled paper)")
@@ -433,8 +443,8 @@ def test_items_are_written_exactly_as_feedgen_writes_them(texts, fmt):
     entries = [
         FeedEntry(
             make_paper(i, f"{title} {i}", abstract=abstract, upvotes=i),
-            topics=tuple(topics),
-            terms=tuple(topics[:1]),
+            topics=tuple(map(clean_text, topics)),
+            terms=tuple(map(clean_text, topics[:1])),
         )
         for i, (title, abstract, topics) in enumerate(texts)
     ]
@@ -499,7 +509,7 @@ def test_a_failed_write_keeps_the_old_feed_and_leaves_no_temp_file(tmp_path, mon
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(feedmod.os, "replace", broken_replace)
+    monkeypatch.setattr(fsutil.os, "replace", broken_replace)
     with pytest.raises(DigestError, match=r"all\.atom: cannot write the feed"):
         write_feed_atomically(path, build(make_entries(5), "atom"))
     assert path.read_bytes() == old.body

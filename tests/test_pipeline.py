@@ -248,3 +248,15 @@ def test_a_digest_that_cannot_be_rendered_fails_alone_and_delivery_goes_on(
     status = collect_status(store, settings)
     assert "cannot render" in format_status(status)
     assert Cycle(store, settings).deliver().sent == 0  # failed is final, not retried forever
+
+
+def test_the_date_header_is_the_send_time_not_the_queue_time(world) -> None:
+    store, settings, server = world
+    queued_at = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+    sent_at = datetime(2026, 12, 1, 9, 30, 15, 123456, tzinfo=UTC)
+    Cycle(store, settings, lambda: queued_at).ingest(quiet=True)
+    Cycle(store, settings, lambda: queued_at).queue(force=True)
+    assert Cycle(store, settings, lambda: sent_at).deliver().sent == 3
+    for m in server.handler.messages:
+        msg = message_from_bytes(m.data, policy=policy.default)
+        assert msg["Date"].datetime == sent_at.replace(microsecond=0)

@@ -571,3 +571,11 @@ def test_csv_round_trip_property(
         finally:
             src.close()
             dst.close()
+
+
+def test_names_topics_and_queries_are_cleaned_once_where_they_come_in():
+    # The text policy (digest.text.clean_text): bidi overrides, private use and zero-width
+    # characters dropped, controls as spaces, NFC; a query keeps its line breaks.
+    assert subs.check_name("\u202eAda\u202c Love\u200blace\ue000") == "Ada Lovelace"
+    (topic,) = subs.check_topics([Topic("Spe\u0301cial\x1b", "latency\r\nsparse\u2066 attention")])
+    assert topic == Topic("Spécial", "latency\nsparse attention")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digest.text import normalize, stem, tokenize, words
+from digest.text import clean_text, is_clean, normalize, stem, tokenize, words
 
 
 def stems(text: str) -> list[str]:
@@ -83,3 +84,73 @@ def test_tokenize_never_fails_and_spans_are_in_order(text):
     assert all(a.end <= b.start for a, b in itertools.pairwise(toks))
     assert all(t.norm for t in toks)
     assert [t.norm for t in toks] == list(words(text)[1])
+
+
+# --- the text policy (clean_text) --------------------------------------------------------------
+
+
+def dropped(c: str) -> bool:
+    """The characters the policy drops, defined from their ranges (not from the module)."""
+    o = ord(c)
+    return (
+        0xE000 <= o <= 0xF8FF
+        or o >= 0xF0000
+        or 0x202A <= o <= 0x202E
+        or 0x2066 <= o <= 0x2069
+        or c in "\u200b\u2060\ufeff"
+        or 0xD800 <= o <= 0xDFFF
+        or 0xFDD0 <= o <= 0xFDEF
+        or (o & 0xFFFE) == 0xFFFE
+    )
+
+
+def control(c: str) -> bool:
+    return unicodedata.category(c) == "Cc" or c in "\u2028\u2029"
+
+
+_HOSTILE_CHARS = st.sampled_from(
+    list("\x00\x01\t\n\r\x0b\x0c\x1b\x7f\x85\x9f\u2028\u2029\u200b\u200c\u200d\u200e\u2060\ufeff")
+    + list("\u202a\u202e\u2066\u2069\ue000\ue001\uf8ff\U000f0000\U0010fffd\ud800\udfff\ufdd0")
+    + list("\ufffe\uffff\U0001fffe e\u0301\u00e9\u05d0\u0627 <&>")
+)
+ANY_TEXT = st.text(st.characters() | _HOSTILE_CHARS, max_size=60)
+
+
+@settings(max_examples=400)
+@given(ANY_TEXT, st.booleans())
+def test_cleaned_text_holds_no_dropped_or_control_character(text, multiline):
+    out = clean_text(text, multiline=multiline)
+    assert not any(map(dropped, out))
+    allowed = "\n\t" if multiline else ""
+    assert all(c in allowed for c in out if control(c))
+    assert unicodedata.is_normalized("NFC", out)
+    out.encode("utf-8")  # no surrogate left
+
+
+@settings(max_examples=400)
+@given(ANY_TEXT, st.booleans())
+def test_cleaning_is_idempotent(text, multiline):
+    once = clean_text(text, multiline=multiline)
+    assert clean_text(once, multiline=multiline) == once
+    assert is_clean(once, multiline=multiline)
+
+
+@pytest.mark.parametrize(
+    ("raw", "line", "lines"),
+    [
+        ("a\x1bb", "a b", "a b"),  # controls separate words: a space
+        ("a\r\nb\rc\nd", "a b c d", "a\nb\nc\nd"),
+        ("a\tb", "a b", "a\tb"),
+        ("a\u2028b\u2029c", "a b c", "a\nb\nc"),
+        ("x\ue0000\ue001y", "x0y", "x0y"),  # private use: dropped
+        ("\u202eevil\u202c \u2067iso\u2069", "evil iso", "evil iso"),
+        ("zero\u200bwidth\u2060\ufeff", "zerowidth", "zerowidth"),
+        ("\u0646\u0645\u200c\u06cc \U0001f469\u200d\U0001f4bb", None, None),  # ZWNJ/ZWJ kept
+        ("\u05e9\u05dc\u05d5\u05dd \u200f", None, None),  # RLM kept
+        ("e\u0301", "\u00e9", "\u00e9"),  # NFC
+        ("lone \ud800 surrogate \ufffe", "lone  surrogate ", "lone  surrogate "),
+    ],
+)
+def test_text_policy_table(raw, line, lines):
+    assert clean_text(raw) == (raw if line is None else line)
+    assert clean_text(raw, multiline=True) == (raw if lines is None else lines)

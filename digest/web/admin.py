@@ -28,7 +28,6 @@ from werkzeug.wrappers import Response
 
 from digest import subscribers as subs
 from digest.errors import ConsentError, DigestError
-from digest.feed import feed_url
 from digest.links import links_for
 from digest.models import (
     CADENCES,
@@ -40,6 +39,7 @@ from digest.models import (
     SubscriberStatus,
     Topic,
 )
+from digest.urls import feed_url
 from digest.web import state
 from digest.web.preview import Preview, TopicError, backtest, parse_topic_rows
 from digest.web.security import check_csrf, password_ok

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from digest import highlight
 from digest.errors import QueryError
 from digest.match import PaperIndex, match_profiles
 from digest.models import Match, StoredPaper, Topic
 from digest.query import compile_query
+from digest.text import clean_text
+from digest.urls import paper_url
 
 MAX_TOPICS = 20
 MAX_QUERY_CHARS = 2_000
@@ -37,6 +40,7 @@ class PreviewRow:
     topics: tuple[str, ...]
     title_parts: tuple[tuple[str, bool], ...]
     terms: tuple[str, ...]
+    url: str = ""  # where the paper links (urls.paper_url, as in emails and feeds)
 
 
 @dataclass(slots=True)
@@ -59,8 +63,9 @@ def parse_topic_rows(
     errors: list[TopicError] = []
     rows = list(zip(names, queries, strict=False))[:MAX_TOPICS]
     for index, (raw_name, raw_query) in enumerate(rows):
-        name = " ".join(raw_name.split())[:100]
-        query = raw_query.replace("\r\n", "\n").strip()
+        # The text policy on form input (subscribers.check_topics applies it again when saving).
+        name = " ".join(clean_text(raw_name).split())[:100]
+        query = clean_text(raw_query, multiline=True).strip()
         if not name and not query:
             continue
         if not query:
@@ -136,21 +141,10 @@ def _row(paper: StoredPaper, match: Match, kind: str) -> PreviewRow:
         topics=match.topics,
         title_parts=split_spans(paper.title, match.title_spans),
         terms=match.terms,
+        url=paper_url(paper.title),
     )
 
 
 def split_spans(text: str, spans: Sequence[tuple[int, int]]) -> tuple[tuple[str, bool], ...]:
     """Cut text into (piece, highlighted) parts; the template escapes each piece."""
-    parts: list[tuple[str, bool]] = []
-    pos = 0
-    for start, end in sorted(spans):
-        start, end = max(start, pos), min(end, len(text))
-        if start >= end:
-            continue
-        if start > pos:
-            parts.append((text[pos:start], False))
-        parts.append((text[start:end], True))
-        pos = end
-    if pos < len(text):
-        parts.append((text[pos:], False))
-    return tuple(parts)
+    return tuple(highlight.segments(text, spans))

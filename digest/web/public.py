@@ -11,9 +11,10 @@ from flask import Blueprint, Response, abort, render_template, request, url_for
 
 from digest import subscribers as subs
 from digest.errors import DigestError, NotFoundError
-from digest.feed import FeedEntry, FeedFormat, build_feed, conditional_response, feed_url
+from digest.feed import FeedEntry, build_feed, conditional_response
 from digest.links import CONFIRM_MAX_AGE, LinkError, links_for
 from digest.models import CADENCES, StatusChange, Subscriber, SubscriberStatus
+from digest.urls import FeedFormat, feed_url
 from digest.web import state
 from digest.web.admin import WEEKDAYS, _submitted_form, _topic_rows, _weekday
 from digest.web.mailer import ConfirmationJob
