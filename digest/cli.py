@@ -244,11 +244,14 @@ def cmd_subscriber_list(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_subscriber_show(ctx: Context, args: argparse.Namespace) -> int:
     """Show one subscriber with their topics and private feed."""
-    from digest.subscribers import feed_url, get_subscriber, subscriber_to_json
+    from digest.subscribers import feed_url, get_subscriber, history_to_json, subscriber_to_json
 
     sub = get_subscriber(ctx.store, args.email)
+    events = ctx.store.subscriber_events(sub.id)
     if args.json:
-        ctx.print_json(subscriber_to_json(sub, ctx.settings))
+        ctx.print_json(
+            {**subscriber_to_json(sub, ctx.settings), "history": history_to_json(events)}
+        )
         return 0
     ctx.print(f"email:    {sub.email}")
     ctx.print(f"name:     {_safe(sub.name)}")
@@ -259,6 +262,10 @@ def cmd_subscriber_show(ctx: Context, args: argparse.Namespace) -> int:
     ctx.print("topics:" if sub.topics else "topics:   none")
     for t in sub.topics:
         ctx.print(f"  {_safe(t.name)}: {_safe(t.query)}")
+    ctx.print("history:" if events else "history:  none recorded")
+    for e in events:
+        was = e.old_status or "(new)"
+        ctx.print(f"  {e.at.isoformat(timespec='seconds')}  {was} -> {e.new_status}  by {e.how}")
     return 0
 
 
@@ -332,6 +339,58 @@ def cmd_subscriber_export(ctx: Context, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise DigestError(f"{target}: cannot write: {exc.strerror or exc}") from None
     ctx.print(f"exported {count} subscriber(s) to {target}")
+    return 0
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    """Temp file + rename: a crash never leaves a half-written file under the real name."""
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise DigestError(f"{target}: cannot write: {exc.strerror or exc}") from None
+
+
+def cmd_subscriber_export_data(ctx: Context, args: argparse.Namespace) -> int:
+    """Everything stored about one person as JSON, to --out FILE or stdout."""
+    from digest.subscribers import export_data
+
+    data = export_data(ctx.store, ctx.settings, args.email)
+    if not args.out or args.out == "-":
+        ctx.print_json(data)
+        return 0
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    _write_atomically(Path(args.out), text)
+    ctx.print(f"wrote the data of {data['profile']['email']} to {args.out}")
+    return 0
+
+
+def cmd_subscriber_wipe(ctx: Context, args: argparse.Namespace) -> int:
+    """Erase a person, keeping only a suppression entry; asks unless --yes."""
+    from digest.subscribers import get_subscriber, wipe_subscriber
+
+    sub = get_subscriber(ctx.store, args.email)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise DigestError(
+                f"wipe {sub.email}: give --yes to confirm (standard input is not a terminal)"
+            )
+        answer = input(
+            f"Erase {sub.email}: profile, topics, deliveries, digests and history? "
+            "This cannot be undone. [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            ctx.print(f"kept {sub.email}")
+            return 1
+    entry = wipe_subscriber(ctx.store, sub.email)
+    ctx.print(
+        f"wiped {sub.email}; kept only a suppression entry (sha256 {entry.email_hash[:12]}...) "
+        "so no import or admin add re-adds them"
+    )
     return 0
 
 
@@ -469,7 +528,9 @@ def _add_profile_options(p: argparse.ArgumentParser) -> None:
 
 def _add_subscriber_parsers(sub: Any) -> None:
     """The `subscriber`, `match` and `history` commands."""
-    s = sub.add_parser("subscriber", help="add, list, show, edit, remove, pause, resume, import")
+    s = sub.add_parser(
+        "subscriber", help="add, list, show, edit, remove, pause, resume, import, wipe"
+    )
     actions = s.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     p = actions.add_parser("add", help="add an active subscriber")
@@ -524,6 +585,30 @@ def _add_subscriber_parsers(sub: Any) -> None:
     p = actions.add_parser("export", help="write subscribers as CSV (the import format)")
     p.add_argument("file", metavar="FILE", nargs="?", help="default: standard output")
     p.set_defaults(handler=cmd_subscriber_export)
+
+    p = actions.add_parser(
+        "export-data",
+        help="everything stored about one person, as JSON",
+        description="Writes everything stored about one person as one JSON object: profile, "
+        "topics, status history, deliveries (paper titles and dates), digests sent and "
+        "feedback. For a data-access request; nothing is changed.",
+    )
+    p.add_argument("email", metavar="EMAIL")
+    p.add_argument("--out", metavar="FILE", help="write to FILE (default: standard output)")
+    p.set_defaults(handler=cmd_subscriber_export_data)
+
+    p = actions.add_parser(
+        "wipe",
+        help="erase a person, keeping only a suppression entry",
+        description="Deletes the subscriber with their topics, delivery ledger, digests, "
+        "status history and feedback, keeping only a suppression entry (a sha256 of the "
+        "normalised address, when and why), so no CSV import or admin add re-adds them. "
+        "Their own sign-up (double opt-in) lifts it once confirmed. Asks for confirmation "
+        "on a terminal; elsewhere --yes is required.",
+    )
+    p.add_argument("email", metavar="EMAIL")
+    p.add_argument("--yes", action="store_true", help="do not ask; needed when not on a terminal")
+    p.set_defaults(handler=cmd_subscriber_wipe)
 
     p = sub.add_parser("match", help="preview a query against the stored papers")
     p.add_argument("query", metavar="QUERY")

@@ -107,6 +107,18 @@ class WebSettings:
         "", "Secret for signed links and sessions; empty generates one kept in the database."
     )
     signup_enabled: bool = _opt(False, "Public sign-up form with double opt-in.")
+    signup_limit_per_client: str = _opt(
+        "5 per minute; 30 per hour",
+        "Sign-ups one client address may make (limits syntax, ';' between rates); more get 429.",
+    )
+    signup_limit_per_address: str = _opt(
+        "3 per hour; 10 per day",
+        "Sign-ups (and re-subscribe requests) for one email address, from any client.",
+    )
+    confirm_interval_minutes: float = _opt(
+        60.0,
+        "At most one confirmation email per address in this many minutes (kept in the database).",
+    )
     preview_dumps: int = _opt(5, "The live preview backtests a profile on this many recent dumps.")
 
 

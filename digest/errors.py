@@ -61,3 +61,8 @@ class RenderError(DigestError):
 
 class LockError(DigestError):
     """Another daemon holds the database lock."""
+
+
+class ConsentError(ValidationError):
+    """An admin path tried to (re)subscribe someone who left or asked to be erased: only the
+    person themselves can come back, by a new double opt-in. The message says when and how."""

@@ -1,5 +1,10 @@
 """Subscribers and their keyword topics: validation and the service used by the CLI and the web app.
 
+Consent: unsubscribed is terminal for every admin path (CLI, admin pages, CSV import). Only the
+person comes back, through a new double opt-in (`prepare_confirmation`, then `confirm`); the
+refusal (ConsentError) says when and how they left. A wiped person leaves only a suppression
+entry (a hash of the address) that keeps admin paths from re-adding them.
+
 Every function validates its input and raises a DigestError subclass naming the address, field or
 CSV line concerned: `FieldError` (a ValidationError with `.field`) for a bad value,
 `TopicQueryError` (a QueryError with `.topic`, `.column` and `.hint`) for a topic whose query does
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import re
 import secrets
 from collections.abc import Iterator, Sequence
@@ -23,7 +29,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from digest import urls
 from digest.config import Settings
-from digest.errors import DigestError, NotFoundError, QueryError, ValidationError
+from digest.errors import ConsentError, DigestError, NotFoundError, QueryError, ValidationError
 from digest.models import (
     CADENCES,
     STATUSES,
@@ -34,7 +40,7 @@ from digest.models import (
     Topic,
 )
 from digest.query import compile_query
-from digest.store import Store
+from digest.store import Store, SubscriberEvent, Suppression
 from digest.text import clean_text
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -274,8 +280,13 @@ def _add(
         topics=check_topics(topics),
         since=now - timedelta(days=backfill_days) if backfill_days is not None else now,
     )
-    if store.subscriber_by_email(address) is not None:
+    existing = store.subscriber_by_email(address)
+    if existing is not None:
+        if existing.status is SubscriberStatus.UNSUBSCRIBED:
+            raise ConsentError(left_message(store, existing))
         raise FieldError("email", f"{address}: already subscribed")
+    if how is not StatusChange.SIGNUP:  # the person themselves may always sign up again
+        check_not_suppressed(store, address)
     # Papers already stored are not pending, unless a backfill asks for them (then `since` rules).
     watermark = 0 if backfill_days is not None else store.max_paper_id()
     return store.insert_subscriber(sub, watermark=watermark, how=how)
@@ -341,6 +352,8 @@ def edit_subscriber(
 ) -> Subscriber:
     """Change only the given fields (topics are replaced as a whole); later digests follow."""
     current = get_subscriber(store, email)
+    if current.status is SubscriberStatus.UNSUBSCRIBED:
+        raise ConsentError(left_message(store, current))
     with _about(current.email):
         return _edit(store, current, name, topics, cadence, time, tz, weekday, new_email)
 
@@ -362,6 +375,7 @@ def _edit(
         if address != current.email:
             if store.subscriber_by_email(address) is not None:
                 raise FieldError("email", f"{address}: already subscribed")
+            check_not_suppressed(store, address)  # no re-adding a wiped person by a rename
             fields["email"] = address
     if name is not None:
         fields["name"] = check_name(name)
@@ -389,6 +403,14 @@ def set_status(
     `how` goes to the status history."""
     new = check_status(status)
     current = get_subscriber(store, email)
+    if new != current.status and how is not StatusChange.CONFIRM:
+        if current.status is SubscriberStatus.UNSUBSCRIBED:
+            raise ConsentError(left_message(store, current))
+        if current.status is SubscriberStatus.PENDING and new.receives_mail:
+            raise ConsentError(
+                f"{current.email} signed up on {current.created_at:%Y-%m-%d} but has not "
+                "confirmed; only their confirmation link makes them active"
+            )
     resuming = new.receives_mail and not current.status.receives_mail
     if new != current.status:
         store.set_subscriber_status(current.id, new, how=how, reset_watermark=resuming)
@@ -404,9 +426,187 @@ def unsubscribe_by_token(store: Store, token: str, *, how: StatusChange) -> bool
 
 
 def remove_subscriber(store: Store, email: str) -> None:
-    """Delete a subscriber with their topics, digests and delivery ledger."""
+    """Delete a subscriber with their topics, digests and delivery ledger. Removing someone
+    who unsubscribed leaves a suppression entry: removal must not be a way to re-add them."""
     current = get_subscriber(store, email)
-    store.delete_subscriber(current.id)
+    suppress = None
+    if current.status is SubscriberStatus.UNSUBSCRIBED:
+        left = departure(store, current)
+        why = f"unsubscribed{_when_how(left)}, then removed"
+        suppress = Suppression(email_hash(current.email), datetime.now(UTC), why)
+    store.delete_subscriber(current.id, suppress=suppress)
+
+
+def wipe_subscriber(
+    store: Store,
+    email: str,
+    *,
+    reason: str = "erased at their request",
+    now: datetime | None = None,
+) -> Suppression:
+    """Delete everything stored about a person (profile, topics, ledger, digests, history,
+    feedback), keeping only a suppression entry: a sha256 of the normalised address with when
+    and why, so no import or admin add re-adds them. Their own sign-up lifts it once confirmed."""
+    current = get_subscriber(store, email)
+    entry = Suppression(email_hash(current.email), _now(now), reason)
+    store.delete_subscriber(current.id, suppress=entry)
+    return entry
+
+
+# --- consent -------------------------------------------------------------------------------------
+
+
+def email_hash(address: str) -> str:
+    """The suppression key of an address: sha256 (hex) of its normalised form."""
+    return hashlib.sha256(_lookup_form(address).encode("utf-8")).hexdigest()
+
+
+def departure(store: Store, sub: Subscriber) -> SubscriberEvent | None:
+    """The status-history row of the subscriber's latest unsubscription, or None."""
+    gone = [
+        e for e in store.subscriber_events(sub.id) if e.new_status is SubscriberStatus.UNSUBSCRIBED
+    ]
+    return gone[-1] if gone else None
+
+
+def _when_how(event: SubscriberEvent | None) -> str:
+    if event is None:
+        return " (when and how were not recorded)"
+    return f" on {event.at:%Y-%m-%d} by {event.how}"
+
+
+def left_message(store: Store, sub: Subscriber) -> str:
+    """Why an admin path may not bring this unsubscribed person back: when and how they left."""
+    return (
+        f"{sub.email} unsubscribed{_when_how(departure(store, sub))}; only they can subscribe "
+        "again (sign-up with double opt-in)"
+    )
+
+
+def check_not_suppressed(store: Store, email: str) -> None:
+    """ConsentError naming the address if it was wiped (a suppression entry exists)."""
+    address = _lookup_form(email)
+    entry = store.suppression(email_hash(address))
+    if entry is not None:
+        raise ConsentError(
+            f"{address} was erased on {entry.at:%Y-%m-%d} ({entry.reason}); only they can "
+            "subscribe again (sign-up with double opt-in)"
+        )
+
+
+def prepare_confirmation(
+    store: Store,
+    settings: Settings,
+    email: str,
+    *,
+    name: str = "",
+    topics: Sequence[Topic] = (),
+    now: datetime | None = None,
+) -> Subscriber | None:
+    """The work behind a sign-up (or a re-subscribe request): a new address becomes a pending
+    subscriber; a pending or unsubscribed one is due a confirmation email unless one went out in
+    the last web.confirm_interval_minutes (recorded in the store, so restarts do not reset it).
+    Returns the subscriber to mail, or None (already active, paused, or mailed recently)."""
+    now = _now(now)
+    address = normalize_email(email)
+    sub = store.subscriber_by_email(address)
+    if sub is None:
+        try:
+            sub = add_subscriber(
+                store, settings, address, name=name[:100], topics=topics,
+                cadence=Cadence.DAILY, status=SubscriberStatus.PENDING, now=now,
+                how=StatusChange.SIGNUP,
+            )  # fmt: skip
+        except FieldError:  # signed up by a concurrent request meanwhile
+            sub = store.subscriber_by_email(address)
+            if sub is None:
+                raise
+    if sub.status not in (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED):
+        return None
+    interval = timedelta(minutes=settings.web.confirm_interval_minutes)
+    if not store.claim_confirmation(sub.id, now, now - interval):
+        return None
+    return sub
+
+
+def confirmation_failed(store: Store, sub: Subscriber) -> None:
+    """The confirmation email could not be sent: let the next sign-up try again at once."""
+    store.release_confirmation(sub.id)
+
+
+def can_confirm(store: Store, sub: Subscriber) -> bool:
+    """Whether this person's confirmation link would (re)activate them now: pending, or
+    unsubscribed with a confirmation email sent after they left."""
+    if sub.status is SubscriberStatus.PENDING:
+        return True
+    if sub.status is not SubscriberStatus.UNSUBSCRIBED:
+        return False
+    sent = store.confirmation_sent_at(sub.id)
+    left = departure(store, sub)
+    return sent is not None and (left is None or sent > left.at)
+
+
+def confirm(store: Store, sub: Subscriber) -> bool:
+    """The person pressed Confirm on their confirmation link: a pending subscriber becomes
+    active; an unsubscribed one only if a confirmation was sent after they left (an older link
+    does not bring them back). Lifts a suppression of the address. True if now active."""
+    if not can_confirm(store, sub):
+        return sub.status is SubscriberStatus.ACTIVE
+    set_status(store, sub.email, SubscriberStatus.ACTIVE, how=StatusChange.CONFIRM)
+    store.lift_suppression(email_hash(sub.email))
+    return True
+
+
+def history_to_json(events: Sequence[SubscriberEvent]) -> list[dict[str, Any]]:
+    """The status history as `subscriber show --json` gives it: oldest first."""
+    return [
+        {
+            "at": e.at.isoformat(timespec="seconds"),
+            "from": e.old_status.value if e.old_status else None,
+            "to": e.new_status.value,
+            "how": e.how.value,
+        }
+        for e in events
+    ]
+
+
+def export_data(store: Store, settings: Settings, email: str) -> dict[str, Any]:
+    """Everything stored about one person, as JSON-ready data: profile, topics, status
+    history, deliveries (paper titles and dates), digests sent, feedback."""
+    sub = get_subscriber(store, email)
+    sent = store.confirmation_sent_at(sub.id)
+    return {
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile": {
+            **subscriber_to_json(sub, settings),
+            "weekday": WEEKDAYS[sub.weekday],
+            "created_at": sub.created_at.isoformat(timespec="seconds"),
+            "since": sub.since.isoformat(timespec="seconds") if sub.since else None,
+            "bounces": sub.bounces,
+            "confirmation_sent_at": sent.isoformat(timespec="seconds") if sent else None,
+        },
+        "topics": [{"name": t.name, "query": t.query} for t in sub.topics],
+        "history": history_to_json(store.subscriber_events(sub.id)),
+        "deliveries": [
+            {
+                "title": e.paper.title,
+                "published": e.paper.published.isoformat() if e.paper.published else None,
+                "delivered_at": e.delivered_at.isoformat(timespec="seconds"),
+                "topics": list(e.item.topics),
+            }
+            for e in store.ledger_entries(sub.id, 2**31 - 1)
+        ],
+        "digests": history(store, sub.email),
+        "feedback": [
+            {
+                "title": f.title,
+                "topic": f.topic,
+                "verdict": f.verdict,
+                "at": f.at.isoformat(timespec="seconds"),
+            }
+            for f in store.feedback_of(sub.id)
+        ],
+    }
 
 
 def feed_url(sub: Subscriber, settings: Settings) -> str:
@@ -586,6 +786,7 @@ def _apply_row(
 ) -> None:
     existing = store.subscriber_by_email(address)
     if existing is None:
+        check_not_suppressed(store, address)  # also on a dry run: the row would be refused
         if not dry_run:
             add_subscriber(
                 store,
@@ -610,7 +811,11 @@ def _apply_row(
     if not changed:
         report.unchanged += 1
         return
+    if existing.status is SubscriberStatus.UNSUBSCRIBED:
+        raise ConsentError(left_message(store, existing))
     if not dry_run:
+        if "status" in values:  # first: a refused status leaves the row unapplied
+            set_status(store, address, values["status"], how=StatusChange.IMPORT)
         edit_subscriber(
             store,
             settings,
@@ -622,8 +827,6 @@ def _apply_row(
             tz=values.get("tz"),
             weekday=values.get("weekday"),
         )
-        if "status" in values:
-            set_status(store, address, values["status"], how=StatusChange.IMPORT)
     report.updated += 1
 
 

@@ -27,7 +27,7 @@ from digest.cli import main as cli_main
 from digest.config import load_settings
 from digest.ingest import ingest_files
 from digest.links import LinkSigner, links_for, secret_key
-from digest.models import Topic
+from digest.models import StatusChange, Topic
 from digest.store import Store
 from digest.web.preview import backtest
 
@@ -218,3 +218,46 @@ def test_subscriber_unsubscribes_through_their_link(browser, server):
     expect(page.get_by_role("heading", name="You are unsubscribed")).to_be_visible()
     with Store.open(settings.database.url) as store:
         assert subs.get_subscriber(store, "ada@example.org").status == "unsubscribed"
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_admin_consent_page_shows_when_and_how_they_left(browser, server, width):
+    from playwright.sync_api import expect
+
+    base, config = server
+    settings = load_settings(config, env={})
+    with Store.open(settings.database.url) as store:
+        sub = subs.get_subscriber(store, "ada@example.org")
+        store.unsubscribe_token(sub.token, how=StatusChange.ONE_CLICK)
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.set_default_timeout(30_000)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("response", lambda r: problems.append(r.url) if r.status >= 400 else None)
+    page.goto(base + "/admin/login?next=/admin/subscribers")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("link", name="ada@example.org").click()
+    notice = page.locator("#consent")
+    expect(notice).to_be_visible()
+    expect(notice).to_contain_text("by one-click")
+    expect(notice).to_contain_text("Only they can subscribe again")
+    expect(page.get_by_role("button", name="Resume")).to_have_count(0)
+    history = page.locator("#history")
+    expect(history).to_be_visible()
+    expect(history.locator("tbody tr")).to_have_count(2)
+    expect(history.locator("tbody tr").last).to_contain_text("one-click")
+    expect(page.get_by_role("link", name="Export data")).to_be_visible()
+    _assert_no_sideways_scroll(page)
+    page.get_by_role("link", name="Wipe…").click()
+    expect(page.get_by_role("button", name="Wipe for good")).to_be_visible()
+    _assert_no_sideways_scroll(page)
+    assert problems == []
+
+
+def _assert_no_sideways_scroll(page) -> None:
+    wide, seen = page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert wide <= seen, f"page is {wide}px wide in a {seen}px viewport"

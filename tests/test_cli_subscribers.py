@@ -60,6 +60,10 @@ def test_add_show_list_json_shapes(config: str, capsys: pytest.CaptureFixture[st
     assert isinstance(shown, dict)
     token_url = shown.pop("feed_url")
     assert token_url.startswith("http://localhost:8000/feeds/s/") and token_url.endswith(".atom")
+    # an added key (the contract allows them): the status history, oldest first
+    assert [(h["from"], h["to"], h["how"]) for h in shown.pop("history")] == [
+        (None, "active", "cli")
+    ]
     assert shown == {
         "email": "ada@example.org",
         "name": "Ada",

@@ -137,6 +137,8 @@ def test_the_checkout_settings_file_is_valid_and_keeps_data_under_var() -> None:
         ["feeds", "--help"],
         ["status", "--help"],
         ["subscriber", "add", "--help"],
+        ["subscriber", "export-data", "--help"],
+        ["subscriber", "wipe", "--help"],
         ["match", "--help"],
         ["history", "--help"],
         ["serve", "--help"],

@@ -339,19 +339,35 @@ def test_one_click_unsubscribe_is_idempotent_without_redirect_and_get_is_harmles
     assert changes == [("active", "unsubscribed", "one-click")]  # once, though posted twice
 
 
-def test_resubscribe_from_the_manage_page(env):
-    settings, store, app, _ = env
+def test_resubscribe_from_the_manage_page_is_a_new_double_opt_in(env):
+    settings, store, app, sent = env
+    signer = app.extensions["digest"].signer
+    old_confirm = f"/confirm/{signer.make_token('confirm', _ann(store).token)}"
     subs.set_status(store, "ann@example.org", "unsubscribed")
     client = app.test_client()
-    links = links_for(settings, app.extensions["digest"].signer, _ann(store))
+    links = links_for(settings, signer, _ann(store))
     url = _path(links.manage_url, settings)
+    # a confirmation link from before they left does not bring them back
+    page = client.get(old_confirm).get_data(as_text=True)
+    assert "no longer subscribes" in page
     page = client.get(url).get_data(as_text=True)
+    client.post(old_confirm, data={"csrf_token": csrf_of(page)})  # a forged POST neither
+    assert _ann(store).status == "unsubscribed"
     assert "Subscribe again" in page
-    client.post(url, data={"csrf_token": csrf_of(page), "action": "resubscribe"})
+    answer = client.post(url, data={"csrf_token": csrf_of(page), "action": "resubscribe"})
+    assert "sent a confirmation email" in answer.get_data(as_text=True)
+    app.extensions["digest"].mailer.wait()
+    assert _ann(store).status == "unsubscribed"  # not at once: only the confirmation link
+    assert len(sent) == 1 and sent[0]["To"] == "ann@example.org"
+    link = re.search(r"http://localhost:8000(/confirm/\S+)", sent[0].get_content()).group(1)
+    confirm_page = client.get(link)
+    assert "Subscribe again" in confirm_page.get_data(as_text=True)
+    assert _ann(store).status == "unsubscribed"  # GET only asks (mail scanners fetch GETs)
+    client.post(link, data={"csrf_token": csrf_of(confirm_page.get_data(as_text=True))})
     assert _ann(store).status == "active"
     assert _history(store, "ann@example.org")[-2:] == [
         ("active", "unsubscribed", "cli"),
-        ("unsubscribed", "active", "link"),
+        ("unsubscribed", "active", "confirm"),
     ]
 
 
@@ -379,6 +395,7 @@ def test_signup_double_opt_in(tmp_path):
         },
     )
     assert response.status_code == 200 and "Check your inbox" in response.get_data(as_text=True)
+    app.extensions["digest"].mailer.wait()
     carol = subs.get_subscriber(store, "carol@example.org")
     assert carol.status == "pending"
     assert len(sent) == 1 and sent[0]["To"] == "carol@example.org"
@@ -393,6 +410,7 @@ def test_signup_double_opt_in(tmp_path):
         "/signup",
         data={"csrf_token": csrf_of(page), "email": "carol@example.org", "keywords": "x"},
     )
+    app.extensions["digest"].mailer.wait()
     assert again.status_code == 200 and len(sent) == 1
     assert _history(store, "carol@example.org") == [
         (None, "pending", "signup"),

@@ -4,7 +4,7 @@ SQLite by default and PostgreSQL for `postgresql+psycopg://` URLs (engine.py). `
 facade combining one class per aggregate:
 
 - papers.py: dumps, papers and sightings (PaperStore)
-- subscribers.py: subscribers, topics and status history (SubscriberStore)
+- subscribers.py: subscribers, topics, status history, suppressions (SubscriberStore)
 - ledger.py: delivery states, recording digests, the delivery ledger (LedgerStore)
 - claims.py: senders' claims on email digests and their outcomes (ClaimStore)
 - meta.py: the meta table of named values (MetaStore)
@@ -36,6 +36,7 @@ from digest.store.records import (
     DigestRecord,
     DigestRow,
     DumpRecord,
+    FeedbackRecord,
     IngestOutcome,
     LedgerEntry,
     LedgerItem,
@@ -44,6 +45,7 @@ from digest.store.records import (
     SentPaper,
     Sighting,
     SubscriberEvent,
+    Suppression,
 )
 from digest.store.schema import UtcDateTime, metadata, schema_version
 from digest.store.subscribers import (
@@ -52,6 +54,7 @@ from digest.store.subscribers import (
     feedback,
     subscriber_events,
     subscribers,
+    suppressions,
     topics,
 )
 
@@ -67,6 +70,7 @@ __all__ = [
     "DigestRecord",
     "DigestRow",
     "DumpRecord",
+    "FeedbackRecord",
     "IngestOutcome",
     "LedgerEntry",
     "LedgerItem",
@@ -77,6 +81,7 @@ __all__ = [
     "Sighting",
     "Store",
     "SubscriberEvent",
+    "Suppression",
     "UtcDateTime",
     "deliveries",
     "digests",
@@ -89,6 +94,7 @@ __all__ = [
     "sightings",
     "subscriber_events",
     "subscribers",
+    "suppressions",
     "topics",
 ]
 

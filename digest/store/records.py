@@ -159,6 +159,25 @@ class SubscriberEvent:
     how: StatusChange
 
 
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """A wiped address: the sha256 of its normalised form, when and why it was wiped."""
+
+    email_hash: str
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    """A subscriber's verdict on a paper, read back with the paper's title."""
+
+    title: str
+    topic: str
+    verdict: str
+    at: datetime
+
+
 def ledger_item(row: Any) -> LedgerItem:
     """Why a paper is in a ledger row selected with d_topics, d_terms and d_score labels."""
     return LedgerItem(

@@ -41,7 +41,7 @@ from digest.models import (
 from digest.store.base import MAX_ID, StoreBase, chunks, inserted_id, utc
 from digest.store.engine import reason
 from digest.store.papers import papers
-from digest.store.records import SubscriberEvent
+from digest.store.records import FeedbackRecord, SubscriberEvent, Suppression
 from digest.store.schema import UtcDateTime, in_list, metadata
 
 VERDICTS = ("like", "dislike")
@@ -69,6 +69,9 @@ subscribers = Table(
     # When a daily/weekly subscriber can next be due (NULL: check at once); lets the per-minute
     # due job read only the subscribers whose time has come instead of all of them.
     Column("next_due_at", UtcDateTime),
+    # Added by migration 3: when a confirmation email (sign-up, re-subscribe) was last sent, so
+    # an address gets at most one per web.confirm_interval_minutes, across restarts.
+    Column("confirm_sent_at", UtcDateTime),
     CheckConstraint(f"status IN ({in_list(STATUSES)})", name="ck_subscribers_status"),
     CheckConstraint(f"cadence IN ({in_list(CADENCES)})", name="ck_subscribers_cadence"),
     CheckConstraint("weekday BETWEEN 0 AND 6", name="ck_subscribers_weekday"),
@@ -126,6 +129,16 @@ feedback = Table(
     Column("at", UtcDateTime, nullable=False),
     UniqueConstraint("subscriber_id", "topic", "paper_id", name="uq_feedback_once"),
     CheckConstraint(f"verdict IN ({in_list(VERDICTS)})", name="ck_feedback_verdict"),
+)
+
+# Added by migration 3: addresses wiped at the person's request, kept only as a hash of the
+# normalised address (sha256 hex) with when and why, so no admin path re-adds them.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("email_hash", String(64), primary_key=True, autoincrement=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("reason", Text, nullable=False),
 )
 
 
@@ -266,10 +279,20 @@ class SubscriberStore(StoreBase):
                 record_events(conn, [(found.id, found.status, gone)], how, at=now)
         return True
 
-    def delete_subscriber(self, subscriber_id: int) -> bool:
+    def delete_subscriber(self, subscriber_id: int, *, suppress: Suppression | None = None) -> bool:
         """Delete a subscriber with their topics, digests, ledger rows, history and feedback;
-        False if unknown."""
+        False if unknown. With `suppress`, its suppression entry is written in the same
+        transaction (replacing an older one for the same hash)."""
         with self._write() as conn:
+            if suppress is not None:
+                conn.execute(
+                    suppressions.delete().where(suppressions.c.email_hash == suppress.email_hash)
+                )
+                conn.execute(
+                    insert(suppressions).values(
+                        email_hash=suppress.email_hash, at=utc(suppress.at), reason=suppress.reason
+                    )
+                )
             # Explicit deletes: the cascade needs foreign keys on, which only we guarantee.
             # Every table with a subscriber_id, dependents first (deliveries before digests).
             for table in reversed(metadata.sorted_tables):
@@ -280,6 +303,65 @@ class SubscriberStore(StoreBase):
                 subscribers.delete().where(subscribers.c.id == subscriber_id)
             ).rowcount
         return bool(done)
+
+    def suppression(self, email_hash: str) -> Suppression | None:
+        """The suppression entry of this address hash, or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(suppressions).where(suppressions.c.email_hash == email_hash)
+            ).first()
+        return Suppression(row.email_hash, row.at, row.reason) if row else None
+
+    def lift_suppression(self, email_hash: str) -> bool:
+        """Remove the suppression of this address hash; False if there was none."""
+        with self._write() as conn:
+            done = conn.execute(
+                suppressions.delete().where(suppressions.c.email_hash == email_hash)
+            ).rowcount
+        return bool(done)
+
+    def confirmation_sent_at(self, subscriber_id: int) -> datetime | None:
+        """When a confirmation email was last sent to this subscriber (None: never)."""
+        with self._read() as conn:
+            return conn.scalar(
+                select(subscribers.c.confirm_sent_at).where(subscribers.c.id == subscriber_id)
+            )
+
+    def claim_confirmation(self, subscriber_id: int, now: datetime, not_since: datetime) -> bool:
+        """Record that a confirmation email goes out now, unless one went out after
+        `not_since`; True if the caller should send it (atomic: one sender wins)."""
+        now, not_since = utc(now), utc(not_since)
+        with self._write() as conn:
+            done = conn.execute(
+                update(subscribers)
+                .where(
+                    subscribers.c.id == subscriber_id,
+                    (subscribers.c.confirm_sent_at.is_(None))
+                    | (subscribers.c.confirm_sent_at <= not_since),
+                )
+                .values(confirm_sent_at=now)
+            ).rowcount
+        return bool(done)
+
+    def release_confirmation(self, subscriber_id: int) -> None:
+        """Forget the last confirmation time (its email could not be sent)."""
+        with self._write() as conn:
+            conn.execute(
+                update(subscribers)
+                .where(subscribers.c.id == subscriber_id)
+                .values(confirm_sent_at=None)
+            )
+
+    def feedback_of(self, subscriber_id: int) -> list[FeedbackRecord]:
+        """A subscriber's verdicts on papers, oldest first, with the papers' titles."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(feedback.c.topic, feedback.c.verdict, feedback.c.at, papers.c.title)
+                .join(papers, papers.c.id == feedback.c.paper_id)
+                .where(feedback.c.subscriber_id == subscriber_id)
+                .order_by(feedback.c.id)
+            )
+            return [FeedbackRecord(r.title, r.topic, r.verdict, r.at) for r in rows]
 
     def subscriber_by_id(self, subscriber_id: int) -> Subscriber | None:
         """The subscriber with this id, with topics, or None."""

@@ -52,6 +52,9 @@ class WebState:
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     clock: Callable[[], datetime] = _utcnow
     owns_store: bool = False
+    # Set by create_app: the sign-up rate limits and the confirmation sender thread.
+    signup_limiter: Any = None
+    mailer: Any = None
 
 
 def _format_time(moment: datetime | None) -> str:
@@ -125,6 +128,14 @@ def create_app(
     )
 
     from digest.web import admin, public
+    from digest.web.mailer import ConfirmationMailer
+    from digest.web.ratelimit import SignupLimiter
+
+    web_state = app.extensions["digest"]
+    web_state.signup_limiter = SignupLimiter(
+        settings.web.signup_limit_per_client, settings.web.signup_limit_per_address
+    )
+    web_state.mailer = ConfirmationMailer(app)
 
     app.register_blueprint(public.bp)
     app.register_blueprint(admin.bp, url_prefix="/admin")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -19,10 +21,13 @@ from flask import (
     session,
     url_for,
 )
+from flask import (
+    Response as FlaskResponse,
+)
 from werkzeug.wrappers import Response
 
 from digest import subscribers as subs
-from digest.errors import DigestError
+from digest.errors import ConsentError, DigestError
 from digest.links import links_for
 from digest.models import (
     CADENCES,
@@ -195,9 +200,12 @@ def _render_subscriber(
     shown = list(sub.topics) if topics is None else topics
     preview = None if errors else _preview(list(sub.topics), shown)
     links = links_for(st.settings, st.signer, sub)
+    left = subs.departure(st.store, sub) if sub.status is SubscriberStatus.UNSUBSCRIBED else None
     page = render_template(
         "web/subscriber.html",
         sub=sub,
+        history=st.store.subscriber_events(sub.id),
+        left=left,
         topics=shown,
         rows=_topic_rows(shown, errors or []),
         errors=errors or [],
@@ -280,6 +288,8 @@ def subscriber(sid: int) -> Any:
             tz=form["tz"] or sub.tz,
             weekday=_weekday(form["weekday"]),
         )
+    except ConsentError as exc:
+        return _render_subscriber(sub, topics=topics, form=form, message=str(exc), status=409)
     except DigestError as exc:
         return _render_subscriber(sub, topics=topics, form=form, message=str(exc), status=400)
     flash("Saved. The new profile applies to the next digests.")
@@ -302,8 +312,9 @@ def preview(sid: int) -> Any:
 
 @bp.post("/subscribers/<int:sid>/status")
 @login_required
-def change_status(sid: int) -> Response:
-    """Pause or resume a subscriber."""
+def change_status(sid: int) -> Any:
+    """Pause or resume a subscriber; someone who unsubscribed is refused (409), whatever the
+    form sends: only they can come back (double opt-in)."""
     sub = _subscriber(sid)
     action = request.form.get("action")
     target = {"pause": SubscriberStatus.PAUSED, "resume": SubscriberStatus.ACTIVE}.get(action or "")
@@ -311,6 +322,8 @@ def change_status(sid: int) -> Response:
         abort(400, description="Unknown action.")
     try:
         subs.set_status(state().store, sub.email, target, how=StatusChange.ADMIN)
+    except ConsentError as exc:
+        return _render_subscriber(sub, message=str(exc), status=409)
     except DigestError as exc:
         flash(str(exc), "error")
     else:
@@ -327,6 +340,37 @@ def remove(sid: int) -> Any:
         return render_template("web/remove.html", sub=sub)
     subs.remove_subscriber(state().store, sub.email)
     flash(f"Removed {sub.email}.")
+    return redirect(url_for("admin.subscriber_list"))
+
+
+@bp.get("/subscribers/<int:sid>/data.json")
+@login_required
+def export_data(sid: int) -> Any:
+    """Everything stored about the subscriber, as a JSON download (a data-access request)."""
+    st = state()
+    sub = _subscriber(sid)
+    data = subs.export_data(st.store, st.settings, sub.email)
+    body = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", sub.email)
+    return FlaskResponse(
+        body,
+        mimetype="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="digest-data-{name}.json"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@bp.route("/subscribers/<int:sid>/wipe", methods=["GET", "POST"])
+@login_required
+def wipe(sid: int) -> Any:
+    """Confirm, then erase a person, keeping only a suppression entry (hash of the address)."""
+    sub = _subscriber(sid)
+    if request.method != "POST":  # GET and HEAD only show the page
+        return render_template("web/wipe.html", sub=sub)
+    subs.wipe_subscriber(state().store, sub.email)
+    flash(f"Wiped {sub.email}: only a suppression entry is kept, so no import or add re-adds them.")
     return redirect(url_for("admin.subscriber_list"))
 
 
@@ -356,6 +400,7 @@ def new_subscriber() -> Any:
     form = {k: request.form.get(k, v).strip() for k, v in defaults.items()}
     topics, errors = _form_topics()
     message = ""
+    status = 400
     if not errors:
         try:
             backfill = int(form["backfill"] or "0")
@@ -380,6 +425,8 @@ def new_subscriber() -> Any:
                     now=st.clock(),
                     how=StatusChange.ADMIN,
                 )
+            except ConsentError as exc:
+                message, status = str(exc), 409
             except DigestError as exc:
                 message = str(exc)
             else:
@@ -400,4 +447,4 @@ def new_subscriber() -> Any:
         cadences=CADENCES,
         weekdays=WEEKDAYS,
     )
-    return page, 400
+    return page, status

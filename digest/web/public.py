@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+import math
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, Response, abort, render_template, request, url_for
@@ -12,11 +12,12 @@ from flask import Blueprint, Response, abort, render_template, request, url_for
 from digest import subscribers as subs
 from digest.errors import DigestError, NotFoundError
 from digest.feed import FeedEntry, build_feed, conditional_response
-from digest.links import CONFIRM_MAX_AGE, LinkError, confirm_path, links_for
-from digest.models import CADENCES, Cadence, StatusChange, Subscriber, SubscriberStatus
+from digest.links import CONFIRM_MAX_AGE, LinkError, links_for
+from digest.models import CADENCES, StatusChange, Subscriber, SubscriberStatus
 from digest.urls import FeedFormat, feed_url
 from digest.web import state
 from digest.web.admin import WEEKDAYS, _submitted_form, _topic_rows, _weekday
+from digest.web.mailer import ConfirmationJob
 from digest.web.preview import parse_topic_rows
 from digest.web.security import check_csrf
 
@@ -75,10 +76,17 @@ def manage(signed: str) -> Any:
     if request.method == "POST":
         check_csrf()
         if request.form.get("action") == "resubscribe":
+            # A new double opt-in: a confirmation email, whose link (POST) brings them back.
             if sub.status == SubscriberStatus.UNSUBSCRIBED:
-                subs.set_status(st.store, sub.email, SubscriberStatus.ACTIVE, how=StatusChange.LINK)
-            sub = subs.get_subscriber(st.store, sub.email)
-            message = "Welcome back: you are subscribed again."
+                wait = st.signup_limiter.hit_address(sub.email)
+                if wait:
+                    return _too_many(wait)
+                if not st.mailer.submit(ConfirmationJob(email=sub.email)):
+                    return _busy()
+            message = (
+                f"We sent a confirmation email to {sub.email}. Follow its link and press "
+                "Confirm to subscribe again."
+            )
         else:
             topics, errors = parse_topic_rows(
                 request.form.getlist("topic_name"), request.form.getlist("topic_query")
@@ -187,13 +195,21 @@ def _signup_enabled() -> None:
 
 @bp.route("/signup", methods=["GET", "POST"])
 def signup() -> Any:
-    """Public sign-up (off unless web.signup_enabled): pending until the email is confirmed."""
+    """Public sign-up (off unless web.signup_enabled): pending until the email is confirmed.
+
+    The request only validates, rate-limits (per client, per address) and queues the work for
+    the confirmation sender (web/mailer.py): known and new addresses get the same answer after
+    the same work, and no mail is sent inside the request.
+    """
     _signup_enabled()
     st = state()
     form = {"email": "", "name": "", "keywords": ""}
     if request.method != "POST":  # GET and HEAD only show the page
         return render_template("web/signup.html", form=form, message="", error=None)
     check_csrf()
+    wait = st.signup_limiter.hit_client(request.remote_addr or "?")
+    if wait:
+        return _too_many(wait)
     form = {k: request.form.get(k, "").strip() for k in form}
     topics, errors = parse_topic_rows(["Keywords"], [request.form.get("keywords", "")])
     if errors or not topics:
@@ -203,85 +219,59 @@ def signup() -> Any:
         return page, 400
     try:
         email = subs.normalize_email(form["email"])
+        subs.check_name(form["name"][:100])
     except DigestError as exc:
         page = render_template("web/signup.html", form=form, message=str(exc), error=None)
         return page, 400
-    try:
-        sub = subs.get_subscriber(st.store, email)
-    except NotFoundError:
-        sub = None
-    if sub is None:
-        try:
-            sub = subs.add_subscriber(
-                st.store,
-                st.settings,
-                email,
-                name=form["name"][:100],
-                topics=topics,
-                cadence=Cadence.DAILY,
-                time=st.settings.schedule.default_time,
-                tz=st.settings.schedule.default_tz,
-                weekday=0,
-                backfill_days=None,
-                status=SubscriberStatus.PENDING,
-                now=st.clock(),
-                how=StatusChange.SIGNUP,
-            )
-        except DigestError as exc:
-            page = render_template("web/signup.html", form=form, message=str(exc), error=None)
-            return page, 400
+    wait = st.signup_limiter.hit_address(email)
+    if wait:
+        return _too_many(wait)
+    job = ConfirmationJob(email=email, name=form["name"][:100], topics=tuple(topics))
+    if not st.mailer.submit(job):
+        return _busy()
     # The same page whether or not the address was known: sign-up reveals no subscriber.
-    if sub.status == SubscriberStatus.PENDING:
-        _send_confirmation(sub)
     return render_template("web/signup_sent.html", email=email)
 
 
-def _send_confirmation(sub: Subscriber) -> None:
-    st = state()
-    settings = st.settings
-    link = settings.site.base_url.rstrip("/") + confirm_path(
-        st.signer.make_token("confirm", sub.token)
+def _too_many(wait: int) -> Any:
+    """429 with Retry-After and a page saying when to try again."""
+    at = state().clock() + timedelta(seconds=wait)
+    minutes = math.ceil(wait / 60)
+    after = f"{wait} seconds" if wait < 120 else f"{minutes} minutes"
+    page = render_template(
+        "web/error.html",
+        code=429,
+        title="Too many requests",
+        message=f"Too many sign-up requests. Try again in {after} (after {at:%H:%M} UTC).",
     )
-    msg = EmailMessage()
-    msg["From"] = settings.mail.from_addr
-    msg["To"] = sub.email
-    msg["Subject"] = f"Confirm your subscription to {settings.site.title}"
-    msg["Date"] = formatdate(localtime=False, usegmt=True)
-    msg["Message-ID"] = make_msgid(domain=settings.site.list_id or None)
-    msg.set_content(
-        render_template(
-            "web/confirm_email.txt",
-            link=link,
-            title=settings.site.title,
-            days=CONFIRM_MAX_AGE // 86400,
-        )
+    return page, 429, {"Retry-After": str(wait)}
+
+
+def _busy() -> Any:
+    page = render_template(
+        "web/error.html",
+        code=503,
+        title="Busy",
+        message="Too many sign-ups are waiting to be handled. Try again in a minute.",
     )
-    transport = st.transport_factory(settings)
-    try:
-        transport.send(msg)
-    except DigestError as exc:
-        # The subscriber stays pending; signing up again resends the confirmation.
-        log.warning("confirmation email to %s failed: %s", sub.email, exc)
-    finally:
-        close = getattr(transport, "close", None)
-        if close is not None:
-            close()
+    return page, 503, {"Retry-After": "60"}
 
 
 @bp.route("/confirm/<signed>", methods=["GET", "POST"])
 def confirm(signed: str) -> Any:
-    """GET shows a confirm button; POST activates the pending subscription."""
+    """GET shows a confirm button (mail scanners fetch GETs); POST activates the pending
+    subscription, or brings back someone who unsubscribed and asked for this new link."""
     sub = _from_link("confirm", signed, max_age=CONFIRM_MAX_AGE)
     st = state()
     if request.method == "POST":
         check_csrf()
-        if sub.status == SubscriberStatus.PENDING:
-            subs.set_status(st.store, sub.email, SubscriberStatus.ACTIVE, how=StatusChange.CONFIRM)
-            sub = subs.get_subscriber(st.store, sub.email)
+        subs.confirm(st.store, sub)
+        sub = subs.get_subscriber(st.store, sub.email)
     manage = url_for("public.manage", signed=st.signer.make_token("manage", sub.token))
     return render_template(
         "web/confirm.html",
         sub=sub,
+        can_confirm=subs.can_confirm(st.store, sub),
         action=url_for("public.confirm", signed=signed),
         manage_url=manage,
     )
