@@ -7,7 +7,7 @@ transaction, so a paper is never put in two digests for one subscriber.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import (
@@ -173,6 +173,31 @@ class LedgerStore(StoreBase):
                 )
                 wanted = set(subscriber_ids)
                 found.update((s, p) for s, p in rows if s in wanted)
+        return found
+
+    def delivered_above(self, watermarks: Mapping[int, int]) -> set[tuple[int, int]]:
+        """The ledger's (subscriber, paper) pairs whose paper is above that subscriber's
+        watermark (`watermarks`: subscriber id -> watermark): the only delivered papers a plan
+        must skip, since it never takes a paper at or below the watermark.
+
+        One primary-key range read per distinct watermark and chunk of subscribers (planning
+        passes usually hold one or two distinct watermarks: every plan advances its subscriber
+        to the same newest paper), so a subscriber with an old watermark (a backfill) costs its
+        own ledger rows only, never the other subscribers' whole ledger.
+        """
+        by_mark: dict[int, list[int]] = {}
+        for sid, mark in watermarks.items():
+            by_mark.setdefault(mark, []).append(sid)
+        found: set[tuple[int, int]] = set()
+        with self._read() as conn:
+            for mark, ids in sorted(by_mark.items()):
+                for chunk in chunks(sorted(ids)):
+                    rows = conn.execute(
+                        select(deliveries.c.subscriber_id, deliveries.c.paper_id).where(
+                            deliveries.c.subscriber_id.in_(chunk), deliveries.c.paper_id > mark
+                        )
+                    )
+                    found.update((s, p) for s, p in rows)
         return found
 
     def record_plans(
