@@ -52,6 +52,7 @@ class QueueReport:
     queued: int = 0
     feed_items: int = 0
     papers: int = 0
+    queued_papers: int = 0  # papers in the queued email digests
 
     def summary(self) -> str:
         return (
@@ -274,6 +275,7 @@ def queue_digests(
                 report.feed_items += len(plan.items)
             elif plan.items:
                 report.queued += 1
+                report.queued_papers += len(plan.items)
     return report
 
 

@@ -276,6 +276,19 @@ class ClaimStore(StoreBase):
                 counts[DigestStatus(status)] = n
         return counts
 
+    def email_outcomes_since(self, since: datetime) -> dict[str, int]:
+        """Email digests recorded from `since` on, per status (the health check's failure
+        rate: failed and bounced against sent)."""
+        counts: dict[str, int] = {s: 0 for s in DIGEST_STATUSES}
+        with self._read() as conn:
+            for status, n in conn.execute(
+                select(digests.c.status, func.count())
+                .where(digests.c.kind == DigestKind.EMAIL, digests.c.created_at >= utc(since))
+                .group_by(digests.c.status)
+            ):
+                counts[DigestStatus(status)] = n
+        return counts
+
     def digest_ids_by_status(self, status: DigestStatus) -> list[int]:
         """Ids of email digests in a status, oldest first (tests and `status`)."""
         with self._read() as conn:

@@ -36,6 +36,7 @@ from digest.store.records import (
     DeliveryState,
     LedgerEntry,
     PlanProgress,
+    RunSize,
     SentDigest,
     SentPaper,
     ledger_item,
@@ -275,6 +276,36 @@ class LedgerStore(StoreBase):
                 for p in progress
             ],
         )
+
+    def recent_email_runs(
+        self, *, since: datetime, before: datetime, limit: int = 20
+    ) -> list[RunSize]:
+        """The queueing runs that recorded email digests from `since` to before `before`, newest
+        first, at most `limit`: per run, its digests and the papers in them (the health check's
+        "recent runs"; a run records all its digests at one created_at)."""
+        per_digest = (
+            select(deliveries.c.digest_id, func.count().label("n"))
+            .group_by(deliveries.c.digest_id)
+            .subquery()
+        )
+        stmt = (
+            select(
+                digests.c.created_at,
+                func.count().label("digests"),
+                func.coalesce(func.sum(per_digest.c.n), 0).label("papers"),
+            )
+            .outerjoin(per_digest, per_digest.c.digest_id == digests.c.id)
+            .where(
+                digests.c.kind == DigestKind.EMAIL,
+                digests.c.created_at >= utc(since),
+                digests.c.created_at < utc(before),
+            )
+            .group_by(digests.c.created_at)
+            .order_by(digests.c.created_at.desc())
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [RunSize(r.created_at, r.digests, int(r.papers)) for r in conn.execute(stmt)]
 
     def subscribers_with_deliveries_since(self, ts: datetime | None) -> list[Subscriber]:
         """Subscribers whose ledger grew after `ts` (all with a ledger when None): feed rewrites."""
