@@ -288,3 +288,25 @@ def test_the_dashboard_shows_the_anomalies(tmp_path: Path) -> None:
         page = client.get("/admin/").get_data(as_text=True)
         assert "<strong>digest_jump</strong>" in page and "1030 digests &lt;b&gt;" in page
         assert "No anomaly" not in page
+
+
+def test_the_daemon_due_step_checks_before_it_delivers(
+    stale, caplog: pytest.LogCaptureFixture
+) -> None:
+    from digest.scheduler import Runtime
+
+    store, settings, outbox = stale
+    runtime = Runtime(settings, store, clock=lambda: T0, transport_factory=outbox)
+    order: list[str] = []
+    deliver = runtime.cycle.deliver
+    runtime.cycle.deliver = lambda *a, **k: order.append("deliver") or deliver(*a, **k)  # type: ignore[method-assign]  # spy
+    with caplog.at_level(logging.WARNING):
+        queued, delivery = runtime.due_step()
+    assert queued.due == 1 and delivery is not None and delivery.sent == 1
+    (alert, digest) = outbox.messages
+    assert alert.recipients == ("ops@example.org",) and digest.recipients == ("ada@example.org",)
+    assert order == ["deliver"] and "health: stale_ingest" in caplog.text
+    # the next minute nobody is due: no check, no warning
+    caplog.clear()
+    runtime.cycle.clock = lambda: T0 + timedelta(minutes=1)
+    assert runtime.due_step()[0].due == 0 and "health" not in caplog.text
