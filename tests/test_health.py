@@ -136,6 +136,15 @@ def test_the_figures_come_from_the_store(store: Store, tmp_path: Path, store_url
     assert f.outcomes[DigestStatus.QUEUED] + f.outcomes[DigestStatus.FAILED] == 2
     assert health.figures(store, settings, now=T0 - timedelta(days=1)).recent == f.recent[1:]
     assert store.email_outcomes_since(T0 - timedelta(days=3))[DigestStatus.FAILED] == 1
+    # the window is found as an id range (no index on created_at), by a binary search
+    from digest.store.ledger import first_digest_id_since
+
+    ids = sorted([*store.digest_ids_by_status(DigestStatus.QUEUED), failed])
+    with store.engine.connect() as conn:
+        assert first_digest_id_since(conn, T0 - timedelta(days=1)) == ids[2]
+        assert first_digest_id_since(conn, T0 - timedelta(days=1, seconds=1)) == ids[2]
+        assert first_digest_id_since(conn, T0 - timedelta(days=3)) == ids[0]
+        assert first_digest_id_since(conn, T0 - timedelta(days=1, seconds=-1)) is None
 
 
 # --- the sentinel in the cycle: warning, findings kept, status, mail, throttle -------------------
