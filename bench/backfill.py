@@ -261,6 +261,7 @@ def main() -> None:
                 outbox._plan_states = planner  # type: ignore[assignment]  # the baseline, swapped in
                 try:
                     rows[(name, case)] = measure(store, settings, now, args.repeat)
+                    print(f"  measured {name}, {case}: {rows[(name, case)]}", flush=True)
                     plans[(name, case)] = _key(
                         plan_digests(store, settings, now=now, force=True)[0]
                     )

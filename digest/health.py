@@ -82,7 +82,7 @@ class Figures:
     now: datetime
     newest_paper_at: datetime | None
     waiting: int  # active subscribers (they wait for digests)
-    recent: Sequence[RunSize]  # earlier runs that recorded email digests, newest first
+    recent: Sequence[RunSize]  # earlier checked runs that queued email digests, newest first
     outcomes: Mapping[str, int]  # email digests of the last failure_days, per status
     run: ThisRun | None = None
 
@@ -190,16 +190,14 @@ def check(f: Figures, h: HealthSettings) -> list[Anomaly]:
 def figures(
     store: Store, settings: Settings, *, now: datetime, run: ThisRun | None = None
 ) -> Figures:
-    """The recent-run figures from the store (the run's own digests, recorded at `now`, are
-    not among the recent ones)."""
+    """The recent-run figures from the store (the run being checked is not yet among the
+    recent runs: the sentinel adds it after the check)."""
     h = settings.health
     return Figures(
         now=now,
         newest_paper_at=store.newest_paper_seen_at(),
         waiting=store.subscriber_status_counts().get("active", 0),
-        recent=store.recent_email_runs(
-            since=now - timedelta(days=h.recent_days), before=now, limit=h.recent_runs
-        ),
+        recent=store.recent_runs(since=now - timedelta(days=h.recent_days), limit=h.recent_runs),
         outcomes=store.email_outcomes_since(now - timedelta(days=h.failure_days)),
         run=run,
     )
@@ -226,6 +224,8 @@ def sentinel(
             LATEST_KEY,
             json.dumps({"at": now.isoformat(), "anomalies": [a.as_dict(now) for a in found]}),
         )
+        if run.digests:  # the history the next runs are compared with
+            store.add_run(RunSize(now, run.digests, run.papers), keep=settings.health.recent_runs)
         if found and settings.site.operator_email:
             alert_operator(store, settings, found, now=now, transport_factory=transport_factory)
         return found

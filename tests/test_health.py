@@ -16,7 +16,6 @@ from digest.health import AnomalyKind, Figures, ThisRun
 from digest.ingest import ingest_files
 from digest.mail import DryRunTransport
 from digest.models import DigestStatus, Topic
-from digest.outbox import queue_digests
 from digest.pipeline import Cycle
 from digest.store import RunSize, Store
 from digest.subscribers import add_subscriber
@@ -114,9 +113,9 @@ def test_the_figures_come_from_the_store(store: Store, tmp_path: Path, store_url
         add_subscriber(store, settings, f"{name}@example.org", topics=[Topic("T", BROAD)],
                        cadence="instant", now=T0 - timedelta(days=9))  # fmt: skip
     _ingest(store, settings, "ingest_day1.txt", T0 - timedelta(days=2))
-    first = queue_digests(store, settings, now=T0 - timedelta(days=2))
+    first = Cycle(store, settings, lambda: T0 - timedelta(days=2), Outbox()).queue()
     _ingest(store, settings, "ingest_day2.txt", T0 - timedelta(days=1))
-    second = queue_digests(store, settings, now=T0 - timedelta(days=1))
+    second = Cycle(store, settings, lambda: T0 - timedelta(days=1), Outbox()).queue()
     assert first.queued == second.queued == 2 and second.queued_papers >= 2
     failed = store.digest_ids_by_status(DigestStatus.QUEUED)[0]
     store.fail_digest(failed, "550 refused", now=T0)
@@ -125,16 +124,21 @@ def test_the_figures_come_from_the_store(store: Store, tmp_path: Path, store_url
 
     assert f.newest_paper_at == T0 - timedelta(days=1)
     assert f.waiting == 2
-    assert [(r.at, r.digests) for r in f.recent] == [
-        (T0 - timedelta(days=1), 2),
-        (T0 - timedelta(days=2), 2),
+    # each checked run's size is kept (meta), newest first
+    assert f.recent == [
+        RunSize(T0 - timedelta(days=1), 2, second.queued_papers),
+        RunSize(T0 - timedelta(days=2), 2, first.queued_papers),
     ]
-    assert f.recent[0].papers == second.queued_papers
-    assert f.recent[1].papers == first.queued_papers
+    assert store.recent_runs(since=T0 - timedelta(days=1, hours=1), limit=5) == f.recent[:1]
+    assert store.recent_runs(since=T0 - timedelta(days=9), limit=1) == f.recent[:1]
+    store.add_run(RunSize(T0, 7, 21), keep=2)
+    assert store.recent_runs(since=T0 - timedelta(days=9), limit=9) == [
+        RunSize(T0, 7, 21),
+        f.recent[0],
+    ]
     # the failure window (1 day) holds the second run's digests only; the earlier run's failure
     # is outside it
     assert f.outcomes[DigestStatus.QUEUED] + f.outcomes[DigestStatus.FAILED] == 2
-    assert health.figures(store, settings, now=T0 - timedelta(days=1)).recent == f.recent[1:]
     assert store.email_outcomes_since(T0 - timedelta(days=3))[DigestStatus.FAILED] == 1
     # the window is found as an id range (no index on created_at), by a binary search
     from digest.store.ledger import first_digest_id_since

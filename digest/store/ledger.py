@@ -36,7 +36,6 @@ from digest.store.records import (
     DeliveryState,
     LedgerEntry,
     PlanProgress,
-    RunSize,
     SentDigest,
     SentPaper,
     ledger_item,
@@ -276,35 +275,6 @@ class LedgerStore(StoreBase):
                 for p in progress
             ],
         )
-
-    def recent_email_runs(
-        self, *, since: datetime, before: datetime, limit: int = 20
-    ) -> list[RunSize]:
-        """The queueing runs that recorded email digests from `since` to before `before`, newest
-        first, at most `limit`: per run, its digests and the papers in them (the health check's
-        "recent runs"; a run records all its digests at one created_at)."""
-        with self._read() as conn:
-            lo = first_digest_id_since(conn, since)
-            if lo is None:
-                return []
-            stmt = (
-                select(
-                    digests.c.created_at,
-                    func.count(func.distinct(digests.c.id)).label("digests"),
-                    func.count(deliveries.c.paper_id).label("papers"),
-                )
-                .outerjoin(deliveries, deliveries.c.digest_id == digests.c.id)
-                .where(
-                    digests.c.id >= lo,
-                    digests.c.kind == DigestKind.EMAIL,
-                    digests.c.created_at >= utc(since),
-                    digests.c.created_at < utc(before),
-                )
-                .group_by(digests.c.created_at)
-                .order_by(digests.c.created_at.desc())
-                .limit(limit)
-            )
-            return [RunSize(r.created_at, r.digests, r.papers) for r in conn.execute(stmt)]
 
     def subscribers_with_deliveries_since(self, ts: datetime | None) -> list[Subscriber]:
         """Subscribers whose ledger grew after `ts` (all with a ledger when None): feed rewrites."""
