@@ -323,3 +323,41 @@ def test_the_daemon_due_step_checks_before_it_delivers(
     caplog.clear()
     runtime.cycle.clock = lambda: T0 + timedelta(minutes=1)
     assert runtime.due_step()[0].due == 0 and "health" not in caplog.text
+
+
+def test_digest_send_and_status_through_the_cli(tmp_path: Path) -> None:
+    """`digest send` warns and mails the operator (maildir here); `digest status` shows it."""
+    import os
+    import subprocess
+    import sys
+
+    from digest.config import load_settings
+
+    def digest(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DIGEST_SITE_OPERATOR_EMAIL": "ops@example.org"}
+        argv = [sys.executable, "-m", "digest.cli", "--config", str(config), *args]
+        return subprocess.run(
+            argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
+        )
+
+    config = tmp_path / "site" / "settings.toml"
+    init = subprocess.run([sys.executable, "-m", "digest.cli", "init", str(config.parent)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    settings = load_settings(config, env={})
+    days_ago = datetime.now(UTC) - timedelta(days=5)
+    with Store.open(settings.database.url) as store:
+        add_subscriber(store, settings, "ada@example.org", topics=[Topic("T", "latency")],
+                       cadence="daily", now=days_ago - timedelta(days=1))  # fmt: skip
+        _ingest(store, settings, "ingest_day1.txt", days_ago)
+
+    sent = digest("send", "--now")
+    assert sent.returncode == 0, sent.stderr
+    assert "health: stale_ingest: no new paper stored for 5.0 days" in sent.stderr
+    mails = sorted((settings.mail.maildir / "new").iterdir())
+    assert len(mails) == 2  # the digest and the operator's alert
+    assert any(b"send health: stale_ingest" in m.read_bytes() for m in mails)
+    text = digest("status")
+    assert "health: 1 warning(s)" in text.stdout and "WARNING stale_ingest" in text.stdout
+    data = json.loads(digest("status", "--json").stdout)
+    assert [a["kind"] for a in data["health"]] == ["stale_ingest"]
