@@ -361,3 +361,14 @@ def test_digest_send_and_status_through_the_cli(tmp_path: Path) -> None:
     assert "health: 1 warning(s)" in text.stdout and "WARNING stale_ingest" in text.stdout
     data = json.loads(digest("status", "--json").stdout)
     assert [a["kind"] for a in data["health"]] == ["stale_ingest"]
+
+
+def test_run_once_checks_before_it_delivers(stale, caplog: pytest.LogCaptureFixture) -> None:
+    from digest.scheduler import run_once
+
+    store, settings, outbox = stale
+    with caplog.at_level(logging.WARNING):
+        report = run_once(settings, store, clock=lambda: T0, transport_factory=outbox, quiet=True)
+    assert report.delivery is not None and report.delivery.sent == 1
+    assert [m.recipients for m in outbox.messages] == [("ops@example.org",), ("ada@example.org",)]
+    assert "health: stale_ingest" in caplog.text
