@@ -87,6 +87,9 @@ class SiteSettings:
     unsubscribe_mailto: str = _opt(
         "", "Address for mailto unsubscribes; empty derives unsubscribe@<from domain>."
     )
+    operator_email: str = _opt(
+        "", "Send-health alerts are mailed here (at most once a day per kind); empty for none."
+    )
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,24 @@ class ScheduleSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    stale_days: float = _opt(
+        3.0, "Warn when no new paper was stored for this many days while subscribers are due."
+    )
+    jump_factor: float = _opt(
+        10.0, "Warn when a run's digests or papers per digest reach this many times the median."
+    )
+    recent_runs: int = _opt(20, "The median is taken over at most this many recent runs.")
+    recent_days: float = _opt(14.0, "Recent runs: those of the last this many days.")
+    min_runs: int = _opt(3, "No jump warning before this many recent runs to compare with.")
+    failure_rate: float = _opt(
+        0.2, "Warn when more than this share of the recent digests failed or bounced."
+    )
+    failure_days: float = _opt(1.0, "The failure rate counts the digests of this many days.")
+    min_outcomes: int = _opt(10, "No failure-rate warning on fewer settled digests than this.")
+
+
+@dataclass(frozen=True)
 class TemplateSettings:
     override_dir: Path | None = _opt(
         None, "Folder of template overrides (same layout as templates/), searched first."
@@ -152,6 +173,7 @@ class Settings:
     feeds: FeedSettings = field(default_factory=FeedSettings)
     web: WebSettings = field(default_factory=WebSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     root: Path = field(default=Path("."), metadata={"internal": True})
     source: Path | None = field(default=None, metadata={"internal": True})
@@ -378,10 +400,25 @@ def validate(settings: Settings) -> None:
     for key, address in (
         ("mail.from_addr", settings.mail.from_addr),
         ("mail.reply_to", settings.mail.reply_to),
+        ("site.operator_email", settings.site.operator_email),
     ):
         _check_header_address(
-            address, optional=key == "mail.reply_to", bad=functools.partial(bad, key)
+            address, optional=key != "mail.from_addr", bad=functools.partial(bad, key)
         )
+    health = settings.health
+    positive: tuple[tuple[str, float], ...] = (
+        ("health.stale_days", health.stale_days),
+        ("health.recent_days", health.recent_days),
+        ("health.failure_days", health.failure_days),
+        ("health.recent_runs", health.recent_runs),
+    )
+    for key, amount in positive:
+        if not amount > 0:
+            raise bad(key, "must be more than 0")
+    if not health.jump_factor > 1:
+        raise bad("health.jump_factor", "must be more than 1")
+    if not 0 < health.failure_rate <= 1:
+        raise bad("health.failure_rate", "must be more than 0 and at most 1")
     for key, seconds in (
         ("inbox.settle_seconds", settings.inbox.settle_seconds),
         ("schedule.feeds_minutes", settings.schedule.feeds_minutes),

@@ -32,7 +32,7 @@ from digest.schedule import is_due, latest_slot, next_slot
 from digest.store import DeliveryState, DigestRecord, LedgerItem, PlanProgress, Store
 
 if TYPE_CHECKING:
-    from digest.match import PaperIndex
+    from digest.match import MatchList, PaperIndex
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class QueueReport:
     queued: int = 0
     feed_items: int = 0
     papers: int = 0
+    queued_papers: int = 0  # papers in the queued email digests
 
     def summary(self) -> str:
         return (
@@ -148,41 +149,73 @@ def _plan_states(
 
     top = papers[-1].id if papers else 0
     profiles = {s.subscriber.id: s.subscriber.topics for s in states if s.subscriber.topics}
-    # Only each subscriber's best 2 x max_papers are ranked (exact top-k); the rare list whose
-    # head is filtered out below (older or delivered papers) is ranked in full on demand.
-    limit = 2 * settings.mail.max_papers
+    # Only each subscriber's best 2 x max_papers are ranked (exact top-k); the lists whose head
+    # is filtered out below (older or delivered papers) are ranked in full afterwards, together.
+    limit, most = 2 * settings.mail.max_papers, settings.mail.max_papers
     results = match_profiles(index, profiles, limit=limit) if index is not None and profiles else {}
-    # Ranked paper ids are cheap; a Match (matched words) is built only for what is kept.
-    matched = sorted({pid for found in results.values() for pid in found.paper_ids()})
-    delivered = store.delivered_pairs(sorted(results), matched) if results else set()
-    plans = []
+    # One ledger read for the whole batch, of the rows a plan can meet: a paper at or below a
+    # subscriber's watermark is never taken, so only delivered papers above it are looked up.
+    # (Reading per subscriber whose list was cut, over the whole ranking, made one backfilled
+    # subscriber, whose old watermark widens everyone's index, slow planning for all: see
+    # bench/backfill.py.)
+    marks = {s.subscriber.id: s.watermark for s in states if s.subscriber.id in results}
+    delivered = store.delivered_above(marks) if marks else set()
+    picked: dict[int, list[LedgerItem]] = {}
+    resume: dict[int, int] = {}  # subscriber id -> rank where their cut list ran out
     for s in states:
-        sub = s.subscriber
-        since = sub.since or sub.created_at
-        found = results.get(sub.id)
-        items: list[LedgerItem] = []
-        ranked, rank = found.paper_ids() if found else [], 0
-        while len(items) < settings.mail.max_papers:
-            if rank == len(ranked):
-                if found is None or not found.cut:
-                    break
-                found = found.full()
-                ranked = found.paper_ids()
-                delivered |= store.delivered_pairs([sub.id], ranked[rank:])
-            pid = ranked[rank]
-            if (
-                pid > s.watermark
-                and by_id[pid].first_seen >= since
-                and (sub.id, pid) not in delivered
-            ):
-                assert found is not None  # ranked is empty without a match list
-                m = found[rank]
-                items.append(
-                    LedgerItem(paper_id=pid, topics=m.topics, terms=m.terms, score=m.score)
-                )
-            rank += 1
-        plans.append(Plan(s, items, max(top, s.watermark), latest_slot(sub, now)))
-    return plans
+        found = results.get(s.subscriber.id)
+        if found is None:
+            continue
+        items = picked[s.subscriber.id] = []
+        rank = _pick(s, found, 0, items, most, by_id, delivered)
+        if len(items) < most and found.cut:
+            resume[s.subscriber.id] = rank
+    if resume:
+        assert index is not None  # results come from the index
+        # The whole ranking of every list that ran out, in one batch (its head is the cut list).
+        full = match_profiles(index, {sid: profiles[sid] for sid in resume})
+        for s in states:
+            rank = resume.get(s.subscriber.id, -1)
+            if rank >= 0:
+                _pick(s, full[s.subscriber.id], rank, picked[s.subscriber.id], most, by_id,
+                      delivered)  # fmt: skip
+    return [
+        Plan(
+            s,
+            picked.get(s.subscriber.id, []),
+            max(top, s.watermark),
+            latest_slot(s.subscriber, now),
+        )
+        for s in states
+    ]
+
+
+def _pick(
+    state: DeliveryState,
+    found: MatchList,
+    rank: int,
+    items: list[LedgerItem],
+    most: int,
+    by_id: dict[int, StoredPaper],
+    delivered: set[tuple[int, int]],
+) -> int:
+    """Take into `items` the subscriber's pending papers from `found`, best first, from `rank`
+    until `most` are taken or the list ends; return the rank reached."""
+    sub = state.subscriber
+    since = sub.since or sub.created_at
+    ranked = found.paper_ids()
+    while len(items) < most and rank < len(ranked):
+        pid = ranked[rank]
+        if (
+            pid > state.watermark
+            and by_id[pid].first_seen >= since
+            and (sub.id, pid) not in delivered
+        ):
+            # A Match (matched words) is built only for what is kept.
+            m = found[rank]
+            items.append(LedgerItem(paper_id=pid, topics=m.topics, terms=m.terms, score=m.score))
+        rank += 1
+    return rank
 
 
 # Subscribers loaded, matched and recorded at a time by queue_digests: bounds its memory
@@ -244,6 +277,7 @@ def queue_digests(
                 report.feed_items += len(plan.items)
             else:
                 report.queued += 1
+                report.queued_papers += len(plan.items)
     return report
 
 

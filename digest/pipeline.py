@@ -14,11 +14,12 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import IO
 
 from digest.config import Settings
 from digest.errors import DigestError, RenderError
+from digest.health import Anomaly, ThisRun, sentinel
 from digest.ingest import IngestReport, ingest_inbox
 from digest.links import LinkSigner, links_for, secret_key
 from digest.mail import DryRunTransport, MessageBuilder, Transport, make_transport
@@ -95,12 +96,23 @@ class Cycle:
         return report
 
     def queue(self, *, force: bool = False, feeds_only: bool = False) -> QueueReport:
-        """Record every due digest (and feed-only subscribers' new items) in the ledger."""
+        """Record every due digest (and feed-only subscribers' new items) in the ledger; when
+        some were due, check the run against recent ones before anything is sent."""
+        now = self.clock()
         report = queue_digests(
-            self.store, self.settings, now=self.clock(), force=force, feeds_only=feeds_only
+            self.store, self.settings, now=now, force=force, feeds_only=feeds_only
         )
         log.debug("queue: %s", report.summary())
+        if report.due and not feeds_only:
+            self.health(report, now=now)
         return report
+
+    def health(self, queued: QueueReport, *, now: datetime) -> list[Anomaly]:
+        """The send-health check of a run about to send (digest.health); never raises."""
+        run = ThisRun(queued.due, queued.queued, queued.queued_papers, queued.papers,
+                      queued.feed_items)  # fmt: skip
+        return sentinel(self.store, self.settings, run, now=now,
+                        transport_factory=self.transport_factory)  # fmt: skip
 
     def deliver(
         self,

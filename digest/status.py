@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from digest.config import Settings
+from digest.health import current as current_health
 from digest.models import DigestStatus
 from digest.outbox import utcnow
 from digest.schedule import next_slot
@@ -58,6 +59,8 @@ def collect_status(store: Store, settings: Settings, *, recent: int = 5) -> dict
             {"at": at.isoformat(), "email": email, "cadence": cadence}
             for at, email, cadence in upcoming
         ],
+        # Send-health anomalies (digest.health): kind, message, when found; [] when healthy.
+        "health": current_health(store, settings, now=now),
     }
 
 
@@ -72,6 +75,10 @@ def format_status(data: dict[str, Any]) -> str:
         f"subscribers: {subs}",
         f"email digests: {digests}",
     ]
+    health = data.get("health") or []
+    lines.append(f"health: {len(health)} warning(s)" if health else "health: ok")
+    for a in health:
+        lines.append(f"  WARNING {a['kind']} ({a['at'][:16]}): {a['message']}")
     if data["failed_digests"]:
         lines.append("failed digests (newest first; not retried):")
     for f in data["failed_digests"]:

@@ -388,8 +388,8 @@ def test_a_cut_ranking_whose_head_is_filtered_out_is_ranked_in_full(
     world, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Planning ranks only each subscriber's best 2 x max_papers; when all of those are older
-    # than the subscriber (or delivered), the whole ranking is taken on demand.
-    from digest.match import MatchList
+    # than the subscriber (or delivered), the whole ranking is taken, in one batch.
+    import digest.match
 
     store, settings = world
     settings = make_settings(Path(settings.root), settings.database.url, mail={"max_papers": 1})
@@ -406,12 +406,17 @@ def test_a_cut_ranking_whose_head_is_filtered_out_is_ranked_in_full(
     )
     assert not report.failures
     calls = []
-    full = MatchList.full
-    monkeypatch.setattr(MatchList, "full", lambda self: calls.append(self.cut) or full(self))
+    match = digest.match.match_profiles
+
+    def counted(index, profiles, *, limit=None):
+        calls.append((sorted(profiles), limit))
+        return match(index, profiles, limit=limit)
+
+    monkeypatch.setattr(digest.match, "match_profiles", counted)
 
     plans, papers = plan_digests(store, settings, now=T0 + timedelta(hours=1))
 
-    assert calls == [True]
+    assert calls == [([1], 2), ([1], None)]
     (plan,) = plans
     assert [papers[i.paper_id].title for i in plan.items] == [
         "Mixture of Tiny Experts for Edge Devices"
@@ -539,3 +544,59 @@ def test_a_queue_pass_reports_what_it_recorded_not_what_it_planned(
     report = queue_digests(store, settings, now=T0)
     assert report.due == 2 and report.queued == 0
     assert store.digest_status_counts()["queued"] == 2
+
+
+def _reference_plans(store: Store, settings: Settings) -> list[tuple[int, list]]:
+    """Every active subscriber's whole ranking against one index of everything pending for any
+    of them, filtered paper by paper against the whole ledger: what planning must give."""
+    from digest.match import PaperIndex, match_profiles
+
+    states = store.subscribers_for_delivery()
+    papers = store.papers_after(min(s.watermark for s in states))
+    by_id = {p.id: p for p in papers}
+    found = match_profiles(
+        PaperIndex(papers), {s.subscriber.id: s.subscriber.topics for s in states}
+    )
+    delivered = store.delivered_pairs([s.subscriber.id for s in states], list(by_id))
+    out = []
+    for s in states:
+        sub, items = s.subscriber, []
+        for m in found.get(sub.id, []):
+            pending = m.paper_id > s.watermark and by_id[m.paper_id].first_seen >= sub.since
+            if pending and (sub.id, m.paper_id) not in delivered:
+                items.append((m.paper_id, m.topics, m.terms, m.score))
+        out.append((sub.id, items[: settings.mail.max_papers]))
+    return out
+
+
+def test_a_backfilled_subscriber_changes_nobody_s_plans(world, shared_dumps) -> None:
+    # Planning reads the ledger once per batch (the rows above each watermark) and ranks the
+    # lists that ran out in one batch; the plans must be those of the naive reading.
+    store, settings = world
+    settings = make_settings(Path(settings.root), settings.database.url, mail={"max_papers": 3})
+    day = [T0 - timedelta(days=4 - d) for d in range(4)]
+    queries = ["model, language", "diffusion, image, video", "reasoning, agent", "efficient"]
+    for n, q in enumerate(queries):
+        _subscribe(store, settings, f"r{n}@example.org", q, now=day[0] - timedelta(hours=1))
+    for d, dump in enumerate(shared_dumps):
+        report = ingest_files(store, settings, [dump], quiet=True, clock=day[d].timestamp)
+        assert not report.failures
+        if d < 3:
+            queue_digests(store, settings, now=day[d] + timedelta(hours=1))
+    assert store.digest_status_counts()["queued"] >= 8  # a ledger: three cycles recorded
+    # A new subscriber with a backfill (watermark 0: every stored paper pending for them), and
+    # one whose watermark went back to 0 while their ledger stays (delivered papers above it).
+    _subscribe(store, settings, "late@example.org", "model, learning", now=T0, backfill_days=3)
+    store.reset_watermark(get_subscriber(store, "r0@example.org").id, 0)
+    assert store.delivered_above({1: 0, 2: 10**9}) == {
+        (1, e.paper.id) for e in store.ledger_entries(1, 10_000)
+    }
+
+    plans, _ = plan_digests(store, settings, now=T0, force=True)
+
+    got = [(p.state.subscriber.id, [(i.paper_id, i.topics, i.terms, i.score) for i in p.items])
+           for p in plans]  # fmt: skip
+    assert got == _reference_plans(store, settings)
+    assert all(len(items) == 3 for _, items in got)  # every list full: cut lists were resumed
+    r0_ledger = {e.paper.id for e in store.ledger_entries(1, 10_000)}
+    assert r0_ledger and not r0_ledger & {i[0] for i in got[0][1]}

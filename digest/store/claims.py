@@ -15,7 +15,7 @@ from sqlalchemy import Connection, func, select, update
 from digest.errors import StoreError
 from digest.models import DigestKind, DigestStatus, StatusChange, StoredPaper, SubscriberStatus
 from digest.store.base import StoreBase, chunks, utc
-from digest.store.ledger import DIGEST_STATUSES, deliveries, digests
+from digest.store.ledger import DIGEST_STATUSES, deliveries, digests, first_digest_id_since
 from digest.store.papers import papers, stored_paper
 from digest.store.records import DigestRecord, DigestRow, LedgerEntry, ledger_item
 from digest.store.subscribers import load_subscribers, record_events, subscribers
@@ -262,6 +262,26 @@ class ClaimStore(StoreBase):
             for status, n in conn.execute(
                 select(digests.c.status, func.count())
                 .where(digests.c.kind == DigestKind.EMAIL)
+                .group_by(digests.c.status)
+            ):
+                counts[DigestStatus(status)] = n
+        return counts
+
+    def email_outcomes_since(self, since: datetime) -> dict[str, int]:
+        """Email digests recorded from `since` on, per status (the health check's failure
+        rate: failed and bounced against sent)."""
+        counts: dict[str, int] = {s: 0 for s in DIGEST_STATUSES}
+        with self._read() as conn:
+            lo = first_digest_id_since(conn, since)  # the window's id range (see there)
+            if lo is None:
+                return counts
+            for status, n in conn.execute(
+                select(digests.c.status, func.count())
+                .where(
+                    digests.c.id >= lo,
+                    digests.c.kind == DigestKind.EMAIL,
+                    digests.c.created_at >= utc(since),
+                )
                 .group_by(digests.c.status)
             ):
                 counts[DigestStatus(status)] = n

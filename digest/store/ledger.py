@@ -7,7 +7,7 @@ transaction, so a paper is never put in two digests for one subscriber.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import (
@@ -175,6 +175,31 @@ class LedgerStore(StoreBase):
                 found.update((s, p) for s, p in rows if s in wanted)
         return found
 
+    def delivered_above(self, watermarks: Mapping[int, int]) -> set[tuple[int, int]]:
+        """The ledger's (subscriber, paper) pairs whose paper is above that subscriber's
+        watermark (`watermarks`: subscriber id -> watermark): the only delivered papers a plan
+        must skip, since it never takes a paper at or below the watermark.
+
+        One primary-key range read per distinct watermark and chunk of subscribers (planning
+        passes usually hold one or two distinct watermarks: every plan advances its subscriber
+        to the same newest paper), so a subscriber with an old watermark (a backfill) costs its
+        own ledger rows only, never the other subscribers' whole ledger.
+        """
+        by_mark: dict[int, list[int]] = {}
+        for sid, mark in watermarks.items():
+            by_mark.setdefault(mark, []).append(sid)
+        found: set[tuple[int, int]] = set()
+        with self._read() as conn:
+            for mark, ids in sorted(by_mark.items()):
+                for chunk in chunks(sorted(ids)):
+                    rows = conn.execute(
+                        select(deliveries.c.subscriber_id, deliveries.c.paper_id).where(
+                            deliveries.c.subscriber_id.in_(chunk), deliveries.c.paper_id > mark
+                        )
+                    )
+                    found.update((s, p) for s, p in rows)
+        return found
+
     def record_plans(
         self,
         plans: Sequence[PlanProgress],
@@ -326,6 +351,38 @@ class LedgerStore(StoreBase):
                 for row in rows:
                     items[row.digest_id].append(SentPaper(row.title, row.topic))
         return [SentDigest(h.id, h.message_id, h.sent_at, tuple(items[h.id])) for h in heads]
+
+
+def first_digest_id_since(conn: Connection, since: datetime) -> int | None:
+    """The lowest digest id recorded at or after `since` (None if none), by a binary search of
+    primary-key lookups: digests has no index on created_at (and takes no migration for one),
+    and ids grow with the time a digest is recorded, so a recent window is an id range and a
+    health check reads that window's rows only, not the whole history."""
+    since = utc(since)
+    top = conn.scalar(select(func.max(digests.c.id)))
+    if top is None:
+        return None
+
+    def created(at_least: int) -> datetime | None:  # the first digest from this id on
+        return conn.scalar(
+            select(digests.c.created_at)
+            .where(digests.c.id >= at_least)
+            .order_by(digests.c.id)
+            .limit(1)
+        )
+
+    newest = created(top)
+    if newest is None or newest < since:
+        return None
+    lo, hi = conn.scalar(select(func.min(digests.c.id))) or 0, top  # created(hi) >= since
+    while lo < hi:
+        mid = (lo + hi) // 2
+        at = created(mid)
+        if at is not None and at >= since:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _insert_digests(

@@ -326,6 +326,12 @@ class PaperStore(StoreBase):
         with self._read() as conn:
             return conn.scalar(select(func.max(papers.c.id))) or 0
 
+    def newest_paper_seen_at(self) -> datetime | None:
+        """When the newest paper was first stored (None before the first): the health check's
+        "nothing ingested for days"."""
+        with self._read() as conn:
+            return conn.scalar(select(func.max(papers.c.first_seen)))
+
     def papers_first_seen_since(self, ts: datetime) -> list[StoredPaper]:
         """Papers first stored at or after `ts`, oldest first."""
         with self._read() as conn:

@@ -36,6 +36,16 @@ class DumpRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RunSize:
+    """One queueing run as the ledger keeps it: the email digests recorded at one time (a run
+    records all its digests with the same created_at) and the papers they hold."""
+
+    at: datetime
+    digests: int
+    papers: int
+
+
+@dataclass(frozen=True, slots=True)
 class IngestOutcome:
     """What ingesting one dump did: stored (with counts), or a recorded duplicate."""
 

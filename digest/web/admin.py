@@ -6,6 +6,7 @@ import json
 import math
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +29,7 @@ from werkzeug.wrappers import Response
 
 from digest import subscribers as subs
 from digest.errors import ConsentError, DigestError
+from digest.health import current as current_health
 from digest.links import links_for
 from digest.models import (
     CADENCES,
@@ -131,6 +133,7 @@ def dashboard() -> Any:
         digests=store.recent_digests(10),
         bounced=store.recent_digests(10, status=DigestStatus.BOUNCED),
         bouncing=subs.list_subscribers(store, status=SubscriberStatus.BOUNCING, offset=0, limit=10),
+        health=current_health(store, st.settings, now=datetime.now(UTC)),
     )
 
 
