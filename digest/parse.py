@@ -75,7 +75,8 @@ _INF = float("inf")
 _M_SKIP, _M_TITLE, _M_ABSTRACT, _M_SKIP_MID, _M_RETITLE = range(1, 6)
 _MOVES = {1: "skip", 2: "title", 3: "abstract", 4: "skip-mid", 5: "retitle"}
 _MOVE_FROM = {1: 0, 2: 0, 3: 1, 4: 1, 5: 1}
-# More problems than this and the file is not a dump: refused at once, not after a full parse.
+# More problems than this, beyond one per paper read so far, and the file is not a dump: refused
+# at once, not after a full parse (a long archive with a few odd lines per page still parses).
 MAX_PROBLEMS = 1_000
 _STRAYS = "text lines that pair into no title and abstract"
 
@@ -325,17 +326,22 @@ class _Parser:
         self.lines: list[str] = []
         self.last_text = -1  # index of the last text line of the file
         self.with_meta = 0
+        self.pairing = 0  # while a run of text lines is paired: the most papers it can give
         self.clean = False
 
     def warn(self, line: int, message: str) -> None:
         self.warnings.append(ParseWarning(line, message))
-        if len(self.warnings) > MAX_PROBLEMS:
+        if len(self.warnings) > self._allowed():
             first = min(self.warnings, key=lambda w: w.line)
             raise self._refusal(first.line, first.message)
 
+    def _allowed(self) -> int:
+        return MAX_PROBLEMS + len(self.papers) + self.pairing
+
     def _refusal(self, line: int, message: str) -> ParseError:
         return ParseError(
-            f"more than {MAX_PROBLEMS:,} problems, not a dump? (first at line {line}: {message})",
+            f"more than {self._allowed():,} problems, not a dump? "
+            f"(first at line {line}: {message})",
             file=self.name,
         )
 
@@ -412,7 +418,9 @@ class _Parser:
                 seg.append(i)
                 if len(s) <= TITLE_MAX and s[-1] not in _SENTENCE_END:
                     stray += 1
-                    if len(self.warnings) + _strays_left(len(seg), stray) > MAX_PROBLEMS:
+                    # Each line that ends a sentence may still make a paper: it counts too.
+                    left = _strays_left(len(seg), stray)
+                    if len(self.warnings) + left > self._allowed() + len(seg) - stray:
                         raise self._refusal(seg[0] + 1, _STRAYS)
                 k += 1
             elif kind == _CHROME_K:
@@ -564,7 +572,14 @@ class _Parser:
             if meta is not None:
                 self.warn(meta.line, "metadata that follows no abstract; ignored")
             return
-        pairs = self._pair(seg)
+        # The papers this run may yield (at most one per line that ends a sentence, one per
+        # two lines) count towards the cap while it is paired.
+        sentences = sum(1 for i in seg if not _abstract_cost(self.lines[i]))
+        self.pairing = min(len(seg) // 2, sentences)
+        try:
+            pairs = self._pair(seg)
+        finally:
+            self.pairing = 0
         lines = self.lines
         last = None
         if meta is not None and pairs and pairs[-1][1] == seg[-1]:
@@ -624,7 +639,7 @@ class _Parser:
         lines = self.lines
         # Enough lines that can only become warnings refuse the file before the pass below.
         stray = sum(1 for i in seg if _abstract_cost(lines[i]))
-        if len(self.warnings) + _strays_left(n, stray) > MAX_PROBLEMS:
+        if len(self.warnings) + _strays_left(n, stray) > self._allowed():
             raise self._refusal(seg[0] + 1, _STRAYS)
         c0, c1 = 0.0, _INF
         back = bytearray(2 * (n + 1))  # per line and state: the move that reached it

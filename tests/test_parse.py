@@ -514,3 +514,11 @@ def test_up_to_the_problem_cap_a_file_still_parses() -> None:
     text = GOOD_ENTRY + "\n" + "stray line\n\n" * (MAX_PROBLEMS - 5) + GOOD_ENTRY.replace("A", "B")
     result = parse_text(text, name="ok.txt")
     assert len(result.papers) == 2 and len(result.warnings) == MAX_PROBLEMS - 5
+
+
+def test_a_long_archive_with_a_few_odd_lines_per_page_still_parses() -> None:
+    # 3,000 papers, each followed by a stray line: 3,000 problems, but fewer than papers + cap.
+    entry = "A Title About Sparse Attention {n}\nWe study sparse attention {n}. It is fast.\n"
+    text = "".join(entry.format(n=n) + f"\nstray {n}\n\n" for n in range(3000))
+    result = parse_text(text, name="archive.txt")
+    assert len(result.papers) == 3000 and len(result.warnings) == 3000
