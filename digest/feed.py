@@ -219,13 +219,13 @@ def reference_document(entries: Sequence[FeedEntry], **feed: Any) -> bytes:
     fmt = check_fmt(feed["fmt"])
     fg = _feed_generator(head, fmt, feed["self_url"], kept[0][0] if kept else EPOCH)
     for when, entry in kept:
-        name = _one_line(entry.paper.title) or UNTITLED
+        name = _one_line(clean_text(entry.paper.title)) or UNTITLED
         fe = FeedGenEntry()
         fe.id(paper_tag_id(entry.paper.key, site_url))
         fe.title(name)
         fe.link(href=paper_url(name))
         fe.summary(_summary_html(entry), type="html")
-        topics = [{"term": t} for t in map(_one_line, entry.topics) if t]
+        topics = [{"term": t} for t in (_one_line(clean_text(t)) for t in entry.topics) if t]
         if topics:
             fe.category(topics)
         fe.updated(when)
@@ -455,13 +455,13 @@ def _summary_parts(entry: FeedEntry) -> tuple[str, str]:
     out = ""
     if entry.topics or entry.terms:
         out = "<p><strong>Matched:</strong> "
-        out += esc(", ".join(entry.topics)) if entry.topics else "-"
+        out += esc(clean_text(", ".join(entry.topics))) if entry.topics else "-"
         if entry.terms:
-            out += " (" + esc(", ".join(entry.terms)) + ")"
+            out += " (" + esc(clean_text(", ".join(entry.terms))) + ")"
         out += "</p>"
     facts = []
     if paper.organization:
-        facts.append(esc(paper.organization))
+        facts.append(esc(clean_text(paper.organization)))
     if paper.authors is not None:
         facts.append(_plural(paper.authors, "author"))
     if paper.upvotes is not None:
@@ -470,7 +470,9 @@ def _summary_parts(entry: FeedEntry) -> tuple[str, str]:
         facts.append("published " + paper.published.isoformat())
     if facts:
         out += "<p>" + " · ".join(facts) + "</p>"
-    abstract = paper.abstract.strip()
+    # Stored text is clean since it was parsed; rows stored by older versions may not be, and
+    # one character XML cannot carry would make readers drop the whole feed (cheap when clean).
+    abstract = clean_text(paper.abstract).strip()
     if len(abstract) > _MAX_ABSTRACT:
         abstract = abstract[:_MAX_ABSTRACT].rsplit(" ", 1)[0] + " …"
     return out, abstract
@@ -512,13 +514,13 @@ def _items(
     floor = 0  # a lower bound of the serialised size of the items so far
     for when, entry in kept:
         paper = entry.paper
-        title = _one_line(paper.title) or UNTITLED  # feedgen refuses ""
+        title = _one_line(clean_text(paper.title)) or UNTITLED  # feedgen refuses ""
         link = paper_url(title)
         summary = _summary_xml(entry)
         floor += len(title) + len(link) + len(summary)
         if floor > max_bytes:
             break
-        topics = tuple(t for t in map(_one_line, entry.topics) if t)
+        topics = tuple(t for t in (_one_line(clean_text(t)) for t in entry.topics) if t)
         items.append(
             _Item(_xml_text(prefix + paper.key), _xml_text(title), link, summary, topics, when)
         )
