@@ -16,6 +16,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,10 @@ def validate(settings: Settings) -> None:
         raise bad("schedule.default_tz", f"unknown time zone {tz!r}") from None
     if not settings.site.base_url.startswith(("http://", "https://")):
         raise bad("site.base_url", "must start with http:// or https://")
+    base = urllib.parse.urlsplit(settings.site.base_url)
+    if not base.hostname or any(c.isspace() or c in '<>"' for c in settings.site.base_url):
+        # every link of every email is built on it: a bad one would fail every digest
+        raise bad("site.base_url", "must be a URL with a host and no spaces or quotes")
 
 
 def default_settings_text() -> str:

@@ -54,6 +54,8 @@ def test_file_overrides_defaults_and_environment_overrides_file(tmp_path: Path) 
         ({"smtp": {"port": 0}}, {}, "'smtp.port' must be between"),
         ({"database": {"url": "mysql://x"}}, {}, "'database.url' must be"),
         ({"inbox": {"poll_seconds": 0}}, {}, "'inbox.poll_seconds' must be more than 0"),
+        ({"site": {"base_url": "https://papers example.org"}}, {}, "'site.base_url' must be a URL"),
+        ({"site": {"base_url": "https:///path"}}, {}, "'site.base_url' must be a URL with a host"),
         ({"smtp": {"timeout_seconds": 0.0}}, {}, "'smtp.timeout_seconds' must be more than 0"),
         ({"mail": {"from_addr": "a@b.org\r\nBcc: x@y.org"}}, {}, "'mail.from_addr' must be one"),
         ({}, {"DIGEST_MAIL_FROM_ADDR": "Me <me@x.org>\nX: y"}, "'mail.from_addr' must be one"),
