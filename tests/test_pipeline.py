@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,13 +14,17 @@ from pathlib import Path
 
 import feedparser
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from smtp_helpers import RecordingHandler, SmtpServer, smtp_server, start_server  # noqa: F401
 
 from digest.config import Settings, build_settings
 from digest.ingest import ingest_files
 from digest.mail import make_transport
-from digest.models import Topic
+from digest.models import Paper, Topic
 from digest.outbox import queue_digests
+from digest.parse import format_dump
 from digest.pipeline import Cycle
 from digest.render import Renderer
 from digest.status import collect_status, format_status
@@ -283,3 +288,37 @@ def test_an_edited_template_override_is_used_by_the_next_delivery(world, tmp_pat
     assert cycle.deliver().sent
     bodies = [m.data.decode("utf-8", "replace") for m in server.handler.messages]
     assert "EDITION-ONE" in bodies[0] and "EDITION-TWO" in bodies[-1]
+
+
+_FIELD = st.text(st.characters(codec="utf-8") | st.sampled_from(list("\ue000\ue001\u202e\x1b\n")))
+
+
+@pytest.mark.slow
+@hyp_settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(_FIELD, _FIELD, _FIELD), min_size=1, max_size=3))
+def test_digests_of_a_dump_with_random_text_in_every_field_are_all_sent(fields):
+    records = [
+        Paper(f"Paper {title}", f"Paper {abstract}.", 3, org or None, "org" if org else None,
+              None, 7)
+        for title, abstract, org in fields
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        dump = root / "random.txt"
+        dump.write_text(format_dump(records), encoding="utf-8")
+        settings = build_settings({"database": {"url": f"sqlite:///{root / 'd.db'}"}}, root=root)
+        with Store.open(settings.database.url) as store:
+            add_subscriber(
+                store, settings, "reader@example.org", name="Reader",
+                topics=[Topic("Papers", "paper")], cadence="instant",
+                now=datetime.now(UTC) - timedelta(days=1),
+            )  # fmt: skip
+            report = ingest_files(store, settings, [dump], quiet=True)
+            if not report.new_papers:
+                return  # a file that leaves no title/abstract pair is refused, named: fine
+            cycle = Cycle(store, settings)
+            assert cycle.queue(force=True).queued == 1
+            sent = cycle.deliver()
+            assert (sent.sent, sent.failed) == (1, 0), sent.errors
+            message = next((settings.mail.maildir / "new").iterdir()).read_bytes()
+            assert "\ue000".encode() not in message and "\u202e".encode() not in message
