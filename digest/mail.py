@@ -490,8 +490,11 @@ class MaildirTransport(_BaseTransport):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.maildir = mailbox.Maildir(self.path, factory=None, create=True)
+            # Made here, tolerating each folder already there: two senders starting at once
+            # (overlapping cron runs) race to create them, which mailbox's own creation fails.
+            for folder in ("tmp", "new", "cur"):
+                (self.path / folder).mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.maildir = mailbox.Maildir(self.path, factory=None, create=False)
         except OSError as exc:
             raise TransportError(f"maildir {self.path}: cannot create: {exc}") from None
 

@@ -431,6 +431,16 @@ def test_maildir_transport_creates_the_maildir_and_stores_the_message(tmp_path):
     assert (path / "cur").is_dir() and (path / "tmp").is_dir()
 
 
+@pytest.mark.parametrize("made", [(), ("",), ("", "new"), ("", "tmp", "new", "cur")])
+def test_maildir_transport_starts_whatever_another_sender_created_already(tmp_path, made):
+    # Two senders starting at once race to create the folders: each must take what is there.
+    path = tmp_path / "maildir"
+    for folder in made:
+        (path / folder).mkdir(parents=True, exist_ok=True)
+    assert MaildirTransport(path).send(digest_message()).ok
+    assert len(list((path / "new").iterdir())) == 1
+
+
 def test_dry_run_records_and_prints():
     out = io.StringIO()
     transport = DryRunTransport(out)
