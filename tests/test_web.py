@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from werkzeug.security import check_password_hash
 
 from digest import subscribers as subs
 from digest.links import LinkSigner, links_for, secret_key
-from digest.models import Topic, paper_key
+from digest.models import StatusChange, Topic, paper_key
 from digest.outbox import queue_digests
 from digest.store import Store
 from digest.web import create_app
@@ -482,6 +483,31 @@ def test_subscriber_feed_lists_the_ledger_with_topics(env):
     assert parsed.entries[0].tags[0].term == "Attention"
     assert client.get("/feeds/s/not-a-token.rss").status_code == 404
     assert client.get("/feeds/s/../all.rss").status_code == 404
+
+
+def test_feeds_are_gzipped_when_asked_and_gone_once_unsubscribed(env):
+    _settings, store, app, _ = env
+    client = app.test_client()
+    plain = client.get("/feeds/all.atom")
+    assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"
+    packed = client.get("/feeds/all.atom", headers={"Accept-Encoding": "gzip, deflate"})
+    assert packed.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(packed.data) == plain.data
+    assert packed.headers["ETag"] != plain.headers["ETag"]  # another representation
+    again = client.get(
+        "/feeds/all.atom",
+        headers={"Accept-Encoding": "gzip", "If-None-Match": packed.headers["ETag"]},
+    )
+    assert again.status_code == 304
+    refused = client.get("/feeds/all.atom", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in refused.headers
+    # An unsubscribed reader's feed is gone for good (readers stop polling on 410).
+    ann = _ann(store)
+    assert client.get(f"/feeds/s/{ann.token}.atom").status_code == 200
+    # A feed with nothing in it yet says no date rather than 1970.
+    assert "Last-Modified" not in client.get(f"/feeds/s/{ann.token}.atom").headers  # empty yet
+    subs.unsubscribe_by_token(store, ann.token, how=StatusChange.ONE_CLICK)
+    assert client.get(f"/feeds/s/{ann.token}.atom").status_code == 410
 
 
 # --- links, secret, CLI ------------------------------------------------------------------------

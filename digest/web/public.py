@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import logging
 import math
 from datetime import timedelta
@@ -11,7 +13,7 @@ from flask import Blueprint, Response, abort, render_template, request, url_for
 
 from digest import subscribers as subs
 from digest.errors import DigestError, NotFoundError
-from digest.feed import FeedEntry, build_feed, conditional_response
+from digest.feed import EPOCH, FeedEntry, build_feed, conditional_response
 from digest.links import CONFIRM_MAX_AGE, LinkError, links_for
 from digest.models import CADENCES, StatusChange, Subscriber, SubscriberStatus
 from digest.urls import FeedFormat, feed_url
@@ -292,14 +294,24 @@ def _feed_response(entries: list[FeedEntry], fmt: FeedFormat, title: str, token:
         max_items=settings.feeds.max_items,
         max_bytes=settings.feeds.max_bytes,
     )
+    gzipped = request.accept_encodings["gzip"] > 0
+    if gzipped:
+        # Another representation, so another strong ETag; the bytes are made only for a 200.
+        doc = dataclasses.replace(doc, etag=doc.etag[:-1] + '-gzip"')
     headers = doc.headers()
+    if doc.last_modified == EPOCH:
+        del headers["Last-Modified"]  # an empty feed: no date rather than 1970
     scope = "public" if token is None else "private"
     headers["Cache-Control"] = f"{scope}, max-age={FEED_MAX_AGE}"
+    headers["Vary"] = "Accept-Encoding"
     if conditional_response(
         doc, request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")
     ):
         headers.pop("Content-Type")
         return Response(status=304, headers=headers)
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+        return Response(gzip.compress(doc.body, mtime=0), status=200, headers=headers)
     return Response(doc.body, status=200, headers=headers)
 
 
@@ -320,8 +332,11 @@ def feed_subscriber(token: str, fmt: FeedFormat) -> Any:
         sub = subs.subscriber_by_token(st.store, token)
     except (NotFoundError, DigestError):
         sub = None
-    if sub is None or sub.status == SubscriberStatus.UNSUBSCRIBED:
+    if sub is None:
         abort(404, description="No such feed.")
+    if sub.status == SubscriberStatus.UNSUBSCRIBED:
+        # Gone for good: feed readers stop polling on 410, they keep polling a 404.
+        abort(410, description="This feed has ended: its subscriber unsubscribed.")
     rows = st.store.ledger_entries(sub.id, st.settings.feeds.max_items)
     entries = [
         FeedEntry(paper=e.paper, topics=e.item.topics, terms=e.item.terms, added=e.delivered_at)
