@@ -32,7 +32,7 @@ from feedgen.feed import FeedGenerator
 from digest.errors import DigestError, NotFoundError, ValidationError
 from digest.fsutil import atomic_write
 from digest.models import Match, StoredPaper
-from digest.text import clean_text
+from digest.text import clean_text, one_line
 from digest.urls import (  # noqa: F401 - FORMATS, feed_url_path: part of this module's API
     FORMATS,
     FeedFormat,
@@ -133,7 +133,7 @@ def paper_tag_id(key: str, site_url: str) -> str:
 
 def paper_link(title: str) -> str:
     """Where an item links: a search for the paper's title on huggingface.co/papers."""
-    return paper_url(_one_line(title) or UNTITLED)
+    return paper_url(one_line(title) or UNTITLED)
 
 
 def build_feed(
@@ -219,13 +219,13 @@ def reference_document(entries: Sequence[FeedEntry], **feed: Any) -> bytes:
     fmt = check_fmt(feed["fmt"])
     fg = _feed_generator(head, fmt, feed["self_url"], kept[0][0] if kept else EPOCH)
     for when, entry in kept:
-        name = _one_line(clean_text(entry.paper.title)) or UNTITLED
+        name = one_line(clean_text(entry.paper.title)) or UNTITLED
         fe = FeedGenEntry()
         fe.id(paper_tag_id(entry.paper.key, site_url))
         fe.title(name)
         fe.link(href=paper_url(name))
         fe.summary(_summary_html(entry), type="html")
-        topics = [{"term": t} for t in (_one_line(clean_text(t)) for t in entry.topics) if t]
+        topics = [{"term": t} for t in (one_line(clean_text(t)) for t in entry.topics) if t]
         if topics:
             fe.category(topics)
         fe.updated(when)
@@ -364,10 +364,6 @@ def _tag_authority(site_url: str) -> str:
     if not host:
         raise ValidationError(f"site URL {site_url!r} has no host name (needed for feed ids)")
     return host
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _etag(body: bytes) -> str:
@@ -514,13 +510,13 @@ def _items(
     floor = 0  # a lower bound of the serialised size of the items so far
     for when, entry in kept:
         paper = entry.paper
-        title = _one_line(clean_text(paper.title)) or UNTITLED  # feedgen refuses ""
+        title = one_line(clean_text(paper.title)) or UNTITLED  # feedgen refuses ""
         link = paper_url(title)
         summary = _summary_xml(entry)
         floor += len(title) + len(link) + len(summary)
         if floor > max_bytes:
             break
-        topics = tuple(t for t in (_one_line(clean_text(t)) for t in entry.topics) if t)
+        topics = tuple(t for t in (one_line(clean_text(t)) for t in entry.topics) if t)
         items.append(
             _Item(_xml_text(prefix + paper.key), _xml_text(title), link, summary, topics, when)
         )
@@ -582,9 +578,9 @@ def _feed_generator(
     """A feedgen generator holding the feed's own elements, no item yet."""
     fg = FeedGenerator()
     fg.id(f"tag:{head.authority},{TAG_YEAR}:feed{urlsplit(self_url).path}")
-    name = _one_line(clean_text(head.title)) or GENERATOR
+    name = one_line(clean_text(head.title)) or GENERATOR
     fg.title(name)
-    fg.description(_one_line(clean_text(head.description)) or GENERATOR)
+    fg.description(one_line(clean_text(head.description)) or GENERATOR)
     fg.author({"name": name})  # Atom wants a feed author
     fg.link(href=self_url, rel="self", type=CONTENT_TYPES[fmt].split(";")[0])
     fg.link(href=head.site_url, rel="alternate")  # the last link is RSS's channel link

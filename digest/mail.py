@@ -49,7 +49,7 @@ from digest.errors import DeliveryError, ValidationError
 from digest.links import Links
 from digest.models import Digest
 from digest.render import RenderedDigest
-from digest.text import clean_text
+from digest.text import clean_text, one_line
 
 CRLF = "\r\n"
 
@@ -359,7 +359,7 @@ def _one_line(text: str) -> str:
     """Header-safe text: one line (controls and line separators as spaces, by the text policy),
     runs of white space as one space. Values from settings are checked here, where they become
     header bytes."""
-    return " ".join(clean_text(text).split())
+    return one_line(clean_text(text))
 
 
 def _header_text(text: str) -> str:

@@ -34,7 +34,7 @@ from digest.config import Settings
 from digest.errors import DigestError
 from digest.links import Links, make_links
 from digest.models import Digest, DigestItem, Match, StoredPaper
-from digest.text import clean_text
+from digest.text import clean_text, one_line
 from digest.urls import paper_url
 
 __all__ = ["Links", "make_links", "paper_url"]  # re-exported: their home is below this module
@@ -182,11 +182,11 @@ class Renderer:
         count = len(digest.items)
         count_label = f"{count} new paper{'s' if count != 1 else ''}"
         topics_label = _join_limited(topic_order, 3)
-        subject = _one_line(f"{count_label} on {topics_label}")
+        subject = one_line(f"{count_label} on {topics_label}")
         if len(subject) > _SUBJECT_MAX:
             subject = subject[: _SUBJECT_MAX - 1].rstrip() + "\u2026"
         first = digest.items[0].paper
-        preheader = _one_line(f"Top pick: {first.title}")[:140]
+        preheader = one_line(f"Top pick: {first.title}")[:140]
         all_topics = [t.name for t in sub.topics] or topic_order
         context = {
             "subject": subject,
@@ -403,11 +403,6 @@ def wrap(text: str, width: int = TEXT_WIDTH, first: str = "", rest: str | None =
         break_long_words=False,
         break_on_hyphens=False,
     )
-
-
-def _one_line(text: str) -> str:
-    """Text on one line, runs of white space as one space (a subject, a preheader)."""
-    return " ".join(text.split())
 
 
 def _join_limited(names: list[str], limit: int) -> str:

@@ -105,7 +105,7 @@ class Runtime:
         try:
             step()
         except (DigestError, SQLAlchemyError, OSError) as exc:
-            log.error("%s failed: %s (retried at its next run)", job_id, _one_line(exc))
+            log.error("%s failed: %s (retried at its next run)", job_id, _first_line(exc))
         except Exception:
             log.exception("%s failed unexpectedly (retried at its next run)", job_id)
         finally:
@@ -211,7 +211,7 @@ def _stage(stage: str, notable: Any, **counts: int) -> None:
     log.log(logging.INFO if notable else logging.DEBUG, "stage=%s %s", stage, fields)
 
 
-def _one_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

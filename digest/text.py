@@ -130,6 +130,11 @@ _DIRTY_LINE = re.compile(f"[{_DROPPED}{_CONTROL_CLASS}]")
 _DIRTY_LINES = re.compile(f"[{_DROPPED}\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\u2028\\u2029]")
 
 
+def one_line(text: str) -> str:
+    """Text on one line: runs of white space (line breaks included) as one space, trimmed."""
+    return " ".join(text.split())
+
+
 def is_clean(text: str, *, multiline: bool = False) -> bool:
     """Whether clean_text would return text unchanged (a regex scan: for checks and tests)."""
     dirty = _DIRTY_LINES if multiline else _DIRTY_LINE

@@ -73,18 +73,8 @@ class ClaimStore(StoreBase):
 
     def release_claims(self, digest_ids: Sequence[int], worker: str) -> None:
         """Give back claimed digests not yet sent (a graceful stop), so others take them now."""
-        if not digest_ids:
-            return
-        with self._write() as conn:
-            conn.execute(
-                update(digests)
-                .where(
-                    digests.c.id.in_(list(digest_ids)),
-                    digests.c.claimed_by == worker,
-                    digests.c.status == SENDING,
-                )
-                .values(status=QUEUED, claimed_by=None, lease_until=None)
-            )
+        if digest_ids:
+            self._release(digests.c.id.in_(list(digest_ids)), digests.c.claimed_by == worker)
 
     def claim_holders(self) -> list[str]:
         """Who holds in-flight digests (`host:pid` of each sender with a claim)."""
@@ -99,19 +89,18 @@ class ClaimStore(StoreBase):
 
     def release_claims_of(self, worker: str) -> int:
         """Return a dead sender's in-flight digests to the queue at once (no lease wait)."""
-        with self._write() as conn:
-            return conn.execute(
-                update(digests)
-                .where(digests.c.status == SENDING, digests.c.claimed_by == worker)
-                .values(status=QUEUED, claimed_by=None, lease_until=None)
-            ).rowcount
+        return self._release(digests.c.claimed_by == worker)
 
     def release_all_claims(self) -> int:
         """Return every in-flight digest to the queue: only for the sole sender after a crash."""
+        return self._release()
+
+    def _release(self, *where: Any) -> int:
+        """In-flight digests matching `where` back to the queue, unclaimed; how many."""
         with self._write() as conn:
             return conn.execute(
                 update(digests)
-                .where(digests.c.status == SENDING)
+                .where(digests.c.status == SENDING, *where)
                 .values(status=QUEUED, claimed_by=None, lease_until=None)
             ).rowcount
 

@@ -10,7 +10,7 @@ from digest.errors import QueryError
 from digest.match import PaperIndex, match_profiles
 from digest.models import Match, StoredPaper, Topic
 from digest.query import compile_query
-from digest.text import clean_text
+from digest.text import clean_text, one_line
 from digest.urls import paper_url
 
 MAX_TOPICS = 20
@@ -64,7 +64,7 @@ def parse_topic_rows(
     rows = list(zip(names, queries, strict=False))[:MAX_TOPICS]
     for index, (raw_name, raw_query) in enumerate(rows):
         # The text policy on form input (subscribers.check_topics applies it again when saving).
-        name = " ".join(clean_text(raw_name).split())[:100]
+        name = one_line(clean_text(raw_name))[:100]
         query = clean_text(raw_query, multiline=True).strip()
         if not name and not query:
             continue
