@@ -97,7 +97,7 @@ def plan_digests(
     Pending: stored after the subscriber's watermark, first seen at or after their `since`, and
     not in their ledger. All profiles are matched against the batch at once.
     """
-    states = _due_states(store, now=now, force=force, only=only)
+    states, _ = _due_states(store, now=now, force=force, only=only)
     if not states:
         return [], {}
     papers = store.papers_after(min(s.watermark for s in states))
@@ -120,20 +120,18 @@ def _due_states(
     *,
     now: datetime,
     force: bool,
-    only: Sequence[int] | None,
+    only: Sequence[int] | None = None,
+    cadences: Sequence[Cadence] | None = None,
     after_id: int = 0,
     limit: int | None = None,
-) -> list[DeliveryState]:
-    wanted = set(only) if only is not None else None
+) -> tuple[list[DeliveryState], int | None]:
+    """Who is due now (everyone with news when `force`), from one page of subscribers; and the
+    page's last id (None when the page is empty: no more subscribers)."""
     page = store.subscribers_for_delivery(
-        due_at=None if force else now, after_id=after_id, limit=limit
+        due_at=None if force else now, after_id=after_id, limit=limit, cadences=cadences, ids=only
     )
-    return [
-        s
-        for s in page
-        if (wanted is None or s.subscriber.id in wanted)
-        and (force or is_due(s.subscriber, now, s.last_slot))
-    ]
+    states = [s for s in page if force or is_due(s.subscriber, now, s.last_slot)]
+    return states, page[-1].subscriber.id if page else None
 
 
 def _plan_states(
@@ -240,19 +238,14 @@ def queue_digests(
     papers: list[StoredPaper] = []
     by_id: dict[int, StoredPaper] = {}
     index: PaperIndex | None = None
+    cadences = [Cadence.FEED] if feeds_only else None
     while True:
-        page = store.subscribers_for_delivery(
-            due_at=None if force else now, after_id=after_id, limit=QUEUE_CHUNK
+        states, last = _due_states(
+            store, now=now, force=force, cadences=cadences, after_id=after_id, limit=QUEUE_CHUNK
         )
-        if not page:
+        if last is None:
             break
-        after_id = page[-1].subscriber.id
-        states = [
-            s
-            for s in page
-            if (force or is_due(s.subscriber, now, s.last_slot))
-            and (not feeds_only or s.subscriber.cadence == Cadence.FEED)
-        ]
+        after_id = last
         if not states:
             continue
         lowest = min(s.watermark for s in states)

@@ -4,8 +4,10 @@ PostgreSQL: plans recorded from PlanProgress records, ledger rows read back as r
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from digest.models import (
+    Cadence,
     DigestKind,
     DigestStatus,
     Paper,
@@ -103,3 +105,17 @@ def test_subscriber_history_lists_sent_email_digests_as_records(store: Store) ->
             (SentPaper(titles[p2], None), SentPaper(titles[p1], "T")),
         )
     ]  # fmt: skip
+
+
+def test_subscribers_for_delivery_filters_by_cadence_and_id_in_the_query(store: Store) -> None:
+    mail = _subscriber(store, "mail@example.org", "daily")
+    feed = _subscriber(store, "feed@example.org", "feed")
+    instant = _subscriber(store, "now@example.org", "instant")
+
+    def ids(**where: Any) -> list[int]:
+        return [s.subscriber.id for s in store.subscribers_for_delivery(**where)]
+
+    assert ids() == [mail, feed, instant]
+    assert ids(cadences=[Cadence.FEED]) == [feed]  # `digest feeds` reads only these
+    assert ids(ids=[instant]) == [instant]  # a preview reads one subscriber
+    assert ids(cadences=[Cadence.FEED], ids=[mail]) == []

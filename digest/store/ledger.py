@@ -103,15 +103,26 @@ class LedgerStore(StoreBase):
     """Delivery states, recorded digests and the ledger of delivered papers."""
 
     def subscribers_for_delivery(
-        self, *, due_at: datetime | None = None, after_id: int = 0, limit: int | None = None
+        self,
+        *,
+        due_at: datetime | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+        cadences: Sequence[Cadence] | None = None,
+        ids: Sequence[int] | None = None,
     ) -> list[DeliveryState]:
         """Active subscribers with topics, each with their paper watermark and last slot.
 
         With `due_at`, only those who may be due then: instant and feed subscribers with papers
-        stored after their watermark, daily and weekly ones whose next slot has come. By id;
+        stored after their watermark, daily and weekly ones whose next slot has come; with
+        `cadences` or `ids`, only those (a preview reads one subscriber, not all). By id;
         `after_id` and `limit` give one page (the queue walks 100k subscribers page by page).
         """
         wanted: ColumnElement[bool] = subscribers.c.status.in_(_RECEIVING)
+        if cadences is not None:
+            wanted = wanted & subscribers.c.cadence.in_(list(cadences))
+        if ids is not None:
+            wanted = wanted & subscribers.c.id.in_(list(ids))
         if due_at is not None:
             newest = select(func.max(papers.c.id)).scalar_subquery()
             wanted = wanted & (
