@@ -1,10 +1,13 @@
-"""Pieces the benchmarks share: a free loopback port and a minimal SMTP sink protocol."""
+"""Pieces the benchmarks share: a free loopback port, a minimal SMTP sink protocol, and the
+benchmark subscribers."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import socket
+from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 _MESSAGE_ID = re.compile(rb"\r\nMessage-ID: *(<[^>\r\n]*>)", re.I)
@@ -59,3 +62,26 @@ def sink_protocol(counter: Any, seen: set[bytes] | None = None) -> type[asyncio.
                     self.t.write(b"250 OK\r\n")
 
     return Sink
+
+
+def bench_subscribers(queries: Iterable[str], since: datetime) -> list[Any]:
+    """Active daily subscribers (08:00 UTC), one topic each, reader000000@example.org on."""
+    from digest.models import Subscriber, Topic
+
+    return [
+        Subscriber(
+            id=0,
+            email=f"reader{i:06d}@example.org",
+            name=f"Reader {i}",
+            status="active",
+            cadence="daily",
+            time="08:00",
+            tz="UTC",
+            weekday=0,
+            created_at=since,
+            token=f"bench-token-{i:06d}",
+            topics=(Topic("Interests", q),),
+            since=since,
+        )
+        for i, q in enumerate(queries)
+    ]

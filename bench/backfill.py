@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import bench_subscribers  # noqa: E402
 from _dumps import load_papers  # noqa: E402
 from cycle import Cluster, fresh_database  # noqa: E402
 
@@ -91,7 +92,7 @@ def build_store(url: str, workdir: Path, args: argparse.Namespace):
     """The store with its ledger; returns (store, settings)."""
     from digest.config import build_settings
     from digest.ingest import ingest_files
-    from digest.models import StatusChange, Subscriber, Topic
+    from digest.models import StatusChange
     from digest.outbox import queue_digests
     from digest.store import Store
 
@@ -110,23 +111,7 @@ def build_store(url: str, workdir: Path, args: argparse.Namespace):
     for d in range(joined):
         ingest(dumps[d], day0 + timedelta(days=d))
     since = day0 + timedelta(days=joined - 1, hours=1)
-    subs = [
-        Subscriber(
-            id=0,
-            email=f"reader{i:06d}@example.org",
-            name=f"Reader {i}",
-            status="active",
-            cadence="daily",
-            time="08:00",
-            tz="UTC",
-            weekday=0,
-            created_at=since,
-            token=f"bench-token-{i:06d}",
-            topics=(Topic("Interests", q),),
-            since=since,
-        )
-        for i, q in enumerate(profiles(args.subscribers, args.per_day, args.per_digest))
-    ]
+    subs = bench_subscribers(profiles(args.subscribers, args.per_day, args.per_digest), since)
     store.insert_subscribers(subs, watermark=store.max_paper_id(), how=StatusChange.IMPORT)
     recorded = 0
     for d in range(joined, args.days):

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import free_port, sink_protocol  # noqa: E402
+from _common import bench_subscribers, free_port, sink_protocol  # noqa: E402
 
 DUMPS = ROOT.parent / "shared" / "dumps"
 DIGEST_BIN = Path(sys.executable).with_name("digest")
@@ -220,29 +220,13 @@ def profiles(n: int, seed: int = 7) -> list[str]:
 def stage_subscribers(settings, workdir: Path, n: int) -> dict:
     from datetime import UTC, datetime, timedelta
 
-    from digest.models import StatusChange, Subscriber, Topic
+    from digest.models import StatusChange
     from digest.store import Store
 
     since = datetime.now(UTC) - timedelta(days=2)
     start = time.perf_counter()
     queries = profiles(n)
-    subs = [
-        Subscriber(
-            id=0,
-            email=f"reader{i:06d}@example.org",
-            name=f"Reader {i}",
-            status="active",
-            cadence="daily",
-            time="08:00",
-            tz="UTC",
-            weekday=0,
-            created_at=since,
-            token=f"bench-token-{i:06d}",
-            topics=(Topic("Interests", q),),
-            since=since,
-        )
-        for i, q in enumerate(queries)
-    ]
+    subs = bench_subscribers(queries, since)
     with Store.open(settings.database.url) as store:
         for chunk in range(0, n, 20_000):
             store.insert_subscribers(subs[chunk : chunk + 20_000], how=StatusChange.IMPORT)
