@@ -77,10 +77,22 @@ class StoredPaper:
 
 @dataclass(frozen=True, slots=True)
 class Topic:
-    """A named keyword query of a subscriber."""
+    """A named topic of a subscriber: a keyword query and/or example papers.
+
+    `likes` and `dislikes` are the ids of the papers the subscriber marked "more like this" and
+    "not for me" under this topic (the feedback table); an empty query with likes is a topic of
+    examples alone.
+    """
 
     name: str
     query: str
+    likes: tuple[int, ...] = ()
+    dislikes: tuple[int, ...] = ()
+
+    @property
+    def has_examples(self) -> bool:
+        """Whether feedback exists for this topic (the learned ranker then takes part)."""
+        return bool(self.likes or self.dislikes)
 
 
 class Cadence(StrEnum):
