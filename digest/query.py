@@ -138,6 +138,7 @@ class _Tok(NamedTuple):
 MAX_DEPTH = 32
 _BARE_STOP = set(' \t\r\n,()"“”')
 _NUM_RE = re.compile(r"([A-Za-z_]+)(<=|>=|<|>|=)(.*)\Z", re.S)
+_SPACED_NUM = re.compile(r"(?i)(upvotes|authors)[ \t]*(<=|>=|<|>|=)[ \t]*([^\s,()\"]*)")
 _FIELD_RE = re.compile(r"([A-Za-z_]+):(.*)\Z", re.S)
 _QUOTES = {'"': '"', "“": "”", "”": "”"}
 
@@ -177,6 +178,10 @@ def _lex(text: str) -> list[_Tok]:
         elif c == "-":
             out.append(_Tok("-", c, col, col + 1))
             i += 1
+        elif (m := _SPACED_NUM.match(text, i)) is not None:
+            # "upvotes >= 10" is read as upvotes>=10
+            _lex_bare(text, m.group(1) + m.group(2) + m.group(3), i, out)
+            i = m.end()
         else:
             j = i
             while j < n and text[j] not in _BARE_STOP:
@@ -291,6 +296,7 @@ class _Parser:
         tok = self.peek()
         if tok is not None and tok.kind in ("AND", "OR"):
             raise self.err(tok.col, f"{tok.kind} needs a term before it", f"write a {tok.kind} b")
+        first = self.i
         parts = [self.unary(depth, None)]
         while (tok := self.peek()) is not None and tok.kind not in ("sep", ")", "OR"):
             if tok.kind == "AND":
@@ -299,6 +305,14 @@ class _Parser:
                 if nxt is None or nxt.kind in ("sep", ")", "OR", "AND"):
                     raise self.err(tok.col, "AND needs a term after it", "write a AND b")
             parts.append(self.unary(depth, None))
+        toks = self.toks[first : self.i]
+        plain = [t.kind == "word" and "*" not in str(t.value) for t in toks]
+        stops = [p and _is_stop(str(t.value)) for p, t in zip(plain, toks, strict=True)]
+        if len(parts) == len(toks) and not all(stops):
+            # juxtaposed words (no AND/NOT/field/group in between): stop words are ignored
+            parts = [x for x, stop in zip(parts, stops, strict=True) if not stop]
+            if all(plain) and len(parts) >= LOOSE_FROM:
+                return _loose(parts)
         return _and(parts)
 
     def unary(self, depth: int, fld: str | None) -> Node:
@@ -344,6 +358,9 @@ class _Parser:
             raise self.err(
                 tok.col, "org: takes a name or id", 'write org:nvidia or org:"Google DeepMind"'
             )
+        if "*" in str(tok.value):
+            raise self.err(tok.col, "org: does not take *",
+                           "write an id or a word of the name, e.g. org:microsoft")  # fmt: skip
         words = tuple(t.norm for t in textmod.tokenize(str(tok.value)))
         if not words:
             raise self.err(tok.col, "org: needs letters or digits", "write org:nvidia")
@@ -362,7 +379,7 @@ class _Parser:
             self.i += 1
             if not alts:
                 raise self.err(tok.col, "empty parentheses", "put words inside ( ) or remove them")
-            node = _or([a for a, _ in alts])
+            node = _combine(self.text, alts)
             return _with_field(node, fld) if fld else node
         if tok.kind == ")":
             raise self.err(tok.col, "unbalanced parenthesis", "remove this ) or add a (")
@@ -400,6 +417,85 @@ class _Parser:
             raise self.err(tok.col, f"{raw!r} has no letters or digits to search for",
                            'quote it with other words or remove it')  # fmt: skip
         return _leaf(toks, fld)
+
+
+def _combine(text: str, alts: list[tuple[Node, int]]) -> Node:
+    """Alternatives joined: any positive one matches, and an alternative made only of
+    exclusions excludes from all of them - at the top level and inside parentheses alike."""
+    positives: list[Node] = []
+    exclusions: list[Node] = []
+    for node, _col in alts:
+        conj = node.children if node.kind == "and" else (node,)
+        if all(c.kind == "not" for c in conj):
+            exclusions.extend(conj)
+        else:
+            positives.append(node)
+    if not positives:
+        raise _err(text, alts[0][1], "the query only excludes",
+                   "add what to match, e.g. latency, -diffusion")  # fmt: skip
+    root = _or(positives)
+    return _and([root, *exclusions]) if exclusions else root
+
+
+# Words a plain alternative ignores (outside quotes): they carry no topic. Lower-case "and",
+# "or" and "not" are among them; the operators are AND, OR and NOT in capitals.
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "not",
+        "the",
+        "to",
+        "with",
+        "without",
+        "via",
+        "using",
+        "towards",
+        "toward",
+        "based",
+        "our",
+        "we",
+        "this",
+        "that",
+        "these",
+        "their",
+        "can",
+    ]
+)
+# A plain alternative of this many words or more forgives missing words (see _loose).
+LOOSE_FROM = 3
+
+
+def _is_stop(raw: str) -> bool:
+    return raw.casefold() in STOP_WORDS
+
+
+def _loose(parts: list[Node]) -> Node:
+    """n plain words, n >= LOOSE_FROM: a paper matches with most of them - at least
+    ceil(2n/3) (2 of 3, 3 of 4, 4 of 5 or 6; n - 2 past 8 words) - and BM25 ranks the papers
+    with more (and rarer) words first."""
+    words = list(dict.fromkeys(parts))
+    n = len(words)
+    if n < LOOSE_FROM:
+        return _and(words)
+    need = -(-2 * n // 3) if n <= 8 else n - 2
+    return _or([_and(list(c)) for c in itertools.combinations(words, need)])
 
 
 def _leaf(toks: list[textmod.Token], fld: str | None) -> Node:
@@ -474,20 +570,7 @@ def _compile(text: str) -> Query:
         raise parser.err(tok.col, "unbalanced parenthesis", "remove this ) or add a (")
     if not alts:
         raise _err(text, 1, "empty query", "write some words, e.g. sparse attention, latency")
-    positives: list[Node] = []
-    exclusions: list[Node] = []
-    for node, _col in alts:
-        conj = node.children if node.kind == "and" else (node,)
-        if all(c.kind == "not" for c in conj):
-            exclusions.extend(conj)
-        else:
-            positives.append(node)
-    if not positives:
-        raise _err(text, alts[0][1], "the query only excludes",
-                   "add what to match, e.g. latency, -diffusion")  # fmt: skip
-    root = _or(positives)
-    if exclusions:
-        root = _and([root, *exclusions])
+    root = _combine(text, alts)
     terms = positive_terms(root)
     lits, negs, conj_sizes, clause_sizes = flatten(root)
     program = [len(terms), *map(leaf_id, terms), len(clause_sizes)]

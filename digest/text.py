@@ -53,7 +53,11 @@ import snowballstemmer
 
 # Glue that joins two word runs into one token: LaTeX markup and intra-word apostrophes.
 _GLUE = r"(?:[$^{}'’]|_(?=\{)|\\(?=[A-Za-z]))+"
-_TOKEN_RE = re.compile(r"\\?[^\W_]+(?:(?:" + _GLUE + r"|(?<=\d)\.(?=\d))[^\W_]+)*")
+# A single letter followed by ++ or # is one word (C++, C#, F#), not the letter alone.
+_TOKEN_RE = re.compile(
+    r"(?<![^\W_])[A-Za-z](?:\+\+|#)(?![^\W_])"
+    r"|\\?[^\W_]+(?:(?:" + _GLUE + r"|(?<=\d)\.(?=\d))[^\W_]+)*"
+)
 _GREEK = "\u0370-\u03ff\u1f00-\u1fff"
 _HAS_GREEK = re.compile(f"[{_GREEK}]")
 _GREEK_SPLIT = re.compile(f"[{_GREEK}]|[^{_GREEK}]+")
@@ -141,12 +145,92 @@ def is_clean(text: str, *, multiline: bool = False) -> bool:
     return dirty.search(text) is None and (text.isascii() or unicodedata.is_normalized("NFC", text))
 
 
+# --- spelling and stemming (see docs/guide/queries.md, "Words") --------------------------------
+
+# British -ise/-isation spellings fold to -ize/-ization, except words whose -ise is not that suffix
+# (promise, noise, advise, otherwise, expertise, surprise...): matched on their ending.
+_ISE = re.compile(r"(?<=\w{3})is(ation|ations|e|ed|es|ing|er|ers)\Z")
+_PROMISE_LIKE = frozenset(
+    [
+        "promise",
+        "compromise",
+        "premise",
+        "demise",
+        "surmise",
+        "expertise",
+        "advertise",
+        "chastise",
+        "merchandise",
+        "paradise",
+        "franchise",
+        "precise",
+        "concise",
+        "incise",
+        "excise",
+        "exercise",
+        "enterprise",
+        "surprise",
+        "comprise",
+        "reprise",
+        "arise",
+        "rise",
+        "sunrise",
+        "uprise",
+        "treatise",
+        "anise",
+    ]
+)
+_YSE = re.compile(r"(?<=\w)ys(e|ed|es|ing|er|ers)\Z")
+_OUR = re.compile(
+    r"(behavio|colo|favo|flavo|hono|humo|labo|neighbo|rumo|vapo|harbo|odo|armo|endeavo|vigo|rigo"
+    r"|savo|tumo|clamo|parlo|splendo)ur"
+)
+_RE_ENDINGS = {"centre": "center", "metre": "meter", "fibre": "fiber", "litre": "liter",
+               "theatre": "theater", "calibre": "caliber", "spectre": "specter"}  # fmt: skip
+_OGUE = re.compile(r"(catalog|dialog|analog|prolog|epilog|monolog)ue")
+# -ize words keep their "iz": Snowball joins generalization with general, optimization with
+# optimal, normalization with normal, regularization with regular.
+_IZE = re.compile(r"(\w{3,}iz)(e|ed|es|ing|er|ers|ation|ations|able)\Z")
+_NO_VOWEL = re.compile(r"[^aeiouy]{2,}s\Z")
+
+
+def american(norm: str) -> str:
+    """Fold British spellings of a normalised word to American (optimisation -> optimization)."""
+    if len(norm) < 5 or not norm.isalpha():
+        return norm
+    if "is" in norm and (m := _ISE.search(norm)) is not None:
+        base = norm[: m.start()] + "is" + ("e" if m.group(1)[:1] in ("e", "i") else "")
+        if base not in _PROMISE_LIKE and not base.endswith(_KEEP_ENDINGS):
+            norm = norm[: m.start()] + "iz" + m.group(1)
+    if "ys" in norm:
+        norm = _YSE.sub(r"yz\1", norm)
+    if "our" in norm:
+        norm = _OUR.sub(r"\1r", norm)
+    if norm.endswith("ogue") or norm.endswith("ogues"):
+        norm = _OGUE.sub(r"\1", norm)
+    for british, us in _RE_ENDINGS.items():
+        if british in norm:
+            norm = norm.replace(british, us)
+    return norm
+
+
+_KEEP_ENDINGS = ("wise", "vise", "oise", "aise", "uise", "cise", "dise", "hise", "prise")
+
+
 @functools.lru_cache(maxsize=1 << 17)
 def stem(norm: str) -> str:
-    """Stem one normalised word (Snowball English); words with digits stay as they are."""
+    """Stem one normalised word: American spelling, then Snowball English, with -ize words
+    kept apart from their roots and acronym plurals folded (llms -> llm); words with digits
+    stay as they are."""
     if _HAS_DIGIT.search(norm):
         return norm
-    return _STEMMER.stemWord(norm)
+    norm = american(norm)
+    if "iz" in norm and (m := _IZE.match(norm)) is not None:
+        return m.group(1)
+    out = _STEMMER.stemWord(norm)
+    if len(out) >= 3 and _NO_VOWEL.fullmatch(out):  # an acronym's plural: llms, gnns, vlms
+        return out[:-1]
+    return out
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -154,6 +238,8 @@ def normalize(raw: str) -> str:
     """Fold one raw word: drop LaTeX glue, NFKC, casefold, spell out a lone Greek letter."""
     if "\\" in raw or "$" in raw or "^" in raw or "{" in raw or "}" in raw or "_" in raw:
         raw = _MARKUP.sub("", _LATEX_WRAPPER.sub("", raw))
+    if len(raw) >= 3 and raw[-1] == "s" and raw[-2].isupper() and raw[0].isupper():
+        raw = raw[:-1]  # an acronym's plural: LLMs, GPUs, LoRAs, MoEs are llm, gpu, lora, moe
     word = unicodedata.normalize("NFKC", raw).casefold().replace("’", "'")
     return _GREEK_NAMES.get(word, word)
 
