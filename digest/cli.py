@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from digest import __version__
 from digest.config import Settings, find_settings_file, init_folder, load_settings
-from digest.errors import DigestError
+from digest.errors import DigestError, UsageError
 from digest.models import CADENCES, Cadence, DigestStatus, SubscriberStatus
 
 log = logging.getLogger("digest")
@@ -59,6 +59,9 @@ class Context:
 
     def print(self, *args: object) -> None:
         print(*args, file=self.out)
+
+    def warn(self, *args: object) -> None:
+        print(*args, file=self.err)
 
     def print_json(self, data: object) -> None:
         json.dump(data, self.out, indent=2, ensure_ascii=False, default=str)
@@ -396,14 +399,30 @@ def cmd_subscriber_wipe(ctx: Context, args: argparse.Namespace) -> int:
 
 @_explains_queries
 def cmd_match(ctx: Context, args: argparse.Namespace) -> int:
-    """Preview a query against the stored papers, best first, matched words highlighted."""
-    from digest.match import preview_query
+    """Preview a topic (a query and/or example papers) against the stored papers, best first."""
+    from digest.query import coverage_warning, query_warnings
+    from digest.rank import preview_topic
+    from digest.subscribers import resolve_papers
 
+    query = args.query or ""
+    if not query.strip() and not args.like:
+        raise UsageError("give a QUERY, or --like PAPER (a topic of examples), or both")
+    likes = resolve_papers(ctx.store, args.like or ())
+    dislikes = resolve_papers(ctx.store, args.dislike or ())
     total = ctx.store.count_papers()
     papers = ctx.store.recent_papers(limit=args.recent or max(total, 1))
-    found = preview_query(papers, args.query, args.limit)
+    known = {p.id: p for p in [*likes, *dislikes]}
+    limit = args.limit if args.limit is not None or args.json else 20
+    found = preview_topic(
+        papers, query, likes=[p.id for p in likes], dislikes=[p.id for p in dislikes],
+        known=known, limit=limit,
+    )  # fmt: skip
+    for warning in query_warnings(query):
+        ctx.warn(f"warning: {warning}")
+    if query.strip() and (cover := coverage_warning(found.hits, len(papers))):
+        ctx.warn(f"warning: {cover}")
     matches = found.matches
-    by_id = {p.id: p for p in papers}
+    by_id = {p.id: p for p in found.papers}
     if args.json:
         ctx.print_json([_match_to_json(m, by_id[m.paper_id]) for m in matches])
         return 0
@@ -411,6 +430,7 @@ def cmd_match(ctx: Context, args: argparse.Namespace) -> int:
     for rank, m in enumerate(matches, 1):
         paper = by_id[m.paper_id]
         facts = [
+            f"id {paper.id}",
             paper.organization or "",
             paper.published.isoformat() if paper.published else "",
             f"{paper.upvotes} upvotes" if paper.upvotes is not None else "",
@@ -418,7 +438,7 @@ def cmd_match(ctx: Context, args: argparse.Namespace) -> int:
         ]
         ctx.print(f"{rank:>3}. {highlight(paper.title, m.title_spans, color)}")
         ctx.print("     " + " · ".join(_safe(f) for f in facts if f))
-        ctx.print("     matched: " + ", ".join(_safe(t) for t in m.terms))
+        ctx.print("     why: " + _safe(m.why))
         snippet, spans = excerpt(paper.abstract, m.abstract_spans)
         ctx.print("     " + highlight(snippet, spans, color))
     more = f"; showing the {len(matches)} best (--limit)" if len(matches) < found.hits else ""
@@ -428,10 +448,12 @@ def cmd_match(ctx: Context, args: argparse.Namespace) -> int:
 
 def _match_to_json(m: Any, paper: Any) -> dict[str, Any]:
     return {
+        "id": paper.id,
         "title": paper.title,
         "score": m.score,
         "topics": list(m.topics),
         "terms": list(m.terms),
+        "why": m.why,
         "published": paper.published.isoformat() if paper.published else None,
         "upvotes": paper.upvotes,
         "organization": paper.organization,
@@ -610,11 +632,22 @@ def _add_subscriber_parsers(sub: Any) -> None:
     p.add_argument("--yes", action="store_true", help="do not ask; needed when not on a terminal")
     p.set_defaults(handler=cmd_subscriber_wipe)
 
-    p = sub.add_parser("match", help="preview a query against the stored papers")
-    p.add_argument("query", metavar="QUERY")
-    p.add_argument(
-        "--limit", type=_positive_int, default=20, metavar="N", help="at most N papers (20)"
+    p = sub.add_parser(
+        "match", help="preview a topic (a query and/or example papers) against the stored papers"
     )
+    p.add_argument("query", metavar="QUERY", nargs="?", default="", help="a keyword query")
+    p.add_argument(
+        "--like", action="append", metavar="PAPER",
+        help="a liked example paper: its id (as in --json) or exact title; repeatable",
+    )  # fmt: skip
+    p.add_argument(
+        "--dislike", action="append", metavar="PAPER",
+        help="a disliked example paper: its id or exact title; repeatable",
+    )  # fmt: skip
+    p.add_argument(
+        "--limit", type=_positive_int, metavar="N",
+        help="at most N papers (default: every match with --json, the best 20 otherwise)",
+    )  # fmt: skip
     p.add_argument(
         "--recent", type=_positive_int, metavar="N", help="only the N most recently stored papers"
     )

@@ -66,3 +66,9 @@ class LockError(DigestError):
 class ConsentError(ValidationError):
     """An admin path tried to (re)subscribe someone who left or asked to be erased: only the
     person themselves can come back, by a new double opt-in. The message says when and how."""
+
+
+class UsageError(DigestError):
+    """The command was called wrongly (exit 2, as argparse's own usage errors)."""
+
+    exit_code = 2

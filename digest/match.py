@@ -36,7 +36,7 @@ from digest import text as textmod
 from digest.errors import QueryError
 from digest.highlight import indexed_spans, merge_spans, positions
 from digest.models import Match, StoredPaper, Topic
-from digest.query import LEAVES, Node, Query, compile_query
+from digest.query import LEAVES, Node, Query, compile_query, positive_terms
 
 log = logging.getLogger(__name__)
 
@@ -567,6 +567,22 @@ class PaperTexts:
         return tuple(seen.values()), tm, am
 
 
+def alternatives(root: Node) -> list[Node]:
+    """The positive alternatives of a compiled query's root (exclusions set aside)."""
+    parts = root.children if root.kind == "and" else (root,)
+    return [a for c in parts if c.kind != "not" for a in (c.children if c.kind == "or" else (c,))]
+
+
+def matched_terms(index: PaperIndex, query: Query, i: int) -> list[Node]:
+    """The query's positive words, phrases and prefixes of the alternatives paper i matches:
+    a word of an alternative that did not match is not a matched word."""
+    alts = alternatives(query.root)
+    if len(alts) == 1:
+        return list(query.terms)
+    hit = {leaf for a in alts if index.bits(a) >> i & 1 for leaf in positive_terms(a)}
+    return [leaf for leaf in query.terms if leaf in hit]
+
+
 def _leaves(node: Node) -> Iterable[Node]:
     if node.kind in ("and", "or"):
         for c in node.children:
@@ -1022,7 +1038,9 @@ class Matches(Mapping[int, MatchList]):
                 hits.append((-s, pos, t.name, qid))
         hits.sort(key=lambda h: (h[0], h[1]))
         names = tuple(dict.fromkeys(h[2] for h in hits))
-        leaves = dict.fromkeys(leaf for h in hits for leaf in batch.queries[h[3]].terms)
+        leaves = dict.fromkeys(
+            leaf for h in hits for leaf in matched_terms(index, batch.queries[h[3]], i)
+        )
         terms, ts, as_ = index.texts.highlights(leaves, i)
         return Match(index.papers[i].id, micro / 1e6, names, terms, ts, as_)
 
@@ -1175,6 +1193,6 @@ def match_query(index: PaperIndex, query_text: str, limit: int | None = None) ->
     query = compile_query(query_text)
     out = []
     for score, i in index.ranked(query, limit):
-        terms, ts, as_ = index.texts.highlights(query.terms, i)
+        terms, ts, as_ = index.texts.highlights(matched_terms(index, query, i), i)
         out.append(Match(index.papers[i].id, round(score, 6), (), terms, ts, as_))
     return out

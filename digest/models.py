@@ -210,6 +210,7 @@ class Match:
     terms: tuple[str, ...] = ()  # the matched words, as they appear in the paper
     title_spans: tuple[tuple[int, int], ...] = ()
     abstract_spans: tuple[tuple[int, int], ...] = ()
+    why: str = ""  # a short reason beyond the words, e.g. 'suggested: like "A liked paper"'
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,23 +16,24 @@ import os
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from digest.config import Settings
 from digest.errors import DigestError, QueryError, RenderError
 from digest.highlight import highlight_spans
 from digest.mail import PermanentDeliveryError, TemporaryDeliveryError, make_message_id
-from digest.models import Cadence, Digest, DigestItem, DigestKind, Match, StoredPaper
+from digest.models import Cadence, Digest, DigestItem, DigestKind, Match, StoredPaper, Topic
 from digest.query import Query, compile_query
 from digest.schedule import is_due, latest_slot, next_slot
 from digest.store import DeliveryState, DigestRecord, LedgerItem, PlanProgress, Store
 
 if TYPE_CHECKING:
     from digest.match import MatchList, PaperIndex
+    from digest.rank import Learner, RankedList
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,19 @@ def _plan_states(
     index: PaperIndex | None,
     now: datetime,
 ) -> list[Plan]:
-    from digest.match import match_profiles  # see _paper_index
+    from digest.rank import rank_profiles  # see _paper_index
 
     top = papers[-1].id if papers else 0
     profiles = {s.subscriber.id: s.subscriber.topics for s in states if s.subscriber.topics}
+    learner = _learner(store, profiles)
     # Only each subscriber's best 2 x max_papers are ranked (exact top-k); the lists whose head
     # is filtered out below (older or delivered papers) are ranked in full afterwards, together.
     limit, most = 2 * settings.mail.max_papers, settings.mail.max_papers
-    results = match_profiles(index, profiles, limit=limit) if index is not None and profiles else {}
+    results: Mapping[int, Any] = (
+        rank_profiles(index, profiles, limit=limit, learner=learner)
+        if index is not None and profiles
+        else {}
+    )
     # One ledger read for the whole batch, of the rows a plan can meet: a paper at or below a
     # subscriber's watermark is never taken, so only delivered papers above it are looked up.
     # (Reading per subscriber whose list was cut, over the whole ranking, made one backfilled
@@ -171,7 +177,7 @@ def _plan_states(
     if resume:
         assert index is not None  # results come from the index
         # The whole ranking of every list that ran out, in one batch (its head is the cut list).
-        full = match_profiles(index, {sid: profiles[sid] for sid in resume})
+        full = rank_profiles(index, {sid: profiles[sid] for sid in resume}, learner=learner)
         for s in states:
             rank = resume.get(s.subscriber.id, -1)
             if rank >= 0:
@@ -188,9 +194,19 @@ def _plan_states(
     ]
 
 
+def _learner(store: Store, profiles: Mapping[int, Sequence[Topic]]) -> Learner | None:
+    """The models' trainer when some topic has examples (None otherwise: keywords alone)."""
+    ids = {i for topics in profiles.values() for t in topics for i in (*t.likes, *t.dislikes)}
+    if not ids:
+        return None
+    from digest.rank import BACKGROUND, Learner
+
+    return Learner(store.recent_papers(limit=BACKGROUND), store.papers_by_ids(ids))
+
+
 def _pick(
     state: DeliveryState,
-    found: MatchList,
+    found: MatchList | RankedList,
     rank: int,
     items: list[LedgerItem],
     most: int,

@@ -612,3 +612,40 @@ def leaf_id(node: Node) -> int:
 def compile_query(text: str) -> Query:
     """Parse a topic query into its compiled form; raise QueryError with column and hint."""
     return _compile(text)
+
+
+def query_warnings(text: str) -> list[str]:
+    """What in a valid query is probably a mistake: lower-case or/and/not (ignored as stop words),
+    and an OR whose side is a negation (it matches nearly every paper)."""
+    out: list[str] = []
+    try:
+        toks = _lex(text)
+    except QueryError:
+        return out
+    for k, tok in enumerate(toks):
+        if tok.kind == "word" and str(tok.value) in ("or", "and", "not"):
+            op = str(tok.value).upper()
+            also = " or a comma" if op == "OR" else ""
+            out.append(f"column {tok.col}: lower-case {tok.value!r} is ignored as a common "
+                       f"word; write {op} for the operator{also}")  # fmt: skip
+        if tok.kind == "OR":
+            before = toks[k - 1] if k else None
+            after = toks[k + 1] if k + 1 < len(toks) else None
+            if (after is not None and after.kind in ("NOT", "-")) or (
+                before is not None
+                and before.kind in ("word", "phrase")
+                and k >= 2
+                and toks[k - 2].kind in ("NOT", "-")
+            ):
+                out.append(f"column {tok.col}: OR with a negation matches almost every paper; "
+                           "to exclude, write a, -b (an exclusion of its own)")  # fmt: skip
+    return out
+
+
+def coverage_warning(hits: int, total: int) -> str | None:
+    """A warning when a topic matches nothing or almost everything of `total` stored papers."""
+    if total >= 20 and hits == 0:
+        return f"matches none of the {total} stored papers"
+    if total >= 20 and hits > total // 2:
+        return f"matches {hits} of the {total} stored papers: almost everything"
+    return None

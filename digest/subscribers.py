@@ -35,9 +35,11 @@ from digest.models import (
     STATUSES,
     Cadence,
     StatusChange,
+    StoredPaper,
     Subscriber,
     SubscriberStatus,
     Topic,
+    paper_key,
 )
 from digest.query import compile_query
 from digest.store import Store, SubscriberEvent, Suppression
@@ -895,3 +897,19 @@ def _reload(store: Store, subscriber_id: int, email: str) -> Subscriber:
     if found is None:
         raise NotFoundError(f"no subscriber {email} (removed meanwhile)")
     return found
+
+
+def resolve_papers(store: Store, refs: Sequence[str]) -> list[StoredPaper]:
+    """Stored papers named by id (as `digest match --json` prints) or exact title."""
+    out = []
+    for ref in refs:
+        ref = ref.strip()
+        paper = None
+        if ref.isdigit():
+            paper = store.papers_by_ids([int(ref)]).get(int(ref))
+        if paper is None:
+            paper = store.paper_by_key(paper_key(ref))
+        if paper is None:
+            raise NotFoundError(f"no stored paper has the id or title {ref!r}")
+        out.append(paper)
+    return out

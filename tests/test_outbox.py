@@ -389,7 +389,7 @@ def test_a_cut_ranking_whose_head_is_filtered_out_is_ranked_in_full(
 ) -> None:
     # Planning ranks only each subscriber's best 2 x max_papers; when all of those are older
     # than the subscriber (or delivered), the whole ranking is taken, in one batch.
-    import digest.match
+    import digest.rank
 
     store, settings = world
     settings = make_settings(Path(settings.root), settings.database.url, mail={"max_papers": 1})
@@ -406,13 +406,13 @@ def test_a_cut_ranking_whose_head_is_filtered_out_is_ranked_in_full(
     )
     assert not report.failures
     calls = []
-    match = digest.match.match_profiles
+    match = digest.rank.match_profiles
 
     def counted(index, profiles, *, limit=None):
         calls.append((sorted(profiles), limit))
         return match(index, profiles, limit=limit)
 
-    monkeypatch.setattr(digest.match, "match_profiles", counted)
+    monkeypatch.setattr(digest.rank, "match_profiles", counted)
 
     plans, papers = plan_digests(store, settings, now=T0 + timedelta(hours=1))
 

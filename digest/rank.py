@@ -1,0 +1,416 @@
+"""Learned ranking per topic: a linear model on paper text, trained from the topic's examples.
+
+A topic may hold example papers: liked ("more like this") and disliked ("not for me"). Each
+distinct set of examples gets one model, shared by every topic holding the same examples:
+
+- features are tf-idf (sublinear tf, l2-normalised) of word stems - the title's counted twice -
+  and of adjacent stem pairs, hashed into a fixed space (scikit-learn's HashingVectorizer, so no
+  vocabulary has to be kept or grown) with the idf of the stored papers;
+- the model is a linear SVM (scikit-learn's LinearSVC, classes balanced, as arxiv-sanity-lite
+  ranks a tag) trained on the liked papers against the disliked ones (weighted up) and the
+  background of other stored papers;
+- a batch of papers is scored for every model at once: one sparse matrix product.
+
+Its ranking is fused with the keyword ranking by reciprocal rank fusion; a few papers the
+keywords missed but the model ranks high join as "suggested" (their why names the liked paper
+they are most like). A topic without examples is ranked by its keywords alone, unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from digest import text as textmod
+from digest.match import Matches, MatchList, PaperIndex, match_profiles
+from digest.models import Match, StoredPaper, Topic
+from digest.query import STOP_WORDS
+
+N_FEATURES = 1 << 18
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
+DISLIKE_WEIGHT = 3.0  # a dislike says more than a background paper the reader never saw
+BACKGROUND = 2_000  # most stored papers a model trains against (the newest)
+SUGGEST_MIN, SUGGEST_SHARE, SUGGEST_MAX = 2, 0.2, 5  # "suggested" papers per topic list
+# A paper is "like the examples" when its rescaled decision value (0: the background's median,
+# 1: its 99th percentile) reaches this: what a topic of examples alone delivers, and where
+# suggestions come from.
+LIKENESS = 0.8
+SVM_C = 0.01  # strong regularisation: a few likes must not be memorised
+
+
+def _stems(text: str) -> list[str]:
+    return [t.stem for t in textmod.tokenize(text) if t.norm not in STOP_WORDS]
+
+
+def paper_features(paper: StoredPaper) -> list[str]:
+    """A paper's features: title stems twice, abstract stems, and adjacent stem pairs."""
+    title, abstract = _stems(paper.title), _stems(paper.abstract)
+    pairs = [f"{a} {b}" for part in (title, abstract) for a, b in itertools.pairwise(part)]
+    return title + title + abstract + pairs
+
+
+@dataclass(frozen=True, slots=True)
+class Examples:
+    """A topic's examples: the liked and the disliked paper ids (sorted)."""
+
+    likes: tuple[int, ...]
+    dislikes: tuple[int, ...]
+
+    @classmethod
+    def of(cls, topic: Topic) -> Examples:
+        """The examples of a topic."""
+        return cls(tuple(sorted(topic.likes)), tuple(sorted(topic.dislikes)))
+
+
+class Learner:
+    """Models from examples, over the stored papers as features' idf and negative background."""
+
+    def __init__(self, background: Sequence[StoredPaper], known: Mapping[int, StoredPaper]):
+        # scikit-learn is imported here: only a process that ranks with examples pays for it
+        from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+
+        self._hasher = HashingVectorizer(
+            analyzer=paper_features, n_features=N_FEATURES, alternate_sign=False, norm=None
+        )
+        self._background = list(background)[-BACKGROUND:]
+        self._known = dict(known)  # id -> paper, for every liked and disliked paper
+        counts = self._hasher.transform(self._background or list(self._known.values()))
+        self._tfidf = TfidfTransformer(sublinear_tf=True).fit(counts)
+        self._bg = self._tfidf.transform(counts)
+        self._bg_ids = [p.id for p in self._background]
+        self._models: dict[Examples, tuple[Any, float] | None] = {}
+
+    def features(self, papers: Sequence[StoredPaper]) -> Any:
+        """The papers' tf-idf rows (a sparse matrix)."""
+        return self._tfidf.transform(self._hasher.transform(papers))
+
+    def model(self, ex: Examples) -> tuple[Any, float] | None:
+        """The (weights, intercept) of a set of examples; None when no liked paper is known."""
+        got = self._models.get(ex)
+        if got is None and ex not in self._models:
+            got = self._models[ex] = self._train(ex)
+        return got
+
+    def _train(self, ex: Examples) -> tuple[Any, float] | None:
+        from scipy import sparse
+        from sklearn.svm import LinearSVC
+
+        liked = [self._known[i] for i in ex.likes if i in self._known]
+        if not liked:
+            return None
+        disliked = [self._known[i] for i in ex.dislikes if i in self._known]
+        own = set(ex.likes) | set(ex.dislikes)
+        keep = [k for k, pid in enumerate(self._bg_ids) if pid not in own]
+        parts = [self.features(liked)]
+        if disliked:
+            parts.append(self.features(disliked))
+        parts.append(self._bg[keep])
+        x = sparse.vstack(parts).tocsr()
+        y = np.r_[np.ones(len(liked)), np.zeros(len(disliked) + len(keep))]
+        w = np.r_[np.ones(len(liked)), np.full(len(disliked), DISLIKE_WEIGHT), np.ones(len(keep))]
+        if len(set(y.tolist())) < 2:  # nothing to learn against: rank by likeness to the likes
+            centroid = sparse.csr_matrix(x[: len(liked)].mean(axis=0))
+            return centroid.T.tocsc() * (1 / max(1e-9, centroid.multiply(centroid).sum())), 0.0
+        svm = LinearSVC(C=SVM_C, class_weight="balanced", max_iter=5_000)
+        svm.fit(x, y, sample_weight=w)
+        # Rescaled so that the background's median is 0 and its 99th percentile 1 (the liked
+        # papers themselves are memorised, far above): the same threshold (LIKENESS) then means
+        # the same for every model.
+        raw = svm.decision_function(x)[len(liked) + len(disliked) :]
+        lo, hi = float(np.median(raw)), float(np.quantile(raw, 0.99))
+        scale = 1.0 / (hi - lo) if hi > lo else 1.0
+        coef = sparse.csc_matrix(svm.coef_.T * scale)
+        return coef, (float(svm.intercept_[0]) - lo) * scale
+
+    def scores(self, x: Any, keys: Sequence[Examples]) -> np.ndarray:
+        """Decision values of every model for every row of x: (rows, models), one product."""
+        from scipy import sparse
+
+        cols, icpt = [], []
+        for ex in keys:
+            got = self.model(ex)
+            if got is None:
+                cols.append(sparse.csc_matrix((N_FEATURES, 1)))
+                icpt.append(-math.inf)
+            else:
+                cols.append(got[0])
+                icpt.append(got[1])
+        w = sparse.hstack(cols).tocsc()
+        return np.asarray((x @ w).todense()) + np.asarray(icpt)[None, :]
+
+    def nearest_like(self, x_row: Any, ex: Examples) -> StoredPaper | None:
+        """The liked paper most like a paper (cosine of tf-idf rows)."""
+        liked = [self._known[i] for i in ex.likes if i in self._known]
+        if not liked:
+            return None
+        sims = np.asarray((self.features(liked) @ x_row.T).todense()).ravel()
+        return liked[int(np.argmax(sims))]
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """One paper of a fused topic list: batch index, fused score, keyword match if any."""
+
+    i: int
+    score: float
+    keyword: Match | None
+    suggested: bool
+    like: StoredPaper | None
+
+
+def fuse(
+    keyword: Sequence[tuple[int, Match]], decision: np.ndarray, *, has_query: bool
+) -> list[tuple[int, float, bool]]:
+    """Reciprocal rank fusion of a keyword ranking (batch index, match) and model decision
+    values over the batch: (index, fused score, suggested), best first.
+
+    The keyword matches all stay; a few papers the keywords missed join as suggested when the
+    model places them near the liked papers (decision >= LIKENESS). A topic of examples alone
+    takes every paper that near.
+    """
+    order = np.argsort(-decision, kind="stable")
+    model_rank = np.empty(len(decision), dtype=np.int64)
+    model_rank[order] = np.arange(len(decision))
+    out: dict[int, tuple[float, bool]] = {}
+    for r, (i, _m) in enumerate(keyword):
+        out[i] = (1 / (RRF_K + r + 1) + 1 / (RRF_K + model_rank[i] + 1), False)
+    positive = [int(i) for i in order if decision[i] >= LIKENESS and int(i) not in out]
+    if has_query:
+        most = min(SUGGEST_MAX, max(SUGGEST_MIN, math.ceil(SUGGEST_SHARE * len(keyword))))
+        positive = positive[:most]
+    for i in positive:
+        out[i] = (1 / (RRF_K + model_rank[i] + 1), True)
+    return sorted(((i, s, g) for i, (s, g) in out.items()), key=lambda x: (-x[1], x[0]))
+
+
+class RankedList(Sequence[Match]):
+    """A subscriber's matches when a topic has examples: the same reading interface as a
+    MatchList (paper_ids, cut, full), built in Python (these subscribers are few)."""
+
+    def __init__(self, ids: list[int], matches: list[Match]) -> None:
+        self._ids = ids
+        self._matches = matches
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, k: Any) -> Any:
+        return self._matches[k]
+
+    def paper_ids(self) -> list[int]:
+        """The matched papers' ids, best first."""
+        return list(self._ids)
+
+    def scores(self) -> list[float]:
+        """The matches' scores, best first."""
+        return [m.score for m in self._matches]
+
+    @property
+    def cut(self) -> bool:
+        """Never cut: the whole ranking is here."""
+        return False
+
+    def full(self) -> RankedList:
+        """The whole ranking (this list)."""
+        return self
+
+
+class Ranking(Mapping[int, "MatchList | RankedList"]):
+    """Ranked matches per subscriber: keyword-only subscribers from the batch engine, the
+    others fused with their topics' models."""
+
+    def __init__(self, plain: Matches, learned: dict[int, RankedList]) -> None:
+        self._plain = plain
+        self._learned = learned
+
+    def __getitem__(self, sid: int) -> MatchList | RankedList:
+        got = self._learned.get(sid)
+        return got if got is not None else self._plain[sid]
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self._plain
+        yield from self._learned
+
+    def __len__(self) -> int:
+        return len(self._plain) + len(self._learned)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._learned or sid in self._plain
+
+
+def rank_profiles(
+    index: PaperIndex,
+    profiles: Mapping[int, Sequence[Topic]],
+    *,
+    limit: int | None = None,
+    learner: Learner | None = None,
+) -> Ranking:
+    """Ranked matches per subscriber id; topics with examples are fused with their model
+    (`learner` holds the example papers and the background; without one, keywords alone)."""
+    learned_ids = [sid for sid, topics in profiles.items() if any(t.has_examples for t in topics)]
+    if learner is None or not learned_ids:
+        return Ranking(match_profiles(index, profiles, limit=limit), {})
+    chosen = set(learned_ids)
+    plain = match_profiles(
+        index, {s: t for s, t in profiles.items() if s not in chosen}, limit=limit
+    )
+    topics = {t for sid in learned_ids for t in profiles[sid]}
+    lists = rank_topics(index, list(topics), learner)
+    learned: dict[int, RankedList] = {}
+    for sid in learned_ids:
+        merged = _merge(profiles[sid], lists)
+        if merged is not None:
+            if limit is not None:
+                merged = RankedList(merged._ids[:limit], merged._matches[:limit])
+            learned[sid] = merged
+    return Ranking(plain, learned)
+
+
+def rank_topics(
+    index: PaperIndex, topics: Sequence[Topic], learner: Learner | None
+) -> dict[Topic, list[Match]]:
+    """Each topic's whole ranked list over the index (keywords fused with its model)."""
+    queries = sorted({t.query for t in topics if t.query.strip()})
+    found = match_profiles(index, {k: [Topic(q, q)] for k, q in enumerate(queries)})
+    pos = {p.id: k for k, p in enumerate(index.papers)}
+    keyword: dict[str, list[tuple[int, Match]]] = {}
+    for k, q in enumerate(queries):
+        got = found.get(k)
+        keyword[q] = [(pos[m.paper_id], m) for m in got] if got is not None else []
+    keys = sorted({Examples.of(t) for t in topics if t.has_examples}, key=repr)
+    x = learner.features(index.papers) if learner is not None and keys else None
+    decision = learner.scores(x, keys) if learner is not None and keys else None
+    column = {ex: c for c, ex in enumerate(keys)}
+    out: dict[Topic, list[Match]] = {}
+    for t in topics:
+        kw = keyword.get(t.query, [])
+        ex = Examples.of(t)
+        if decision is None or ex not in column or not math.isfinite(decision[0, column[ex]]):
+            out[t] = [_named(m, t.name, m.score) for _, m in kw]
+            continue
+        assert learner is not None and x is not None
+        by_i = dict(kw)
+        fused = fuse(kw, decision[:, column[ex]], has_query=bool(t.query.strip()))
+        items = []
+        for i, score, suggested in fused:
+            if index.papers[i].id in ex.likes or index.papers[i].id in ex.dislikes:
+                continue  # an example is not news
+            base = by_i.get(i)
+            why = ""
+            if suggested or base is None:
+                like = learner.nearest_like(x[i], ex)
+                why = f'suggested: like "{like.title}"' if like is not None else "suggested"
+            m = base if base is not None else Match(index.papers[i].id, 0.0, (t.name,))
+            items.append(_named(m, t.name, round(score * 1000, 6), why=why))
+        out[t] = items
+    return out
+
+
+def _named(m: Match, topic: str, score: float, why: str = "") -> Match:
+    return Match(m.paper_id, score, (topic,), m.terms, m.title_spans, m.abstract_spans, why)
+
+
+def _merge(topics: Sequence[Topic], lists: Mapping[Topic, list[Match]]) -> RankedList | None:
+    """A subscriber's topics' lists merged: each paper once at its best score, every topic that
+    matched it listed (best first), their words joined."""
+    best: dict[int, list[Match]] = {}
+    for t in topics:
+        for m in lists.get(t, []):
+            best.setdefault(m.paper_id, []).append(m)
+    if not best:
+        return None
+    merged = []
+    for pid, ms in best.items():
+        ms.sort(key=lambda m: -m.score)
+        top = ms[0]
+        names = tuple(dict.fromkeys(n for m in ms for n in m.topics))
+        terms = tuple(dict.fromkeys(w for m in ms for w in m.terms))
+        merged.append(
+            Match(pid, top.score, names, terms, top.title_spans, top.abstract_spans, top.why)
+        )
+    merged.sort(key=lambda m: (-m.score, m.paper_id))
+    return RankedList([m.paper_id for m in merged], merged)
+
+
+def explain(index: PaperIndex, query_text: str, i: int) -> str:
+    """Why paper i matches a keyword query: the words found in each field and the conditions
+    that passed, from the alternatives that matched (nothing that did not match)."""
+    from digest.query import compile_query, describe_node
+
+    root = compile_query(query_text).root
+    parts = root.children if root.kind == "and" else (root,)
+    positive = [c for c in parts if c.kind != "not"]
+    alts = [a for c in positive for a in (c.children if c.kind == "or" else (c,))]
+    hit = [a for a in alts if index.bits(a) >> i & 1]
+    fields: dict[str, list[str]] = {"title": [], "abstract": []}
+    conditions: list[str] = []
+    paper = index.papers[i]
+    for alt in hit:
+        for leaf in _positive_leaves(alt):
+            if leaf.kind in ("t", "p", "x"):
+                spans = index.texts.leaf_spans(leaf, i)
+                for fld, src, found in (("title", paper.title, spans[0]),
+                                        ("abstract", paper.abstract, spans[1])):  # fmt: skip
+                    if found:
+                        word = src[found[0][0] : found[0][1]]
+                        if word.casefold() not in map(str.casefold, fields[fld]):
+                            fields[fld].append(word)
+            elif leaf.kind in ("o", "n") and index.bits(leaf) >> i & 1:
+                conditions.extend(
+                    [] if describe_node(leaf) in conditions else [describe_node(leaf)]
+                )
+    out = [f"{fld}: {', '.join(ws)}" for fld, ws in fields.items() if ws]
+    return "; ".join(out + conditions)
+
+
+def _positive_leaves(node: Any) -> Iterator[Any]:
+    if node.kind in ("and", "or"):
+        for c in sorted(node.children, key=repr):
+            yield from _positive_leaves(c)
+    elif node.kind != "not":
+        yield node
+
+
+@dataclass(frozen=True)
+class TopicPreview:
+    """One topic (a query and/or examples) against a set of papers: the ranked matches, each
+    with its why, how many matched in all, and the papers."""
+
+    matches: list[Match]
+    hits: int
+    papers: tuple[StoredPaper, ...]
+
+
+def preview_topic(
+    papers: Sequence[StoredPaper],
+    query: str,
+    *,
+    likes: Sequence[int] = (),
+    dislikes: Sequence[int] = (),
+    known: Mapping[int, StoredPaper] | None = None,
+    limit: int | None = None,
+) -> TopicPreview:
+    """`digest match`: a topic's ranked matches among `papers`, best first, the liked and
+    disliked papers themselves left out (`known` adds example papers not among `papers`)."""
+    index = PaperIndex(papers)
+    topic = Topic("match", query, tuple(likes), tuple(dislikes))
+    learner = None
+    if topic.has_examples:
+        examples = {p.id: p for p in papers if p.id in set(likes) | set(dislikes)}
+        examples.update(known or {})
+        learner = Learner(papers, examples)
+    ranked = rank_topics(index, [topic], learner)[topic]
+    pos = {p.id: k for k, p in enumerate(index.papers)}
+    out = []
+    for m in ranked[:limit] if limit is not None else ranked:
+        why = m.why
+        if query.strip() and m.terms:
+            words = explain(index, query, pos[m.paper_id])
+            why = f"{words}; {why}" if why and words else (words or why)
+        out.append(Match(m.paper_id, m.score, (), m.terms, m.title_spans, m.abstract_spans, why))
+    return TopicPreview(out, len(ranked), index.papers)
