@@ -347,7 +347,7 @@ def explain(index: PaperIndex, query_text: str, i: int) -> str:
     positive = [c for c in parts if c.kind != "not"]
     alts = [a for c in positive for a in (c.children if c.kind == "or" else (c,))]
     hit = [a for a in alts if index.bits(a) >> i & 1]
-    fields: dict[str, list[str]] = {"title": [], "abstract": []}
+    fields: dict[str, list[tuple[int, str]]] = {"title": [], "abstract": []}
     conditions: list[str] = []
     paper = index.papers[i]
     for alt in hit:
@@ -357,14 +357,17 @@ def explain(index: PaperIndex, query_text: str, i: int) -> str:
                 for fld, src, found in (("title", paper.title, spans[0]),
                                         ("abstract", paper.abstract, spans[1])):  # fmt: skip
                     if found:
-                        word = src[found[0][0] : found[0][1]]
-                        if word.casefold() not in map(str.casefold, fields[fld]):
-                            fields[fld].append(word)
+                        fields[fld].append((found[0][0], src[found[0][0] : found[0][1]]))
             elif leaf.kind in ("o", "n") and index.bits(leaf) >> i & 1:
                 conditions.extend(
                     [] if describe_node(leaf) in conditions else [describe_node(leaf)]
                 )
-    out = [f"{fld}: {', '.join(ws)}" for fld, ws in fields.items() if ws]
+    out = []
+    for fld, found in fields.items():
+        words = dict.fromkeys(w.casefold() for _, w in sorted(found))  # in the paper's order
+        shown = {w.casefold(): w for _, w in sorted(found, reverse=True)}
+        if words:
+            out.append(f"{fld}: {', '.join(shown[w] for w in words)}")
     return "; ".join(out + conditions)
 
 
@@ -397,6 +400,10 @@ def preview_topic(
 ) -> TopicPreview:
     """`digest match`: a topic's ranked matches among `papers`, best first, the liked and
     disliked papers themselves left out (`known` adds example papers not among `papers`)."""
+    from digest.query import compile_query
+
+    if query.strip():
+        compile_query(query)  # a malformed query is an error here, not a topic skipped
     index = PaperIndex(papers)
     topic = Topic("match", query, tuple(likes), tuple(dislikes))
     learner = None

@@ -130,7 +130,6 @@ def test_bad_query_prints_caret_under_column(
         ["subscriber", "add", "x@example.org", "--weekday", "someday"],
         ["subscriber", "add", "x@example.org", "--topic", "OnlyName"],
         ["subscriber"],
-        ["match"],
         ["match", "x", "--limit", "0"],
         ["history"],
     ],
@@ -139,6 +138,13 @@ def test_wrong_usage_exits_2(config: str, args: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         run(config, *args)
     assert info.value.code == 2
+
+
+def test_match_without_query_or_example_is_wrong_usage(
+    stored: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(stored, "match") == 2
+    assert "give a QUERY, or --like PAPER" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -287,7 +293,9 @@ def test_match_json_shape_and_limit(stored: str, capsys: pytest.CaptureFixture[s
     got = out_json(capsys)
     assert isinstance(got, list) and len(got) == 1
     assert set(got[0]) == {
+        "id",
         "title",
+        "why",
         "score",
         "topics",
         "terms",
@@ -376,3 +384,44 @@ def test_deeply_nested_queries_are_one_line_errors_everywhere(
     captured = capsys.readouterr()
     assert f"{rows}:3: column topics" in captured.err and "nested more than" in captured.err
     assert "2 added" in captured.out and "1 rows rejected" in captured.out
+
+
+def test_match_json_gives_id_and_why_and_every_match(
+    stored: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(stored, "match", "prune*, speculative decoding upvotes>=1", "--json") == 0
+    items = out_json(capsys)
+    assert isinstance(items, list) and len(items) == 2
+    by_title = {m["title"]: m for m in items}
+    spec = by_title["Speculative Decoding with Tiny Drafts"]
+    assert isinstance(spec["id"], int)
+    # why names the words found per field and the condition that passed, and nothing else
+    assert "title: Speculative, Decoding" in spec["why"] and "upvotes>=1" in spec["why"]
+    assert "prun" not in spec["why"].casefold()
+    pruning = by_title["Pruning Diffusion Transformers"]
+    assert "Speculative" not in pruning["terms"] and "upvotes" not in pruning["why"]
+
+
+def test_match_like_takes_an_id_or_an_exact_title(
+    stored: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(stored, "match", "prune*", "--json") == 0
+    (pruning,) = out_json(capsys)
+    assert run(stored, "match", "--like", str(pruning["id"]), "--json") == 0
+    by_id = out_json(capsys)
+    assert run(stored, "match", "--like", pruning["title"], "--json") == 0
+    assert out_json(capsys) == by_id
+    assert all(m["id"] != pruning["id"] for m in by_id)  # an example is not news
+
+
+def test_match_unknown_like_names_it(stored: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(stored, "match", "--like", "No Such Paper") == 1
+    assert "'No Such Paper'" in capsys.readouterr().err
+
+
+def test_match_warns_of_lower_case_or_and_of_matching_nothing(
+    stored: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(stored, "match", "pruning or decoding") == 0
+    err = capsys.readouterr().err
+    assert "lower-case 'or' is ignored" in err

@@ -173,3 +173,66 @@ def test_any_text_compiles_or_raises_query_error(text):
         describe_error(text, err)
     else:
         assert hash(q) == hash(compile_query(text))
+
+
+# --- forgiving plain words (issue 13) ---------------------------------------------------------
+
+
+def test_plain_words_of_three_or_more_need_most_not_all() -> None:
+    # 2 of 3: a paper missing one word still matches
+    assert shape("efficient LLM inference") == (
+        "((effici AND infer) OR (effici AND llm) OR (infer AND llm))"
+    )
+    # quotes and AND keep the strict meaning
+    assert shape('"efficient llm inference"') == '"effici llm infer"'
+    assert shape("efficient AND LLM AND inference") == "(effici AND infer AND llm)"
+    # two words stay both required
+    assert shape("robot manipulation") == "(manipul AND robot)"
+
+
+def test_most_of_n_counts() -> None:
+    from digest.query import _loose
+
+    for n, need in ((3, 2), (4, 3), (5, 4), (6, 4), (8, 6), (10, 8)):
+        words = [Node("t", None, f"w{k}") for k in range(n)]
+        node = _loose(words)
+        assert {len(c.children) for c in node.children} == {need}
+
+
+def test_stop_words_are_ignored_outside_quotes() -> None:
+    assert shape("mixture of experts") == "(expert AND mixtur)"
+    assert shape('"mixture of experts"') == '"mixtur of expert"'
+    assert shape("the") == "the"  # nothing but stop words: searched as written
+
+
+def test_an_exclusion_means_the_same_inside_parentheses() -> None:
+    assert shape("(pruning, -diffusion)") == shape("pruning, -diffusion")
+    assert shape("title:(pruning, -diffusion)") == "(NOT title:diffus AND title:prune)"
+
+
+def test_org_prefix_is_an_error_not_silently_dropped() -> None:
+    with pytest.raises(QueryError, match=r"org: does not take \*"):
+        compile_query("org:micro*")
+
+
+def test_numbers_with_spaces_around_the_operator() -> None:
+    assert compile_query("upvotes >= 10") == compile_query("upvotes>=10")
+    assert compile_query("llm authors <= 5") == compile_query("llm authors<=5")
+
+
+def test_c_plus_plus_is_a_word() -> None:
+    assert shape("C++") == "c++"
+    assert shape("C# code") == "(c# AND code)"
+
+
+def test_warnings_for_probable_mistakes() -> None:
+    from digest.query import coverage_warning, query_warnings
+
+    assert "lower-case 'or'" in query_warnings("pruning or quantization")[0]
+    assert "OR with a negation" in query_warnings("(pruning OR -diffusion)")[0]
+    assert "OR with a negation" in query_warnings("pruning OR NOT diffusion")[0]
+    assert query_warnings("pruning, -diffusion") == []
+    assert query_warnings('"a or b"') == []  # inside quotes it is a phrase word
+    assert coverage_warning(0, 100) == "matches none of the 100 stored papers"
+    assert "almost everything" in (coverage_warning(80, 100) or "")
+    assert coverage_warning(10, 100) is None

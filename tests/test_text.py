@@ -154,3 +154,50 @@ def test_cleaning_is_idempotent(text, multiline):
 def test_text_policy_table(raw, line, lines):
     assert clean_text(raw) == (raw if line is None else line)
     assert clean_text(raw, multiline=True) == (raw if lines is None else lines)
+
+
+# --- spelling, plurals and stems (issue 13) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("british", "american"),
+    [("optimisation", "optimization"), ("optimise", "optimize"), ("quantised", "quantized"),
+     ("behaviour", "behavior"), ("behavioural", "behavioral"), ("analyse", "analyze"),
+     ("colour", "color"), ("centre", "center"), ("catalogue", "catalog"),
+     ("generalising", "generalizing"), ("tokenisation", "tokenization")],
+)  # fmt: skip
+def test_british_spellings_meet_american(british: str, american: str) -> None:
+    assert stem(british) == stem(american)
+
+
+@pytest.mark.parametrize(
+    "word", ["promise", "noise", "otherwise", "advise", "expertise", "surprise", "exercise",
+             "precise", "rise", "raise", "your", "hour", "four", "tour", "pairwise", "denoise"],
+)  # fmt: skip
+def test_words_that_only_look_british_are_left_alone(word: str) -> None:
+    from digest.text import american
+
+    assert american(word) == word
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("generalization", "general"), ("optimization", "optimal"),
+     ("normalization", "normal"), ("regularization", "regular")],
+)  # fmt: skip
+def test_ize_words_do_not_join_their_roots(a: str, b: str) -> None:
+    assert stem(a) != stem(b)
+    assert stem(a) == stem(a.replace("ization", "ize")) == stem(a.replace("ization", "izing"))
+
+
+@pytest.mark.parametrize(
+    ("plural", "single"),
+    [("LLMs", "LLM"), ("GNNs", "GNN"), ("MLLMs", "MLLM"), ("VLMs", "VLM"), ("GPUs", "GPU"),
+     ("LoRAs", "LoRA"), ("llms", "llm")],
+)  # fmt: skip
+def test_acronym_plurals_fold(plural: str, single: str) -> None:
+    assert [t.stem for t in tokenize(plural)] == [t.stem for t in tokenize(single)]
+
+
+def test_ordinary_plurals_still_stem() -> None:
+    assert [t.stem for t in tokenize("Transformers IDs")] == ["transform", "id"]

@@ -1,0 +1,124 @@
+"""Learned ranking: models from examples, fusion with keywords, suggestions and why."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+
+from digest.match import PaperIndex
+from digest.models import StoredPaper, Topic
+from digest.rank import (
+    Examples,
+    Learner,
+    explain,
+    fuse,
+    paper_features,
+    preview_topic,
+    rank_profiles,
+)
+
+T0 = datetime(2026, 1, 1)
+
+TOPICS = {
+    "robot": ("Robot grasping with visuomotor policies",
+              "We train a robot arm to grasp objects with visuomotor imitation and tactile sensing."),
+    "speech": ("Streaming speech recognition",
+               "An acoustic model transcribes speech with low word error rate on noisy audio."),
+    "video": ("Video diffusion for long clips",
+              "A diffusion model generates temporally coherent video frames from text prompts."),
+}  # fmt: skip
+
+
+def papers(per_topic: int = 6) -> list[StoredPaper]:
+    out = []
+    for k in range(per_topic):
+        for name, (title, abstract) in TOPICS.items():
+            pid = len(out) + 1
+            out.append(
+                StoredPaper(pid, f"{name}{k}", f"{title} {k}", f"{abstract} Variant {k}.", T0)
+            )
+    return out
+
+
+def ids_of(ps: list[StoredPaper], name: str) -> list[int]:
+    return [p.id for p in ps if p.key.startswith(name)]
+
+
+def test_features_are_stems_title_twice_and_pairs() -> None:
+    p = StoredPaper(1, "k", "Sparse Attention", "Fast kernels.", T0)
+    assert paper_features(p) == ["spars", "attent", "spars", "attent", "fast", "kernel",
+                                 "spars attent", "fast kernel"]  # fmt: skip
+
+
+def test_a_topic_of_examples_alone_finds_papers_like_its_likes() -> None:
+    ps = papers()
+    robots = ids_of(ps, "robot")
+    got = preview_topic(ps, "", likes=robots[:2]).matches
+    found = [m.paper_id for m in got]
+    assert found and set(found) <= set(robots[2:])  # like the likes, never the likes themselves
+    assert all(m.why.startswith('suggested: like "Robot grasping') for m in got)
+
+
+def test_dislikes_push_papers_down() -> None:
+    ps = papers()
+    robots, speech = ids_of(ps, "robot"), ids_of(ps, "speech")
+    learner = Learner(ps, {p.id: p for p in ps})
+    x = learner.features(ps)
+    plain, disliked = learner.scores(x, [Examples((robots[0],), ()),
+                                         Examples((robots[0],), (speech[0],))]).T  # fmt: skip
+    k = speech[1] - 1
+    assert disliked[k] < plain[k]
+
+
+def test_models_are_shared_by_identical_examples() -> None:
+    ps = papers()
+    learner = Learner(ps, {p.id: p for p in ps})
+    ex = Examples((1, 4), ())
+    assert learner.model(ex) is learner.model(Examples((1, 4), ()))
+    assert learner.model(Examples((999,), ())) is None  # an unknown liked paper: no model
+
+
+def test_fusion_keeps_keyword_matches_and_adds_few_suggestions() -> None:
+    decision = np.array([0.0, 2.0, 1.5, 1.2, 1.1, 0.9, -1.0])
+    fused = fuse([(0, None), (6, None)], decision, has_query=True)  # type: ignore[list-item]
+    kept = {i for i, _, suggested in fused if not suggested}
+    suggested = [i for i, _, s in fused if s]
+    assert kept == {0, 6}
+    assert suggested == [1, 2]  # at least 2, the model's best first
+    # without a query every paper near the likes is taken
+    alone = fuse([], decision, has_query=False)
+    assert [i for i, _, _ in alone] == [1, 2, 3, 4, 5]
+
+
+def test_without_examples_the_ranking_is_the_keyword_ranking() -> None:
+    ps = papers()
+    index = PaperIndex(ps)
+    learner = Learner(ps, {})
+    topics = {7: [Topic("Video", "video diffusion")]}
+    ranked = rank_profiles(index, topics, learner=learner)
+    from digest.match import match_profiles
+
+    assert ranked[7].paper_ids() == match_profiles(index, topics)[7].paper_ids()
+
+
+def test_a_liked_topic_ranks_through_its_model_in_planning_shape() -> None:
+    ps = papers()
+    index = PaperIndex(ps)
+    robots = ids_of(ps, "robot")
+    learner = Learner(ps, {p.id: p for p in ps})
+    topic = Topic("Robots", "grasping", likes=(robots[0],))
+    got = rank_profiles(index, {1: [topic], 2: [Topic("Speech", "speech")]}, learner=learner)
+    assert not got[1].cut and got[1].full() is got[1]
+    assert robots[0] not in got[1].paper_ids()
+    assert set(got[1].paper_ids()) == set(robots[1:])
+    assert got[1][0].topics == ("Robots",)
+    assert set(got[2].paper_ids()) == set(ids_of(ps, "speech"))
+
+
+def test_explain_lists_only_what_matched() -> None:
+    ps = [StoredPaper(1, "a", "Pruning LLMs", "We prune weights. upvotes", T0, upvotes=12,
+                      organization="NVIDIA", organization_id="nvidia")]  # fmt: skip
+    index = PaperIndex(ps)
+    why = explain(index, "pruning upvotes>=10, quantization, org:nvidia distillation", 0)
+    assert why == "title: Pruning; abstract: prune; upvotes>=10"
