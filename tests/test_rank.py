@@ -22,7 +22,7 @@ T0 = datetime(2026, 1, 1)
 
 TOPICS = {
     "robot": ("Robot grasping with visuomotor policies",
-              "We train a robot arm to grasp objects with visuomotor imitation and tactile sensing."),
+              "A robot arm learns to grasp objects by visuomotor imitation and tactile sensing."),
     "speech": ("Streaming speech recognition",
                "An acoustic model transcribes speech with low word error rate on noisy audio."),
     "video": ("Video diffusion for long clips",
