@@ -216,6 +216,7 @@ def cmd_subscriber_add(ctx: Context, args: argparse.Namespace) -> int:
         weekday=args.weekday if args.weekday is not None else 0,
         backfill_days=args.backfill,
     )
+    _warn_topics(ctx, sub.topics)
     ctx.print(f"added {sub.email}: {_describe_schedule(sub)}, {len(sub.topics)} topic(s)")
     if not sub.topics:
         print(
@@ -289,6 +290,7 @@ def cmd_subscriber_edit(ctx: Context, args: argparse.Namespace) -> int:
         weekday=args.weekday,
         new_email=args.new_email,
     )
+    _warn_topics(ctx, sub.topics)
     ctx.print(f"updated {sub.email}: {_describe_schedule(sub)}, {len(sub.topics)} topic(s)")
     return 0
 
@@ -311,6 +313,25 @@ def cmd_subscriber_status(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_topics(ctx: Context, topics: Any) -> None:
+    """Print the probable mistakes of saved topics, and those matching none or most papers."""
+    from digest.match import PaperIndex
+    from digest.query import compile_query, coverage_warning
+    from digest.subscribers import topic_warnings
+
+    for warning in topic_warnings(topics):
+        ctx.warn(f"warning: {warning}")
+    papers = ctx.store.recent_papers(limit=2_000) if topics else []
+    if len(papers) < 20:
+        return
+    index = PaperIndex(papers)
+    for t in topics:
+        if t.query.strip():
+            hits = index.bits(compile_query(t.query).root).bit_count()
+            if (cover := coverage_warning(hits, len(papers))) is not None:
+                ctx.warn(f"warning: topic {t.name!r} {cover}")
+
+
 def cmd_subscriber_import(ctx: Context, args: argparse.Namespace) -> int:
     """Add or update subscribers from a CSV file; bad rows are reported, good ones applied."""
     from digest.subscribers import import_csv
@@ -318,6 +339,8 @@ def cmd_subscriber_import(ctx: Context, args: argparse.Namespace) -> int:
     report = import_csv(ctx.store, ctx.settings, args.file, dry_run=args.dry_run)
     for error in report.errors:
         print(f"error: {error}", file=ctx.err)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=ctx.err)
     prefix = "dry run, nothing changed: " if args.dry_run else ""
     ctx.print(f"{prefix}{report.summary()}")
     return 1 if report.errors else 0

@@ -203,6 +203,13 @@ def check_topics(topics: Sequence[Topic]) -> tuple[Topic, ...]:
     return tuple(out)
 
 
+def topic_warnings(topics: Sequence[Topic]) -> list[str]:
+    """What in valid topics is probably a mistake (see query.query_warnings), topic by topic."""
+    from digest.query import query_warnings
+
+    return [f"topic {t.name!r}: {w}" for t in topics for w in query_warnings(t.query)]
+
+
 def parse_topics(text: str) -> tuple[Topic, ...]:
     """Topics from the CSV form "Name: query | Name: query" (validated)."""
     found: list[Topic] = []
@@ -669,6 +676,7 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     errors: list[RowError] = field(default_factory=list)
+    warnings: list[RowError] = field(default_factory=list)  # probable mistakes, row still taken
 
     def summary(self) -> str:
         return (
@@ -729,6 +737,9 @@ def import_csv(
             continue
         row = dict(zip(columns, cells, strict=True))
         _import_row(store, settings, row, str(path), start, seen, report, dry_run)
+        with contextlib.suppress(DigestError):  # a bad topic is already an error of the row
+            for warning in topic_warnings(parse_topics(row.get("topics", ""))):
+                report.warnings.append(RowError(str(path), start, "topics", warning))
     return report
 
 

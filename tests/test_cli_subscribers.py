@@ -425,3 +425,17 @@ def test_match_warns_of_lower_case_or_and_of_matching_nothing(
     assert run(stored, "match", "pruning or decoding") == 0
     err = capsys.readouterr().err
     assert "lower-case 'or' is ignored" in err
+
+
+def test_add_and_import_warn_of_probable_mistakes_but_save(
+    config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(config, "subscriber", "add", "w@example.org", "--topic", "A", "pruning or x") == 0
+    err = capsys.readouterr().err
+    assert "warning: topic 'A': column 9: lower-case 'or' is ignored" in err
+    csv_file = tmp_path / "in.csv"
+    csv_file.write_text("email,topics\nz@example.org,B: x OR -y\n", encoding="utf-8")
+    assert run(config, "subscriber", "import", str(csv_file)) == 0
+    captured = capsys.readouterr()
+    assert f"warning: {csv_file}:2: column topics: topic 'B'" in captured.err
+    assert "OR with a negation" in captured.err and "1 added" in captured.out
