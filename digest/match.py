@@ -36,7 +36,7 @@ from digest import text as textmod
 from digest.errors import QueryError
 from digest.highlight import indexed_spans, merge_spans, positions
 from digest.models import Match, StoredPaper, Topic
-from digest.query import LEAVES, Node, Query, compile_query, positive_terms
+from digest.query import LEAVES, Node, Query, compile_query, describe_node, positive_terms
 
 log = logging.getLogger(__name__)
 
@@ -583,6 +583,31 @@ def matched_terms(index: PaperIndex, query: Query, i: int) -> list[Node]:
     return [leaf for leaf in query.terms if leaf in hit]
 
 
+def passed_conditions(index: PaperIndex, query: Query, i: int) -> list[str]:
+    """The org and number conditions of the alternatives paper i matches (upvotes>=10, ...)."""
+    if not _has_conditions(query.root):
+        return []
+    out = []
+    for alt in alternatives(query.root):
+        if index.bits(alt) >> i & 1:
+            out += [describe_node(x) for x in positive_leaves(alt) if x.kind in ("o", "n")]
+    return list(dict.fromkeys(out))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _has_conditions(root: Node) -> bool:
+    return any(x.kind in ("o", "n") for x in positive_leaves(root))
+
+
+def positive_leaves(node: Node) -> Iterable[Node]:
+    """The leaves of a node not under a NOT, in a fixed order."""
+    if node.kind in ("and", "or"):
+        for c in sorted(node.children, key=repr):
+            yield from positive_leaves(c)
+    elif node.kind != "not":
+        yield node
+
+
 def _leaves(node: Node) -> Iterable[Node]:
     if node.kind in ("and", "or"):
         for c in node.children:
@@ -1042,7 +1067,10 @@ class Matches(Mapping[int, MatchList]):
             leaf for h in hits for leaf in matched_terms(index, batch.queries[h[3]], i)
         )
         terms, ts, as_ = index.texts.highlights(leaves, i)
-        return Match(index.papers[i].id, micro / 1e6, names, terms, ts, as_)
+        why = "; ".join(
+            dict.fromkeys(c for h in hits for c in passed_conditions(index, batch.queries[h[3]], i))
+        )
+        return Match(index.papers[i].id, micro / 1e6, names, terms, ts, as_, why)
 
 
 def match_profiles(

@@ -227,7 +227,9 @@ def _pick(
         ):
             # A Match (matched words) is built only for what is kept.
             m = found[rank]
-            items.append(LedgerItem(paper_id=pid, topics=m.topics, terms=m.terms, score=m.score))
+            items.append(
+                LedgerItem(paper_id=pid, topics=m.topics, terms=m.terms, score=m.score, why=m.why)
+            )
         rank += 1
     return rank
 
@@ -330,6 +332,7 @@ def _item(paper: StoredPaper, item: LedgerItem) -> DigestItem:
             terms=item.terms,
             title_spans=_spans(paper.title, item.terms),
             abstract_spans=_spans(paper.abstract, item.terms),
+            why=item.why,
         ),
     )
 

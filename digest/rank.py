@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from digest import text as textmod
-from digest.match import Matches, MatchList, PaperIndex, match_profiles
+from digest.match import (
+    Matches,
+    MatchList,
+    PaperIndex,
+    alternatives,
+    match_profiles,
+    positive_leaves,
+)
 from digest.models import Match, StoredPaper, Topic
 from digest.query import STOP_WORDS
 
@@ -342,16 +349,12 @@ def explain(index: PaperIndex, query_text: str, i: int) -> str:
     that passed, from the alternatives that matched (nothing that did not match)."""
     from digest.query import compile_query, describe_node
 
-    root = compile_query(query_text).root
-    parts = root.children if root.kind == "and" else (root,)
-    positive = [c for c in parts if c.kind != "not"]
-    alts = [a for c in positive for a in (c.children if c.kind == "or" else (c,))]
-    hit = [a for a in alts if index.bits(a) >> i & 1]
+    hit = [a for a in alternatives(compile_query(query_text).root) if index.bits(a) >> i & 1]
     fields: dict[str, list[tuple[int, str]]] = {"title": [], "abstract": []}
     conditions: list[str] = []
     paper = index.papers[i]
     for alt in hit:
-        for leaf in _positive_leaves(alt):
+        for leaf in positive_leaves(alt):
             if leaf.kind in ("t", "p", "x"):
                 spans = index.texts.leaf_spans(leaf, i)
                 for fld, src, found in (("title", paper.title, spans[0]),
@@ -369,14 +372,6 @@ def explain(index: PaperIndex, query_text: str, i: int) -> str:
         if words:
             out.append(f"{fld}: {', '.join(shown[w] for w in words)}")
     return "; ".join(out + conditions)
-
-
-def _positive_leaves(node: Any) -> Iterator[Any]:
-    if node.kind in ("and", "or"):
-        for c in sorted(node.children, key=repr):
-            yield from _positive_leaves(c)
-    elif node.kind != "not":
-        yield node
 
 
 @dataclass(frozen=True)

@@ -241,7 +241,7 @@ class Renderer:
         match = item.match
         title = self._mark(view.title_escaped, match.title_spans, len(view.title))
         abstract = self._mark(view.abstract_escaped, match.abstract_spans, view.cut)
-        matched_html, text_matched = _matched_line(match.topics, match.terms)
+        matched_html, text_matched = _matched_line(match.topics, match.terms, match.why)
         if number < 100:  # "N. " fits the 4-column indent the title was wrapped with
             text_title = f"{number}. {view.text_title[3 if number < 10 else 4 :]}"
         else:
@@ -277,8 +277,10 @@ def _labels(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[str, str]:
     return ", ".join(topics), ", ".join(dict.fromkeys(terms))
 
 
-def _matched_line(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[Markup, str]:
-    """An item's "matched: topics (words)" line, as HTML and as wrapped text."""
+def _matched_line(
+    topics: tuple[str, ...], terms: tuple[str, ...], why: str = ""
+) -> tuple[Markup, str]:
+    """An item's "matched: topics (words); why" line, as HTML and as wrapped text."""
     topics_label, words_label = _labels(topics, terms)
     if words_label:
         html = f"<strong>{_escape_ascii(topics_label)}</strong> ({_escape_ascii(words_label)})"
@@ -286,6 +288,9 @@ def _matched_line(topics: tuple[str, ...], terms: tuple[str, ...]) -> tuple[Mark
     else:
         html = f"<strong>{_escape_ascii(topics_label)}</strong>"
         matched = f"matched: {topics_label}"
+    if why:  # e.g. 'suggested: like "A liked paper"', or the conditions that passed
+        html += f"; {_escape_ascii(why)}"
+        matched += f"; {why}"
     if len(matched) <= TEXT_WIDTH - 4 and matched.isprintable():
         return Markup(html), "    " + matched
     return Markup(html), wrap(matched, TEXT_WIDTH, "    ", "      ")

@@ -620,3 +620,15 @@ def test_a_paper_without_facts_has_no_byline_and_numbers_restart_per_section():
     )
     bare_block = text[text.index("1.  Bare Paper") : text.index("2.  Second Sparse")]
     assert bare_block.splitlines()[1].strip().startswith("https://")  # no empty byline line
+
+
+def test_why_beyond_the_words_is_in_both_parts(renderer: Renderer) -> None:
+    digest = make_digest()
+    first = digest.items[0]
+    why = 'suggested: like "A <liked> paper"'
+    digest.items[0] = dataclasses.replace(first, match=dataclasses.replace(first.match, why=why))
+    out = render(renderer, digest)
+    assert "; suggested: like &#34;A &lt;liked&gt; paper&#34;" in out.html or (
+        "; suggested: like &quot;A &lt;liked&gt; paper&quot;" in out.html
+    )
+    assert why in " ".join(out.text.split())

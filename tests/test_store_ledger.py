@@ -44,7 +44,7 @@ def test_record_plans_writes_digests_ledger_rows_and_progress(store: Store) -> N
     p1, p2 = _papers(store, 2)
     items = [
         LedgerItem(paper_id=p1, topics=("T",), terms=("paper",), score=1.0),
-        LedgerItem(paper_id=p2, topics=("T", "U"), terms=("about",), score=2.0),
+        LedgerItem(paper_id=p2, topics=("T", "U"), terms=("about",), score=2.0, why="suggested"),
     ]
     slot, upcoming = T0 + timedelta(hours=1), T0 + timedelta(days=1)
     by_subscriber = store.record_plans(
@@ -67,9 +67,9 @@ def test_record_plans_writes_digests_ledger_rows_and_progress(store: Store) -> N
     assert (feed_digest.kind, feed_digest.status) == ("feed", "sent")
     assert store.digest_ids_by_status(DigestStatus.QUEUED) == [created[0]]  # emails only
     assert all(isinstance(e, LedgerEntry) for e in email.items)
-    assert [(e.paper.id, e.item.topics, e.delivered_at) for e in email.items] == [
-        (p2, ("T", "U"), T0),  # best score first
-        (p1, ("T",), T0),
+    assert [(e.paper.id, e.item.topics, e.item.why, e.delivered_at) for e in email.items] == [
+        (p2, ("T", "U"), "suggested", T0),  # best score first
+        (p1, ("T",), "", T0),
     ]
     states = {s.subscriber.id: s for s in store.subscribers_for_delivery()}
     assert {sid: (s.watermark, s.last_slot) for sid, s in states.items()} == {

@@ -133,6 +133,7 @@ class ClaimStore(StoreBase):
                         deliveries.c.digest_id.label("d_digest"),
                         deliveries.c.topics.label("d_topics"),
                         deliveries.c.terms.label("d_terms"),
+                        deliveries.c.why.label("d_why"),
                         deliveries.c.score.label("d_score"),
                         deliveries.c.delivered_at.label("d_at"),
                     )

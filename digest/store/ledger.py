@@ -90,6 +90,7 @@ deliveries = Table(
     Column("topics", Text),  # JSON list of topic names, best first
     Column("terms", Text),  # JSON list of the matched words
     Column("score", Float),
+    Column("why", Text),  # e.g. 'suggested: like "A liked paper"', or passed conditions
 )
 Index("ix_deliveries_digest", deliveries.c.digest_id)
 
@@ -320,6 +321,7 @@ class LedgerStore(StoreBase):
                     papers,
                     deliveries.c.topics.label("d_topics"),
                     deliveries.c.terms.label("d_terms"),
+                    deliveries.c.why.label("d_why"),
                     deliveries.c.score.label("d_score"),
                     deliveries.c.delivered_at.label("d_at"),
                 )
@@ -440,6 +442,7 @@ def _insert_digests(
                 "topics": json.dumps(list(item.topics)),
                 "terms": json.dumps(list(item.terms)),
                 "score": item.score,
+                "why": item.why or None,
                 "delivered_at": now,
             }
             for p in wanted

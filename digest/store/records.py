@@ -89,6 +89,7 @@ class LedgerItem:
     topics: tuple[str, ...]
     terms: tuple[str, ...]
     score: float
+    why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,4 +196,5 @@ def ledger_item(row: Any) -> LedgerItem:
         topics=tuple(json.loads(row.d_topics or "[]")),
         terms=tuple(json.loads(row.d_terms or "[]")),
         score=row.d_score or 0.0,
+        why=row.d_why or "",
     )
