@@ -90,11 +90,18 @@ class Learner:
         self._tfidf = TfidfTransformer(sublinear_tf=True).fit(counts)
         self._bg = self._tfidf.transform(counts)
         self._bg_ids = [p.id for p in self._background]
+        self._rows: dict[int, Any] = dict(zip(self._bg_ids, self._bg, strict=True))
         self._models: dict[Examples, tuple[Any, float] | None] = {}
 
     def features(self, papers: Sequence[StoredPaper]) -> Any:
-        """The papers' tf-idf rows (a sparse matrix)."""
-        return self._tfidf.transform(self._hasher.transform(papers))
+        """The papers' tf-idf rows (a sparse matrix); each paper is tokenised once."""
+        from scipy import sparse
+
+        missing = [p for p in dict.fromkeys(papers) if p.id not in self._rows]
+        if missing:
+            rows = self._tfidf.transform(self._hasher.transform(missing))
+            self._rows.update(zip((p.id for p in missing), rows, strict=True))
+        return sparse.vstack([self._rows[p.id] for p in papers]).tocsr()
 
     def model(self, ex: Examples) -> tuple[Any, float] | None:
         """The (weights, intercept) of a set of examples; None when no liked paper is known."""
@@ -161,61 +168,74 @@ class Learner:
 
 @dataclass(frozen=True, slots=True)
 class Ranked:
-    """One paper of a fused topic list: batch index, fused score, keyword match if any."""
+    """One paper of a topic's fused list: batch index, fused score, and where its keyword
+    match is (its position in the keyword list, -1 for a suggestion)."""
 
     i: int
     score: float
-    keyword: Match | None
-    suggested: bool
-    like: StoredPaper | None
+    keyword: int
+    topic: str
 
 
 def fuse(
-    keyword: Sequence[tuple[int, Match]], decision: np.ndarray, *, has_query: bool
-) -> list[tuple[int, float, bool]]:
-    """Reciprocal rank fusion of a keyword ranking (batch index, match) and model decision
-    values over the batch: (index, fused score, suggested), best first.
+    keyword: np.ndarray, model_rank: np.ndarray, order: np.ndarray, decision: np.ndarray,
+    *, has_query: bool,
+) -> list[tuple[int, float, int]]:  # fmt: skip
+    """Reciprocal rank fusion of a keyword ranking (batch indices, best first) with a model's
+    (`model_rank[i]`: paper i's place, `order`: the papers best first): (index, fused score,
+    position in the keyword list or -1 for a suggestion), best first.
 
     The keyword matches all stay; a few papers the keywords missed join as suggested when the
     model places them near the liked papers (decision >= LIKENESS). A topic of examples alone
     takes every paper that near.
     """
-    order = np.argsort(-decision, kind="stable")
-    model_rank = np.empty(len(decision), dtype=np.int64)
-    model_rank[order] = np.arange(len(decision))
-    out: dict[int, tuple[float, bool]] = {}
-    for r, (i, _m) in enumerate(keyword):
-        out[i] = (1 / (RRF_K + r + 1) + 1 / (RRF_K + model_rank[i] + 1), False)
-    positive = [int(i) for i in order if decision[i] >= LIKENESS and int(i) not in out]
+    kw = keyword.astype(np.int64)
+    fused = 1 / (RRF_K + np.arange(1, len(kw) + 1)) + 1 / (RRF_K + model_rank[kw] + 1)
+    out = list(zip(kw.tolist(), fused.tolist(), range(len(kw)), strict=True))
+    most = len(order)
     if has_query:
-        most = min(SUGGEST_MAX, max(SUGGEST_MIN, math.ceil(SUGGEST_SHARE * len(keyword))))
-        positive = positive[:most]
-    for i in positive:
-        out[i] = (1 / (RRF_K + model_rank[i] + 1), True)
-    return sorted(((i, s, g) for i, (s, g) in out.items()), key=lambda x: (-x[1], x[0]))
+        most = min(SUGGEST_MAX, max(SUGGEST_MIN, math.ceil(SUGGEST_SHARE * len(kw))))
+    taken = set(kw.tolist())
+    added = 0
+    for i in order.tolist():
+        if added >= most or decision[i] < LIKENESS:
+            break
+        if i not in taken:
+            out.append((i, 1 / (RRF_K + int(model_rank[i]) + 1), -1))
+            added += 1
+    out.sort(key=lambda x: (-x[1], x[0]))
+    return out
 
 
 class RankedList(Sequence[Match]):
     """A subscriber's matches when a topic has examples: the same reading interface as a
-    MatchList (paper_ids, cut, full), built in Python (these subscribers are few)."""
+    MatchList (paper_ids, cut, full); a Match (words, spans, why) is built only when read."""
 
-    def __init__(self, ids: list[int], matches: list[Match]) -> None:
-        self._ids = ids
-        self._matches = matches
+    def __init__(self, items: list[Ranked], build: Any) -> None:
+        self._items = items
+        self._build = build  # Ranked -> Match
+        self._cache: dict[int, Match] = {}
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._items)
 
     def __getitem__(self, k: Any) -> Any:
-        return self._matches[k]
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if k < 0:
+            k += len(self)
+        got = self._cache.get(k)
+        if got is None:
+            got = self._cache[k] = self._build(self._items[k])
+        return got
 
     def paper_ids(self) -> list[int]:
         """The matched papers' ids, best first."""
-        return list(self._ids)
+        return [self._build.paper_id(r.i) for r in self._items]
 
     def scores(self) -> list[float]:
         """The matches' scores, best first."""
-        return [m.score for m in self._matches]
+        return [r.score for r in self._items]
 
     @property
     def cut(self) -> bool:
@@ -266,15 +286,13 @@ def rank_profiles(
     plain = match_profiles(
         index, {s: t for s, t in profiles.items() if s not in chosen}, limit=limit
     )
-    topics = {t for sid in learned_ids for t in profiles[sid]}
-    lists = rank_topics(index, list(topics), learner)
+    topics = list(dict.fromkeys(t for sid in learned_ids for t in profiles[sid]))
+    lists, build = _rank_topics(index, topics, learner)
     learned: dict[int, RankedList] = {}
     for sid in learned_ids:
         merged = _merge(profiles[sid], lists)
-        if merged is not None:
-            if limit is not None:
-                merged = RankedList(merged._ids[:limit], merged._matches[:limit])
-            learned[sid] = merged
+        if merged:
+            learned[sid] = RankedList(merged[:limit] if limit is not None else merged, build)
     return Ranking(plain, learned)
 
 
@@ -282,66 +300,92 @@ def rank_topics(
     index: PaperIndex, topics: Sequence[Topic], learner: Learner | None
 ) -> dict[Topic, list[Match]]:
     """Each topic's whole ranked list over the index (keywords fused with its model)."""
+    lists, build = _rank_topics(index, topics, learner)
+    return {t: [build(r) for r in lists[t]] for t in topics}
+
+
+class _Builder:
+    """Builds the Match of a Ranked item: keyword words and spans from the keyword list, the
+    why of a suggestion (the liked paper it is most like)."""
+
+    def __init__(self, index: PaperIndex, keyword: dict[str, Any], learner: Learner | None,
+                 examples: dict[str, Examples]) -> None:  # fmt: skip
+        self.index = index
+        self.keyword = keyword  # query text -> its MatchList (or None)
+        self.learner = learner
+        self.examples = examples  # topic name + query -> examples, for suggestions' why
+        self._ids = [p.id for p in index.papers]
+
+    def paper_id(self, i: int) -> int:
+        return self._ids[i]
+
+    def __call__(self, r: Ranked, query: str | None = None) -> Match:
+        pid = self._ids[r.i]
+        score = round(r.score * 1000, 6)
+        topic, _, query = r.topic.partition("\0")
+        if r.keyword >= 0:
+            m = self.keyword[query][r.keyword]
+            if r.topic not in self.examples:  # keywords alone: their own score
+                score = m.score
+            return Match(pid, score, (topic,), m.terms, m.title_spans, m.abstract_spans, m.why)
+        ex = self.examples.get(r.topic)
+        why = "suggested"
+        if ex is not None and self.learner is not None:
+            like = self.learner.nearest_like(self.learner.features([self.index.papers[r.i]]), ex)
+            why = f'suggested: like "{like.title}"' if like is not None else why
+        return Match(pid, score, (topic,), why=why)
+
+
+def _rank_topics(
+    index: PaperIndex, topics: Sequence[Topic], learner: Learner | None
+) -> tuple[dict[Topic, list[Ranked]], _Builder]:
     queries = sorted({t.query for t in topics if t.query.strip()})
     found = match_profiles(index, {k: [Topic(q, q)] for k, q in enumerate(queries)})
-    pos = {p.id: k for k, p in enumerate(index.papers)}
-    keyword: dict[str, list[tuple[int, Match]]] = {}
-    for k, q in enumerate(queries):
-        got = found.get(k)
-        keyword[q] = [(pos[m.paper_id], m) for m in got] if got is not None else []
+    keyword = {q: found.get(k) for k, q in enumerate(queries)}
     keys = sorted({Examples.of(t) for t in topics if t.has_examples}, key=repr)
-    x = learner.features(index.papers) if learner is not None and keys else None
-    decision = learner.scores(x, keys) if learner is not None and keys else None
     column = {ex: c for c, ex in enumerate(keys)}
-    out: dict[Topic, list[Match]] = {}
+    decision = None
+    if learner is not None and keys:
+        decision = learner.scores(learner.features(index.papers), keys)
+    per_model: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    examples: dict[str, Examples] = {}
+    out: dict[Topic, list[Ranked]] = {}
     for t in topics:
-        kw = keyword.get(t.query, [])
+        got = keyword.get(t.query)
+        kw = got._papers if got is not None else np.zeros(0, np.int64)
         ex = Examples.of(t)
-        if decision is None or ex not in column or not math.isfinite(decision[0, column[ex]]):
-            out[t] = [_named(m, t.name, m.score) for _, m in kw]
+        label = f"{t.name}\0{t.query}"
+        c = column.get(ex, -1)
+        if decision is None or c < 0 or not math.isfinite(decision[0, c]):
+            # keyword ranks on the fused scale, so a subscriber's topics compare
+            out[t] = [Ranked(i, 1 / (RRF_K + k + 1), k, label) for k, i in enumerate(kw.tolist())]
             continue
-        assert learner is not None and x is not None
-        by_i = dict(kw)
-        fused = fuse(kw, decision[:, column[ex]], has_query=bool(t.query.strip()))
-        items = []
-        for i, score, suggested in fused:
-            if index.papers[i].id in ex.likes or index.papers[i].id in ex.dislikes:
-                continue  # an example is not news
-            base = by_i.get(i)
-            why = ""
-            if suggested or base is None:
-                like = learner.nearest_like(x[i], ex)
-                why = f'suggested: like "{like.title}"' if like is not None else "suggested"
-            m = base if base is not None else Match(index.papers[i].id, 0.0, (t.name,))
-            items.append(_named(m, t.name, round(score * 1000, 6), why=why))
-        out[t] = items
-    return out
+        if c not in per_model:
+            order = np.argsort(-decision[:, c], kind="stable")
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            per_model[c] = (order, rank)
+        order, rank = per_model[c]
+        examples[label] = ex
+        own = {*ex.likes, *ex.dislikes}
+        fused = fuse(kw, rank, order, decision[:, c], has_query=bool(t.query.strip()))
+        out[t] = [
+            Ranked(i, score, k, label) for i, score, k in fused if index.papers[i].id not in own
+        ]  # fmt: skip  (an example is not news)
+    return out, _Builder(index, keyword, learner, examples)
 
 
-def _named(m: Match, topic: str, score: float, why: str = "") -> Match:
-    return Match(m.paper_id, score, (topic,), m.terms, m.title_spans, m.abstract_spans, why)
-
-
-def _merge(topics: Sequence[Topic], lists: Mapping[Topic, list[Match]]) -> RankedList | None:
-    """A subscriber's topics' lists merged: each paper once at its best score, every topic that
-    matched it listed (best first), their words joined."""
-    best: dict[int, list[Match]] = {}
+def _merge(topics: Sequence[Topic], lists: Mapping[Topic, list[Ranked]]) -> list[Ranked]:
+    """A subscriber's topics' lists merged: each paper once, at its best topic's score."""
+    if len(topics) == 1:
+        return lists.get(topics[0], [])
+    best: dict[int, Ranked] = {}
     for t in topics:
-        for m in lists.get(t, []):
-            best.setdefault(m.paper_id, []).append(m)
-    if not best:
-        return None
-    merged = []
-    for pid, ms in best.items():
-        ms.sort(key=lambda m: -m.score)
-        top = ms[0]
-        names = tuple(dict.fromkeys(n for m in ms for n in m.topics))
-        terms = tuple(dict.fromkeys(w for m in ms for w in m.terms))
-        merged.append(
-            Match(pid, top.score, names, terms, top.title_spans, top.abstract_spans, top.why)
-        )
-    merged.sort(key=lambda m: (-m.score, m.paper_id))
-    return RankedList([m.paper_id for m in merged], merged)
+        for r in lists.get(t, []):
+            old = best.get(r.i)
+            if old is None or r.score > old.score:
+                best[r.i] = r
+    return sorted(best.values(), key=lambda r: (-r.score, r.i))
 
 
 def explain(index: PaperIndex, query_text: str, i: int) -> str:

@@ -79,15 +79,26 @@ def test_models_are_shared_by_identical_examples() -> None:
     assert learner.model(Examples((999,), ())) is None  # an unknown liked paper: no model
 
 
+def _model(decision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-decision, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return order, rank
+
+
 def test_fusion_keeps_keyword_matches_and_adds_few_suggestions() -> None:
     decision = np.array([0.0, 2.0, 1.5, 1.2, 1.1, 0.9, -1.0])
-    fused = fuse([(0, None), (6, None)], decision, has_query=True)  # type: ignore[list-item]
-    kept = {i for i, _, suggested in fused if not suggested}
-    suggested = [i for i, _, s in fused if s]
+    order, rank = _model(decision)
+    fused = fuse(np.array([0, 6]), rank, order, decision, has_query=True)
+    kept = {i for i, _, k in fused if k >= 0}
+    suggested = [i for i, _, k in fused if k < 0]
     assert kept == {0, 6}
     assert suggested == [1, 2]  # at least 2, the model's best first
-    # without a query every paper near the likes is taken
-    alone = fuse([], decision, has_query=False)
+    # the keyword list's order counts: the first keyword match outranks the second
+    scores = {i: s for i, s, _ in fused}
+    assert scores[0] > scores[6]
+    # without a query every paper near the likes (decision >= LIKENESS) is taken
+    alone = fuse(np.zeros(0, np.int64), rank, order, decision, has_query=False)
     assert [i for i, _, _ in alone] == [1, 2, 3, 4, 5]
 
 
