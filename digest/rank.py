@@ -6,9 +6,9 @@ distinct set of examples gets one model, shared by every topic holding the same 
 - features are tf-idf (sublinear tf, l2-normalised) of word stems - the title's counted twice -
   and of adjacent stem pairs, hashed into a fixed space (scikit-learn's HashingVectorizer, so no
   vocabulary has to be kept or grown) with the idf of the stored papers;
-- the model is a linear SVM (scikit-learn's LinearSVC, classes balanced, as arxiv-sanity-lite
-  ranks a tag) trained on the liked papers against the disliked ones (weighted up) and the
-  background of other stored papers;
+- the model is linear, from the liked papers against the disliked ones and the background of
+  other stored papers: Rocchio's closed form by default, a LinearSVC (arxiv-sanity-lite's
+  method) when MODEL is "svm" - they rank the same on the judged profiles (bench/relevance.py);
 - a batch of papers is scored for every model at once: one sparse matrix product.
 
 Its ranking is fused with the keyword ranking by reciprocal rank fusion; a few papers the
@@ -47,7 +47,10 @@ SUGGEST_MIN, SUGGEST_SHARE, SUGGEST_MAX = 2, 0.2, 5  # "suggested" papers per to
 # 1: its 99th percentile) reaches this: what a topic of examples alone delivers, and where
 # suggestions come from.
 LIKENESS = 0.8
-SVM_C = 0.01  # strong regularisation: a few likes must not be memorised
+SVM_C = 0.01
+MODEL = "rocchio"  # measured equal to the SVM (bench/relevance.py), ~100x cheaper to train
+MODEL_WEIGHT = 1.0  # the model's share in the fusion, the keywords' being 1
+ROCCHIO_BG, ROCCHIO_DIS = 1.0, 1.0  # strong regularisation: a few likes must not be memorised
 
 
 def _stems(text: str) -> list[str]:
@@ -130,16 +133,27 @@ class Learner:
         if len(set(y.tolist())) < 2:  # nothing to learn against: rank by likeness to the likes
             centroid = sparse.csr_matrix(x[: len(liked)].mean(axis=0))
             return centroid.T.tocsc() * (1 / max(1e-9, centroid.multiply(centroid).sum())), 0.0
-        svm = LinearSVC(C=SVM_C, class_weight="balanced", max_iter=5_000)
-        svm.fit(x, y, sample_weight=w)
+        if MODEL == "rocchio":
+            n1, n2 = len(liked), len(liked) + len(disliked)
+            vec = (
+                np.asarray(x[:n1].mean(axis=0)).ravel()
+                - ROCCHIO_BG * np.asarray(x[n2:].mean(axis=0)).ravel()
+            )
+            if n2 > n1:
+                vec -= ROCCHIO_DIS * np.asarray(x[n1:n2].mean(axis=0)).ravel()
+            coef_v, icpt = vec, 0.0
+        else:
+            svm = LinearSVC(C=SVM_C, class_weight="balanced", max_iter=5_000)
+            svm.fit(x, y, sample_weight=w)
+            coef_v, icpt = svm.coef_.ravel(), float(svm.intercept_[0])
         # Rescaled so that the background's median is 0 and its 99th percentile 1 (the liked
         # papers themselves are memorised, far above): the same threshold (LIKENESS) then means
         # the same for every model.
-        raw = svm.decision_function(x)[len(liked) + len(disliked) :]
+        raw = x[len(liked) + len(disliked) :] @ coef_v + icpt
         lo, hi = float(np.median(raw)), float(np.quantile(raw, 0.99))
         scale = 1.0 / (hi - lo) if hi > lo else 1.0
-        coef = sparse.csc_matrix(svm.coef_.T * scale)
-        return coef, (float(svm.intercept_[0]) - lo) * scale
+        coef = sparse.csc_matrix((coef_v * scale).reshape(-1, 1))
+        return coef, (icpt - lo) * scale
 
     def scores(self, x: Any, keys: Sequence[Examples]) -> np.ndarray:
         """Decision values of every model for every row of x: (rows, models), one product."""
@@ -190,7 +204,7 @@ def fuse(
     takes every paper that near.
     """
     kw = keyword.astype(np.int64)
-    fused = 1 / (RRF_K + np.arange(1, len(kw) + 1)) + 1 / (RRF_K + model_rank[kw] + 1)
+    fused = 1 / (RRF_K + np.arange(1, len(kw) + 1)) + MODEL_WEIGHT / (RRF_K + model_rank[kw] + 1)
     out = list(zip(kw.tolist(), fused.tolist(), range(len(kw)), strict=True))
     most = len(order)
     if has_query:
@@ -201,7 +215,7 @@ def fuse(
         if added >= most or decision[i] < LIKENESS:
             break
         if i not in taken:
-            out.append((i, 1 / (RRF_K + int(model_rank[i]) + 1), -1))
+            out.append((i, MODEL_WEIGHT / (RRF_K + int(model_rank[i]) + 1), -1))
             added += 1
     out.sort(key=lambda x: (-x[1], x[0]))
     return out
