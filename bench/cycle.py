@@ -456,8 +456,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--render-sample", type=int, default=2000)
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures here")
-    ap.add_argument("--parts", default="cycle,send-now",
-                    help="cycle (the stage table), send-now (CLI on SQLite + Maildir vs floor)")
+    ap.add_argument(
+        "--parts",
+        default="cycle,send-now",
+        help="cycle (the stage table), send-now (CLI on SQLite + Maildir vs floor)",
+    )
     ap.add_argument("--send-now-sizes", default="10000")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)

@@ -485,7 +485,13 @@ def _attempt(transport: Transport, msg: OutgoingMessage) -> Delivery:
 
 
 class MaildirTransport(_BaseTransport):
-    """Writes each message into a Maildir (created if missing); the default transport."""
+    """Writes each message into a Maildir (created if missing); the default transport.
+
+    Two messages may be in flight: a sender renders the next digest while the previous one is
+    written and fsync'ed (which releases the GIL), so rendering and writing overlap.
+    """
+
+    parallel = 2
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -501,9 +507,14 @@ class MaildirTransport(_BaseTransport):
     def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:
         """Store the message in new/ (written to tmp/ first, then renamed: atomic)."""
         out = _outgoing(msg)
+        data = out.data.replace(b"\r\n", b"\n")
         try:
-            self.maildir.add(out.data.replace(b"\r\n", b"\n"))
-        except OSError as exc:
+            try:
+                self.maildir.add(data)
+            except mailbox.ExternalClashError:
+                # Two threads picked the same unique name (same microsecond): a fresh one.
+                self.maildir.add(data)
+        except (OSError, mailbox.ExternalClashError) as exc:
             raise TemporaryDeliveryError(f"maildir {self.path}: cannot write: {exc}") from None
         return SendResult(out.message_id, out.recipients)
 

@@ -178,6 +178,24 @@ class ClaimStore(StoreBase):
                 conn, digest_id, None, status=DigestStatus.SENT, sent_at=utc(now), last_error=None
             )
 
+    def mark_digests_sent(self, digest_ids: Sequence[int], *, now: datetime) -> None:
+        """`mark_digest_sent` for a group of accepted digests, in one transaction: a sender
+        marks what it sent in groups, since a durable commit per message was a fifth of its
+        time (profiled); a crash before the group's commit repeats its messages (same
+        Message-IDs), as docs/guide/delivery.md says."""
+        if not digest_ids:
+            return
+        with self._write() as conn:
+            for chunk in chunks(list(digest_ids)):
+                conn.execute(
+                    update(digests)
+                    .where(digests.c.id.in_(chunk))
+                    .values(
+                        attempts=digests.c.attempts + 1, claimed_by=None, lease_until=None,
+                        status=DigestStatus.SENT, sent_at=utc(now), last_error=None,
+                    )
+                )  # fmt: skip
+
     def retry_digest(
         self, digest_id: int, error: str, *, next_attempt_at: datetime, worker: str | None = None
     ) -> bool:
