@@ -431,7 +431,14 @@ def _insert_digests(
         [(message_id(i), i) for i in ids.values()],
     )
     at = bound(conn, deliveries.c.delivered_at, now)  # one instant for every row
-    dumps = json.dumps
+    texts: dict[tuple[str, ...], str] = {}  # the same topic and word lists recur in many rows
+
+    def dumps(values: tuple[str, ...]) -> str:
+        got = texts.get(values)
+        if got is None:
+            got = texts[values] = json.dumps(list(values))
+        return got
+
     conn.exec_driver_sql(
         "INSERT INTO deliveries (subscriber_id, paper_id, digest_id, topic, topics, terms, "
         f"score, delivered_at) VALUES ({', '.join([mark] * 8)})",
@@ -441,8 +448,8 @@ def _insert_digests(
                 item.paper_id,
                 ids[p.subscriber_id],
                 item.topics[0] if item.topics else None,
-                dumps(list(item.topics)),
-                dumps(list(item.terms)),
+                dumps(tuple(item.topics)),
+                dumps(tuple(item.terms)),
                 item.score,
                 at,
             )
