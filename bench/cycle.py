@@ -288,11 +288,27 @@ def stage_render(settings, workdir: Path, n: int) -> dict:
     return {"seconds": seconds, "messages": len(ids)}
 
 
+def stage_floor(settings, workdir: Path, _n: int) -> dict:
+    """The Maildir floor: the stdlib `mailbox` writing the messages `send --now` wrote."""
+    import mailbox
+
+    written = sorted((workdir / "maildir" / "new").iterdir())
+    messages = [path.read_bytes() for path in written]  # read first: not timed
+    target = workdir / "floor-maildir"
+    start = time.perf_counter()
+    box = mailbox.Maildir(target, factory=None, create=True)
+    for data in messages:
+        box.add(data)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "messages": len(messages)}
+
+
 STAGES = {
     "ingest": stage_ingest,
     "subscribers": stage_subscribers,
     "queue": stage_queue,
     "render": stage_render,
+    "floor": stage_floor,
 }
 
 
@@ -338,6 +354,57 @@ def run_workers(workdir: Path, count: int, expected: int, sink: Sink, batch: int
         "peaks_mb": peaks,
         "cpu_seconds": cpu,
     }
+
+
+def run_send_now(workdir: Path) -> dict:
+    """`digest send --now` through the CLI (queue + deliver to the Maildir): wall time, peak."""
+    cmd = [str(DIGEST_BIN), "-q", "--config", str(workdir / "send-settings.toml"), "send",
+           "--now"]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"digest send --now exited with status {os.waitstatus_to_exitcode(status)}")
+    written = len(list((workdir / "maildir" / "new").iterdir()))
+    return {"seconds": seconds, "messages": written, "peak_mb": usage.ru_maxrss / 1024}
+
+
+def send_now_row(size: int) -> dict:
+    """`send --now` for `size` subscribers on the embedded defaults (SQLite + Maildir), and the
+    stdlib-mailbox floor writing the same messages, in one fresh folder."""
+    import tomli_w
+
+    workdir = Path(tempfile.mkdtemp(prefix="digest-send-now-"))
+    try:
+        url = f"sqlite:///{workdir / 'digest.db'}"
+        _settings(workdir, url, 25)  # for the setup stages (no SMTP is used)
+        data = {"database": {"url": url}, "inbox": {"settle_seconds": 0},
+                "mail": {"transport": "maildir", "maildir": str(workdir / "maildir")}}  # fmt: skip
+        (workdir / "send-settings.toml").write_text(tomli_w.dumps(data), encoding="utf-8")
+        run_child("ingest", workdir, url, 25, size)
+        run_child("subscribers", workdir, url, 25, size)
+        sent = run_send_now(workdir)
+        floor = run_child("floor", workdir, url, 25, size)
+        if sent["messages"] != size or floor["messages"] != size:
+            print(f"  WARNING: {size} subscribers, {sent['messages']} messages written")
+        return {"subscribers": size, "send_now": sent, "floor": floor}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+SEND_NOW_HEADER = (
+    "| subscribers | send --now s | messages/s | peak MB | mailbox floor s | ratio |\n"
+    "| --- | --- | --- | --- | --- | --- |"
+)
+
+
+def show_send_now(row: dict) -> str:
+    s, f = row["send_now"], row["floor"]
+    return (
+        f"| {row['subscribers']:,} | {s['seconds']:.1f} | {s['messages'] / s['seconds']:,.0f} "
+        f"| {s['peak_mb']:.0f} | {f['seconds']:.2f} | {s['seconds'] / f['seconds']:.2f}x |"
+    )
 
 
 # --- driver --------------------------------------------------------------------------------------
@@ -389,6 +456,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--render-sample", type=int, default=2000)
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures here")
+    ap.add_argument(
+        "--parts",
+        default="cycle,send-now",
+        help="cycle (the stage table), send-now (CLI on SQLite + Maildir vs floor)",
+    )
+    ap.add_argument("--send-now-sizes", default="10000")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -414,12 +487,24 @@ def main() -> None:
     counts = [int(c) for c in args.workers.split(",")]
     print(f"machine: {os.cpu_count()} CPUs (nproc), Python {platform.python_version()}, "
           f"{platform.platform()}")  # fmt: skip
+    parts = args.parts.split(",")
+    rows = []
+    if "send-now" in parts:
+        print(SEND_NOW_HEADER)
+        for size in (int(s) for s in args.send_now_sizes.split(",")):
+            row = send_now_row(size)
+            rows.append(row)
+            print(show_send_now(row), flush=True)
+        print("ratio: send --now time / the stdlib mailbox writing the same messages")
+    if "cycle" not in parts:
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return
     cluster, server = None, os.environ.get("DIGEST_BENCH_POSTGRES_URL")
     if "postgresql" in engines and not server:
         cluster = Cluster()
         server = cluster.start()
     sink = Sink()
-    rows = []
     try:
         print(HEADER)
         for size in sizes:
@@ -436,7 +521,7 @@ def main() -> None:
         rate = {
             r["workers"]: r["deliver"]["sent"] / r["deliver"]["seconds"]
             for r in rows
-            if r["engine"] == "postgresql" and r["subscribers"] == size
+            if r.get("engine") == "postgresql" and r["subscribers"] == size
         }
         if 1 in rate and 3 in rate:
             print(f"PostgreSQL, {size:,} subscribers: 3 workers deliver at "

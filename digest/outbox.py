@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
@@ -429,7 +430,7 @@ def deliver_queued(
     """Claim queued email digests in batches and send them, up to `parallel` at once (one per
     SMTP connection); each is marked in the ledger as its own send completes."""
     sender = _BatchSender(store, settings, send_one, clock, worker or worker_name(), lease,
-                          stop or threading.Event(), progress)  # fmt: skip
+                          stop or threading.Event(), progress, max(1, batch))  # fmt: skip
     with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="send") as pool:
         while not sender.stop.is_set():
             now = clock()
@@ -447,6 +448,12 @@ def deliver_queued(
 # every digest in the queue one by one.
 SYSTEMIC_RENDER_FAILURES = 3
 
+# Accepted digests are marked sent in groups, one transaction per group rather than a durable
+# commit per message (profiled: a fifth of a sender's time). A group is committed when it holds
+# a whole claimed batch, when its oldest message was accepted this long ago, and whenever the
+# sender stops, so a crash repeats at most that group, each message under its own Message-ID.
+MARK_EVERY_SECONDS = 1.0
+
 
 @dataclass
 class _BatchSender:
@@ -461,9 +468,16 @@ class _BatchSender:
     lease: timedelta
     stop: threading.Event
     progress: Callable[[int], object] | None
+    group: int = 50  # accepted digests marked sent per transaction, at most
     report: DeliveryReport = field(default_factory=lambda: DeliveryReport())
     rendered: int = 0  # digests this pass rendered (sent or refused by the server)
     unrendered: list[tuple[Digest, RenderError]] = field(default_factory=list)  # held back
+    unmarked: list[int] = field(default_factory=list)  # accepted, not yet marked sent
+    unmarked_since: float = 0.0  # time.monotonic() when the oldest unmarked was accepted
+    attempts: dict[int, int] = field(default_factory=dict)  # digest id -> attempts so far
+    # Papers read by this pass's earlier batches (most digests of a pass share them): one pass
+    # renders each paper as it was when the pass first read it.
+    papers: dict[int, StoredPaper] = field(default_factory=dict)
 
     def send_batch(
         self, pool: ThreadPoolExecutor, window: int, claimed: list[int], lease_until: datetime
@@ -471,7 +485,8 @@ class _BatchSender:
         """Send a claimed batch, at most `window` in flight; on a stop, or when our own side
         fails, what has not started goes back to the queue at once, untouched."""
         # One read for the whole batch instead of four per digest (profiled: half the time).
-        records = self.store.digest_records(claimed)
+        records = self.store.digest_records(claimed, self.papers)
+        self.attempts = {i: r.attempts for i, r in records.items()}  # no re-read per 4xx
         held, waiting = set(claimed), deque(claimed)
         flying: dict[Future[None], Digest] = {}
         try:
@@ -481,7 +496,7 @@ class _BatchSender:
                         # A slow batch: extend the lease before it lapses, so no other sender
                         # takes (and sends again) what this one still holds.
                         lease_until = self.clock() + self.lease
-                        mine = [d.id for d in flying.values()] + list(waiting)
+                        mine = [d.id for d in flying.values()] + list(waiting) + self.unmarked
                         held = self.store.renew_claims(mine, self.worker, lease_until=lease_until)
                     if waiting[0] not in held:
                         waiting.popleft()  # taken over by another sender: our lease lapsed
@@ -504,12 +519,21 @@ class _BatchSender:
             for future in as_completed(flying):
                 with contextlib.suppress(Exception):
                     self._settle(flying[future], future.exception())
+            with contextlib.suppress(Exception):
+                self.mark_sent()
             back = [*waiting, *(d.id for d, _ in self.unrendered)]
             self.unrendered.clear()
             with contextlib.suppress(Exception):
                 self.store.release_claims(back, self.worker)
             raise
         self._fail_unrendered()
+        self.mark_sent()  # the group never outlives its batch: before the next claim
+
+    def mark_sent(self) -> None:
+        """Commit the group of accepted digests as sent (see MARK_EVERY_SECONDS)."""
+        if self.unmarked:
+            self.store.mark_digests_sent(self.unmarked, now=self.clock())
+            self.unmarked = []
 
     def _launch(self, pool: ThreadPoolExecutor, window: int, digest: Digest) -> Future[None]:
         if window > 1:
@@ -573,10 +597,17 @@ class _BatchSender:
         if self.unrendered:
             self._fail_unrendered()
         if error is None:
-            store.mark_digest_sent(digest.id, now=self.clock())
+            if not self.unmarked:
+                self.unmarked_since = time.monotonic()
+            self.unmarked.append(digest.id)
             self.report.sent += 1
+            if (
+                len(self.unmarked) >= self.group
+                or time.monotonic() - self.unmarked_since >= MARK_EVERY_SECONDS
+            ):
+                self.mark_sent()
         elif isinstance(error, TemporaryDeliveryError):
-            attempts = store.digest_attempts(digest.id) + 1
+            attempts = self.attempts.get(digest.id, 0) + 1
             if attempts >= settings.mail.retry_attempts:
                 if store.fail_digest(digest.id, str(error), now=self.clock(), worker=worker):
                     self.report.failed += 1

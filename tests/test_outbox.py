@@ -176,31 +176,65 @@ def test_crash_between_acceptance_and_ledger_update_resends_same_message_id(worl
     _ingest(store, settings, "ingest_day1.txt")
     queue_digests(store, settings, now=T0)
     transport = Recorder()
-    real_mark = store.mark_digest_sent
+    real_mark = store.mark_digests_sent
     calls = 0
 
-    def dies_on_second_mark(digest_id: int, *, now: datetime) -> None:
+    def dies_on_second_mark(digest_ids: list[int], *, now: datetime) -> None:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise SystemExit("killed after the server accepted message 2")
-        real_mark(digest_id, now=now)
+        real_mark(digest_ids, now=now)
 
-    store.mark_digest_sent = dies_on_second_mark  # type: ignore[method-assign]
+    store.mark_digests_sent = dies_on_second_mark  # type: ignore[method-assign]
     with pytest.raises(SystemExit):
-        Cycle(store, settings, lambda: T0).deliver(transport)
-    store.mark_digest_sent = real_mark  # type: ignore[method-assign]
+        # Batches of one: each accepted digest is its own group, marked before the next send.
+        Cycle(store, settings, lambda: T0).deliver(transport, batch=1)
+    store.mark_digests_sent = real_mark  # type: ignore[method-assign]
     assert len(transport.messages) == 2
-    # Another sender, while the dead one's lease holds, takes nothing of its batch...
+    # Another sender, while the dead one's lease holds, takes nothing of its batch (only the
+    # digest it never claimed)...
     Cycle(store, settings, lambda: T0 + timedelta(minutes=1)).deliver(transport)
-    assert len(transport.messages) == 2
-    # ...once it lapses, the one in flight is sent again under the same Message-ID, and the
-    # rest of the batch once.
+    assert [m.recipients for m in transport.messages[2:]] == [("c@example.org",)]
+    # ...once it lapses, the one in flight is sent again under the same Message-ID.
     Cycle(store, settings, lambda: T0 + timedelta(hours=1)).deliver(transport)
     ids = Counter(m.message_id for m in transport.messages)
     assert len(ids) == 3 and sorted(ids.values()) == [1, 1, 2]
+    assert ids[transport.messages[1].message_id] == 2
     assert transport.by_recipient().keys() == {"a@example.org", "b@example.org", "c@example.org"}
     assert store.digest_status_counts()["sent"] == 3
+
+
+def test_a_crash_before_the_group_is_marked_repeats_that_group_under_its_ids(world) -> None:
+    store, settings = world
+    for name in ("a", "b", "c", "d"):
+        _subscribe(store, settings, f"{name}@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+    transport = Recorder()
+    real_mark = store.mark_digests_sent
+    groups: list[list[int]] = []
+
+    def dies_on_second_group(digest_ids: list[int], *, now: datetime) -> None:
+        groups.append(list(digest_ids))
+        if len(groups) == 2:
+            raise SystemExit("killed before the second group was marked sent")
+        real_mark(digest_ids, now=now)
+
+    store.mark_digests_sent = dies_on_second_group  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        Cycle(store, settings, lambda: T0).deliver(transport, batch=2)  # groups of two
+    store.mark_digests_sent = real_mark  # type: ignore[method-assign]
+    assert [len(g) for g in groups] == [2, 2] and len(transport.messages) == 4
+    first = {m.message_id for m in transport.messages[:2]}
+    # Lease lapsed: exactly the unmarked group is sent again, each under its own Message-ID;
+    # the marked group never again, and no digest under a new id.
+    Cycle(store, settings, lambda: T0 + timedelta(hours=1)).deliver(transport)
+    ids = Counter(m.message_id for m in transport.messages)
+    assert len(ids) == 4
+    assert {mid: n for mid, n in ids.items() if n > 1}.keys() == set(ids) - first
+    assert sorted(ids.values()) == [1, 1, 2, 2]
+    assert store.digest_status_counts()["sent"] == 4
 
 
 def test_the_sole_daemon_restarting_takes_back_its_claims_at_once(world) -> None:

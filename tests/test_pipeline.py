@@ -138,15 +138,19 @@ def test_smtp_faults_then_a_rerun_leaves_everyone_with_exactly_their_digest(worl
 
 def test_death_between_acceptance_and_ledger_update_repeats_only_that_message(world) -> None:
     store, settings, server = world
-    real_mark = store.mark_digest_sent
+    real_mark = store.mark_digests_sent
 
-    def die(digest_id: int, *, now: datetime) -> None:
+    def die(digest_ids: list[int], *, now: datetime) -> None:
         raise SystemExit("killed right after the server said 250")
 
-    store.mark_digest_sent = die  # type: ignore[method-assign]
+    store.mark_digests_sent = die  # type: ignore[method-assign]
     with pytest.raises(SystemExit):
-        Cycle(store, settings).run(quiet=True)
-    store.mark_digest_sent = real_mark  # type: ignore[method-assign]
+        # A batch of one is a group of one: only the message accepted since the last mark.
+        cycle = Cycle(store, settings)
+        cycle.ingest(quiet=True)
+        cycle.queue()
+        cycle.deliver(batch=1)
+    store.mark_digests_sent = real_mark  # type: ignore[method-assign]
     assert len(server.handler.messages) == 1
     # The restarted daemon (sole sender) takes its claims back and finishes.
     store.release_all_claims()
@@ -159,6 +163,31 @@ def test_death_between_acceptance_and_ledger_update_repeats_only_that_message(wo
     received = _received(server)
     assert sorted(r for r, _ in received) == sorted(PEOPLE)
     assert sorted(received.values()) == [1, 1, 2]  # only the in-flight one, same Message-ID
+    assert store.digest_status_counts()["sent"] == 3
+
+
+def test_death_before_the_group_is_marked_repeats_the_group_under_its_ids(world) -> None:
+    store, settings, server = world
+    real_mark = store.mark_digests_sent
+
+    def die(digest_ids: list[int], *, now: datetime) -> None:
+        raise SystemExit("killed after three 250s, before their group was marked sent")
+
+    store.mark_digests_sent = die  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        Cycle(store, settings).run(quiet=True)  # one batch of three: one group
+    store.mark_digests_sent = real_mark  # type: ignore[method-assign]
+    first = _received(server)
+    assert sorted(first.values()) == [1, 1, 1]
+    store.release_all_claims()
+    transport = make_transport(settings)
+    try:
+        Cycle(store, settings).deliver(transport)
+    finally:
+        transport.close()
+    received = _received(server)
+    # Each message of the unmarked group once more, under the same Message-ID; none new.
+    assert received.keys() == first.keys() and sorted(received.values()) == [2, 2, 2]
     assert store.digest_status_counts()["sent"] == 3
 
 

@@ -119,3 +119,55 @@ def test_subscribers_for_delivery_filters_by_cadence_and_id_in_the_query(store: 
     assert ids(cadences=[Cadence.FEED]) == [feed]  # `digest feeds` reads only these
     assert ids(ids=[instant]) == [instant]  # a preview reads one subscriber
     assert ids(cadences=[Cadence.FEED], ids=[mail]) == []
+
+
+def test_ledger_rows_written_through_the_driver_match_what_sqlalchemy_writes(
+    store: Store,
+) -> None:
+    from sqlalchemy import text
+
+    sid = _subscriber(store, "mail@example.org", "daily")
+    (p1,) = _papers(store, 1)
+    now = T0 + timedelta(microseconds=123456)
+    item = LedgerItem(paper_id=p1, topics=("T", "Ü"), terms=('"odd"', "word"), score=0.5)
+    (digest_id,) = store.record_plans(
+        [PlanProgress(sid, DigestKind.EMAIL, [item], p1, now)], now=now, message_id=str
+    ).values()
+    with store.engine.connect() as conn:
+        # digests.created_at goes through SQLAlchemy's types, deliveries.delivered_at through
+        # the driver's executemany: the same stored value, so both compare and sort alike.
+        row = conn.execute(
+            text(
+                "SELECT d.created_at, l.delivered_at, d.message_id FROM digests d "
+                "JOIN deliveries l ON l.digest_id = d.id"
+            )
+        ).one()
+    assert row[0] == row[1] and row[2] == str(digest_id)
+    (entry,) = store.digest_records([digest_id])[digest_id].items
+    assert (entry.item, entry.delivered_at) == (item, now)
+    assert [s.id for s in store.subscribers_with_deliveries_since(now - timedelta(seconds=1))] == [
+        sid
+    ]
+    assert store.subscribers_with_deliveries_since(now) == []
+
+
+def test_grouped_mark_sent_and_papers_read_once_per_pass(store: Store) -> None:
+    subs = [_subscriber(store, f"m{i}@example.org", "daily") for i in range(3)]
+    (p1,) = _papers(store, 1)
+    item = LedgerItem(paper_id=p1, topics=("T",), terms=(), score=1.0)
+    created = store.record_plans(
+        [PlanProgress(s, DigestKind.EMAIL, [item], p1, T0) for s in subs],
+        now=T0,
+        message_id=lambda i: f"<{i}@x>",
+    )
+    ids = list(created.values())
+    seen: dict[int, Any] = {}
+    first = store.digest_records(ids[:1], seen)
+    assert set(seen) == {p1}
+    again = store.digest_records(ids[1:], seen)
+    assert again[ids[1]].items[0].paper is first[ids[0]].items[0].paper  # not read again
+    store.claim_digests("w:1", limit=3, lease_until=T0 + timedelta(hours=1), now=T0)
+    store.mark_digests_sent(ids[:2], now=T0 + timedelta(minutes=1))
+    assert store.digest_ids_by_status(DigestStatus.SENT) == ids[:2]
+    assert store.digest_ids_by_status(DigestStatus.SENDING) == ids[2:]
+    assert [store.digest_records([i])[i].attempts for i in ids] == [1, 1, 0]

@@ -179,8 +179,9 @@ def test_a_worker_killed_mid_run_leaves_its_claims_to_the_others(
         per_address = Counter(rcpt for rcpt, _ in got)
         assert set(per_address) == set(emails), "somebody was skipped"
         repeats = {rcpt: n for rcpt, n in per_address.items() if n > 1}
-        # At most the one message in flight when the victim died, sent again under its own id.
-        assert len(repeats) <= 1 and all(n == 2 for n in repeats.values()), repeats
+        # At most the victim's group accepted but not yet marked sent (a group never outgrows
+        # the claimed batch, 25 here), each sent again under its own id.
+        assert len(repeats) <= 25 and all(n == 2 for n in repeats.values()), repeats
         for rcpt in repeats:
             assert len({mid for r, mid in got if r == rcpt}) == 1
         assert len({mid for _, mid in got}) == SUBSCRIBERS

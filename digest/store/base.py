@@ -70,6 +70,13 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
+def bound(conn: Connection, column: Any, value: Any) -> Any:
+    """`value` as the driver receives it for `column` (its type's bind processing), for rows
+    handed to the driver's executemany directly."""
+    process = column.type.bind_processor(conn.dialect)
+    return process(value) if process is not None else value
+
+
 def inserted_id(conn: Connection, stmt: Executable) -> int:
     """Run a one-row INSERT and return the new row's primary key."""
     key = conn.execute(stmt).inserted_primary_key

@@ -115,10 +115,14 @@ class ClaimStore(StoreBase):
             raise StoreError(f"digest {digest_id}: its subscriber no longer exists")
         return record
 
-    def digest_records(self, digest_ids: Sequence[int]) -> dict[int, DigestRecord]:
+    def digest_records(
+        self, digest_ids: Sequence[int], papers_seen: dict[int, StoredPaper] | None = None
+    ) -> dict[int, DigestRecord]:
         """Many recorded digests at once (a worker's batch), by id, in a few queries.
 
         Digests that do not exist, or whose subscriber no longer does, are absent.
+        `papers_seen` (paper id -> paper), when given, is used and filled: papers read by an
+        earlier batch of the same delivery pass are not read again.
         """
         wanted = list(dict.fromkeys(digest_ids))
         heads: dict[int, Any] = {}
@@ -144,8 +148,8 @@ class ClaimStore(StoreBase):
                 ):
                     rows[row.d_digest].append(row)
             # A batch's digests share most of their papers: each is read (and built) once.
-            paper_ids = sorted({r.id for items in rows.values() for r in items})
-            by_id: dict[int, StoredPaper] = {}
+            by_id: dict[int, StoredPaper] = {} if papers_seen is None else papers_seen
+            paper_ids = sorted({r.id for items in rows.values() for r in items} - by_id.keys())
             for chunk in chunks(paper_ids):
                 for row in conn.execute(select(papers).where(papers.c.id.in_(chunk))):
                     by_id[row.id] = stored_paper(row)
@@ -178,6 +182,24 @@ class ClaimStore(StoreBase):
             _settle_claim(
                 conn, digest_id, None, status=DigestStatus.SENT, sent_at=utc(now), last_error=None
             )
+
+    def mark_digests_sent(self, digest_ids: Sequence[int], *, now: datetime) -> None:
+        """`mark_digest_sent` for a group of accepted digests, in one transaction: a sender
+        marks what it sent in groups, since a durable commit per message was a fifth of its
+        time (profiled); a crash before the group's commit repeats its messages (same
+        Message-IDs), as docs/guide/delivery.md says."""
+        if not digest_ids:
+            return
+        with self._write() as conn:
+            for chunk in chunks(list(digest_ids)):
+                conn.execute(
+                    update(digests)
+                    .where(digests.c.id.in_(chunk))
+                    .values(
+                        attempts=digests.c.attempts + 1, claimed_by=None, lease_until=None,
+                        status=DigestStatus.SENT, sent_at=utc(now), last_error=None,
+                    )
+                )  # fmt: skip
 
     def retry_digest(
         self, digest_id: int, error: str, *, next_attempt_at: datetime, worker: str | None = None

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from digest.models import Cadence, DigestKind, DigestStatus, Subscriber, SubscriberStatus, Topic
-from digest.store.base import StoreBase, chunks, utc
+from digest.store.base import StoreBase, bound, chunks, utc
 from digest.store.papers import papers, stored_paper
 from digest.store.records import (
     DeliveryState,
@@ -425,26 +425,37 @@ def _insert_digests(
     # RETURNING gives (id, subscriber_id) pairs, so row order does not matter.
     stmt = insert(digests).returning(digests.c.id, digests.c.subscriber_id)
     ids = {r.subscriber_id: r.id for r in conn.execute(stmt, rows)}
-    conn.execute(
-        update(digests)
-        .where(digests.c.id == bindparam("b_id"))
-        .values(message_id=bindparam("b_mid")),
-        [{"b_id": i, "b_mid": message_id(i)} for i in ids.values()],
+    # The two bulk statements go to the driver's executemany as plain rows: SQLAlchemy's
+    # per-row parameter processing was most of recording (profiled: 10 ledger rows a digest).
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    conn.exec_driver_sql(
+        f"UPDATE digests SET message_id = {mark} WHERE id = {mark}",
+        [(message_id(i), i) for i in ids.values()],
     )
-    conn.execute(
-        insert(deliveries),
+    at = bound(conn, deliveries.c.delivered_at, now)  # one instant for every row
+    texts: dict[tuple[str, ...], str] = {}  # the same topic and word lists recur in many rows
+
+    def dumps(values: tuple[str, ...]) -> str:
+        got = texts.get(values)
+        if got is None:
+            got = texts[values] = json.dumps(list(values))
+        return got
+
+    conn.exec_driver_sql(
+        "INSERT INTO deliveries (subscriber_id, paper_id, digest_id, topic, topics, terms, "
+        f"score, why, delivered_at) VALUES ({', '.join([mark] * 9)})",
         [
-            {
-                "subscriber_id": p.subscriber_id,
-                "paper_id": item.paper_id,
-                "digest_id": ids[p.subscriber_id],
-                "topic": item.topics[0] if item.topics else None,
-                "topics": json.dumps(list(item.topics)),
-                "terms": json.dumps(list(item.terms)),
-                "score": item.score,
-                "why": item.why or None,
-                "delivered_at": now,
-            }
+            (
+                p.subscriber_id,
+                item.paper_id,
+                ids[p.subscriber_id],
+                item.topics[0] if item.topics else None,
+                dumps(tuple(item.topics)),
+                dumps(tuple(item.terms)),
+                item.score,
+                item.why or None,
+                at,
+            )
             for p in wanted
             for item in p.items
         ],

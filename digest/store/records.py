@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -193,8 +194,15 @@ def ledger_item(row: Any) -> LedgerItem:
     """Why a paper is in a ledger row selected with d_topics, d_terms and d_score labels."""
     return LedgerItem(
         paper_id=row.id,
-        topics=tuple(json.loads(row.d_topics or "[]")),
-        terms=tuple(json.loads(row.d_terms or "[]")),
+        topics=_json_tuple(row.d_topics or "[]"),
+        terms=_json_tuple(row.d_terms or "[]"),
         score=row.d_score or 0.0,
         why=row.d_why or "",
     )
+
+
+@functools.lru_cache(maxsize=8192)
+def _json_tuple(text: str) -> tuple[str, ...]:
+    # A sender reads the same few topic lists and word lists in row after row (profiled:
+    # decoding them was a tenth of reading a batch); tuples of str are safe to share.
+    return tuple(json.loads(text))
