@@ -143,6 +143,9 @@ def main() -> int:
                 "ours: plain query + 3 likes",
                 measures([m.paper_id for m in got if m.paper_id not in likes], rest),
             )
+            # the same draw without the likes: the plain query on the same (smaller) truth
+            same = [i for i in ours if i not in likes]
+            add("ours: plain query, same draws", measures(same, rest))
             alone = preview_topic(papers, "", likes=likes, known=known).matches
             add("ours: 3 likes alone", measures([m.paper_id for m in alone], rest))
             svm = [i for i in base.svm_ranked(likes) if i not in likes]
