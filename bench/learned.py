@@ -54,9 +54,6 @@ def main() -> None:
         learned[sid] = [replace(first, likes=liked, dislikes=(ex[3].id,)), *rest]
     index = PaperIndex(papers)
     match_profiles(index, dict(list(profiles.items())[:100]), limit=60)  # jit and compile once
-    for topics in profiles.values():
-        for t in topics:
-            pass
 
     def run_keywords() -> float:
         t0 = time.perf_counter()
