@@ -102,9 +102,7 @@ __all__ = [
 ]
 
 
-class Store(
-    PaperStore, SubscriberStore, LedgerStore, ClaimStore, MetaStore, LockStore, AdminStore
-):
+class Store(PaperStore, SubscriberStore, LedgerStore, ClaimStore, MetaStore, LockStore, AdminStore):
     """The database behind digest; open with `Store.open(url)`, which also migrates it."""
 
     def __init__(self, engine: Engine) -> None:
