@@ -486,9 +486,9 @@ def new_subscriber() -> Any:
     }
     blank = {"name": "", "query": "", "error": None}
     if request.method != "POST":  # GET and HEAD only show the page
-        rows = [{"name": "Keywords", "query": "", "error": None}]
-        rows += [dict(blank) for _ in range(NEW_TOPIC_ROWS - 1)]
-        return _new_page(defaults, rows, {}, "")
+        fresh: list[dict[str, Any]] = [{"name": "Keywords", "query": "", "error": None}]
+        fresh += [dict(blank) for _ in range(NEW_TOPIC_ROWS - 1)]
+        return _new_page(defaults, fresh, {}, "")
     form = {k: request.form.get(k, v).strip() for k, v in defaults.items()}
     topics, errors = _form_topics()
     fields = field_errors(form)
