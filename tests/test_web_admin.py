@@ -246,3 +246,97 @@ def test_hostile_names_are_escaped_on_every_new_page(sent_env):
     client = admin_client(app)
     for url in ("/admin/papers", f"/admin/subscribers/{evil.id}", "/admin/"):
         assert XSS not in client.get(url).get_data(as_text=True)
+
+
+# --- sign-up ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def signup_env(tmp_path):
+    settings, store = seeded(tmp_path, signup_enabled=True)
+    sent: list = []
+    app = create_app(settings, store, transport_factory=lambda s: FakeTransport(sent))
+    yield settings, store, app, sent
+    store.close()
+
+
+def test_signup_page_offers_examples_schedule_zone_and_the_first_digest_note(signup_env):
+    _, _, app, _ = signup_env
+    page = app.test_client().get("/signup").get_data(as_text=True)
+    assert "data-example-query=" in page and 'name="cadence"' in page
+    assert 'name="time"' in page and 'list="tz-zones"' in page and "data-browser-tz" in page
+    assert 'value="UTC"' in page  # the server's default until the browser's zone replaces it
+    assert "added after you confirm" in page
+
+
+def test_signup_keeps_the_chosen_schedule_and_topics(signup_env):
+    _, store, app, sent = signup_env
+    client = app.test_client()
+    page = client.get("/signup").get_data(as_text=True)
+    answer = client.post(
+        "/signup",
+        data={
+            "csrf_token": csrf_of(page),
+            "email": "eve@example.org",
+            "topic_name": ["Inference", "Agents"],
+            "topic_query": ["speculative decoding", "agent*"],
+            "cadence": "weekly",
+            "time": "18:30",
+            "tz": "Europe/Paris",
+            "weekday": "4",
+        },
+    )
+    assert answer.status_code == 200
+    app.extensions["digest"].mailer.wait()
+    eve = subs.get_subscriber(store, "eve@example.org")
+    assert (eve.status, eve.cadence, eve.time, eve.tz, eve.weekday) == (
+        "pending",
+        "weekly",
+        "18:30",
+        "Europe/Paris",
+        4,
+    )
+    assert [t.name for t in eve.topics] == ["Inference", "Agents"] and len(sent) == 1
+
+
+def test_signup_shows_every_error_at_once(signup_env):
+    _, store, app, _ = signup_env
+    client = app.test_client()
+    page = client.get("/signup").get_data(as_text=True)
+    answer = client.post(
+        "/signup",
+        data={
+            "csrf_token": csrf_of(page),
+            "email": "nope",
+            "tz": "Nowhere/Land",
+            "time": "7pm",
+            "topic_name": ["A"],
+            "topic_query": ["a (b"],
+        },
+    )
+    text = answer.get_data(as_text=True)
+    assert answer.status_code == 400 and "4 problems to fix" in text
+    for field in ("email-error", "tz-error", "time-error", "topic-error-0"):
+        assert f'id="{field}"' in text
+    assert store.subscriber_by_email("nope") is None
+
+
+def test_signup_preview_is_a_backtest_and_needs_the_csrf_token(signup_env):
+    _, _, app, _ = signup_env
+    client = app.test_client()
+    token = csrf_of(client.get("/signup").get_data(as_text=True))
+    answer = client.post(
+        "/signup/preview",
+        data={"csrf_token": token, "topic_name": ["x"], "topic_query": ["latency"]},
+    )
+    data = answer.get_json()
+    assert "would have brought" in data["html"] and "Pruning Large Language Models" in data["html"]
+    assert "<script>alert" not in data["html"]
+    assert client.post("/signup/preview", data={"topic_query": ["x"]}).status_code == 400
+
+
+def test_signup_preview_is_404_while_signup_is_off(tmp_path):
+    settings, store = seeded(tmp_path)
+    app = create_app(settings, store, transport_factory=lambda s: FakeTransport([]))
+    assert app.test_client().post("/signup/preview").status_code == 404
+    store.close()
