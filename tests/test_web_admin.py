@@ -340,3 +340,17 @@ def test_signup_preview_is_404_while_signup_is_off(tmp_path):
     app = create_app(settings, store, transport_factory=lambda s: FakeTransport([]))
     assert app.test_client().post("/signup/preview").status_code == 404
     store.close()
+
+
+def test_subscriber_list_next_links_are_keyset_pages(sent_env):
+    settings, store, app, _ = sent_env
+    for i in range(30):
+        subs.add_subscriber(store, settings, f"user{i:02d}@example.org")
+    client = admin_client(app)
+    first = client.get("/admin/subscribers").get_data(as_text=True)
+    nxt = re.search(r'href="([^"]*after=[^"]+)" rel="next"', first)
+    assert nxt and "page=" not in nxt.group(1)
+    second = client.get(nxt.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    seen = re.findall(r">([a-z0-9]+@example\.org)</a>", first + second)
+    assert len(seen) == len(set(seen)) == 31  # ann and 30 users, none twice, none missed
+    assert 'rel="next"' not in second

@@ -13,12 +13,17 @@ from datetime import date, datetime
 
 from sqlalchemy import func, select
 
-from digest.models import DigestKind, DigestStatus, StoredPaper, SubscriberStatus
+from digest.models import DigestKind, DigestStatus, StoredPaper, Subscriber, SubscriberStatus
 from digest.store.base import StoreBase, chunks, utc
 from digest.store.ledger import deliveries, digests
 from digest.store.papers import papers, stored_paper
 from digest.store.records import DigestRow
-from digest.store.subscribers import subscribers
+from digest.store.subscribers import (
+    _subscriber_filter,
+    subscriber_row,
+    subscribers,
+    topics_of,
+)
 
 _RECEIVING = [s.value for s in SubscriberStatus if s.receives_mail]
 _FAILED = [DigestStatus.FAILED.value, DigestStatus.BOUNCED.value]
@@ -224,3 +229,23 @@ class AdminStore(StoreBase):
         """The subscriber id of a digest, or None when there is no such digest."""
         with self._read() as conn:
             return conn.scalar(select(digests.c.subscriber_id).where(digests.c.id == digest_id))
+
+    def subscribers_after(
+        self,
+        *,
+        search: str | None = None,
+        status: str | None = None,
+        after: str | None = None,
+        limit: int = 25,
+    ) -> list[Subscriber]:
+        """Subscribers by email, `limit` after the email `after` (a keyset page on the unique
+        email index: the 4,000th page costs what the first does)."""
+        stmt = select(subscribers).order_by(subscribers.c.email).limit(limit)
+        for cond in _subscriber_filter(search, status):
+            stmt = stmt.where(cond)
+        if after is not None:
+            stmt = stmt.where(subscribers.c.email > after)
+        with self._read() as conn:
+            rows = list(conn.execute(stmt))
+            by_id = topics_of(conn, [r.id for r in rows])
+        return [subscriber_row(r, by_id.get(r.id, ())) for r in rows]

@@ -162,20 +162,31 @@ def subscriber_list() -> Any:
         page = 1
     total = subs.count_subscribers(store, search=search or None, status=status or None)
     pages = max(1, math.ceil(total / PAGE_SIZE))
-    page = min(page, pages)
-    rows = subs.list_subscribers(
-        store,
-        search=search or None,
-        status=status or None,
-        offset=(page - 1) * PAGE_SIZE,
-        limit=PAGE_SIZE,
-    )
+    after = request.args.get("after", "")[:320] or None
+    if after is not None:  # keyset pages (the Next links); ?page= still works for old links
+        found = store.subscribers_after(
+            search=search or None, status=status or None, after=after, limit=PAGE_SIZE + 1
+        )
+        rows = found[:PAGE_SIZE]
+        page = 0
+    else:
+        page = min(page, pages)
+        rows = subs.list_subscribers(
+            store,
+            search=search or None,
+            status=status or None,
+            offset=(page - 1) * PAGE_SIZE,
+            limit=PAGE_SIZE + 1,
+        )
+        found, rows = rows, rows[:PAGE_SIZE]
+    next_after = rows[-1].email if len(found) > PAGE_SIZE else None
     return render_template(
         "web/subscribers.html",
         rows=rows,
         total=total,
         page=page,
         pages=pages,
+        next_after=next_after,
         q=search,
         status=status,
         statuses=STATUSES,
