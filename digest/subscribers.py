@@ -18,7 +18,7 @@ import csv
 import hashlib
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -511,6 +511,7 @@ def prepare_confirmation(
     name: str = "",
     topics: Sequence[Topic] = (),
     now: datetime | None = None,
+    schedule: Mapping[str, str] | None = None,
 ) -> Subscriber | None:
     """The work behind a sign-up (or a re-subscribe request): a new address becomes a pending
     subscriber; a pending or unsubscribed one is due a confirmation email unless one went out in
@@ -520,11 +521,14 @@ def prepare_confirmation(
     address = normalize_email(email)
     sub = store.subscriber_by_email(address)
     if sub is None:
+        chosen = dict(schedule or {})  # cadence, time, tz, weekday picked on the sign-up form
         try:
             sub = add_subscriber(
                 store, settings, address, name=name[:100], topics=topics,
-                cadence=Cadence.DAILY, status=SubscriberStatus.PENDING, now=now,
-                how=StatusChange.SIGNUP,
+                cadence=chosen.get("cadence") or Cadence.DAILY,
+                time=chosen.get("time") or None, tz=chosen.get("tz") or None,
+                weekday=parse_weekday(chosen.get("weekday") or 0),
+                status=SubscriberStatus.PENDING, now=now, how=StatusChange.SIGNUP,
             )  # fmt: skip
         except FieldError:  # signed up by a concurrent request meanwhile
             sub = store.subscriber_by_email(address)

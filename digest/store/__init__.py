@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from digest.errors import StoreError
+from digest.store.admin import AdminStore
 from digest.store.base import PG_LOCK_MIGRATE, StoreBase
 from digest.store.claims import ClaimStore
 from digest.store.engine import SQLITE_BUSY_TIMEOUT_MS, engine_for, reason, safe_url
@@ -101,7 +102,7 @@ __all__ = [
 ]
 
 
-class Store(PaperStore, SubscriberStore, LedgerStore, ClaimStore, MetaStore, LockStore):
+class Store(PaperStore, SubscriberStore, LedgerStore, ClaimStore, MetaStore, LockStore, AdminStore):
     """The database behind digest; open with `Store.open(url)`, which also migrates it."""
 
     def __init__(self, engine: Engine) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from flask import (
     Blueprint,
@@ -28,7 +30,7 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from digest import subscribers as subs
-from digest.errors import ConsentError, DigestError
+from digest.errors import ConsentError, DigestError, QueryError
 from digest.health import current as current_health
 from digest.links import links_for
 from digest.models import (
@@ -41,9 +43,11 @@ from digest.models import (
     SubscriberStatus,
     Topic,
 )
+from digest.schedule import next_slot
 from digest.urls import feed_url
 from digest.web import state
-from digest.web.preview import Preview, TopicError, backtest, parse_topic_rows
+from digest.web.charts import CHART_DAYS, daily_chart
+from digest.web.preview import Preview, TopicError, _located, backtest, parse_topic_rows
 from digest.web.security import check_csrf, password_ok
 
 bp = Blueprint("admin", __name__)
@@ -120,10 +124,13 @@ def logout() -> Response:
 @bp.get("/")
 @login_required
 def dashboard() -> Any:
-    """Subscribers by status, recent dumps (failures with reasons), digests and bounces."""
+    """Health warnings, next deliveries, recent failures, a per-day chart, subscribers by status,
+    recent dumps, digests and bounces."""
     st = state()
     store = st.store
     counts = subs.status_counts(store)
+    now = st.clock()
+    days = daily_chart(store.daily_counts(now - timedelta(days=CHART_DAYS - 1)), now, CHART_DAYS)
     return render_template(
         "web/dashboard.html",
         counts=[(s, counts.get(s, 0)) for s in STATUSES],
@@ -134,6 +141,9 @@ def dashboard() -> Any:
         bounced=store.recent_digests(10, status=DigestStatus.BOUNCED),
         bouncing=subs.list_subscribers(store, status=SubscriberStatus.BOUNCING, offset=0, limit=10),
         health=current_health(store, st.settings, now=datetime.now(UTC)),
+        upcoming=store.next_deliveries(10),
+        failures=store.recent_failures(10),
+        chart=days,
     )
 
 
@@ -152,20 +162,31 @@ def subscriber_list() -> Any:
         page = 1
     total = subs.count_subscribers(store, search=search or None, status=status or None)
     pages = max(1, math.ceil(total / PAGE_SIZE))
-    page = min(page, pages)
-    rows = subs.list_subscribers(
-        store,
-        search=search or None,
-        status=status or None,
-        offset=(page - 1) * PAGE_SIZE,
-        limit=PAGE_SIZE,
-    )
+    after = request.args.get("after", "")[:320] or None
+    if after is not None:  # keyset pages (the Next links); ?page= still works for old links
+        found = store.subscribers_after(
+            search=search or None, status=status or None, after=after, limit=PAGE_SIZE + 1
+        )
+        rows = found[:PAGE_SIZE]
+        page = 0
+    else:
+        page = min(page, pages)
+        rows = subs.list_subscribers(
+            store,
+            search=search or None,
+            status=status or None,
+            offset=(page - 1) * PAGE_SIZE,
+            limit=PAGE_SIZE + 1,
+        )
+        found, rows = rows, rows[:PAGE_SIZE]
+    next_after = rows[-1].email if len(found) > PAGE_SIZE else None
     return render_template(
         "web/subscribers.html",
         rows=rows,
         total=total,
         page=page,
         pages=pages,
+        next_after=next_after,
         q=search,
         status=status,
         statuses=STATUSES,
@@ -204,9 +225,16 @@ def _render_subscriber(
     preview = None if errors else _preview(list(sub.topics), shown)
     links = links_for(st.settings, st.signer, sub)
     left = subs.departure(st.store, sub) if sub.status is SubscriberStatus.UNSUBSCRIBED else None
+    before = _int_arg("before")
+    sent = st.store.delivery_history(sub.id, before=before, limit=PAGE_SIZE + 1)
     page = render_template(
         "web/subscriber.html",
         sub=sub,
+        deliveries=sent[:PAGE_SIZE],
+        deliveries_next=sent[PAGE_SIZE - 1].id if len(sent) > PAGE_SIZE else None,
+        deliveries_before=before,
+        next_delivery=_next_delivery(sub, st.clock()),
+        operator=st.settings.site.operator_email,
         history=st.store.subscriber_events(sub.id),
         left=left,
         topics=shown,
@@ -217,10 +245,37 @@ def _render_subscriber(
         message=message,
         cadences=CADENCES,
         weekdays=WEEKDAYS,
+        zones=time_zones(),
         manage_url=links.manage_url,
         feed_rss=feed_url(st.settings.site.base_url, "rss", sub.token),
     )
     return page, status
+
+
+def _int_arg(name: str) -> int | None:
+    """A positive whole-number query argument (a keyset bound), or None."""
+    value = request.args.get(name, "")
+    return int(value) if value.isdigit() and 0 < int(value) < 2**63 else None
+
+
+def _next_delivery(sub: Subscriber, now: datetime) -> str:
+    """When the subscriber's next digest goes out, in words for the admin."""
+    if not sub.status.receives_mail:
+        return f"none while {sub.status}"
+    if not sub.cadence.is_scheduled:
+        return "as papers arrive" if sub.cadence.sends_email else "feed only, no email"
+    try:
+        slot = next_slot(sub, now)
+    except (ValueError, KeyError):  # a zone the system no longer knows
+        return "unknown (time zone not found)"
+    return f"{_format_time_local(slot, sub.tz)} ({slot:%Y-%m-%d %H:%M} UTC)"
+
+
+def _format_time_local(moment: datetime, tz: str) -> str:
+    try:
+        return moment.astimezone(ZoneInfo(tz)).strftime("%a %Y-%m-%d %H:%M ") + tz
+    except (ValueError, KeyError):
+        return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _topic_rows(topics: list[Topic], errors: list[TopicError]) -> list[dict[str, Any]]:
@@ -377,10 +432,59 @@ def wipe(sid: int) -> Any:
     return redirect(url_for("admin.subscriber_list"))
 
 
+NEW_TOPIC_ROWS = 3  # blank topic rows the add form offers (more are added by the script)
+
+
+def field_errors(form: dict[str, str], *, email: bool = True) -> dict[str, str]:
+    """Every field error of a profile form at once, by field name (empty when all is well)."""
+    checks: list[tuple[str, Callable[[str], Any]]] = [
+        ("name", subs.check_name),
+        ("cadence", subs.check_cadence),
+        ("time", subs.check_time),
+        ("tz", subs.check_tz),
+    ]
+    if email:
+        checks.insert(0, ("email", subs.normalize_email))
+    found: dict[str, str] = {}
+    for key, check in checks:
+        try:
+            check(form.get(key, ""))
+        except DigestError as exc:
+            found[key] = str(exc)
+    if form.get("weekday", "0") and _weekday(form.get("weekday", "0")) is None:
+        found["weekday"] = "weekday must be one of Monday..Sunday"
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def time_zones() -> list[str]:
+    """The IANA zone names the picker offers (what check_tz accepts), sorted."""
+    from zoneinfo import available_timezones
+
+    return sorted(z for z in available_timezones() if "/" in z or z == "UTC")
+
+
+def _new_page(
+    form: dict[str, str], rows: list[dict[str, Any]], fields: dict[str, str], message: str
+) -> str:
+    return render_template(
+        "web/new.html",
+        form=form,
+        rows=rows,
+        fields=fields,
+        message=message,
+        cadences=CADENCES,
+        weekdays=WEEKDAYS,
+        zones=time_zones(),
+        preview=None,
+        errors=[],
+    )
+
+
 @bp.route("/subscribers/new", methods=["GET", "POST"])
 @login_required
 def new_subscriber() -> Any:
-    """Add an active subscriber."""
+    """Add an active subscriber: several topics, live preview, every error shown at once."""
     st = state()
     defaults = {
         "email": "",
@@ -391,63 +495,336 @@ def new_subscriber() -> Any:
         "weekday": "0",
         "backfill": "0",
     }
+    blank = {"name": "", "query": "", "error": None}
     if request.method != "POST":  # GET and HEAD only show the page
-        return render_template(
-            "web/new.html",
-            form=defaults,
-            rows=[{"name": "Keywords", "query": "", "error": None}],
-            message="",
-            cadences=CADENCES,
-            weekdays=WEEKDAYS,
-        )
+        fresh: list[dict[str, Any]] = [{"name": "Keywords", "query": "", "error": None}]
+        fresh += [dict(blank) for _ in range(NEW_TOPIC_ROWS - 1)]
+        return _new_page(defaults, fresh, {}, "")
     form = {k: request.form.get(k, v).strip() for k, v in defaults.items()}
     topics, errors = _form_topics()
+    fields = field_errors(form)
+    try:
+        backfill = int(form["backfill"] or "0")
+        if backfill < 0:
+            raise ValueError
+    except ValueError:
+        fields["backfill"] = "Backfill must be a whole number of days (0 or more)."
+        backfill = 0
+    if not topics and not errors:
+        fields["topics"] = "Give at least one topic with keywords."
     message = ""
     status = 400
-    if not errors:
+    if not errors and not fields:
         try:
-            backfill = int(form["backfill"] or "0")
-            if backfill < 0:
-                raise ValueError
-        except ValueError:
-            message = "Backfill must be a whole number of days (0 or more)."
+            sub = subs.add_subscriber(
+                st.store,
+                st.settings,
+                form["email"],
+                name=form["name"],
+                topics=topics,
+                cadence=form["cadence"],
+                time=form["time"],
+                tz=form["tz"],
+                weekday=_weekday(form["weekday"]) or 0,
+                backfill_days=backfill or None,
+                status=SubscriberStatus.ACTIVE,
+                now=st.clock(),
+                how=StatusChange.ADMIN,
+            )
+        except ConsentError as exc:
+            message, status = str(exc), 409
+        except DigestError as exc:
+            message = str(exc)
         else:
-            try:
-                sub = subs.add_subscriber(
-                    st.store,
-                    st.settings,
-                    form["email"],
-                    name=form["name"],
-                    topics=topics,
-                    cadence=form["cadence"],
-                    time=form["time"],
-                    tz=form["tz"],
-                    weekday=_weekday(form["weekday"]) or 0,
-                    backfill_days=backfill or None,
-                    status=SubscriberStatus.ACTIVE,
-                    now=st.clock(),
-                    how=StatusChange.ADMIN,
-                )
-            except ConsentError as exc:
-                message, status = str(exc), 409
-            except DigestError as exc:
-                message = str(exc)
-            else:
-                flash(f"Added {sub.email}.")
-                return redirect(url_for("admin.subscriber", sid=sub.id))
+            flash(f"Added {sub.email}.")
+            return redirect(url_for("admin.subscriber", sid=sub.id))
     names = request.form.getlist("topic_name")
     queries = request.form.getlist("topic_query")
     by_index = {e.index: e for e in errors}
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": n, "query": q, "error": by_index.get(i)}
         for i, (n, q) in enumerate(zip(names, queries, strict=False))
     ] or [{"name": "Keywords", "query": "", "error": None}]
-    page = render_template(
-        "web/new.html",
-        form=form,
-        rows=rows,
-        message=message,
-        cadences=CADENCES,
-        weekdays=WEEKDAYS,
+    count = len(errors) + len(fields) + (1 if message else 0)
+    if count > 1 and not message:
+        message = f"{count} problems to fix; each is shown at its field."
+    return _new_page(form, rows, fields, message), status
+
+
+@bp.post("/subscribers/new/preview")
+@login_required
+def new_preview() -> Any:
+    """The add form's live preview: what the topics would have matched (nothing saved yet)."""
+    topics, errors = _form_topics()
+    result = None if errors else _preview([], topics)
+    html = render_template("web/_preview.html", preview=result, errors=errors, fresh=True)
+    return jsonify(
+        html=html,
+        errors={str(e.index): render_template("web/_topic_error.html", error=e) for e in errors},
     )
-    return page, status
+
+
+# --- sent digests, test sends -------------------------------------------------------------
+
+
+def _rendered(digest: Any) -> Any:
+    """A digest rendered as its email (HTML and text), with the subscriber's real links."""
+    from digest.render import Renderer
+
+    st = state()
+    return Renderer(st.settings).render(
+        digest, links_for(st.settings, st.signer, digest.subscriber)
+    )
+
+
+def _digest_of(sid: int, did: int) -> Any:
+    """The recorded digest `did` of subscriber `sid`, or 404."""
+    from digest.outbox import build_digest
+
+    st = state()
+    if st.store.digest_owner(did) != sid:
+        abort(404, description="No such digest for this subscriber.")
+    return build_digest(st.store, did)
+
+
+@bp.get("/subscribers/<int:sid>/digests/<int:did>")
+@login_required
+def digest_view(sid: int, did: int) -> Any:
+    """A sent (or queued) digest, read-only: its details, text part and a framed HTML part."""
+    sub = _subscriber(sid)
+    digest = _digest_of(sid, did)
+    row = next(iter(state().store.delivery_history(sid, before=did + 1, limit=1)), None)
+    rendered = _rendered(digest) if digest.items else None
+    return render_template("web/digest.html", sub=sub, digest=digest, row=row, rendered=rendered)
+
+
+@bp.get("/subscribers/<int:sid>/digests/<int:did>/email.html")
+@login_required
+def digest_html(sid: int, did: int) -> Any:
+    """The digest's HTML part alone, sandboxed: no script, no form, no framing of the admin."""
+    digest = _digest_of(sid, did)
+    if not digest.items:
+        abort(404, description="This digest holds no paper.")
+    html = _rendered(digest).html
+    return FlaskResponse(
+        html,
+        mimetype="text/html",
+        headers={
+            # The email's styles are inline (as mail clients need); the sandbox keeps it inert.
+            "Content-Security-Policy": (
+                "default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; "
+                "sandbox allow-popups allow-popups-to-escape-sandbox; frame-ancestors 'self'"
+            ),
+            "X-Frame-Options": "SAMEORIGIN",
+        },
+    )
+
+
+@bp.post("/subscribers/<int:sid>/test")
+@login_required
+def send_test(sid: int) -> Any:
+    """Send the subscriber's next digest (else their last one) to the operator, as a test:
+    through the configured transport, recorded nowhere."""
+    from email.message import EmailMessage
+    from email.utils import format_datetime, make_msgid
+
+    from digest.mail import MessageBuilder, OutgoingMessage
+    from digest.outbox import build_digest
+    from digest.pipeline import Cycle
+
+    st = state()
+    sub = _subscriber(sid)
+    to = st.settings.site.operator_email
+    if not to:
+        flash("Set site.operator_email to send tests to yourself.", "error")
+        return redirect(url_for("admin.subscriber", sid=sid))
+    found = Cycle(st.store, st.settings).preview(sub)
+    if found is None:
+        last = st.store.delivery_history(sid, limit=1)
+        if not last:
+            flash("Nothing to send: no pending paper matches and no digest was sent yet.", "error")
+            return redirect(url_for("admin.subscriber", sid=sid))
+        rendered = _rendered(build_digest(st.store, last[0].id))
+        what = "their last digest"
+    else:
+        rendered = found[0]
+        what = "their next digest"
+    builder = MessageBuilder(st.settings)
+    msg = EmailMessage()
+    msg["From"] = builder.from_addr
+    msg["To"] = to
+    msg["Subject"] = f"[test for {sub.email}] {rendered.subject}"
+    msg["Date"] = format_datetime(st.clock())
+    msg["Message-ID"] = make_msgid(domain=builder.from_addr.rpartition("@")[2] or None)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(rendered.text)
+    msg.add_alternative(rendered.html, subtype="html")
+    transport = st.transport_factory(st.settings)
+    try:
+        transport.send(OutgoingMessage.from_email(msg, builder.from_addr))
+    except DigestError as exc:
+        flash(f"The test could not be sent: {exc}", "error")
+    else:
+        flash(f"Sent {what} to {to} as a test (not recorded as a delivery).")
+    finally:
+        transport.close()
+    return redirect(url_for("admin.subscriber", sid=sid))
+
+
+# --- papers -------------------------------------------------------------------------------
+
+SEARCH_PAPERS = 5_000  # a search looks at this many most recent papers
+
+
+@bp.get("/papers")
+@login_required
+def papers() -> Any:
+    """The paper browser: newest first in keyset pages, or a query-language search."""
+    from digest.match import preview_query
+
+    st = state()
+    q = request.args.get("q", "").strip()[:2_000]
+    error = None
+    hits: list[Any] = []
+    total = 0
+    before = _int_arg("before")
+    nxt = None
+    if q:
+        try:
+            found = preview_query(st.store.recent_papers(SEARCH_PAPERS), q, 100)
+        except QueryError as exc:
+            error = _located(0, exc, q)
+        else:
+            total = found.hits
+            by_id = {p.id: p for p in found.papers}
+            hits = [by_id[m.paper_id] for m in found.matches]
+    else:
+        page = st.store.papers_page(before=before, limit=PAGE_SIZE + 1)
+        hits = page[:PAGE_SIZE]
+        nxt = page[PAGE_SIZE - 1].id if len(page) > PAGE_SIZE else None
+    received = st.store.recipient_counts([p.id for p in hits])
+    return render_template(
+        "web/papers.html",
+        q=q,
+        error=error,
+        rows=hits,
+        total=total,
+        received=received,
+        next_before=nxt,
+        before=before,
+        searched=SEARCH_PAPERS,
+    )
+
+
+@bp.get("/papers/<int:pid>")
+@login_required
+def paper(pid: int) -> Any:
+    """One paper and who received it (keyset pages by subscriber id)."""
+    st = state()
+    found = st.store.paper_by_id(pid)
+    if found is None:
+        abort(404, description="No such paper.")
+    after = _int_arg("after")
+    rows = st.store.paper_recipients(pid, after=after, limit=PAGE_SIZE + 1)
+    return render_template(
+        "web/paper.html",
+        paper=found,
+        rows=rows[:PAGE_SIZE],
+        next_after=rows[PAGE_SIZE - 1].subscriber_id if len(rows) > PAGE_SIZE else None,
+        after=after,
+    )
+
+
+# --- bulk actions, CSV --------------------------------------------------------------------
+
+
+def _selected_ids() -> list[int]:
+    ids = [int(v) for v in request.form.getlist("sid") if v.isdigit()]
+    return list(dict.fromkeys(ids))[:1000]
+
+
+@bp.post("/subscribers/bulk")
+@login_required
+def bulk() -> Any:
+    """Pause, resume or (after a confirmation page) remove the selected subscribers."""
+    st = state()
+    action = request.form.get("action", "")
+    if action not in ("pause", "resume", "remove"):
+        abort(400, description="Unknown action.")
+    chosen = [s for s in (st.store.subscriber_by_id(i) for i in _selected_ids()) if s]
+    if not chosen:
+        flash("Select at least one subscriber.", "error")
+        return redirect(url_for("admin.subscriber_list"))
+    if action == "remove":
+        if request.form.get("confirm") != "yes":
+            return render_template("web/bulk_remove.html", chosen=chosen)
+        for sub in chosen:
+            subs.remove_subscriber(st.store, sub.email)
+        flash(f"Removed {len(chosen)} subscriber{'s' if len(chosen) != 1 else ''}.")
+        return redirect(url_for("admin.subscriber_list"))
+    target = SubscriberStatus.PAUSED if action == "pause" else SubscriberStatus.ACTIVE
+    done, refused = 0, []
+    for sub in chosen:
+        if sub.status == target:
+            continue
+        try:
+            subs.set_status(st.store, sub.email, target, how=StatusChange.ADMIN)
+        except DigestError:
+            refused.append(sub.email)  # an unsubscribed person: only they can come back
+        else:
+            done += 1
+    flash(f"{'Paused' if action == 'pause' else 'Resumed'} {done}.")
+    if refused:
+        flash(f"Not changed (unsubscribed or not allowed): {', '.join(refused)}", "error")
+    return redirect(url_for("admin.subscriber_list"))
+
+
+@bp.get("/subscribers.csv")
+@login_required
+def export_subscribers() -> Any:
+    """Every subscriber as the CSV `digest subscriber import` reads back."""
+    import io
+
+    buffer = io.StringIO()
+    subs.export_csv(state().store, buffer)
+    return FlaskResponse(
+        buffer.getvalue(),
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": 'attachment; filename="subscribers.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@bp.route("/subscribers/import", methods=["GET", "POST"])
+@login_required
+def import_subscribers() -> Any:
+    """Upload a CSV (the CLI's format): check only, or add and update; every bad row listed."""
+    import tempfile
+    from pathlib import Path
+
+    if request.method != "POST":  # GET and HEAD only show the page
+        return render_template("web/import.html", report=None, message="", dry_run=True)
+    upload = request.files.get("file")
+    dry_run = request.form.get("dry_run") == "1"
+    if upload is None or not upload.filename:
+        page = render_template(
+            "web/import.html", report=None, message="Choose a CSV file.", dry_run=dry_run
+        )
+        return page, 400
+    st = state()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.csv"
+        upload.save(path)
+        try:
+            report = subs.import_csv(st.store, st.settings, path, dry_run=dry_run)
+        except DigestError as exc:
+            message = str(exc).replace(str(path), "upload.csv")
+            page = render_template("web/import.html", report=None, message=message, dry_run=dry_run)
+            return page, 400
+    errors = [str(e).replace(str(path), "upload.csv") for e in report.errors]
+    page = render_template(
+        "web/import.html", report=report, errors=errors, message="", dry_run=dry_run
+    )
+    return page, 400 if errors else 200

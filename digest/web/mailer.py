@@ -41,6 +41,8 @@ class ConfirmationJob:
     email: str
     name: str = ""
     topics: tuple[Topic, ...] = ()
+    # The schedule chosen at sign-up (None: the defaults); applies to a new address only.
+    schedule: dict[str, str] | None = None
 
 
 class ConfirmationMailer:
@@ -89,7 +91,12 @@ class ConfirmationMailer:
         history it is compared with (subscribers.can_confirm) is kept in real time."""
         st = self.app.extensions["digest"]
         sub = subs.prepare_confirmation(
-            st.store, st.settings, job.email, name=job.name, topics=job.topics
+            st.store,
+            st.settings,
+            job.email,
+            name=job.name,
+            topics=job.topics,
+            schedule=job.schedule,
         )
         if sub is None:
             return

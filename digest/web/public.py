@@ -9,18 +9,25 @@ import math
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Response, abort, render_template, request, url_for
+from flask import Blueprint, Response, abort, jsonify, render_template, request, url_for
 
 from digest import subscribers as subs
 from digest.errors import DigestError, NotFoundError
 from digest.feed import EPOCH, FeedEntry, build_feed, conditional_response
 from digest.links import CONFIRM_MAX_AGE, LinkError, links_for
-from digest.models import CADENCES, StatusChange, Subscriber, SubscriberStatus
+from digest.models import CADENCES, StatusChange, Subscriber, SubscriberStatus, Topic
 from digest.urls import FeedFormat, feed_url
 from digest.web import state
-from digest.web.admin import WEEKDAYS, _submitted_form, _topic_rows, _weekday
+from digest.web.admin import (
+    WEEKDAYS,
+    _submitted_form,
+    _topic_rows,
+    _weekday,
+    field_errors,
+    time_zones,
+)
 from digest.web.mailer import ConfirmationJob
-from digest.web.preview import parse_topic_rows
+from digest.web.preview import backtest, parse_topic_rows
 from digest.web.security import check_csrf
 
 log = logging.getLogger(__name__)
@@ -195,6 +202,56 @@ def _signup_enabled() -> None:
         abort(404, description="Sign-up is not open on this site.")
 
 
+# Topics a newcomer can pick and edit: plain words first, then one of each query feature.
+EXAMPLE_TOPICS = (
+    ("LLM inference", "speculative decoding, KV cache, quantization"),
+    ("Diffusion models", '"diffusion model" AND (image OR video)'),
+    ("Robotics", "robot*, manipulation, embodied"),
+    ("Agents", "agent* AND (tool OR planning) AND NOT survey"),
+    ("Retrieval", "RAG, retrieval-augmented, title:retrieval"),
+)
+SIGNUP_TOPIC_ROWS = 2
+
+
+def _signup_page(
+    form: dict[str, str],
+    rows: list[dict[str, Any]],
+    fields: dict[str, str],
+    message: str = "",
+) -> str:
+    st = state()
+    return render_template(
+        "web/signup.html",
+        form=form,
+        rows=rows,
+        fields=fields,
+        message=message,
+        examples=EXAMPLE_TOPICS,
+        cadences=[c for c in CADENCES if c != "feed"] + ["feed"],
+        weekdays=WEEKDAYS,
+        zones=time_zones(),
+        default_tz=st.settings.schedule.default_tz,
+    )
+
+
+def _signup_rows() -> tuple[list[Topic], list[Any], list[dict[str, Any]]]:
+    """The submitted topics, their errors, and the rows to show again; the old single
+    `keywords` field still works (a topic named Keywords)."""
+    names = request.form.getlist("topic_name")
+    queries = request.form.getlist("topic_query")
+    if not any(q.strip() for q in queries) and request.form.get("keywords", "").strip():
+        names, queries = ["Keywords"], [request.form.get("keywords", "")]
+    topics, errors = parse_topic_rows(names, queries)
+    by_index = {e.index: e for e in errors}
+    rows = [
+        {"name": n, "query": q, "error": by_index.get(i)}
+        for i, (n, q) in enumerate(zip(names, queries, strict=False))
+        if n.strip() or q.strip() or i in by_index
+    ]
+    rows += [{"name": "", "query": "", "error": None}] * max(1, SIGNUP_TOPIC_ROWS - len(rows))
+    return topics, errors, rows
+
+
 @bp.route("/signup", methods=["GET", "POST"])
 def signup() -> Any:
     """Public sign-up (off unless web.signup_enabled): pending until the email is confirmed.
@@ -205,34 +262,63 @@ def signup() -> Any:
     """
     _signup_enabled()
     st = state()
-    form = {"email": "", "name": "", "keywords": ""}
+    form = {
+        "email": "",
+        "name": "",
+        "cadence": "daily",
+        "time": st.settings.schedule.default_time,
+        "tz": st.settings.schedule.default_tz,
+        "weekday": "0",
+    }
     if request.method != "POST":  # GET and HEAD only show the page
-        return render_template("web/signup.html", form=form, message="", error=None)
+        rows = [{"name": "", "query": "", "error": None} for _ in range(SIGNUP_TOPIC_ROWS)]
+        return _signup_page(form, rows, {})
     check_csrf()
     wait = st.signup_limiter.hit_client(request.remote_addr or "?")
     if wait:
         return _too_many(wait)
-    form = {k: request.form.get(k, "").strip() for k in form}
-    topics, errors = parse_topic_rows(["Keywords"], [request.form.get("keywords", "")])
-    if errors or not topics:
-        error = errors[0] if errors else None
-        message = "" if error else "Give at least one keyword."
-        page = render_template("web/signup.html", form=form, message=message, error=error)
-        return page, 400
-    try:
-        email = subs.normalize_email(form["email"])
-        subs.check_name(form["name"][:100])
-    except DigestError as exc:
-        page = render_template("web/signup.html", form=form, message=str(exc), error=None)
-        return page, 400
+    form = {k: request.form.get(k, v).strip() for k, v in form.items()}
+    form["tz_chosen"] = "1"  # shown again as submitted: the script must not replace it
+    topics, errors, rows = _signup_rows()
+    fields = field_errors({**form, "name": form["name"][:100]})
+    if not topics and not errors:
+        fields["topics"] = "Give at least one topic with keywords (pick an example to start)."
+    if errors or fields:
+        count = len(errors) + len(fields)
+        message = f"{count} problem{'s' if count != 1 else ''} to fix; each is shown at its field."
+        return _signup_page(form, rows, fields, message), 400
+    email = subs.normalize_email(form["email"])
     wait = st.signup_limiter.hit_address(email)
     if wait:
         return _too_many(wait)
-    job = ConfirmationJob(email=email, name=form["name"][:100], topics=tuple(topics))
+    schedule = {k: form[k] for k in ("cadence", "time", "tz", "weekday")}
+    job = ConfirmationJob(
+        email=email, name=form["name"][:100], topics=tuple(topics), schedule=schedule
+    )
     if not st.mailer.submit(job):
         return _busy()
     # The same page whether or not the address was known: sign-up reveals no subscriber.
     return render_template("web/signup_sent.html", email=email)
+
+
+@bp.post("/signup/preview")
+def signup_preview() -> Any:
+    """The sign-up form's live preview: what these topics would have brought over the last
+    dumps (the same backtest as the admin's). CSRF-checked; it reads, never writes."""
+    _signup_enabled()
+    check_csrf()
+    st = state()
+    topics, errors, _ = _signup_rows()
+    result = None
+    if not errors:
+        n = st.settings.web.preview_dumps
+        stored = sum(1 for d in st.store.recent_dumps(4 * n) if d.status == "stored")
+        result = backtest(st.store.papers_of_recent_dumps(n), [], topics, dumps=min(n, stored))
+    html = render_template("web/_preview.html", preview=result, errors=errors, fresh=True)
+    return jsonify(
+        html=html,
+        errors={str(e.index): render_template("web/_topic_error.html", error=e) for e in errors},
+    )
 
 
 def _too_many(wait: int) -> Any:

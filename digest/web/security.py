@@ -18,7 +18,8 @@ CSRF_HEADER = "X-CSRF-Token"
 # No inline script or style anywhere: the preview script and the stylesheet are static files.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    "connect-src 'self'; frame-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
 )
 
 
