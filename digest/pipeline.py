@@ -201,7 +201,7 @@ class Cycle:
 
         def send_one(digest: Digest) -> None:
             try:
-                links = links_for(self.settings, signer, digest.subscriber)
+                links = links_for(self.settings, signer, digest.subscriber, digest.id)
                 rendered = renderer.render(digest, links)
                 message = builder.build(rendered, digest, links, sent_at=self.clock())
             except DigestError as exc:

@@ -127,7 +127,7 @@ def create_app(
         owns_store=owns,
     )
 
-    from digest.web import admin, public
+    from digest.web import admin, pages, public
     from digest.web.mailer import ConfirmationMailer
     from digest.web.ratelimit import SignupLimiter
 
@@ -138,6 +138,7 @@ def create_app(
     web_state.mailer = ConfirmationMailer(app)
 
     app.register_blueprint(public.bp)
+    app.register_blueprint(pages.bp)
     app.register_blueprint(admin.bp, url_prefix="/admin")
     app.after_request(security_headers)
 

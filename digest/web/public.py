@@ -14,7 +14,7 @@ from flask import Blueprint, Response, abort, render_template, request, url_for
 from digest import subscribers as subs
 from digest.errors import DigestError, NotFoundError
 from digest.feed import EPOCH, FeedEntry, build_feed, conditional_response
-from digest.links import CONFIRM_MAX_AGE, LinkError, links_for
+from digest.links import CONFIRM_MAX_AGE, LinkError, archive_url, links_for
 from digest.models import CADENCES, StatusChange, Subscriber, SubscriberStatus
 from digest.urls import FeedFormat, feed_url
 from digest.web import state
@@ -133,6 +133,7 @@ def manage(signed: str) -> Any:
         feed_rss=feed_url(st.settings.site.base_url, "rss", sub.token),
         feed_atom=feed_url(st.settings.site.base_url, "atom", sub.token),
         manage_url=links.manage_url,
+        archive_url=archive_url(st.settings, st.signer, sub),
     )
     return page, status
 
