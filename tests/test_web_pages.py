@@ -185,3 +185,15 @@ def test_manage_page_links_the_archive(world) -> None:
     body = client.get(_manage(msg)).get_data(as_text=True)
     assert _url(msg["List-Archive"]).rsplit("/", 1)[0] + "/" in body
     assert "Your past digests" in body
+
+
+@pytest.mark.parametrize("cap", [2, 4])  # 2: the top-k list (2 x cap) is cut; 4: it holds all
+def test_left_out_matches_are_kept_whether_or_not_the_ranking_was_cut(tmp_path, cap) -> None:
+    settings, store = _world(tmp_path, max_papers=cap)
+    msg = _for(_send(settings, store), "ann@example.org")[0]
+    text, _ = _parts(msg)
+    assert f"{cap} of 6 matches" in text
+    client = create_app(settings, store).test_client()
+    body = client.get(_url(msg["Archived-At"])).get_data(as_text=True)
+    assert body.count('class="card paper"') == 6
+    store.close()
