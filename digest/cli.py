@@ -645,7 +645,7 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     settings = ctx.settings
     host = args.host or settings.web.host
     port = args.port if args.port is not None else settings.web.port
-    app = create_app(settings, ctx.store)
+    app = create_app(settings, ctx.store, log_requests=True)
     if not settings.web.admin_password_hash:
         print(
             "warning: no admin password set; the admin pages are disabled "

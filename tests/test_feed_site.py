@@ -142,3 +142,21 @@ def test_favicon_is_served_and_linked(tmp_path: Path) -> None:
     assert b"<svg" in icon.data
     assert 'rel="icon" href="/favicon.ico"' in client.get("/").get_data(as_text=True)
     store.close()
+
+
+def test_serve_logs_one_line_per_request_without_tokens(tmp_path: Path, caplog) -> None:
+    settings, store = seeded(tmp_path)
+    sub = subs.get_subscriber(store, "ann@example.org")
+    app = create_app(settings, store, log_requests=True)
+    client = app.test_client()
+    with caplog.at_level("INFO", logger="digest.web"):
+        client.get("/")
+        client.get(f"/feeds/s/{sub.token}.rss")
+        client.get("/nowhere")
+    lines = [r.getMessage() for r in caplog.records if r.name == "digest.web"]
+    assert len(lines) == 3
+    assert lines[0].startswith("GET / 200 ")
+    assert lines[1].startswith("GET /feeds/s/<token>.<any(rss, atom):fmt> 200 ")
+    assert lines[2].startswith("GET (no route) 404 ")
+    assert all(sub.token not in line for line in lines)
+    store.close()
