@@ -197,3 +197,30 @@ def test_left_out_matches_are_kept_whether_or_not_the_ranking_was_cut(tmp_path, 
     body = client.get(_url(msg["Archived-At"])).get_data(as_text=True)
     assert body.count('class="card paper"') == 6
     store.close()
+
+
+def test_preview_last_renders_the_last_sent_digest_with_its_links(tmp_path: Path, capsys) -> None:
+    from digest.cli import main
+
+    config = tmp_path / "settings.toml"
+    config.write_text(
+        '[database]\nurl = "sqlite:///digest.db"\n[site]\nbase_url = "https://papers.example.org"\n'
+        "[mail]\nmax_papers = 2\n",
+        encoding="utf-8",
+    )
+    settings, store = _world(tmp_path)
+    out = tmp_path / "out"
+    assert (
+        main(["--config", str(config), "preview", "ann@example.org", "--last", "--out", str(out)])
+        == 0
+    )
+    assert "no digest was sent" in capsys.readouterr().out
+    msg = _for(_send(settings, store), "ann@example.org")[0]
+    assert (
+        main(["--config", str(config), "preview", "ann@example.org", "--last", "--out", str(out)])
+        == 0
+    )
+    text = (out / "last-ann_example_org.txt").read_text(encoding="utf-8")
+    assert _parts(msg)[0].strip() == text.strip()
+    assert "2 of 6 matches" in text
+    store.close()
