@@ -160,3 +160,16 @@ def test_serve_logs_one_line_per_request_without_tokens(tmp_path: Path, caplog) 
     assert lines[2].startswith("GET (no route) 404 ")
     assert all(sub.token not in line for line in lines)
     store.close()
+
+
+def test_a_browser_gets_the_feed_as_xml_so_the_stylesheet_applies(tmp_path: Path) -> None:
+    settings, store = seeded(tmp_path)
+    client = _client(settings, store)
+    browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    for fmt in ("rss", "atom"):
+        seen = client.get(f"/feeds/all.{fmt}", headers={"Accept": browser})
+        assert seen.content_type == "application/xml; charset=utf-8"
+        reader = client.get(f"/feeds/all.{fmt}", headers={"Accept": "*/*"})
+        assert reader.content_type == f"application/{fmt}+xml; charset=utf-8"
+        assert seen.data == reader.data and "Accept" in reader.headers["Vary"]
+    store.close()

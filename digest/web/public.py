@@ -324,7 +324,11 @@ def _feed_response(entries: list[FeedEntry], fmt: FeedFormat, title: str, token:
         del headers["Last-Modified"]  # an empty feed: no date rather than 1970
     scope = "public" if token is None else "private"
     headers["Cache-Control"] = f"{scope}, max-age={FEED_MAX_AGE}"
-    headers["Vary"] = "Accept-Encoding"
+    headers["Vary"] = "Accept, Accept-Encoding"
+    if any(kind == "text/html" for kind in request.accept_mimetypes.values()):
+        # A browser navigating to the feed: as application/rss+xml it shows raw text, as XML
+        # it applies the feed's stylesheet (a readable page). Readers do not ask for text/html.
+        headers["Content-Type"] = "application/xml; charset=utf-8"
     if conditional_response(
         doc, request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")
     ):
