@@ -224,3 +224,15 @@ def test_preview_last_renders_the_last_sent_digest_with_its_links(tmp_path: Path
     assert _parts(msg)[0].strip() == text.strip()
     assert "2 of 6 matches" in text
     store.close()
+
+
+def test_removing_a_subscriber_removes_their_left_out_matches(world) -> None:
+    _, store, client, messages = world
+    page = _url(_for(messages, "ann@example.org")[0]["Archived-At"])
+    subs.remove_subscriber(store, "ann@example.org")
+    with store.engine.connect() as conn:
+        left = conn.exec_driver_sql("SELECT count(*) FROM digest_extras").scalar()
+        digests = conn.exec_driver_sql("SELECT count(*) FROM digests").scalar()
+    assert digests == 1  # Bob's
+    assert left == 4  # Bob's four left out; Ann's went with her digest
+    assert client.get(page).status_code == 404
