@@ -701,7 +701,7 @@ def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     settings = ctx.settings
     host = args.host or settings.web.host
     port = args.port if args.port is not None else settings.web.port
-    app = create_app(settings, ctx.store)
+    app = create_app(settings, ctx.store, log_requests=True)
     if not settings.web.admin_password_hash:
         print(
             "warning: no admin password set; the admin pages are disabled "
@@ -799,19 +799,26 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_preview(ctx: Context, args: argparse.Namespace) -> int:
-    """Render a subscriber's next digest to files without recording or sending anything."""
+    """Render a subscriber's next digest (--last: the last one sent) to files, recording and
+    sending nothing."""
     from digest.pipeline import Cycle
     from digest.subscribers import get_subscriber
 
     sub = get_subscriber(ctx.store, args.email)
-    found = Cycle(ctx.store, ctx.settings).preview(sub)
+    cycle = Cycle(ctx.store, ctx.settings)
+    found = cycle.last_sent(sub) if args.last else cycle.preview(sub)
     if found is None:
-        ctx.print(f"{sub.email}: no pending papers match their topics; nothing to preview")
+        if args.last:
+            ctx.print(f"{sub.email}: no digest was sent to them yet; nothing to preview")
+        else:
+            ctx.print(f"{sub.email}: no pending papers match their topics; nothing to preview")
         return 0
     rendered, digest = found
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "preview-" + "".join(c if c.isalnum() else "_" for c in sub.email)
+    stem = ("last-" if args.last else "preview-") + "".join(
+        c if c.isalnum() else "_" for c in sub.email
+    )
     (out / f"{stem}.html").write_text(rendered.html, encoding="utf-8")
     (out / f"{stem}.txt").write_text(rendered.text, encoding="utf-8")
     ctx.print(f"subject: {rendered.subject}")
@@ -865,6 +872,11 @@ def _add_delivery_parsers(sub: Any) -> None:
     p = sub.add_parser("preview", help="render a subscriber's next digest to HTML and text files")
     p.add_argument("email", metavar="EMAIL")
     p.add_argument("--out", metavar="DIR", default=".", help="folder for the files (default: .)")
+    p.add_argument(
+        "--last",
+        action="store_true",
+        help="render the last digest sent to them instead of the next one",
+    )
     p.set_defaults(handler=cmd_preview)
 
     p = sub.add_parser(

@@ -98,6 +98,11 @@ class FeedSettings:
     public_dir: Path = _opt(Path("public"), "Static feeds are written here.")
     max_items: int = _opt(100, "Items per feed at most.")
     max_bytes: int = _opt(2_000_000, "A feed is cut to stay under this size.")
+    tag_authority: str = _opt(
+        "",
+        "Authority of the feed entry ids (tag:AUTHORITY,2025:paper/KEY); empty: the host of the "
+        "first site.base_url, kept in the database, so moving the site does not renew every item.",
+    )
 
 
 @dataclass(frozen=True)

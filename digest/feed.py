@@ -121,6 +121,23 @@ class FeedPaths:
         return self.root / "s" / f"{check_token(token)}.{check_fmt(fmt)}"
 
 
+# Browsers apply it to a feed opened directly (same origin only): a readable page saying what
+# the feed is and how to subscribe. Served by `digest serve` and written beside the static feeds.
+STYLESHEET_PATH = "/feeds/feed.xsl"
+STYLESHEET_FILE = Path(__file__).resolve().parent / "static" / "feed.xsl"
+
+
+def write_stylesheet(root: Path) -> None:
+    """Put feed.xsl beside the static feeds (PUBLIC/feeds), when missing or out of date."""
+    target = root / "feed.xsl"
+    data = STYLESHEET_FILE.read_bytes()
+    if not target.exists() or target.read_bytes() != data:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".xsl.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+
+
 def feed_paths(public_dir: Path) -> FeedPaths:
     """The feed layout under public/: feeds/all.rss|atom and feeds/s/TOKEN.rss|atom."""
     return FeedPaths(Path(public_dir) / "feeds")
@@ -146,6 +163,8 @@ def build_feed(
     description: str,
     max_items: int,
     max_bytes: int,
+    authority: str | None = None,
+    stylesheet: str | None = None,
 ) -> FeedDocument:
     """Serialise entries as an RSS 2.0 or Atom feed: newest first, capped, deterministic."""
     return build_feeds(
@@ -156,6 +175,8 @@ def build_feed(
         description=description,
         max_items=max_items,
         max_bytes=max_bytes,
+        authority=authority,
+        stylesheet=stylesheet,
     )[fmt]
 
 
@@ -168,11 +189,15 @@ def build_feeds(
     description: str,
     max_items: int,
     max_bytes: int,
+    authority: str | None = None,
+    stylesheet: str | None = None,
 ) -> dict[FeedFormat, FeedDocument]:
     """Build one feed in several formats ({"rss": self_url, "atom": ...}), sharing the entry work.
 
     Each document is exactly what build_feed gives for its format; building both at once prepares
-    and hands every entry to feedgen once instead of twice.
+    and hands every entry to feedgen once instead of twice. `authority` is the tag authority of
+    the entry ids (default: the site URL's host); `stylesheet` the href of an XSLT stylesheet
+    that browsers apply (`<?xml-stylesheet?>`), so a feed opened in a browser reads as a page.
     """
     for fmt in self_urls:
         check_fmt(fmt)
@@ -180,21 +205,21 @@ def build_feeds(
         raise ValidationError(
             f"feed caps must not be negative (max_items={max_items}, max_bytes={max_bytes})"
         )
-    authority = _tag_authority(site_url)
+    authority = authority or _tag_authority(site_url)
     kept = _newest_first(entries)[:max_items]
     items = _items(kept, authority, max_bytes)
     head = _FeedHead(authority, title, site_url, description)
     docs: dict[FeedFormat, FeedDocument] = {}
     for fmt, self_url in self_urls.items():
         newest = kept[0][0] if items else EPOCH
-        body = _serialise(items, fmt, head, self_url, newest)
+        body = _styled(_serialise(items, fmt, head, self_url, newest), stylesheet)
         count = len(items)
         if len(body) > max_bytes and count:
             body, count = _cap_bytes(body, fmt, max_bytes)
             if count == 0:
                 # The header still has the dropped newest item's date; an empty feed says EPOCH.
                 newest = EPOCH
-                body = _serialise([], fmt, head, self_url, newest)
+                body = _styled(_serialise([], fmt, head, self_url, newest), stylesheet)
         docs[fmt] = FeedDocument(
             body=body,
             etag=_etag(body),
@@ -215,13 +240,14 @@ def reference_document(entries: Sequence[FeedEntry], **feed: Any) -> bytes:
     """
     kept = _newest_first(entries)
     site_url = feed["site_url"]
-    head = _FeedHead(_tag_authority(site_url), feed["title"], site_url, feed["description"])
+    authority = feed.get("authority") or _tag_authority(site_url)
+    head = _FeedHead(authority, feed["title"], site_url, feed["description"])
     fmt = check_fmt(feed["fmt"])
     fg = _feed_generator(head, fmt, feed["self_url"], kept[0][0] if kept else EPOCH)
     for when, entry in kept:
         name = one_line(clean_text(entry.paper.title)) or UNTITLED
         fe = FeedGenEntry()
-        fe.id(paper_tag_id(entry.paper.key, site_url))
+        fe.id(f"tag:{authority},{TAG_YEAR}:paper/{entry.paper.key}")
         fe.title(name)
         fe.link(href=paper_url(name))
         fe.summary(_summary_html(entry), type="html")
@@ -229,10 +255,11 @@ def reference_document(entries: Sequence[FeedEntry], **feed: Any) -> bytes:
         if topics:
             fe.category(topics)
         fe.updated(when)
-        fe.published(when)
+        fe.published(_published(entry, when))
         fg.add_entry(fe, order="append")
     with _FEEDGEN_LOCK:
-        return fg.atom_str(pretty=False) if fmt == "atom" else fg.rss_str(pretty=False)
+        body = fg.atom_str(pretty=False) if fmt == "atom" else fg.rss_str(pretty=False)
+    return _styled(body, feed.get("stylesheet"))
 
 
 def write_feed_atomically(path: Path, doc: FeedDocument) -> bool:
@@ -266,6 +293,7 @@ def write_feeds(
     max_items: int,
     max_bytes: int,
     token: str | None = None,
+    authority: str | None = None,
 ) -> dict[FeedFormat, bool]:
     """Build and write the RSS and Atom versions of one feed (public, or a subscriber's).
 
@@ -280,7 +308,10 @@ def write_feeds(
         description=description,
         max_items=max_items,
         max_bytes=max_bytes,
+        authority=authority,
+        stylesheet=STYLESHEET_PATH,
     )
+    write_stylesheet(paths.root)
     changed: dict[FeedFormat, bool] = {}
     for fmt, doc in docs.items():
         path = paths.all(fmt) if token is None else paths.subscriber(token, fmt)
@@ -378,6 +409,24 @@ def _utc_seconds(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).replace(microsecond=0)
+
+
+def _styled(body: bytes, stylesheet: str | None) -> bytes:
+    """The document with an xml-stylesheet processing instruction after its XML declaration."""
+    if not stylesheet:
+        return body
+    end = body.index(b"?>") + 2
+    pi = f'<?xml-stylesheet type="text/xsl" href="{_xml_attr(stylesheet)}"?>'.encode()
+    return body[:end] + pi + body[end:]
+
+
+def _published(entry: FeedEntry, when: datetime) -> datetime:
+    """The item's date: the paper's own publication date where the dump gives it, else `when`
+    (when it was stored or delivered; that one orders the feed and dates its updates)."""
+    day = entry.paper.published
+    if day is None:
+        return when
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 def _when(entry: FeedEntry) -> datetime:
@@ -492,7 +541,8 @@ class _Item(NamedTuple):
     link: str
     summary_xml: str  # HTML, escaped for HTML and then for XML (readers render it as HTML)
     categories: tuple[str, ...]
-    when: datetime
+    when: datetime  # stored or delivered: orders the feed, Atom's <updated>
+    published: datetime  # the paper's own date where known: RSS <pubDate>, Atom <published>
 
 
 def _items(
@@ -518,7 +568,15 @@ def _items(
             break
         topics = tuple(t for t in (one_line(clean_text(t)) for t in entry.topics) if t)
         items.append(
-            _Item(_xml_text(prefix + paper.key), _xml_text(title), link, summary, topics, when)
+            _Item(
+                _xml_text(prefix + paper.key),
+                _xml_text(title),
+                link,
+                summary,
+                topics,
+                when,
+                _published(entry, when),
+            )
         )
     return items
 
@@ -556,7 +614,7 @@ def _rss_item(item: _Item) -> str:
         f"<item><title>{item.title_xml}</title><link>{_xml_text(item.link)}</link>"
         f"<description>{item.summary_xml}</description>"
         f'<guid isPermaLink="false">{item.id_xml}</guid>{cats}'
-        f"<pubDate>{_rss_date(item.when)}</pubDate></item>"
+        f"<pubDate>{_rss_date(item.published)}</pubDate></item>"
     )
 
 
@@ -568,7 +626,7 @@ def _atom_entry(item: _Item) -> str:
         f"<entry><id>{item.id_xml}</id><title>{item.title_xml}</title>"
         f'<updated>{stamp}</updated><link href="{_xml_attr(item.link)}"/>'
         f'<summary type="html">{item.summary_xml}</summary>{cats}'
-        f"<published>{stamp}</published></entry>"
+        f"<published>{item.published.isoformat()}</published></entry>"
     )
 
 

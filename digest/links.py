@@ -1,4 +1,4 @@
-"""Signed links to a subscriber's pages: manage, unsubscribe, confirm (itsdangerous).
+"""Signed links to a subscriber's pages: manage, unsubscribe, confirm, archive (itsdangerous).
 
 A link carries the subscriber's random token, signed with the site secret and a salt per purpose,
 so a manage link cannot be replayed as an unsubscribe link and a tampered link fails the signature.
@@ -15,7 +15,7 @@ from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from itsdangerous import BadData, URLSafeTimedSerializer
+from itsdangerous import BadData, Signer, URLSafeTimedSerializer
 
 from digest.config import Settings
 from digest.errors import DigestError, ValidationError
@@ -23,7 +23,10 @@ from digest.errors import DigestError, ValidationError
 if TYPE_CHECKING:
     from digest.store import Store
 
-PURPOSES = ("manage", "unsubscribe", "confirm")
+PURPOSES = ("manage", "unsubscribe", "confirm", "archive")
+# Signed without a timestamp (itsdangerous Signer, a fifth of the cost): every email signs its
+# archive link (the digest page hangs under it), and archive links never expire anyway.
+UNTIMED = ("archive",)
 SECRET_META_KEY = "web.secret_key"
 # A confirmation email that sat unanswered this long is stale; sign up again.
 CONFIRM_MAX_AGE = 7 * 24 * 3600
@@ -42,17 +45,26 @@ class LinkSigner:
         self._serializers = {
             purpose: URLSafeTimedSerializer(secret, salt=f"digest.{purpose}")
             for purpose in PURPOSES
+            if purpose not in UNTIMED
         }
+        self._signers = {p: Signer(secret, salt=f"digest.{p}") for p in UNTIMED}
 
     def make_token(self, purpose: str, subscriber_token: str) -> str:
         """A URL-safe signed token for this purpose carrying the subscriber's token."""
+        signer = self._signers.get(purpose)
+        if signer is not None:
+            return signer.sign(subscriber_token).decode("ascii")
         return self._serializer(purpose).dumps(subscriber_token)
 
     def read_token(self, purpose: str, token: str, max_age: int | None = None) -> str:
         """The subscriber token inside a signed token; LinkError on any kind of failure."""
         try:
-            value: Any = self._serializer(purpose).loads(token, max_age=max_age)
-        except BadData:
+            signer = self._signers.get(purpose)
+            if signer is not None:
+                value: Any = signer.unsign(token).decode("utf-8")
+            else:
+                value = self._serializer(purpose).loads(token, max_age=max_age)
+        except (BadData, UnicodeError):
             raise LinkError("this link is not valid (it may be mistyped or expired)") from None
         if not isinstance(value, str) or not value:
             raise LinkError("this link is not valid (it may be mistyped or expired)")
@@ -93,6 +105,17 @@ def confirm_path(signed: str) -> str:
     return f"/confirm/{signed}"
 
 
+def archive_path(signed: str) -> str:
+    """Path of the subscriber's archive of sent digests."""
+    return f"/archive/{signed}"
+
+
+def digest_page_path(signed: str, digest_id: int) -> str:
+    """Path of one sent digest's web page: under the archive link, so one signature serves
+    both the page and the archive (signed once per message)."""
+    return f"/archive/{signed}/{int(digest_id)}"
+
+
 def unsubscribe_mailto(settings: Settings) -> str:
     """The mailto: of List-Unsubscribe: site.unsubscribe_mailto, else unsubscribe@<From domain>."""
     return _mailto(settings.site.unsubscribe_mailto, settings.mail.from_addr)
@@ -113,10 +136,14 @@ class Links:
     manage_url: str
     unsubscribe_url: str  # the RFC 8058 one-click target: a POST there unsubscribes
     unsubscribe_mailto: str  # "mailto:unsubscribe@example.org?subject=..."
+    archive_url: str = ""  # the subscriber's archive (List-Archive); "" in previews
+    page_url: str = ""  # this digest's web page (Archived-At, "View in browser"); "" in previews
 
     def __post_init__(self) -> None:
-        for name in ("manage_url", "unsubscribe_url"):
+        for name in ("manage_url", "unsubscribe_url", "archive_url", "page_url"):
             value = getattr(self, name)
+            if not value and name in ("archive_url", "page_url"):
+                continue
             if not value.startswith(("https://", "http://")) or not _url_chars(value):
                 raise ValidationError(f"links.{name}: must be an http(s) URL, got {value!r}")
         if not self.unsubscribe_mailto.startswith("mailto:") or not _url_chars(
@@ -138,6 +165,8 @@ def make_links(
     *,
     manage_token: str | None = None,
     unsubscribe_token: str | None = None,
+    archive_token: str | None = None,
+    digest_id: int | None = None,
 ) -> Links:
     """The subscriber's links: the manage page, the RFC 8058 one-click target and the mailto.
 
@@ -147,18 +176,36 @@ def make_links(
     base = settings.site.base_url.rstrip("/")
     manage = quote(manage_token or subscriber.token, safe="")
     unsub = quote(unsubscribe_token or subscriber.token, safe="")
+    archive = page = ""
+    if digest_id:  # a recorded digest (previews and dry runs have id 0): it has a page
+        signed = quote(archive_token or subscriber.token, safe="")
+        archive = base + archive_path(signed)
+        page = base + digest_page_path(signed, digest_id)
     return Links(
         base + manage_path(manage),
         base + one_click_path(unsub),
         unsubscribe_mailto(settings),
+        archive,
+        page,
     )
 
 
-def links_for(settings: Settings, signer: LinkSigner, subscriber: Any) -> Links:
-    """The manage / one-click unsubscribe / mailto links of one subscriber's emails."""
+def links_for(
+    settings: Settings, signer: LinkSigner, subscriber: Any, digest_id: int | None = None
+) -> Links:
+    """The manage / one-click unsubscribe / mailto links of one subscriber's emails; with a
+    recorded digest's id also its web page and the archive (one more signature)."""
     return make_links(
         settings,
         subscriber,
         manage_token=signer.make_token("manage", subscriber.token),
         unsubscribe_token=signer.make_token("unsubscribe", subscriber.token),
+        archive_token=signer.make_token("archive", subscriber.token) if digest_id else None,
+        digest_id=digest_id,
     )
+
+
+def archive_url(settings: Settings, signer: LinkSigner, subscriber: Any) -> str:
+    """The absolute URL of a subscriber's archive (the manage page links it)."""
+    signed = quote(signer.make_token("archive", subscriber.token), safe="")
+    return settings.site.base_url.rstrip("/") + archive_path(signed)

@@ -176,6 +176,12 @@ class MessageBuilder:
             self.list_id_header,
             _fold("List-Unsubscribe", unsubscribe),
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        ]
+        if links.page_url:  # RFC 5064 and RFC 2369: where this digest and its archive live
+            headers.append(_fold("Archived-At", f"<{_url(links.page_url)}>"))
+        if links.archive_url:
+            headers.append(_fold("List-Archive", f"<{_url(links.archive_url)}>"))
+        headers += [
             "Auto-Submitted: auto-generated",
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative; boundary="{boundary}"',

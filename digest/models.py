@@ -230,3 +230,4 @@ class Digest:
     created_at: datetime
     message_id: str
     items: list[DigestItem] = field(default_factory=list)
+    matched: int | None = None  # papers matched, when more than the items (a capped digest)

@@ -71,6 +71,8 @@ class Plan:
     items: list[LedgerItem]
     watermark: int
     slot: datetime
+    extra: list[LedgerItem] = field(default_factory=list)  # matched, left out by the cap
+    matched: int | None = None  # how many pending papers matched (None: not capped)
 
     @property
     def kind(self) -> DigestKind:
@@ -83,6 +85,7 @@ class Plan:
         return PlanProgress(
             sub.id, self.kind, self.items, self.watermark, self.slot, upcoming,
             was_watermark=self.state.watermark, was_slot=self.state.last_slot,
+            extra=self.extra, matched=self.matched,
         )  # fmt: skip
 
 
@@ -166,30 +169,45 @@ def _plan_states(
     marks = {s.subscriber.id: s.watermark for s in states if s.subscriber.id in results}
     delivered = store.delivered_above(marks) if marks else set()
     picked: dict[int, list[LedgerItem]] = {}
+    # A capped digest's web page lists every match: the pending matches past the cap are
+    # kept too (`extra`, at most EXTRA_MAX) and counted (`matched`, the "N of M" of the email).
+    extras: dict[int, list[LedgerItem]] = {}
+    beyond: dict[int, int] = {}  # pending matches past the cap and past EXTRA_MAX
     resume: dict[int, int] = {}  # subscriber id -> rank where their cut list ran out
     for s in states:
         found = results.get(s.subscriber.id)
         if found is None:
             continue
-        items = picked[s.subscriber.id] = []
+        sid = s.subscriber.id
+        items = picked[sid] = []
+        extra = extras[sid] = []
         rank = _pick(s, found, 0, items, most, by_id, delivered)
-        if len(items) < most and found.cut:
-            resume[s.subscriber.id] = rank
+        if len(items) == most:
+            rank, beyond[sid] = _pick_extra(s, found, rank, extra, by_id, delivered)
+        if found.cut:
+            resume[sid] = rank
     if resume:
         assert index is not None  # results come from the index
         # The whole ranking of every list that ran out, in one batch (its head is the cut list).
         full = rank_profiles(index, {sid: profiles[sid] for sid in resume}, learner=learner)
         for s in states:
-            rank = resume.get(s.subscriber.id, -1)
-            if rank >= 0:
-                _pick(s, full[s.subscriber.id], rank, picked[s.subscriber.id], most, by_id,
-                      delivered)  # fmt: skip
+            sid = s.subscriber.id
+            rank = resume.get(sid, -1)
+            if rank < 0:
+                continue
+            if len(picked[sid]) < most:
+                rank = _pick(s, full[sid], rank, picked[sid], most, by_id, delivered)
+            if len(picked[sid]) == most:
+                _, more = _pick_extra(s, full[sid], rank, extras[sid], by_id, delivered)
+                beyond[sid] = beyond.get(sid, 0) + more
     return [
         Plan(
             s,
             picked.get(s.subscriber.id, []),
             max(top, s.watermark),
             latest_slot(s.subscriber, now),
+            extras.get(s.subscriber.id, []),
+            _matched(picked, extras, beyond, s.subscriber.id),
         )
         for s in states
     ]
@@ -203,6 +221,49 @@ def _learner(store: Store, profiles: Mapping[int, Sequence[Topic]]) -> Learner |
     from digest.rank import BACKGROUND, Learner
 
     return Learner(store.recent_papers(limit=BACKGROUND), store.papers_by_ids(ids))
+
+
+# A capped digest keeps this many of its left-out matches for its web page (and counts all).
+EXTRA_MAX = 1_000
+
+
+def _matched(
+    picked: dict[int, list[LedgerItem]],
+    extras: dict[int, list[LedgerItem]],
+    beyond: dict[int, int],
+    sid: int,
+) -> int | None:
+    """How many pending papers matched, when more than the digest carries (else None)."""
+    left_out = len(extras.get(sid, ())) + beyond.get(sid, 0)
+    return len(picked[sid]) + left_out if left_out else None
+
+
+def _pending(state: DeliveryState, pid: int, by_id: dict[int, StoredPaper],
+             delivered: set[tuple[int, int]]) -> bool:  # fmt: skip
+    """A paper the subscriber may still receive: new to them, stored after they joined."""
+    sub = state.subscriber
+    return (
+        pid > state.watermark
+        and by_id[pid].first_seen >= (sub.since or sub.created_at)
+        and (sub.id, pid) not in delivered
+    )
+
+
+def _pick_extra(
+    state: DeliveryState,
+    found: MatchList | RankedList,
+    rank: int,
+    extra: list[LedgerItem],
+    by_id: dict[int, StoredPaper],
+    delivered: set[tuple[int, int]],
+) -> tuple[int, int]:
+    """The pending matches past the cap, from `rank`: up to EXTRA_MAX kept in `extra`, the
+    rest only counted; the rank reached (the list's end) and how many were only counted."""
+    room = EXTRA_MAX - len(extra)
+    rank = _pick(state, found, rank, extra, EXTRA_MAX, by_id, delivered) if room > 0 else rank
+    ranked = found.paper_ids()
+    counted = sum(1 for pid in ranked[rank:] if _pending(state, pid, by_id, delivered))
+    return len(ranked), counted
 
 
 def _pick(
@@ -301,6 +362,7 @@ def digest_from_plan(plan: Plan, papers: dict[int, StoredPaper], now: datetime) 
         created_at=now,
         message_id="<preview@localhost>",
         items=[_item(papers[i.paper_id], i) for i in plan.items],
+        matched=plan.matched,
     )
 
 
@@ -348,6 +410,7 @@ def build_digest(store: Store, digest_id: int, record: DigestRecord | None = Non
         created_at=record.created_at,
         message_id=record.message_id,
         items=[_item(entry.paper, entry.item) for entry in record.items],
+        matched=record.matched,
     )
 
 

@@ -28,6 +28,7 @@ from digest.outbox import (
     Clock,
     DeliveryReport,
     QueueReport,
+    build_digest,
     deliver_queued,
     digest_from_plan,
     plan_digests,
@@ -186,6 +187,17 @@ class Cycle:
         renderer, _, signer = self._message_parts
         return renderer.render(digest, links_for(self.settings, signer, subscriber)), digest
 
+    def last_sent(self, subscriber: Subscriber) -> tuple[RenderedDigest, Digest] | None:
+        """The subscriber's last sent email digest rendered again, with its own links (its
+        page and archive); None when nothing was sent to them yet."""
+        last = self.store.archive_page(subscriber.id, limit=1)
+        if not last:
+            return None
+        digest = build_digest(self.store, last[0].id)
+        renderer, _, signer = self._message_parts
+        links = links_for(self.settings, signer, subscriber, digest.id)
+        return renderer.render(digest, links), digest
+
     def pending(self) -> bool:
         """True while an email digest is queued or in flight: something a sender could take.
 
@@ -201,7 +213,7 @@ class Cycle:
 
         def send_one(digest: Digest) -> None:
             try:
-                links = links_for(self.settings, signer, digest.subscriber)
+                links = links_for(self.settings, signer, digest.subscriber, digest.id)
                 rendered = renderer.render(digest, links)
                 message = builder.build(rendered, digest, links, sent_at=self.clock())
             except DigestError as exc:

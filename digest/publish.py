@@ -11,6 +11,18 @@ from digest.config import Settings
 from digest.store import Store
 
 _MARK = "feeds_written_through"
+AUTHORITY_META_KEY = "feeds.tag_authority"
+
+
+def tag_authority(store: Store, settings: Settings) -> str:
+    """The tag authority of feed entry ids: feeds.tag_authority, else the host of the first
+    site.base_url it was derived from (kept in the meta table, so a new base_url keeps it)."""
+    if settings.feeds.tag_authority:
+        return settings.feeds.tag_authority
+    cached = store.get_meta(AUTHORITY_META_KEY)
+    if cached:
+        return cached
+    return store.meta_setdefault(AUTHORITY_META_KEY, feed._tag_authority(settings.site.base_url))
 
 
 @dataclass
@@ -51,6 +63,7 @@ def write_feeds(store: Store, settings: Settings, *, full: bool = False) -> Feed
         "base_url": settings.site.base_url,
         "max_items": settings.feeds.max_items,
         "max_bytes": settings.feeds.max_bytes,
+        "authority": tag_authority(store, settings),
     }
     changed = feed.write_feeds(
         settings.feeds.public_dir,

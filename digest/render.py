@@ -188,6 +188,9 @@ class Renderer:
         first = digest.items[0].paper
         preheader = one_line(f"Top pick: {first.title}")[:140]
         all_topics = [t.name for t in sub.topics] or topic_order
+        # A capped digest says so ("30 of 151 matches") and points at its page, which has all.
+        matched = max(digest.matched or 0, count)
+        capped_label = f"{count} of {matched} matches" if matched > count else ""
         context = {
             "subject": subject,
             "preheader": preheader,
@@ -201,6 +204,7 @@ class Renderer:
             "email": sub.email,
             "name": sub.name,
             "links": links,
+            "capped_label": capped_label,
             "admin_note": self.admin_note_html,
             "admin_note_text": self.admin_note_text,
         }

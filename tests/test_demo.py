@@ -59,3 +59,33 @@ def test_readme_main_command_works_from_a_clean_clone(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert leftovers == "", f"the demo left files in the checkout:\n{leftovers}"
+
+
+def test_demo_prints_commands_that_run_writes_a_page_and_keeps_edits(tmp_path: Path) -> None:
+    import io
+    import shlex
+
+    from digest import subscribers as subs
+    from digest.config import load_settings
+    from digest.demo import run_demo
+    from digest.models import Topic
+    from digest.store import Store
+
+    folder = tmp_path / "demo"
+    first = io.StringIO()
+    assert run_demo(folder, out=first, quiet=True) == 0
+    said = first.getvalue()
+    page = folder / "digest-ada.html"
+    assert f"one rendered as a web page: {page}" in said
+    assert "<html" in page.read_text(encoding="utf-8")
+    status = next(line for line in said.splitlines() if line.strip().startswith("status:"))
+    command = shlex.split(status.split("status:", 1)[1])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env={})
+    assert done.returncode == 0, done.stderr  # as typed, with no PATH at all
+    settings = load_settings(folder / "settings.toml")
+    with Store.open(settings.database.url) as store:
+        subs.edit_subscriber(store, settings, "ada@example.org", topics=[Topic("Mine", "my words")])
+    run_demo(folder, out=io.StringIO(), quiet=True)
+    with Store.open(settings.database.url) as store:
+        ada = subs.get_subscriber(store, "ada@example.org")
+    assert [t.name for t in ada.topics] == ["Mine"]

@@ -489,7 +489,7 @@ def test_feeds_are_gzipped_when_asked_and_gone_once_unsubscribed(env):
     _settings, store, app, _ = env
     client = app.test_client()
     plain = client.get("/feeds/all.atom")
-    assert "Content-Encoding" not in plain.headers and plain.headers["Vary"] == "Accept-Encoding"
+    assert "Content-Encoding" not in plain.headers and "Accept-Encoding" in plain.headers["Vary"]
     packed = client.get("/feeds/all.atom", headers={"Accept-Encoding": "gzip, deflate"})
     assert packed.headers["Content-Encoding"] == "gzip"
     assert gzip.decompress(packed.data) == plain.data

@@ -33,7 +33,9 @@ from digest.store.migrate import MIGRATIONS, SCHEMA_VERSION, Migration, apply_mi
 from digest.store.migrate import current_version as _current_version
 from digest.store.papers import DUMP_STATUSES, PaperStore, dumps, papers, sightings
 from digest.store.records import (
+    ArchivedDigest,
     DeliveryState,
+    DigestPage,
     DigestRecord,
     DigestRow,
     DumpRecord,
@@ -68,7 +70,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "SQLITE_BUSY_TIMEOUT_MS",
     "VERDICTS",
+    "ArchivedDigest",
     "DeliveryState",
+    "DigestPage",
     "DigestRecord",
     "DigestRow",
     "DumpRecord",

@@ -164,6 +164,7 @@ class ClaimStore(StoreBase):
                 created_at=head.created_at,
                 attempts=head.attempts,
                 items=[LedgerEntry(by_id[r.id], ledger_item(r), r.d_at) for r in rows[head.id]],
+                matched=head.matched,
             )
             for head in (heads[i] for i in wanted if i in heads)
             if head.subscriber_id in subs

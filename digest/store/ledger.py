@@ -33,7 +33,9 @@ from digest.models import Cadence, DigestKind, DigestStatus, Subscriber, Subscri
 from digest.store.base import StoreBase, bound, chunks, utc
 from digest.store.papers import papers, stored_paper
 from digest.store.records import (
+    ArchivedDigest,
     DeliveryState,
+    DigestPage,
     LedgerEntry,
     PlanProgress,
     SentDigest,
@@ -66,11 +68,14 @@ digests = Table(
     Column("next_attempt_at", UtcDateTime),
     Column("sent_at", UtcDateTime),
     Column("last_error", Text),
+    # How many papers matched (migration 4): more than the digest's items when it was capped.
+    Column("matched", Integer),
     CheckConstraint(f"kind IN ({in_list(DIGEST_KINDS)})", name="ck_digests_kind"),
     CheckConstraint(f"status IN ({in_list(DIGEST_STATUSES)})", name="ck_digests_status"),
 )
 Index("ix_digests_queue", digests.c.status, digests.c.next_attempt_at)
 Index("ix_digests_subscriber", digests.c.subscriber_id, digests.c.created_at)
+Index("ix_digests_archive", digests.c.subscriber_id, digests.c.id)  # archive pages, by keyset
 
 deliveries = Table(
     "deliveries",
@@ -93,6 +98,24 @@ deliveries = Table(
     Column("why", Text),  # e.g. 'suggested: like "A liked paper"', or passed conditions
 )
 Index("ix_deliveries_digest", deliveries.c.digest_id)
+
+# The papers a capped digest matched but did not carry (migration 4): its web page lists them
+# after its own. Never part of the ledger: they were not delivered.
+digest_extras = Table(
+    "digest_extras",
+    metadata,
+    Column(
+        "digest_id",
+        Integer,
+        ForeignKey("digests.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("paper_id", Integer, ForeignKey("papers.id"), primary_key=True),
+    Column("position", Integer, nullable=False),  # rank among the extras, 0 = best
+    Column("topics", Text),
+    Column("terms", Text),
+    Column("score", Float),
+)
 
 
 _RECEIVING = [s for s in SubscriberStatus if s.receives_mail]
@@ -365,6 +388,102 @@ class LedgerStore(StoreBase):
                     items[row.digest_id].append(SentPaper(row.title, row.topic))
         return [SentDigest(h.id, h.message_id, h.sent_at, tuple(items[h.id])) for h in heads]
 
+    def archive_page(
+        self, subscriber_id: int, *, before: int | None = None, limit: int = 50
+    ) -> list[ArchivedDigest]:
+        """A page of a subscriber's sent email digests, newest first, with ids below `before`
+        (keyset pagination: one query per page, however long the archive)."""
+        shown = (
+            select(func.count())
+            .select_from(deliveries)
+            .where(deliveries.c.digest_id == digests.c.id)
+            .scalar_subquery()
+        )
+        best = (
+            select(papers.c.title)
+            .join(deliveries, deliveries.c.paper_id == papers.c.id)
+            .where(deliveries.c.digest_id == digests.c.id)
+            .order_by(deliveries.c.score.desc(), papers.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        stmt = (
+            select(
+                digests.c.id,
+                digests.c.sent_at,
+                digests.c.matched,
+                shown.label("shown"),
+                best.label("best"),
+            )
+            .where(
+                digests.c.subscriber_id == subscriber_id,
+                digests.c.kind == DigestKind.EMAIL,
+                digests.c.status == DigestStatus.SENT,
+            )
+            .order_by(digests.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            stmt = stmt.where(digests.c.id < before)
+        with self._read() as conn:
+            rows = list(conn.execute(stmt))
+        return [
+            ArchivedDigest(
+                r.id,
+                r.sent_at,
+                r.shown or 0,
+                max(r.matched or 0, r.shown or 0),
+                (r.best,) if r.best else (),
+            )
+            for r in rows
+        ]
+
+    def digest_page(self, subscriber_id: int, digest_id: int) -> DigestPage | None:
+        """A sent email digest of this subscriber with all its matches: the papers it carried
+        (best first), then those its email left out; None if it is not theirs or not sent."""
+        with self._read() as conn:
+            head = conn.execute(
+                select(digests).where(
+                    digests.c.id == digest_id,
+                    digests.c.subscriber_id == subscriber_id,
+                    digests.c.kind == DigestKind.EMAIL,
+                    digests.c.status == DigestStatus.SENT,
+                )
+            ).first()
+            if head is None:
+                return None
+            carried = conn.execute(
+                select(
+                    papers,
+                    deliveries.c.topics.label("d_topics"),
+                    deliveries.c.terms.label("d_terms"),
+                    deliveries.c.score.label("d_score"),
+                    deliveries.c.delivered_at.label("d_at"),
+                )
+                .join(deliveries, deliveries.c.paper_id == papers.c.id)
+                .where(deliveries.c.digest_id == digest_id)
+                .order_by(deliveries.c.score.desc(), papers.c.id)
+            )
+            items = [LedgerEntry(stored_paper(r), ledger_item(r), r.d_at) for r in carried]
+            left_out = conn.execute(
+                select(
+                    papers,
+                    digest_extras.c.topics.label("d_topics"),
+                    digest_extras.c.terms.label("d_terms"),
+                    digest_extras.c.score.label("d_score"),
+                )
+                .join(digest_extras, digest_extras.c.paper_id == papers.c.id)
+                .where(digest_extras.c.digest_id == digest_id)
+                .order_by(digest_extras.c.position)
+            )
+            extras = [
+                LedgerEntry(stored_paper(r), ledger_item(r), head.created_at) for r in left_out
+            ]
+        matched = max(head.matched or 0, len(items) + len(extras))
+        return DigestPage(
+            head.id, subscriber_id, head.sent_at, head.created_at, items, extras, matched
+        )
+
 
 def first_digest_id_since(conn: Connection, since: datetime) -> int | None:
     """The lowest digest id recorded at or after `since` (None if none), by a binary search of
@@ -419,6 +538,7 @@ def _insert_digests(
             "created_at": now,
             "sent_at": now if p.kind == DigestKind.FEED else None,
             "next_attempt_at": now,
+            "matched": p.matched,
         }
         for p in wanted
     ]
@@ -460,4 +580,18 @@ def _insert_digests(
             for item in p.items
         ],
     )
+    extras = [
+        {
+            "digest_id": ids[p.subscriber_id],
+            "paper_id": item.paper_id,
+            "position": position,
+            "topics": json.dumps(list(item.topics)),
+            "terms": json.dumps(list(item.terms)),
+            "score": item.score,
+        }
+        for p in wanted
+        for position, item in enumerate(p.extra)
+    ]
+    if extras:
+        conn.execute(insert(digest_extras), extras)
     return {p.subscriber_id: ids[p.subscriber_id] for p in wanted}

@@ -126,6 +126,9 @@ class PlanProgress:
     # two queueing passes at once (cron beside the daemon) never record two digests.
     was_watermark: int | None = None
     was_slot: datetime | None = None
+    # A capped digest: the matches its email leaves out (best first) and how many matched.
+    extra: Sequence[LedgerItem] = ()
+    matched: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,31 @@ class DigestRecord:
     created_at: datetime
     attempts: int
     items: list[LedgerEntry]
+    matched: int | None = None  # papers matched; more than len(items) when the email was capped
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedDigest:
+    """One sent digest in a subscriber's archive: when, how many papers, its best titles."""
+
+    id: int
+    sent_at: datetime
+    shown: int
+    matched: int
+    titles: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestPage:
+    """A sent digest as its web page shows it: the papers carried, then those left out."""
+
+    id: int
+    subscriber_id: int
+    sent_at: datetime | None
+    created_at: datetime
+    items: list[LedgerEntry]
+    extras: list[LedgerEntry]
+    matched: int  # papers matched: at least items + extras (extras are kept up to a bound)
 
 
 @dataclass(frozen=True, slots=True)

@@ -294,7 +294,17 @@ class SubscriberStore(StoreBase):
                     )
                 )
             # Explicit deletes: the cascade needs foreign keys on, which only we guarantee.
-            # Every table with a subscriber_id, dependents first (deliveries before digests).
+            # Every table with a subscriber_id, dependents first (deliveries before digests);
+            # a digest's left-out papers (no subscriber_id of their own) go with it.
+            extras = metadata.tables["digest_extras"]
+            own = metadata.tables["digests"]
+            conn.execute(
+                extras.delete().where(
+                    extras.c.digest_id.in_(
+                        select(own.c.id).where(own.c.subscriber_id == subscriber_id)
+                    )
+                )
+            )
             for table in reversed(metadata.sorted_tables):
                 if "subscriber_id" not in table.c:
                     continue

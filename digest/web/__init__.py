@@ -66,6 +66,24 @@ def _format_time(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _log_request(response: Any) -> Any:
+    """One line per request. The route's pattern stands for the path: paths hold signed
+    tokens and feed tokens, which a log must not keep (anyone reading it could use them)."""
+    from flask import request
+
+    rule = request.url_rule.rule if request.url_rule is not None else "(no route)"
+    length = response.calculate_content_length()
+    log.info(
+        "%s %s %d %s %s",
+        request.method,
+        rule,
+        response.status_code,
+        "-" if length is None else f"{length}B",
+        request.remote_addr or "-",
+    )
+    return response
+
+
 def state() -> WebState:
     """The WebState of the app handling the current request."""
     return current_app.extensions["digest"]
@@ -78,8 +96,10 @@ def create_app(
     transport_factory: TransportFactory | None = None,
     throttle: LoginThrottle | None = None,
     clock: Callable[[], datetime] | None = None,
+    log_requests: bool = False,
 ) -> Flask:
-    """Build the Flask app; opens the settings' database unless a store is given."""
+    """Build the Flask app; opens the settings' database unless a store is given
+    (`log_requests`: one log line per request, as `digest serve` writes them)."""
     owns = store is None
     if store is None:
         from digest.store import Store
@@ -127,7 +147,7 @@ def create_app(
         owns_store=owns,
     )
 
-    from digest.web import admin, public
+    from digest.web import admin, pages, public
     from digest.web.mailer import ConfirmationMailer
     from digest.web.ratelimit import SignupLimiter
 
@@ -138,8 +158,11 @@ def create_app(
     web_state.mailer = ConfirmationMailer(app)
 
     app.register_blueprint(public.bp)
+    app.register_blueprint(pages.bp)
     app.register_blueprint(admin.bp, url_prefix="/admin")
     app.after_request(security_headers)
+    if log_requests:
+        app.after_request(_log_request)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:

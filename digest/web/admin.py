@@ -595,7 +595,9 @@ def digest_view(sid: int, did: int) -> Any:
     digest = _digest_of(sid, did)
     row = next(iter(state().store.delivery_history(sid, before=did + 1, limit=1)), None)
     rendered = _rendered(digest) if digest.items else None
-    return render_template("web/digest.html", sub=sub, digest=digest, row=row, rendered=rendered)
+    return render_template(
+        "web/admin_digest.html", sub=sub, digest=digest, row=row, rendered=rendered
+    )
 
 
 @bp.get("/subscribers/<int:sid>/digests/<int:did>/email.html")

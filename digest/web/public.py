@@ -13,11 +13,19 @@ from flask import Blueprint, Response, abort, jsonify, render_template, request,
 
 from digest import subscribers as subs
 from digest.errors import DigestError, NotFoundError
-from digest.feed import EPOCH, FeedEntry, build_feed, conditional_response
-from digest.links import CONFIRM_MAX_AGE, LinkError, links_for
+from digest.feed import (
+    EPOCH,
+    STYLESHEET_FILE,
+    STYLESHEET_PATH,
+    FeedEntry,
+    build_feed,
+    conditional_response,
+)
+from digest.links import CONFIRM_MAX_AGE, LinkError, archive_url, links_for
 from digest.models import CADENCES, StatusChange, Subscriber, SubscriberStatus, Topic
+from digest.publish import tag_authority
 from digest.urls import FeedFormat, feed_url
-from digest.web import state
+from digest.web import STATIC_DIR, state
 from digest.web.admin import (
     WEEKDAYS,
     _submitted_form,
@@ -44,10 +52,19 @@ def index() -> Any:
     base = st.settings.site.base_url
     return render_template(
         "web/index.html",
+        feeds=_alternates(base, None, st.settings.site.title),
         signup=st.settings.web.signup_enabled,
         feed_rss=feed_url(base, "rss"),
         feed_atom=feed_url(base, "atom"),
     )
+
+
+def _alternates(base: str, token: str | None, title: str) -> list[tuple[str, str, str]]:
+    """(MIME type, title, URL) of a feed pair, for <link rel="alternate"> autodiscovery."""
+    return [
+        ("application/rss+xml", f"{title} (RSS)", feed_url(base, "rss", token)),
+        ("application/atom+xml", f"{title} (Atom)", feed_url(base, "atom", token)),
+    ]
 
 
 def _from_link(purpose: str, signed: str, max_age: int | None = None) -> Subscriber:
@@ -140,6 +157,8 @@ def manage(signed: str) -> Any:
         feed_rss=feed_url(st.settings.site.base_url, "rss", sub.token),
         feed_atom=feed_url(st.settings.site.base_url, "atom", sub.token),
         manage_url=links.manage_url,
+        archive_url=archive_url(st.settings, st.signer, sub),
+        feeds=_alternates(st.settings.site.base_url, sub.token, "Your papers"),
     )
     return page, status
 
@@ -379,6 +398,8 @@ def _feed_response(entries: list[FeedEntry], fmt: FeedFormat, title: str, token:
         description=f"New papers from {settings.site.title}",
         max_items=settings.feeds.max_items,
         max_bytes=settings.feeds.max_bytes,
+        authority=tag_authority(state().store, settings),
+        stylesheet=STYLESHEET_PATH,
     )
     gzipped = request.accept_encodings["gzip"] > 0
     if gzipped:
@@ -389,7 +410,11 @@ def _feed_response(entries: list[FeedEntry], fmt: FeedFormat, title: str, token:
         del headers["Last-Modified"]  # an empty feed: no date rather than 1970
     scope = "public" if token is None else "private"
     headers["Cache-Control"] = f"{scope}, max-age={FEED_MAX_AGE}"
-    headers["Vary"] = "Accept-Encoding"
+    headers["Vary"] = "Accept, Accept-Encoding"
+    if any(kind == "text/html" for kind in request.accept_mimetypes.values()):
+        # A browser navigating to the feed: as application/rss+xml it shows raw text, as XML
+        # it applies the feed's stylesheet (a readable page). Readers do not ask for text/html.
+        headers["Content-Type"] = "application/xml; charset=utf-8"
     if conditional_response(
         doc, request.headers.get("If-None-Match"), request.headers.get("If-Modified-Since")
     ):
@@ -399,6 +424,28 @@ def _feed_response(entries: list[FeedEntry], fmt: FeedFormat, title: str, token:
         headers["Content-Encoding"] = "gzip"
         return Response(gzip.compress(doc.body, mtime=0), status=200, headers=headers)
     return Response(doc.body, status=200, headers=headers)
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Any:
+    """The site icon (SVG; browsers that ask /favicon.ico by habit get it too)."""
+    icon = STATIC_DIR / "favicon.svg"
+    return Response(
+        icon.read_bytes(),
+        headers={"Content-Type": "image/svg+xml", "Cache-Control": "public, max-age=86400"},
+    )
+
+
+@bp.get(STYLESHEET_PATH)
+def feed_stylesheet() -> Any:
+    """The XSLT stylesheet the feeds name: a browser shows a feed as a readable page."""
+    return Response(
+        STYLESHEET_FILE.read_bytes(),
+        headers={
+            "Content-Type": "text/xsl; charset=utf-8",
+            "Cache-Control": "public, max-age=3600",
+        },
+    )
 
 
 @bp.get("/feeds/all.<any(rss, atom):fmt>")
