@@ -457,6 +457,7 @@ class LedgerStore(StoreBase):
                     papers,
                     deliveries.c.topics.label("d_topics"),
                     deliveries.c.terms.label("d_terms"),
+                    deliveries.c.why.label("d_why"),
                     deliveries.c.score.label("d_score"),
                     deliveries.c.delivered_at.label("d_at"),
                 )

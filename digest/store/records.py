@@ -225,7 +225,7 @@ def ledger_item(row: Any) -> LedgerItem:
         topics=_json_tuple(row.d_topics or "[]"),
         terms=_json_tuple(row.d_terms or "[]"),
         score=row.d_score or 0.0,
-        why=row.d_why or "",
+        why=getattr(row, "d_why", None) or "",  # a digest's left-out extras keep no why
     )
 
 
