@@ -48,6 +48,7 @@ from digest.store.records import (
     SubscriberEvent,
     Suppression,
 )
+from digest.store.rising import RisingPaper, RisingRule, RisingStore
 from digest.store.schema import UtcDateTime, metadata, schema_version
 from digest.store.subscribers import (
     VERDICTS,
@@ -77,6 +78,8 @@ __all__ = [
     "LedgerItem",
     "Migration",
     "PlanProgress",
+    "RisingPaper",
+    "RisingRule",
     "RunSize",
     "SentDigest",
     "SentPaper",
@@ -101,7 +104,9 @@ __all__ = [
 ]
 
 
-class Store(PaperStore, SubscriberStore, LedgerStore, ClaimStore, MetaStore, LockStore):
+class Store(
+    PaperStore, SubscriberStore, LedgerStore, ClaimStore, MetaStore, LockStore, RisingStore
+):
     """The database behind digest; open with `Store.open(url)`, which also migrates it."""
 
     def __init__(self, engine: Engine) -> None:

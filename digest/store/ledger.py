@@ -40,6 +40,7 @@ from digest.store.records import (
     SentPaper,
     ledger_item,
 )
+from digest.store.rising import insert_rising_deliveries, rising_ledger_entries, rising_row
 from digest.store.schema import UtcDateTime, in_list, metadata
 from digest.store.subscribers import load_subscribers, subscriber_row, subscribers, topics
 
@@ -328,7 +329,11 @@ class LedgerStore(StoreBase):
                 .order_by(deliveries.c.delivered_at.desc(), papers.c.id.desc())
                 .limit(limit)
             )
-            return [LedgerEntry(stored_paper(r), ledger_item(r), r.d_at) for r in rows]
+            found = [LedgerEntry(stored_paper(r), ledger_item(r), r.d_at) for r in rows]
+            # Rising papers came back in a later digest: they are feed items of their own.
+            found += rising_ledger_entries(conn, subscriber_id, limit)
+        found.sort(key=lambda e: (e.delivered_at, e.paper.id), reverse=True)
+        return found[:limit]
 
     def subscriber_history(self, subscriber_id: int) -> list[SentDigest]:
         """Sent email digests of a subscriber, newest first, each with its papers' titles and
@@ -429,21 +434,37 @@ def _insert_digests(
         .values(message_id=bindparam("b_mid")),
         [{"b_id": i, "b_mid": message_id(i)} for i in ids.values()],
     )
-    conn.execute(
-        insert(deliveries),
-        [
-            {
-                "subscriber_id": p.subscriber_id,
-                "paper_id": item.paper_id,
-                "digest_id": ids[p.subscriber_id],
-                "topic": item.topics[0] if item.topics else None,
-                "topics": json.dumps(list(item.topics)),
-                "terms": json.dumps(list(item.terms)),
-                "score": item.score,
-                "delivered_at": now,
-            }
+    ledger = [
+        {
+            "subscriber_id": p.subscriber_id,
+            "paper_id": item.paper_id,
+            "digest_id": ids[p.subscriber_id],
+            "topic": item.topics[0] if item.topics else None,
+            "topics": json.dumps(list(item.topics)),
+            "terms": json.dumps(list(item.terms)),
+            "score": item.score,
+            "delivered_at": now,
+        }
+        for p in wanted
+        for item in p.items
+        if not item.rising
+    ]
+    if ledger:  # a digest may hold rising papers only
+        conn.execute(insert(deliveries), ledger)
+    _record_rising(conn, wanted, ids, now)
+    return {p.subscriber_id: ids[p.subscriber_id] for p in wanted}
+
+
+def _record_rising(
+    conn: Connection, wanted: Sequence[PlanProgress], ids: Mapping[int, int], now: datetime
+) -> None:
+    """The digests' rising papers (already in the ledger, or cut), once per subscriber each."""
+    insert_rising_deliveries(
+        conn,
+        (
+            rising_row(p.subscriber_id, ids[p.subscriber_id], item, now)
             for p in wanted
             for item in p.items
-        ],
+            if item.rising
+        ),
     )
-    return {p.subscriber_id: ids[p.subscriber_id] for p in wanted}

@@ -82,6 +82,20 @@ class DigestRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RisingRule:
+    """When an upvote change is a jump: at least `min_gain` more and `ratio` times as many."""
+
+    min_gain: int
+    ratio: float
+
+    def jumped(self, old: int | None, new: int | None) -> bool:
+        """True when going from `old` to `new` upvotes is a jump (unknown counts never are)."""
+        if old is None or new is None:
+            return False
+        return new - old >= self.min_gain and new >= old * self.ratio
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerItem:
     """A paper put in a digest, with why it matched (kept in the delivery ledger)."""
 
@@ -89,6 +103,7 @@ class LedgerItem:
     topics: tuple[str, ...]
     terms: tuple[str, ...]
     score: float
+    rising: bool = False  # back once because its upvotes jumped (kept in rising_deliveries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,4 +210,5 @@ def ledger_item(row: Any) -> LedgerItem:
         topics=tuple(json.loads(row.d_topics or "[]")),
         terms=tuple(json.loads(row.d_terms or "[]")),
         score=row.d_score or 0.0,
+        rising=bool(getattr(row, "d_rising", False)),
     )
