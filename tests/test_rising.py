@@ -168,6 +168,9 @@ def test_the_store_records_jumps_by_the_rule_and_gives_a_paper_back_once(store: 
 
     assert record(T0 + timedelta(hours=3))
     assert store.rising_delivered([sub.id], [paper_id]) == {(sub.id, paper_id)}
+    # A digest of rising papers only still counts as news for feed rewrites.
+    assert [s.id for s in store.subscribers_with_deliveries_since(T0)] == [sub.id]
+    assert store.latest_delivery_time() == T0 + timedelta(hours=3)
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
         record(T0 + timedelta(hours=4))
     assert store.rising_delivered([sub.id], [paper_id]) == {(sub.id, paper_id)}

@@ -40,7 +40,13 @@ from digest.store.records import (
     SentPaper,
     ledger_item,
 )
-from digest.store.rising import insert_rising_deliveries, rising_ledger_entries, rising_row
+from digest.store.rising import (
+    insert_rising_deliveries,
+    latest_rising_time,
+    rising_ledger_entries,
+    rising_row,
+    rising_subscribers_since,
+)
 from digest.store.schema import UtcDateTime, in_list, metadata
 from digest.store.subscribers import load_subscribers, subscriber_row, subscribers, topics
 
@@ -305,13 +311,19 @@ class LedgerStore(StoreBase):
             stmt = stmt.where(deliveries.c.delivered_at > utc(ts))
         with self._read() as conn:
             ids = list(conn.scalars(stmt))
+            known = set(ids)
+            ids += [i for i in rising_subscribers_since(conn, ts) if i not in known]
             found = load_subscribers(conn, ids)
         return [found[i] for i in ids if i in found]
 
     def latest_delivery_time(self) -> datetime | None:
         """When the ledger last grew (None when empty)."""
         with self._read() as conn:
-            return conn.scalar(select(func.max(deliveries.c.delivered_at)))
+            times = [
+                conn.scalar(select(func.max(deliveries.c.delivered_at))),
+                latest_rising_time(conn),  # a digest of rising papers only grows no ledger row
+            ]
+        return max((t for t in times if t is not None), default=None)
 
     def ledger_entries(self, subscriber_id: int, limit: int) -> list[LedgerEntry]:
         """A subscriber's ledger, newest first (paper, why it matched, when), at most `limit`."""

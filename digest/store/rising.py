@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     Table,
     Text,
+    func,
     insert,
     literal,
     select,
@@ -188,3 +189,16 @@ def rising_ledger_entries(conn: Connection, subscriber_id: int, limit: int) -> l
         .limit(limit)
     )
     return [LedgerEntry(stored_paper(r), ledger_item(r), r.d_at) for r in rows]
+
+
+def rising_subscribers_since(conn: Connection, ts: datetime | None) -> list[int]:
+    """Subscribers given a rising paper after `ts` (all when None): their feeds changed."""
+    stmt = select(rising_deliveries.c.subscriber_id).distinct()
+    if ts is not None:
+        stmt = stmt.where(rising_deliveries.c.delivered_at > utc(ts))
+    return list(conn.scalars(stmt))
+
+
+def latest_rising_time(conn: Connection) -> datetime | None:
+    """When a rising paper was last given back (None when never)."""
+    return conn.scalar(select(func.max(rising_deliveries.c.delivered_at)))
