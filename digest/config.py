@@ -163,6 +163,19 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class RankSettings:
+    rising_min_gain: int = _opt(
+        20, "A paper is rising when a dump shows at least this many more upvotes than before..."
+    )
+    rising_ratio: float = _opt(
+        2.0, "...and at least this many times its previous upvotes (both must hold)."
+    )
+    rising_days: float = _opt(
+        7.0, "A rising paper comes back in digests planned within this many days of its jump."
+    )
+
+
+@dataclass(frozen=True)
 class TemplateSettings:
     override_dir: Path | None = _opt(
         None, "Folder of template overrides (same layout as templates/), searched first."
@@ -180,6 +193,7 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    rank: RankSettings = field(default_factory=RankSettings)
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     root: Path = field(default=Path("."), metadata={"internal": True})
     source: Path | None = field(default=None, metadata={"internal": True})
@@ -421,6 +435,12 @@ def validate(settings: Settings) -> None:
     for key, amount in positive:
         if not amount > 0:
             raise bad(key, "must be more than 0")
+    if settings.rank.rising_min_gain < 1:
+        raise bad("rank.rising_min_gain", "must be at least 1")
+    if not settings.rank.rising_ratio >= 1:
+        raise bad("rank.rising_ratio", "must be at least 1 (1: the gain alone decides)")
+    if not settings.rank.rising_days > 0:
+        raise bad("rank.rising_days", "must be more than 0")
     if not health.jump_factor > 1:
         raise bad("health.jump_factor", "must be more than 1")
     if not 0 < health.failure_rate <= 1:

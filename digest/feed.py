@@ -77,6 +77,12 @@ class FeedEntry:
     topics: tuple[str, ...] = ()
     terms: tuple[str, ...] = ()
     added: datetime | None = None  # when first stored / delivered; None means paper.first_seen
+    rising: bool = False  # back once because its upvotes jumped: an item of its own
+
+    @property
+    def item_key(self) -> str:
+        """What the item id is made of: a rising item must not replace the paper's first one."""
+        return self.paper.key + "/rising" if self.rising else self.paper.key
 
     @classmethod
     def from_match(
@@ -247,7 +253,7 @@ def reference_document(entries: Sequence[FeedEntry], **feed: Any) -> bytes:
     for when, entry in kept:
         name = one_line(clean_text(entry.paper.title)) or UNTITLED
         fe = FeedGenEntry()
-        fe.id(f"tag:{authority},{TAG_YEAR}:paper/{entry.paper.key}")
+        fe.id(f"tag:{authority},{TAG_YEAR}:paper/{entry.item_key}")
         fe.title(name)
         fe.link(href=paper_url(name))
         fe.summary(_summary_html(entry), type="html")
@@ -439,9 +445,9 @@ def _newest_first(entries: Sequence[FeedEntry]) -> list[tuple[datetime, FeedEntr
     seen: dict[str, int] = {}
     merged: list[tuple[datetime, FeedEntry]] = []
     for when, entry in dated:
-        at = seen.get(entry.paper.key)
+        at = seen.get(entry.item_key)  # a rising item is not a repeat: its own item
         if at is None:
-            seen[entry.paper.key] = len(merged)
+            seen[entry.item_key] = len(merged)
             merged.append((when, entry))
             continue
         first = merged[at][1]  # the newest sighting keeps its date; reasons are united
@@ -452,13 +458,14 @@ def _newest_first(entries: Sequence[FeedEntry]) -> list[tuple[datetime, FeedEntr
                 topics=_union(first.topics, entry.topics),
                 terms=_union(first.terms, entry.terms),
                 added=first.added,
+                rising=first.rising,
             ),
         )
     return merged
 
 
 def _sort_key(pair: tuple[datetime, FeedEntry]) -> tuple[datetime, str]:
-    return pair[0], pair[1].paper.key
+    return pair[0], pair[1].item_key
 
 
 def _union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
@@ -497,9 +504,9 @@ def _summary_parts(entry: FeedEntry) -> tuple[str, str]:
     """The summary's HTML before the abstract, and the abstract as plain (cleaned) text."""
     paper = entry.paper
     esc = _escape_content
-    out = ""
+    out = "<p><strong>Rising:</strong> its upvotes jumped.</p>" if entry.rising else ""
     if entry.topics or entry.terms:
-        out = "<p><strong>Matched:</strong> "
+        out += "<p><strong>Matched:</strong> "
         out += esc(clean_text(", ".join(entry.topics))) if entry.topics else "-"
         if entry.terms:
             out += " (" + esc(clean_text(", ".join(entry.terms))) + ")"
@@ -569,7 +576,7 @@ def _items(
         topics = tuple(t for t in (one_line(clean_text(t)) for t in entry.topics) if t)
         items.append(
             _Item(
-                _xml_text(prefix + paper.key),
+                _xml_text(prefix + entry.item_key),
                 _xml_text(title),
                 link,
                 summary,

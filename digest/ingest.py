@@ -28,7 +28,7 @@ from digest.errors import ParseError, StoreError
 from digest.fsutil import atomic_write
 from digest.models import ParseResult
 from digest.progress import progress_bar
-from digest.store import Store
+from digest.store import RisingRule, Store
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,8 @@ class _Run:
     ) -> None:
         self.store = store
         self.inbox = settings.inbox
+        rank = settings.rank
+        self.rising = RisingRule(rank.rising_min_gain, rank.rising_ratio)
         self.clock = clock
         if parse is None:
             from digest.parse import parse_bytes
@@ -410,7 +412,14 @@ def _ingest_one(run: _Run, job: _Job) -> FileOutcome:
         return _fail(run, job, sha256, size, failure)
     run.hook("parsed", job.path)
 
-    outcome = run.store.ingest_dump(name, sha256, size, result, received_at=run.now())
+    outcome = run.store.ingest_dump(
+        name,
+        sha256,
+        size,
+        result,
+        received_at=run.now(),
+        rising=run.rising,
+    )
     run.hook("stored", job.path)
     moved = _done(run, job, sha256)
     run.hook("moved", job.path)

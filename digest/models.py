@@ -219,6 +219,7 @@ class DigestItem:
 
     paper: StoredPaper
     match: Match
+    rising: bool = False  # back once because its upvotes jumped (see outbox._add_rising)
 
 
 @dataclass(slots=True)

@@ -200,6 +200,7 @@ def _plan_states(
             if len(picked[sid]) == most:
                 _, more = _pick_extra(s, full[sid], rank, extras[sid], by_id, delivered)
                 beyond[sid] = beyond.get(sid, 0) + more
+    _add_rising(store, settings, states, profiles, picked, by_id, now)
     return [
         Plan(
             s,
@@ -264,6 +265,53 @@ def _pick_extra(
     ranked = found.paper_ids()
     counted = sum(1 for pid in ranked[rank:] if _pending(state, pid, by_id, delivered))
     return len(ranked), counted
+
+
+def _add_rising(
+    store: Store,
+    settings: Settings,
+    states: Sequence[DeliveryState],
+    profiles: Mapping[int, Sequence[Topic]],
+    picked: dict[int, list[LedgerItem]],
+    by_id: dict[int, StoredPaper],
+    now: datetime,
+) -> None:
+    """Add to each plan, after its new papers and within mail.max_papers, the papers whose
+    upvotes jumped lately that the subscriber already received or that matched them but were
+    cut: those at or below their watermark (planned for them before) that their topics match,
+    first seen since they subscribed, and never given back to them as rising before."""
+    from digest.match import PaperIndex, match_profiles  # see _paper_index
+
+    if not profiles:
+        return
+    found = store.rising_since(now - timedelta(days=settings.rank.rising_days))
+    if not found:
+        return
+    rising_by_id = {r.paper.id: r.paper for r in found}
+    results = match_profiles(PaperIndex(list(rising_by_id.values())), profiles)
+    if not results:
+        return
+    given = store.rising_delivered(list(results), list(rising_by_id))
+    most = settings.mail.max_papers
+    for s in states:
+        sub, matches = s.subscriber, results.get(s.subscriber.id)
+        if matches is None:
+            continue
+        since = sub.since or sub.created_at
+        items = picked.setdefault(sub.id, [])
+        taken = {i.paper_id for i in items}
+        for m in matches:
+            if len(items) >= most:
+                break  # the rest wait for a later digest (within rising_days)
+            paper = rising_by_id[m.paper_id]
+            if (
+                paper.id <= s.watermark  # above it, the paper is simply new for them
+                and paper.first_seen >= since
+                and (sub.id, paper.id) not in given
+                and paper.id not in taken
+            ):
+                items.append(LedgerItem(paper.id, m.topics, m.terms, m.score, rising=True))
+                by_id.setdefault(paper.id, paper)  # previews build from by_id
 
 
 def _pick(
@@ -387,6 +435,7 @@ def _spans(text: str, terms: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
 
 def _item(paper: StoredPaper, item: LedgerItem) -> DigestItem:
     return DigestItem(
+        rising=item.rising,
         paper=paper,
         match=Match(
             paper_id=paper.id,

@@ -45,7 +45,11 @@ def private_entries(store: Store, subscriber_id: int, limit: int) -> list[feed.F
     """A subscriber's ledger as feed entries: topics as categories, matched words, date added."""
     return [
         feed.FeedEntry(
-            paper=e.paper, topics=e.item.topics, terms=e.item.terms, added=e.delivered_at
+            paper=e.paper,
+            topics=e.item.topics,
+            terms=e.item.terms,
+            added=e.delivered_at,
+            rising=e.item.rising,
         )
         for e in store.ledger_entries(subscriber_id, limit)
     ]

@@ -119,6 +119,7 @@ class ItemView:
     matched_html: Markup  # <strong>topics</strong> (words)
     text_matched: str  # "matched: topics (words)", wrapped and indented
     match: Match
+    rising: bool = False  # back once because its upvotes jumped
 
     @property
     def topics_label(self) -> str:
@@ -251,8 +252,9 @@ class Renderer:
         else:
             text_title = wrap(view.title, TEXT_WIDTH, f"{number}. ", "    ")
         return ItemView(
-            number, view, text_title, title, abstract, matched_html, text_matched, match
-        )
+            number, view, text_title, title, abstract, matched_html, text_matched, match,
+            item.rising,
+        )  # fmt: skip
 
     def highlight(
         self, text: str, spans: tuple[tuple[int, int], ...], limit: int | None = None

@@ -209,6 +209,16 @@ def test_preview_reports_added_removed_and_kept(env):
     assert list(bad["errors"]) == ["1"] and "column" in bad["errors"]["1"]
 
 
+def test_preview_shows_topics_per_digest_and_collapses_unchanged(env):
+    _, store, app, _ = env
+    client = admin_client(app)
+    html = _preview(client, _ann(store).id, ["Attention"], ["latency"]).get_json()["html"]
+    # The unchanged paper is a count, not a list; each topic's own gains are shown.
+    assert "Still matched" not in html and "1 unchanged paper not listed" in html
+    assert "data-preview-topics" in html and "+2 gained" in html
+    assert "papers per digest" in html and "mail.max_papers" in html
+
+
 def test_preview_considers_only_the_last_dumps(tmp_path):
     settings, store = seeded(tmp_path, preview_dumps=1)
     client = admin_client(create_app(settings, store))

@@ -51,6 +51,7 @@ from digest.store.records import (
     SubscriberEvent,
     Suppression,
 )
+from digest.store.rising import RisingPaper, RisingRule, RisingStore
 from digest.store.schema import UtcDateTime, metadata, schema_version
 from digest.store.subscribers import (
     VERDICTS,
@@ -82,6 +83,8 @@ __all__ = [
     "LedgerItem",
     "Migration",
     "PlanProgress",
+    "RisingPaper",
+    "RisingRule",
     "RunSize",
     "SentDigest",
     "SentPaper",
@@ -106,7 +109,16 @@ __all__ = [
 ]
 
 
-class Store(PaperStore, SubscriberStore, LedgerStore, ClaimStore, MetaStore, LockStore, AdminStore):
+class Store(
+    PaperStore,
+    SubscriberStore,
+    LedgerStore,
+    ClaimStore,
+    MetaStore,
+    LockStore,
+    AdminStore,
+    RisingStore,
+):
     """The database behind digest; open with `Store.open(url)`, which also migrates it."""
 
     def __init__(self, engine: Engine) -> None:

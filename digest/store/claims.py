@@ -18,6 +18,7 @@ from digest.store.base import StoreBase, chunks, utc
 from digest.store.ledger import DIGEST_STATUSES, deliveries, digests, first_digest_id_since
 from digest.store.papers import papers, stored_paper
 from digest.store.records import DigestRecord, DigestRow, LedgerEntry, ledger_item
+from digest.store.rising import rising_ledger_rows
 from digest.store.subscribers import load_subscribers, record_events, subscribers
 
 QUEUED, SENDING = DigestStatus.QUEUED, DigestStatus.SENDING
@@ -147,6 +148,7 @@ class ClaimStore(StoreBase):
                     )
                 ):
                     rows[row.d_digest].append(row)
+            _add_rising_rows(conn, list(heads), rows)
             # A batch's digests share most of their papers: each is read (and built) once.
             by_id: dict[int, StoredPaper] = {} if papers_seen is None else papers_seen
             paper_ids = sorted({r.id for items in rows.values() for r in items} - by_id.keys())
@@ -364,3 +366,16 @@ def _settle_claim(conn: Connection, digest_id: int, worker: str | None, **values
         stmt = stmt.where(digests.c.claimed_by == worker, digests.c.status == SENDING)
     stmt = stmt.values(attempts=digests.c.attempts + 1, claimed_by=None, lease_until=None, **values)
     return bool(conn.execute(stmt).rowcount)
+
+
+def _add_rising_rows(
+    conn: Connection, digest_ids: Sequence[int], rows: dict[int, list[Any]]
+) -> None:
+    """Append each digest's rising papers (kept apart from the ledger: see store/rising.py)
+    after its new papers, best score first."""
+    extra: dict[int, list[Any]] = {}
+    for row in rising_ledger_rows(conn, digest_ids):
+        extra.setdefault(row.d_digest, []).append(row)
+    for digest_id, found in extra.items():
+        found.sort(key=lambda r: (-(r.d_score or 0.0), r.id))
+        rows[digest_id].extend(found)

@@ -42,6 +42,13 @@ from digest.store.records import (
     SentPaper,
     ledger_item,
 )
+from digest.store.rising import (
+    insert_rising_deliveries,
+    latest_rising_time,
+    rising_ledger_entries,
+    rising_row,
+    rising_subscribers_since,
+)
 from digest.store.schema import UtcDateTime, in_list, metadata
 from digest.store.subscribers import load_subscribers, subscriber_row, subscribers, topics
 
@@ -328,13 +335,19 @@ class LedgerStore(StoreBase):
             stmt = stmt.where(deliveries.c.delivered_at > utc(ts))
         with self._read() as conn:
             ids = list(conn.scalars(stmt))
+            known = set(ids)
+            ids += [i for i in rising_subscribers_since(conn, ts) if i not in known]
             found = load_subscribers(conn, ids)
         return [found[i] for i in ids if i in found]
 
     def latest_delivery_time(self) -> datetime | None:
         """When the ledger last grew (None when empty)."""
         with self._read() as conn:
-            return conn.scalar(select(func.max(deliveries.c.delivered_at)))
+            times = [
+                conn.scalar(select(func.max(deliveries.c.delivered_at))),
+                latest_rising_time(conn),  # a digest of rising papers only grows no ledger row
+            ]
+        return max((t for t in times if t is not None), default=None)
 
     def ledger_entries(self, subscriber_id: int, limit: int) -> list[LedgerEntry]:
         """A subscriber's ledger, newest first (paper, why it matched, when), at most `limit`."""
@@ -353,7 +366,11 @@ class LedgerStore(StoreBase):
                 .order_by(deliveries.c.delivered_at.desc(), papers.c.id.desc())
                 .limit(limit)
             )
-            return [LedgerEntry(stored_paper(r), ledger_item(r), r.d_at) for r in rows]
+            found = [LedgerEntry(stored_paper(r), ledger_item(r), r.d_at) for r in rows]
+            # Rising papers came back in a later digest: they are feed items of their own.
+            found += rising_ledger_entries(conn, subscriber_id, limit)
+        found.sort(key=lambda e: (e.delivered_at, e.paper.id), reverse=True)
+        return found[:limit]
 
     def subscriber_history(self, subscriber_id: int) -> list[SentDigest]:
         """Sent email digests of a subscriber, newest first, each with its papers' titles and
@@ -562,25 +579,29 @@ def _insert_digests(
             got = texts[values] = json.dumps(list(values))
         return got
 
-    conn.exec_driver_sql(
-        "INSERT INTO deliveries (subscriber_id, paper_id, digest_id, topic, topics, terms, "
-        f"score, why, delivered_at) VALUES ({', '.join([mark] * 9)})",
-        [
-            (
-                p.subscriber_id,
-                item.paper_id,
-                ids[p.subscriber_id],
-                item.topics[0] if item.topics else None,
-                dumps(tuple(item.topics)),
-                dumps(tuple(item.terms)),
-                item.score,
-                item.why or None,
-                at,
-            )
-            for p in wanted
-            for item in p.items
-        ],
-    )
+    ledger = [
+        (
+            p.subscriber_id,
+            item.paper_id,
+            ids[p.subscriber_id],
+            item.topics[0] if item.topics else None,
+            dumps(tuple(item.topics)),
+            dumps(tuple(item.terms)),
+            item.score,
+            item.why or None,
+            at,
+        )
+        for p in wanted
+        for item in p.items
+        if not item.rising
+    ]
+    if ledger:  # a digest may hold rising papers only
+        conn.exec_driver_sql(
+            "INSERT INTO deliveries (subscriber_id, paper_id, digest_id, topic, topics, terms, "
+            f"score, why, delivered_at) VALUES ({', '.join([mark] * 9)})",
+            ledger,
+        )
+    _record_rising(conn, wanted, ids, now)
     extras = [
         {
             "digest_id": ids[p.subscriber_id],
@@ -596,3 +617,18 @@ def _insert_digests(
     if extras:
         conn.execute(insert(digest_extras), extras)
     return {p.subscriber_id: ids[p.subscriber_id] for p in wanted}
+
+
+def _record_rising(
+    conn: Connection, wanted: Sequence[PlanProgress], ids: Mapping[int, int], now: datetime
+) -> None:
+    """The digests' rising papers (already in the ledger, or cut), once per subscriber each."""
+    insert_rising_deliveries(
+        conn,
+        (
+            rising_row(p.subscriber_id, ids[p.subscriber_id], item, now)
+            for p in wanted
+            for item in p.items
+            if item.rising
+        ),
+    )

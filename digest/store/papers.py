@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from digest.errors import StoreError
 from digest.models import Paper, ParseResult, StoredPaper
 from digest.store.base import PG_LOCK_INGEST, StoreBase, chunks, inserted_id, utc
-from digest.store.records import DumpRecord, IngestOutcome, Sighting
+from digest.store.records import DumpRecord, IngestOutcome, RisingRule, Sighting
 from digest.store.schema import UtcDateTime, in_list, metadata
 
 DUMP_STATUSES = ("stored", "failed", "duplicate")
@@ -145,8 +145,11 @@ class PaperStore(StoreBase):
         result: ParseResult,
         *,
         received_at: datetime,
+        rising: RisingRule | None = None,
     ) -> IngestOutcome:
-        """Store one parsed dump in one transaction; the same content again is a recorded no-op."""
+        """Store one parsed dump in one transaction; the same content again is a recorded no-op.
+
+        With `rising`, the upvote jumps of known papers are recorded in the same transaction."""
         received_at = utc(received_at)
         merged = _merge_by_key(result.papers)
         try:
@@ -169,7 +172,7 @@ class PaperStore(StoreBase):
                         captured_on=result.capture_date,
                     ),
                 )
-                new_count = self._upsert_papers(conn, dump_id, merged, received_at)
+                new_count = self._upsert_papers(conn, dump_id, merged, received_at, rising)
                 conn.execute(
                     update(dumps).where(dumps.c.id == dump_id).values(new_papers=new_count)
                 )
@@ -212,7 +215,12 @@ class PaperStore(StoreBase):
         return IngestOutcome(dump_id, "duplicate", 0, 0, duplicate_of=earlier)
 
     def _upsert_papers(
-        self, conn: Connection, dump_id: int, merged: dict[str, Paper], now: datetime
+        self,
+        conn: Connection,
+        dump_id: int,
+        merged: dict[str, Paper],
+        now: datetime,
+        rising: RisingRule | None = None,
     ) -> int:
         """Insert new papers, update the changing facts of known ones, add the sightings."""
         keys = list(merged)
@@ -243,8 +251,12 @@ class PaperStore(StoreBase):
                 ids[row.key] = row.id
 
         changes = []
+        jumps: list[tuple[int, int, int]] = []
         for key, row in existing.items():
             p = merged[key]
+            if rising is not None and rising.jumped(row.upvotes, p.upvotes):
+                assert p.upvotes is not None and row.upvotes is not None  # jumped() checked
+                jumps.append((row.id, row.upvotes, p.upvotes))
             values = {f: getattr(p, f) for f in _PAPER_FACTS}
             new = {f: (values[f] if values[f] is not None else getattr(row, f)) for f in values}
             if any(new[f] != getattr(row, f) for f in new):
@@ -261,6 +273,10 @@ class PaperStore(StoreBase):
                 ),
                 changes,
             )
+        if jumps:
+            from digest.store.rising import record_jumps  # rising.py reads this module's tables
+
+            record_jumps(conn, dump_id, jumps, now)
 
         conn.execute(
             insert(sightings),

@@ -83,6 +83,20 @@ class DigestRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RisingRule:
+    """When an upvote change is a jump: at least `min_gain` more and `ratio` times as many."""
+
+    min_gain: int
+    ratio: float
+
+    def jumped(self, old: int | None, new: int | None) -> bool:
+        """True when going from `old` to `new` upvotes is a jump (unknown counts never are)."""
+        if old is None or new is None:
+            return False
+        return new - old >= self.min_gain and new >= old * self.ratio
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerItem:
     """A paper put in a digest, with why it matched (kept in the delivery ledger)."""
 
@@ -91,6 +105,7 @@ class LedgerItem:
     terms: tuple[str, ...]
     score: float
     why: str = ""
+    rising: bool = False  # back once because its upvotes jumped (kept in rising_deliveries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +241,7 @@ def ledger_item(row: Any) -> LedgerItem:
         terms=_json_tuple(row.d_terms or "[]"),
         score=row.d_score or 0.0,
         why=getattr(row, "d_why", None) or "",  # a digest's left-out extras keep no why
+        rising=bool(getattr(row, "d_rising", False)),
     )
 
 

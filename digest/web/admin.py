@@ -208,7 +208,13 @@ def _preview(saved: list[Topic], edited: list[Topic]) -> Preview:
     st = state()
     n = st.settings.web.preview_dumps
     stored = sum(1 for d in st.store.recent_dumps(4 * n) if d.status == "stored")
-    return backtest(st.store.papers_of_recent_dumps(n), saved, edited, dumps=min(n, stored))
+    return backtest(
+        st.store.papers_of_recent_dumps(n),
+        saved,
+        edited,
+        dumps=min(n, stored),
+        max_papers=st.settings.mail.max_papers,
+    )
 
 
 def _render_subscriber(

@@ -44,6 +44,30 @@ class PreviewRow:
 
 
 @dataclass(slots=True)
+class TopicDiff:
+    """One topic's own effect: the papers it gains and loses, and how many it keeps."""
+
+    name: str
+    change: str  # "new", "deleted", "edited" or "unchanged" (its query, by topic name)
+    before: int  # papers the saved topic matches
+    after: int  # papers the edited topic matches
+    gained: list[PreviewRow] = field(default_factory=list)
+    lost: list[PreviewRow] = field(default_factory=list)
+    gained_count: int = 0
+    lost_count: int = 0
+    unchanged: int = 0  # matched before and after: a count, never listed
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A paper the edit moves between topics: it leaves `left` and joins `joined`."""
+
+    row: PreviewRow
+    left: tuple[str, ...]
+    joined: tuple[str, ...]
+
+
+@dataclass(slots=True)
 class Preview:
     """The backtest of a profile edit over the papers of the last dumps."""
 
@@ -53,6 +77,19 @@ class Preview:
     removed: list[PreviewRow] = field(default_factory=list)
     kept: list[PreviewRow] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    topics: list[TopicDiff] = field(default_factory=list)
+    moved: list[Move] = field(default_factory=list)
+    max_papers: int | None = None  # mail.max_papers, when the caller knows it
+
+    @property
+    def per_digest(self) -> float:
+        """Papers the edited profile matches per dump: what a daily digest would expect."""
+        return (self.counts.get("added", 0) + self.counts.get("kept", 0)) / max(1, self.dumps)
+
+    @property
+    def over_limit(self) -> bool:
+        """True when the expected papers per digest exceed mail.max_papers (the rest are cut)."""
+        return self.max_papers is not None and self.per_digest > self.max_papers
 
 
 def parse_topic_rows(
@@ -108,9 +145,11 @@ def backtest(
     edited: Sequence[Topic],
     *,
     dumps: int,
+    max_papers: int | None = None,
 ) -> Preview:
-    """What `edited` matches among `papers`, split into added / removed / kept versus `saved`."""
-    preview = Preview(papers=len(papers), dumps=dumps)
+    """What `edited` matches among `papers`, split into added / removed / kept versus `saved`,
+    and topic by topic (gained, lost, moved between topics)."""
+    preview = Preview(papers=len(papers), dumps=dumps, max_papers=max_papers)
     if papers:
         index = PaperIndex(list(papers))
         found = match_profiles(index, {0: list(saved), 1: list(edited)})
@@ -123,6 +162,7 @@ def backtest(
         for match in found.get(0, []):
             if match.paper_id not in after:
                 preview.removed.append(_row(by_id[match.paper_id], match, "removed"))
+        preview.topics, preview.moved = _topic_diffs(index, by_id, saved, edited)
     preview.counts = {
         "added": len(preview.added),
         "removed": len(preview.removed),
@@ -132,6 +172,61 @@ def backtest(
     preview.removed = preview.removed[:MAX_ROWS]
     preview.kept = preview.kept[:MAX_ROWS]
     return preview
+
+
+def _topic_diffs(
+    index: PaperIndex,
+    by_id: dict[int, StoredPaper],
+    saved: Sequence[Topic],
+    edited: Sequence[Topic],
+) -> tuple[list[TopicDiff], list[Move]]:
+    """Each topic matched alone, before and after: a profile-level diff hides an edit whose
+    papers another topic still matches (the paper stays "kept" though the edited topic lost it)."""
+    old = {t.name: t for t in saved}
+    new = {t.name: t for t in edited}
+    names = [t.name for t in edited] + [n for n in old if n not in new]
+    profiles: dict[int, list[Topic]] = {}
+    for i, name in enumerate(names):
+        if name in old:
+            profiles[2 * i] = [old[name]]
+        if name in new:
+            profiles[2 * i + 1] = [new[name]]
+    found = match_profiles(index, profiles)
+    diffs: list[TopicDiff] = []
+    left: dict[int, list[str]] = {}
+    joined: dict[int, list[str]] = {}
+    matches: dict[int, Match] = {}
+    for i, name in enumerate(names):
+        before = {m.paper_id: m for m in found.get(2 * i, [])}
+        after = {m.paper_id: m for m in found.get(2 * i + 1, [])}
+        if name not in old:
+            change = "new"
+        elif name not in new:
+            change = "deleted"
+        else:
+            change = "unchanged" if old[name].query == new[name].query else "edited"
+        diff = TopicDiff(name, change, len(before), len(after))
+        for pid, m in after.items():
+            if pid not in before:
+                diff.gained_count += 1
+                joined.setdefault(pid, []).append(name)
+                matches.setdefault(pid, m)
+                if len(diff.gained) < MAX_ROWS:
+                    diff.gained.append(_row(by_id[pid], m, "added"))
+        for pid, m in before.items():
+            if pid not in after:
+                diff.lost_count += 1
+                left.setdefault(pid, []).append(name)
+                matches.setdefault(pid, m)
+                if len(diff.lost) < MAX_ROWS:
+                    diff.lost.append(_row(by_id[pid], m, "removed"))
+        diff.unchanged = len(before.keys() & after.keys())
+        diffs.append(diff)
+    moved = [
+        Move(_row(by_id[pid], matches[pid], "moved"), tuple(left[pid]), tuple(joined[pid]))
+        for pid in sorted(left.keys() & joined.keys())
+    ][:MAX_ROWS]
+    return diffs, moved
 
 
 def _row(paper: StoredPaper, match: Match, kind: str) -> PreviewRow:
