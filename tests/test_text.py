@@ -6,6 +6,7 @@ import itertools
 import unicodedata
 
 import pytest
+import snowballstemmer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -154,3 +155,27 @@ def test_cleaning_is_idempotent(text, multiline):
 def test_text_policy_table(raw, line, lines):
     assert clean_text(raw) == (raw if line is None else line)
     assert clean_text(raw, multiline=True) == (raw if lines is None else lines)
+
+
+# The C stemmer (PyStemmer) must stem exactly as the pure-Python snowballstemmer it replaced:
+# papers indexed and queries saved before the switch keep matching the same words.
+_REFERENCE = snowballstemmer.stemmer("english")
+
+
+def _reference_stem(norm: str) -> str:
+    return norm if any(c.isdigit() for c in norm) else _REFERENCE.stemWord(norm)
+
+
+def test_stem_matches_snowballstemmer_on_every_dump_word(shared_dumps):
+    seen = {t.norm for f in shared_dumps for t in tokenize(f.read_text(encoding="utf-8-sig"))}
+    assert len(seen) > 1000
+    wrong = {w: (stem(w), _reference_stem(w)) for w in seen if stem(w) != _reference_stem(w)}
+    assert not wrong
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(categories=("Ll", "Lu", "Lo", "Nd")), max_size=20)
+       | st.from_regex(r"[a-z']{1,15}", fullmatch=True))  # fmt: skip
+def test_stem_matches_snowballstemmer_property(word):
+    norm = normalize(word)
+    assert stem(norm) == _reference_stem(norm)
