@@ -186,5 +186,11 @@ def tokenize(text: str) -> list[Token]:
 
 def words(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The stems and the normalised forms of text's words, in order (the indexer's fast path)."""
-    norms = [n for n in (normalize(raw) for raw, _, _ in _pieces(text)) if n]
-    return tuple(map(stem, norms)), tuple(norms)
+    if _HAS_GREEK.search(text) is None:
+        # no Greek letter to split out: the pieces are the token matches themselves, found
+        # without a match object each (normalize and stem are cached: C-level hits mostly)
+        raws: list[str] = _TOKEN_RE.findall(text)
+    else:
+        raws = [raw for raw, _, _ in _pieces(text)]
+    norms = tuple(filter(None, map(normalize, raws)))
+    return tuple(map(stem, norms)), norms

@@ -179,3 +179,21 @@ def test_stem_matches_snowballstemmer_on_every_dump_word(shared_dumps):
 def test_stem_matches_snowballstemmer_property(word):
     norm = normalize(word)
     assert stem(norm) == _reference_stem(norm)
+
+
+def _words_by_tokenize(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    toks = tokenize(text)
+    return tuple(t.stem for t in toks), tuple(t.norm for t in toks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab1.'’$^{}_\\ -xQ\u00e9\ufb01"), max_size=40))
+def test_words_fast_path_agrees_with_tokenize(text):
+    # no Greek letter: words() takes its findall path, which must give tokenize's words
+    assert words(text) == _words_by_tokenize(text)
+
+
+def test_words_agrees_with_tokenize_on_the_dumps(shared_dumps):
+    for f in shared_dumps:
+        for line in f.read_text(encoding="utf-8-sig").splitlines():
+            assert words(line) == _words_by_tokenize(line), line
