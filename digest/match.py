@@ -200,6 +200,8 @@ class PaperIndex:
         for r, i in enumerate(order):
             self.rank[i] = r
         self._by_rank = np.asarray(order, dtype=np.int64)
+        # the papers' ids by batch position: a subscriber's ranked ids in one numpy take
+        self.ids = np.fromiter((p.id for p in self.papers), np.int64, n)
         self._rank_arr = np.asarray(self.rank, dtype=np.int64)
         # per-index memos: bounded by this batch's papers and the queries run against it
         self._memo: dict[Node, int] = {}
@@ -955,8 +957,7 @@ class MatchList(Sequence[Match]):
 
     def paper_ids(self) -> list[int]:
         """The matched papers' ids, best first (no Match objects built)."""
-        papers = self._res.index.papers
-        return [papers[i].id for i in self._papers.tolist()]
+        return self._res.index.ids[self._papers].tolist()
 
     def scores(self) -> list[float]:
         """The matches' scores, best first."""
@@ -1011,7 +1012,9 @@ class Matches(Mapping[int, MatchList]):
         qid = self._single.get(sid)
         batch = self.batch
         if qid is not None and batch is not None:
-            topic = next(t for t in self._profiles[sid] if self._qid_of[t.query] == qid)
+            ts = self._profiles[sid]
+            # one topic: it is the usable one (the common case, no text lookup)
+            topic = ts[0] if len(ts) == 1 else next(t for t in ts if self._qid_of[t.query] == qid)
             papers, micro = batch.entries(qid)
             return MatchList(self, papers, micro, (topic,), (qid,), batch.cut(qid))
         k = self._multi.get(sid)
