@@ -107,7 +107,9 @@ def make_papers(base: list[StoredPaper], n: int, words: list[str], seed: int) ->
     return out
 
 
-def make_profiles(n: int, vocab, seed: int) -> dict[int, list[Topic]]:
+def make_profiles(n: int, vocab, seed: int, plain: bool = False) -> dict[int, list[Topic]]:
+    """n subscribers' topics; plain: only what every peer can express (words, phrases,
+    title:, exclusions, alternatives: no number, org or prefix conditions)."""
     words, weights, pairs, orgs = vocab
     rng = random.Random(seed)
     # cumulative weights once: random.choices with cum_weights is O(log n) per draw
@@ -138,7 +140,9 @@ def make_profiles(n: int, vocab, seed: int) -> dict[int, list[Topic]]:
         elif r < 0.30:
             alts.append(f"-{word()}")
         r = rng.random()
-        if r < 0.03:
+        if plain:
+            pass
+        elif r < 0.03:
             alts[0] += f" upvotes>={rng.choice((5, 10, 20, 50))}"
         elif r < 0.05:
             alts[0] += f" authors<={rng.choice((3, 5, 10))}"
@@ -196,6 +200,170 @@ def naive(node: Node, v: _View) -> bool:
     if k == "and":
         return all(naive(c, v) for c in node.arg)
     return any(naive(c, v) for c in node.arg)
+
+
+# ---------------------------------------------------------------- peers: tantivy, SQLite FTS5
+
+_ITEM = re.compile(r'(-?)(?:(title):)?("[^"]*"|\S+)')
+
+
+def _parts(text: str) -> tuple[list[list[tuple[bool, str | None, str]]], list[str]]:
+    """A plain profile's alternatives as (excluded, field, word or "phrase") items, and its
+    exclusion-only alternatives (which exclude from the whole topic)."""
+    alts, excl = [], []
+    for alt in text.split(", "):
+        items = [(m[1] == "-", m[2] or None, m[3]) for m in _ITEM.finditer(alt)]
+        if all(neg for neg, _, _ in items):
+            excl.extend(w for _, _, w in items)
+        else:
+            alts.append(items)
+    return alts, excl
+
+
+def tantivy_query(topics: list[Topic]) -> str:
+    """The subscriber's topics in tantivy's query language (+ must, - must not)."""
+    out = []
+    for t in topics:
+        alts, excl = _parts(t.query)
+        ors = " ".join(
+            "(" + " ".join(("-" if neg else "+") + (f"{f}:" if f else "") + w
+                           for neg, f, w in alt) + ")"
+            for alt in alts
+        )  # fmt: skip
+        out.append("(+(" + ors + ")" + "".join(f" -{w}" for w in excl) + ")")
+    return " ".join(out)
+
+
+def fts5_query(topics: list[Topic]) -> str:
+    """The subscriber's topics as an SQLite FTS5 MATCH expression."""
+    out = []
+    for t in topics:
+        alts, excl = _parts(t.query)
+        ors = []
+        for alt in alts:
+            pos = " AND ".join((f"title : {w}" if f else w) for neg, f, w in alt if not neg)
+            negs = "".join(f" NOT {w}" for neg, _, w in alt if neg)
+            ors.append(f"(({pos}){negs})")
+        topic = "(" + " OR ".join(ors) + ")"
+        out.append(topic + "".join(f" NOT {w}" for w in excl))
+    return " OR ".join(f"({x})" for x in out)
+
+
+def run_tantivy(papers: list[StoredPaper], queries: dict[str, None], limit: int) -> dict:
+    """tantivy end to end: in-memory index (en_stem), parse and search every distinct query."""
+    import tantivy
+
+    t0 = time.perf_counter()
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("title", stored=False, tokenizer_name="en_stem")
+    sb.add_text_field("abstract", stored=False, tokenizer_name="en_stem")
+    idx = tantivy.Index(sb.build())
+    writer = idx.writer(num_threads=1)  # one segment: a hit's doc number is the paper's place
+    for p in papers:
+        writer.add_document(tantivy.Document(title=p.title, abstract=p.abstract))
+    writer.commit()
+    writer.wait_merging_threads()
+    idx.reload()
+    searcher = idx.searcher()
+    assert searcher.num_segments == 1
+    t_index = time.perf_counter() - t0
+    ids = [p.id for p in papers]
+    boosts = {"title": 3.0}
+    t0 = time.perf_counter()
+    out = {}
+    for q in queries:
+        query = idx.parse_query(q, ["title", "abstract"], field_boosts=boosts)
+        hits = searcher.search(query, limit, count=False).hits
+        out[q] = [ids[a.doc] for _, a in hits]
+    return {"index": t_index, "queries": time.perf_counter() - t0, "results": out}
+
+
+def run_fts5(papers: list[StoredPaper], queries: dict[str, None], limit: int) -> dict:
+    """SQLite FTS5 end to end: in-memory porter index, one MATCH ... ORDER BY bm25() per query."""
+    import sqlite3
+
+    t0 = time.perf_counter()
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE f USING fts5(title, abstract, tokenize='porter unicode61')")
+    db.executemany("INSERT INTO f(rowid, title, abstract) VALUES (?, ?, ?)",
+                   [(p.id, p.title, p.abstract) for p in papers])  # fmt: skip
+    db.commit()
+    t_index = time.perf_counter() - t0
+    sql = "SELECT rowid FROM f WHERE f MATCH ? ORDER BY bm25(f, 3.0, 1.0) LIMIT ?"
+    t0 = time.perf_counter()
+    out = {q: [r[0] for r in db.execute(sql, (q, limit))] for q in queries}
+    return {"index": t_index, "queries": time.perf_counter() - t0, "results": out}
+
+
+def run_ours(papers: list[StoredPaper], profiles: dict[int, list[Topic]], limit: int) -> dict:
+    """Our engine end to end: index, compile (cold, then from the process cache), match, ids."""
+    # the numba kernel is loaded (or compiled) once per process, before anything is timed
+    match_profiles(PaperIndex(papers[:3]), {0: [Topic("x", "model")]}, limit=limit)
+    engine._COMPILED.clear()
+    compile_query.cache_clear()
+    out = {}
+    for cycle in ("cold", "warm"):
+        gc.collect()
+        t0 = time.perf_counter()
+        index = PaperIndex(papers)
+        t1 = time.perf_counter()
+        for ts in profiles.values():  # what match_profiles does first: every distinct text
+            for t in ts:
+                engine.cached_query(t.query)
+        t2 = time.perf_counter()
+        res = match_profiles(index, profiles, limit=limit)
+        t3 = time.perf_counter()
+        ids = {sid: res[sid].paper_ids() for sid in res}
+        t4 = time.perf_counter()
+        out[cycle] = {"index": t1 - t0, "compile": t2 - t1, "match": t3 - t2, "ids": t4 - t3,
+                      "total": t4 - t0, "results": ids}  # fmt: skip
+    return out
+
+
+def bench_peers(subs: int, npapers: int, base, vocab, limit: int) -> dict:
+    """Ours, tantivy and FTS5 in one run on the same plain profiles, each end to end."""
+    papers = make_papers(base, npapers, vocab[0], seed=npapers)
+    profiles = make_profiles(subs, vocab, seed=subs, plain=True)
+    row: dict = {"subs": subs, "papers": npapers}
+    ours = run_ours(papers, profiles, limit)
+    row["ours"] = {k: {x: y for x, y in v.items() if x != "results"} for k, v in ours.items()}
+    for name, translate, run in (("tantivy", tantivy_query, run_tantivy),
+                                 ("fts5", fts5_query, run_fts5)):  # fmt: skip
+        gc.collect()
+        t0 = time.perf_counter()
+        per_sub = {sid: translate(ts) for sid, ts in profiles.items()}
+        t_translate = time.perf_counter() - t0
+        got = run(papers, dict.fromkeys(per_sub.values()), limit)
+        t0 = time.perf_counter()
+        ids = {sid: got["results"][q] for sid, q in per_sub.items() if got["results"][q]}
+        t_ids = time.perf_counter() - t0
+        # how far the peer's answers are from ours (different stemmers and scoring): the share
+        # of subscribers whose set of matched papers is the same
+        mine = ours["cold"]["results"]
+        same = sum(set(ids.get(s, ())) == set(mine.get(s, ())) for s in profiles) / subs
+        row[name] = {"index": got["index"], "queries": got["queries"],
+                     "translate": t_translate, "ids": t_ids,
+                     "total": got["index"] + got["queries"] + t_ids, "same": same,
+                     "distinct": len(got["results"])}  # fmt: skip
+    return row
+
+
+def print_peers(r: dict) -> None:
+    """One size's side-by-side figures and ratios."""
+    print(f"\n{r['subs']} subscribers x {r['papers']} papers, plain profiles, end to end "
+          f"(index + compile/parse + match + every subscriber's ranked ids):")  # fmt: skip
+    for cycle, o in r["ours"].items():
+        print(f"  ours ({cycle} compile cache): {o['total']:.2f} s (index {o['index']:.2f}, "
+              f"compile {o['compile']:.2f}, match {o['match']:.2f}, "
+              f"ids {o['ids']:.2f})")  # fmt: skip
+    for name in ("tantivy", "fts5"):
+        p = r[name]
+        print(f"  {name}: {p['total']:.2f} s (index {p['index']:.2f}, parse+search "
+              f"{p['queries']:.2f} for {p['distinct']} distinct queries, ids {p['ids']:.2f}); "
+              f"same matched set as ours for {p['same']:.0%} of subscribers")  # fmt: skip
+    fastest = min(r["tantivy"]["total"], r["fts5"]["total"])
+    for cycle, o in r["ours"].items():
+        print(f"  fastest peer / ours ({cycle}): {fastest / o['total']:.2f}x")
 
 
 # ---------------------------------------------------------------- one size
@@ -316,6 +484,9 @@ def main() -> None:
         "--sample", type=int, default=200, help="subscribers run through the naive loop"
     )
     ap.add_argument("--repeat", type=int, default=3, help="match_profiles runs (best, median)")
+    ap.add_argument("--peers", default="100000x2000",
+                    help="sizes run against tantivy and SQLite FTS5 ('' for none)")  # fmt: skip
+    ap.add_argument("--no-naive", action="store_true", help="only the peers' comparison")
     args = ap.parse_args()
     base = list(load_papers().values())
     vocab = vocabulary(base)
@@ -325,6 +496,11 @@ def main() -> None:
             f"{'jit s':>5} {'bool s':>7} {'match s':>8} {'median s':>8} {'naive s (extrap.)':>17} "
             f"{'bool ratio':>10} {'match ratio':>11} {'matches/sub':>11} {'peak RSS MB':>11} "
             f"{'ids s':>6} {'Match s':>7}")  # fmt: skip
+    for size in filter(None, args.peers.split(",")):
+        subs, npapers = (int(x) for x in size.lower().split("x"))
+        print_peers(bench_peers(subs, npapers, base, vocab, args.limit or 30))
+    if args.no_naive:
+        return
     print(head)
     for size in args.sizes.split(","):
         subs, npapers = (int(x) for x in size.lower().split("x"))

@@ -49,7 +49,7 @@ import unicodedata
 from collections.abc import Iterator
 from typing import NamedTuple
 
-import snowballstemmer
+import Stemmer
 
 # Glue that joins two word runs into one token: LaTeX markup and intra-word apostrophes.
 _GLUE = r"(?:[$^{}'’]|_(?=\{)|\\(?=[A-Za-z]))+"
@@ -83,7 +83,9 @@ class Token(NamedTuple):
     end: int
 
 
-_STEMMER = snowballstemmer.stemmer("english")
+# PyStemmer: the C build of the Snowball stemmers, the same results as the pure-Python
+# snowballstemmer (tests/test_text.py compares them) at C speed
+_STEMMER = Stemmer.Stemmer("english")
 
 # --- the text policy (see the module docstring) ----------------------------------------------
 
@@ -217,6 +219,14 @@ def american(norm: str) -> str:
 _KEEP_ENDINGS = ("wise", "vise", "oise", "aise", "uise", "cise", "dise", "hise", "prise")
 
 
+def snowball(norm: str) -> str:
+    """The Snowball English stem of a normalised word (PyStemmer, the C build); words with
+    digits stay as they are. stem() folds spellings around it."""
+    if _HAS_DIGIT.search(norm):
+        return norm
+    return _STEMMER.stemWord(norm)
+
+
 @functools.lru_cache(maxsize=1 << 17)
 def stem(norm: str) -> str:
     """Stem one normalised word: American spelling, then Snowball English, with -ize words
@@ -227,7 +237,7 @@ def stem(norm: str) -> str:
     norm = american(norm)
     if "iz" in norm and (m := _IZE.match(norm)) is not None:
         return m.group(1)
-    out = _STEMMER.stemWord(norm)
+    out = snowball(norm)
     if len(out) >= 3 and _NO_VOWEL.fullmatch(out):  # an acronym's plural: llms, gnns, vlms
         return out[:-1]
     return out
@@ -270,5 +280,11 @@ def tokenize(text: str) -> list[Token]:
 
 def words(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The stems and the normalised forms of text's words, in order (the indexer's fast path)."""
-    norms = [n for n in (normalize(raw) for raw, _, _ in _pieces(text)) if n]
-    return tuple(map(stem, norms)), tuple(norms)
+    if _HAS_GREEK.search(text) is None:
+        # no Greek letter to split out: the pieces are the token matches themselves, found
+        # without a match object each (normalize and stem are cached: C-level hits mostly)
+        raws: list[str] = _TOKEN_RE.findall(text)
+    else:
+        raws = [raw for raw, _, _ in _pieces(text)]
+    norms = tuple(filter(None, map(normalize, raws)))
+    return tuple(map(stem, norms)), norms

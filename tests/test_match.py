@@ -436,3 +436,31 @@ def test_engine_agrees_with_reference_on_dumps(dump_index, dump_papers, queries)
         except QueryError:
             continue
         assert {m.paper_id for m in match_query(dump_index, q)} == want, q
+
+
+def test_batch_compiles_each_query_once_per_process(index, monkeypatch):
+    from digest import match as engine
+
+    calls: list[str] = []
+
+    def counting(text: str):
+        calls.append(text)
+        return compile_query(text)
+
+    monkeypatch.setattr(engine, "compile_query", counting)
+    monkeypatch.setattr(engine, "_COMPILED", {})
+    profiles = {1: [Topic("a", "latency")], 2: [Topic("b", "latency"), Topic("c", "pruning x")]}
+    first = match_profiles(index, profiles)
+    again = match_profiles(PaperIndex(index.papers), profiles)
+    assert sorted(calls) == ["latency", "pruning x"]  # the second batch only looked them up
+    assert {s: again[s].paper_ids() for s in again} == {s: first[s].paper_ids() for s in first}
+
+
+def test_compiled_cache_is_bounded(monkeypatch):
+    from digest import match as engine
+
+    monkeypatch.setattr(engine, "_COMPILED", {})
+    monkeypatch.setattr(engine, "_COMPILED_MAX", 3)
+    for w in ("alpha", "beta", "gamma", "delta"):
+        assert engine.cached_query(w) == compile_query(w)
+    assert len(engine._COMPILED) <= 3

@@ -6,10 +6,11 @@ import itertools
 import unicodedata
 
 import pytest
+import snowballstemmer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digest.text import clean_text, is_clean, normalize, stem, tokenize, words
+from digest.text import clean_text, is_clean, normalize, snowball, stem, tokenize, words
 
 
 def stems(text: str) -> list[str]:
@@ -201,3 +202,47 @@ def test_acronym_plurals_fold(plural: str, single: str) -> None:
 
 def test_ordinary_plurals_still_stem() -> None:
     assert [t.stem for t in tokenize("Transformers IDs")] == ["transform", "id"]
+
+
+# The C stemmer (PyStemmer) must stem exactly as the pure-Python snowballstemmer it replaced
+# (text.snowball is the base under stem()'s spelling folds and exceptions).
+_REFERENCE = snowballstemmer.stemmer("english")
+
+
+def _reference_stem(norm: str) -> str:
+    return norm if any(c.isdigit() for c in norm) else _REFERENCE.stemWord(norm)
+
+
+def test_stem_matches_snowballstemmer_on_every_dump_word(shared_dumps):
+    seen = {t.norm for f in shared_dumps for t in tokenize(f.read_text(encoding="utf-8-sig"))}
+    assert len(seen) > 1000
+    wrong = {
+        w: (snowball(w), _reference_stem(w)) for w in seen if snowball(w) != _reference_stem(w)
+    }
+    assert not wrong
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(categories=("Ll", "Lu", "Lo", "Nd")), max_size=20)
+       | st.from_regex(r"[a-z']{1,15}", fullmatch=True))  # fmt: skip
+def test_stem_matches_snowballstemmer_property(word):
+    norm = normalize(word)
+    assert snowball(norm) == _reference_stem(norm)
+
+
+def _words_by_tokenize(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    toks = tokenize(text)
+    return tuple(t.stem for t in toks), tuple(t.norm for t in toks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab1.'’$^{}_\\ -xQ\u00e9\ufb01"), max_size=40))
+def test_words_fast_path_agrees_with_tokenize(text):
+    # no Greek letter: words() takes its findall path, which must give tokenize's words
+    assert words(text) == _words_by_tokenize(text)
+
+
+def test_words_agrees_with_tokenize_on_the_dumps(shared_dumps):
+    for f in shared_dumps:
+        for line in f.read_text(encoding="utf-8-sig").splitlines():
+            assert words(line) == _words_by_tokenize(line), line
