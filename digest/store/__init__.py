@@ -25,6 +25,7 @@ from digest.errors import StoreError
 from digest.store.base import PG_LOCK_MIGRATE, StoreBase
 from digest.store.claims import ClaimStore
 from digest.store.engine import SQLITE_BUSY_TIMEOUT_MS, engine_for, reason, safe_url
+from digest.store.feedback import FeedbackStore
 from digest.store.ledger import DIGEST_KINDS, DIGEST_STATUSES, LedgerStore, deliveries, digests
 from digest.store.locks import LockStore
 from digest.store.meta import MetaStore, meta
@@ -101,7 +102,9 @@ __all__ = [
 ]
 
 
-class Store(PaperStore, SubscriberStore, LedgerStore, ClaimStore, MetaStore, LockStore):
+class Store(
+    PaperStore, SubscriberStore, FeedbackStore, LedgerStore, ClaimStore, MetaStore, LockStore
+):
     """The database behind digest; open with `Store.open(url)`, which also migrates it."""
 
     def __init__(self, engine: Engine) -> None:

@@ -186,6 +186,7 @@ class FeedbackRecord:
     topic: str
     verdict: str
     at: datetime
+    paper_id: int = 0
 
 
 def ledger_item(row: Any) -> LedgerItem:
