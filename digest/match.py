@@ -595,6 +595,8 @@ def org_matches(words: tuple[str, ...], org_id: str | None, org: str | None) -> 
 
 
 def _compile(text: str) -> Query | None:
+    if not text.strip():
+        return None  # a topic of examples alone: no keyword part, nothing to warn about
     try:
         return compile_query(text)
     except QueryError as exc:
@@ -1053,7 +1055,8 @@ def _match_all(
     position: dict[str, int] = {}  # distinct text -> its position, in order of first use
     slots = [position.setdefault(x, len(position)) for x in texts]
     try:
-        compiled: list[Query | None] = list(map(compile_query, position))
+        # An empty query (a topic of examples alone) has no keyword part: None, as if absent.
+        compiled: list[Query | None] = [compile_query(x) if x else None for x in position]
     except QueryError:  # a bad stored profile: find it, and match the others
         compiled = list(map(_compile, position))
     if None not in compiled:

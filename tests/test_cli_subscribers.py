@@ -72,8 +72,13 @@ def test_add_show_list_json_shapes(config: str, capsys: pytest.CaptureFixture[st
         "time": "08:30",
         "tz": "Europe/London",
         "topics": [
-            {"name": "Keywords", "query": "speculative decoding, latency"},
-            {"name": "Pruning", "query": "prune*"},
+            {
+                "name": "Keywords",
+                "query": "speculative decoding, latency",
+                "likes": [],
+                "dislikes": [],
+            },
+            {"name": "Pruning", "query": "prune*", "likes": [], "dislikes": []},
         ],
     }
     assert run(config, "subscriber", "list", "--json") == 0
@@ -196,8 +201,8 @@ def test_edit_pause_resume_remove(config: str, capsys: pytest.CaptureFixture[str
     shown = out_json(capsys)
     assert isinstance(shown, dict)
     assert shown["topics"] == [
-        {"name": "A", "query": "prune*"},
-        {"name": "B", "query": "org:nvidia"},
+        {"name": "A", "query": "prune*", "likes": [], "dislikes": []},
+        {"name": "B", "query": "org:nvidia", "likes": [], "dislikes": []},
     ]
     assert (shown["name"], shown["cadence"]) == ("Ada", "feed")
     assert run(config, "subscriber", "pause", "ada@new.org") == 0

@@ -23,7 +23,6 @@ from digest.store.papers import papers, stored_paper
 from digest.store.records import FeedbackRecord
 from digest.store.subscribers import VERDICTS, feedback
 
-
 # papers.id is an INTEGER (SERIAL on PostgreSQL): a larger number names no paper and must not
 # reach the query (PostgreSQL refuses it as out of range).
 _MAX_PAPER_ID = 2**31 - 1
