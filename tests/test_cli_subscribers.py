@@ -381,3 +381,66 @@ def test_deeply_nested_queries_are_one_line_errors_everywhere(
     captured = capsys.readouterr()
     assert f"{rows}:3: column topics" in captured.err and "nested more than" in captured.err
     assert "2 added" in captured.out and "1 rows rejected" in captured.out
+
+
+def _ada(stored: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["subscriber", "add", "ada@example.org", "--topic", "Speed", "latency"]
+    assert run(stored, *args, "--topic", "Mine", "") == 0  # a topic of examples alone
+    capsys.readouterr()
+
+
+def _show(stored: str, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    assert run(stored, "subscriber", "show", "ada@example.org", "--json") == 0
+    shown = out_json(capsys)
+    assert isinstance(shown, dict)
+    return shown["topics"]
+
+
+def test_feedback_records_replaces_and_undoes(
+    stored: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _ada(stored, capsys)
+    assert run(stored, "match", "latency, prune*", "--json") == 0
+    papers = out_json(capsys)
+    assert isinstance(papers, list) and len(papers) >= 2
+    first, second = papers[0]["title"], papers[1]["title"]
+    assert run(stored, "feedback", "ada@example.org", first, "--like") == 0
+    assert "recorded like" in capsys.readouterr().out
+    assert run(stored, "feedback", "ada@example.org", second, "--dislike", "--topic", "mine") == 0
+    capsys.readouterr()
+    assert _show(stored, capsys) == [
+        {"name": "Speed", "query": "latency", "likes": [first], "dislikes": []},
+        {"name": "Mine", "query": "", "likes": [], "dislikes": [second]},
+    ]
+    # a dislike replaces the like; --undo removes it
+    assert run(stored, "feedback", "ada@example.org", first, "--dislike") == 0
+    capsys.readouterr()
+    assert _show(stored, capsys)[0]["dislikes"] == [first]
+    assert run(stored, "feedback", "ada@example.org", first, "--dislike", "--undo") == 0
+    assert "removed dislike" in capsys.readouterr().out
+    assert _show(stored, capsys)[0] == {
+        "name": "Speed", "query": "latency", "likes": [], "dislikes": [],
+    }  # fmt: skip
+    assert run(stored, "subscriber", "export-data", "ada@example.org") == 0
+    exported = out_json(capsys)
+    assert isinstance(exported, dict)
+    assert [f["verdict"] for f in exported["feedback"]] == ["dislike"]
+    assert exported["topics"][1]["dislikes"] == [second]
+
+
+def test_feedback_errors_exit_1_naming_the_problem(
+    stored: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _ada(stored, capsys)
+    assert run(stored, "feedback", "ada@example.org", "No Such Paper Title", "--like") == 1
+    assert "'No Such Paper Title'" in capsys.readouterr().err
+    assert run(stored, "match", "latency", "--json") == 0
+    title = out_json(capsys)[0]["title"]  # type: ignore[index]
+    assert run(stored, "feedback", "ada@example.org", title, "--like", "--topic", "Nope") == 1
+    assert "no topic 'Nope'" in capsys.readouterr().err
+    assert run(stored, "feedback", "ghost@example.org", title, "--like") == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as both:
+        run(stored, "feedback", "ada@example.org", title, "--like", "--dislike")
+    assert both.value.code == 2
+    capsys.readouterr()
