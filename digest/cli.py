@@ -233,7 +233,7 @@ def cmd_subscriber_list(ctx: Context, args: argparse.Namespace) -> int:
 
     subs = list_subscribers(ctx.store, search=args.search, status=args.status)
     if args.json:
-        ctx.print_json([subscriber_to_json(s, ctx.settings) for s in subs])
+        ctx.print_json([subscriber_to_json(s, ctx.settings, ctx.store) for s in subs])
         return 0
     rows = [("EMAIL", "STATUS", "DELIVERY", "TOPICS", "NAME")]
     rows += [
@@ -254,7 +254,7 @@ def cmd_subscriber_show(ctx: Context, args: argparse.Namespace) -> int:
     events = ctx.store.subscriber_events(sub.id)
     if args.json:
         ctx.print_json(
-            {**subscriber_to_json(sub, ctx.settings), "history": history_to_json(events)}
+            {**subscriber_to_json(sub, ctx.settings, ctx.store), "history": history_to_json(events)}
         )
         return 0
     ctx.print(f"email:    {sub.email}")
@@ -483,6 +483,19 @@ def _match_to_json(m: Any, paper: Any) -> dict[str, Any]:
     }
 
 
+def cmd_feedback(ctx: Context, args: argparse.Namespace) -> int:
+    """Record (or with --undo remove) a subscriber's verdict on a paper, as the digest links do."""
+    from digest.feedback import find_paper, give_feedback
+    from digest.subscribers import get_subscriber
+
+    sub = get_subscriber(ctx.store, args.email)
+    paper = find_paper(ctx.store, args.paper)
+    verdict = "like" if args.like else "dislike"
+    outcome = give_feedback(ctx.store, sub, paper, verdict, topic=args.topic, undo=args.undo)
+    ctx.print(_safe(outcome.summary(sub.email)))
+    return 0
+
+
 def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
     """Digests delivered to a subscriber, newest first."""
     from digest.subscribers import get_subscriber, history
@@ -682,6 +695,24 @@ def _add_subscriber_parsers(sub: Any) -> None:
         help="highlight with colour (auto: when writing to a terminal); else [brackets]",
     )
     p.set_defaults(handler=cmd_match)
+
+    p = sub.add_parser(
+        "feedback",
+        help="record a subscriber's feedback on a paper, as their digest's links do",
+        description="Records that a subscriber wants more papers like PAPER (--like) or none "
+        'like it (--dislike) under one of their topics, as the "More like this" / "Not for '
+        'me" links of their digest do. A like replaces a dislike of the same paper and topic '
+        "and vice versa. PAPER is a paper's id (as in `digest match --json`) or its exact "
+        "title. The topic defaults to the one the paper was delivered under, else the first.",
+    )
+    p.add_argument("email", metavar="EMAIL")
+    p.add_argument("paper", metavar="PAPER", help="a paper id or exact title")
+    verdict = p.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--like", action="store_true", help="more like this")
+    verdict.add_argument("--dislike", action="store_true", help="not for me")
+    p.add_argument("--topic", metavar="NAME", help="the subscriber's topic (default: see above)")
+    p.add_argument("--undo", action="store_true", help="remove this verdict instead")
+    p.set_defaults(handler=cmd_feedback)
 
     p = sub.add_parser("history", help="digests delivered to a subscriber, newest first")
     p.add_argument("email", metavar="EMAIL")

@@ -77,6 +77,8 @@ class FeedEntry:
     topics: tuple[str, ...] = ()
     terms: tuple[str, ...] = ()
     added: datetime | None = None  # when first stored / delivered; None means paper.first_seen
+    # A private feed's ("more like this", "not for me") URLs (links.FeedbackLinks); None: none.
+    feedback: tuple[str, str] | None = None
     rising: bool = False  # back once because its upvotes jumped: an item of its own
 
     @property
@@ -459,6 +461,7 @@ def _newest_first(entries: Sequence[FeedEntry]) -> list[tuple[datetime, FeedEntr
                 terms=_union(first.terms, entry.terms),
                 added=first.added,
                 rising=first.rising,
+                feedback=first.feedback,
             ),
         )
     return merged
@@ -522,6 +525,9 @@ def _summary_parts(entry: FeedEntry) -> tuple[str, str]:
         facts.append("published " + paper.published.isoformat())
     if facts:
         out += "<p>" + " · ".join(facts) + "</p>"
+    if entry.feedback is not None:
+        like, dislike = (html.escape(u, quote=True) for u in entry.feedback)
+        out += f'<p><a href="{like}">More like this</a> · <a href="{dislike}">Not for me</a></p>'
     # Stored text is clean since it was parsed; rows stored by older versions may not be, and
     # one character XML cannot carry would make readers drop the whole feed (cheap when clean).
     abstract = clean_text(paper.abstract).strip()

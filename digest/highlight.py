@@ -125,6 +125,8 @@ def highlight_spans(
     toks, where = _indexed(text)
     spans: list[tuple[int, int]] = []
     for q in queries:
+        if isinstance(q, str) and not q.strip():
+            continue  # a topic of examples alone has no words to highlight
         compiled = compile_query(q) if isinstance(q, str) else q
         for leaf in compiled.terms:
             if leaf.field is None or field is None or leaf.field == field:

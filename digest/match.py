@@ -675,6 +675,8 @@ def cached_query(text: str) -> Query:
 
 
 def _compile(text: str) -> Query | None:
+    if not text.strip():
+        return None  # a topic of examples alone: no keyword part, nothing to warn about
     try:
         return cached_query(text)
     except QueryError as exc:
@@ -1139,7 +1141,8 @@ def _match_all(
     position: dict[str, int] = {}  # distinct text -> its position, in order of first use
     slots = [position.setdefault(x, len(position)) for x in texts]
     try:
-        compiled: list[Query | None] = list(map(cached_query, position))
+        # An empty query (a topic of examples alone) has no keyword part: None, as if absent.
+        compiled: list[Query | None] = [cached_query(x) if x.strip() else None for x in position]
     except QueryError:  # a bad stored profile: find it, and match the others
         compiled = list(map(_compile, position))
     if None not in compiled:

@@ -8,6 +8,7 @@ from typing import Any
 
 from digest import feed
 from digest.config import Settings
+from digest.links import FeedbackLinks, feedback_key, feedback_links, secret_key
 from digest.store import Store
 
 _MARK = "feeds_written_through"
@@ -41,8 +42,11 @@ class FeedReport:
         )
 
 
-def private_entries(store: Store, subscriber_id: int, limit: int) -> list[feed.FeedEntry]:
-    """A subscriber's ledger as feed entries: topics as categories, matched words, date added."""
+def private_entries(
+    store: Store, subscriber_id: int, limit: int, links: FeedbackLinks | None = None
+) -> list[feed.FeedEntry]:
+    """A subscriber's ledger as feed entries: topics as categories, matched words, date added,
+    and with `links` each paper's feedback links (under the topic it was delivered under)."""
     return [
         feed.FeedEntry(
             paper=e.paper,
@@ -50,6 +54,7 @@ def private_entries(store: Store, subscriber_id: int, limit: int) -> list[feed.F
             terms=e.item.terms,
             added=e.delivered_at,
             rising=e.item.rising,
+            feedback=links.urls(e.paper.id, (e.item.topics or (None,))[0]) if links else None,
         )
         for e in store.ledger_entries(subscriber_id, limit)
     ]
@@ -81,10 +86,12 @@ def write_feeds(store: Store, settings: Settings, *, full: bool = False) -> Feed
     through = store.latest_delivery_time()
     done = None if full else store.get_meta(_MARK)
     since = datetime.fromisoformat(done) if done else None
+    key = feedback_key(secret_key(store, settings))
     for sub in store.subscribers_with_deliveries_since(since):
+        links = feedback_links(settings, key, sub)
         changed = feed.write_feeds(
             settings.feeds.public_dir,
-            private_entries(store, sub.id, settings.feeds.max_items),
+            private_entries(store, sub.id, settings.feeds.max_items, links),
             title=f"{settings.site.title}: {sub.name or 'your papers'}",
             description="Papers matched by your keyword profile",
             token=sub.token,

@@ -30,6 +30,7 @@ from email_validator import EmailNotValidError, validate_email
 from digest import urls
 from digest.config import Settings
 from digest.errors import ConsentError, DigestError, NotFoundError, QueryError, ValidationError
+from digest.feedback import topics_json
 from digest.models import (
     CADENCES,
     STATUSES,
@@ -196,7 +197,8 @@ def check_topics(topics: Sequence[Topic]) -> tuple[Topic, ...]:
                 "files; use OR or a comma)",
             )
         try:
-            compile_query(query)
+            if query:  # an empty query: a topic of examples alone (it matches by its likes)
+                compile_query(query)
         except QueryError as exc:
             raise TopicQueryError(name, i, exc) from None
         out.append(Topic(name, query))
@@ -398,7 +400,10 @@ def _edit(
         fields["weekday"] = parse_weekday(weekday)
     new_topics = check_topics(topics) if topics is not None else None
     fields = {k: v for k, v in fields.items() if getattr(current, k) != v}
-    if new_topics == current.topics:
+    # Loaded topics carry likes and dislikes, given ones do not: compare what an edit can change.
+    if new_topics is not None and [(t.name, t.query) for t in new_topics] == [
+        (t.name, t.query) for t in current.topics
+    ]:
         new_topics = None
     if fields or new_topics is not None:
         store.update_subscriber(current.id, fields, new_topics)
@@ -591,14 +596,14 @@ def export_data(store: Store, settings: Settings, email: str) -> dict[str, Any]:
     return {
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": {
-            **subscriber_to_json(sub, settings),
+            **subscriber_to_json(sub, settings, store),
             "weekday": WEEKDAYS[sub.weekday],
             "created_at": sub.created_at.isoformat(timespec="seconds"),
             "since": sub.since.isoformat(timespec="seconds") if sub.since else None,
             "bounces": sub.bounces,
             "confirmation_sent_at": sent.isoformat(timespec="seconds") if sent else None,
         },
-        "topics": [{"name": t.name, "query": t.query} for t in sub.topics],
+        "topics": subscriber_to_json(sub, settings, store)["topics"],
         "history": history_to_json(store.subscriber_events(sub.id)),
         "deliveries": [
             {
@@ -615,6 +620,7 @@ def export_data(store: Store, settings: Settings, email: str) -> dict[str, Any]:
                 "title": f.title,
                 "topic": f.topic,
                 "verdict": f.verdict,
+                "paper_id": f.paper_id,
                 "at": f.at.isoformat(timespec="seconds"),
             }
             for f in store.feedback_of(sub.id)
@@ -627,8 +633,17 @@ def feed_url(sub: Subscriber, settings: Settings) -> str:
     return urls.feed_url(settings.site.base_url, "atom", sub.token)
 
 
-def subscriber_to_json(sub: Subscriber, settings: Settings) -> dict[str, Any]:
-    """The public JSON shape of a subscriber (CONTRACT.md, `subscriber show --json`)."""
+def subscriber_to_json(
+    sub: Subscriber, settings: Settings, store: Store | None = None
+) -> dict[str, Any]:
+    """The public JSON shape of a subscriber (CONTRACT.md, `subscriber show --json`); with the
+    store, topics carry `likes` and `dislikes` (paper titles), else empty lists."""
+    if store is not None:
+        topic_list = topics_json(store, sub)
+    else:
+        topic_list = [
+            {"name": t.name, "query": t.query, "likes": [], "dislikes": []} for t in sub.topics
+        ]
     return {
         "email": sub.email,
         "name": sub.name,
@@ -636,7 +651,7 @@ def subscriber_to_json(sub: Subscriber, settings: Settings) -> dict[str, Any]:
         "cadence": sub.cadence,
         "time": sub.time,
         "tz": sub.tz,
-        "topics": [{"name": t.name, "query": t.query} for t in sub.topics],
+        "topics": topic_list,
         "feed_url": feed_url(sub, settings),
     }
 

@@ -26,7 +26,7 @@ from digest import subscribers as subs
 from digest.cli import main as cli_main
 from digest.config import load_settings
 from digest.ingest import ingest_files
-from digest.links import LinkSigner, links_for, secret_key
+from digest.links import LinkSigner, feedback_urls, links_for, secret_key
 from digest.models import StatusChange, Topic
 from digest.store import Store
 from digest.web.preview import backtest
@@ -261,3 +261,38 @@ def _assert_no_sideways_scroll(page) -> None:
         "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
     )
     assert wide <= seen, f"page is {wide}px wide in a {seen}px viewport"
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_feedback_link_asks_then_records_with_undo(browser, server, width):
+    from playwright.sync_api import expect
+
+    _, config = server
+    settings = load_settings(config, env={})
+    with Store.open(settings.database.url) as store:
+        sub = subs.get_subscriber(store, "ada@example.org")
+        paper = store.recent_papers(1)[0]
+        urls = feedback_urls(settings, LinkSigner(secret_key(store, settings)), sub, paper.id, None)
+    assert urls is not None
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.set_default_timeout(30_000)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("response", lambda r: problems.append(r.url) if r.status >= 400 else None)
+    page.goto(urls[0])  # a GET only asks
+    expect(page.get_by_role("heading", name="More like this?")).to_be_visible()
+    expect(page.locator("#feedback-paper")).to_have_text(paper.title)
+    _assert_no_sideways_scroll(page)
+    with Store.open(settings.database.url) as store:
+        assert store.examples_of(sub.id) == []
+    page.get_by_role("button", name="More like this").click()
+    expect(page.get_by_role("heading", name="Recorded")).to_be_visible()
+    _assert_no_sideways_scroll(page)
+    with Store.open(settings.database.url) as store:
+        assert [e.paper_id for e in store.examples_of(sub.id)] == [paper.id]
+    page.get_by_role("button", name="Undo").click()
+    expect(page.get_by_role("heading", name="Undone")).to_be_visible()
+    with Store.open(settings.database.url) as store:
+        assert store.examples_of(sub.id) == []
+    assert problems == []

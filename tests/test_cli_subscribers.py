@@ -72,8 +72,13 @@ def test_add_show_list_json_shapes(config: str, capsys: pytest.CaptureFixture[st
         "time": "08:30",
         "tz": "Europe/London",
         "topics": [
-            {"name": "Keywords", "query": "speculative decoding, latency"},
-            {"name": "Pruning", "query": "prune*"},
+            {
+                "name": "Keywords",
+                "query": "speculative decoding, latency",
+                "likes": [],
+                "dislikes": [],
+            },
+            {"name": "Pruning", "query": "prune*", "likes": [], "dislikes": []},
         ],
     }
     assert run(config, "subscriber", "list", "--json") == 0
@@ -202,8 +207,8 @@ def test_edit_pause_resume_remove(config: str, capsys: pytest.CaptureFixture[str
     shown = out_json(capsys)
     assert isinstance(shown, dict)
     assert shown["topics"] == [
-        {"name": "A", "query": "prune*"},
-        {"name": "B", "query": "org:nvidia"},
+        {"name": "A", "query": "prune*", "likes": [], "dislikes": []},
+        {"name": "B", "query": "org:nvidia", "likes": [], "dislikes": []},
     ]
     assert (shown["name"], shown["cadence"]) == ("Ada", "feed")
     assert run(config, "subscriber", "pause", "ada@new.org") == 0
@@ -439,3 +444,66 @@ def test_add_and_import_warn_of_probable_mistakes_but_save(
     captured = capsys.readouterr()
     assert f"warning: {csv_file}:2: column topics: topic 'B'" in captured.err
     assert "OR with a negation" in captured.err and "1 added" in captured.out
+
+
+def _ada(stored: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["subscriber", "add", "ada@example.org", "--topic", "Speed", "latency"]
+    assert run(stored, *args, "--topic", "Mine", "") == 0  # a topic of examples alone
+    capsys.readouterr()
+
+
+def _show(stored: str, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    assert run(stored, "subscriber", "show", "ada@example.org", "--json") == 0
+    shown = out_json(capsys)
+    assert isinstance(shown, dict)
+    return shown["topics"]
+
+
+def test_feedback_records_replaces_and_undoes(
+    stored: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _ada(stored, capsys)
+    assert run(stored, "match", "latency, prune*", "--json") == 0
+    papers = out_json(capsys)
+    assert isinstance(papers, list) and len(papers) >= 2
+    first, second = papers[0]["title"], papers[1]["title"]
+    assert run(stored, "feedback", "ada@example.org", first, "--like") == 0
+    assert "recorded like" in capsys.readouterr().out
+    assert run(stored, "feedback", "ada@example.org", second, "--dislike", "--topic", "mine") == 0
+    capsys.readouterr()
+    assert _show(stored, capsys) == [
+        {"name": "Speed", "query": "latency", "likes": [first], "dislikes": []},
+        {"name": "Mine", "query": "", "likes": [], "dislikes": [second]},
+    ]
+    # a dislike replaces the like; --undo removes it
+    assert run(stored, "feedback", "ada@example.org", first, "--dislike") == 0
+    capsys.readouterr()
+    assert _show(stored, capsys)[0]["dislikes"] == [first]
+    assert run(stored, "feedback", "ada@example.org", first, "--dislike", "--undo") == 0
+    assert "removed dislike" in capsys.readouterr().out
+    assert _show(stored, capsys)[0] == {
+        "name": "Speed", "query": "latency", "likes": [], "dislikes": [],
+    }  # fmt: skip
+    assert run(stored, "subscriber", "export-data", "ada@example.org") == 0
+    exported = out_json(capsys)
+    assert isinstance(exported, dict)
+    assert [f["verdict"] for f in exported["feedback"]] == ["dislike"]
+    assert exported["topics"][1]["dislikes"] == [second]
+
+
+def test_feedback_errors_exit_1_naming_the_problem(
+    stored: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _ada(stored, capsys)
+    assert run(stored, "feedback", "ada@example.org", "No Such Paper Title", "--like") == 1
+    assert "'No Such Paper Title'" in capsys.readouterr().err
+    assert run(stored, "match", "latency", "--json") == 0
+    title = out_json(capsys)[0]["title"]  # type: ignore[index]
+    assert run(stored, "feedback", "ada@example.org", title, "--like", "--topic", "Nope") == 1
+    assert "no topic 'Nope'" in capsys.readouterr().err
+    assert run(stored, "feedback", "ghost@example.org", title, "--like") == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as both:
+        run(stored, "feedback", "ada@example.org", title, "--like", "--dislike")
+    assert both.value.code == 2
+    capsys.readouterr()

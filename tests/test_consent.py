@@ -213,7 +213,14 @@ def test_export_data_holds_everything_about_one_person(tmp_path: Path) -> None:
     _with_everything(store, settings)
     data = subs.export_data(store, settings, "ANN@example.org")
     assert data["profile"]["email"] == "ann@example.org" and data["profile"]["name"] == "Ann"
-    assert data["topics"] == [{"name": "Attention", "query": "sparse attention"}]
+    assert data["topics"] == [
+        {
+            "name": "Attention",
+            "query": "sparse attention",
+            "likes": ['Hostile <script>alert("x")</script><img src=x onerror=alert(1)> title'],
+            "dislikes": [],
+        }
+    ]
     assert [(h["from"], h["to"], h["how"]) for h in data["history"]] == [(None, "active", "cli")]
     titles = {d["title"] for d in data["deliveries"]}
     assert "Sparse Attention for Long Context" in titles

@@ -632,3 +632,28 @@ def test_why_beyond_the_words_is_in_both_parts(renderer: Renderer) -> None:
         "; suggested: like &quot;A &lt;liked&gt; paper&quot;" in out.html
     )
     assert why in " ".join(out.text.split())
+
+
+def test_each_paper_carries_its_two_feedback_links_in_both_parts(renderer: Renderer):
+    from digest.links import check_feedback_mac
+
+    settings, sub = email_settings(), make_subscriber()
+    signer = LinkSigner("a secret for the test")
+    digest = make_digest(subscriber=sub)
+    out = renderer.render(digest, links_for(settings, signer, sub))
+    base = settings.site.base_url.rstrip("/")
+    found = re.findall(re.escape(base) + r"(/feedback/[^\s\"<]+)", out.text)
+    hrefs = re.findall(r'href="' + re.escape(base) + r'(/feedback/[^"]+)"', out.html)
+    assert len(found) == len(hrefs) == 2 * len(digest.items)
+    assert sorted(found) == sorted(html.unescape(h) for h in hrefs)
+    assert "More like this" in out.text and "Not for me" in out.html
+    for item in digest.items:
+        topic = item.match.topics[0]
+        like, dislike = links_for(settings, signer, sub).feedback_urls(item.paper.id, topic) or ()
+        assert like.removeprefix(base) in found and dislike.removeprefix(base) in found
+        sid, pid, index, verdict, mac = like.removeprefix(base + "/feedback/").split("/")
+        named = check_feedback_mac(signer.feedback_key, sub, int(pid), int(index), verdict, mac)
+        assert (int(sid), int(pid), named, verdict) == (sub.id, item.paper.id, topic, "like")
+    # without a signer (fixtures, the golden file) no feedback link is made
+    plain = renderer.render(digest, make_links(settings, sub))
+    assert "/feedback/" not in plain.text + plain.html

@@ -377,7 +377,7 @@ def test_subscriber_to_json_shape(store: Store, cfg: Settings) -> None:
         "cadence": "daily",
         "time": "06:15",
         "tz": "Europe/Berlin",
-        "topics": [{"name": "Speed", "query": "latency"}],
+        "topics": [{"name": "Speed", "query": "latency", "likes": [], "dislikes": []}],
         "feed_url": f"http://localhost:8000/feeds/s/{sub.token}.atom",
     }
 

@@ -26,6 +26,7 @@ from digest.store.admin import AdminStore
 from digest.store.base import PG_LOCK_MIGRATE, StoreBase
 from digest.store.claims import ClaimStore
 from digest.store.engine import SQLITE_BUSY_TIMEOUT_MS, engine_for, reason, safe_url
+from digest.store.feedback import FeedbackStore
 from digest.store.ledger import DIGEST_KINDS, DIGEST_STATUSES, LedgerStore, deliveries, digests
 from digest.store.locks import LockStore
 from digest.store.meta import MetaStore, meta
@@ -112,6 +113,7 @@ __all__ = [
 class Store(
     PaperStore,
     SubscriberStore,
+    FeedbackStore,
     LedgerStore,
     ClaimStore,
     MetaStore,

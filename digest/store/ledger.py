@@ -50,7 +50,14 @@ from digest.store.rising import (
     rising_subscribers_since,
 )
 from digest.store.schema import UtcDateTime, in_list, metadata
-from digest.store.subscribers import load_subscribers, subscriber_row, subscribers, topics
+from digest.store.subscribers import (
+    group_topics,
+    load_subscribers,
+    subscriber_row,
+    subscribers,
+    topic_select,
+    topics,
+)
 
 DIGEST_KINDS = tuple(k.value for k in DigestKind)
 DIGEST_STATUSES = tuple(s.value for s in DigestStatus)
@@ -183,13 +190,14 @@ class LedgerStore(StoreBase):
             rows = list(conn.execute(select(subscribers).where(wanted).order_by(subscribers.c.id)))
             # One pass over topics instead of chunked IN lists when (nearly) everyone is wanted.
             found: dict[int, list[Topic]] = {}
-            for row in conn.execute(
-                select(topics.c.subscriber_id, topics.c.name, topics.c.query)
-                .join(subscribers, subscribers.c.id == topics.c.subscriber_id)
-                .where(wanted)
-                .order_by(topics.c.subscriber_id, topics.c.position)
-            ):
-                found.setdefault(row.subscriber_id, []).append(Topic(row.name, row.query))
+            group_topics(
+                conn.execute(
+                    topic_select()
+                    .join(subscribers, subscribers.c.id == topics.c.subscriber_id)
+                    .where(wanted)
+                ),
+                found,
+            )
         return [
             DeliveryState(
                 subscriber=subscriber_row(r, found.get(r.id, ())),

@@ -231,6 +231,7 @@ class FeedbackRecord:
     topic: str
     verdict: str
     at: datetime
+    paper_id: int = 0
 
 
 def ledger_item(row: Any) -> LedgerItem:

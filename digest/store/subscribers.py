@@ -6,7 +6,7 @@ the same transaction, with `how` the change came about (models.StatusChange).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,10 +16,12 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Select,
     String,
     Table,
     Text,
     UniqueConstraint,
+    and_,
     func,
     insert,
     select,
@@ -221,6 +223,7 @@ class SubscriberStore(StoreBase):
                 if not done:
                     return False
                 if topic_list is not None:
+                    _carry_feedback(conn, subscriber_id, [t.name for t in topic_list])
                     conn.execute(topics.delete().where(topics.c.subscriber_id == subscriber_id))
                     _insert_topics(conn, subscriber_id, topic_list)
         except IntegrityError as exc:
@@ -366,12 +369,18 @@ class SubscriberStore(StoreBase):
         """A subscriber's verdicts on papers, oldest first, with the papers' titles."""
         with self._read() as conn:
             rows = conn.execute(
-                select(feedback.c.topic, feedback.c.verdict, feedback.c.at, papers.c.title)
+                select(
+                    feedback.c.topic,
+                    feedback.c.verdict,
+                    feedback.c.at,
+                    feedback.c.paper_id,
+                    papers.c.title,
+                )
                 .join(papers, papers.c.id == feedback.c.paper_id)
                 .where(feedback.c.subscriber_id == subscriber_id)
                 .order_by(feedback.c.id)
             )
-            return [FeedbackRecord(r.title, r.topic, r.verdict, r.at) for r in rows]
+            return [FeedbackRecord(r.title, r.topic, r.verdict, r.at, r.paper_id) for r in rows]
 
     def subscriber_by_id(self, subscriber_id: int) -> Subscriber | None:
         """The subscriber with this id, with topics, or None."""
@@ -484,17 +493,64 @@ def record_events(
         )
 
 
+def topic_select() -> Select[Any]:
+    """Topics with their feedback in one query: topics LEFT JOIN feedback, a row per topic
+    without feedback or per verdict, in subscriber, position and paper order (group_topics)."""
+    return (
+        select(
+            topics.c.subscriber_id,
+            topics.c.position,
+            topics.c.name,
+            topics.c.query,
+            feedback.c.paper_id,
+            feedback.c.verdict,
+        )
+        .select_from(
+            topics.outerjoin(
+                feedback,
+                and_(
+                    feedback.c.subscriber_id == topics.c.subscriber_id,
+                    feedback.c.topic == topics.c.name,
+                ),
+            )
+        )
+        .order_by(topics.c.subscriber_id, topics.c.position, feedback.c.paper_id)
+    )
+
+
+def group_topics(rows: Iterable[Any], found: dict[int, list[Topic]]) -> dict[int, list[Topic]]:
+    """Add the Topics of topic_select rows to `found` (by subscriber id), likes and dislikes
+    filled (sorted ids, as the query orders them)."""
+    key: tuple[int, int] | None = None
+    likes: list[int] = []
+    dislikes: list[int] = []
+    name = query = ""
+    sid = 0
+
+    def flush() -> None:
+        found.setdefault(sid, []).append(Topic(name, query, tuple(likes), tuple(dislikes)))
+
+    for row in rows:
+        here = (row.subscriber_id, row.position)
+        if here != key:
+            if key is not None:
+                flush()
+            key, sid, name, query = here, row.subscriber_id, row.name, row.query
+            likes, dislikes = [], []
+        if row.verdict == "like":
+            likes.append(row.paper_id)
+        elif row.verdict == "dislike":
+            dislikes.append(row.paper_id)
+    if key is not None:
+        flush()
+    return found
+
+
 def topics_of(conn: Connection, ids: Sequence[int]) -> dict[int, list[Topic]]:
-    """The topics of these subscribers, in their order, by subscriber id."""
+    """The topics of these subscribers, in their order, with their feedback, by subscriber id."""
     found: dict[int, list[Topic]] = {}
     for chunk in chunks(list(ids)):
-        rows = conn.execute(
-            select(topics.c.subscriber_id, topics.c.name, topics.c.query)
-            .where(topics.c.subscriber_id.in_(chunk))
-            .order_by(topics.c.subscriber_id, topics.c.position)
-        )
-        for row in rows:
-            found.setdefault(row.subscriber_id, []).append(Topic(row.name, row.query))
+        group_topics(conn.execute(topic_select().where(topics.c.subscriber_id.in_(chunk))), found)
     return found
 
 
@@ -573,6 +629,31 @@ def _insert_topics(conn: Connection, subscriber_id: int, items: Sequence[Topic])
                 for i, t in enumerate(items)
             ],
         )
+
+
+def _carry_feedback(conn: Connection, subscriber_id: int, new_names: Sequence[str]) -> None:
+    """Before topics are replaced: feedback follows a topic renamed in place (same position, old
+    name gone, new name not used before) and is dropped with a removed topic."""
+    old_names = list(
+        conn.scalars(
+            select(topics.c.name)
+            .where(topics.c.subscriber_id == subscriber_id)
+            .order_by(topics.c.position)
+        )
+    )
+    kept, before = set(new_names), set(old_names)
+    for old, new in zip(old_names, new_names, strict=False):
+        if old != new and old not in kept and new not in before:
+            conn.execute(
+                update(feedback)
+                .where(feedback.c.subscriber_id == subscriber_id, feedback.c.topic == old)
+                .values(topic=new)
+            )
+    conn.execute(
+        feedback.delete().where(
+            feedback.c.subscriber_id == subscriber_id, feedback.c.topic.not_in(list(kept))
+        )
+    )
 
 
 def _subscriber_conflict(exc: IntegrityError, email: str) -> DigestError:

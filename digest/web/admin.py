@@ -31,6 +31,7 @@ from werkzeug.wrappers import Response
 
 from digest import subscribers as subs
 from digest.errors import ConsentError, DigestError, QueryError
+from digest.feedback import examples_by_topic
 from digest.health import current as current_health
 from digest.links import links_for
 from digest.models import (
@@ -217,6 +218,14 @@ def _preview(saved: list[Topic], edited: list[Topic]) -> Preview:
     )
 
 
+def remove_example_from_form(store: Any, sub: Subscriber) -> bool:
+    """Remove the example a remove button names (form fields topic, paper_id); False if none."""
+    raw = request.form.get("paper_id", "")
+    if not raw.isdigit() or not 0 < int(raw) < 2**31:
+        abort(400, description="No such example.")
+    return bool(store.remove_feedback(sub.id, request.form.get("topic", ""), int(raw)))
+
+
 def _render_subscriber(
     sub: Subscriber,
     *,
@@ -254,6 +263,7 @@ def _render_subscriber(
         zones=time_zones(),
         manage_url=links.manage_url,
         feed_rss=feed_url(st.settings.site.base_url, "rss", sub.token),
+        examples=examples_by_topic(st.store, sub),
     )
     return page, status
 
@@ -357,6 +367,16 @@ def subscriber(sid: int) -> Any:
     except DigestError as exc:
         return _render_subscriber(sub, topics=topics, form=form, message=str(exc), status=400)
     flash("Saved. The new profile applies to the next digests.")
+    return redirect(url_for("admin.subscriber", sid=sid))
+
+
+@bp.post("/subscribers/<int:sid>/examples/remove")
+@login_required
+def remove_example(sid: int) -> Any:
+    """Remove one of a subscriber's examples (a like or dislike of a paper under a topic)."""
+    sub = _subscriber(sid)
+    if remove_example_from_form(state().store, sub):
+        flash("Example removed.")
     return redirect(url_for("admin.subscriber", sid=sid))
 
 

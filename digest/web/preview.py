@@ -105,8 +105,8 @@ def parse_topic_rows(
         query = clean_text(raw_query, multiline=True).strip()
         if not name and not query:
             continue
-        if not query:
-            errors.append(TopicError(index, f"topic {name!r} has no query"))
+        if not query:  # a named topic of examples alone (its likes); it matches no words
+            topics.append(Topic(name, ""))
             continue
         if len(query) > MAX_QUERY_CHARS:
             errors.append(TopicError(index, f"query longer than {MAX_QUERY_CHARS} characters"))

@@ -21,7 +21,15 @@ from digest.feed import (
     build_feed,
     conditional_response,
 )
-from digest.links import CONFIRM_MAX_AGE, LinkError, archive_url, links_for
+from digest.feedback import VERDICT_LABELS, examples_by_topic, give_feedback
+from digest.links import (
+    CONFIRM_MAX_AGE,
+    LinkError,
+    archive_url,
+    check_feedback_mac,
+    feedback_links,
+    links_for,
+)
 from digest.models import CADENCES, StatusChange, Subscriber, SubscriberStatus, Topic
 from digest.publish import tag_authority
 from digest.urls import FeedFormat, feed_url
@@ -32,6 +40,7 @@ from digest.web.admin import (
     _topic_rows,
     _weekday,
     field_errors,
+    remove_example_from_form,
     time_zones,
 )
 from digest.web.mailer import ConfirmationJob
@@ -101,7 +110,12 @@ def manage(signed: str) -> Any:
     status = 200
     if request.method == "POST":
         check_csrf()
-        if request.form.get("action") == "resubscribe":
+        if request.form.get("action") == "remove_example":
+            if remove_example_from_form(st.store, sub):
+                message = "Example removed."
+            else:
+                message = "That example was already removed."
+        elif request.form.get("action") == "resubscribe":
             # A new double opt-in: a confirmation email, whose link (POST) brings them back.
             if sub.status == SubscriberStatus.UNSUBSCRIBED:
                 wait = st.signup_limiter.hit_address(sub.email)
@@ -159,8 +173,50 @@ def manage(signed: str) -> Any:
         manage_url=links.manage_url,
         archive_url=archive_url(st.settings, st.signer, sub),
         feeds=_alternates(st.settings.site.base_url, sub.token, "Your papers"),
+        examples=examples_by_topic(st.store, sub),
     )
     return page, status
+
+
+# --- feedback links -------------------------------------------------------------------------
+
+
+@bp.route(
+    "/feedback/<int:subscriber_id>/<int:paper_id>/<int:topic_index>/<verdict>/<mac>",
+    methods=["GET", "POST"],
+)
+def feedback(subscriber_id: int, paper_id: int, topic_index: int, verdict: str, mac: str) -> Any:
+    """A paper's "More like this" / "Not for me" link. GET (and HEAD) only shows the paper and
+    one button, since mail scanners fetch every link; the POST (CSRF-checked) records, and its
+    page offers an undo (another POST)."""
+    st = state()
+    sub = st.store.subscriber_by_id(subscriber_id)
+    if sub is None:
+        abort(404, description=BAD_LINK)
+    try:
+        topic = check_feedback_mac(st.signer.feedback_key, sub, paper_id, topic_index, verdict, mac)
+    except LinkError:
+        abort(404, description=BAD_LINK)
+    paper = st.store.papers_by_ids([paper_id]).get(paper_id)
+    if paper is None:
+        abort(404, description=BAD_LINK)
+    step = "confirm"
+    if request.method == "POST":
+        check_csrf()
+        undo = request.form.get("action") == "undo"
+        give_feedback(st.store, sub, paper, verdict, topic=topic, undo=undo)
+        step = "undone" if undo else "recorded"
+    manage = st.signer.make_token("manage", sub.token)
+    return render_template(
+        "web/feedback.html",
+        paper=paper,
+        topic=topic,
+        verdict=verdict,
+        label=VERDICT_LABELS[verdict],
+        step=step,
+        action=request.path,
+        manage_url=url_for("public.manage", signed=manage),
+    ), {"Cache-Control": "no-store"}
 
 
 # --- unsubscribe ----------------------------------------------------------------------------
@@ -471,8 +527,15 @@ def feed_subscriber(token: str, fmt: FeedFormat) -> Any:
         # Gone for good: feed readers stop polling on 410, they keep polling a 404.
         abort(410, description="This feed has ended: its subscriber unsubscribed.")
     rows = st.store.ledger_entries(sub.id, st.settings.feeds.max_items)
+    links = feedback_links(st.settings, st.signer.feedback_key, sub)
     entries = [
-        FeedEntry(paper=e.paper, topics=e.item.topics, terms=e.item.terms, added=e.delivered_at)
+        FeedEntry(
+            paper=e.paper,
+            topics=e.item.topics,
+            terms=e.item.terms,
+            added=e.delivered_at,
+            feedback=links.urls(e.paper.id, (e.item.topics or (None,))[0]),
+        )
         for e in rows
     ]
     return _feed_response(entries, fmt, f"{st.settings.site.title}: your papers", token)
