@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, abort, render_template, request, url_for
 
+from digest.links import feedback_urls
 from digest.render import make_paper_view
 from digest.store import LedgerEntry
 from digest.web import state
@@ -115,5 +116,8 @@ def digest_page(signed: str, digest_id: int) -> Any:
         shown=len(carried),
         matched=found.matched,
         archive_url=url_for("pages.archive", signed=signed),
+        feedback_urls=lambda paper_id, topic: feedback_urls(
+            st.settings, st.signer, sub, paper_id, topic or None
+        ),
     )
     return _private(page)
