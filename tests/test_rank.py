@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import numpy as np
@@ -133,3 +134,28 @@ def test_explain_lists_only_what_matched() -> None:
     index = PaperIndex(ps)
     why = explain(index, "pruning upvotes>=10, quantization, org:nvidia distillation", 0)
     assert why == "title: Pruning; abstract: prune; upvotes>=10"
+
+
+def test_feedback_reaches_the_digest_through_planning(tmp_path, capsys, shared_dumps) -> None:
+    # the whole path: a like recorded by `digest feedback` -> topic examples loaded -> the
+    # planner's learner -> a suggested paper in the next digest, with its why, in both parts
+    from digest.cli import main
+
+    dumps = shared_dumps[:2]
+    site = tmp_path / "site"
+    assert main(["init", str(site)]) == 0
+    cfg = ["--config", str(site / "settings.toml")]
+    assert main([*cfg, "ingest", *map(str, dumps)]) == 0
+    assert main([*cfg, "subscriber", "add", "ada@example.org", "--topic", "Mine", "",
+                 "--backfill", "3650"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main([*cfg, "match", "quantization", "--json", "--limit", "2"]) == 0
+    liked = [m["id"] for m in json.loads(capsys.readouterr().out)]
+    for pid in liked:
+        assert main([*cfg, "feedback", "ada@example.org", str(pid), "--like"]) == 0
+    out = tmp_path / "preview"
+    assert main([*cfg, "preview", "ada@example.org", "--out", str(out)]) == 0
+    text = next(out.glob("*.txt")).read_text(encoding="utf-8")
+    html = next(out.glob("*.html")).read_text(encoding="utf-8")
+    assert "suggested: like" in " ".join(text.split())
+    assert "suggested: like" in html
