@@ -518,6 +518,11 @@ def test_feeds_are_gzipped_when_asked_and_gone_once_unsubscribed(env):
     assert "Last-Modified" not in client.get(f"/feeds/s/{ann.token}.atom").headers  # empty yet
     subs.unsubscribe_by_token(store, ann.token, how=StatusChange.ONE_CLICK)
     assert client.get(f"/feeds/s/{ann.token}.atom").status_code == 410
+    # removed (or wiped) altogether: still Gone, though nothing of them is left but a hash
+    assert store.delete_subscriber(ann.id)
+    assert store.subscriber_by_token(ann.token) is None
+    assert client.get(f"/feeds/s/{ann.token}.rss").status_code == 410
+    assert client.get("/feeds/s/never-a-token.rss").status_code == 404
 
 
 # --- links, secret, CLI ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ the same transaction, with `how` the change came about (models.StatusChange).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,7 @@ from digest.models import (
 )
 from digest.store.base import MAX_ID, StoreBase, chunks, inserted_id, utc
 from digest.store.engine import reason
+from digest.store.meta import meta
 from digest.store.papers import papers
 from digest.store.records import FeedbackRecord, SubscriberEvent, Suppression
 from digest.store.schema import UtcDateTime, in_list, metadata
@@ -287,6 +289,16 @@ class SubscriberStore(StoreBase):
         False if unknown. With `suppress`, its suppression entry is written in the same
         transaction (replacing an older one for the same hash)."""
         with self._write() as conn:
+            this = subscribers.c.id == subscriber_id
+            token = conn.scalar(select(subscribers.c.token).where(this))
+            if token is not None:
+                # Only a hash of the random feed token stays: its feed answers 410 Gone, so
+                # feed readers stop polling (a 404 they retry for ever).
+                conn.execute(
+                    self._dialect_insert(meta)
+                    .values(key=_gone_key(token), value=datetime.now(UTC).isoformat())
+                    .on_conflict_do_nothing(index_elements=[meta.c.key])
+                )
             if suppress is not None:
                 conn.execute(
                     suppressions.delete().where(suppressions.c.email_hash == suppress.email_hash)
@@ -316,6 +328,11 @@ class SubscriberStore(StoreBase):
                 subscribers.delete().where(subscribers.c.id == subscriber_id)
             ).rowcount
         return bool(done)
+
+    def feed_gone(self, token: str) -> bool:
+        """Whether a feed token belonged to a subscriber since removed (its feed is Gone)."""
+        with self._read() as conn:
+            return conn.scalar(select(meta.c.key).where(meta.c.key == _gone_key(token))) is not None
 
     def suppression(self, email_hash: str) -> Suppression | None:
         """The suppression entry of this address hash, or None."""
@@ -467,6 +484,10 @@ class SubscriberStore(StoreBase):
 
 
 # --- helpers the ledger shares -----------------------------------------------------------------
+
+
+def _gone_key(token: str) -> str:
+    return "feed.gone." + hashlib.sha256(token.encode("utf-8")).hexdigest()[:32]
 
 
 def record_events(

@@ -521,6 +521,8 @@ def feed_subscriber(token: str, fmt: FeedFormat) -> Any:
         sub = subs.subscriber_by_token(st.store, token)
     except (NotFoundError, DigestError):
         sub = None
+    if sub is None and st.store.feed_gone(token):
+        abort(410, description="This feed has ended: its subscriber was removed.")
     if sub is None:
         abort(404, description="No such feed.")
     if sub.status == SubscriberStatus.UNSUBSCRIBED:
