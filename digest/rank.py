@@ -31,9 +31,9 @@ from digest.match import (
     Matches,
     MatchList,
     PaperIndex,
-    alternatives,
     match_profiles,
-    positive_leaves,
+    matched_terms,
+    passed_conditions,
 )
 from digest.models import Match, StoredPaper, Topic
 from digest.query import STOP_WORDS
@@ -359,7 +359,7 @@ class _Builder:
     def paper_id(self, i: int) -> int:
         return self._ids[i]
 
-    def __call__(self, r: Ranked, query: str | None = None) -> Match:
+    def __call__(self, r: Ranked) -> Match:
         pid = self._ids[r.i]
         score = round(r.score * 1000, 6)
         topic, _, query = r.topic.partition("\0")
@@ -431,31 +431,24 @@ def _merge(topics: Sequence[Topic], lists: Mapping[Topic, list[Ranked]]) -> list
 def explain(index: PaperIndex, query_text: str, i: int) -> str:
     """Why paper i matches a keyword query: the words found in each field and the conditions
     that passed, from the alternatives that matched (nothing that did not match)."""
-    from digest.query import compile_query, describe_node
+    from digest.query import compile_query
 
-    hit = [a for a in alternatives(compile_query(query_text).root) if index.bits(a) >> i & 1]
-    fields: dict[str, list[tuple[int, str]]] = {"title": [], "abstract": []}
-    conditions: list[str] = []
+    query = compile_query(query_text)
     paper = index.papers[i]
-    for alt in hit:
-        for leaf in positive_leaves(alt):
-            if leaf.kind in ("t", "p", "x"):
-                spans = index.texts.leaf_spans(leaf, i)
-                for fld, src, found in (("title", paper.title, spans[0]),
-                                        ("abstract", paper.abstract, spans[1])):  # fmt: skip
-                    if found:
-                        fields[fld].append((found[0][0], src[found[0][0] : found[0][1]]))
-            elif leaf.kind in ("o", "n") and index.bits(leaf) >> i & 1:
-                conditions.extend(
-                    [] if describe_node(leaf) in conditions else [describe_node(leaf)]
-                )
+    found: dict[str, list[tuple[int, str]]] = {"title": [], "abstract": []}
+    for leaf in matched_terms(index, query, i):
+        title, abstract = index.texts.leaf_spans(leaf, i)
+        for fld, src, spans in (("title", paper.title, title),
+                                ("abstract", paper.abstract, abstract)):  # fmt: skip
+            if spans:
+                found[fld].append((spans[0][0], src[spans[0][0] : spans[0][1]]))
     out = []
-    for fld, found in fields.items():
-        words = dict.fromkeys(w.casefold() for _, w in sorted(found))  # in the paper's order
-        shown = {w.casefold(): w for _, w in sorted(found, reverse=True)}
-        if words:
-            out.append(f"{fld}: {', '.join(shown[w] for w in words)}")
-    return "; ".join(out + conditions)
+    for fld, words in found.items():
+        shown = {w.casefold(): w for _, w in sorted(words, reverse=True)}  # first spelling
+        order = dict.fromkeys(w.casefold() for _, w in sorted(words))  # in the paper's order
+        if order:
+            out.append(f"{fld}: {', '.join(shown[w] for w in order)}")
+    return "; ".join(out + passed_conditions(index, query, i))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from digest.models import DigestKind, DigestStatus, StoredPaper, Subscriber, Sub
 from digest.store.base import StoreBase, chunks, utc
 from digest.store.ledger import deliveries, digests
 from digest.store.papers import papers, stored_paper
-from digest.store.records import DigestRow
+from digest.store.records import DigestRow, digest_row
 from digest.store.subscribers import (
     _subscriber_filter,
     subscriber_row,
@@ -79,20 +79,7 @@ class AdminStore(StoreBase):
                         .group_by(deliveries.c.digest_id)
                     ).all()
                 )
-        return [
-            DigestRow(
-                id=h.id,
-                email=h.email,
-                kind=DigestKind(h.kind),
-                status=DigestStatus(h.status),
-                created_at=h.created_at,
-                sent_at=h.sent_at,
-                attempts=h.attempts,
-                last_error=h.last_error,
-                papers=counts.get(h.id, 0),
-            )
-            for h in heads
-        ]
+        return [digest_row(h, counts.get(h.id, 0)) for h in heads]
 
     def _digest_select(self) -> object:
         return select(

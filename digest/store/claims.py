@@ -15,9 +15,15 @@ from sqlalchemy import Connection, func, select, update
 from digest.errors import StoreError
 from digest.models import DigestKind, DigestStatus, StatusChange, StoredPaper, SubscriberStatus
 from digest.store.base import StoreBase, chunks, utc
-from digest.store.ledger import DIGEST_STATUSES, deliveries, digests, first_digest_id_since
+from digest.store.ledger import (
+    DIGEST_STATUSES,
+    deliveries,
+    digests,
+    first_digest_id_since,
+    why_columns,
+)
 from digest.store.papers import papers, stored_paper
-from digest.store.records import DigestRecord, DigestRow, LedgerEntry, ledger_item
+from digest.store.records import DigestRecord, DigestRow, LedgerEntry, digest_row, ledger_item
 from digest.store.rising import rising_ledger_rows
 from digest.store.subscribers import load_subscribers, record_events, subscribers
 
@@ -136,11 +142,7 @@ class ClaimStore(StoreBase):
                     select(
                         deliveries.c.paper_id.label("id"),
                         deliveries.c.digest_id.label("d_digest"),
-                        deliveries.c.topics.label("d_topics"),
-                        deliveries.c.terms.label("d_terms"),
-                        deliveries.c.why.label("d_why"),
-                        deliveries.c.score.label("d_score"),
-                        deliveries.c.delivered_at.label("d_at"),
+                        *why_columns(),
                     )
                     .where(deliveries.c.digest_id.in_(chunk))
                     .order_by(
@@ -342,20 +344,7 @@ class ClaimStore(StoreBase):
         if status is not None:
             stmt = stmt.where(digests.c.status == status)
         with self._read() as conn:
-            return [
-                DigestRow(
-                    id=r.id,
-                    email=r.email,
-                    kind=DigestKind(r.kind),
-                    status=DigestStatus(r.status),
-                    created_at=r.created_at,
-                    sent_at=r.sent_at,
-                    attempts=r.attempts,
-                    last_error=r.last_error,
-                    papers=r.papers,
-                )
-                for r in conn.execute(stmt)
-            ]
+            return [digest_row(r, r.papers) for r in conn.execute(stmt)]
 
 
 def _settle_claim(conn: Connection, digest_id: int, worker: str | None, **values: Any) -> bool:

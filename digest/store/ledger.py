@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
@@ -130,6 +131,17 @@ digest_extras = Table(
     Column("terms", Text),
     Column("score", Float),
 )
+
+
+def why_columns() -> tuple[Any, ...]:
+    """A ledger row's reason and time, labelled as records.ledger_item reads them."""
+    return (
+        deliveries.c.topics.label("d_topics"),
+        deliveries.c.terms.label("d_terms"),
+        deliveries.c.why.label("d_why"),
+        deliveries.c.score.label("d_score"),
+        deliveries.c.delivered_at.label("d_at"),
+    )
 
 
 _RECEIVING = [s for s in SubscriberStatus if s.receives_mail]
@@ -363,11 +375,7 @@ class LedgerStore(StoreBase):
             rows = conn.execute(
                 select(
                     papers,
-                    deliveries.c.topics.label("d_topics"),
-                    deliveries.c.terms.label("d_terms"),
-                    deliveries.c.why.label("d_why"),
-                    deliveries.c.score.label("d_score"),
-                    deliveries.c.delivered_at.label("d_at"),
+                    *why_columns(),
                 )
                 .join(deliveries, deliveries.c.paper_id == papers.c.id)
                 .where(deliveries.c.subscriber_id == subscriber_id)
@@ -480,11 +488,7 @@ class LedgerStore(StoreBase):
             carried = conn.execute(
                 select(
                     papers,
-                    deliveries.c.topics.label("d_topics"),
-                    deliveries.c.terms.label("d_terms"),
-                    deliveries.c.why.label("d_why"),
-                    deliveries.c.score.label("d_score"),
-                    deliveries.c.delivered_at.label("d_at"),
+                    *why_columns(),
                 )
                 .join(deliveries, deliveries.c.paper_id == papers.c.id)
                 .where(deliveries.c.digest_id == digest_id)

@@ -234,6 +234,21 @@ class FeedbackRecord:
     paper_id: int = 0
 
 
+def digest_row(row: Any, papers: int) -> DigestRow:
+    """A digest row for the admin lists, from a select of digests joined with the email."""
+    return DigestRow(
+        id=row.id,
+        email=row.email,
+        kind=DigestKind(row.kind),
+        status=DigestStatus(row.status),
+        created_at=row.created_at,
+        sent_at=row.sent_at,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        papers=papers,
+    )
+
+
 def ledger_item(row: Any) -> LedgerItem:
     """Why a paper is in a ledger row selected with d_topics, d_terms and d_score labels."""
     return LedgerItem(
