@@ -70,6 +70,9 @@ def test(args: list[str]) -> int:
     python = Path(os.environ.get("DIGEST_VENV") or ROOT / ".venv") / "bin" / "python"
     if "--fast" in args:
         args = [a for a in args if a != "--fast"] + ["-m", "not slow"]
+    if not any(a.startswith(("-n", "--numprocesses")) for a in args):
+        # one pytest-xdist worker per core; the slow subprocess tests overlap the rest
+        args = ["-n", "auto", *args]
     return subprocess.call([str(python), "-m", "pytest", *args], cwd=ROOT)
 
 

@@ -101,7 +101,7 @@ def wait_all(procs: list[subprocess.Popen[bytes]], logs: list[Path], timeout: fl
             pytest.fail(f"worker {proc.pid} did not exit:\n{log.read_text()[-3000:]}")
 
 
-def wait_for(predicate, what: str, timeout: float = 60) -> None:
+def wait_for(predicate, what: str, timeout: float = 180) -> None:
     """Poll until `predicate()` holds (a rendezvous, not a timed assertion)."""
     deadline = time.monotonic() + timeout
     while not predicate():
