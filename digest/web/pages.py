@@ -71,8 +71,11 @@ def words_by_field(title: str, abstract: str, terms: tuple[str, ...]) -> str:
     The ledger keeps the words as they appear in the paper, not their field, so each is found
     again in the text; a word in both fields is listed in both."""
     found = []
+    distinct: dict[str, str] = {}
+    for term in terms:
+        distinct.setdefault(term.casefold(), term)  # one spelling a word: the first
     for name, text in (("title", title), ("abstract", abstract)):
-        words = [t for t in dict.fromkeys(terms) if _contains(text, t)]
+        words = [t for t in distinct.values() if _contains(text, t)]
         if words:
             found.append(f"{name}: {', '.join(words)}")
     return "; ".join(found)
