@@ -194,6 +194,10 @@ def test_live_preview_layout_on_the_subscriber_page(browser, site, width):  # no
     query.fill('latency "unclosed quote that goes on and on for quite a few words here')
     expect(page.locator("#topic-error-0")).to_contain_text("column")
     _no_sideways_scroll(page, "query error")
+    query.fill("sparse and attention")  # a warning, live beside the field; the error is gone
+    expect(page.locator("#topic-warning-0")).to_contain_text("lower-case 'and' is ignored")
+    expect(page.locator("#topic-error-0")).to_be_empty()
+    _no_sideways_scroll(page, "query warning")
     query.fill(BROAD)
     summary = page.locator("[data-preview-summary]")
     expect(summary).to_contain_text("added")
@@ -266,10 +270,14 @@ def test_signup_with_example_preview_and_browser_zone(browser, site, width):  # 
     expect(page.locator("[data-preview-summary]")).to_contain_text("would have brought")
     _no_sideways_scroll(page, "sign-up with preview")
     _shot(page, "signup", width)
+    page.locator("#topic-query-1").fill("robot and manipulation")  # a warning, not an error
+    expect(page.locator("#topic-warning-1")).to_contain_text("lower-case 'and' is ignored")
+    _no_sideways_scroll(page, "sign-up with a warning")
     page.get_by_label("Email").fill(f"new-{width}@example.org")
     page.get_by_label("How often").select_option("weekly")
     page.get_by_role("button", name="Subscribe").click()
     expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
+    expect(page.locator(".flash-warn")).to_contain_text("lower-case 'and' is ignored")
     _no_sideways_scroll(page, "sign-up sent")
     settings = load_settings(config, env={})
     for _ in range(200):  # the confirmation sender works in the background: wait for it
@@ -279,6 +287,6 @@ def test_signup_with_example_preview_and_browser_zone(browser, site, width):  # 
             break
         page.wait_for_timeout(50)
     assert sub is not None and sub.status == "pending"
-    assert (sub.cadence, sub.tz) == ("weekly", "Europe/Paris")
+    assert (sub.cadence, sub.tz) == ("weekly", "Europe/Paris") and len(sub.topics) == 2
     assert problems == [], problems
     context.close()

@@ -55,6 +55,7 @@ def test_digest_page_and_archive_read_well(browser, server, width):  # noqa: F81
     expect(page.locator("p.muted").first).to_contain_text("the email showed 3 of")
     expect(page.locator("#left-out")).to_be_visible()
     assert page.locator("article.paper").count() > 3
+    expect(page.locator("[data-why]").first).to_contain_text("matched: Models (")
     _assert_no_sideways_scroll(page)
     shots = _shots()
     if shots:

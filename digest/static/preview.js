@@ -44,6 +44,12 @@
     }
   }
 
+  // Warnings (probable mistakes) go beside the field like errors, but never mark it invalid.
+  function showWarnings(warnings) {
+    var slots = form.querySelectorAll("[data-topic-warning]");
+    for (var i = 0; i < slots.length; i++) { slots[i].innerHTML = warnings[String(i)] || ""; }
+  }
+
   function refresh() {
     if (!url || !target) { return; }
     var mine = ++seq;
@@ -60,6 +66,7 @@
       if (mine !== seq) { return; }  // a newer request is on its way
       target.innerHTML = data.html;
       showErrors(data.errors || {});
+      showWarnings(data.warnings || {});
       setState("");
       form.setAttribute("data-preview-seq", String(mine));
     }).catch(function (err) {
@@ -87,18 +94,22 @@
     var copy = last.cloneNode(true);
     var n = all.length;
     copy.querySelector("legend").textContent = "Topic " + (n + 1);
-    var fields = copy.querySelectorAll("input, textarea, label, [data-topic-error]");
+    var fields = copy.querySelectorAll(
+      "input, textarea, label, [data-topic-error], [data-topic-warning]");
     for (var i = 0; i < fields.length; i++) {
       var el = fields[i];
       if (el.id) { el.id = el.id.replace(/-\d+$/, "-" + n); }
       if (el.htmlFor) { el.htmlFor = el.htmlFor.replace(/-\d+$/, "-" + n); }
       if (el.hasAttribute("aria-describedby")) {
         el.setAttribute("aria-describedby",
-          el.getAttribute("aria-describedby").replace(/topic-error-\d+/, "topic-error-" + n));
+          el.getAttribute("aria-describedby").replace(/topic-error-\d+/, "topic-error-" + n)
+            .replace(/topic-warning-\d+/, "topic-warning-" + n));
       }
       if (el.value !== undefined && el.tagName !== "LABEL") { el.value = ""; }
       el.removeAttribute("aria-invalid");
-      if (el.hasAttribute("data-topic-error")) { el.innerHTML = ""; }
+      if (el.hasAttribute("data-topic-error") || el.hasAttribute("data-topic-warning")) {
+        el.innerHTML = "";
+      }
     }
     rows.appendChild(copy);
     return copy;

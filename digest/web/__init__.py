@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from digest import templates as templatemod
 from digest.config import Settings
 from digest.links import LinkSigner, secret_key
+from digest.web.preview import CoverageIndex
 from digest.web.security import LoginThrottle, csrf_token, security_headers
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class WebState:
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     clock: Callable[[], datetime] = _utcnow
     owns_store: bool = False
+    # The stored papers a topic's coverage warning counts against, indexed once per change.
+    coverage: CoverageIndex = field(default_factory=CoverageIndex)
     # Set by create_app: the sign-up rate limits and the confirmation sender thread.
     signup_limiter: Any = None
     mailer: Any = None

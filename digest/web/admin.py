@@ -48,7 +48,15 @@ from digest.schedule import next_slot
 from digest.urls import feed_url
 from digest.web import state
 from digest.web.charts import CHART_DAYS, daily_chart
-from digest.web.preview import Preview, TopicError, _located, backtest, parse_topic_rows
+from digest.web.preview import (
+    Preview,
+    TopicError,
+    _located,
+    backtest,
+    parse_topic_rows,
+    row_warnings,
+    topic_notes,
+)
 from digest.web.security import check_csrf, password_ok
 
 bp = Blueprint("admin", __name__)
@@ -205,6 +213,32 @@ def _form_topics() -> tuple[list[Topic], list[TopicError]]:
     return parse_topic_rows(request.form.getlist("topic_name"), request.form.getlist("topic_query"))
 
 
+def coverage_index() -> Any:
+    """The index of the stored papers that coverage warnings count against (or None)."""
+    st = state()
+    return st.coverage.get(st.store)
+
+
+def form_warnings() -> dict[int, list[str]]:
+    """The warnings of the submitted topic rows, by row index."""
+    names, queries = request.form.getlist("topic_name"), request.form.getlist("topic_query")
+    return row_warnings(names, queries, coverage_index())
+
+
+def warnings_json(warnings: dict[int, list[str]]) -> dict[str, str]:
+    """A live preview's warnings: each row's HTML fragment, by row index (as errors are)."""
+    return {
+        str(i): render_template("web/_topic_warning.html", warnings=notes)
+        for i, notes in warnings.items()
+    }
+
+
+def flash_warnings(topics: list[Topic]) -> None:
+    """Flash the warnings of topics just saved: they never block saving, but are said."""
+    for note in topic_notes(topics, coverage_index()):
+        flash(f"Warning: {note}", "warning")
+
+
 def _preview(saved: list[Topic], edited: list[Topic]) -> Preview:
     st = state()
     n = st.settings.web.preview_dumps
@@ -295,20 +329,25 @@ def _format_time_local(moment: datetime, tz: str) -> str:
 
 
 def _topic_rows(topics: list[Topic], errors: list[TopicError]) -> list[dict[str, Any]]:
-    """Form rows: the topics (or the submitted rows, when they had errors) plus a blank row."""
+    """Form rows: the topics (or the submitted rows, when they had errors) plus a blank row,
+    each with its error and its warnings."""
+    index = coverage_index()
     if errors:
         by_index = {e.index: e for e in errors}
-        submitted = zip(
-            request.form.getlist("topic_name"), request.form.getlist("topic_query"), strict=False
-        )
+        names, queries = request.form.getlist("topic_name"), request.form.getlist("topic_query")
+        warned = row_warnings(names, queries, index)
         rows = [
-            {"name": n, "query": q, "error": by_index.get(i)}
-            for i, (n, q) in enumerate(submitted)
+            {"name": n, "query": q, "error": by_index.get(i), "warnings": warned.get(i, [])}
+            for i, (n, q) in enumerate(zip(names, queries, strict=False))
             if n.strip() or q.strip()
         ]
     else:
-        rows = [{"name": t.name, "query": t.query, "error": None} for t in topics]
-    rows.append({"name": "", "query": "", "error": None})
+        warned = row_warnings([t.name for t in topics], [t.query for t in topics], index)
+        rows = [
+            {"name": t.name, "query": t.query, "error": None, "warnings": warned.get(i, [])}
+            for i, t in enumerate(topics)
+        ]
+    rows.append({"name": "", "query": "", "error": None, "warnings": []})
     return rows
 
 
@@ -367,6 +406,7 @@ def subscriber(sid: int) -> Any:
     except DigestError as exc:
         return _render_subscriber(sub, topics=topics, form=form, message=str(exc), status=400)
     flash("Saved. The new profile applies to the next digests.")
+    flash_warnings(topics)
     return redirect(url_for("admin.subscriber", sid=sid))
 
 
@@ -391,6 +431,7 @@ def preview(sid: int) -> Any:
     return jsonify(
         html=html,
         errors={str(e.index): render_template("web/_topic_error.html", error=e) for e in errors},
+        warnings=warnings_json(form_warnings()),
     )
 
 
@@ -563,12 +604,14 @@ def new_subscriber() -> Any:
             message = str(exc)
         else:
             flash(f"Added {sub.email}.")
+            flash_warnings(topics)
             return redirect(url_for("admin.subscriber", sid=sub.id))
     names = request.form.getlist("topic_name")
     queries = request.form.getlist("topic_query")
     by_index = {e.index: e for e in errors}
+    warned = form_warnings()
     rows: list[dict[str, Any]] = [
-        {"name": n, "query": q, "error": by_index.get(i)}
+        {"name": n, "query": q, "error": by_index.get(i), "warnings": warned.get(i, [])}
         for i, (n, q) in enumerate(zip(names, queries, strict=False))
     ] or [{"name": "Keywords", "query": "", "error": None}]
     count = len(errors) + len(fields) + (1 if message else 0)
@@ -587,6 +630,7 @@ def new_preview() -> Any:
     return jsonify(
         html=html,
         errors={str(e.index): render_template("web/_topic_error.html", error=e) for e in errors},
+        warnings=warnings_json(form_warnings()),
     )
 
 
@@ -851,8 +895,46 @@ def import_subscribers() -> Any:
             message = str(exc).replace(str(path), "upload.csv")
             page = render_template("web/import.html", report=None, message=message, dry_run=dry_run)
             return page, 400
+        warnings = import_warnings(path.read_text(encoding="utf-8-sig"), coverage_index())
     errors = [str(e).replace(str(path), "upload.csv") for e in report.errors]
     page = render_template(
-        "web/import.html", report=report, errors=errors, message="", dry_run=dry_run
+        "web/import.html",
+        report=report,
+        errors=errors,
+        warnings=warnings,
+        message="",
+        dry_run=dry_run,
     )
     return page, 400 if errors else 200
+
+
+def import_warnings(text: str, index: Any) -> list[str]:
+    """Each CSV row's topic warnings, naming the row's line and address: a warning never
+    rejects a row (import_csv takes it), but the admin should see it."""
+    import contextlib
+    import csv
+
+    reader = csv.reader(text.splitlines(keepends=True))
+    out: list[str] = []
+    try:
+        columns = [h.strip().lower() for h in next(reader)]
+    except (StopIteration, csv.Error):
+        return out
+    if "topics" not in columns or "email" not in columns:
+        return out
+    # Lines counted as import_csv counts them, so a warning names the line its errors name.
+    line = reader.line_num + 1
+    while True:
+        try:
+            cells = next(reader)
+        except (StopIteration, csv.Error):  # a CSV error is already the import's error
+            break
+        start, line = line, reader.line_num + 1
+        if len(cells) != len(columns):
+            continue
+        row = dict(zip(columns, cells, strict=True))
+        with contextlib.suppress(DigestError):  # a bad topic is already an error of the row
+            topics = list(subs.parse_topics(row["topics"]))
+            out += [f"upload.csv:{start}: {row['email'].strip()}: {n}"
+                    for n in topic_notes(topics, index)]  # fmt: skip
+    return out

@@ -9,6 +9,7 @@ keyset (`?before=<digest id>`): one query per page however many digests a subscr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,8 @@ class PaperRow:
     topic: str
     topics: tuple[str, ...]
     terms: tuple[str, ...]
+    fields: str = ""  # the matched words field by field: "title: a, b; abstract: c"
+    why: str = ""  # the conditions that passed, or the liked paper a suggestion is most like
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +59,30 @@ def _rows(entries: list[LedgerEntry], start: int) -> list[PaperRow]:
         topics = entry.item.topics
         best = topics[0] if topics else ""
         row = PaperRow(number, entry.paper.id, view.title, view.url, view.facts, view.abstract,
-                       best, topics, entry.item.terms)  # fmt: skip
+                       best, topics, entry.item.terms,
+                       words_by_field(entry.paper.title, entry.paper.abstract, entry.item.terms),
+                       entry.item.why)  # fmt: skip
         rows.append(row)
     return rows
+
+
+def words_by_field(title: str, abstract: str, terms: tuple[str, ...]) -> str:
+    """The matched words field by field ("title: a; abstract: b"), as `digest match` says it.
+    The ledger keeps the words as they appear in the paper, not their field, so each is found
+    again in the text; a word in both fields is listed in both."""
+    found = []
+    distinct: dict[str, str] = {}
+    for term in terms:
+        distinct.setdefault(term.casefold(), term)  # one spelling a word: the first
+    for name, text in (("title", title), ("abstract", abstract)):
+        words = [t for t in distinct.values() if _contains(text, t)]
+        if words:
+            found.append(f"{name}: {', '.join(words)}")
+    return "; ".join(found)
+
+
+def _contains(text: str, word: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE) is not None
 
 
 def _by_topic(rows: list[PaperRow]) -> list[PaperGroup]:

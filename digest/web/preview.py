@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from digest import highlight
 from digest.errors import QueryError
 from digest.match import PaperIndex, match_profiles
 from digest.models import Match, StoredPaper, Topic
-from digest.query import compile_query
+from digest.query import compile_query, coverage_warning, query_warnings
+from digest.rank import explain
+from digest.subscribers import topic_warnings
 from digest.text import clean_text, one_line
 from digest.urls import paper_url
 
 MAX_TOPICS = 20
 MAX_QUERY_CHARS = 2_000
 MAX_ROWS = 60  # per change kind shown; the counts are always complete
+COVERAGE_PAPERS = 2_000  # a topic's coverage counts against as many recent papers as the CLI's
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,8 @@ class PreviewRow:
     title_parts: tuple[tuple[str, bool], ...]
     terms: tuple[str, ...]
     url: str = ""  # where the paper links (urls.paper_url, as in emails and feeds)
+    # Why, topic by topic: (topic, its words field by field and the conditions that passed).
+    why: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -98,13 +105,7 @@ def parse_topic_rows(
     """Topics from the form's rows (blank rows dropped), and every query error found."""
     topics: list[Topic] = []
     errors: list[TopicError] = []
-    rows = list(zip(names, queries, strict=False))[:MAX_TOPICS]
-    for index, (raw_name, raw_query) in enumerate(rows):
-        # The text policy on form input (subscribers.check_topics applies it again when saving).
-        name = one_line(clean_text(raw_name))[:100]
-        query = clean_text(raw_query, multiline=True).strip()
-        if not name and not query:
-            continue
+    for index, name, query in _form_rows(names, queries):
         if not query:  # a named topic of examples alone (its likes); it matches no words
             topics.append(Topic(name, ""))
             continue
@@ -118,6 +119,84 @@ def parse_topic_rows(
             continue
         topics.append(Topic(name or f"Topic {len(topics) + 1}", query))
     return topics, errors
+
+
+def _form_rows(names: Sequence[str], queries: Sequence[str]) -> Iterator[tuple[int, str, str]]:
+    """(row index, name, query) of the form's non-blank rows, under the form's text policy."""
+    rows = list(zip(names, queries, strict=False))[:MAX_TOPICS]
+    for index, (raw_name, raw_query) in enumerate(rows):
+        # The text policy on form input (subscribers.check_topics applies it again when saving).
+        name = one_line(clean_text(raw_name))[:100]
+        query = clean_text(raw_query, multiline=True).strip()
+        if name or query:
+            yield index, name, query
+
+
+class CoverageIndex:
+    """The most recent stored papers, indexed once per change of the stored papers: what a
+    topic's "matches none / almost all of the stored papers" warning counts against."""
+
+    def __init__(self, limit: int = COVERAGE_PAPERS) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._key: tuple[int, int] | None = None
+        self._index: PaperIndex | None = None
+
+    def get(self, store: Any) -> PaperIndex | None:
+        """The index of the stored papers (None below the 20 papers a coverage needs)."""
+        # Two cheap counts decide whether the papers changed; a preview typed key by key must
+        # not read and index 2,000 papers per request.
+        key = (store.max_paper_id(), store.count_papers())
+        with self._lock:
+            if key == self._key:
+                return self._index
+        papers = store.recent_papers(limit=self.limit)
+        index = PaperIndex(papers) if len(papers) >= 20 else None
+        with self._lock:
+            self._key, self._index = key, index
+        return index
+
+
+def query_notes(query: str, index: PaperIndex | None) -> list[str]:
+    """The warnings of one valid query: probable mistakes (query.query_warnings), and matching
+    none or almost all of the indexed stored papers (query.coverage_warning)."""
+    if not query.strip():
+        return []
+    notes = query_warnings(query)
+    if index is not None:
+        hits = index.bits(compile_query(query).root).bit_count()
+        if (cover := coverage_warning(hits, len(index.papers))) is not None:
+            notes.append(cover)
+    return notes
+
+
+def row_warnings(
+    names: Sequence[str], queries: Sequence[str], index: PaperIndex | None
+) -> dict[int, list[str]]:
+    """The warnings of the form's valid topic rows, by row index (rows with none left out)."""
+    found: dict[int, list[str]] = {}
+    for i, _, query in _form_rows(names, queries):
+        if not query or len(query) > MAX_QUERY_CHARS:
+            continue
+        try:
+            notes = query_notes(query, index)
+        except QueryError:  # an error of the row, shown as such
+            continue
+        if notes:
+            found[i] = notes
+    return found
+
+
+def topic_notes(topics: Sequence[Topic], index: PaperIndex | None) -> list[str]:
+    """The warnings of saved topics, each naming its topic, as the CLI prints them."""
+    notes = topic_warnings(topics)
+    if index is not None:
+        for t in topics:
+            if t.query.strip():
+                hits = index.bits(compile_query(t.query).root).bit_count()
+                if (cover := coverage_warning(hits, len(index.papers))) is not None:
+                    notes.append(f"topic {t.name!r} {cover}")
+    return notes
 
 
 def _located(index: int, exc: QueryError, query: str) -> TopicError:
@@ -150,28 +229,47 @@ def backtest(
     """What `edited` matches among `papers`, split into added / removed / kept versus `saved`,
     and topic by topic (gained, lost, moved between topics)."""
     preview = Preview(papers=len(papers), dumps=dumps, max_papers=max_papers)
+    kinds: dict[str, list[tuple[Match, Why]]] = {"added": [], "removed": [], "kept": []}
     if papers:
         index = PaperIndex(list(papers))
         found = match_profiles(index, {0: list(saved), 1: list(edited)})
         before = {m.paper_id: m for m in found.get(0, [])}
         after = {m.paper_id: m for m in found.get(1, [])}
         by_id = {p.id: p for p in papers}
+        why_saved, why_edited = Why(index, saved), Why(index, edited)
         for match in found.get(1, []):
-            kind = "kept" if match.paper_id in before else "added"
-            getattr(preview, kind).append(_row(by_id[match.paper_id], match, kind))
+            kinds["kept" if match.paper_id in before else "added"].append((match, why_edited))
         for match in found.get(0, []):
             if match.paper_id not in after:
-                preview.removed.append(_row(by_id[match.paper_id], match, "removed"))
+                kinds["removed"].append((match, why_saved))
+        for kind, matches in kinds.items():
+            # Only the rows shown are explained: a broad profile matches thousands.
+            rows = [_row(by_id[m.paper_id], m, kind, why) for m, why in matches[:MAX_ROWS]]
+            setattr(preview, kind, rows)
         preview.topics, preview.moved = _topic_diffs(index, by_id, saved, edited)
-    preview.counts = {
-        "added": len(preview.added),
-        "removed": len(preview.removed),
-        "kept": len(preview.kept),
-    }
-    preview.added = preview.added[:MAX_ROWS]
-    preview.removed = preview.removed[:MAX_ROWS]
-    preview.kept = preview.kept[:MAX_ROWS]
+    preview.counts = {kind: len(matches) for kind, matches in kinds.items()}
     return preview
+
+
+class Why:
+    """Why a paper matched, topic by topic, for the topics of one profile (rank.explain)."""
+
+    def __init__(self, index: PaperIndex, topics: Sequence[Topic]) -> None:
+        self.index = index
+        self.queries = {t.name: t.query for t in topics if t.query.strip()}
+        self._pos: dict[int, int] | None = None
+
+    def __call__(self, match: Match) -> tuple[tuple[str, str], ...]:
+        """(topic, words field by field and conditions passed) for each topic of the match."""
+        if self._pos is None:
+            self._pos = {p.id: k for k, p in enumerate(self.index.papers)}
+        i = self._pos[match.paper_id]
+        out = []
+        for name in match.topics:
+            query = self.queries.get(name)
+            if query is not None and (text := explain(self.index, query, i)):
+                out.append((name, text))
+        return tuple(out)
 
 
 def _topic_diffs(
@@ -192,6 +290,7 @@ def _topic_diffs(
         if name in new:
             profiles[2 * i + 1] = [new[name]]
     found = match_profiles(index, profiles)
+    why_old, why_new = Why(index, list(old.values())), Why(index, list(new.values()))
     diffs: list[TopicDiff] = []
     left: dict[int, list[str]] = {}
     joined: dict[int, list[str]] = {}
@@ -212,14 +311,14 @@ def _topic_diffs(
                 joined.setdefault(pid, []).append(name)
                 matches.setdefault(pid, m)
                 if len(diff.gained) < MAX_ROWS:
-                    diff.gained.append(_row(by_id[pid], m, "added"))
+                    diff.gained.append(_row(by_id[pid], m, "added", why_new))
         for pid, m in before.items():
             if pid not in after:
                 diff.lost_count += 1
                 left.setdefault(pid, []).append(name)
                 matches.setdefault(pid, m)
                 if len(diff.lost) < MAX_ROWS:
-                    diff.lost.append(_row(by_id[pid], m, "removed"))
+                    diff.lost.append(_row(by_id[pid], m, "removed", why_old))
         diff.unchanged = len(before.keys() & after.keys())
         diffs.append(diff)
     moved = [
@@ -229,7 +328,7 @@ def _topic_diffs(
     return diffs, moved
 
 
-def _row(paper: StoredPaper, match: Match, kind: str) -> PreviewRow:
+def _row(paper: StoredPaper, match: Match, kind: str, why: Why | None = None) -> PreviewRow:
     return PreviewRow(
         paper=paper,
         change=kind,
@@ -237,6 +336,7 @@ def _row(paper: StoredPaper, match: Match, kind: str) -> PreviewRow:
         title_parts=split_spans(paper.title, match.title_spans),
         terms=match.terms,
         url=paper_url(paper.title),
+        why=why(match) if why is not None else (),
     )
 
 

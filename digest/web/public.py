@@ -39,12 +39,15 @@ from digest.web.admin import (
     _submitted_form,
     _topic_rows,
     _weekday,
+    coverage_index,
     field_errors,
+    form_warnings,
     remove_example_from_form,
     time_zones,
+    warnings_json,
 )
 from digest.web.mailer import ConfirmationJob
-from digest.web.preview import backtest, parse_topic_rows
+from digest.web.preview import backtest, parse_topic_rows, row_warnings, topic_notes
 from digest.web.security import check_csrf
 
 log = logging.getLogger(__name__)
@@ -98,6 +101,7 @@ def manage(signed: str) -> Any:
     sub = _from_link("manage", signed)
     st = state()
     message = ""
+    notes: list[str] = []  # warnings of the topics just saved (they never block saving)
     errors: list = []
     topics = list(sub.topics)
     form = {
@@ -147,6 +151,7 @@ def manage(signed: str) -> Any:
                     )
                     sub = subs.get_subscriber(st.store, sub.email)
                     message = "Saved. Your next digest follows the new settings."
+                    notes = topic_notes(topics, coverage_index())
                 except DigestError as exc:
                     message = str(exc)
                     status = 400
@@ -160,6 +165,7 @@ def manage(signed: str) -> Any:
         rows=_topic_rows(topics, errors),
         errors=errors,
         message=message,
+        notes=notes,
         ok=status == 200,
         cadences=CADENCES,
         weekdays=WEEKDAYS,
@@ -318,8 +324,9 @@ def _signup_rows() -> tuple[list[Topic], list[Any], list[dict[str, Any]]]:
         names, queries = ["Keywords"], [request.form.get("keywords", "")]
     topics, errors = parse_topic_rows(names, queries)
     by_index = {e.index: e for e in errors}
+    warned = row_warnings(names, queries, coverage_index())
     rows = [
-        {"name": n, "query": q, "error": by_index.get(i)}
+        {"name": n, "query": q, "error": by_index.get(i), "warnings": warned.get(i, [])}
         for i, (n, q) in enumerate(zip(names, queries, strict=False))
         if n.strip() or q.strip() or i in by_index
     ]
@@ -373,7 +380,8 @@ def signup() -> Any:
     if not st.mailer.submit(job):
         return _busy()
     # The same page whether or not the address was known: sign-up reveals no subscriber.
-    return render_template("web/signup_sent.html", email=email)
+    notes = topic_notes(topics, coverage_index())
+    return render_template("web/signup_sent.html", email=email, notes=notes)
 
 
 @bp.post("/signup/preview")
@@ -393,6 +401,7 @@ def signup_preview() -> Any:
     return jsonify(
         html=html,
         errors={str(e.index): render_template("web/_topic_error.html", error=e) for e in errors},
+        warnings=warnings_json(form_warnings()),  # by form row index, as the errors
     )
 
 
