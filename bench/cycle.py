@@ -325,13 +325,33 @@ def run_child(stage: str, workdir: Path, url: str, port: int, n: int) -> dict:
     return result
 
 
-def run_workers(workdir: Path, count: int, expected: int, sink: Sink, batch: int) -> dict:
-    """Start `count` workers with --idle-exit; wall time to the last exit and each one's peak."""
+def run_workers(
+    workdir: Path,
+    count: int,
+    expected: int,
+    sink: Sink,
+    batch: int,
+    *,
+    source: str | None = None,
+    profile: str | None = None,
+) -> dict:
+    """Start `count` workers with --idle-exit; wall time to the last exit and each one's peak.
+
+    `source`: run the digest package found in that folder instead (PYTHONPATH), e.g. an
+    exported older commit, for before/after runs interleaved on one store. `profile`: run the
+    (single) worker under py-spy, writing a speedscope profile there."""
     before = sink.count
-    cmd = [str(DIGEST_BIN), "-q", "--config", str(workdir / "settings.toml"), "worker",
-           "--idle-exit", "--poll", "0.2", "--batch", str(batch)]  # fmt: skip
+    cmd = [sys.executable, "-m", "digest.cli", "-q", "--config",
+           str(workdir / "settings.toml"), "worker", "--idle-exit", "--poll", "0.2", "--batch",
+           str(batch)]  # fmt: skip
+    if profile:
+        spy = Path(sys.executable).with_name("py-spy")
+        cmd = [str(spy), "record", "-f", "speedscope", "-o", profile, "-r", "200", "--", *cmd]
+    env = dict(os.environ)
+    if source:
+        env["PYTHONPATH"] = source
     start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for _ in range(count)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env) for _ in range(count)]
     peaks: list[float] = []
     cpu: list[float] = []
     for proc in procs:
@@ -354,6 +374,66 @@ def run_workers(workdir: Path, count: int, expected: int, sink: Sink, batch: int
         "peaks_mb": peaks,
         "cpu_seconds": cpu,
     }
+
+
+def deliver_rows(args) -> list[dict]:
+    """One worker delivering the same queued store again and again (a copy of it each run), to
+    the sink; with --baseline, runs of that source tree interleaved with this one's."""
+    import tomli_w
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    sources = [("this tree", None)]
+    if args.baseline:
+        sources.insert(0, ("baseline", str(Path(args.baseline).resolve())))
+    sink = Sink()
+    rows = []
+    try:
+        for size in sizes:
+            workdir = Path(tempfile.mkdtemp(prefix="digest-deliver-"))
+            try:
+                url = f"sqlite:///{workdir / 'digest.db'}"
+                connections = max(1, args.connections)
+                data = _settings_data(url, sink.port)
+                data["smtp"]["connections"] = connections
+                (workdir / "settings.toml").write_text(tomli_w.dumps(data), encoding="utf-8")
+                run_child("ingest", workdir, url, sink.port, size)
+                run_child("subscribers", workdir, url, sink.port, size)
+                queued = run_child("queue", workdir, url, sink.port, size)["digests"]
+                snapshot = workdir / "queued.db"
+                shutil.copyfile(workdir / "digest.db", snapshot)
+                for rep in range(args.repeat):
+                    for label, source in sources:
+                        shutil.copyfile(snapshot, workdir / "digest.db")
+                        for extra in ("-wal", "-shm"):
+                            (workdir / f"digest.db{extra}").unlink(missing_ok=True)
+                        profile = args.profile if (rep == 0 and source is None) else None
+                        got = run_workers(workdir, 1, queued, sink, args.batch, source=source,
+                                          profile=profile)  # fmt: skip
+                        row = {"subscribers": size, "code": label, "run": rep + 1}
+                        row |= {"connections": connections, "deliver": got}
+                        row["load"] = os.getloadavg()[0]
+                        rows.append(row)
+                        print(show_deliver(row), flush=True)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        sink.stop()
+    return rows
+
+
+DELIVER_HEADER = (
+    "| subscribers | code | smtp.connections | run | deliver s | msg/s | worker CPU s "
+    "| peak MB | load |\n|" + " --- |" * 9
+)
+
+
+def show_deliver(row: dict) -> str:
+    d = row["deliver"]
+    return (
+        f"| {row['subscribers']:,} | {row['code']} | {row['connections']} | {row['run']} "
+        f"| {d['seconds']:.2f} | {d['sent'] / d['seconds']:,.0f} | {sum(d['cpu_seconds']):.2f} "
+        f"| {max(d['peaks_mb']):.0f} | {row['load']:.1f} |"
+    )
 
 
 def run_send_now(workdir: Path) -> dict:
@@ -459,9 +539,14 @@ def main() -> None:
     ap.add_argument(
         "--parts",
         default="cycle,send-now",
-        help="cycle (the stage table), send-now (CLI on SQLite + Maildir vs floor)",
+        help="cycle (the stage table), send-now (CLI on SQLite + Maildir vs floor), deliver "
+        "(one worker to the sink, repeated on one queued store)",
     )
     ap.add_argument("--send-now-sizes", default="10000")
+    ap.add_argument("--repeat", type=int, default=3, help="deliver: runs per code")
+    ap.add_argument("--connections", type=int, default=1, help="deliver: smtp.connections")
+    ap.add_argument("--baseline", metavar="DIR", help="deliver: also run this source tree")
+    ap.add_argument("--profile", metavar="FILE", help="deliver: py-spy the first run here")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -489,6 +574,9 @@ def main() -> None:
           f"{platform.platform()}")  # fmt: skip
     parts = args.parts.split(",")
     rows = []
+    if "deliver" in parts:
+        print(DELIVER_HEADER)
+        rows += deliver_rows(args)
     if "send-now" in parts:
         print(SEND_NOW_HEADER)
         for size in (int(s) for s in args.send_now_sizes.split(",")):
