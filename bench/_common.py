@@ -50,7 +50,7 @@ def sink_protocol(counter: Any, seen: set[bytes] | None = None) -> type[asyncio.
                     return
                 verb, self.buf = self.buf[:4].upper(), self.buf[eol + 2 :]
                 if verb == b"EHLO":
-                    self.t.write(b"250-sink\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                    self.t.write(b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
                 elif verb == b"DATA":
                     self.in_data = True
                     self.t.write(b"354 go ahead\r\n")

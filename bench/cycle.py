@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 from _common import bench_subscribers, free_port, sink_protocol  # noqa: E402
 
 DUMPS = ROOT.parent / "shared" / "dumps"
-DIGEST_BIN = Path(sys.executable).with_name("digest")
 T0_OFFSET_HOURS = 1  # digests are queued an hour "ago" so real-clock workers find them due
 
 
@@ -325,13 +324,33 @@ def run_child(stage: str, workdir: Path, url: str, port: int, n: int) -> dict:
     return result
 
 
-def run_workers(workdir: Path, count: int, expected: int, sink: Sink, batch: int) -> dict:
-    """Start `count` workers with --idle-exit; wall time to the last exit and each one's peak."""
+def run_workers(
+    workdir: Path,
+    count: int,
+    expected: int,
+    sink: Sink,
+    batch: int,
+    *,
+    source: str | None = None,
+    profile: str | None = None,
+) -> dict:
+    """Start `count` workers with --idle-exit; wall time to the last exit and each one's peak.
+
+    `source`: run the digest package found in that folder instead (PYTHONPATH), e.g. an
+    exported older commit, for before/after runs interleaved on one store. `profile`: run the
+    (single) worker under py-spy, writing a speedscope profile there."""
     before = sink.count
-    cmd = [str(DIGEST_BIN), "-q", "--config", str(workdir / "settings.toml"), "worker",
-           "--idle-exit", "--poll", "0.2", "--batch", str(batch)]  # fmt: skip
+    cmd = [sys.executable, "-m", "digest.cli", "-q", "--config",
+           str(workdir / "settings.toml"), "worker", "--idle-exit", "--poll", "0.2", "--batch",
+           str(batch)]  # fmt: skip
+    if profile:
+        spy = Path(sys.executable).with_name("py-spy")
+        cmd = [str(spy), "record", "-f", "speedscope", "-o", profile, "-r", "200", "--", *cmd]
+    env = dict(os.environ)
+    if source:
+        env["PYTHONPATH"] = source
     start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for _ in range(count)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env) for _ in range(count)]
     peaks: list[float] = []
     cpu: list[float] = []
     for proc in procs:
@@ -356,26 +375,100 @@ def run_workers(workdir: Path, count: int, expected: int, sink: Sink, batch: int
     }
 
 
-def run_send_now(workdir: Path) -> dict:
-    """`digest send --now` through the CLI (queue + deliver to the Maildir): wall time, peak."""
-    cmd = [str(DIGEST_BIN), "-q", "--config", str(workdir / "send-settings.toml"), "send",
-           "--now"]  # fmt: skip
+def deliver_rows(args) -> list[dict]:
+    """One worker delivering the same queued store again and again (a copy of it each run), to
+    the sink; with --baseline, runs of that source tree interleaved with this one's."""
+    import tomli_w
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    sources = [("this tree", None)]
+    if args.baseline:
+        sources.insert(0, ("baseline", str(Path(args.baseline).resolve())))
+    sink = Sink()
+    rows = []
+    try:
+        for size in sizes:
+            workdir = Path(tempfile.mkdtemp(prefix="digest-deliver-"))
+            try:
+                url = f"sqlite:///{workdir / 'digest.db'}"
+                connections = max(1, args.connections)
+                data = _settings_data(url, sink.port)
+                data["smtp"]["connections"] = connections
+                (workdir / "settings.toml").write_text(tomli_w.dumps(data), encoding="utf-8")
+                run_child("ingest", workdir, url, sink.port, size)
+                run_child("subscribers", workdir, url, sink.port, size)
+                queued = run_child("queue", workdir, url, sink.port, size)["digests"]
+                snapshot = workdir / "queued.db"
+                shutil.copyfile(workdir / "digest.db", snapshot)
+                for rep in range(args.repeat):
+                    for label, source in sources:
+                        shutil.copyfile(snapshot, workdir / "digest.db")
+                        for extra in ("-wal", "-shm"):
+                            (workdir / f"digest.db{extra}").unlink(missing_ok=True)
+                        profile = args.profile if (rep == 0 and source is None) else None
+                        got = run_workers(workdir, 1, queued, sink, args.batch, source=source,
+                                          profile=profile)  # fmt: skip
+                        row = {"subscribers": size, "code": label, "run": rep + 1}
+                        row |= {"connections": connections, "deliver": got}
+                        row["load"] = os.getloadavg()[0]
+                        rows.append(row)
+                        print(show_deliver(row), flush=True)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        sink.stop()
+    return rows
+
+
+DELIVER_HEADER = (
+    "| subscribers | code | smtp.connections | run | deliver s | msg/s | worker CPU s "
+    "| peak MB | load |\n|" + " --- |" * 9
+)
+
+
+def show_deliver(row: dict) -> str:
+    d = row["deliver"]
+    return (
+        f"| {row['subscribers']:,} | {row['code']} | {row['connections']} | {row['run']} "
+        f"| {d['seconds']:.2f} | {d['sent'] / d['seconds']:,.0f} | {sum(d['cpu_seconds']):.2f} "
+        f"| {max(d['peaks_mb']):.0f} | {row['load']:.1f} |"
+    )
+
+
+def run_send_now(workdir: Path, source: str | None = None) -> dict:
+    """`digest send --now` through the CLI (queue + deliver to the Maildir): wall time, peak,
+    and its deliver part: from the first message file written to the last (their mtimes)."""
+    cmd = [sys.executable, "-m", "digest.cli", "-q", "--config",
+           str(workdir / "send-settings.toml"), "send", "--now"]  # fmt: skip
+    env = dict(os.environ)
+    if source:
+        env["PYTHONPATH"] = source
+    wall = time.time()
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
     _pid, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status):
         sys.exit(f"digest send --now exited with status {os.waitstatus_to_exitcode(status)}")
-    written = len(list((workdir / "maildir" / "new").iterdir()))
-    return {"seconds": seconds, "messages": written, "peak_mb": usage.ru_maxrss / 1024}
+    stamps = sorted(path.stat().st_mtime for path in (workdir / "maildir" / "new").iterdir())
+    return {
+        "seconds": seconds,
+        "messages": len(stamps),
+        "peak_mb": usage.ru_maxrss / 1024,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "queue_seconds": stamps[0] - wall if stamps else 0.0,
+        "deliver_seconds": stamps[-1] - stamps[0] if stamps else 0.0,
+    }
 
 
-def send_now_row(size: int) -> dict:
-    """`send --now` for `size` subscribers on the embedded defaults (SQLite + Maildir), and the
-    stdlib-mailbox floor writing the same messages, in one fresh folder."""
+def send_now_row(size: int, baseline: str | None = None, repeat: int = 1) -> list[dict]:
+    """`send --now` for `size` subscribers on the embedded defaults (SQLite + Maildir), then
+    the stdlib-mailbox floor writing the same messages, in one fresh folder; with `baseline`
+    (a source tree), its runs interleaved with this tree's on copies of the same store."""
     import tomli_w
 
     workdir = Path(tempfile.mkdtemp(prefix="digest-send-now-"))
+    rows = []
     try:
         url = f"sqlite:///{workdir / 'digest.db'}"
         _settings(workdir, url, 25)  # for the setup stages (no SMTP is used)
@@ -384,26 +477,44 @@ def send_now_row(size: int) -> dict:
         (workdir / "send-settings.toml").write_text(tomli_w.dumps(data), encoding="utf-8")
         run_child("ingest", workdir, url, 25, size)
         run_child("subscribers", workdir, url, 25, size)
-        sent = run_send_now(workdir)
-        floor = run_child("floor", workdir, url, 25, size)
-        if sent["messages"] != size or floor["messages"] != size:
-            print(f"  WARNING: {size} subscribers, {sent['messages']} messages written")
-        return {"subscribers": size, "send_now": sent, "floor": floor}
+        shutil.copyfile(workdir / "digest.db", workdir / "setup.db")
+        sources = [("this tree", None)]
+        if baseline:
+            sources.insert(0, ("baseline", str(Path(baseline).resolve())))
+        for rep in range(repeat):
+            for label, source in sources:
+                shutil.copyfile(workdir / "setup.db", workdir / "digest.db")
+                for extra in ("-wal", "-shm"):
+                    (workdir / f"digest.db{extra}").unlink(missing_ok=True)
+                for folder in ("maildir", "floor-maildir"):
+                    shutil.rmtree(workdir / folder, ignore_errors=True)
+                sent = run_send_now(workdir, source)
+                floor = run_child("floor", workdir, url, 25, size)
+                if sent["messages"] != size or floor["messages"] != size:
+                    print(f"  WARNING: {size} subscribers, {sent['messages']} messages written")
+                row = {"subscribers": size, "code": label, "run": rep + 1}
+                row |= {"send_now": sent, "floor": floor, "load": os.getloadavg()[0]}
+                rows.append(row)
+                print(show_send_now(row), flush=True)
+        return rows
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 SEND_NOW_HEADER = (
-    "| subscribers | send --now s | messages/s | peak MB | mailbox floor s | ratio |\n"
-    "| --- | --- | --- | --- | --- | --- |"
+    "| subscribers | code | run | send --now s | queue s | deliver s | CPU s | messages/s "
+    "| peak MB | mailbox floor s | ratio | deliver / floor | load |\n|" + " --- |" * 13
 )
 
 
 def show_send_now(row: dict) -> str:
     s, f = row["send_now"], row["floor"]
     return (
-        f"| {row['subscribers']:,} | {s['seconds']:.1f} | {s['messages'] / s['seconds']:,.0f} "
-        f"| {s['peak_mb']:.0f} | {f['seconds']:.2f} | {s['seconds'] / f['seconds']:.2f}x |"
+        f"| {row['subscribers']:,} | {row['code']} | {row['run']} | {s['seconds']:.1f} "
+        f"| {s['queue_seconds']:.1f} | {s['deliver_seconds']:.1f} | {s['cpu_seconds']:.1f} "
+        f"| {s['messages'] / s['seconds']:,.0f} | {s['peak_mb']:.0f} | {f['seconds']:.2f} "
+        f"| {s['seconds'] / f['seconds']:.2f}x | {s['deliver_seconds'] / f['seconds']:.2f}x "
+        f"| {row['load']:.1f} |"
     )
 
 
@@ -459,9 +570,14 @@ def main() -> None:
     ap.add_argument(
         "--parts",
         default="cycle,send-now",
-        help="cycle (the stage table), send-now (CLI on SQLite + Maildir vs floor)",
+        help="cycle (the stage table), send-now (CLI on SQLite + Maildir vs floor), deliver "
+        "(one worker to the sink, repeated on one queued store)",
     )
     ap.add_argument("--send-now-sizes", default="10000")
+    ap.add_argument("--repeat", type=int, default=3, help="deliver, send-now: runs per code")
+    ap.add_argument("--connections", type=int, default=1, help="deliver: smtp.connections")
+    ap.add_argument("--baseline", metavar="DIR", help="deliver, send-now: also run this tree")
+    ap.add_argument("--profile", metavar="FILE", help="deliver: py-spy the first run here")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -489,12 +605,13 @@ def main() -> None:
           f"{platform.platform()}")  # fmt: skip
     parts = args.parts.split(",")
     rows = []
+    if "deliver" in parts:
+        print(DELIVER_HEADER)
+        rows += deliver_rows(args)
     if "send-now" in parts:
         print(SEND_NOW_HEADER)
         for size in (int(s) for s in args.send_now_sizes.split(",")):
-            row = send_now_row(size)
-            rows.append(row)
-            print(show_send_now(row), flush=True)
+            rows += send_now_row(size, args.baseline, args.repeat if args.baseline else 1)
         print("ratio: send --now time / the stdlib mailbox writing the same messages")
     if "cycle" not in parts:
         if args.json:

@@ -470,6 +470,9 @@ def _outgoing(msg: OutgoingMessage | EmailMessage) -> OutgoingMessage:
 
 class _BaseTransport:
     parallel = 1
+    # Sends wait on I/O (a disk, a server): worth running in a thread while the next digest
+    # renders. Transports that only keep messages in memory do it inline.
+    overlap = False
 
     def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:  # pragma: no cover
         raise NotImplementedError
@@ -504,6 +507,7 @@ class MaildirTransport(_BaseTransport):
     """
 
     parallel = 2
+    overlap = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -579,7 +583,13 @@ class RateLimiter:
 
 
 class SmtpTransport(_BaseTransport):
-    """One persistent SMTP connection, opened on first use and reopened when found dropped."""
+    """One persistent SMTP connection, opened on first use and reopened when found dropped.
+
+    When the server offers PIPELINING (RFC 2920), MAIL FROM, RCPT TO and DATA go out in one
+    write and their replies are read together: two round trips per message instead of four.
+    """
+
+    overlap = True
 
     def __init__(
         self,
@@ -671,6 +681,8 @@ class SmtpTransport(_BaseTransport):
                 options.append("BODY=8BITMIME")
             else:
                 data = to_seven_bit(data)
+        if not out.smtputf8 and conn.has_extn("pipelining"):
+            return self._pipelined(conn, out, options, data)
         try:
             code, reply = conn.mail(out.envelope_from, options)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
@@ -724,6 +736,82 @@ class SmtpTransport(_BaseTransport):
                 address=_one(out.recipients),
             ) from None
 
+    def _pipelined(
+        self, conn: smtplib.SMTP, out: OutgoingMessage, options: list[str], data: bytes
+    ) -> SendResult:
+        """The transaction of `_transaction` with MAIL, RCPT and DATA sent as one group (RFC
+        2920); every outcome is classified the same way."""
+        where = f"smtp {self.where}"
+        tail = (" " + " ".join(options)) if options else ""
+        group = [f"MAIL FROM:{smtplib.quoteaddr(out.envelope_from)}{tail}"]
+        group += [f"RCPT TO:{smtplib.quoteaddr(rcpt)}" for rcpt in out.recipients]
+        group.append("DATA")
+        try:
+            conn.send(("\r\n".join(group) + "\r\n").encode("ascii"))
+            code, reply = conn.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # Nothing of the message itself was sent: as a stale connection in `_transaction`.
+            raise _StaleConnection(str(exc) or type(exc).__name__) from None
+        try:
+            rcpt_replies = [conn.getreply() for _ in out.recipients]
+            data_code, data_reply = conn.getreply()
+            if code != 250:
+                self._end_empty_data(conn, data_code)
+                self._reset_or_drop(code)
+                if code >= 500:
+                    raise TransportError(
+                        f"{where}: sender {out.envelope_from} refused: {code} {_text(reply)}",
+                        code=code,
+                        address=out.envelope_from,
+                    )
+                raise _classify(code, reply, out.envelope_from, where)
+            accepted: list[str] = []
+            refused: dict[str, DeliveryError] = {}
+            for rcpt, (rcode, rreply) in zip(out.recipients, rcpt_replies, strict=True):
+                if rcode in (250, 251):
+                    accepted.append(rcpt)
+                elif rcode == 421:
+                    self._drop()
+                    raise _classify(rcode, rreply, rcpt, where)
+                else:
+                    refused[rcpt] = _classify(rcode, rreply, rcpt, where)
+            if not accepted:
+                self._end_empty_data(conn, data_code)
+                self._reset_or_drop(0)
+                return SendResult(out.message_id, (), refused)
+            if data_code != 354:  # nothing was transferred
+                self._reset_or_drop(data_code)
+                raise _classify(data_code, data_reply, _one(accepted), where)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            raise TemporaryDeliveryError(
+                f"{where}: connection lost: {exc or type(exc).__name__}",
+                address=_one(out.recipients),
+            ) from None
+        try:
+            code, reply = _send_body(conn, data)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._drop()
+            raise TemporaryDeliveryError(
+                f"{where}: connection lost during DATA for {', '.join(accepted)} "
+                f"({exc or type(exc).__name__}); the server may have taken it",
+                address=_one(accepted),
+                maybe_delivered=True,
+            ) from None
+        if code != 250:
+            if code == 421:
+                self._drop()
+            raise _classify(code, reply, _one(accepted), where)
+        return SendResult(out.message_id, tuple(accepted), refused)
+
+    @staticmethod
+    def _end_empty_data(conn: smtplib.SMTP, data_code: int) -> None:
+        # A server that said 354 although the transaction failed waits for a message: an
+        # empty one, which it refuses for want of a sender or recipients (RFC 2920, 3.1).
+        if data_code == 354:
+            conn.send(b".\r\n")
+            conn.getreply()
+
     def _reset_or_drop(self, code: int) -> None:
         if code == 421 or self._conn is None:
             self._drop()
@@ -758,6 +846,11 @@ def _send_data(conn: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
     code, reply = conn.docmd("data")
     if code != 354:
         raise smtplib.SMTPDataError(code, reply)
+    return _send_body(conn, data)
+
+
+def _send_body(conn: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+    """The message after a 354, dot-stuffed, its final dot, and the server's reply."""
     stuffed = data.replace(b"\r\n.", b"\r\n..")
     if stuffed.startswith(b"."):
         stuffed = b"." + stuffed
@@ -773,6 +866,8 @@ class _StaleConnection(Exception):
 
 class SmtpPool(_BaseTransport):
     """N persistent SMTP connections used from N threads, sharing one rate limit."""
+
+    overlap = True
 
     def __init__(
         self,

@@ -524,13 +524,17 @@ class DeliveryReport:
 
 
 SendOne = Callable[[Digest], None]
+# Two-phase sending: render and build a digest's message now (in the calling thread), and
+# return what hands it to the transport (run in a send thread, while the next one renders).
+Prepare = Callable[[Digest], Callable[[], None]]
 
 
 def deliver_queued(
     store: Store,
     settings: Settings,
-    send_one: SendOne,
+    send_one: SendOne | None = None,
     *,
+    prepare: Prepare | None = None,
     clock: Clock = utcnow,
     worker: str | None = None,
     batch: int = 50,
@@ -538,11 +542,21 @@ def deliver_queued(
     stop: threading.Event | None = None,
     progress: Callable[[int], object] | None = None,
     parallel: int = 1,
+    overlap: bool = False,
 ) -> DeliveryReport:
     """Claim queued email digests in batches and send them, up to `parallel` at once (one per
-    SMTP connection); each is marked in the ledger as its own send completes."""
-    sender = _BatchSender(store, settings, send_one, clock, worker or worker_name(), lease,
-                          stop or threading.Event(), progress, max(1, batch))  # fmt: skip
+    SMTP connection); accepted ones are marked sent in groups (see MARK_EVERY_SECONDS).
+
+    With `prepare` (render now, send later) and `overlap` (the transport waits on I/O), sends
+    run in `parallel` threads while this thread renders the next digest."""
+    if prepare is None:
+        if send_one is None:
+            raise TypeError("deliver_queued needs send_one or prepare")
+        prepare = functools.partial(functools.partial, send_one)
+    threaded = parallel > 1 or overlap
+    sender = _BatchSender(store, settings, prepare, clock, worker or worker_name(), lease,
+                          stop or threading.Event(), progress, max(1, batch),
+                          threaded=threaded)  # fmt: skip
     with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="send") as pool:
         while not sender.stop.is_set():
             now = clock()
@@ -551,8 +565,18 @@ def deliver_queued(
             )
             if not claimed:
                 break
-            sender.send_batch(pool, max(1, parallel), claimed, now + lease)
+            window = max(1, parallel) + (READ_AHEAD if threaded else 0)
+            sender.send_batch(pool, window, claimed, now + lease)
     return sender.report
+
+
+# Digests rendered ahead of the send threads (beyond one per connection): enough that a
+# thread finishing a send finds the next message ready, few enough to hold little memory.
+READ_AHEAD = 4
+
+
+class _Withheld(Exception):
+    """A message handed to a send thread that had not started when the pass stopped."""
 
 
 # A pass whose first renders all fail this many times, with none rendered, is our own fault (a
@@ -574,13 +598,14 @@ class _BatchSender:
 
     store: Store
     settings: Settings
-    send_one: SendOne
+    prepare: Prepare
     clock: Clock
     worker: str
     lease: timedelta
     stop: threading.Event
     progress: Callable[[int], object] | None
     group: int = 50  # accepted digests marked sent per transaction, at most
+    threaded: bool = False  # sends run in the pool's threads (else inline, one at a time)
     report: DeliveryReport = field(default_factory=lambda: DeliveryReport())
     rendered: int = 0  # digests this pass rendered (sent or refused by the server)
     unrendered: list[tuple[Digest, RenderError]] = field(default_factory=list)  # held back
@@ -601,6 +626,11 @@ class _BatchSender:
         self.attempts = {i: r.attempts for i, r in records.items()}  # no re-read per 4xx
         held, waiting = set(claimed), deque(claimed)
         flying: dict[Future[None], Digest] = {}
+        # Threaded, up to READ_AHEAD digests more than the connections are rendered and
+        # handed to the pool, so a send thread takes the next message without waiting for this
+        # one; a handed-over message not yet started when we stop or fail is withheld (given
+        # back, never sent), so only what is on the wire finishes.
+        withhold = threading.Event()
         try:
             while waiting or flying:
                 while waiting and len(flying) < window and not self.stop.is_set():
@@ -613,13 +643,15 @@ class _BatchSender:
                     if waiting[0] not in held:
                         waiting.popleft()  # taken over by another sender: our lease lapsed
                         continue
-                    digest = self._build(waiting[0], records.get(waiting[0]))
+                    digest, job = self._ready(waiting[0], records.get(waiting[0]))
                     if digest is not None:
-                        flying[self._launch(pool, window, digest)] = digest
+                        flying[self._launch(pool, job, withhold)] = digest
                     waiting.popleft()  # only now: until here a failure gives it back too
-                if self.stop.is_set() and waiting:
-                    self.store.release_claims(list(waiting), self.worker)
-                    waiting.clear()
+                if self.stop.is_set():
+                    withhold.set()
+                    if waiting:
+                        self.store.release_claims(list(waiting), self.worker)
+                        waiting.clear()
                 if not flying:
                     break
                 done, _ = wait(flying, return_when=FIRST_COMPLETED)
@@ -628,6 +660,7 @@ class _BatchSender:
         except Exception:  # not SystemExit: a dying process leaves its claims to lapse
             # Our side is broken (SMTP login refused, a lost database, every render failing):
             # let what is in flight finish and settle it, give the rest back untouched, report.
+            withhold.set()
             for future in as_completed(flying):
                 with contextlib.suppress(Exception):
                     self._settle(flying[future], future.exception())
@@ -647,25 +680,46 @@ class _BatchSender:
             self.store.mark_digests_sent(self.unmarked, now=self.clock())
             self.unmarked = []
 
-    def _launch(self, pool: ThreadPoolExecutor, window: int, digest: Digest) -> Future[None]:
-        if window > 1:
-            return pool.submit(self.send_one, digest)
+    def _ready(
+        self, digest_id: int, record: DigestRecord | None
+    ) -> tuple[Digest | None, Callable[[], None] | BaseException]:
+        """The digest built and its message prepared (rendered), or why it could not be: a
+        failed build is settled here (None); a failed render is returned, settled as a send."""
+        try:
+            digest = build_digest(self.store, digest_id, record)
+        except (DigestError, ValueError, KeyError, TypeError) as exc:
+            self._fail(digest_id, None, f"cannot build the digest: {exc}")
+            return None, exc
+        try:
+            return digest, self.prepare(digest)
+        except Exception as exc:
+            return digest, exc
+
+    def _launch(
+        self,
+        pool: ThreadPoolExecutor,
+        job: Callable[[], None] | BaseException,
+        withhold: threading.Event,
+    ) -> Future[None]:
+        if self.threaded and not isinstance(job, BaseException):
+
+            def send() -> None:
+                if withhold.is_set() or self.stop.is_set():
+                    raise _Withheld
+                job()
+
+            return pool.submit(send)
         # One at a time: sent here, in this thread (a pool hand-off costs more than it gives).
         future: Future[None] = Future()
         try:
-            self.send_one(digest)
+            if isinstance(job, BaseException):
+                raise job
+            job()
         except Exception as exc:
             future.set_exception(exc)
         else:
             future.set_result(None)
         return future
-
-    def _build(self, digest_id: int, record: DigestRecord | None) -> Digest | None:
-        try:
-            return build_digest(self.store, digest_id, record)
-        except (DigestError, ValueError, KeyError, TypeError) as exc:
-            self._fail(digest_id, None, f"cannot build the digest: {exc}")
-            return None
 
     def _fail(self, digest_id: int, digest: Digest | None, reason: str) -> None:
         if not self.store.fail_digest(digest_id, reason, now=self.clock(), worker=self.worker):
@@ -692,6 +746,9 @@ class _BatchSender:
             digest.subscriber.email,
             self.worker,
         )
+        if isinstance(error, _Withheld):
+            store.release_claims([digest.id], worker)  # never handed to the transport
+            return
         if isinstance(error, RenderError):
             self.unrendered.append((digest, error))
             if self.rendered == 0 and len(self.unrendered) >= SYSTEMIC_RENDER_FAILURES:

@@ -141,7 +141,7 @@ class Cycle:
             report = deliver_queued(
                 self.store,
                 self.settings,
-                self.sender(transport),
+                prepare=self.preparer(transport),
                 clock=self.clock,
                 worker=worker,
                 batch=batch,
@@ -149,6 +149,7 @@ class Cycle:
                 stop=self.stop,
                 progress=progress,
                 parallel=transport.parallel,
+                overlap=getattr(transport, "overlap", False),
             )
         finally:
             if own:
@@ -209,9 +210,19 @@ class Cycle:
 
     def sender(self, transport: Transport) -> SendOne:
         """Render a digest and hand it to `transport` (one recipient per digest)."""
-        renderer, builder, signer = self._message_parts
+        prepare = self.preparer(transport)
 
         def send_one(digest: Digest) -> None:
+            prepare(digest)()
+
+        return send_one
+
+    def preparer(self, transport: Transport) -> Callable[[Digest], Callable[[], None]]:
+        """Render a digest now (RenderError when it cannot be); what it returns hands the
+        message to `transport`, in whatever thread runs it."""
+        renderer, builder, signer = self._message_parts
+
+        def prepare(digest: Digest) -> Callable[[], None]:
             try:
                 links = links_for(self.settings, signer, digest.subscriber, digest.id)
                 rendered = renderer.render(digest, links)
@@ -221,12 +232,16 @@ class Cycle:
             except Exception as exc:  # a template override or text we did not foresee
                 log.exception("digest %d cannot be rendered", digest.id)
                 raise RenderError(f"cannot render: {type(exc).__name__}: {exc}") from exc
-            result = transport.send(message)
-            # One recipient per digest: a refusal inside an accepted session is that one's outcome.
-            for error in result.refused.values():
-                raise error
 
-        return send_one
+            def send() -> None:
+                result = transport.send(message)
+                # One recipient per digest: a refusal inside an accepted session is its outcome.
+                for error in result.refused.values():
+                    raise error
+
+            return send
+
+        return prepare
 
     @functools.cached_property
     def _message_parts(self) -> tuple[Renderer, MessageBuilder, LinkSigner]:

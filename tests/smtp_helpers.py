@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 from support import free_port
 
 from digest.config import SmtpSettings
@@ -93,19 +94,38 @@ class SmtpServer:
         asyncio.run_coroutine_threadsafe(close(), loop).result(5)
 
 
-def start_server(handler: RecordingHandler | None = None, **kwargs: Any) -> SmtpServer:
-    """Start an aiosmtpd server on a free loopback port (stop it with .controller.stop())."""
+class _PipeliningSMTP(SMTP):
+    """aiosmtpd, which reads pipelined commands one by one, offering PIPELINING in its EHLO."""
+
+    async def push(self, status: Any) -> None:
+        if status == "250-8BITMIME":
+            await super().push("250-PIPELINING")
+        await super().push(status)
+
+
+class _PipeliningController(Controller):
+    def factory(self) -> SMTP:
+        return _PipeliningSMTP(self.handler, **self.SMTP_kwargs)
+
+
+def start_server(
+    handler: RecordingHandler | None = None, *, pipelining: bool = False, **kwargs: Any
+) -> SmtpServer:
+    """Start an aiosmtpd server on a free loopback port (stop it with .controller.stop());
+    `pipelining`: it offers PIPELINING, so clients send MAIL, RCPT and DATA in one group."""
     handler = handler or RecordingHandler()
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
+    kind = _PipeliningController if pipelining else Controller
+    controller = kind(handler, hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     return SmtpServer("127.0.0.1", port, handler, controller)
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    """A recording aiosmtpd server on 127.0.0.1 for the test's duration."""
-    server = start_server()
+@pytest.fixture(params=["one-by-one", "pipelining"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[SmtpServer]:
+    """A recording aiosmtpd server on 127.0.0.1 for the test's duration, once without and
+    once with PIPELINING (every SMTP outcome must be the same both ways)."""
+    server = start_server(pipelining=request.param == "pipelining")
     try:
         yield server
     finally:

@@ -6,6 +6,7 @@ import dataclasses
 import email
 import io
 import re
+import smtplib
 import socket
 import threading
 from email import policy
@@ -549,3 +550,32 @@ def test_implicit_tls(tls_files):
     finally:
         server.controller.stop()
     assert len(server.handler.messages) == 1
+
+
+def test_a_server_offering_pipelining_gets_mail_rcpt_and_data_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    writes: list[bytes] = []
+    real = smtplib.SMTP.send
+
+    def counted(self, s):  # type: ignore[no-untyped-def]
+        writes.append(s if isinstance(s, bytes) else s.encode())
+        return real(self, s)
+
+    monkeypatch.setattr(smtplib.SMTP, "send", counted)
+    for pipelining, per_message in ((True, 2), (False, 4)):
+        server = start_server(pipelining=pipelining)
+        try:
+            with SmtpTransport(server.settings()) as transport:
+                transport.send(message_to("a@example.org", 1))  # opens: EHLO
+                writes.clear()
+                for i in range(3):
+                    assert transport.send(message_to(f"r{i}@example.org", digest_id=i + 2)).ok
+            assert len(writes) - 1 == 3 * per_message  # and the QUIT
+            if pipelining:
+                assert writes[0].startswith(b"MAIL FROM:") and writes[0].endswith(b"DATA\r\n")
+            assert [m.rcpt_tos for m in server.handler.messages][1:] == [
+                [f"r{i}@example.org"] for i in range(3)
+            ]
+        finally:
+            server.controller.stop()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -634,3 +636,50 @@ def test_a_backfilled_subscriber_changes_nobody_s_plans(world, shared_dumps) -> 
     assert all(len(items) == 3 for _, items in got)  # every list full: cut lists were resumed
     r0_ledger = {e.paper.id for e in store.ledger_entries(1, 10_000)}
     assert r0_ledger and not r0_ledger & {i[0] for i in got[0][1]}
+
+
+def test_the_next_digest_renders_while_one_is_sent_and_a_stop_gives_it_back(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, settings = world
+    for n in range(4):
+        _subscribe(store, settings, f"r{n}@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    queue_digests(store, settings, now=T0)
+    import digest.pipeline as pipeline
+
+    rendered: list[int] = []
+    real_links = pipeline.links_for
+
+    def counting_links(settings_, signer, subscriber, digest_id=None):  # type: ignore[no-untyped-def]
+        rendered.append(digest_id)
+        return real_links(settings_, signer, subscriber, digest_id)
+
+    monkeypatch.setattr(pipeline, "links_for", counting_links)
+    on_the_wire, go = threading.Event(), threading.Event()
+
+    class Slow(Recorder):
+        overlap = True  # sent from a thread, as SMTP and the Maildir are
+
+        def send(self, msg):  # type: ignore[override]
+            on_the_wire.set()
+            assert go.wait(10)
+            return super().send(msg)
+
+    cycle = Cycle(store, settings, lambda: T0)
+    transport = Slow()
+    done: list[object] = []
+    runner = threading.Thread(target=lambda: done.append(cycle.deliver(transport)))
+    runner.start()
+    assert on_the_wire.wait(10)
+    deadline = time.monotonic() + 10
+    while len(rendered) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(rendered) == 4  # the others rendered while the first is on the wire
+    cycle.stop.set()
+    go.set()
+    runner.join(10)
+    counts = store.digest_status_counts()
+    # The one on the wire is sent; those rendered ahead had not started: withheld, queued again.
+    assert len(transport.messages) == 1 and counts["sent"] == 1
+    assert counts["queued"] == 3 and counts["sending"] == 0
