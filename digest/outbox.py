@@ -218,6 +218,7 @@ def _plan_states(
     extras: dict[int, list[LedgerItem]] = {}
     beyond: dict[int, int] = {}  # pending matches past the cap and past EXTRA_MAX
     resume: dict[int, int] = {}  # subscriber id -> rank where their cut list ran out
+    shared: Shared = {}
     for s in states:
         found = results.get(s.subscriber.id)
         if found is None:
@@ -225,9 +226,9 @@ def _plan_states(
         sid = s.subscriber.id
         items = picked[sid] = []
         extra = extras[sid] = []
-        rank = _pick(s, found, 0, items, most, by_id, delivered)
+        rank = _pick(s, found, 0, items, most, by_id, delivered, shared)
         if len(items) == most:
-            rank, beyond[sid] = _pick_extra(s, found, rank, extra, by_id, delivered)
+            rank, beyond[sid] = _pick_extra(s, found, rank, extra, by_id, delivered, shared)
         if found.cut:
             resume[sid] = rank
     if resume:
@@ -240,9 +241,9 @@ def _plan_states(
             if rank < 0:
                 continue
             if len(picked[sid]) < most:
-                rank = _pick(s, full[sid], rank, picked[sid], most, by_id, delivered)
+                rank = _pick(s, full[sid], rank, picked[sid], most, by_id, delivered, shared)
             if len(picked[sid]) == most:
-                _, more = _pick_extra(s, full[sid], rank, extras[sid], by_id, delivered)
+                _, more = _pick_extra(s, full[sid], rank, extras[sid], by_id, delivered, shared)
                 beyond[sid] = beyond.get(sid, 0) + more
     _add_rising(store, settings, states, profiles, picked, by_id, now)
     return [
@@ -301,11 +302,13 @@ def _pick_extra(
     extra: list[LedgerItem],
     by_id: dict[int, StoredPaper],
     delivered: set[tuple[int, int]],
+    shared: Shared,
 ) -> tuple[int, int]:
     """The pending matches past the cap, from `rank`: up to EXTRA_MAX kept in `extra`, the
     rest only counted; the rank reached (the list's end) and how many were only counted."""
     room = EXTRA_MAX - len(extra)
-    rank = _pick(state, found, rank, extra, EXTRA_MAX, by_id, delivered) if room > 0 else rank
+    if room > 0:
+        rank = _pick(state, found, rank, extra, EXTRA_MAX, by_id, delivered, shared)
     ranked = found.paper_ids()
     counted = sum(1 for pid in ranked[rank:] if _pending(state, pid, by_id, delivered))
     return len(ranked), counted
@@ -358,6 +361,12 @@ def _add_rising(
                 by_id.setdefault(paper.id, paper)  # previews build from by_id
 
 
+# Ledger items by profile (a subscriber's topics) and paper id: subscribers with the same topics
+# get the same item for the same paper (the ranking, words and why depend on nothing else), so
+# each is built once per page however many share the profile.
+Shared = dict[tuple[Topic, ...], dict[int, LedgerItem]]
+
+
 def _pick(
     state: DeliveryState,
     found: MatchList | RankedList,
@@ -366,12 +375,14 @@ def _pick(
     most: int,
     by_id: dict[int, StoredPaper],
     delivered: set[tuple[int, int]],
+    shared: Shared,
 ) -> int:
     """Take into `items` the subscriber's pending papers from `found`, best first, from `rank`
     until `most` are taken or the list ends; return the rank reached."""
     sub = state.subscriber
     since = sub.since or sub.created_at
     ranked = found.paper_ids()
+    built = shared.setdefault(sub.topics, {})
     while len(items) < most and rank < len(ranked):
         pid = ranked[rank]
         if (
@@ -379,11 +390,12 @@ def _pick(
             and by_id[pid].first_seen >= since
             and (sub.id, pid) not in delivered
         ):
-            # A Match (matched words) is built only for what is kept.
-            m = found[rank]
-            items.append(
-                LedgerItem(paper_id=pid, topics=m.topics, terms=m.terms, score=m.score, why=m.why)
-            )
+            item = built.get(pid)
+            if item is None:
+                # A Match (matched words) is built only for what is kept.
+                m = found[rank]
+                item = built[pid] = LedgerItem(pid, m.topics, m.terms, m.score, m.why)
+            items.append(item)
         rank += 1
     return rank
 
