@@ -683,3 +683,33 @@ def test_the_next_digest_renders_while_one_is_sent_and_a_stop_gives_it_back(
     # The one on the wire is sent; those rendered ahead had not started: withheld, queued again.
     assert len(transport.messages) == 1 and counts["sent"] == 1
     assert counts["queued"] == 3 and counts["sending"] == 0
+
+
+def test_subscribers_sharing_a_profile_share_each_paper_s_built_item(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A paper's words and why are worked out once per page for every subscriber with the same
+    # topics; another topic name is another profile (its items name that topic).
+    import digest.match
+
+    store, settings = world
+    for name in ("a", "b", "c"):
+        _subscribe(store, settings, f"{name}@example.org", "latency, sparse, prune*")
+    _subscribe(store, settings, "d@example.org", "latency, sparse, prune*", topic="Other")
+    _ingest(store, settings, "ingest_day1.txt")
+    builds = []
+    build = digest.match.Matches.build
+
+    def counted(self, ml, k):
+        builds.append(k)
+        return build(self, ml, k)
+
+    monkeypatch.setattr(digest.match.Matches, "build", counted)
+
+    plans, _ = plan_digests(store, settings, now=T0)
+
+    a, b, c, d = (p.items for p in plans)
+    assert a and a == b == c and all(x is y for x, y in zip(a, c, strict=True))
+    assert [i.paper_id for i in d] == [i.paper_id for i in a]
+    assert {i.topics for i in d} == {("Other",)} and {i.topics for i in a} == {("T",)}
+    assert len(builds) == len(a) + len(d)

@@ -86,6 +86,51 @@ def test_record_plans_writes_digests_ledger_rows_and_progress(store: Store) -> N
     assert entry == LedgerEntry(store.papers_by_ids([p1])[p1], items[0], T0)
 
 
+def test_recorded_instants_compare_equal_in_sql_and_ids_follow_the_database(
+    store: Store,
+) -> None:
+    """Rows written as plain driver rows store their instants as SQLAlchemy does (so a digest's
+    created_at equals its ledger rows' delivered_at in SQL), and digest ids taken up front
+    are those the database gives next (after the newest digest was deleted, too)."""
+    from sqlalchemy import text
+
+    a, b = (_subscriber(store, f"{n}@example.org", "daily") for n in "ab")
+    p1, p2 = _papers(store, 2)
+    item = LedgerItem(paper_id=p1, topics=("T",), terms=("paper",), score=1.0)
+    extra = LedgerItem(paper_id=p2, topics=("T",), terms=("about",), score=0.5)
+
+    def record(sid: int) -> int:
+        plan = PlanProgress(sid, DigestKind.EMAIL, [item], p2, T0, T0 + timedelta(days=1),
+                            extra=[extra], matched=2)  # fmt: skip
+        (digest_id,) = store.record_plans([plan], now=T0, message_id=lambda i: f"<{i}@x>").values()
+        return digest_id
+
+    first = record(a)
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM digests WHERE id = :i"), {"i": first})
+        conn.execute(text("DELETE FROM deliveries WHERE subscriber_id = :s"), {"s": a})
+        conn.execute(text("INSERT INTO digests (subscriber_id, kind, message_id, status, "
+                          "created_at, attempts) VALUES (:s, 'email', '<by-hand>', 'sent', "
+                          ":t, 0)"), {"s": a, "t": T0.replace(tzinfo=None)})  # fmt: skip
+        by_hand = conn.scalar(text("SELECT max(id) FROM digests"))
+    second = record(b)
+    assert second == by_hand + 1
+    with store.engine.connect() as conn:
+        same = conn.scalar(
+            text(
+                "SELECT count(*) FROM deliveries d JOIN digests g ON g.id = d.digest_id "
+                "JOIN subscribers s ON s.id = d.subscriber_id WHERE d.delivered_at = "
+                "g.created_at AND g.next_attempt_at = g.created_at AND s.last_slot = :t"
+            ),
+            {"t": T0 if store.dialect != "sqlite" else "2026-03-03 07:00:00.000000"},
+        )
+    assert same == 1
+    (page_item,) = store.digest_records([second])[second].items
+    assert (page_item.paper.id, page_item.item.terms, page_item.delivered_at) == (
+        p1, ("paper",), T0,
+    )  # fmt: skip
+
+
 def test_subscriber_history_lists_sent_email_digests_as_records(store: Store) -> None:
     sid = _subscriber(store, "mail@example.org", "instant")
     p1, p2 = _papers(store, 2)

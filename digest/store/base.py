@@ -73,7 +73,9 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
 def bound(conn: Connection, column: Any, value: Any) -> Any:
     """`value` as the driver receives it for `column` (its type's bind processing), for rows
     handed to the driver's executemany directly."""
-    process = column.type.bind_processor(conn.dialect)
+    # The dialect's own type (SQLite's DATETIME text format), not the generic one: a value
+    # bound here is stored exactly as one SQLAlchemy binds, so equal instants compare equal.
+    process = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     return process(value) if process is not None else value
 
 

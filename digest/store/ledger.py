@@ -22,11 +22,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    bindparam,
     func,
-    insert,
     select,
-    update,
 )
 from sqlalchemy.engine import Connection
 
@@ -145,6 +142,12 @@ def why_columns() -> tuple[Any, ...]:
 
 
 _RECEIVING = [s for s in SubscriberStatus if s.receives_mail]
+# What subscriber_row and a DeliveryState read (not updated_at, next_due_at, confirm_sent_at).
+_STATE_COLUMNS = tuple(
+    subscribers.c[name]
+    for name in ("id", "email", "name", "status", "cadence", "time", "tz", "weekday",
+                 "created_at", "token", "since", "bounces", "watermark", "last_slot")
+)  # fmt: skip
 _SCHEDULED = [c for c in Cadence if c.is_scheduled]
 _AS_PAPERS_ARRIVE = [c for c in Cadence if not c.is_scheduled]
 
@@ -199,7 +202,10 @@ class LedgerStore(StoreBase):
                 return []
             wanted = wanted & (subscribers.c.id <= last)
         with self._read() as conn:
-            rows = list(conn.execute(select(subscribers).where(wanted).order_by(subscribers.c.id)))
+            # Only what a delivery state holds: each datetime column read is parsed per row.
+            rows = list(
+                conn.execute(select(*_STATE_COLUMNS).where(wanted).order_by(subscribers.c.id))
+            )
             # One pass over topics instead of chunked IN lists when (nearly) everyone is wanted.
             found: dict[int, list[Topic]] = {}
             group_topics(
@@ -268,7 +274,7 @@ class LedgerStore(StoreBase):
         *,
         now: datetime,
         message_id: Callable[[int], str],
-        chunk: int = 500,
+        chunk: int = 5_000,
     ) -> dict[int, int]:
         """Record digests (subscriber, kind, items) and each subscriber's progress; the digests
         created, by subscriber id (a plan made from a stale state records nothing).
@@ -284,10 +290,12 @@ class LedgerStore(StoreBase):
         for start in range(0, len(plans), chunk):
             part = plans[start : start + chunk]
             with self._write() as conn:
-                # A few executemany statements per chunk, not four statements per subscriber
-                # (profiled: recording 100k digests one by one took minutes on PostgreSQL).
-                # A plan whose subscriber moved on meanwhile (another pass recorded it) is
-                # dropped, with its digest: never two digests from one state.
+                # A few executemany statements per page of subscribers (the queue's page of
+                # 5k is one transaction), not four statements per subscriber (profiled:
+                # recording 100k digests one by one took minutes on PostgreSQL; a commit per
+                # 500 was a tenth of recording on SQLite). A plan whose subscriber moved on
+                # meanwhile (another pass recorded it) is dropped, with its digest: never two
+                # digests from one state.
                 part = self._still_at(conn, part)
                 created.update(_insert_digests(conn, [p for p in part if p.items], now, message_id))
                 self._advance_many(conn, part)
@@ -296,27 +304,25 @@ class LedgerStore(StoreBase):
     def _still_at(self, conn: Connection, plans: Sequence[PlanProgress]) -> list[PlanProgress]:
         """The plans whose subscriber is still at the progress the plan was made from (rows
         locked on PostgreSQL; SQLite's write transaction already excludes other writers)."""
-        ids = [p.subscriber_id for p in plans if p.was_watermark is not None]
+        ids = sorted(p.subscriber_id for p in plans if p.was_watermark is not None)
         if not ids:
             return list(plans)
-        stmt = (
-            select(
+        at: dict[int, tuple[int, datetime | None]] = {}
+        for part in chunks(ids):  # in id order: two passes lock in one order, no deadlock
+            stmt = select(
                 subscribers.c.id,
                 subscribers.c.watermark,
                 subscribers.c.last_slot,
                 subscribers.c.status,
+            ).where(subscribers.c.id.in_(part))
+            if self.dialect != "sqlite":
+                stmt = stmt.order_by(subscribers.c.id).with_for_update()
+            at.update(
+                # Someone who paused or unsubscribed since the plan was made gets nothing either.
+                (r.id, (r.watermark, r.last_slot))
+                for r in conn.execute(stmt)
+                if SubscriberStatus(r.status).receives_mail
             )
-            .where(subscribers.c.id.in_(ids))
-            .order_by(subscribers.c.id)  # two passes lock in one order: no deadlock
-        )
-        if self.dialect != "sqlite":
-            stmt = stmt.with_for_update()
-        at = {
-            # Someone who paused or unsubscribed since the plan was made gets nothing either.
-            r.id: (r.watermark, utc(r.last_slot) if r.last_slot else None)
-            for r in conn.execute(stmt)
-            if SubscriberStatus(r.status).receives_mail
-        }
         return [
             p
             for p in plans
@@ -328,22 +334,16 @@ class LedgerStore(StoreBase):
         """Advance subscribers: watermark, slot handled, next due time."""
         if not progress:
             return
-        larger = func.max if self.dialect == "sqlite" else func.greatest
-        conn.execute(
-            update(subscribers)
-            .where(subscribers.c.id == bindparam("b_id"))
-            .values(
-                watermark=larger(subscribers.c.watermark, bindparam("b_watermark")),
-                last_slot=bindparam("b_slot"),
-                next_due_at=bindparam("b_next"),
-            ),
+        larger = "max" if self.dialect == "sqlite" else "greatest"
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        # Plain rows to the driver's executemany, each distinct instant bound once (a page's
+        # subscribers share a few slots): SQLAlchemy's per-row processing was most of this.
+        instant = _binder(conn, subscribers.c.last_slot)
+        conn.exec_driver_sql(
+            f"UPDATE subscribers SET watermark = {larger}(watermark, {mark}), "
+            f"last_slot = {mark}, next_due_at = {mark} WHERE id = {mark}",
             [
-                {
-                    "b_id": p.subscriber_id,
-                    "b_watermark": p.watermark,
-                    "b_slot": utc(p.slot),
-                    "b_next": utc(p.next_due) if p.next_due else None,
-                }
+                (p.watermark, instant(p.slot), instant(p.next_due), p.subscriber_id)
                 for p in progress
             ],
         )
@@ -547,6 +547,37 @@ def first_digest_id_since(conn: Connection, since: datetime) -> int | None:
     return lo
 
 
+def _binder(conn: Connection, column: Any) -> Callable[[datetime | None], Any]:
+    """A function giving an instant as the driver takes it for `column`, each distinct value
+    bound once."""
+    seen: dict[datetime, Any] = {}
+
+    def bind(value: datetime | None) -> Any:
+        if value is None:
+            return None
+        got = seen.get(value)
+        if got is None:
+            got = seen[value] = bound(conn, column, value)
+        return got
+
+    return bind
+
+
+def _new_digest_ids(conn: Connection, count: int) -> list[int]:
+    """`count` ids for new digests, in the order the database itself would give them."""
+    if conn.dialect.name == "sqlite":
+        # The write transaction (BEGIN IMMEDIATE) excludes every other writer, and a rowid
+        # table without AUTOINCREMENT gives max(id) + 1: the same ids, taken up front.
+        top = conn.scalar(select(func.coalesce(func.max(digests.c.id), 0)))
+        return list(range(int(top or 0) + 1, int(top or 0) + 1 + count))
+    # The column's own sequence (SERIAL), so concurrent writers never collide.
+    rows = conn.exec_driver_sql(
+        "SELECT nextval(pg_get_serial_sequence('digests', 'id')) FROM generate_series(1, %s)",
+        (count,),
+    )
+    return sorted(int(r[0]) for r in rows)
+
+
 def _insert_digests(
     conn: Connection,
     wanted: Sequence[PlanProgress],
@@ -556,33 +587,34 @@ def _insert_digests(
     """Insert the plans' digests with their ledger rows; their ids by subscriber id."""
     if not wanted:
         return {}
-    stamp = now.timestamp()
-    rows = [
-        {
-            "subscriber_id": p.subscriber_id,
-            "kind": p.kind,
-            # Unique placeholder until the id is known; replaced in this transaction.
-            "message_id": f"<pending-{p.subscriber_id}-{stamp}>",
-            # A feed digest is delivered by being recorded; an email waits for a sender.
-            "status": DigestStatus.SENT if p.kind == DigestKind.FEED else DigestStatus.QUEUED,
-            "created_at": now,
-            "sent_at": now if p.kind == DigestKind.FEED else None,
-            "next_attempt_at": now,
-            "matched": p.matched,
-        }
-        for p in wanted
-    ]
-    # RETURNING gives (id, subscriber_id) pairs, so row order does not matter.
-    stmt = insert(digests).returning(digests.c.id, digests.c.subscriber_id)
-    ids = {r.subscriber_id: r.id for r in conn.execute(stmt, rows)}
-    # The two bulk statements go to the driver's executemany as plain rows: SQLAlchemy's
-    # per-row parameter processing was most of recording (profiled: 10 ledger rows a digest).
+    # Ids taken first, so each digest is inserted with its final Message-ID: one executemany
+    # of plain rows, no RETURNING and no second pass to replace placeholders (profiled: those
+    # two were a fifth of recording).
+    ids = dict(zip((p.subscriber_id for p in wanted), _new_digest_ids(conn, len(wanted)),
+                   strict=True))  # fmt: skip
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    conn.exec_driver_sql(
-        f"UPDATE digests SET message_id = {mark} WHERE id = {mark}",
-        [(message_id(i), i) for i in ids.values()],
-    )
     at = bound(conn, deliveries.c.delivered_at, now)  # one instant for every row
+    email, feed = DigestKind.EMAIL.value, DigestKind.FEED.value
+    queued, sent = DigestStatus.QUEUED.value, DigestStatus.SENT.value
+    conn.exec_driver_sql(
+        "INSERT INTO digests (id, subscriber_id, kind, message_id, status, created_at, sent_at, "
+        f"next_attempt_at, matched) VALUES ({', '.join([mark] * 9)})",
+        [
+            (
+                ids[p.subscriber_id],
+                p.subscriber_id,
+                feed if p.kind == DigestKind.FEED else email,
+                message_id(ids[p.subscriber_id]),
+                # A feed digest is delivered by being recorded; an email waits for a sender.
+                sent if p.kind == DigestKind.FEED else queued,
+                at,
+                at if p.kind == DigestKind.FEED else None,
+                at,
+                p.matched,
+            )
+            for p in wanted
+        ],
+    )
     texts: dict[tuple[str, ...], str] = {}  # the same topic and word lists recur in many rows
 
     def dumps(values: tuple[str, ...]) -> str:
@@ -608,27 +640,48 @@ def _insert_digests(
         if not item.rising
     ]
     if ledger:  # a digest may hold rising papers only
-        conn.exec_driver_sql(
-            "INSERT INTO deliveries (subscriber_id, paper_id, digest_id, topic, topics, terms, "
-            f"score, why, delivered_at) VALUES ({', '.join([mark] * 9)})",
-            ledger,
-        )
+        _insert_rows(conn, "deliveries", DELIVERY_COLUMNS, ledger)
     _record_rising(conn, wanted, ids, now)
     extras = [
-        {
-            "digest_id": ids[p.subscriber_id],
-            "paper_id": item.paper_id,
-            "position": position,
-            "topics": json.dumps(list(item.topics)),
-            "terms": json.dumps(list(item.terms)),
-            "score": item.score,
-        }
+        (
+            ids[p.subscriber_id],
+            item.paper_id,
+            position,
+            dumps(tuple(item.topics)),
+            dumps(tuple(item.terms)),
+            item.score,
+        )
         for p in wanted
         for position, item in enumerate(p.extra)
     ]
     if extras:
-        conn.execute(insert(digest_extras), extras)
-    return {p.subscriber_id: ids[p.subscriber_id] for p in wanted}
+        _insert_rows(conn, "digest_extras", EXTRA_COLUMNS, extras)
+    return ids
+
+
+DELIVERY_COLUMNS = ("subscriber_id", "paper_id", "digest_id", "topic", "topics", "terms", "score",
+                    "why", "delivered_at")  # fmt: skip
+EXTRA_COLUMNS = ("digest_id", "paper_id", "position", "topics", "terms", "score")
+
+
+def _insert_rows(
+    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Many plain rows into a table: COPY on PostgreSQL, the driver's executemany on SQLite."""
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        # COPY streams the rows in one statement instead of a round trip per batch of rows.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        finally:
+            cursor.close()
+        return
+    conn.exec_driver_sql(
+        f"INSERT INTO {table} ({names}) VALUES ({', '.join(['?'] * len(columns))})", rows
+    )
 
 
 def _record_rising(
