@@ -31,7 +31,8 @@ OPERATORS = ("<=", ">=", "<", ">", "=")
 
 class Node(NamedTuple):
     """A query node. kind: t (stem), p (phrase stems), x (prefix), o (org), n (number),
-    and, or, not. field: "title", "abstract" or None (either). arg: the kind's payload."""
+    and, or, not, m (most of its words, see _loose). field: "title", "abstract" or None
+    (either). arg: the kind's payload."""
 
     kind: str
     field: str | None
@@ -40,7 +41,7 @@ class Node(NamedTuple):
     # Typed views of `arg`, one per kind, so callers need no casts.
     @property
     def children(self) -> frozenset[Node]:
-        """The operands of an `and` / `or` node."""
+        """The operands of an `and` / `or` / `m` node."""
         return cast("frozenset[Node]", self.arg)
 
     @property
@@ -106,6 +107,8 @@ def describe_node(node: Node) -> str:
         return f"{name}{op}{value}"
     if node.kind == "not":
         return "NOT " + describe_node(node.child)
+    if node.kind == "m":
+        return "MOST(" + ", ".join(sorted(describe_node(c) for c in node.children)) + ")"
     joiner = " AND " if node.kind == "and" else " OR "
     return "(" + joiner.join(sorted(describe_node(c) for c in node.children)) + ")"
 
@@ -480,6 +483,15 @@ STOP_WORDS = frozenset(
 )
 # A plain alternative of this many words or more forgives missing words (see _loose).
 LOOSE_FROM = 3
+# The share of a forgiving alternative's word weight (BM25 idf in the papers matched against)
+# the words a paper holds must carry: the words it lacks may not outweigh the ones it has.
+MOST_SHARE = 1 / 2
+
+
+def most_needed(n: int) -> int:
+    """How many of a forgiving alternative's n words a paper needs: ceil(2n/3) up to 8 words
+    (2 of 3, 3 of 4, 4 of 5 or 6), n - 2 past 8."""
+    return -(-2 * n // 3) if n <= 8 else n - 2
 
 
 def _is_stop(raw: str) -> bool:
@@ -487,15 +499,14 @@ def _is_stop(raw: str) -> bool:
 
 
 def _loose(parts: list[Node]) -> Node:
-    """n plain words, n >= LOOSE_FROM: a paper matches with most of them - at least
-    ceil(2n/3) (2 of 3, 3 of 4, 4 of 5 or 6; n - 2 past 8 words) - and BM25 ranks the papers
-    with more (and rarer) words first."""
+    """n plain words, n >= LOOSE_FROM: an `m` node. A paper matches with most of the words
+    (most_needed) when those it holds carry at least MOST_SHARE of the words' total idf, so a
+    rare, specific word cannot be left out for two common ones (`spiking neural networks`
+    needs *spiking*); BM25 ranks the papers with more (and rarer) words first."""
     words = list(dict.fromkeys(parts))
-    n = len(words)
-    if n < LOOSE_FROM:
+    if len(words) < LOOSE_FROM:
         return _and(words)
-    need = -(-2 * n // 3) if n <= 8 else n - 2
-    return _or([_and(list(c)) for c in itertools.combinations(words, need)])
+    return Node("m", None, frozenset(words))
 
 
 def _leaf(toks: list[textmod.Token], fld: str | None) -> Node:
@@ -509,7 +520,7 @@ def _with_field(node: Node, fld: str) -> Node:
         return Node(node.kind, fld, node.arg)
     if node.kind == "not":
         return Node("not", None, _with_field(node.child, fld))
-    if node.kind in ("and", "or"):
+    if node.kind in ("and", "or", "m"):
         return Node(node.kind, None, frozenset(_with_field(c, fld) for c in node.children))
     return node
 
@@ -524,7 +535,7 @@ def positive_terms(node: Node) -> tuple[Node, ...]:
                 out[n] = None
         elif n.kind == "not":
             walk(n.child, not positive)
-        elif n.kind in ("and", "or"):
+        elif n.kind in ("and", "or", "m"):
             for c in sorted(n.children, key=repr):
                 walk(c, positive)
 

@@ -180,8 +180,9 @@ def test_any_text_compiles_or_raises_query_error(text):
 
 def test_plain_words_of_three_or_more_need_most_not_all() -> None:
     # 2 of 3: a paper missing one word still matches
-    assert shape("efficient LLM inference") == (
-        "((effici AND infer) OR (effici AND llm) OR (infer AND llm))"
+    assert shape("efficient LLM inference") == "MOST(effici, infer, llm)"
+    assert shape("title:(efficient LLM inference)") == (
+        "MOST(title:effici, title:infer, title:llm)"
     )
     # quotes and AND keep the strict meaning
     assert shape('"efficient llm inference"') == '"effici llm infer"'
@@ -191,12 +192,10 @@ def test_plain_words_of_three_or_more_need_most_not_all() -> None:
 
 
 def test_most_of_n_counts() -> None:
-    from digest.query import _loose
+    from digest.query import most_needed
 
     for n, need in ((3, 2), (4, 3), (5, 4), (6, 4), (8, 6), (10, 8)):
-        words = [Node("t", None, f"w{k}") for k in range(n)]
-        node = _loose(words)
-        assert {len(c.children) for c in node.children} == {need}
+        assert most_needed(n) == need
 
 
 def test_stop_words_are_ignored_outside_quotes() -> None:
