@@ -163,8 +163,9 @@ class PaperIndex:
         # term frequencies aligned with the stem postings, for whole-vector BM25 weights
         self._tf: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
         for i, p in enumerate(self.papers):
-            ts, tn = textmod.words(p.title)
-            as_, an = textmod.words(p.abstract)
+            # with the joined forms of hyphenated pairs (textmod.index_words)
+            ts, tn = textmod.index_words(p.title)
+            as_, an = textmod.index_words(p.abstract)
             self._stems.append((ts, as_))
             self._norms.append((tn, an))
             for slot, seq in ((0, ts), (1, as_)):

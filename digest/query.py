@@ -313,9 +313,15 @@ class _Parser:
         stops = [p and _is_stop(str(t.value)) for p, t in zip(plain, toks, strict=True)]
         if len(parts) == len(toks) and not all(stops):
             # juxtaposed words (no AND/NOT/field/group in between): stop words are ignored
+            kept = [t for t, stop in zip(toks, stops, strict=True) if not stop]
             parts = [x for x, stop in zip(parts, stops, strict=True) if not stop]
             if all(plain) and len(parts) >= LOOSE_FROM:
                 return _loose(parts)
+            if len(parts) == 2 and all(plain) and all(x.kind == "t" for x in parts):
+                # fine tuning: both words, or the word finetuning
+                head, tail = (str(t.value) for t in kept)
+                if head.casefold() in COMPOUND_PREFIXES and (one := textmod.joined(head, tail)):
+                    return _or([_and(parts), Node("t", None, textmod.stem(one))])
         return _and(parts)
 
     def unary(self, depth: int, fld: str | None) -> Node:
@@ -419,6 +425,15 @@ class _Parser:
         if not toks:
             raise self.err(tok.col, f"{raw!r} has no letters or digits to search for",
                            'quote it with other words or remove it')  # fmt: skip
+        if len(toks) == 2 and raw[toks[0].end : toks[1].start] == "-":
+            # fine-tuning: the phrase "fine tuning" or the word finetuning
+            one = textmod.joined(raw[toks[0].start : toks[0].end], raw[toks[1].start :])
+            if one:
+                return _or([_leaf(toks, fld), Node("t", fld, textmod.stem(one))])
+        if len(toks) == 1 and (split := _prefix_split(toks[0].norm)) is not None:
+            # finetuning: the word, or the phrase "fine tuning" (fine-tuning is indexed joined)
+            phrase = tuple(textmod.stem(w) for w in split)
+            return _or([_leaf(toks, fld), Node("p", fld, phrase)])
         return _leaf(toks, fld)
 
 
@@ -481,6 +496,27 @@ STOP_WORDS = frozenset(
         "can",
     ]
 )
+# Word beginnings that make compounds written joined, hyphenated or apart (finetuning,
+# fine-tuning, fine tuning): a query word starting with one also finds the words apart, and two
+# words whose first is one also find them joined. Hyphenated words meet their joined form
+# whatever they are (the index holds fine-tuning as finetuning too). Left out: beginnings
+# that mostly start other words (super: supervised, under: understanding, over: overall).
+COMPOUND_PREFIXES = frozenset(
+    ["pre", "post", "multi", "fine", "self", "semi", "non", "cross", "inter", "intra", "meta",
+     "sub", "hyper", "zero", "few", "mid", "anti"]
+)  # fmt: skip
+
+
+def _prefix_split(norm: str) -> tuple[str, str] | None:
+    """A letters-only word as (compound prefix, rest of 3+ letters), or None."""
+    if not norm.isalpha() or len(norm) < 6:
+        return None
+    for k in range(2, 6):
+        if norm[:k] in COMPOUND_PREFIXES and len(norm) - k >= 3:
+            return norm[:k], norm[k:]
+    return None
+
+
 # A plain alternative of this many words or more forgives missing words (see _loose).
 LOOSE_FROM = 3
 # The share of a forgiving alternative's word weight (BM25 idf in the papers matched against)

@@ -18,7 +18,7 @@ from digest.highlight import highlight_spans
 from digest.match import PaperIndex, bit_indices, match_profiles, match_query
 from digest.models import StoredPaper, Topic
 from digest.query import Node, compile_query
-from digest.text import tokenize
+from digest.text import index_words, tokenize
 
 DUMPS = Path(__file__).resolve().parents[2] / "shared" / "dumps"
 _OPS = {"<": operator.lt, "<=": operator.le, "=": operator.eq, ">=": operator.ge, ">": operator.gt}
@@ -40,14 +40,15 @@ def _tokens(text: str) -> list:
 def reference_match(node: Node, paper: StoredPaper, corpus: tuple[StoredPaper, ...] = ()) -> bool:
     """Evaluate a query tree on one paper directly: no index, no bitsets, no memo; corpus is
     the papers matched against (the idf of a forgiving alternative's words)."""
-    fields = {"title": _tokens(paper.title), "abstract": _tokens(paper.abstract)}
+    # the words the index holds: each field's words, then its hyphenated pairs joined
+    fields = {"title": index_words(paper.title), "abstract": index_words(paper.abstract)}
     chosen = [fields[node.field]] if node.field else list(fields.values())
     if node.kind == "t":
-        return any(t.stem == node.arg for toks in chosen for t in toks)
+        return any(node.arg in stems for stems, _ in chosen)
     if node.kind == "p":
-        return any(_has_run([t.stem for t in toks], node.arg) for toks in chosen)
+        return any(_has_run(list(stems), node.arg) for stems, _ in chosen)
     if node.kind == "x":
-        return any(t.norm.startswith(node.arg) for toks in chosen for t in toks)
+        return any(w.startswith(node.arg) for _, norms in chosen for w in norms)
     if node.kind == "n":
         name, op, value = node.arg
         fact = getattr(paper, name)
