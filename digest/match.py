@@ -980,9 +980,10 @@ def _other_rows(index: PaperIndex, others: list[Node], rows: np.ndarray, row_of:
     three: list[int] = []
     kids: list[int] = []
     for k, x in enumerate(others):
-        if x.kind == "m" and len(x.children) == 3:
+        if x.kind == "m" and len(x.children) == 3 and all(c.kind in "tp" for c in x.children):
             ids = [leaf_id(c) for c in x.children]
-            if all(i < len(seen) and seen[i] for i in ids):  # a word under a NOT has no row
+            # only words and phrases have rows yet; one under a NOT has none
+            if all(i < len(seen) and seen[i] for i in ids):
                 three.append(k)
                 kids.extend(row_of[ids].tolist())
                 continue

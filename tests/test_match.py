@@ -520,3 +520,18 @@ def test_words_of_equal_weight_need_two_of_three() -> None:
     ]
     got = {m.paper_id for m in match_query(PaperIndex(papers), "alpha beta gamma")}
     assert got == {1, 2, 3, 7}
+
+
+def test_forgiving_alternatives_with_compounds_in_a_batch() -> None:
+    # a compound is an OR inside the alternative; the same OR stands alone in another topic
+    papers = [
+        stored(1, "Fine-tuning LLM inference", "x"),
+        stored(2, "Finetuning for inference", "x"),
+        stored(3, "LLM inference", "x"),
+        stored(4, "Fine tuning", "llm"),
+        *[stored(k, f"Other paper {k}", "x") for k in range(5, 12)],
+    ]
+    queries = ["fine-tuning llm inference", "(fine-tuning) llm", "fine-tuning"]
+    got = match_profiles(PaperIndex(papers), {k: [Topic("t", q)] for k, q in enumerate(queries)})
+    for k, q in enumerate(queries):
+        assert {m.paper_id for m in got.get(k, [])} == reference_ids(q, papers), q
