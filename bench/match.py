@@ -168,10 +168,11 @@ class _View:
 
     def __init__(self, p: StoredPaper) -> None:
         self.p = p
-        t, a = textmod.tokenize(p.title), textmod.tokenize(p.abstract)
-        self.stems = {"title": [x.stem for x in t], "abstract": [x.stem for x in a]}
+        # the words the engine indexes: with hyphenated pairs joined (textmod.index_words)
+        (ts, tn), (as_, an) = textmod.index_words(p.title), textmod.index_words(p.abstract)
+        self.stems = {"title": list(ts), "abstract": list(as_)}
         self.sets = {k: set(v) for k, v in self.stems.items()}
-        self.norms = {"title": [x.norm for x in t], "abstract": [x.norm for x in a]}
+        self.norms = {"title": list(tn), "abstract": list(an)}
         self.orgs = [[x.norm for x in textmod.tokenize(v)]
                      for v in (p.organization_id, p.organization) if v]  # fmt: skip
 
