@@ -977,17 +977,21 @@ def _other_rows(index: PaperIndex, others: list[Node], rows: np.ndarray, row_of:
     all at once from their words' rows (there are ~70k distinct ones at 100k subscribers),
     every other literal from index.bits."""
     out = np.empty((len(others), nw), dtype=np.uint64)
-    three: list[int] = []
-    kids: list[int] = []
+    cand: list[int] = []
+    flat: list[int] = []
     for k, x in enumerate(others):
         if x.kind == "m" and len(x.children) == 3 and all(c.kind in "tp" for c in x.children):
-            ids = [leaf_id(c) for c in x.children]
-            # only words and phrases have rows yet; one under a NOT has none
-            if all(i < len(seen) and seen[i] for i in ids):
-                three.append(k)
-                kids.extend(row_of[ids].tolist())
-                continue
-        out[k] = _int_row(index.bits(x), nw)
+            cand.append(k)
+            flat.extend(map(leaf_id, x.children))
+        else:
+            out[k] = _int_row(index.bits(x), nw)
+    ids = np.asarray(flat, dtype=np.int64).reshape(-1, 3)
+    # only words and phrases have rows yet; one under a NOT has none
+    has_row = ((ids < len(seen)) & seen[np.minimum(ids, len(seen) - 1)]).all(axis=1)
+    for k in np.asarray(cand, dtype=np.int64)[~has_row].tolist():
+        out[k] = _int_row(index.bits(others[k]), nw)
+    three = np.asarray(cand, dtype=np.int64)[has_row].tolist()
+    kids = row_of[ids[has_row]].ravel()
     if three:
         r = rows[np.asarray(kids, dtype=np.int64)].reshape(len(three), 3, nw)
         df = np.bitwise_count(r).sum(axis=2, dtype=np.int64)
