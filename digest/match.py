@@ -21,6 +21,7 @@ import gc
 import heapq
 import itertools
 import logging
+import math
 import operator
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -36,7 +37,17 @@ from digest import text as textmod
 from digest.errors import QueryError
 from digest.highlight import indexed_spans, merge_spans, positions
 from digest.models import Match, StoredPaper, Topic
-from digest.query import LEAVES, Node, Query, compile_query, describe_node, positive_terms
+from digest.query import (
+    LEAVES,
+    MOST_SHARE,
+    Node,
+    Query,
+    compile_query,
+    describe_node,
+    leaf_id,
+    most_needed,
+    positive_terms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +134,18 @@ def _count_phrase(stems: tuple[str, ...], phrase: tuple[str, ...]) -> int:
         return count
 
 
+@functools.cache
+def _subsets(n: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """The subsets of n words a forgiving alternative may be met by (most_needed(n) words or
+    more) as (bit mask, word positions), smallest first."""
+    out = [
+        (sum(1 << k for k in ks), ks)
+        for size in range(most_needed(n), n + 1)
+        for ks in itertools.combinations(range(n), size)
+    ]
+    return tuple(out)
+
+
 class PaperIndex:
     """A batch of papers indexed for boolean matching, ranking and highlighting."""
 
@@ -140,8 +163,9 @@ class PaperIndex:
         # term frequencies aligned with the stem postings, for whole-vector BM25 weights
         self._tf: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
         for i, p in enumerate(self.papers):
-            ts, tn = textmod.words(p.title)
-            as_, an = textmod.words(p.abstract)
+            # with the joined forms of hyphenated pairs (textmod.index_words)
+            ts, tn = textmod.index_words(p.title)
+            as_, an = textmod.index_words(p.abstract)
             self._stems.append((ts, as_))
             self._norms.append((tn, an))
             for slot, seq in ((0, ts), (1, as_)):
@@ -205,6 +229,7 @@ class PaperIndex:
         self._rank_arr = np.asarray(self.rank, dtype=np.int64)
         # per-index memos: bounded by this batch's papers and the queries run against it
         self._memo: dict[Node, int] = {}
+        self._idf: dict[int, float] = {}  # document frequency -> idf
         self._weights: dict[Node, dict[int, float]] = {}
         self._ranked: dict[tuple[Node, int | None], _Ranked] = {}
         self._bigrams: tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]] = ({}, {})
@@ -286,6 +311,8 @@ class PaperIndex:
             r = self._number_bits(*node.condition)
         elif kind == "o":
             r = self._org_bits(node.words)
+        elif kind == "m":
+            r = self._most_bits(node)
         else:
             raise ValueError(f"unknown query node {kind!r}")
         self._memo[node] = r
@@ -295,6 +322,59 @@ class PaperIndex:
         if fld is not None:
             return table[fld].get(word, 0)
         return table["title"].get(word, 0) | table["abstract"].get(word, 0)
+
+    def idf(self, df: int) -> float:
+        """BM25's idf of a word held by df of this index's papers (the ranking's own)."""
+        return math.log(1.0 + (self.size - df + 0.5) / (df + 0.5))
+
+    def _most_bits(self, node: Node) -> int:
+        """Papers holding most words of an `m` node (see query.most_needed) whose words found
+        carry at least MOST_SHARE of the words' total idf (see query._loose)."""
+        # the order of the words does not change the result: no sort (this runs once per
+        # distinct forgiving alternative of a batch, ~100k at 100k subscribers)
+        parts = tuple(node.children)
+        bits = [self.bits(c) for c in parts]
+        idf = self._idf
+        w = []
+        for b in bits:
+            df = b.bit_count()
+            got = idf.get(df)
+            if got is None:
+                got = idf[df] = self.idf(df)
+            w.append(got)
+        n = len(parts)
+        # a hair below the share, so that equal weights meet it exactly
+        need = MOST_SHARE * sum(w) * (1 - 1e-9)
+        if n > 8:  # past 256 subsets: count and sum the weights paper by paper
+            acc = np.zeros(self.size)
+            held = np.zeros(self.size, dtype=np.int64)
+            for b, wk in zip(bits, w, strict=True):
+                idx = bit_indices(b)
+                acc[idx] += wk
+                held[idx] += 1
+            hit = np.flatnonzero((acc >= need) & (held >= most_needed(n))).tolist()
+            return _build_bits({0: hit})[0] if hit else 0
+        if n == 3:  # the common case, unrolled: two of three, or all three
+            b0, b1, b2 = bits
+            w0, w1, w2 = w
+            r = (b0 & b1 if w0 + w1 >= need else 0) | (b0 & b2 if w0 + w2 >= need else 0)
+            r |= b1 & b2 if w1 + w2 >= need else 0
+            # no pair enough (it takes three equal words to get here: never, or a weight 0)
+            return (
+                r if r or (w0 + w1 >= need or w0 + w2 >= need or w1 + w2 >= need) else b0 & b1 & b2
+            )
+        r = 0
+        enough: list[int] = []
+        # sets of enough words, fewest first; a superset of one already taken adds no paper
+        for mask, ks in _subsets(n):
+            if sum([w[k] for k in ks]) < need or any(mask & e == e for e in enough):
+                continue
+            enough.append(mask)
+            sub = bits[ks[0]]
+            for k in ks[1:]:
+                sub &= bits[k]
+            r |= sub
+        return r
 
     def _phrase_bits(self, node: Node) -> int:
         phrase = node.words
@@ -621,7 +701,7 @@ def _has_conditions(root: Node) -> bool:
 
 def positive_leaves(node: Node) -> Iterable[Node]:
     """The leaves of a node not under a NOT, in a fixed order."""
-    if node.kind in ("and", "or"):
+    if node.kind in ("and", "or", "m"):
         for c in sorted(node.children, key=repr):
             yield from positive_leaves(c)
     elif node.kind != "not":
@@ -629,7 +709,7 @@ def positive_leaves(node: Node) -> Iterable[Node]:
 
 
 def _leaves(node: Node) -> Iterable[Node]:
-    if node.kind in ("and", "or"):
+    if node.kind in ("and", "or", "m"):
         for c in node.children:
             yield from _leaves(c)
     elif node.kind == "not":
@@ -891,6 +971,45 @@ def _bitset_rows(ptr: np.ndarray, papers: np.ndarray, words: int) -> np.ndarray:
     return out.reshape(nrows, words)
 
 
+def _other_rows(index: PaperIndex, others: list[Node], rows: np.ndarray, row_of: np.ndarray,
+                seen: np.ndarray, nw: int) -> np.ndarray:  # fmt: skip
+    """Bitset rows of the literals that are not words: forgiving alternatives of three words
+    all at once from their words' rows (there are ~70k distinct ones at 100k subscribers),
+    every other literal from index.bits."""
+    out = np.empty((len(others), nw), dtype=np.uint64)
+    cand: list[int] = []
+    flat: list[int] = []
+    for k, x in enumerate(others):
+        if x.kind == "m" and len(x.children) == 3 and all(c.kind in "tp" for c in x.children):
+            cand.append(k)
+            flat.extend(map(leaf_id, x.children))
+        else:
+            out[k] = _int_row(index.bits(x), nw)
+    ids = np.asarray(flat, dtype=np.int64).reshape(-1, 3)
+    # only words and phrases have rows yet; one under a NOT has none
+    has_row = ((ids < len(seen)) & seen[np.minimum(ids, len(seen) - 1)]).all(axis=1)
+    for k in np.asarray(cand, dtype=np.int64)[~has_row].tolist():
+        out[k] = _int_row(index.bits(others[k]), nw)
+    three = np.asarray(cand, dtype=np.int64)[has_row].tolist()
+    kids = row_of[ids[has_row]].ravel()
+    if three:
+        r = rows[np.asarray(kids, dtype=np.int64)].reshape(len(three), 3, nw)
+        df = np.bitwise_count(r).sum(axis=2, dtype=np.int64)
+        w = np.log(1.0 + (index.size - df + 0.5) / (df + 0.5))
+        # the same rule as PaperIndex._most_bits: pairs holding enough of the idf mass
+        need = MOST_SHARE * w.sum(axis=1) * (1 - 1e-9)
+        full = np.uint64(0xFFFFFFFFFFFFFFFF)
+        got = np.zeros((len(three), nw), dtype=np.uint64)
+        some = np.zeros(len(three), dtype=np.bool_)
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            ok = w[:, a] + w[:, b] >= need
+            some |= ok
+            got |= r[:, a] & r[:, b] & np.where(ok, full, np.uint64(0))[:, None]
+        got[~some] = r[~some, 0] & r[~some, 1] & r[~some, 2]
+        out[np.asarray(three, dtype=np.int64)] = got
+    return out
+
+
 def _int_row(x: int, words: int) -> np.ndarray:
     return np.frombuffer(x.to_bytes(words * 8, "little"), dtype=np.uint64)
 
@@ -928,7 +1047,7 @@ class _Batch:
         ptr, papers, weights = index.postings(leaves)
         rows = _bitset_rows(ptr, papers, nw)
         if others:
-            extra = np.stack([_int_row(index.bits(x), nw) for x in others])
+            extra = _other_rows(index, others, rows, row_of, seen, nw)
             rows = np.concatenate([rows, extra])
         if not len(rows):
             rows = np.zeros((1, nw), dtype=np.uint64)

@@ -31,7 +31,8 @@ OPERATORS = ("<=", ">=", "<", ">", "=")
 
 class Node(NamedTuple):
     """A query node. kind: t (stem), p (phrase stems), x (prefix), o (org), n (number),
-    and, or, not. field: "title", "abstract" or None (either). arg: the kind's payload."""
+    and, or, not, m (most of its words, see _loose). field: "title", "abstract" or None
+    (either). arg: the kind's payload."""
 
     kind: str
     field: str | None
@@ -40,7 +41,7 @@ class Node(NamedTuple):
     # Typed views of `arg`, one per kind, so callers need no casts.
     @property
     def children(self) -> frozenset[Node]:
-        """The operands of an `and` / `or` node."""
+        """The operands of an `and` / `or` / `m` node."""
         return cast("frozenset[Node]", self.arg)
 
     @property
@@ -106,6 +107,8 @@ def describe_node(node: Node) -> str:
         return f"{name}{op}{value}"
     if node.kind == "not":
         return "NOT " + describe_node(node.child)
+    if node.kind == "m":
+        return "MOST(" + ", ".join(sorted(describe_node(c) for c in node.children)) + ")"
     joiner = " AND " if node.kind == "and" else " OR "
     return "(" + joiner.join(sorted(describe_node(c) for c in node.children)) + ")"
 
@@ -310,9 +313,15 @@ class _Parser:
         stops = [p and _is_stop(str(t.value)) for p, t in zip(plain, toks, strict=True)]
         if len(parts) == len(toks) and not all(stops):
             # juxtaposed words (no AND/NOT/field/group in between): stop words are ignored
+            kept = [t for t, stop in zip(toks, stops, strict=True) if not stop]
             parts = [x for x, stop in zip(parts, stops, strict=True) if not stop]
             if all(plain) and len(parts) >= LOOSE_FROM:
                 return _loose(parts)
+            if len(parts) == 2 and all(plain) and all(x.kind == "t" for x in parts):
+                # fine tuning: both words, or the word finetuning
+                head, tail = (str(t.value) for t in kept)
+                if head.casefold() in COMPOUND_PREFIXES and (one := textmod.joined(head, tail)):
+                    return _or([_and(parts), Node("t", None, textmod.stem(one))])
         return _and(parts)
 
     def unary(self, depth: int, fld: str | None) -> Node:
@@ -416,6 +425,15 @@ class _Parser:
         if not toks:
             raise self.err(tok.col, f"{raw!r} has no letters or digits to search for",
                            'quote it with other words or remove it')  # fmt: skip
+        if len(toks) == 2 and raw[toks[0].end : toks[1].start] == "-":
+            # fine-tuning: the phrase "fine tuning" or the word finetuning
+            one = textmod.joined(raw[toks[0].start : toks[0].end], raw[toks[1].start :])
+            if one:
+                return _or([_leaf(toks, fld), Node("t", fld, textmod.stem(one))])
+        if len(toks) == 1 and (split := _prefix_split(toks[0].norm)) is not None:
+            # finetuning: the word, or the phrase "fine tuning" (fine-tuning is indexed joined)
+            phrase = tuple(textmod.stem(w) for w in split)
+            return _or([_leaf(toks, fld), Node("p", fld, phrase)])
         return _leaf(toks, fld)
 
 
@@ -478,8 +496,38 @@ STOP_WORDS = frozenset(
         "can",
     ]
 )
+# Word beginnings that make compounds written joined, hyphenated or apart (finetuning,
+# fine-tuning, fine tuning): a query word starting with one also finds the words apart, and two
+# words whose first is one also find them joined. Hyphenated words meet their joined form
+# whatever they are (the index holds fine-tuning as finetuning too). Left out: beginnings
+# that mostly start other words (super: supervised, under: understanding, over: overall).
+COMPOUND_PREFIXES = frozenset(
+    ["pre", "post", "multi", "fine", "self", "semi", "non", "cross", "inter", "intra", "meta",
+     "sub", "hyper", "zero", "few", "mid", "anti"]
+)  # fmt: skip
+
+
+def _prefix_split(norm: str) -> tuple[str, str] | None:
+    """A letters-only word as (compound prefix, rest of 3+ letters), or None."""
+    if not norm.isalpha() or len(norm) < 6:
+        return None
+    for k in range(2, 6):
+        if norm[:k] in COMPOUND_PREFIXES and len(norm) - k >= 3:
+            return norm[:k], norm[k:]
+    return None
+
+
 # A plain alternative of this many words or more forgives missing words (see _loose).
 LOOSE_FROM = 3
+# The share of a forgiving alternative's word weight (BM25 idf in the papers matched against)
+# the words a paper holds must carry: the words it lacks may not outweigh the ones it has.
+MOST_SHARE = 1 / 2
+
+
+def most_needed(n: int) -> int:
+    """How many of a forgiving alternative's n words a paper needs: ceil(2n/3) up to 8 words
+    (2 of 3, 3 of 4, 4 of 5 or 6), n - 2 past 8."""
+    return -(-2 * n // 3) if n <= 8 else n - 2
 
 
 def _is_stop(raw: str) -> bool:
@@ -487,15 +535,14 @@ def _is_stop(raw: str) -> bool:
 
 
 def _loose(parts: list[Node]) -> Node:
-    """n plain words, n >= LOOSE_FROM: a paper matches with most of them - at least
-    ceil(2n/3) (2 of 3, 3 of 4, 4 of 5 or 6; n - 2 past 8 words) - and BM25 ranks the papers
-    with more (and rarer) words first."""
+    """n plain words, n >= LOOSE_FROM: an `m` node. A paper matches with most of the words
+    (most_needed) when those it holds carry at least MOST_SHARE of the words' total idf, so a
+    rare, specific word cannot be left out for two common ones (`spiking neural networks`
+    needs *spiking*); BM25 ranks the papers with more (and rarer) words first."""
     words = list(dict.fromkeys(parts))
-    n = len(words)
-    if n < LOOSE_FROM:
+    if len(words) < LOOSE_FROM:
         return _and(words)
-    need = -(-2 * n // 3) if n <= 8 else n - 2
-    return _or([_and(list(c)) for c in itertools.combinations(words, need)])
+    return Node("m", None, frozenset(words))
 
 
 def _leaf(toks: list[textmod.Token], fld: str | None) -> Node:
@@ -509,7 +556,7 @@ def _with_field(node: Node, fld: str) -> Node:
         return Node(node.kind, fld, node.arg)
     if node.kind == "not":
         return Node("not", None, _with_field(node.child, fld))
-    if node.kind in ("and", "or"):
+    if node.kind in ("and", "or", "m"):
         return Node(node.kind, None, frozenset(_with_field(c, fld) for c in node.children))
     return node
 
@@ -524,7 +571,7 @@ def positive_terms(node: Node) -> tuple[Node, ...]:
                 out[n] = None
         elif n.kind == "not":
             walk(n.child, not positive)
-        elif n.kind in ("and", "or"):
+        elif n.kind in ("and", "or", "m"):
             for c in sorted(n.children, key=repr):
                 walk(c, positive)
 

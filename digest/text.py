@@ -278,6 +278,38 @@ def tokenize(text: str) -> list[Token]:
     return out
 
 
+# A hyphen between two words: each pair of a chain (the lookahead lets pairs overlap)
+_HYPHENED = re.compile(r"(?<![^\W_])([^\W\d_][^\W_]*)-(?=([^\W_]+)(?![^\W_]))")
+
+
+def joined(first: str, second: str) -> str:
+    """The normalised word two hyphenated or spaced words make when written together
+    (fine + tuning: finetuning), or "" when the pair does not join (digits first, Greek)."""
+    norm = normalize(first + second)
+    if not norm.isalnum() or norm[:1].isdigit() or _HAS_GREEK.search(norm):
+        return ""
+    return norm
+
+
+def compounds(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The stems and normalised forms of text's hyphenated pairs written together
+    (fine-tuning: finetun, pre-training: pretrain, GPT-4: gpt4), in order."""
+    if "-" not in text:
+        return (), ()
+    norms = tuple(filter(None, (joined(a, b) for a, b in _HYPHENED.findall(text))))
+    return tuple(map(stem, norms)), norms
+
+
+def index_words(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What the matcher indexes of a text: its words (see words), then its compounds, so
+    `finetuning` finds *fine-tuning* (a phrase never spans the two parts: they are apart)."""
+    s, n = words(text)
+    if "-" not in text:
+        return s, n
+    cs, cn = compounds(text)
+    return s + cs, n + cn
+
+
 def words(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The stems and the normalised forms of text's words, in order (the indexer's fast path)."""
     if _HAS_GREEK.search(text) is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import re
 from datetime import date, datetime
@@ -17,7 +18,7 @@ from digest.highlight import highlight_spans
 from digest.match import PaperIndex, bit_indices, match_profiles, match_query
 from digest.models import StoredPaper, Topic
 from digest.query import Node, compile_query
-from digest.text import tokenize
+from digest.text import index_words, tokenize
 
 DUMPS = Path(__file__).resolve().parents[2] / "shared" / "dumps"
 _OPS = {"<": operator.lt, "<=": operator.le, "=": operator.eq, ">=": operator.ge, ">": operator.gt}
@@ -36,16 +37,18 @@ def _tokens(text: str) -> list:
     return tokenize(text)
 
 
-def reference_match(node: Node, paper: StoredPaper) -> bool:
-    """Evaluate a query tree on one paper directly: no index, no bitsets, no memo."""
-    fields = {"title": _tokens(paper.title), "abstract": _tokens(paper.abstract)}
+def reference_match(node: Node, paper: StoredPaper, corpus: tuple[StoredPaper, ...] = ()) -> bool:
+    """Evaluate a query tree on one paper directly: no index, no bitsets, no memo; corpus is
+    the papers matched against (the idf of a forgiving alternative's words)."""
+    # the words the index holds: each field's words, then its hyphenated pairs joined
+    fields = {"title": index_words(paper.title), "abstract": index_words(paper.abstract)}
     chosen = [fields[node.field]] if node.field else list(fields.values())
     if node.kind == "t":
-        return any(t.stem == node.arg for toks in chosen for t in toks)
+        return any(node.arg in stems for stems, _ in chosen)
     if node.kind == "p":
-        return any(_has_run([t.stem for t in toks], node.arg) for toks in chosen)
+        return any(_has_run(list(stems), node.arg) for stems, _ in chosen)
     if node.kind == "x":
-        return any(t.norm.startswith(node.arg) for toks in chosen for t in toks)
+        return any(w.startswith(node.arg) for _, norms in chosen for w in norms)
     if node.kind == "n":
         name, op, value = node.arg
         fact = getattr(paper, name)
@@ -54,15 +57,37 @@ def reference_match(node: Node, paper: StoredPaper) -> bool:
         names = [paper.organization_id, paper.organization]
         return any(v and _has_run([t.norm for t in tokenize(v)], node.arg) for v in names)
     if node.kind == "not":
-        return not reference_match(node.arg, paper)
+        return not reference_match(node.arg, paper, corpus)
     if node.kind == "and":
-        return all(reference_match(c, paper) for c in node.arg)
-    return any(reference_match(c, paper) for c in node.arg)
+        return all(reference_match(c, paper, corpus) for c in node.arg)
+    if node.kind == "m":
+        # most of the words, and the words held carry half their idf mass (BM25's idf)
+        n, held, total = len(corpus), 0.0, 0.0
+        count = 0
+        for c in node.children:
+            df = _DF.get(c)
+            if df is None:
+                df = _DF[c] = sum(reference_match(c, p, corpus) for p in corpus)
+            idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+            total += idf
+            if reference_match(c, paper, corpus):
+                held += idf
+                count += 1
+        need = (
+            -(-2 * len(node.children) // 3) if len(node.children) <= 8 else len(node.children) - 2
+        )
+        return count >= need and held >= total / 2 - 1e-9
+    return any(reference_match(c, paper, corpus) for c in node.arg)
+
+
+_DF: dict[Node, int] = {}  # document frequencies in the corpus reference_ids is evaluating
 
 
 def reference_ids(query: str, papers: list[StoredPaper]) -> set[int]:
     root = compile_query(query).root
-    return {p.id for p in papers if reference_match(root, p)}
+    _DF.clear()
+    corpus = tuple(papers)
+    return {p.id for p in papers if reference_match(root, p, corpus)}
 
 
 def stored(i: int, title: str, abstract: str, **facts) -> StoredPaper:
@@ -464,3 +489,49 @@ def test_compiled_cache_is_bounded(monkeypatch):
     for w in ("alpha", "beta", "gamma", "delta"):
         assert engine.cached_query(w) == compile_query(w)
     assert len(engine._COMPILED) <= 3
+
+
+def test_a_rare_word_of_a_forgiving_alternative_is_required() -> None:
+    # two common words must not carry a three-word topic: "spiking" is what it is about
+    common = [stored(k, f"Neural networks {k}", "Deep neural networks.") for k in range(1, 9)]
+    spiking = [
+        stored(20, "Spiking neural networks", "Neuromorphic."),
+        stored(21, "Spiking networks on chips", "Energy."),
+        stored(22, "Spiking neurons", "Neural coding."),
+    ]
+    papers = common + spiking
+    got = {m.paper_id for m in match_query(PaperIndex(papers), "spiking neural networks")}
+    assert got == {20, 21, 22}
+    assert got == reference_ids("spiking neural networks", papers)
+    # the batch engine computes the same rule on its bitset rows
+    batch = match_profiles(PaperIndex(papers), {1: [Topic("t", "spiking neural networks")]})
+    assert {m.paper_id for m in batch[1]} == got
+
+
+def test_words_of_equal_weight_need_two_of_three() -> None:
+    papers = [
+        stored(1, "alpha beta", "x"),
+        stored(2, "beta gamma", "x"),
+        stored(3, "alpha gamma", "x"),
+        stored(4, "alpha", "x"),
+        stored(5, "beta", "x"),
+        stored(6, "gamma", "x"),
+        stored(7, "alpha beta gamma", "x"),
+    ]
+    got = {m.paper_id for m in match_query(PaperIndex(papers), "alpha beta gamma")}
+    assert got == {1, 2, 3, 7}
+
+
+def test_forgiving_alternatives_with_compounds_in_a_batch() -> None:
+    # a compound is an OR inside the alternative; the same OR stands alone in another topic
+    papers = [
+        stored(1, "Fine-tuning LLM inference", "x"),
+        stored(2, "Finetuning for inference", "x"),
+        stored(3, "LLM inference", "x"),
+        stored(4, "Fine tuning", "llm"),
+        *[stored(k, f"Other paper {k}", "x") for k in range(5, 12)],
+    ]
+    queries = ["fine-tuning llm inference", "(fine-tuning) llm", "fine-tuning"]
+    got = match_profiles(PaperIndex(papers), {k: [Topic("t", q)] for k, q in enumerate(queries)})
+    for k, q in enumerate(queries):
+        assert {m.paper_id for m in got.get(k, [])} == reference_ids(q, papers), q

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from digest.errors import QueryError
+from digest.match import PaperIndex, match_query
+from digest.models import StoredPaper
 from digest.query import MAX_DEPTH, Node, compile_query, describe_error, describe_node
+
+
+def stored_paper(i: int, title: str, abstract: str) -> StoredPaper:
+    return StoredPaper(
+        id=i, key=f"k{i}", title=title, abstract=abstract, first_seen=datetime(2026, 1, 1)
+    )
 
 
 def shape(text: str) -> str:
@@ -33,7 +43,9 @@ def test_order_of_words_and_alternatives_does_not_matter():
 
 def test_quoted_phrase_and_hyphenated_word_are_phrases():
     assert compile_query('"low latency"').root == Node("p", None, ("low", "latenc"))
-    assert compile_query("low-latency") == compile_query('"low latency"')
+    # a hyphenated word is the phrase, or the words written together (see test_compounds_meet)
+    assert shape("low-latency") == '("low latenc" OR lowlat)'
+    assert shape('"low-latency"') == '"low latenc"'  # quotes stay strict
 
 
 def test_prefix_is_on_the_unstemmed_word():
@@ -180,8 +192,9 @@ def test_any_text_compiles_or_raises_query_error(text):
 
 def test_plain_words_of_three_or_more_need_most_not_all() -> None:
     # 2 of 3: a paper missing one word still matches
-    assert shape("efficient LLM inference") == (
-        "((effici AND infer) OR (effici AND llm) OR (infer AND llm))"
+    assert shape("efficient LLM inference") == "MOST(effici, infer, llm)"
+    assert shape("title:(efficient LLM inference)") == (
+        "MOST(title:effici, title:infer, title:llm)"
     )
     # quotes and AND keep the strict meaning
     assert shape('"efficient llm inference"') == '"effici llm infer"'
@@ -191,12 +204,10 @@ def test_plain_words_of_three_or_more_need_most_not_all() -> None:
 
 
 def test_most_of_n_counts() -> None:
-    from digest.query import _loose
+    from digest.query import most_needed
 
     for n, need in ((3, 2), (4, 3), (5, 4), (6, 4), (8, 6), (10, 8)):
-        words = [Node("t", None, f"w{k}") for k in range(n)]
-        node = _loose(words)
-        assert {len(c.children) for c in node.children} == {need}
+        assert most_needed(n) == need
 
 
 def test_stop_words_are_ignored_outside_quotes() -> None:
@@ -236,3 +247,38 @@ def test_warnings_for_probable_mistakes() -> None:
     assert coverage_warning(0, 100) == "matches none of the 100 stored papers"
     assert "almost everything" in (coverage_warning(80, 100) or "")
     assert coverage_warning(10, 100) is None
+
+
+@pytest.mark.parametrize("query", ["fine-tuning", "finetuning", "fine tuning", "Fine-Tuning"])
+def test_compounds_meet_written_joined_hyphenated_or_apart(query: str) -> None:
+    papers = [
+        stored_paper(1, "Efficient fine-tuning", "x"),
+        stored_paper(2, "Finetuning at scale", "x"),
+        stored_paper(3, "Fine tuning recipes", "x"),
+        stored_paper(4, "Fine wine and tuning forks", "x"),  # apart, not adjacent
+        stored_paper(5, "Tuning", "x"),
+    ]
+    got = {m.paper_id for m in match_query(PaperIndex(papers), query)}
+    assert got == ({1, 2, 3, 4} if query == "fine tuning" else {1, 2, 3})
+
+
+def test_compound_rules() -> None:
+    assert shape("pre-training, multimodal") == (
+        '("multi modal" OR "pre train" OR multimod OR pretrain)'
+    )
+    # two words join only after a compound prefix; other pairs stay both required
+    assert shape("self supervised") == "((self AND supervis) OR selfsupervis)"
+    assert shape("robot manipulation") == "(manipul AND robot)"
+    assert shape('"fine tuning"') == '"fine tune"'  # quotes stay strict
+    assert shape("GPT-4") == '("gpt 4" OR gpt4)'
+    assert shape("2-3") == '"2 3"'  # digits first do not join
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.from_regex(r"[a-z]{2,6}-[a-z]{2,8}", fullmatch=True))
+def test_a_hyphenated_word_finds_itself_joined_and_hyphenated(word: str) -> None:
+    a, b = word.split("-")
+    papers = [stored_paper(1, f"On {a}-{b}", "x"), stored_paper(2, f"On {a}{b}", "x")]
+    got = {m.paper_id for m in match_query(PaperIndex(papers), word)}
+    assert got == {1, 2}
+    assert {m.paper_id for m in match_query(PaperIndex(papers), a + b)} == {1, 2}

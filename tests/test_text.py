@@ -246,3 +246,15 @@ def test_words_agrees_with_tokenize_on_the_dumps(shared_dumps):
     for f in shared_dumps:
         for line in f.read_text(encoding="utf-8-sig").splitlines():
             assert words(line) == _words_by_tokenize(line), line
+
+
+def test_index_words_add_hyphenated_pairs_joined_after_the_words():
+    from digest.text import compounds, index_words
+
+    text = "Fine-tuning pre-trained multi-modal GPT-4 and α-divergence in 2-3 steps"
+    assert compounds(text)[1] == ("finetuning", "pretrained", "multimodal", "gpt4")
+    s, n = index_words(text)
+    assert (s, n) == (words(text)[0] + compounds(text)[0], words(text)[1] + compounds(text)[1])
+    assert index_words("no hyphen here") == words("no hyphen here")
+    # a chain joins pair by pair
+    assert compounds("state-of-the-art")[1] == ("stateof", "ofthe", "theart")
