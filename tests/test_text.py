@@ -10,7 +10,16 @@ import snowballstemmer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digest.text import clean_text, is_clean, normalize, snowball, stem, tokenize, words
+from digest.text import (
+    clean_text,
+    is_clean,
+    normalize,
+    snowball,
+    stem,
+    tokenize,
+    word_table,
+    words,
+)
 
 
 def stems(text: str) -> list[str]:
@@ -246,3 +255,28 @@ def test_words_agrees_with_tokenize_on_the_dumps(shared_dumps):
     for f in shared_dumps:
         for line in f.read_text(encoding="utf-8-sig").splitlines():
             assert words(line) == _words_by_tokenize(line), line
+
+
+def _table_words(texts: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    norms, stems, lens, flat = word_table(texts)
+    out, at = [], 0
+    for n in lens:
+        ids = flat[at : at + n]
+        at += n
+        out.append((tuple(stems[k] for k in ids), tuple(norms[k] for k in ids)))
+    return out
+
+
+# The batch tokenizer (str.translate and split for plain ASCII, the regex otherwise) must give
+# each text exactly the words tokenize() gives it: glue, apostrophes, dots between digits.
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from("ab1 2.'’-,x$^{}_\\+#C.9\u00e9α\n"), max_size=30),
+                max_size=4))  # fmt: skip
+def test_word_table_agrees_with_tokenize(texts):
+    assert _table_words(texts) == [_words_by_tokenize(t) for t in texts]
+
+
+def test_word_table_agrees_with_tokenize_on_the_dumps(shared_dumps):
+    lines = [ln for f in shared_dumps for ln in f.read_text(encoding="utf-8-sig").splitlines()]
+    assert len(lines) > 1000
+    assert _table_words(lines) == [_words_by_tokenize(ln) for ln in lines]
