@@ -1161,6 +1161,16 @@ class Matches(Mapping[int, MatchList]):
         batch = self.batch
         if batch is None:
             return {}
+        # 100k new lists would set off full cyclic GC passes over every live compiled query
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._ranked_ids(batch)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _ranked_ids(self, batch: _Batch) -> dict[int, list[int]]:
         ids = self.index.ids
         kept = batch.kept
         flat = ids[batch.paper[_ranges(batch.start, kept)]].tolist()
