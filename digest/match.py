@@ -24,7 +24,6 @@ import logging
 import math
 import operator
 from bisect import bisect_left, bisect_right
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -93,13 +92,48 @@ def _build_bits(postings: Mapping[K, list[int]]) -> dict[K, int]:
 _FIELDS = {None: 0, "title": 1, "abstract": 2}
 
 
+def _papers_bits(papers: np.ndarray) -> int:
+    """Batch positions as one bitset int."""
+    if not len(papers):
+        return 0
+    mask = np.zeros(int(papers[-1]) + 1, dtype=np.bool_)
+    mask[papers] = True
+    return int.from_bytes(np.packbits(mask, bitorder="little").tobytes(), "little")
+
+
+class _WordBits:
+    """A field's stem -> bitset of papers, read from the index's (word, paper) table on first
+    use of each stem (the batch matcher never asks for most of them)."""
+
+    __slots__ = ("_got", "_index", "_table")
+
+    def __init__(self, index: PaperIndex, table: int) -> None:
+        self._index = index
+        self._table = table
+        self._got: dict[str, int] = {}
+
+    def get(self, word: str, default: int = 0) -> int:
+        """The bitset of papers whose field holds the stem (default if none)."""
+        got = self._got.get(word)
+        if got is None:
+            index = self._index
+            k = index._vocab.get(word)
+            if k is None:
+                return default
+            n = max(1, index.size)
+            keys = index._words[self._table][0]
+            lo, hi = np.searchsorted(keys, [k * n, (k + 1) * n])
+            got = self._got[word] = _papers_bits(keys[lo:hi] - k * n)
+        return got if got else default
+
+
 def _field_tables(
     tkeys: np.ndarray, ttf: np.ndarray, akeys: np.ndarray, atf: np.ndarray
 ) -> tuple[tuple[np.ndarray, ...], ...]:
     """Sorted keys with title and abstract counts: for either field, title only, abstract only."""
     # sorted and deduplicated by a sort: numpy >= 2.3's np.union1d hashes, ~30x slower here
     keys = np.concatenate([tkeys, akeys])
-    keys.sort()
+    keys.sort(kind="stable")  # two sorted runs: timsort merges them in linear time
     if len(keys):
         keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
     both_t = np.zeros(len(keys))
@@ -154,63 +188,36 @@ class PaperIndex:
         n = len(self.papers)
         self.size = n
         self.all = (1 << n) - 1
-        self._stems: list[tuple[tuple[str, ...], tuple[str, ...]]] = []  # (title, abstract)
+        # every title, then every abstract, tokenised in one batch: each distinct word is
+        # normalised and stemmed once, and the rest runs on arrays of word ids; each text's
+        # words are followed by its compounds (textmod.index_words)
+        norms, stems, lens, flat = textmod.index_table(
+            [p.title for p in self.papers] + [p.abstract for p in self.papers]
+        )
         vocab: dict[str, int] = {}
-        ids: tuple[list[int], list[int]] = ([], [])
-        lens: tuple[list[int], list[int]] = ([], [])
-        self._norms: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
-        posts: tuple[dict[str, list[int]], ...] = ({}, {}, {}, {})  # t stem, a stem, t/a norm
-        # term frequencies aligned with the stem postings, for whole-vector BM25 weights
-        self._tf: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
-        for i, p in enumerate(self.papers):
-            # with the joined forms of hyphenated pairs (textmod.index_words)
-            ts, tn = textmod.index_words(p.title)
-            as_, an = textmod.index_words(p.abstract)
-            self._stems.append((ts, as_))
-            self._norms.append((tn, an))
-            for slot, seq in ((0, ts), (1, as_)):
-                for w in seq:
-                    if w not in vocab:
-                        vocab[w] = len(vocab)
-                ids[slot].extend(map(vocab.__getitem__, seq))
-                lens[slot].append(len(seq))
-            for slot, seq in ((0, ts), (1, as_)):
-                d, tfd = posts[slot], self._tf[slot]
-                for w, c in Counter(seq).items():
-                    lst = d.get(w)
-                    if lst is None:
-                        d[w] = [i]
-                        tfd[w] = [c]
-                    else:
-                        lst.append(i)
-                        tfd[w].append(c)
-            for d, seq in ((posts[2], tn), (posts[3], an)):
-                for w in set(seq):
-                    lst = d.get(w)
-                    if lst is None:
-                        d[w] = [i]
-                    else:
-                        lst.append(i)
-        self._post = (posts[0], posts[1])
-        self._bits = {
-            f: _build_bits(d) for f, d in zip(("title", "abstract"), posts[:2], strict=True)
-        }
-        self._norm_bits = {
-            f: _build_bits(d) for f, d in zip(("title", "abstract"), posts[2:], strict=True)
-        }
-        self._norm_vocab = {f: sorted(d) for f, d in self._norm_bits.items()}
-        self._tlen = [max(1, len(s[0])) for s in self._stems]
-        self._alen = [max(1, len(s[1])) for s in self._stems]
-        self._avg_t = sum(self._tlen) / n if n else 1.0
-        self._avg_a = sum(self._alen) / n if n else 1.0
-        self._numbers = {name: self._cumulative(name) for name in ("upvotes", "authors")}
-        self._vocab = vocab
-        grams = [self._gram_tables(ids[s], lens[s], len(vocab)) for s in (0, 1)]
+        stem_of = np.fromiter((vocab.setdefault(x, len(vocab)) for x in stems), np.int64,
+                              len(stems))  # fmt: skip
+        self._vocab = vocab  # stem -> id
+        self._stem_list = list(vocab)
+        self._norm_list = norms
+        tok_norm = np.asarray(flat, dtype=np.int64)
+        tok_stem = stem_of[tok_norm] if len(tok_norm) else tok_norm
+        lens_arr = np.asarray(lens, dtype=np.int64)
+        split = int(lens_arr[:n].sum())
+        # per field: the word ids in text order, and each paper's word count
+        self._tok = ((tok_stem[:split], tok_norm[:split]), (tok_stem[split:], tok_norm[split:]))
+        self._lens = (lens_arr[:n], lens_arr[n:])
+        grams = [self._gram_tables(self._tok[s][0], self._lens[s], len(vocab)) for s in (0, 1)]
         # (word, paper) and (word pair, paper) tables: title only, abstract only, either field
         self._words = _field_tables(grams[0][0], grams[0][1], grams[1][0], grams[1][1])
         self._pairs = _field_tables(grams[0][2], grams[0][3], grams[1][2], grams[1][3])
-        self._tnorm = 1 - B + B * np.asarray(self._tlen, dtype=np.float64) / self._avg_t
-        self._anorm = 1 - B + B * np.asarray(self._alen, dtype=np.float64) / self._avg_a
+        self._bits = {"title": _WordBits(self, 1), "abstract": _WordBits(self, 2)}
+        tlen = np.maximum(1, self._lens[0]).astype(np.float64)
+        alen = np.maximum(1, self._lens[1]).astype(np.float64)
+        self._avg_t = float(tlen.mean()) if n else 1.0
+        self._avg_a = float(alen.mean()) if n else 1.0
+        self._tnorm = 1 - B + B * tlen / self._avg_t
+        self._anorm = 1 - B + B * alen / self._avg_a
         # tie-break rank: more upvotes, then newer, then lower id first
         order = sorted(
             range(n),
@@ -236,10 +243,64 @@ class PaperIndex:
         self.texts = PaperTexts(self.papers)
         self._by_org: dict[tuple[str | None, str | None], int] | None = None
 
-    def _gram_tables(self, ids: list[int], lens: list[int], nvocab: int) -> tuple:
+    # Built on first use: the batch matcher needs none of these for words and two-word phrases.
+
+    @functools.cached_property
+    def _stems(self) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """Each paper's (title, abstract) stems, in order."""
+        return self._per_paper(0, self._stem_list)
+
+    @functools.cached_property
+    def _norms(self) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+        """Each paper's (title, abstract) normalised words, in order."""
+        return self._per_paper(1, self._norm_list)
+
+    def _per_paper(
+        self, kind: int, names: list[str]
+    ) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+        fields = []
+        for slot in (0, 1):
+            seq = list(map(names.__getitem__, self._tok[slot][kind].tolist()))
+            ends = np.cumsum(self._lens[slot])
+            bounds = zip((ends - self._lens[slot]).tolist(), ends.tolist(), strict=True)
+            fields.append([tuple(seq[a:b]) for a, b in bounds])
+        return list(zip(fields[0], fields[1], strict=True))
+
+    @functools.cached_property
+    def _norm_vocab(self) -> dict[str, list[str]]:
+        """Per field, the sorted normalised words it holds (prefix search)."""
+        out = {}
+        for slot, fld in ((0, "title"), (1, "abstract")):
+            present = np.unique(self._tok[slot][1]).tolist()
+            out[fld] = sorted(map(self._norm_list.__getitem__, present))
+        return out
+
+    @functools.cached_property
+    def _norm_bits(self) -> dict[str, dict[str, int]]:
+        """Per field, each normalised word's bitset of papers."""
+        n = max(1, self.size)
+        out = {}
+        for slot, fld in ((0, "title"), (1, "abstract")):
+            tok = self._tok[slot][1]
+            pap = np.repeat(np.arange(len(self._lens[slot]), dtype=np.int64), self._lens[slot])
+            keys = np.unique(tok * n + pap)
+            word, papers = keys // n, keys % n
+            cut = np.flatnonzero(np.r_[True, word[1:] != word[:-1]][: len(keys)])
+            ends = np.r_[cut[1:], len(keys)][: len(cut)]
+            out[fld] = {
+                self._norm_list[w]: _papers_bits(papers[a:b])
+                for w, a, b in zip(word[cut].tolist(), cut.tolist(), ends.tolist(), strict=True)
+            }
+        return out
+
+    @functools.cached_property
+    def _numbers(self) -> dict[str, tuple[list[int], list[int], int]]:
+        """Per number field, see _cumulative."""
+        return {name: self._cumulative(name) for name in ("upvotes", "authors")}
+
+    def _gram_tables(self, tok: np.ndarray, lens: np.ndarray, nvocab: int) -> tuple:
         """Sorted (word, paper) and (word pair, paper) keys of one field with their counts."""
         n = max(1, self.size)
-        tok = np.asarray(ids, dtype=np.int64)
         pap = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
         uni, uni_tf = np.unique(tok * n + pap, return_counts=True)
         same = pap[:-1] == pap[1:]
@@ -318,7 +379,9 @@ class PaperIndex:
         self._memo[node] = r
         return r
 
-    def _field_bits(self, table: dict[str, dict[str, int]], fld: str | None, word: str) -> int:
+    def _field_bits(
+        self, table: Mapping[str, _WordBits | dict[str, int]], fld: str | None, word: str
+    ) -> int:
         if fld is not None:
             return table[fld].get(word, 0)
         return table["title"].get(word, 0) | table["abstract"].get(word, 0)
@@ -1210,6 +1273,37 @@ class Matches(Mapping[int, MatchList]):
 
     def __contains__(self, sid: object) -> bool:
         return sid in self._single or sid in self._multi
+
+    def ranked_ids(self) -> dict[int, list[int]]:
+        """Every subscriber's matched paper ids, best first, as paper_ids() gives each list,
+        in one pass over the batch's arrays (no MatchList per subscriber)."""
+        batch = self.batch
+        if batch is None:
+            return {}
+        # 100k new lists would set off full cyclic GC passes over every live compiled query
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._ranked_ids(batch)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _ranked_ids(self, batch: _Batch) -> dict[int, list[int]]:
+        ids = self.index.ids
+        kept = batch.kept
+        flat = ids[batch.paper[_ranges(batch.start, kept)]].tolist()
+        off = (np.cumsum(kept) - kept).tolist()
+        end = np.cumsum(kept).tolist()
+        out = {sid: flat[off[q] : end[q]] for sid, q in self._single.items()}
+        if self._multi:
+            # past each list's end the arrays hold unwritten slots: only the lists are read
+            lo, hi = np.asarray(self.multi_lo), np.asarray(self.multi_hi)
+            multi = ids[self.multi_paper[_ranges(lo, hi - lo)]].tolist()
+            a = (np.cumsum(hi - lo) - (hi - lo)).tolist()
+            b = np.cumsum(hi - lo).tolist()
+            out.update({sid: multi[a[k] : b[k]] for sid, k in self._multi.items()})
+        return out
 
     def build(self, ml: MatchList, k: int) -> Match:
         """The Match for item k of one subscriber's list, with topics, words and spans."""

@@ -18,6 +18,7 @@ import functools
 import itertools
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
@@ -401,7 +402,7 @@ class _Parser:
             if "*" in raw:
                 raise self.err(tok.col, "* is not allowed inside a phrase",
                                "use word* outside quotes")  # fmt: skip
-            toks = textmod.tokenize(raw)
+            toks = _tokens(raw)
             if not toks:
                 raise self.err(tok.col, "empty phrase", "put words between the quotes")
             return _leaf(toks, fld)
@@ -416,12 +417,12 @@ class _Parser:
             if star != len(raw) - 1:
                 raise self.err(tok.col + star, "* only goes at the end of a word",
                                "write prefix* (e.g. prun*)")  # fmt: skip
-            toks = textmod.tokenize(raw[:-1])
+            toks = _tokens(raw[:-1])
             if len(toks) != 1 or toks[0].end != star:
                 raise self.err(tok.col, f"{raw!r}: * needs exactly one word before it",
                                "write prefix* on a single word, e.g. prun*")  # fmt: skip
             return Node("x", fld, toks[0].norm)
-        toks = textmod.tokenize(raw)
+        toks = _tokens(raw)
         if not toks:
             raise self.err(tok.col, f"{raw!r} has no letters or digits to search for",
                            'quote it with other words or remove it')  # fmt: skip
@@ -545,7 +546,13 @@ def _loose(parts: list[Node]) -> Node:
     return Node("m", None, frozenset(words))
 
 
-def _leaf(toks: list[textmod.Token], fld: str | None) -> Node:
+# A cycle's queries share most of their words: each word or phrase is tokenised once.
+@functools.lru_cache(maxsize=1 << 16)
+def _tokens(raw: str) -> tuple[textmod.Token, ...]:
+    return tuple(textmod.tokenize(raw))
+
+
+def _leaf(toks: Sequence[textmod.Token], fld: str | None) -> Node:
     if len(toks) == 1:
         return Node("t", fld, toks[0].stem)
     return Node("p", fld, tuple(t.stem for t in toks))
@@ -609,7 +616,8 @@ def flatten(
     return tuple(lits), tuple(negs), tuple(conj_sizes), tuple(clause_sizes)
 
 
-def _compile(text: str) -> Query:
+def _parse(text: str) -> Node:
+    """The root of a query (the full parser)."""
     parser = _Parser(text, _lex(text))
     alts = parser.alternatives(0)
     tok = parser.peek()
@@ -617,7 +625,45 @@ def _compile(text: str) -> Query:
         raise parser.err(tok.col, "unbalanced parenthesis", "remove this ) or add a (")
     if not alts:
         raise _err(text, 1, "empty query", "write some words, e.g. sparse attention, latency")
-    root = _combine(text, alts)
+    return _combine(text, alts)
+
+
+_TOP_SEP = re.compile(r"[,\n]")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _alternative(alt: str) -> Node | None:
+    """One top-level alternative parsed on its own (None: let the full parser say why not)."""
+    parser = _Parser(alt, _lex(alt))
+    node = parser.or_expr(0)
+    return node if parser.peek() is None else None
+
+
+def _parse_fast(text: str) -> Node | None:
+    """The root as the full parser builds it, from the top-level alternatives parsed one by one
+    and cached (queries of a cycle share many); None where that could differ: groups, curly
+    quotes, a comma or newline inside quotes, an empty alternative, any error."""
+    if "(" in text or ")" in text or "“" in text or "”" in text:
+        return None
+    if '"' in text:
+        quoted = text.split('"')
+        if len(quoted) % 2 == 0 or any(("," in q or "\n" in q) for q in quoted[1::2]):
+            return None
+    alts = []
+    try:
+        for piece in _TOP_SEP.split(text):
+            alt = piece.strip(" \t\r")
+            node = _alternative(alt) if alt else None
+            if node is None:
+                return None
+            alts.append((node, 1))
+        return _combine(text, alts)
+    except QueryError:
+        return None
+
+
+def _compile(text: str) -> Query:
+    root = _parse_fast(text) or _parse(text)
     terms = positive_terms(root)
     lits, negs, conj_sizes, clause_sizes = flatten(root)
     program = [len(terms), *map(leaf_id, terms), len(clause_sizes)]

@@ -377,6 +377,9 @@ def test_limited_lists_are_the_full_rankings_cut(papers, queries, limit):
     full = match_profiles(PaperIndex(papers), profiles)
     top = match_profiles(PaperIndex(papers), profiles, limit=limit)
     assert set(top) == set(full)
+    # every list's ids read in one pass are each list's own paper_ids()
+    for got in (full, top):
+        assert got.ranked_ids() == {sid: got[sid].paper_ids() for sid in got}
     for sid, whole in full.items():
         cut = top[sid]
         # exact top-k: the same papers, scores, topics and words as the head of the full list
@@ -535,3 +538,28 @@ def test_forgiving_alternatives_with_compounds_in_a_batch() -> None:
     got = match_profiles(PaperIndex(papers), {k: [Topic("t", q)] for k, q in enumerate(queries)})
     for k, q in enumerate(queries):
         assert {m.paper_id for m in got.get(k, [])} == reference_ids(q, papers), q
+
+
+def test_index_tables_agree_with_per_paper_words(dump_index, dump_papers):
+    # the batch-built index (one tokenizer pass, word-id arrays) against each paper's own words
+    from digest.text import index_words as words  # each text's words, then its compounds
+
+    ref: dict[tuple[str, str, str], int] = {}
+    for i, p in enumerate(dump_papers):
+        for fld, text in (("title", p.title), ("abstract", p.abstract)):
+            stems = words(text)[0]
+            for s in stems:
+                ref[("t", fld, s)] = ref.get(("t", fld, s), 0) | 1 << i
+        assert dump_index._stems[i] == (words(p.title)[0], words(p.abstract)[0])
+        assert dump_index._norms[i] == (words(p.title)[1], words(p.abstract)[1])
+    assert len(ref) > 5000
+    prefixes = sorted({w[:3] for ns in dump_index._norms for f in ns for w in f})[::20]
+    for pre in prefixes:
+        for slot, fld in ((0, "title"), (1, "abstract")):
+            ref[("x", fld, pre)] = sum(
+                1 << i for i, ns in enumerate(dump_index._norms)
+                if any(w.startswith(pre) for w in ns[slot])
+            )  # fmt: skip
+    for (kind, fld, arg), bits in ref.items():
+        assert dump_index.bits(Node(kind, fld, arg)) == bits, (kind, fld, arg)
+    assert dump_index.bits(Node("t", None, "no-such-stem")) == 0

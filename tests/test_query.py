@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from digest.errors import QueryError
 from digest.match import PaperIndex, match_query
 from digest.models import StoredPaper
-from digest.query import MAX_DEPTH, Node, compile_query, describe_error, describe_node
+from digest.query import (
+    MAX_DEPTH,
+    Node,
+    compile_query,
+    describe_error,
+    describe_node,
+    positive_terms,
+)
 
 
 def stored_paper(i: int, title: str, abstract: str) -> StoredPaper:
@@ -282,3 +289,45 @@ def test_a_hyphenated_word_finds_itself_joined_and_hyphenated(word: str) -> None
     got = {m.paper_id for m in match_query(PaperIndex(papers), word)}
     assert got == {1, 2}
     assert {m.paper_id for m in match_query(PaperIndex(papers), a + b)} == {1, 2}
+
+
+# --- the fast path: top-level alternatives parsed one by one and cached -------------------------
+
+
+def _same_compiled(text: str) -> None:
+    from digest.query import _compile, _parse, _parse_fast
+
+    fast = _parse_fast(text)
+    try:
+        full = _parse(text)
+    except QueryError:
+        assert fast is None, text  # an error is always the full parser's to report
+        return
+    if fast is not None:
+        assert fast == full, text
+    # the whole compiled form (terms, program) is the one the full parser's root gives
+    q = _compile(text)
+    assert q.root == full
+    assert q.terms == positive_terms(full)
+
+
+_PLAIN_ITEMS = ["latency", '"sparse attention"', "-diffusion", "title:llm", "of", "a b c d",
+                "mixture of experts", "NOT x", "a OR b", "upvotes>=5", "prun*", "org:nvidia",
+                ""]  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='ab c-",“”()*:\n\tANDORTt=>1', max_size=30)
+       | st.lists(st.sampled_from(_PLAIN_ITEMS), max_size=4).map(", ".join))  # fmt: skip
+def test_fast_path_builds_the_full_parsers_root(text):
+    _same_compiled(text)
+
+
+def test_fast_path_is_taken_for_plain_queries():
+    from digest.query import _parse_fast
+
+    for text in ["latency", 'speculative decoding, "sparse attention" -vision, title:llm',
+                 "a b c, -diffusion\nquantization"]:  # fmt: skip
+        assert _parse_fast(text) is not None, text
+    for text in ["(a, b) c", 'a, "b, c"', "a,, b", "“curly” quote"]:
+        assert _parse_fast(text) is None, text

@@ -10,7 +10,16 @@ import snowballstemmer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digest.text import clean_text, is_clean, normalize, snowball, stem, tokenize, words
+from digest.text import (
+    clean_text,
+    is_clean,
+    normalize,
+    snowball,
+    stem,
+    tokenize,
+    word_table,
+    words,
+)
 
 
 def stems(text: str) -> list[str]:
@@ -258,3 +267,43 @@ def test_index_words_add_hyphenated_pairs_joined_after_the_words():
     assert index_words("no hyphen here") == words("no hyphen here")
     # a chain joins pair by pair
     assert compounds("state-of-the-art")[1] == ("stateof", "ofthe", "theart")
+
+
+def _table_words(texts: list[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    norms, stems, lens, flat = word_table(texts)
+    out, at = [], 0
+    for n in lens:
+        ids = flat[at : at + n]
+        at += n
+        out.append((tuple(stems[k] for k in ids), tuple(norms[k] for k in ids)))
+    return out
+
+
+# The batch tokenizer (str.translate and split for plain ASCII, the regex otherwise) must give
+# each text exactly the words tokenize() gives it: glue, apostrophes, dots between digits.
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from("ab1 2.'’-,x$^{}_\\+#C.9\u00e9α\n"), max_size=30),
+                max_size=4))  # fmt: skip
+def test_word_table_agrees_with_tokenize(texts):
+    assert _table_words(texts) == [_words_by_tokenize(t) for t in texts]
+
+
+def test_word_table_agrees_with_tokenize_on_the_dumps(shared_dumps):
+    lines = [ln for f in shared_dumps for ln in f.read_text(encoding="utf-8-sig").splitlines()]
+    assert len(lines) > 1000
+    assert _table_words(lines) == [_words_by_tokenize(ln) for ln in lines]
+
+
+def test_index_table_is_index_words_for_a_batch(shared_dumps):
+    from digest.text import index_table, index_words
+
+    lines = [ln for f in shared_dumps for ln in f.read_text(encoding="utf-8-sig").splitlines()]
+    lines += ["Fine-tuning pre-trained multi-modal GPT-4", "a-b-c, x-y", "no hyphen"]
+    assert sum("-" in ln for ln in lines) > 100
+    norms, stems, lens, flat = index_table(lines)
+    got, at = [], 0
+    for n in lens:
+        ids = flat[at : at + n]
+        at += n
+        got.append((tuple(stems[k] for k in ids), tuple(norms[k] for k in ids)))
+    assert got == [index_words(ln) for ln in lines]
