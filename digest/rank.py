@@ -60,7 +60,22 @@ def _stems(text: str) -> list[str]:
 
 def paper_features(paper: StoredPaper) -> list[str]:
     """A paper's features: title stems twice, abstract stems, and adjacent stem pairs."""
-    title, abstract = _stems(paper.title), _stems(paper.abstract)
+    return _features(_stems(paper.title), _stems(paper.abstract))
+
+
+def _features_of(
+    title: tuple[Sequence[str], Sequence[str]], abstract: tuple[Sequence[str], Sequence[str]]
+) -> list[str]:
+    """paper_features from a field's (stems, norms) as the PaperIndex holds them."""
+    return _features(
+        *(
+            [s for s, n in zip(stems, norms, strict=True) if n not in STOP_WORDS]
+            for stems, norms in (title, abstract)
+        )
+    )
+
+
+def _features(title: list[str], abstract: list[str]) -> list[str]:
     pairs = [f"{a} {b}" for part in (title, abstract) for a, b in itertools.pairwise(part)]
     return title + title + abstract + pairs
 
@@ -81,33 +96,53 @@ class Examples:
 class Learner:
     """Models from examples, over the stored papers as features' idf and negative background."""
 
-    def __init__(self, background: Sequence[StoredPaper], known: Mapping[int, StoredPaper]):
+    def __init__(
+        self,
+        background: Sequence[StoredPaper],
+        known: Mapping[int, StoredPaper],
+        index: PaperIndex | None = None,
+    ) -> None:
         # scikit-learn is imported here: only a process that ranks with examples pays for it
         from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 
         self._hasher = HashingVectorizer(
-            analyzer=paper_features, n_features=N_FEATURES, alternate_sign=False, norm=None
+            analyzer=self._analyze, n_features=N_FEATURES, alternate_sign=False, norm=None
         )
+        # The index being ranked has tokenised and stemmed its papers already: reuse them
+        self._index_pos = {p.id: i for i, p in enumerate(index.papers)} if index else {}
+        self._index = index
         self._background = list(background)[-BACKGROUND:]
         self._known = dict(known)  # id -> paper, for every liked and disliked paper
-        counts = self._hasher.transform(self._background or list(self._known.values()))
-        self._tfidf = TfidfTransformer(sublinear_tf=True).fit(counts)
-        self._bg = self._tfidf.transform(counts)
+        first = list(dict.fromkeys([*self._background, *self._known.values()]))
+        counts = self._hasher.transform(first)
+        fit = counts[: len(self._background)] if self._background else counts
+        self._tfidf = TfidfTransformer(sublinear_tf=True).fit(fit)
+        self._x = self._tfidf.transform(counts).tocsr()  # every paper seen, one row each
+        self._pos = {p.id: k for k, p in enumerate(first)}
         self._bg_ids = [p.id for p in self._background]
-        self._rows: dict[int, Any] = dict(zip(self._bg_ids, self._bg, strict=True))
+        self._bg = self._x[: len(self._background)]
         self._models: dict[Examples, tuple[Any, float] | None] = {}
-        self._bg_mean: np.ndarray | None = None
+        self._bg_mean = np.asarray(self._bg.mean(axis=0)).ravel() if self._bg.shape[0] else None
         self._bg_set = set(self._bg_ids)
+
+    def _analyze(self, paper: StoredPaper) -> list[str]:
+        i = self._index_pos.get(paper.id)
+        if i is None or self._index is None:
+            return paper_features(paper)
+        # the index's own (stems, norms) per field: the same textmod.words as _stems reads
+        (ts, as_), (tn, an) = self._index._stems[i], self._index._norms[i]
+        return _features_of((ts, tn), (as_, an))
 
     def features(self, papers: Sequence[StoredPaper]) -> Any:
         """The papers' tf-idf rows (a sparse matrix); each paper is tokenised once."""
         from scipy import sparse
 
-        missing = [p for p in dict.fromkeys(papers) if p.id not in self._rows]
+        missing = [p for p in dict.fromkeys(papers) if p.id not in self._pos]
         if missing:
             rows = self._tfidf.transform(self._hasher.transform(missing))
-            self._rows.update(zip((p.id for p in missing), rows, strict=True))
-        return sparse.vstack([self._rows[p.id] for p in papers]).tocsr()
+            self._pos.update((p.id, len(self._pos) + k) for k, p in enumerate(missing))
+            self._x = sparse.vstack([self._x, rows]).tocsr()
+        return self._x[[self._pos[p.id] for p in papers]]
 
     def model(self, ex: Examples) -> tuple[Any, float] | None:
         """The (weights, intercept) of a set of examples; None when no liked paper is known."""
@@ -124,8 +159,9 @@ class Learner:
         if not liked:
             return None
         disliked = [self._known[i] for i in ex.dislikes if i in self._known]
-        if MODEL == "rocchio" and self._bg.shape[0]:
-            return self._rocchio(liked, disliked)
+        if self._rocchio_ok():
+            combo, icpt = self._rocchio([ex])
+            return combo, float(icpt[0])
         own = set(ex.likes) | set(ex.dislikes)
         keep = [k for k, pid in enumerate(self._bg_ids) if pid not in own]
         parts = [self.features(liked)]
@@ -138,19 +174,9 @@ class Learner:
         if len(set(y.tolist())) < 2:  # nothing to learn against: rank by likeness to the likes
             centroid = sparse.csr_matrix(x[: len(liked)].mean(axis=0))
             return centroid.T.tocsc() * (1 / max(1e-9, centroid.multiply(centroid).sum())), 0.0
-        if MODEL == "rocchio":
-            n1, n2 = len(liked), len(liked) + len(disliked)
-            vec = (
-                np.asarray(x[:n1].mean(axis=0)).ravel()
-                - ROCCHIO_BG * np.asarray(x[n2:].mean(axis=0)).ravel()
-            )
-            if n2 > n1:
-                vec -= ROCCHIO_DIS * np.asarray(x[n1:n2].mean(axis=0)).ravel()
-            coef_v, icpt = vec, 0.0
-        else:
-            svm = LinearSVC(C=SVM_C, class_weight="balanced", max_iter=5_000)
-            svm.fit(x, y, sample_weight=w)
-            coef_v, icpt = svm.coef_.ravel(), float(svm.intercept_[0])
+        svm = LinearSVC(C=SVM_C, class_weight="balanced", max_iter=5_000)
+        svm.fit(x, y, sample_weight=w)
+        coef_v, icpt = svm.coef_.ravel(), float(svm.intercept_[0])
         # Rescaled so that the background's median is 0 and its 99th percentile 1 (the liked
         # papers themselves are memorised, far above): the same threshold (LIKENESS) then means
         # the same for every model.
@@ -160,31 +186,95 @@ class Learner:
         coef = sparse.csc_matrix((coef_v * scale).reshape(-1, 1))
         return coef, (icpt - lo) * scale
 
-    def _rocchio(self, liked: list[StoredPaper], disliked: list[StoredPaper]) -> tuple[Any, float]:
-        """Rocchio's weights: the liked papers' mean tf-idf vector minus the disliked ones' and
-        the background's (its mean is computed once for every model: an example among 2,000
-        background papers moves it by a 2,000th)."""
+    def _rocchio_ok(self) -> bool:
+        return MODEL == "rocchio" and self._bg_mean is not None
+
+    def _example_rows(self, keys: Sequence[Examples]) -> tuple[list[int], Any, np.ndarray]:
+        """The distinct known example papers' rows, and Rocchio's combination of them per model
+        (examples x models: +1/likes for a like, -ROCCHIO_DIS/dislikes for a dislike); the
+        models' liked-paper counts (0: no model)."""
         from scipy import sparse
 
-        if self._bg_mean is None:
-            self._bg_mean = np.asarray(self._bg.mean(axis=0)).ravel()
-        vec = np.asarray(self.features(liked).mean(axis=0)).ravel() - ROCCHIO_BG * self._bg_mean
-        if disliked:
-            vec -= ROCCHIO_DIS * np.asarray(self.features(disliked).mean(axis=0)).ravel()
-        raw = self._bg @ vec
-        own = {p.id for p in (*liked, *disliked)}
-        if own & self._bg_set:  # the examples themselves are not the background's scale
-            raw = raw[[pid not in own for pid in self._bg_ids]]
-        if not len(raw):
-            raw = np.zeros(1)
-        lo, hi = float(np.median(raw)), float(np.quantile(raw, 0.99))
-        scale = 1.0 / (hi - lo) if hi > lo else 1.0
-        return sparse.csc_matrix((vec * scale).reshape(-1, 1)), -lo * scale
+        ids: dict[int, int] = {}
+        r, c, v = [], [], []
+        nlikes = np.zeros(len(keys))
+        for m, ex in enumerate(keys):
+            liked = [i for i in ex.likes if i in self._known]
+            disliked = [i for i in ex.dislikes if i in self._known]
+            nlikes[m] = len(liked)
+            if not liked:
+                continue
+            for group, weight in ((liked, 1.0), (disliked, -ROCCHIO_DIS)):
+                for i in group:
+                    r.append(ids.setdefault(i, len(ids)))
+                    c.append(m)
+                    v.append(weight / len(group))
+        combo = sparse.csr_matrix((v, (r, c)), shape=(len(ids), len(keys)))
+        return list(ids), combo, nlikes
+
+    def _rocchio(self, keys: Sequence[Examples]) -> tuple[Any, np.ndarray]:
+        """Rocchio's models, the liked papers' mean tf-idf vector minus the disliked ones' and
+        the background's, kept in factored form: a paper's decision value is its mean cosine
+        with the likes minus that with the dislikes and its dot with the background mean, so
+        every model scores a batch through one product with the example papers (no dense
+        weight vector per model). Returns (combination, intercepts), rescaled so that the
+        background's median is 0 and its 99th percentile 1 (the examples left out of it)."""
+        ids, combo, _ = self._example_rows(keys)
+        ex_rows = self.features([self._known[i] for i in ids])
+        assert self._bg_mean is not None  # checked by _rocchio_ok
+        raw = ((self._bg @ ex_rows.T) @ combo).toarray() - ROCCHIO_BG * (self._bg @ self._bg_mean)[
+            :, None
+        ]
+        raw = np.asarray(raw, dtype=np.float64)
+        own_rows = {pid: k for k, pid in enumerate(self._bg_ids)}
+        for m, ex in enumerate(keys):  # the examples themselves are not the background's scale
+            for pid in (*ex.likes, *ex.dislikes):
+                k = own_rows.get(pid)
+                if k is not None:
+                    raw[k, m] = np.nan
+        lo = np.nanmedian(raw, axis=0) if raw.shape[0] else np.zeros(len(keys))
+        hi = np.nanquantile(raw, 0.99, axis=0) if raw.shape[0] else np.zeros(len(keys))
+        lo, hi = np.nan_to_num(lo), np.nan_to_num(hi)
+        scale = np.where(hi > lo, 1.0 / np.where(hi > lo, hi - lo, 1.0), 1.0)
+        return (ids, combo, scale), -lo * scale
 
     def scores(self, x: Any, keys: Sequence[Examples]) -> np.ndarray:
-        """Decision values of every model for every row of x: (rows, models), one product."""
+        """Decision values of every model for every row of x: (rows, models), -inf for a model
+        without a known liked paper."""
         from scipy import sparse
 
+        out = np.empty((x.shape[0], len(keys)))
+        if self._rocchio_ok():
+            # every Rocchio model at once: one product with the distinct example papers
+            todo = [ex for ex in keys if ex not in self._models]
+            if todo:
+                (ids, combo, scale), icpt = self._rocchio(todo)
+                for m, ex in enumerate(todo):
+                    col = combo[:, [m]]
+                    self._models[ex] = (
+                        None if not col.nnz else ((ids, col, float(scale[m])), float(icpt[m]))
+                    )
+            models = [self._models[ex] for ex in keys]
+            ids_all: dict[int, int] = {}
+            r, c, v = [], [], []
+            sc, ic = np.ones(len(keys)), np.full(len(keys), -math.inf)
+            for m, got in enumerate(models):
+                if got is None:
+                    continue
+                (ids, col, s), b = got
+                coo = col.tocoo()
+                for k, w in zip(coo.row.tolist(), coo.data.tolist(), strict=True):
+                    r.append(ids_all.setdefault(ids[k], len(ids_all)))
+                    c.append(m)
+                    v.append(w)
+                sc[m], ic[m] = s, b
+            combo_all = sparse.csr_matrix((v, (r, c)), shape=(len(ids_all), len(keys)))
+            assert self._bg_mean is not None
+            ex_rows = self.features([self._known[i] for i in ids_all])
+            raw = ((x @ ex_rows.T) @ combo_all).toarray()
+            raw = raw - ROCCHIO_BG * np.asarray(x @ self._bg_mean)[:, None]
+            out[:] = raw * sc[None, :] + ic[None, :]
+            return out
         cols, icpt = [], []
         for ex in keys:
             got = self.model(ex)
