@@ -65,8 +65,9 @@ def main() -> None:
     def run_learned() -> float:
         t0 = time.perf_counter()
         known = {p.id: p for ex in sets for p in ex}
-        learner = Learner(background, known)
-        res = rank_profiles(PaperIndex(papers), learned, limit=60, learner=learner)
+        index = PaperIndex(papers)
+        learner = Learner(background, known, index)
+        res = rank_profiles(index, learned, limit=60, learner=learner)
         for sid in res:
             res[sid].paper_ids()
         return time.perf_counter() - t0

@@ -43,6 +43,7 @@ RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 DISLIKE_WEIGHT = 3.0  # a dislike says more than a background paper the reader never saw
 BACKGROUND = 2_000  # most stored papers a model trains against (the newest)
 SUGGEST_MIN, SUGGEST_SHARE, SUGGEST_MAX = 2, 0.2, 5  # "suggested" papers per topic list
+SUGGEST_FILL = 0  # suggestions top a short keyword list up to this many papers
 # A paper is "like the examples" when its rescaled decision value (0: the background's median,
 # 1: its 99th percentile) reaches this: what a topic of examples alone delivers, and where
 # suggestions come from.
@@ -140,7 +141,8 @@ class Learner:
         missing = [p for p in dict.fromkeys(papers) if p.id not in self._pos]
         if missing:
             rows = self._tfidf.transform(self._hasher.transform(missing))
-            self._pos.update((p.id, len(self._pos) + k) for k, p in enumerate(missing))
+            base = self._x.shape[0]
+            self._pos.update((p.id, base + k) for k, p in enumerate(missing))
             self._x = sparse.vstack([self._x, rows]).tocsr()
         return self._x[[self._pos[p.id] for p in papers]]
 
@@ -160,8 +162,8 @@ class Learner:
             return None
         disliked = [self._known[i] for i in ex.dislikes if i in self._known]
         if self._rocchio_ok():
-            combo, icpt = self._rocchio([ex])
-            return combo, float(icpt[0])
+            (ids, combo, scale), r_icpt = self._rocchio([ex])
+            return (ids, combo, float(scale[0])), float(r_icpt[0])
         own = set(ex.likes) | set(ex.dislikes)
         keep = [k for k, pid in enumerate(self._bg_ids) if pid not in own]
         parts = [self.features(liked)]
@@ -275,17 +277,18 @@ class Learner:
             raw = raw - ROCCHIO_BG * np.asarray(x @ self._bg_mean)[:, None]
             out[:] = raw * sc[None, :] + ic[None, :]
             return out
-        cols, icpt = [], []
+        cols: list[Any] = []
+        icpts: list[float] = []
         for ex in keys:
             got = self.model(ex)
             if got is None:
                 cols.append(sparse.csc_matrix((N_FEATURES, 1)))
-                icpt.append(-math.inf)
+                icpts.append(-math.inf)
             else:
                 cols.append(got[0])
-                icpt.append(got[1])
+                icpts.append(got[1])
         w = sparse.hstack(cols).tocsc()
-        return np.asarray((x @ w).todense()) + np.asarray(icpt)[None, :]
+        return np.asarray((x @ w).todense()) + np.asarray(icpts)[None, :]
 
     def nearest_like(self, x_row: Any, ex: Examples) -> StoredPaper | None:
         """The liked paper most like a paper (cosine of tf-idf rows)."""
@@ -319,31 +322,62 @@ def fuse(
     model places them near the liked papers (decision >= LIKENESS). A topic of examples alone
     takes every paper that near.
     """
+    idx, score, kw = _fuse(keyword, model_rank, order, decision, has_query=has_query)
+    return list(zip(idx.tolist(), score.tolist(), kw.tolist(), strict=True))
+
+
+def suggestions(keyword_hits: int) -> int:
+    """How many suggested papers join a topic list of this many keyword matches: a share of
+    them, and enough to fill a short list up to SUGGEST_FILL (within SUGGEST_MIN..MAX)."""
+    want = max(math.ceil(SUGGEST_SHARE * keyword_hits), SUGGEST_FILL - keyword_hits)
+    return min(SUGGEST_MAX, max(SUGGEST_MIN, want))
+
+
+def _fuse(
+    keyword: np.ndarray, model_rank: np.ndarray, order: np.ndarray, decision: np.ndarray,
+    *, has_query: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """fuse() on arrays: (indices, fused scores, keyword positions), best first."""
     kw = keyword.astype(np.int64)
     fused = 1 / (RRF_K + np.arange(1, len(kw) + 1)) + MODEL_WEIGHT / (RRF_K + model_rank[kw] + 1)
-    out = list(zip(kw.tolist(), fused.tolist(), range(len(kw)), strict=True))
-    most = len(order)
-    if has_query:
-        most = min(SUGGEST_MAX, max(SUGGEST_MIN, math.ceil(SUGGEST_SHARE * len(kw))))
-    taken = set(kw.tolist())
-    added = 0
-    for i in order.tolist():
-        if added >= most or decision[i] < LIKENESS:
-            break
-        if i not in taken:
-            out.append((i, MODEL_WEIGHT / (RRF_K + int(model_rank[i]) + 1), -1))
-            added += 1
-    out.sort(key=lambda x: (-x[1], x[0]))
-    return out
+    most = suggestions(len(kw)) if has_query else len(order)
+    # decision[order] falls: the papers near the likes are a prefix of the model's order
+    near = order[: int(np.count_nonzero(decision >= LIKENESS))]
+    if len(kw) and len(near):
+        near = near[~np.isin(near, kw, assume_unique=True)]
+    near = near[:most]
+    idx = np.concatenate([kw, near])
+    score = np.concatenate([fused, MODEL_WEIGHT / (RRF_K + model_rank[near] + 1)])
+    pos = np.concatenate([np.arange(len(kw), dtype=np.int64), np.full(len(near), -1, np.int64)])
+    best = np.lexsort((idx, -score))
+    return idx[best], score[best], pos[best]
+
+
+@dataclass(frozen=True, slots=True)
+class _Lists:
+    """Ranked items as arrays, best first: batch index, fused score, keyword position (-1: a
+    suggestion) and topic label (an index into the builder's labels)."""
+
+    idx: np.ndarray
+    score: np.ndarray
+    kw: np.ndarray
+    label: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def head(self, n: int) -> _Lists:
+        return _Lists(self.idx[:n], self.score[:n], self.kw[:n], self.label[:n])
 
 
 class RankedList(Sequence[Match]):
     """A subscriber's matches when a topic has examples: the same reading interface as a
     MatchList (paper_ids, cut, full); a Match (words, spans, why) is built only when read."""
 
-    def __init__(self, items: list[Ranked], build: Any) -> None:
+    def __init__(self, items: _Lists, build: _Builder, cut: bool = False) -> None:
         self._items = items
         self._build = build  # Ranked -> Match
+        self._cut = cut
         self._cache: dict[int, Match] = {}
 
     def __len__(self) -> int:
@@ -354,26 +388,31 @@ class RankedList(Sequence[Match]):
             return [self[j] for j in range(*k.indices(len(self)))]
         if k < 0:
             k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
         got = self._cache.get(k)
         if got is None:
-            got = self._cache[k] = self._build(self._items[k])
+            it = self._items
+            r = Ranked(int(it.idx[k]), float(it.score[k]), int(it.kw[k]),
+                       self._build.labels[int(it.label[k])])  # fmt: skip
+            got = self._cache[k] = self._build(r)
         return got
 
     def paper_ids(self) -> list[int]:
         """The matched papers' ids, best first."""
-        return [self._build.paper_id(r.i) for r in self._items]
+        return self._build.index.ids[self._items.idx].tolist()
 
     def scores(self) -> list[float]:
         """The matches' scores, best first."""
-        return [r.score for r in self._items]
+        return self._items.score.tolist()
 
     @property
     def cut(self) -> bool:
-        """Never cut: the whole ranking is here."""
-        return False
+        """Whether the list was cut at the limit (the rest is ranked on request)."""
+        return self._cut
 
     def full(self) -> RankedList:
-        """The whole ranking (this list)."""
+        """The whole ranking (this list, when not cut)."""
         return self
 
 
@@ -421,8 +460,11 @@ def rank_profiles(
     learned: dict[int, RankedList] = {}
     for sid in learned_ids:
         merged = _merge(profiles[sid], lists)
-        if merged:
-            learned[sid] = RankedList(merged[:limit] if limit is not None else merged, build)
+        cut = limit is not None and len(merged) > limit
+        if cut and limit is not None:  # the rest is ranked again, in full, when asked for
+            merged = merged.head(limit)
+        if len(merged):
+            learned[sid] = RankedList(merged, build, cut)
     return Ranking(plain, learned)
 
 
@@ -431,7 +473,7 @@ def rank_topics(
 ) -> dict[Topic, list[Match]]:
     """Each topic's whole ranked list over the index (keywords fused with its model)."""
     lists, build = _rank_topics(index, topics, learner)
-    return {t: [build(r) for r in lists[t]] for t in topics}
+    return {t: list(RankedList(lists[t], build)) for t in topics}
 
 
 class _Builder:
@@ -439,18 +481,15 @@ class _Builder:
     why of a suggestion (the liked paper it is most like)."""
 
     def __init__(self, index: PaperIndex, keyword: dict[str, Any], learner: Learner | None,
-                 examples: dict[str, Examples]) -> None:  # fmt: skip
+                 examples: dict[str, Examples], labels: list[str]) -> None:  # fmt: skip
         self.index = index
         self.keyword = keyword  # query text -> its MatchList (or None)
         self.learner = learner
         self.examples = examples  # topic name + query -> examples, for suggestions' why
-        self._ids = [p.id for p in index.papers]
-
-    def paper_id(self, i: int) -> int:
-        return self._ids[i]
+        self.labels = labels  # topic name + query, by label number
 
     def __call__(self, r: Ranked) -> Match:
-        pid = self._ids[r.i]
+        pid = int(self.index.ids[r.i])
         score = round(r.score * 1000, 6)
         topic, _, query = r.topic.partition("\0")
         if r.keyword >= 0:
@@ -468,7 +507,7 @@ class _Builder:
 
 def _rank_topics(
     index: PaperIndex, topics: Sequence[Topic], learner: Learner | None
-) -> tuple[dict[Topic, list[Ranked]], _Builder]:
+) -> tuple[dict[Topic, _Lists], _Builder]:
     queries = sorted({t.query for t in topics if t.query.strip()})
     found = match_profiles(index, {k: [Topic(q, q)] for k, q in enumerate(queries)})
     keyword = {q: found.get(k) for k, q in enumerate(queries)}
@@ -479,16 +518,22 @@ def _rank_topics(
         decision = learner.scores(learner.features(index.papers), keys)
     per_model: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     examples: dict[str, Examples] = {}
-    out: dict[Topic, list[Ranked]] = {}
+    labels: list[str] = []
+    where = {pid: i for i, pid in enumerate(index.ids.tolist())}
+    out: dict[Topic, _Lists] = {}
     for t in topics:
         got = keyword.get(t.query)
-        kw = got._papers if got is not None else np.zeros(0, np.int64)
+        kw = got._papers.astype(np.int64) if got is not None else np.zeros(0, np.int64)
         ex = Examples.of(t)
         label = f"{t.name}\0{t.query}"
+        lab = len(labels)
+        labels.append(label)
         c = column.get(ex, -1)
         if decision is None or c < 0 or not math.isfinite(decision[0, c]):
             # keyword ranks on the fused scale, so a subscriber's topics compare
-            out[t] = [Ranked(i, 1 / (RRF_K + k + 1), k, label) for k, i in enumerate(kw.tolist())]
+            n = len(kw)
+            out[t] = _Lists(kw, 1 / (RRF_K + np.arange(1, n + 1)), np.arange(n, dtype=np.int64),
+                            np.full(n, lab, np.int64))  # fmt: skip
             continue
         if c not in per_model:
             order = np.argsort(-decision[:, c], kind="stable")
@@ -497,25 +542,32 @@ def _rank_topics(
             per_model[c] = (order, rank)
         order, rank = per_model[c]
         examples[label] = ex
-        own = {*ex.likes, *ex.dislikes}
-        fused = fuse(kw, rank, order, decision[:, c], has_query=bool(t.query.strip()))
-        out[t] = [
-            Ranked(i, score, k, label) for i, score, k in fused if index.papers[i].id not in own
-        ]  # fmt: skip  (an example is not news)
-    return out, _Builder(index, keyword, learner, examples)
+        idx, score, pos = _fuse(kw, rank, order, decision[:, c], has_query=bool(t.query.strip()))
+        own = [where[i] for i in (*ex.likes, *ex.dislikes) if i in where]
+        if own:  # an example is not news
+            keep = ~np.isin(idx, own)
+            idx, score, pos = idx[keep], score[keep], pos[keep]
+        out[t] = _Lists(idx, score, pos, np.full(len(idx), lab, np.int64))
+    return out, _Builder(index, keyword, learner, examples, labels)
 
 
-def _merge(topics: Sequence[Topic], lists: Mapping[Topic, list[Ranked]]) -> list[Ranked]:
+def _merge(topics: Sequence[Topic], lists: Mapping[Topic, _Lists]) -> _Lists:
     """A subscriber's topics' lists merged: each paper once, at its best topic's score."""
-    if len(topics) == 1:
-        return lists.get(topics[0], [])
-    best: dict[int, Ranked] = {}
-    for t in topics:
-        for r in lists.get(t, []):
-            old = best.get(r.i)
-            if old is None or r.score > old.score:
-                best[r.i] = r
-    return sorted(best.values(), key=lambda r: (-r.score, r.i))
+    got = [lists[t] for t in dict.fromkeys(topics) if t in lists]
+    if len(got) == 1:
+        return got[0]
+    if not got:
+        empty = np.zeros(0, np.int64)
+        return _Lists(empty, np.zeros(0), empty, empty)
+    idx = np.concatenate([g.idx for g in got])
+    score = np.concatenate([g.score for g in got])
+    kw = np.concatenate([g.kw for g in got])
+    label = np.concatenate([g.label for g in got])
+    # best first, ties by index then by topic order: a paper's first row is its best topic
+    order = np.lexsort((np.arange(len(idx)), idx, -score))
+    _, first = np.unique(idx[order], return_index=True)
+    take = order[np.sort(first)]
+    return _Lists(idx[take], score[take], kw[take], label[take])
 
 
 def explain(index: PaperIndex, query_text: str, i: int) -> str:
