@@ -159,3 +159,40 @@ def test_feedback_reaches_the_digest_through_planning(tmp_path, capsys, shared_d
     html = next(out.glob("*.html")).read_text(encoding="utf-8")
     assert "suggested: like" in " ".join(text.split())
     assert "suggested: like" in html
+
+
+def test_factored_rocchio_equals_the_dense_weight_vector() -> None:
+    # liked mean - disliked mean - background mean, as one vector, ranks papers the same
+    ps = papers()
+    robots, speech = ids_of(ps, "robot"), ids_of(ps, "speech")
+    learner = Learner(ps, {p.id: p for p in ps})
+    x = learner.features(ps)
+    ex = Examples((robots[0], robots[1]), (speech[0],))
+    got = learner.scores(x, [ex])[:, 0]
+    by_id = {p.id: p for p in ps}
+    liked = learner.features([by_id[i] for i in ex.likes]).mean(axis=0)
+    disliked = learner.features([by_id[i] for i in ex.dislikes]).mean(axis=0)
+    vec = np.asarray(liked - disliked - x.mean(axis=0)).ravel()
+    dense = x @ vec
+    # the same up to the model's rescaling (a positive affine map)
+    slope = (got[1] - got[0]) / (dense[1] - dense[0])
+    assert slope > 0
+    assert np.allclose(got, got[0] + slope * (dense - dense[0]))
+
+
+def test_features_from_the_index_are_the_papers_own() -> None:
+    ps = papers()
+    alone, shared = Learner(ps, {}), Learner(ps, {}, PaperIndex(ps))
+    assert (alone.features(ps) != shared.features(ps)).nnz == 0
+
+
+def test_a_learned_list_cut_at_the_limit_says_so() -> None:
+    ps = papers()
+    index = PaperIndex(ps)
+    robots = ids_of(ps, "robot")
+    learner = Learner(ps, {p.id: p for p in ps}, index)
+    topic = {1: [Topic("Robots", "grasping", likes=(robots[0],))]}
+    whole = rank_profiles(index, topic, learner=learner)[1]
+    cut = rank_profiles(index, topic, limit=2, learner=learner)[1]
+    assert len(whole) > 2 and not whole.cut
+    assert cut.cut and cut.paper_ids() == whole.paper_ids()[:2]
