@@ -344,7 +344,9 @@ def _fuse(
     # decision[order] falls: the papers near the likes are a prefix of the model's order
     near = order[: int(np.count_nonzero(decision >= LIKENESS))]
     if len(kw) and len(near):
-        near = near[~np.isin(near, kw, assume_unique=True)]
+        taken = np.zeros(len(order), dtype=np.bool_)  # cheaper than np.isin per topic
+        taken[kw] = True
+        near = near[~taken[near]]
     near = near[:most]
     idx = np.concatenate([kw, near])
     score = np.concatenate([fused, MODEL_WEIGHT / (RRF_K + model_rank[near] + 1)])
