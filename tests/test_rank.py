@@ -17,6 +17,7 @@ from digest.rank import (
     paper_features,
     preview_topic,
     rank_profiles,
+    suggestions,
 )
 
 T0 = datetime(2026, 1, 1)
@@ -88,19 +89,24 @@ def _model(decision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_fusion_keeps_keyword_matches_and_adds_few_suggestions() -> None:
-    decision = np.array([0.0, 2.0, 1.5, 1.2, 1.1, 0.9, -1.0])
+    # papers 1..12 are near the likes (decision >= LIKENESS), the model's best first
+    decision = np.r_[0.0, np.linspace(3.0, 0.9, 12), -1.0]
     order, rank = _model(decision)
-    fused = fuse(np.array([0, 6]), rank, order, decision, has_query=True)
+    fused = fuse(np.array([0, 13]), rank, order, decision, has_query=True)
     kept = {i for i, _, k in fused if k >= 0}
     suggested = [i for i, _, k in fused if k < 0]
-    assert kept == {0, 6}
-    assert suggested == [1, 2]  # at least 2, the model's best first
+    assert kept == {0, 13}
+    assert suggested == list(range(1, 9))  # a short list is filled up to 10, best first
     # the keyword list's order counts: the first keyword match outranks the second
     scores = {i: s for i, s, _ in fused}
-    assert scores[0] > scores[6]
+    assert scores[0] > scores[13]
     # without a query every paper near the likes (decision >= LIKENESS) is taken
     alone = fuse(np.zeros(0, np.int64), rank, order, decision, has_query=False)
-    assert [i for i, _, _ in alone] == [1, 2, 3, 4, 5]
+    assert [i for i, _, _ in alone] == list(range(1, 13))
+
+
+def test_suggestions_fill_short_lists_and_are_a_share_of_long_ones() -> None:
+    assert [suggestions(n) for n in (0, 3, 8, 30, 40, 100)] == [10, 7, 5, 6, 8, 10]
 
 
 def test_without_examples_the_ranking_is_the_keyword_ranking() -> None:
