@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -237,8 +238,10 @@ class Learner:
                 k = own_rows.get(pid)
                 if k is not None:
                     raw[k, m] = np.nan
-        lo = np.nanmedian(raw, axis=0) if raw.shape[0] else np.zeros(len(keys))
-        hi = np.nanquantile(raw, 0.99, axis=0) if raw.shape[0] else np.zeros(len(keys))
+        with warnings.catch_warnings():  # a background of examples alone: no scale (0, 0)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo = np.nanmedian(raw, axis=0) if raw.shape[0] else np.zeros(len(keys))
+            hi = np.nanquantile(raw, 0.99, axis=0) if raw.shape[0] else np.zeros(len(keys))
         lo, hi = np.nan_to_num(lo), np.nan_to_num(hi)
         scale = np.where(hi > lo, 1.0 / np.where(hi > lo, hi - lo, 1.0), 1.0)
         return (ids, combo, scale), -lo * scale
