@@ -85,7 +85,8 @@ def main() -> None:
     print(f"{args.subs} subscribers x {args.papers} papers; {len(chosen)} with examples from "
           f"{args.distinct} distinct sets")  # fmt: skip
     print(f"keywords alone: {kw:.2f} s; with learned ranking: {le:.2f} s (best of "
-          f"{args.repeat}); ratio {ratio:.2f}x, median of interleaved pairs (target <= 1.5x); "
+          f"{args.repeat}): {le / kw:.2f}x; median of interleaved pairs {ratio:.2f}x "
+          f"(target <= 1.5x); pairs {[(round(k, 1), round(v, 1)) for k, v in pairs]}; "
           f"peak RSS {rss_mb():.0f} MB")  # fmt: skip
 
 
