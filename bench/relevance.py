@@ -180,7 +180,8 @@ def main() -> int:
         query = prof["query"]
         ours = [m.paper_id for m in preview_topic(papers, query).matches]
         add("ours: plain query", measures(ours, relevant))
-        add("BM25 (rank_bm25), same words", measures(base.bm25_ranked(query), relevant))
+        bm25 = base.bm25_ranked(query)
+        add("BM25 (rank_bm25), same words", measures(bm25, relevant))
         if len(relevant) < 4:
             continue
         for _ in range(args.draws):
@@ -195,6 +196,7 @@ def main() -> int:
             # the same draw without the likes: the plain query on the same (smaller) truth
             same = [i for i in ours if i not in likes]
             add("ours: plain query, same draws", measures(same, rest))
+            add("BM25, same words, same draws", measures([i for i in bm25 if i not in likes], rest))
             alone = preview_topic(papers, "", likes=likes, known=known).matches
             add("ours: 3 likes alone", measures([m.paper_id for m in alone], rest))
             svm = [i for i in base.svm_ranked(likes) if i not in likes]

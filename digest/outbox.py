@@ -196,7 +196,7 @@ def _plan_states(
 
     top = papers[-1].id if papers else 0
     profiles = {s.subscriber.id: s.subscriber.topics for s in states if s.subscriber.topics}
-    learner = _learner(store, profiles)
+    learner = _learner(store, profiles, index)
     # Only each subscriber's best 2 x max_papers are ranked (exact top-k); the lists whose head
     # is filtered out below (older or delivered papers) are ranked in full afterwards, together.
     limit, most = 2 * settings.mail.max_papers, settings.mail.max_papers
@@ -259,14 +259,17 @@ def _plan_states(
     ]
 
 
-def _learner(store: Store, profiles: Mapping[int, Sequence[Topic]]) -> Learner | None:
+def _learner(
+    store: Store, profiles: Mapping[int, Sequence[Topic]], index: PaperIndex | None
+) -> Learner | None:
     """The models' trainer when some topic has examples (None otherwise: keywords alone)."""
     ids = {i for topics in profiles.values() for t in topics for i in (*t.likes, *t.dislikes)}
     if not ids:
         return None
     from digest.rank import BACKGROUND, Learner
 
-    return Learner(store.recent_papers(limit=BACKGROUND), store.papers_by_ids(ids))
+    # the index's papers are tokenised already: the Learner takes their stems from it
+    return Learner(store.recent_papers(limit=BACKGROUND), store.papers_by_ids(ids), index)
 
 
 # A capped digest keeps this many of its left-out matches for its web page (and counts all).

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,11 @@ N_FEATURES = 1 << 18
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 DISLIKE_WEIGHT = 3.0  # a dislike says more than a background paper the reader never saw
 BACKGROUND = 2_000  # most stored papers a model trains against (the newest)
-SUGGEST_MIN, SUGGEST_SHARE, SUGGEST_MAX = 2, 0.2, 5  # "suggested" papers per topic list
+# "Suggested" papers per topic list: a share of the keyword matches, at least enough to fill a
+# short list to SUGGEST_FILL, within SUGGEST_MIN..MAX. More than the first round's 2-5: a few
+# likes place the model's best above the keywords' weakest (bench/relevance.py, P@10 with 3
+# likes 0.69 -> 0.72, the dev five and the other eight alike).
+SUGGEST_MIN, SUGGEST_SHARE, SUGGEST_MAX, SUGGEST_FILL = 5, 0.2, 10, 10
 # A paper is "like the examples" when its rescaled decision value (0: the background's median,
 # 1: its 99th percentile) reaches this: what a topic of examples alone delivers, and where
 # suggestions come from.
@@ -60,7 +65,22 @@ def _stems(text: str) -> list[str]:
 
 def paper_features(paper: StoredPaper) -> list[str]:
     """A paper's features: title stems twice, abstract stems, and adjacent stem pairs."""
-    title, abstract = _stems(paper.title), _stems(paper.abstract)
+    return _features(_stems(paper.title), _stems(paper.abstract))
+
+
+def _features_of(
+    title: tuple[Sequence[str], Sequence[str]], abstract: tuple[Sequence[str], Sequence[str]]
+) -> list[str]:
+    """paper_features from a field's (stems, norms) as the PaperIndex holds them."""
+    return _features(
+        *(
+            [s for s, n in zip(stems, norms, strict=True) if n not in STOP_WORDS]
+            for stems, norms in (title, abstract)
+        )
+    )
+
+
+def _features(title: list[str], abstract: list[str]) -> list[str]:
     pairs = [f"{a} {b}" for part in (title, abstract) for a, b in itertools.pairwise(part)]
     return title + title + abstract + pairs
 
@@ -81,33 +101,54 @@ class Examples:
 class Learner:
     """Models from examples, over the stored papers as features' idf and negative background."""
 
-    def __init__(self, background: Sequence[StoredPaper], known: Mapping[int, StoredPaper]):
+    def __init__(
+        self,
+        background: Sequence[StoredPaper],
+        known: Mapping[int, StoredPaper],
+        index: PaperIndex | None = None,
+    ) -> None:
         # scikit-learn is imported here: only a process that ranks with examples pays for it
         from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 
         self._hasher = HashingVectorizer(
-            analyzer=paper_features, n_features=N_FEATURES, alternate_sign=False, norm=None
+            analyzer=self._analyze, n_features=N_FEATURES, alternate_sign=False, norm=None
         )
+        # The index being ranked has tokenised and stemmed its papers already: reuse them
+        self._index_pos = {p.id: i for i, p in enumerate(index.papers)} if index else {}
+        self._index = index
         self._background = list(background)[-BACKGROUND:]
         self._known = dict(known)  # id -> paper, for every liked and disliked paper
-        counts = self._hasher.transform(self._background or list(self._known.values()))
-        self._tfidf = TfidfTransformer(sublinear_tf=True).fit(counts)
-        self._bg = self._tfidf.transform(counts)
+        first = list(dict.fromkeys([*self._background, *self._known.values()]))
+        counts = self._hasher.transform(first)
+        fit = counts[: len(self._background)] if self._background else counts
+        self._tfidf = TfidfTransformer(sublinear_tf=True).fit(fit)
+        self._x = self._tfidf.transform(counts).tocsr()  # every paper seen, one row each
+        self._pos = {p.id: k for k, p in enumerate(first)}
         self._bg_ids = [p.id for p in self._background]
-        self._rows: dict[int, Any] = dict(zip(self._bg_ids, self._bg, strict=True))
+        self._bg = self._x[: len(self._background)]
         self._models: dict[Examples, tuple[Any, float] | None] = {}
-        self._bg_mean: np.ndarray | None = None
+        self._bg_mean = np.asarray(self._bg.mean(axis=0)).ravel() if self._bg.shape[0] else None
         self._bg_set = set(self._bg_ids)
+
+    def _analyze(self, paper: StoredPaper) -> list[str]:
+        i = self._index_pos.get(paper.id)
+        if i is None or self._index is None:
+            return paper_features(paper)
+        # the index's own (stems, norms) per field: the same textmod.words as _stems reads
+        (ts, as_), (tn, an) = self._index._stems[i], self._index._norms[i]
+        return _features_of((ts, tn), (as_, an))
 
     def features(self, papers: Sequence[StoredPaper]) -> Any:
         """The papers' tf-idf rows (a sparse matrix); each paper is tokenised once."""
         from scipy import sparse
 
-        missing = [p for p in dict.fromkeys(papers) if p.id not in self._rows]
+        missing = [p for p in dict.fromkeys(papers) if p.id not in self._pos]
         if missing:
             rows = self._tfidf.transform(self._hasher.transform(missing))
-            self._rows.update(zip((p.id for p in missing), rows, strict=True))
-        return sparse.vstack([self._rows[p.id] for p in papers]).tocsr()
+            base = self._x.shape[0]
+            self._pos.update((p.id, base + k) for k, p in enumerate(missing))
+            self._x = sparse.vstack([self._x, rows]).tocsr()
+        return self._x[[self._pos[p.id] for p in papers]]
 
     def model(self, ex: Examples) -> tuple[Any, float] | None:
         """The (weights, intercept) of a set of examples; None when no liked paper is known."""
@@ -124,8 +165,9 @@ class Learner:
         if not liked:
             return None
         disliked = [self._known[i] for i in ex.dislikes if i in self._known]
-        if MODEL == "rocchio" and self._bg.shape[0]:
-            return self._rocchio(liked, disliked)
+        if self._rocchio_ok():
+            (ids, combo, scale), r_icpt = self._rocchio([ex])
+            return (ids, combo, float(scale[0])), float(r_icpt[0])
         own = set(ex.likes) | set(ex.dislikes)
         keep = [k for k, pid in enumerate(self._bg_ids) if pid not in own]
         parts = [self.features(liked)]
@@ -138,19 +180,9 @@ class Learner:
         if len(set(y.tolist())) < 2:  # nothing to learn against: rank by likeness to the likes
             centroid = sparse.csr_matrix(x[: len(liked)].mean(axis=0))
             return centroid.T.tocsc() * (1 / max(1e-9, centroid.multiply(centroid).sum())), 0.0
-        if MODEL == "rocchio":
-            n1, n2 = len(liked), len(liked) + len(disliked)
-            vec = (
-                np.asarray(x[:n1].mean(axis=0)).ravel()
-                - ROCCHIO_BG * np.asarray(x[n2:].mean(axis=0)).ravel()
-            )
-            if n2 > n1:
-                vec -= ROCCHIO_DIS * np.asarray(x[n1:n2].mean(axis=0)).ravel()
-            coef_v, icpt = vec, 0.0
-        else:
-            svm = LinearSVC(C=SVM_C, class_weight="balanced", max_iter=5_000)
-            svm.fit(x, y, sample_weight=w)
-            coef_v, icpt = svm.coef_.ravel(), float(svm.intercept_[0])
+        svm = LinearSVC(C=SVM_C, class_weight="balanced", max_iter=5_000)
+        svm.fit(x, y, sample_weight=w)
+        coef_v, icpt = svm.coef_.ravel(), float(svm.intercept_[0])
         # Rescaled so that the background's median is 0 and its 99th percentile 1 (the liked
         # papers themselves are memorised, far above): the same threshold (LIKENESS) then means
         # the same for every model.
@@ -160,42 +192,109 @@ class Learner:
         coef = sparse.csc_matrix((coef_v * scale).reshape(-1, 1))
         return coef, (icpt - lo) * scale
 
-    def _rocchio(self, liked: list[StoredPaper], disliked: list[StoredPaper]) -> tuple[Any, float]:
-        """Rocchio's weights: the liked papers' mean tf-idf vector minus the disliked ones' and
-        the background's (its mean is computed once for every model: an example among 2,000
-        background papers moves it by a 2,000th)."""
+    def _rocchio_ok(self) -> bool:
+        return MODEL == "rocchio" and self._bg_mean is not None
+
+    def _example_rows(self, keys: Sequence[Examples]) -> tuple[list[int], Any, np.ndarray]:
+        """The distinct known example papers' rows, and Rocchio's combination of them per model
+        (examples x models: +1/likes for a like, -ROCCHIO_DIS/dislikes for a dislike); the
+        models' liked-paper counts (0: no model)."""
         from scipy import sparse
 
-        if self._bg_mean is None:
-            self._bg_mean = np.asarray(self._bg.mean(axis=0)).ravel()
-        vec = np.asarray(self.features(liked).mean(axis=0)).ravel() - ROCCHIO_BG * self._bg_mean
-        if disliked:
-            vec -= ROCCHIO_DIS * np.asarray(self.features(disliked).mean(axis=0)).ravel()
-        raw = self._bg @ vec
-        own = {p.id for p in (*liked, *disliked)}
-        if own & self._bg_set:  # the examples themselves are not the background's scale
-            raw = raw[[pid not in own for pid in self._bg_ids]]
-        if not len(raw):
-            raw = np.zeros(1)
-        lo, hi = float(np.median(raw)), float(np.quantile(raw, 0.99))
-        scale = 1.0 / (hi - lo) if hi > lo else 1.0
-        return sparse.csc_matrix((vec * scale).reshape(-1, 1)), -lo * scale
+        ids: dict[int, int] = {}
+        r, c, v = [], [], []
+        nlikes = np.zeros(len(keys))
+        for m, ex in enumerate(keys):
+            liked = [i for i in ex.likes if i in self._known]
+            disliked = [i for i in ex.dislikes if i in self._known]
+            nlikes[m] = len(liked)
+            if not liked:
+                continue
+            for group, weight in ((liked, 1.0), (disliked, -ROCCHIO_DIS)):
+                for i in group:
+                    r.append(ids.setdefault(i, len(ids)))
+                    c.append(m)
+                    v.append(weight / len(group))
+        combo = sparse.csr_matrix((v, (r, c)), shape=(len(ids), len(keys)))
+        return list(ids), combo, nlikes
+
+    def _rocchio(self, keys: Sequence[Examples]) -> tuple[Any, np.ndarray]:
+        """Rocchio's models, the liked papers' mean tf-idf vector minus the disliked ones' and
+        the background's, kept in factored form: a paper's decision value is its mean cosine
+        with the likes minus that with the dislikes and its dot with the background mean, so
+        every model scores a batch through one product with the example papers (no dense
+        weight vector per model). Returns (combination, intercepts), rescaled so that the
+        background's median is 0 and its 99th percentile 1 (the examples left out of it)."""
+        ids, combo, _ = self._example_rows(keys)
+        ex_rows = self.features([self._known[i] for i in ids])
+        assert self._bg_mean is not None  # checked by _rocchio_ok
+        raw = ((self._bg @ ex_rows.T) @ combo).toarray() - ROCCHIO_BG * (self._bg @ self._bg_mean)[
+            :, None
+        ]
+        raw = np.asarray(raw, dtype=np.float64)
+        own_rows = {pid: k for k, pid in enumerate(self._bg_ids)}
+        for m, ex in enumerate(keys):  # the examples themselves are not the background's scale
+            for pid in (*ex.likes, *ex.dislikes):
+                k = own_rows.get(pid)
+                if k is not None:
+                    raw[k, m] = np.nan
+        with warnings.catch_warnings():  # a background of examples alone: no scale (0, 0)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo = np.nanmedian(raw, axis=0) if raw.shape[0] else np.zeros(len(keys))
+            hi = np.nanquantile(raw, 0.99, axis=0) if raw.shape[0] else np.zeros(len(keys))
+        lo, hi = np.nan_to_num(lo), np.nan_to_num(hi)
+        scale = np.where(hi > lo, 1.0 / np.where(hi > lo, hi - lo, 1.0), 1.0)
+        return (ids, combo, scale), -lo * scale
 
     def scores(self, x: Any, keys: Sequence[Examples]) -> np.ndarray:
-        """Decision values of every model for every row of x: (rows, models), one product."""
+        """Decision values of every model for every row of x: (rows, models), -inf for a model
+        without a known liked paper."""
         from scipy import sparse
 
-        cols, icpt = [], []
+        out = np.empty((x.shape[0], len(keys)))
+        if self._rocchio_ok():
+            # every Rocchio model at once: one product with the distinct example papers
+            todo = [ex for ex in keys if ex not in self._models]
+            if todo:
+                (ids, combo, scale), icpt = self._rocchio(todo)
+                for m, ex in enumerate(todo):
+                    col = combo[:, [m]]
+                    self._models[ex] = (
+                        None if not col.nnz else ((ids, col, float(scale[m])), float(icpt[m]))
+                    )
+            models = [self._models[ex] for ex in keys]
+            ids_all: dict[int, int] = {}
+            r, c, v = [], [], []
+            sc, ic = np.ones(len(keys)), np.full(len(keys), -math.inf)
+            for m, got in enumerate(models):
+                if got is None:
+                    continue
+                (ids, col, s), b = got
+                coo = col.tocoo()
+                for k, w in zip(coo.row.tolist(), coo.data.tolist(), strict=True):
+                    r.append(ids_all.setdefault(ids[k], len(ids_all)))
+                    c.append(m)
+                    v.append(w)
+                sc[m], ic[m] = s, b
+            combo_all = sparse.csr_matrix((v, (r, c)), shape=(len(ids_all), len(keys)))
+            assert self._bg_mean is not None
+            ex_rows = self.features([self._known[i] for i in ids_all])
+            raw = ((x @ ex_rows.T) @ combo_all).toarray()
+            raw = raw - ROCCHIO_BG * np.asarray(x @ self._bg_mean)[:, None]
+            out[:] = raw * sc[None, :] + ic[None, :]
+            return out
+        cols: list[Any] = []
+        icpts: list[float] = []
         for ex in keys:
             got = self.model(ex)
             if got is None:
                 cols.append(sparse.csc_matrix((N_FEATURES, 1)))
-                icpt.append(-math.inf)
+                icpts.append(-math.inf)
             else:
                 cols.append(got[0])
-                icpt.append(got[1])
+                icpts.append(got[1])
         w = sparse.hstack(cols).tocsc()
-        return np.asarray((x @ w).todense()) + np.asarray(icpt)[None, :]
+        return np.asarray((x @ w).todense()) + np.asarray(icpts)[None, :]
 
     def nearest_like(self, x_row: Any, ex: Examples) -> StoredPaper | None:
         """The liked paper most like a paper (cosine of tf-idf rows)."""
@@ -229,31 +328,67 @@ def fuse(
     model places them near the liked papers (decision >= LIKENESS). A topic of examples alone
     takes every paper that near.
     """
+    idx, score, kw = _fuse(keyword, model_rank, order, decision, has_query=has_query)
+    return list(zip(idx.tolist(), score.tolist(), kw.tolist(), strict=True))
+
+
+def suggestions(keyword_hits: int) -> int:
+    """How many suggested papers join a topic list of this many keyword matches: a share of
+    them, and enough to fill a short list up to SUGGEST_FILL (within SUGGEST_MIN..MAX)."""
+    want = max(math.ceil(SUGGEST_SHARE * keyword_hits), SUGGEST_FILL - keyword_hits)
+    return min(SUGGEST_MAX, max(SUGGEST_MIN, want))
+
+
+def _fuse(
+    keyword: np.ndarray, model_rank: np.ndarray, order: np.ndarray, decision: np.ndarray,
+    *, has_query: bool, near_count: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """fuse() on arrays: (indices, fused scores, keyword positions), best first
+    (`near_count`: how many papers reach LIKENESS, when the caller has counted them)."""
     kw = keyword.astype(np.int64)
     fused = 1 / (RRF_K + np.arange(1, len(kw) + 1)) + MODEL_WEIGHT / (RRF_K + model_rank[kw] + 1)
-    out = list(zip(kw.tolist(), fused.tolist(), range(len(kw)), strict=True))
-    most = len(order)
-    if has_query:
-        most = min(SUGGEST_MAX, max(SUGGEST_MIN, math.ceil(SUGGEST_SHARE * len(kw))))
-    taken = set(kw.tolist())
-    added = 0
-    for i in order.tolist():
-        if added >= most or decision[i] < LIKENESS:
-            break
-        if i not in taken:
-            out.append((i, MODEL_WEIGHT / (RRF_K + int(model_rank[i]) + 1), -1))
-            added += 1
-    out.sort(key=lambda x: (-x[1], x[0]))
-    return out
+    most = suggestions(len(kw)) if has_query else len(order)
+    if near_count is None:
+        near_count = int(np.count_nonzero(decision >= LIKENESS))
+    # decision[order] falls: the papers near the likes are a prefix of the model's order
+    near = order[:near_count]
+    if len(kw) and len(near):
+        taken = np.zeros(len(order), dtype=np.bool_)  # cheaper than np.isin per topic
+        taken[kw] = True
+        near = near[~taken[near]]
+    near = near[:most]
+    idx = np.concatenate([kw, near])
+    score = np.concatenate([fused, MODEL_WEIGHT / (RRF_K + model_rank[near] + 1)])
+    pos = np.concatenate([np.arange(len(kw), dtype=np.int64), np.full(len(near), -1, np.int64)])
+    best = np.lexsort((idx, -score))
+    return idx[best], score[best], pos[best]
+
+
+@dataclass(frozen=True, slots=True)
+class _Lists:
+    """Ranked items as arrays, best first: batch index, fused score, keyword position (-1: a
+    suggestion) and topic label (an index into the builder's labels)."""
+
+    idx: np.ndarray
+    score: np.ndarray
+    kw: np.ndarray
+    label: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def head(self, n: int) -> _Lists:
+        return _Lists(self.idx[:n], self.score[:n], self.kw[:n], self.label[:n])
 
 
 class RankedList(Sequence[Match]):
     """A subscriber's matches when a topic has examples: the same reading interface as a
     MatchList (paper_ids, cut, full); a Match (words, spans, why) is built only when read."""
 
-    def __init__(self, items: list[Ranked], build: Any) -> None:
+    def __init__(self, items: _Lists, build: _Builder, cut: bool = False) -> None:
         self._items = items
         self._build = build  # Ranked -> Match
+        self._cut = cut
         self._cache: dict[int, Match] = {}
 
     def __len__(self) -> int:
@@ -264,26 +399,31 @@ class RankedList(Sequence[Match]):
             return [self[j] for j in range(*k.indices(len(self)))]
         if k < 0:
             k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError(k)
         got = self._cache.get(k)
         if got is None:
-            got = self._cache[k] = self._build(self._items[k])
+            it = self._items
+            r = Ranked(int(it.idx[k]), float(it.score[k]), int(it.kw[k]),
+                       self._build.labels[int(it.label[k])])  # fmt: skip
+            got = self._cache[k] = self._build(r)
         return got
 
     def paper_ids(self) -> list[int]:
         """The matched papers' ids, best first."""
-        return [self._build.paper_id(r.i) for r in self._items]
+        return self._build.index.ids[self._items.idx].tolist()
 
     def scores(self) -> list[float]:
         """The matches' scores, best first."""
-        return [r.score for r in self._items]
+        return self._items.score.tolist()
 
     @property
     def cut(self) -> bool:
-        """Never cut: the whole ranking is here."""
-        return False
+        """Whether the list was cut at the limit (the rest is ranked on request)."""
+        return self._cut
 
     def full(self) -> RankedList:
-        """The whole ranking (this list)."""
+        """The whole ranking (this list, when not cut)."""
         return self
 
 
@@ -331,8 +471,11 @@ def rank_profiles(
     learned: dict[int, RankedList] = {}
     for sid in learned_ids:
         merged = _merge(profiles[sid], lists)
-        if merged:
-            learned[sid] = RankedList(merged[:limit] if limit is not None else merged, build)
+        cut = limit is not None and len(merged) > limit
+        if cut and limit is not None:  # the rest is ranked again, in full, when asked for
+            merged = merged.head(limit)
+        if len(merged):
+            learned[sid] = RankedList(merged, build, cut)
     return Ranking(plain, learned)
 
 
@@ -341,7 +484,7 @@ def rank_topics(
 ) -> dict[Topic, list[Match]]:
     """Each topic's whole ranked list over the index (keywords fused with its model)."""
     lists, build = _rank_topics(index, topics, learner)
-    return {t: [build(r) for r in lists[t]] for t in topics}
+    return {t: list(RankedList(lists[t], build)) for t in topics}
 
 
 class _Builder:
@@ -349,18 +492,15 @@ class _Builder:
     why of a suggestion (the liked paper it is most like)."""
 
     def __init__(self, index: PaperIndex, keyword: dict[str, Any], learner: Learner | None,
-                 examples: dict[str, Examples]) -> None:  # fmt: skip
+                 examples: dict[str, Examples], labels: list[str]) -> None:  # fmt: skip
         self.index = index
         self.keyword = keyword  # query text -> its MatchList (or None)
         self.learner = learner
         self.examples = examples  # topic name + query -> examples, for suggestions' why
-        self._ids = [p.id for p in index.papers]
-
-    def paper_id(self, i: int) -> int:
-        return self._ids[i]
+        self.labels = labels  # topic name + query, by label number
 
     def __call__(self, r: Ranked) -> Match:
-        pid = self._ids[r.i]
+        pid = int(self.index.ids[r.i])
         score = round(r.score * 1000, 6)
         topic, _, query = r.topic.partition("\0")
         if r.keyword >= 0:
@@ -378,7 +518,7 @@ class _Builder:
 
 def _rank_topics(
     index: PaperIndex, topics: Sequence[Topic], learner: Learner | None
-) -> tuple[dict[Topic, list[Ranked]], _Builder]:
+) -> tuple[dict[Topic, _Lists], _Builder]:
     queries = sorted({t.query for t in topics if t.query.strip()})
     found = match_profiles(index, {k: [Topic(q, q)] for k, q in enumerate(queries)})
     keyword = {q: found.get(k) for k, q in enumerate(queries)}
@@ -387,45 +527,61 @@ def _rank_topics(
     decision = None
     if learner is not None and keys:
         decision = learner.scores(learner.features(index.papers), keys)
-    per_model: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    per_model: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
     examples: dict[str, Examples] = {}
-    out: dict[Topic, list[Ranked]] = {}
+    labels: list[str] = []
+    where = {pid: i for i, pid in enumerate(index.ids.tolist())}
+    out: dict[Topic, _Lists] = {}
     for t in topics:
         got = keyword.get(t.query)
-        kw = got._papers if got is not None else np.zeros(0, np.int64)
+        kw = got._papers.astype(np.int64) if got is not None else np.zeros(0, np.int64)
         ex = Examples.of(t)
         label = f"{t.name}\0{t.query}"
+        lab = len(labels)
+        labels.append(label)
         c = column.get(ex, -1)
         if decision is None or c < 0 or not math.isfinite(decision[0, c]):
             # keyword ranks on the fused scale, so a subscriber's topics compare
-            out[t] = [Ranked(i, 1 / (RRF_K + k + 1), k, label) for k, i in enumerate(kw.tolist())]
+            n = len(kw)
+            out[t] = _Lists(kw, 1 / (RRF_K + np.arange(1, n + 1)), np.arange(n, dtype=np.int64),
+                            np.full(n, lab, np.int64))  # fmt: skip
             continue
         if c not in per_model:
             order = np.argsort(-decision[:, c], kind="stable")
             rank = np.empty(len(order), dtype=np.int64)
             rank[order] = np.arange(len(order))
-            per_model[c] = (order, rank)
-        order, rank = per_model[c]
+            per_model[c] = (order, rank, int(np.count_nonzero(decision[:, c] >= LIKENESS)))
+        order, rank, near = per_model[c]
         examples[label] = ex
-        own = {*ex.likes, *ex.dislikes}
-        fused = fuse(kw, rank, order, decision[:, c], has_query=bool(t.query.strip()))
-        out[t] = [
-            Ranked(i, score, k, label) for i, score, k in fused if index.papers[i].id not in own
-        ]  # fmt: skip  (an example is not news)
-    return out, _Builder(index, keyword, learner, examples)
+        idx, score, pos = _fuse(kw, rank, order, decision[:, c],
+                                has_query=bool(t.query.strip()), near_count=near)  # fmt: skip
+        own = [where[i] for i in (*ex.likes, *ex.dislikes) if i in where]
+        if own:  # an example is not news (a mask: np.isin per topic cost more than the fusion)
+            drop = np.zeros(index.size, dtype=np.bool_)
+            drop[own] = True
+            keep = ~drop[idx]
+            idx, score, pos = idx[keep], score[keep], pos[keep]
+        out[t] = _Lists(idx, score, pos, np.full(len(idx), lab, np.int64))
+    return out, _Builder(index, keyword, learner, examples, labels)
 
 
-def _merge(topics: Sequence[Topic], lists: Mapping[Topic, list[Ranked]]) -> list[Ranked]:
+def _merge(topics: Sequence[Topic], lists: Mapping[Topic, _Lists]) -> _Lists:
     """A subscriber's topics' lists merged: each paper once, at its best topic's score."""
-    if len(topics) == 1:
-        return lists.get(topics[0], [])
-    best: dict[int, Ranked] = {}
-    for t in topics:
-        for r in lists.get(t, []):
-            old = best.get(r.i)
-            if old is None or r.score > old.score:
-                best[r.i] = r
-    return sorted(best.values(), key=lambda r: (-r.score, r.i))
+    got = [lists[t] for t in dict.fromkeys(topics) if t in lists]
+    if len(got) == 1:
+        return got[0]
+    if not got:
+        empty = np.zeros(0, np.int64)
+        return _Lists(empty, np.zeros(0), empty, empty)
+    idx = np.concatenate([g.idx for g in got])
+    score = np.concatenate([g.score for g in got])
+    kw = np.concatenate([g.kw for g in got])
+    label = np.concatenate([g.label for g in got])
+    # best first, ties by index then by topic order: a paper's first row is its best topic
+    order = np.lexsort((np.arange(len(idx)), idx, -score))
+    _, first = np.unique(idx[order], return_index=True)
+    take = order[np.sort(first)]
+    return _Lists(idx[take], score[take], kw[take], label[take])
 
 
 def explain(index: PaperIndex, query_text: str, i: int) -> str:

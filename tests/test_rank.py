@@ -17,6 +17,7 @@ from digest.rank import (
     paper_features,
     preview_topic,
     rank_profiles,
+    suggestions,
 )
 
 T0 = datetime(2026, 1, 1)
@@ -88,19 +89,24 @@ def _model(decision: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_fusion_keeps_keyword_matches_and_adds_few_suggestions() -> None:
-    decision = np.array([0.0, 2.0, 1.5, 1.2, 1.1, 0.9, -1.0])
+    # papers 1..12 are near the likes (decision >= LIKENESS), the model's best first
+    decision = np.r_[0.0, np.linspace(3.0, 0.9, 12), -1.0]
     order, rank = _model(decision)
-    fused = fuse(np.array([0, 6]), rank, order, decision, has_query=True)
+    fused = fuse(np.array([0, 13]), rank, order, decision, has_query=True)
     kept = {i for i, _, k in fused if k >= 0}
     suggested = [i for i, _, k in fused if k < 0]
-    assert kept == {0, 6}
-    assert suggested == [1, 2]  # at least 2, the model's best first
+    assert kept == {0, 13}
+    assert suggested == list(range(1, 9))  # a short list is filled up to 10, best first
     # the keyword list's order counts: the first keyword match outranks the second
     scores = {i: s for i, s, _ in fused}
-    assert scores[0] > scores[6]
+    assert scores[0] > scores[13]
     # without a query every paper near the likes (decision >= LIKENESS) is taken
     alone = fuse(np.zeros(0, np.int64), rank, order, decision, has_query=False)
-    assert [i for i, _, _ in alone] == [1, 2, 3, 4, 5]
+    assert [i for i, _, _ in alone] == list(range(1, 13))
+
+
+def test_suggestions_fill_short_lists_and_are_a_share_of_long_ones() -> None:
+    assert [suggestions(n) for n in (0, 3, 8, 30, 40, 100)] == [10, 7, 5, 6, 8, 10]
 
 
 def test_without_examples_the_ranking_is_the_keyword_ranking() -> None:
@@ -159,3 +165,40 @@ def test_feedback_reaches_the_digest_through_planning(tmp_path, capsys, shared_d
     html = next(out.glob("*.html")).read_text(encoding="utf-8")
     assert "suggested: like" in " ".join(text.split())
     assert "suggested: like" in html
+
+
+def test_factored_rocchio_equals_the_dense_weight_vector() -> None:
+    # liked mean - disliked mean - background mean, as one vector, ranks papers the same
+    ps = papers()
+    robots, speech = ids_of(ps, "robot"), ids_of(ps, "speech")
+    learner = Learner(ps, {p.id: p for p in ps})
+    x = learner.features(ps)
+    ex = Examples((robots[0], robots[1]), (speech[0],))
+    got = learner.scores(x, [ex])[:, 0]
+    by_id = {p.id: p for p in ps}
+    liked = learner.features([by_id[i] for i in ex.likes]).mean(axis=0)
+    disliked = learner.features([by_id[i] for i in ex.dislikes]).mean(axis=0)
+    vec = np.asarray(liked - disliked - x.mean(axis=0)).ravel()
+    dense = x @ vec
+    # the same up to the model's rescaling (a positive affine map)
+    slope = (got[1] - got[0]) / (dense[1] - dense[0])
+    assert slope > 0
+    assert np.allclose(got, got[0] + slope * (dense - dense[0]))
+
+
+def test_features_from_the_index_are_the_papers_own() -> None:
+    ps = papers()
+    alone, shared = Learner(ps, {}), Learner(ps, {}, PaperIndex(ps))
+    assert (alone.features(ps) != shared.features(ps)).nnz == 0
+
+
+def test_a_learned_list_cut_at_the_limit_says_so() -> None:
+    ps = papers()
+    index = PaperIndex(ps)
+    robots = ids_of(ps, "robot")
+    learner = Learner(ps, {p.id: p for p in ps}, index)
+    topic = {1: [Topic("Robots", "grasping", likes=(robots[0],))]}
+    whole = rank_profiles(index, topic, learner=learner)[1]
+    cut = rank_profiles(index, topic, limit=2, learner=learner)[1]
+    assert len(whole) > 2 and not whole.cut
+    assert cut.cut and cut.paper_ids() == whole.paper_ids()[:2]
