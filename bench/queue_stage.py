@@ -6,9 +6,9 @@ round after round, each run in a child process of its own. Prints wall and CPU s
 share inside `record_plans`, peak RSS and a hash of the recorded ledger, so two trees can be
 checked to record the same digests, items, order, words, why and progress.
 
-    .venv/bin/python bench/queue.py --sizes 100000                      # this checkout
+    .venv/bin/python bench/queue_stage.py --sizes 100000                      # this checkout
     git archive COMMIT digest | tar -x -C /tmp/before
-    .venv/bin/python bench/queue.py --code /tmp/before --code . --rounds 2
+    .venv/bin/python bench/queue_stage.py --code /tmp/before --code . --rounds 2
 """
 
 from __future__ import annotations
