@@ -59,7 +59,9 @@ ROCCHIO_BG, ROCCHIO_DIS = 1.0, 1.0  # the background's and the dislikes' weights
 
 
 def _stems(text: str) -> list[str]:
-    stems, norms = textmod.words(text)  # the indexer's fast path: no spans needed here
+    # what the matcher indexes (words, then hyphenated pairs joined), so a paper's features
+    # are the same whether they come from a PaperIndex or from its text
+    stems, norms = textmod.index_words(text)
     return [s for s, n in zip(stems, norms, strict=True) if n not in STOP_WORDS]
 
 

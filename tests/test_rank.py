@@ -187,7 +187,8 @@ def test_factored_rocchio_equals_the_dense_weight_vector() -> None:
 
 
 def test_features_from_the_index_are_the_papers_own() -> None:
-    ps = papers()
+    extra = StoredPaper(99, "ft", "Fine-tuning pre-trained multi-modal models", "Self-play RL.", T0)
+    ps = [*papers(), extra]
     alone, shared = Learner(ps, {}), Learner(ps, {}, PaperIndex(ps))
     assert (alone.features(ps) != shared.features(ps)).nnz == 0
 
