@@ -736,30 +736,49 @@ def alternatives(root: Node) -> list[Node]:
     return [a for c in parts if c.kind != "not" for a in (c.children if c.kind == "or" else (c,))]
 
 
+# An alternative as "why" reads it: its node, its positive words and its conditions described.
+_Part = tuple[Node, frozenset[Node], tuple[str, ...]]
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _parts(root: Node) -> tuple[tuple[_Part, ...], bool]:
+    """A query root's alternatives for matched_terms and passed_conditions, and whether any has
+    a condition: built once per query, not once per matched paper (the queue stage asks for
+    every kept match of every subscriber, and a subscriber's matches are asked together)."""
+    parts = tuple(
+        (
+            alt,
+            frozenset(positive_terms(alt)),
+            tuple(describe_node(x) for x in positive_leaves(alt) if x.kind in ("o", "n")),
+        )
+        for alt in alternatives(root)
+    )
+    return parts, any(conds for _, _, conds in parts)
+
+
 def matched_terms(index: PaperIndex, query: Query, i: int) -> list[Node]:
     """The query's positive words, phrases and prefixes of the alternatives paper i matches:
     a word of an alternative that did not match is not a matched word."""
-    alts = alternatives(query.root)
-    if len(alts) == 1:
+    parts, _ = _parts(query.root)
+    if len(parts) == 1:
         return list(query.terms)
-    hit = {leaf for a in alts if index.bits(a) >> i & 1 for leaf in positive_terms(a)}
+    hit: set[Node] = set()
+    for alt, terms, _conds in parts:
+        if index.bits(alt) >> i & 1:
+            hit |= terms
     return [leaf for leaf in query.terms if leaf in hit]
 
 
 def passed_conditions(index: PaperIndex, query: Query, i: int) -> list[str]:
     """The org and number conditions of the alternatives paper i matches (upvotes>=10, ...)."""
-    if not _has_conditions(query.root):
+    parts, any_conditions = _parts(query.root)
+    if not any_conditions:
         return []
-    out = []
-    for alt in alternatives(query.root):
-        if index.bits(alt) >> i & 1:
-            out += [describe_node(x) for x in positive_leaves(alt) if x.kind in ("o", "n")]
+    out: list[str] = []
+    for alt, _terms, conds in parts:
+        if conds and index.bits(alt) >> i & 1:
+            out += conds
     return list(dict.fromkeys(out))
-
-
-@functools.lru_cache(maxsize=1 << 14)
-def _has_conditions(root: Node) -> bool:
-    return any(x.kind in ("o", "n") for x in positive_leaves(root))
 
 
 def positive_leaves(node: Node) -> Iterable[Node]:
