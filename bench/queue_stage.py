@@ -9,11 +9,18 @@ checked to record the same digests, items, order, words, why and progress.
     .venv/bin/python bench/queue_stage.py --sizes 100000                      # this checkout
     git archive COMMIT digest | tar -x -C /tmp/before
     .venv/bin/python bench/queue_stage.py --code /tmp/before --code . --rounds 2
+    .venv/bin/python bench/queue_stage.py --sizes 100000 --learned 0.1 --rounds 2
+
+`--learned SHARE` runs each round twice on the same subscribers: keywords alone, then with
+SHARE of the subscribers holding examples on their first topic (3 likes and 1 dislike, drawn
+from `--distinct` example sets of stored papers), and prints the ratio: the issue's "queue
+stage with learned ranking within 1.5x of keywords alone".
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -102,6 +109,38 @@ def make_store(size: int, folder: Path) -> Path:
     return folder / "digest.db"
 
 
+def add_examples(template: Path, out: Path, share: float, distinct: int) -> int:
+    """A copy of `template` where `share` of the subscribers hold examples on their first
+    topic (3 likes, 1 dislike, from `distinct` seeded sets); the number of such subscribers."""
+    import random
+
+    shutil.copy(template, out)
+    rng = random.Random(13)
+    # closed (not only committed) before returning: run() copies the database file alone,
+    # which must not leave the rows behind in a -wal file
+    with contextlib.closing(sqlite3.connect(out)) as con, con:
+        pids = [r[0] for r in con.execute("SELECT id FROM papers ORDER BY id")]
+        sets = [rng.sample(pids, 4) for _ in range(distinct)]
+        firsts = con.execute(
+            "SELECT subscriber_id, name FROM topics WHERE position = "
+            "(SELECT MIN(position) FROM topics t WHERE t.subscriber_id = topics.subscriber_id)"
+            " ORDER BY subscriber_id"
+        ).fetchall()
+        step = max(1, round(1 / share))
+        chosen = firsts[::step]
+        rows = [
+            (sid, name, pid, "like" if k < 3 else "dislike", NOW)
+            for n, (sid, name) in enumerate(chosen)
+            for k, pid in enumerate(sets[n % distinct])
+        ]
+        con.executemany(
+            "INSERT INTO feedback (subscriber_id, topic, paper_id, verdict, at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+    return len(chosen)
+
+
 def run(code: Path, template: Path) -> dict:
     """A queue pass with the digest package of `code` on a copy of `template`."""
     work = Path(tempfile.mkdtemp(prefix="digest-queue-"))
@@ -127,6 +166,14 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000")
     ap.add_argument("--code", action="append", type=Path, help="a tree holding digest/")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument(
+        "--learned",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="also run with SHARE of the subscribers holding examples",
+    )
+    ap.add_argument("--distinct", type=int, default=1000, help="distinct example sets")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -139,12 +186,25 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(prefix="digest-queue-store-"))
         try:
             template = make_store(size, folder)
+            stores = [("", template)]
+            if args.learned:
+                learned = folder / "learned.db"
+                n = add_examples(template, learned, args.learned, args.distinct)
+                stores.append((f" + {n:,} learned", learned))
             for r in range(1, args.rounds + 1):
                 for code in codes:
-                    x = run(code, template)
-                    print(f"| {size:,} | {code} | {r} | {x['wall']:.1f} | {x['cpu']:.1f} "
-                          f"| {x['record_cpu']:.1f} | {x['peak_mb']:.0f} | {x['hash']} |",
-                          flush=True)  # fmt: skip
+                    walls = []
+                    for label, store in stores:
+                        x = run(code, store)
+                        walls.append(x["wall"])
+                        print(f"| {size:,}{label} | {code} | {r} | {x['wall']:.1f} "
+                              f"| {x['cpu']:.1f} | {x['record_cpu']:.1f} | {x['peak_mb']:.0f} "
+                              f"| {x['hash']} |", flush=True)  # fmt: skip
+                    if len(walls) == 2:
+                        print(
+                            f"learned / keywords alone, round {r}: {walls[1] / walls[0]:.2f}x",
+                            flush=True,
+                        )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
