@@ -131,6 +131,9 @@ class Learner:
         self._models: dict[Examples, tuple[Any, float] | None] = {}
         self._bg_mean = np.asarray(self._bg.mean(axis=0)).ravel() if self._bg.shape[0] else None
         self._bg_set = set(self._bg_ids)
+        # (examples, paper id) -> the liked paper it is most like: the subscribers sharing a
+        # set of examples share its model, so mostly its suggestions too
+        self._nearest: dict[tuple[Examples, int], StoredPaper | None] = {}
 
     def _analyze(self, paper: StoredPaper) -> list[str]:
         i = self._index_pos.get(paper.id)
@@ -298,13 +301,18 @@ class Learner:
         w = sparse.hstack(cols).tocsc()
         return np.asarray((x @ w).todense()) + np.asarray(icpts)[None, :]
 
-    def nearest_like(self, x_row: Any, ex: Examples) -> StoredPaper | None:
+    def nearest_like(self, paper: StoredPaper, ex: Examples) -> StoredPaper | None:
         """The liked paper most like a paper (cosine of tf-idf rows)."""
+        key = (ex, paper.id)
+        if key in self._nearest:
+            return self._nearest[key]
         liked = [self._known[i] for i in ex.likes if i in self._known]
-        if not liked:
-            return None
-        sims = np.asarray((self.features(liked) @ x_row.T).todense()).ravel()
-        return liked[int(np.argmax(sims))]
+        got = None
+        if liked:
+            sims = np.asarray((self.features(liked) @ self.features([paper]).T).todense()).ravel()
+            got = liked[int(np.argmax(sims))]
+        self._nearest[key] = got
+        return got
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,7 +521,7 @@ class _Builder:
         ex = self.examples.get(r.topic)
         why = "suggested"
         if ex is not None and self.learner is not None:
-            like = self.learner.nearest_like(self.learner.features([self.index.papers[r.i]]), ex)
+            like = self.learner.nearest_like(self.index.papers[r.i], ex)
             why = f'suggested: like "{like.title}"' if like is not None else why
         return Match(pid, score, (topic,), why=why)
 
