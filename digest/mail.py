@@ -689,25 +689,10 @@ class SmtpTransport(_BaseTransport):
             raise _StaleConnection(str(exc) or type(exc).__name__) from None
         try:
             if code != 250:
-                self._reset_or_drop(code)
-                if code >= 500:
-                    raise TransportError(
-                        f"{where}: sender {out.envelope_from} refused: {code} {_text(reply)}",
-                        code=code,
-                        address=out.envelope_from,
-                    )
-                raise _classify(code, reply, out.envelope_from, where)
-            accepted: list[str] = []
-            refused: dict[str, DeliveryError] = {}
-            for rcpt in out.recipients:
-                code, reply = conn.rcpt(rcpt)
-                if code in (250, 251):
-                    accepted.append(rcpt)
-                elif code == 421:
-                    self._drop()
-                    raise _classify(code, reply, rcpt, where)
-                else:
-                    refused[rcpt] = _classify(code, reply, rcpt, where)
+                raise self._sender_refused(code, reply, out, where)
+            # lazily: a 421 stops the RCPTs still to send
+            replies = ((rcpt, conn.rcpt(rcpt)) for rcpt in out.recipients)
+            accepted, refused = self._recipients(replies, where)
             if not accepted:
                 self._reset_or_drop(0)
                 return SendResult(out.message_id, (), refused)
@@ -717,30 +702,16 @@ class SmtpTransport(_BaseTransport):
                 self._reset_or_drop(exc.smtp_code)
                 raise _classify(exc.smtp_code, exc.smtp_error, _one(accepted), where) from None
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
-                self._drop()
-                raise TemporaryDeliveryError(
-                    f"{where}: connection lost during DATA for {', '.join(accepted)} "
-                    f"({exc or type(exc).__name__}); the server may have taken it",
-                    address=_one(accepted),
-                    maybe_delivered=True,
-                ) from None
-            if code != 250:
-                if code == 421:
-                    self._drop()
-                raise _classify(code, reply, _one(accepted), where)
-            return SendResult(out.message_id, tuple(accepted), refused)
+                raise self._lost_in_data(exc, accepted, where) from None
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self._drop()
-            raise TemporaryDeliveryError(
-                f"{where}: connection lost: {exc or type(exc).__name__}",
-                address=_one(out.recipients),
-            ) from None
+            raise self._lost(exc, out, where) from None
+        return self._finish(code, reply, out, accepted, refused, where)
 
     def _pipelined(
         self, conn: smtplib.SMTP, out: OutgoingMessage, options: list[str], data: bytes
     ) -> SendResult:
         """The transaction of `_transaction` with MAIL, RCPT and DATA sent as one group (RFC
-        2920); every outcome is classified the same way."""
+        2920); every outcome is classified the same way, by the same helpers."""
         where = f"smtp {self.where}"
         tail = (" " + " ".join(options)) if options else ""
         group = [f"MAIL FROM:{smtplib.quoteaddr(out.envelope_from)}{tail}"]
@@ -757,24 +728,9 @@ class SmtpTransport(_BaseTransport):
             data_code, data_reply = conn.getreply()
             if code != 250:
                 self._end_empty_data(conn, data_code)
-                self._reset_or_drop(code)
-                if code >= 500:
-                    raise TransportError(
-                        f"{where}: sender {out.envelope_from} refused: {code} {_text(reply)}",
-                        code=code,
-                        address=out.envelope_from,
-                    )
-                raise _classify(code, reply, out.envelope_from, where)
-            accepted: list[str] = []
-            refused: dict[str, DeliveryError] = {}
-            for rcpt, (rcode, rreply) in zip(out.recipients, rcpt_replies, strict=True):
-                if rcode in (250, 251):
-                    accepted.append(rcpt)
-                elif rcode == 421:
-                    self._drop()
-                    raise _classify(rcode, rreply, rcpt, where)
-                else:
-                    refused[rcpt] = _classify(rcode, rreply, rcpt, where)
+                raise self._sender_refused(code, reply, out, where)
+            pairs = zip(out.recipients, rcpt_replies, strict=True)
+            accepted, refused = self._recipients(pairs, where)
             if not accepted:
                 self._end_empty_data(conn, data_code)
                 self._reset_or_drop(0)
@@ -783,21 +739,70 @@ class SmtpTransport(_BaseTransport):
                 self._reset_or_drop(data_code)
                 raise _classify(data_code, data_reply, _one(accepted), where)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self._drop()
-            raise TemporaryDeliveryError(
-                f"{where}: connection lost: {exc or type(exc).__name__}",
-                address=_one(out.recipients),
-            ) from None
+            raise self._lost(exc, out, where) from None
         try:
             code, reply = _send_body(conn, data)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self._drop()
-            raise TemporaryDeliveryError(
-                f"{where}: connection lost during DATA for {', '.join(accepted)} "
-                f"({exc or type(exc).__name__}); the server may have taken it",
-                address=_one(accepted),
-                maybe_delivered=True,
-            ) from None
+            raise self._lost_in_data(exc, accepted, where) from None
+        return self._finish(code, reply, out, accepted, refused, where)
+
+    # The outcomes both transactions share, so that pipelining classifies as one by one does.
+
+    def _sender_refused(
+        self, code: int, reply: bytes, out: OutgoingMessage, where: str
+    ) -> DeliveryError:
+        """MAIL FROM refused: reset (or drop on 421) and the error to raise."""
+        self._reset_or_drop(code)
+        if code >= 500:
+            return TransportError(
+                f"{where}: sender {out.envelope_from} refused: {code} {_text(reply)}",
+                code=code,
+                address=out.envelope_from,
+            )
+        return _classify(code, reply, out.envelope_from, where)
+
+    def _recipients(
+        self, replies: Iterable[tuple[str, tuple[int, bytes]]], where: str
+    ) -> tuple[list[str], dict[str, DeliveryError]]:
+        """The accepted recipients and the refused ones with why; a 421 drops and raises."""
+        accepted: list[str] = []
+        refused: dict[str, DeliveryError] = {}
+        for rcpt, (code, reply) in replies:
+            if code in (250, 251):
+                accepted.append(rcpt)
+            elif code == 421:
+                self._drop()
+                raise _classify(code, reply, rcpt, where)
+            else:
+                refused[rcpt] = _classify(code, reply, rcpt, where)
+        return accepted, refused
+
+    def _lost(self, exc: BaseException, out: OutgoingMessage, where: str) -> DeliveryError:
+        self._drop()
+        return TemporaryDeliveryError(
+            f"{where}: connection lost: {exc or type(exc).__name__}",
+            address=_one(out.recipients),
+        )
+
+    def _lost_in_data(self, exc: BaseException, accepted: list[str], where: str) -> DeliveryError:
+        self._drop()
+        return TemporaryDeliveryError(
+            f"{where}: connection lost during DATA for {', '.join(accepted)} "
+            f"({exc or type(exc).__name__}); the server may have taken it",
+            address=_one(accepted),
+            maybe_delivered=True,
+        )
+
+    def _finish(
+        self,
+        code: int,
+        reply: bytes,
+        out: OutgoingMessage,
+        accepted: list[str],
+        refused: dict[str, DeliveryError],
+        where: str,
+    ) -> SendResult:
+        """The end of DATA: the result, or the error a refusal there means."""
         if code != 250:
             if code == 421:
                 self._drop()
