@@ -134,6 +134,9 @@ class Learner:
         # (examples, paper id) -> the liked paper it is most like: the subscribers sharing a
         # set of examples share its model, so mostly its suggestions too
         self._nearest: dict[tuple[Examples, int], StoredPaper | None] = {}
+        self._like_col: dict[int, int] = {}
+        self._like_rows: Any = None
+        self._sims: np.ndarray | None = None
 
     def _analyze(self, paper: StoredPaper) -> list[str]:
         i = self._index_pos.get(paper.id)
@@ -309,10 +312,26 @@ class Learner:
         liked = [self._known[i] for i in ex.likes if i in self._known]
         got = None
         if liked:
-            sims = np.asarray((self.features(liked) @ self.features([paper]).T).todense()).ravel()
-            got = liked[int(np.argmax(sims))]
+            sims = self._like_sims(paper)
+            got = liked[int(np.argmax(sims[[self._like_col[p.id] for p in liked]]))]
         self._nearest[key] = got
         return got
+
+    def _like_sims(self, paper: StoredPaper) -> np.ndarray:
+        """A paper's cosine with every known example paper (by _like_col): one product of
+        every row seen with the examples, made once and again only when rows are added."""
+        if paper.id not in self._pos:
+            self.features([paper])  # its row added
+        k = self._pos[paper.id]
+        if self._sims is None or k >= self._sims.shape[0]:
+            if self._like_rows is None:
+                known = list(self._known.values())
+                self._like_col = {p.id: c for c, p in enumerate(known)}
+                self._like_rows = self.features(known) if known else None
+            if self._like_rows is None:
+                return np.zeros(0)
+            self._sims = np.asarray((self._x @ self._like_rows.T).todense())
+        return self._sims[k]
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,3 +203,17 @@ def test_a_learned_list_cut_at_the_limit_says_so() -> None:
     cut = rank_profiles(index, topic, limit=2, learner=learner)[1]
     assert len(whole) > 2 and not whole.cut
     assert cut.cut and cut.paper_ids() == whole.paper_ids()[:2]
+
+
+def test_nearest_like_is_the_liked_paper_of_highest_cosine() -> None:
+    ps = papers()
+    mixed = [StoredPaper(100, "mix", "Robot speech", "A robot arm transcribes speech.", T0)]
+    learner = Learner(ps, {p.id: p for p in ps})
+    sets = [Examples((*ids_of(ps, n)[:2], ids_of(ps, m)[0]), ())
+            for n, m in (("robot", "speech"), ("video", "robot"), ("speech", "video"))]  # fmt: skip
+    for ex in sets:
+        liked = [p for p in ps if p.id in ex.likes]
+        for paper in [*ps, *mixed]:  # `mixed` is new to the learner: its row is added on use
+            x = learner.features([*liked, paper])
+            cos = (x[:-1] @ x[-1].T).toarray().ravel()
+            assert learner.nearest_like(paper, ex) == liked[int(np.argmax(cos))]
