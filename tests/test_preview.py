@@ -58,3 +58,36 @@ def test_expected_papers_per_digest_against_max_papers():
     roomy = backtest(PAPERS, [], everything, dumps=2, max_papers=30)
     assert not roomy.over_limit
     assert not backtest(PAPERS, [], everything, dumps=2).over_limit  # no limit known
+
+
+def _robots() -> list[StoredPaper]:
+    robot = "A robot arm learns to grasp objects by visuomotor imitation and tactile sensing."
+    speech = "An acoustic model transcribes speech with low word error rate on noisy audio."
+    return [
+        StoredPaper(i, f"r{i}", f"Visuomotor grasping {i}", robot, datetime(2026, 1, 1))
+        for i in range(1, 7)
+    ] + [
+        StoredPaper(i, f"s{i}", f"Streaming speech recognition {i}", speech, datetime(2026, 1, 1))
+        for i in range(7, 13)
+    ]
+
+
+def test_a_topic_with_examples_previews_its_suggestions_and_keeps_them_on_edit():
+    papers = _robots()
+    liked = StoredPaper(99, "liked", "Robot grasping", papers[0].abstract, datetime(2026, 1, 1))
+    saved = [Topic("Robots", "grasping 1", likes=(99,))]
+    # the form sends names and queries only: the topic keeps its examples under its name
+    edited = [Topic("Robots", "grasping 1")]
+    result = backtest(papers, saved, edited, dumps=1, known={99: liked})
+    kept = {r.paper.id: r for r in result.kept}
+    assert 1 in kept and kept[1].terms  # the keyword match
+    suggested = [r for r in result.kept if not r.terms]
+    assert suggested and {r.paper.id for r in suggested} <= set(range(2, 7))
+    why = ("Robots", 'suggested: like "Robot grasping"')
+    assert all(r.why == (why,) for r in suggested), [r.why for r in suggested]
+    assert result.counts["added"] == result.counts["removed"] == 0
+    robots = _topic(result, "Robots")
+    assert robots.before == robots.after == 1 + len(suggested) and robots.gained_count == 0
+    # without its examples the same query finds the keyword match alone
+    plain = backtest(papers, [], [Topic("Robots", "grasping 1")], dumps=1)
+    assert [r.paper.id for r in plain.added] == [1]

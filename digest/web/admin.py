@@ -243,12 +243,14 @@ def _preview(saved: list[Topic], edited: list[Topic]) -> Preview:
     st = state()
     n = st.settings.web.preview_dumps
     stored = sum(1 for d in st.store.recent_dumps(4 * n) if d.status == "stored")
+    ids = {i for t in [*saved, *edited] for i in (*t.likes, *t.dislikes)}
     return backtest(
         st.store.papers_of_recent_dumps(n),
         saved,
         edited,
         dumps=min(n, stored),
         max_papers=st.settings.mail.max_papers,
+        known=st.store.papers_by_ids(ids) if ids else None,
     )
 
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from digest import highlight
 from digest.errors import QueryError
-from digest.match import PaperIndex, match_profiles
+from digest.match import PaperIndex
 from digest.models import Match, StoredPaper, Topic
 from digest.query import compile_query, coverage_warning, query_warnings
-from digest.rank import explain
+from digest.rank import Learner, explain, rank_profiles
 from digest.subscribers import topic_warnings
 from digest.text import clean_text, one_line
 from digest.urls import paper_url
@@ -225,14 +225,18 @@ def backtest(
     *,
     dumps: int,
     max_papers: int | None = None,
+    known: Mapping[int, StoredPaper] | None = None,
 ) -> Preview:
     """What `edited` matches among `papers`, split into added / removed / kept versus `saved`,
-    and topic by topic (gained, lost, moved between topics)."""
+    and topic by topic (gained, lost, moved between topics). Topics with examples are ranked
+    as a digest ranks them, suggestions included (`known`: their example papers)."""
     preview = Preview(papers=len(papers), dumps=dumps, max_papers=max_papers)
     kinds: dict[str, list[tuple[Match, Why]]] = {"added": [], "removed": [], "kept": []}
     if papers:
         index = PaperIndex(list(papers))
-        found = match_profiles(index, {0: list(saved), 1: list(edited)})
+        edited = keep_examples(saved, edited)
+        ranked = _Ranker(index, [*saved, *edited], known)
+        found = ranked({0: list(saved), 1: list(edited)})
         before = {m.paper_id: m for m in found.get(0, [])}
         after = {m.paper_id: m for m in found.get(1, [])}
         by_id = {p.id: p for p in papers}
@@ -246,9 +250,41 @@ def backtest(
             # Only the rows shown are explained: a broad profile matches thousands.
             rows = [_row(by_id[m.paper_id], m, kind, why) for m, why in matches[:MAX_ROWS]]
             setattr(preview, kind, rows)
-        preview.topics, preview.moved = _topic_diffs(index, by_id, saved, edited)
+        preview.topics, preview.moved = _topic_diffs(ranked, by_id, saved, edited)
     preview.counts = {kind: len(matches) for kind, matches in kinds.items()}
     return preview
+
+
+def keep_examples(saved: Sequence[Topic], edited: Sequence[Topic]) -> list[Topic]:
+    """The edited topics with the examples of the saved topic of the same name: a form holds
+    names and queries only, and saving keeps a topic's feedback under its name."""
+    old = {t.name: t for t in saved}
+    return [
+        replace(t, likes=old[t.name].likes, dislikes=old[t.name].dislikes)
+        if not t.has_examples and t.name in old
+        else t
+        for t in edited
+    ]
+
+
+class _Ranker:
+    """Profiles ranked over one index as a digest ranks them: keywords alone, or fused with
+    the topics' models when some topic has examples (one Learner for the whole preview)."""
+
+    def __init__(
+        self, index: PaperIndex, topics: Sequence[Topic], known: Mapping[int, StoredPaper] | None
+    ) -> None:
+        self.index = index
+        self.learner = None
+        ids = {i for t in topics for i in (*t.likes, *t.dislikes)}
+        if ids:
+            examples = {p.id: p for p in index.papers if p.id in ids}
+            examples.update(known or {})
+            self.learner = Learner(index.papers, examples, index)
+
+    def __call__(self, profiles: Mapping[int, Sequence[Topic]]) -> Mapping[int, Sequence[Match]]:
+        """Each profile's ranked matches (a paper a topic likes or dislikes is left out)."""
+        return rank_profiles(self.index, profiles, learner=self.learner)
 
 
 class Why:
@@ -267,13 +303,15 @@ class Why:
         out = []
         for name in match.topics:
             query = self.queries.get(name)
-            if query is not None and (text := explain(self.index, query, i)):
+            if not match.terms and match.why.startswith("suggested"):
+                out.append((name, match.why))  # the model's: the liked paper it is most like
+            elif query is not None and (text := explain(self.index, query, i)):
                 out.append((name, text))
         return tuple(out)
 
 
 def _topic_diffs(
-    index: PaperIndex,
+    ranked: _Ranker,
     by_id: dict[int, StoredPaper],
     saved: Sequence[Topic],
     edited: Sequence[Topic],
@@ -289,7 +327,8 @@ def _topic_diffs(
             profiles[2 * i] = [old[name]]
         if name in new:
             profiles[2 * i + 1] = [new[name]]
-    found = match_profiles(index, profiles)
+    index = ranked.index
+    found = ranked(profiles)
     why_old, why_new = Why(index, list(old.values())), Why(index, list(new.values()))
     diffs: list[TopicDiff] = []
     left: dict[int, list[str]] = {}
