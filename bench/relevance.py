@@ -122,6 +122,7 @@ def plain_only(papers: list[StoredPaper], profiles: list[tuple[str, dict]]) -> N
                        matchmod._parts):  # fmt: skip
             cached.cache_clear()
         matchmod._COMPILED.clear()
+
     variants = [
         ("ours (share 1/2, our stemmer)", 0.5, ours_stem),
         ("count only (share 0)", 0.0, ours_stem),
