@@ -315,28 +315,28 @@ def cmd_subscriber_status(ctx: Context, args: argparse.Namespace) -> int:
 
 def _warn_topics(ctx: Context, topics: Any) -> None:
     """Print the probable mistakes of saved topics, and those matching none or most papers."""
-    from digest.match import PaperIndex
-    from digest.query import compile_query, coverage_warning
-    from digest.subscribers import topic_warnings
+    from digest.subscribers import topic_notes
 
-    for warning in topic_warnings(topics):
-        ctx.warn(f"warning: {warning}")
-    papers = ctx.store.recent_papers(limit=2_000) if topics else []
-    if len(papers) < 20:
-        return
-    index = PaperIndex(papers)
-    for t in topics:
-        if t.query.strip():
-            hits = index.bits(compile_query(t.query).root).bit_count()
-            if (cover := coverage_warning(hits, len(papers))) is not None:
-                ctx.warn(f"warning: topic {t.name!r} {cover}")
+    for note in topic_notes(topics, _coverage_index(ctx) if topics else None):
+        ctx.warn(f"warning: {note}")
+
+
+def _coverage_index(ctx: Context) -> Any:
+    """The recent stored papers a topic's coverage warning counts against (None: too few to
+    say a topic matches almost all or none of them)."""
+    from digest.match import PaperIndex
+
+    papers = ctx.store.recent_papers(limit=2_000)
+    return PaperIndex(papers) if len(papers) >= 20 else None
 
 
 def cmd_subscriber_import(ctx: Context, args: argparse.Namespace) -> int:
     """Add or update subscribers from a CSV file; bad rows are reported, good ones applied."""
     from digest.subscribers import import_csv
 
-    report = import_csv(ctx.store, ctx.settings, args.file, dry_run=args.dry_run)
+    report = import_csv(
+        ctx.store, ctx.settings, args.file, dry_run=args.dry_run, index=_coverage_index(ctx)
+    )
     for error in report.errors:
         print(f"error: {error}", file=ctx.err)
     for warning in report.warnings:

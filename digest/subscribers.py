@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -22,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -44,7 +45,10 @@ from digest.models import (
 )
 from digest.query import compile_query
 from digest.store import Store, SubscriberEvent, Suppression
-from digest.text import clean_text
+from digest.text import clean_text, one_line
+
+if TYPE_CHECKING:
+    from digest.match import PaperIndex
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CSV_COLUMNS = ("email", "name", "status", "cadence", "time", "tz", "weekday", "topics")
@@ -210,6 +214,22 @@ def topic_warnings(topics: Sequence[Topic]) -> list[str]:
     from digest.query import query_warnings
 
     return [f"topic {t.name!r}: {w}" for t in topics for w in query_warnings(t.query)]
+
+
+def topic_notes(topics: Sequence[Topic], index: PaperIndex | None = None) -> list[str]:
+    """The warnings of valid topics, each naming its topic: probable mistakes, and (given an
+    index of the stored papers) a query matching none or almost all of them. The CLI, the
+    admin pages and the CSV import all say these."""
+    from digest.query import coverage_warning
+
+    notes = topic_warnings(topics)
+    if index is not None:
+        for t in topics:
+            if t.query.strip():
+                hits = index.bits(compile_query(t.query).root).bit_count()
+                if (cover := coverage_warning(hits, len(index.papers))) is not None:
+                    notes.append(f"topic {t.name!r} {cover}")
+    return notes
 
 
 def parse_topics(text: str) -> tuple[Topic, ...]:
@@ -680,11 +700,13 @@ class RowError:
     line: int
     column: str
     message: str
+    address: str = ""  # the row's email cell as written, when it has one
 
     def __str__(self) -> str:
+        where = f"{self.file}:{self.line}: {self.address + ': ' if self.address else ''}"
         if self.column == "-":  # the row as a whole (cell count, CSV syntax)
-            return f"{self.file}:{self.line}: {self.message}"
-        return f"{self.file}:{self.line}: column {self.column}: {self.message}"
+            return f"{where}{self.message}"
+        return f"{where}column {self.column}: {self.message}"
 
 
 @dataclass
@@ -705,10 +727,17 @@ class ImportReport:
 
 
 def import_csv(
-    store: Store, settings: Settings, path: str | Path, *, dry_run: bool = False
+    store: Store,
+    settings: Settings,
+    path: str | Path,
+    *,
+    dry_run: bool = False,
+    index: PaperIndex | None = None,
 ) -> ImportReport:
     """Add or update subscribers from a CSV file; every row is checked and bad rows reported
-    (by line and column) without stopping the good ones. `dry_run` only checks."""
+    (by line, address and column) without stopping the good ones, and each row's topic
+    warnings too (`index`: the stored papers a topic's coverage counts against). `dry_run`
+    only checks."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -744,6 +773,8 @@ def import_csv(
         start, line = line, reader.line_num + 1
         if not any(c.strip() for c in cells):
             continue
+        at = columns.index("email")
+        address = one_line(clean_text(cells[at] if at < len(cells) else "")).strip()[:320]
         if len(cells) != len(columns):
             report.errors.append(
                 RowError(
@@ -751,14 +782,18 @@ def import_csv(
                     start,
                     "-",
                     f"{len(cells)} cells but the header has {len(columns)} columns",
+                    address,
                 )
             )
             continue
         row = dict(zip(columns, cells, strict=True))
+        found = len(report.errors)
         _import_row(store, settings, row, str(path), start, seen, report, dry_run)
+        for k in range(found, len(report.errors)):
+            report.errors[k] = dataclasses.replace(report.errors[k], address=address)
         with contextlib.suppress(DigestError):  # a bad topic is already an error of the row
-            for warning in topic_warnings(parse_topics(row.get("topics", ""))):
-                report.warnings.append(RowError(str(path), start, "topics", warning))
+            for warning in topic_notes(parse_topics(row.get("topics", "")), index):
+                report.warnings.append(RowError(str(path), start, "-", warning, address))
     return report
 
 

@@ -256,7 +256,9 @@ def test_import_with_bad_rows_reports_and_exits_1(
     assert run(config, "subscriber", "import", str(path)) == 1
     captured = capsys.readouterr()
     errors = captured.err.splitlines()
-    assert f"error: {path}:4: column tz: time zone 'Mars/Base'" in "\n".join(errors)
+    assert f"error: {path}:4: badtz@example.org: column tz: time zone 'Mars/Base'" in "\n".join(
+        errors
+    )
     assert len(errors) == 7
     assert "2 added" in captured.out and "7 rows rejected" in captured.out
     assert run(config, "subscriber", "import", str(path), "--dry-run") == 1
@@ -387,7 +389,10 @@ def test_deeply_nested_queries_are_one_line_errors_everywhere(
     )
     assert run(config, "subscriber", "import", str(rows)) == 1
     captured = capsys.readouterr()
-    assert f"{rows}:3: column topics" in captured.err and "nested more than" in captured.err
+    assert (
+        f"{rows}:3: deep@example.org: column topics" in captured.err
+        and "nested more than" in captured.err
+    )
     assert "2 added" in captured.out and "1 rows rejected" in captured.out
 
 
@@ -442,7 +447,7 @@ def test_add_and_import_warn_of_probable_mistakes_but_save(
     csv_file.write_text("email,topics\nz@example.org,B: x OR -y\n", encoding="utf-8")
     assert run(config, "subscriber", "import", str(csv_file)) == 0
     captured = capsys.readouterr()
-    assert f"warning: {csv_file}:2: column topics: topic 'B'" in captured.err
+    assert f"warning: {csv_file}:2: z@example.org: topic 'B'" in captured.err
     assert "OR with a negation" in captured.err and "1 added" in captured.out
 
 

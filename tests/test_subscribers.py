@@ -432,7 +432,12 @@ def test_import_reports_each_bad_row_by_line_and_column(store: Store, cfg: Setti
     }
     by_line = {e.line: e for e in report.errors}
     assert "Mars/Base" in str(by_line[4])
-    assert str(by_line[4]).startswith(f"{FIXTURES / 'bad_rows.csv'}:4: column tz:")
+    # each row named by file, line and the address it holds, then the column at fault
+    assert str(by_line[4]).startswith(
+        f"{FIXTURES / 'bad_rows.csv'}:4: badtz@example.org: column tz:"
+    )
+    assert str(by_line[3]).split(": column")[0].endswith(":3: not-an-address")
+    assert str(by_line[7]).endswith(":7: short@example.org: 2 cells but the header has 6 columns")
     assert "topic 'Broken': column 1" in by_line[5].message
     assert "already on line 2" in by_line[6].message
     # the good rows went in, with defaults where cells are empty

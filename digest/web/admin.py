@@ -7,6 +7,7 @@ import json
 import math
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any
@@ -55,7 +56,6 @@ from digest.web.preview import (
     backtest,
     parse_topic_rows,
     row_warnings,
-    topic_notes,
 )
 from digest.web.security import check_csrf, password_ok
 
@@ -235,7 +235,7 @@ def warnings_json(warnings: dict[int, list[str]]) -> dict[str, str]:
 
 def flash_warnings(topics: list[Topic]) -> None:
     """Flash the warnings of topics just saved: they never block saving, but are said."""
-    for note in topic_notes(topics, coverage_index()):
+    for note in subs.topic_notes(topics, coverage_index()):
         flash(f"Warning: {note}", "warning")
 
 
@@ -892,13 +892,16 @@ def import_subscribers() -> Any:
         path = Path(tmp) / "upload.csv"
         upload.save(path)
         try:
-            report = subs.import_csv(st.store, st.settings, path, dry_run=dry_run)
+            report = subs.import_csv(
+                st.store, st.settings, path, dry_run=dry_run, index=coverage_index()
+            )
         except DigestError as exc:
             message = str(exc).replace(str(path), "upload.csv")
             page = render_template("web/import.html", report=None, message=message, dry_run=dry_run)
             return page, 400
-        warnings = import_warnings(path.read_text(encoding="utf-8-sig"), coverage_index())
-    errors = [str(e).replace(str(path), "upload.csv") for e in report.errors]
+    # each row is named by its line and address, in the upload's name rather than ours
+    errors = [str(replace(e, file="upload.csv")) for e in report.errors]
+    warnings = [str(replace(w, file="upload.csv")) for w in report.warnings]
     page = render_template(
         "web/import.html",
         report=report,
@@ -908,35 +911,3 @@ def import_subscribers() -> Any:
         dry_run=dry_run,
     )
     return page, 400 if errors else 200
-
-
-def import_warnings(text: str, index: Any) -> list[str]:
-    """Each CSV row's topic warnings, naming the row's line and address: a warning never
-    rejects a row (import_csv takes it), but the admin should see it."""
-    import contextlib
-    import csv
-
-    reader = csv.reader(text.splitlines(keepends=True))
-    out: list[str] = []
-    try:
-        columns = [h.strip().lower() for h in next(reader)]
-    except (StopIteration, csv.Error):
-        return out
-    if "topics" not in columns or "email" not in columns:
-        return out
-    # Lines counted as import_csv counts them, so a warning names the line its errors name.
-    line = reader.line_num + 1
-    while True:
-        try:
-            cells = next(reader)
-        except (StopIteration, csv.Error):  # a CSV error is already the import's error
-            break
-        start, line = line, reader.line_num + 1
-        if len(cells) != len(columns):
-            continue
-        row = dict(zip(columns, cells, strict=True))
-        with contextlib.suppress(DigestError):  # a bad topic is already an error of the row
-            topics = list(subs.parse_topics(row["topics"]))
-            out += [f"upload.csv:{start}: {row['email'].strip()}: {n}"
-                    for n in topic_notes(topics, index)]  # fmt: skip
-    return out

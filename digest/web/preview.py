@@ -13,7 +13,6 @@ from digest.match import PaperIndex
 from digest.models import Match, StoredPaper, Topic
 from digest.query import compile_query, coverage_warning, query_warnings
 from digest.rank import Learner, explain, rank_profiles
-from digest.subscribers import topic_warnings
 from digest.text import clean_text, one_line
 from digest.urls import paper_url
 
@@ -185,18 +184,6 @@ def row_warnings(
         if notes:
             found[i] = notes
     return found
-
-
-def topic_notes(topics: Sequence[Topic], index: PaperIndex | None) -> list[str]:
-    """The warnings of saved topics, each naming its topic, as the CLI prints them."""
-    notes = topic_warnings(topics)
-    if index is not None:
-        for t in topics:
-            if t.query.strip():
-                hits = index.bits(compile_query(t.query).root).bit_count()
-                if (cover := coverage_warning(hits, len(index.papers))) is not None:
-                    notes.append(f"topic {t.name!r} {cover}")
-    return notes
 
 
 def _located(index: int, exc: QueryError, query: str) -> TopicError:

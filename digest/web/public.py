@@ -47,7 +47,7 @@ from digest.web.admin import (
     warnings_json,
 )
 from digest.web.mailer import ConfirmationJob
-from digest.web.preview import backtest, parse_topic_rows, row_warnings, topic_notes
+from digest.web.preview import backtest, parse_topic_rows, row_warnings
 from digest.web.security import check_csrf
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def manage(signed: str) -> Any:
                     )
                     sub = subs.get_subscriber(st.store, sub.email)
                     message = "Saved. Your next digest follows the new settings."
-                    notes = topic_notes(topics, coverage_index())
+                    notes = subs.topic_notes(topics, coverage_index())
                 except DigestError as exc:
                     message = str(exc)
                     status = 400
@@ -380,7 +380,7 @@ def signup() -> Any:
     if not st.mailer.submit(job):
         return _busy()
     # The same page whether or not the address was known: sign-up reveals no subscriber.
-    notes = topic_notes(topics, coverage_index())
+    notes = subs.topic_notes(topics, coverage_index())
     return render_template("web/signup_sent.html", email=email, notes=notes)
 
 
