@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from browser_support import browser, server  # noqa: F401  (the browser tests' fixtures)
 from sqlalchemy.pool import NullPool
 from support import free_port, unavailable
 

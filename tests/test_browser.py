@@ -1,139 +1,25 @@
-"""Browser tests: Playwright drives Debian's chromium against a real `digest serve` process.
-
-Skipped with the reason when /usr/bin/chromium or the playwright package is missing, unless
-DIGEST_REQUIRE_BROWSER=1 (CI), where that is a failure. With DIGEST_SCREENSHOTS=DIR the test also
-saves the README screenshots (admin subscriber page, unsubscribe page) into DIR.
+"""Browser tests: Playwright drives Debian's chromium against a real `digest serve` process
+(tests/browser_support.py: the browser and server fixtures, skips, screenshots). With
+DIGEST_SCREENSHOTS=DIR the docs' screenshots (admin subscriber page, unsubscribe page) are saved.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
-from support import free_port, unavailable
-from web_support import PASSWORD, PASSWORD_HASH
+from browser_support import new_page, no_sideways_scroll, shots
+from web_support import PASSWORD
 
 from digest import subscribers as subs
 from digest.cli import main as cli_main
 from digest.config import load_settings
-from digest.ingest import ingest_files
 from digest.links import LinkSigner, feedback_urls, links_for, secret_key
 from digest.models import StatusChange, Topic
 from digest.store import Store
 from digest.web.preview import backtest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SAMPLES = Path(__file__).resolve().parents[1] / "digest" / "samples" / "dumps"
-
 pytestmark = pytest.mark.browser
-
-
-def _unavailable(reason: str) -> NoReturn:
-    unavailable("browser tests", "DIGEST_REQUIRE_BROWSER", reason)
-
-
-@pytest.fixture
-def browser() -> Iterator[object]:
-    if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install playwright)")
-    from playwright.sync_api import expect
-
-    # Generous waits: CI machines are shared and slow at times; these bound waiting for the page
-    # to settle (debounced preview, server round trips), they do not assert speed.
-    expect.set_options(timeout=30_000)
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
-@pytest.fixture
-def server(tmp_path) -> Iterator[tuple[str, Path]]:
-    """`digest serve` in a subprocess on a free loopback port, over a seeded database."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    config = tmp_path / "settings.toml"
-    config.write_text(
-        "[database]\n"
-        'url = "sqlite:///digest.db"\n'
-        "[site]\n"
-        f'base_url = "{base}"\n'
-        "[web]\n"
-        f'admin_password_hash = "{PASSWORD_HASH}"\n'
-        "preview_dumps = 5\n",
-        encoding="utf-8",
-    )
-    settings = load_settings(config, env={})
-    dumps = tmp_path / "samples"
-    shutil.copytree(SAMPLES, dumps)
-    with Store.open(settings.database.url) as store:
-        ingest_files(store, settings, sorted(dumps.iterdir()), quiet=True)
-        subs.add_subscriber(
-            store,
-            settings,
-            "ada@example.org",
-            name="Ada Lovelace",
-            topics=[Topic("Efficiency", '"sparse attention", speculative decoding')],
-            backfill_days=3650,
-        )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "digest.cli", "--config", str(config), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_until_up(base + "/feeds/all.rss", proc)
-        yield base, config
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen) -> None:
-    for _ in range(300):  # a bound on waiting for start-up, not an assertion about speed
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise AssertionError(f"digest serve exited with {proc.returncode}:\n{out}")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.1)
-    raise AssertionError(f"digest serve did not answer at {url}")
-
-
-def _shots() -> Path | None:
-    target = os.environ.get("DIGEST_SCREENSHOTS")
-    if not target:
-        return None
-    path = Path(target)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _expected_summary(config: Path, query: str) -> str:
@@ -154,8 +40,7 @@ def test_admin_edits_a_topic_with_live_preview_and_saves(browser, server):
     base, config = server
     new_query = "video, latency -draft"
     expected = _expected_summary(config, new_query)
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(30_000)
+    page, _ = new_page(browser, 1280)
     page.goto(base + "/admin/")
     expect(page).to_have_url(base + "/admin/login?next=/admin/")
     page.get_by_label("Password").fill(PASSWORD)
@@ -179,8 +64,8 @@ def test_admin_edits_a_topic_with_live_preview_and_saves(browser, server):
     text = " ".join(summary.inner_text().split())
     assert expected.replace(" ", "") in text.replace(" ", ""), text
     expect(page.locator(".tag-added").first).to_be_visible()
-    if shots := _shots():
-        page.screenshot(path=str(shots / "admin-subscriber.png"), full_page=False)
+    if target := shots():
+        page.screenshot(path=str(target / "admin-subscriber.png"), full_page=False)
 
     page.get_by_role("button", name="Save profile").click()
     expect(page.get_by_text("Saved.")).to_be_visible()
@@ -204,14 +89,13 @@ def test_subscriber_unsubscribes_through_their_link(browser, server):
     with Store.open(settings.database.url) as store:
         sub = subs.get_subscriber(store, "ada@example.org")
         links = links_for(settings, LinkSigner(secret_key(store, settings)), sub)
-    page = browser.new_page(viewport={"width": 420, "height": 720})
-    page.set_default_timeout(30_000)
+    page, _ = new_page(browser, 420, 720)
     page.goto(links.unsubscribe_url)  # the footer link: a GET only shows the page
     expect(page.get_by_role("heading", name="Unsubscribe?")).to_be_visible()
     with Store.open(settings.database.url) as store:
         assert subs.get_subscriber(store, "ada@example.org").status == "active"
-    if shots := _shots():
-        page.screenshot(path=str(shots / "unsubscribe.png"), full_page=True)
+    if target := shots():
+        page.screenshot(path=str(target / "unsubscribe.png"), full_page=True)
     page.keyboard.press("Tab")  # keyboard use: skip link, then the button
     page.get_by_role("button", name="Unsubscribe").focus()
     page.keyboard.press("Enter")
@@ -229,12 +113,7 @@ def test_admin_consent_page_shows_when_and_how_they_left(browser, server, width)
     with Store.open(settings.database.url) as store:
         sub = subs.get_subscriber(store, "ada@example.org")
         store.unsubscribe_token(sub.token, how=StatusChange.ONE_CLICK)
-    page = browser.new_page(viewport={"width": width, "height": 900})
-    page.set_default_timeout(30_000)
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    page.on("response", lambda r: problems.append(r.url) if r.status >= 400 else None)
+    page, problems = new_page(browser, width)
     page.goto(base + "/admin/login?next=/admin/subscribers")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
@@ -249,18 +128,11 @@ def test_admin_consent_page_shows_when_and_how_they_left(browser, server, width)
     expect(history.locator("tbody tr")).to_have_count(2)
     expect(history.locator("tbody tr").last).to_contain_text("one-click")
     expect(page.get_by_role("link", name="Export data")).to_be_visible()
-    _assert_no_sideways_scroll(page)
+    no_sideways_scroll(page)
     page.get_by_role("link", name="Wipe…").click()
     expect(page.get_by_role("button", name="Wipe for good")).to_be_visible()
-    _assert_no_sideways_scroll(page)
+    no_sideways_scroll(page)
     assert problems == []
-
-
-def _assert_no_sideways_scroll(page) -> None:
-    wide, seen = page.evaluate(
-        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
-    )
-    assert wide <= seen, f"page is {wide}px wide in a {seen}px viewport"
 
 
 @pytest.mark.parametrize("width", [1280, 390])
@@ -274,21 +146,16 @@ def test_feedback_link_asks_then_records_with_undo(browser, server, width):
         paper = store.recent_papers(1)[0]
         urls = feedback_urls(settings, LinkSigner(secret_key(store, settings)), sub, paper.id, None)
     assert urls is not None
-    page = browser.new_page(viewport={"width": width, "height": 900})
-    page.set_default_timeout(30_000)
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    page.on("response", lambda r: problems.append(r.url) if r.status >= 400 else None)
+    page, problems = new_page(browser, width)
     page.goto(urls[0])  # a GET only asks
     expect(page.get_by_role("heading", name="More like this?")).to_be_visible()
     expect(page.locator("#feedback-paper")).to_have_text(paper.title)
-    _assert_no_sideways_scroll(page)
+    no_sideways_scroll(page)
     with Store.open(settings.database.url) as store:
         assert store.examples_of(sub.id) == []
     page.get_by_role("button", name="More like this").click()
     expect(page.get_by_role("heading", name="Recorded")).to_be_visible()
-    _assert_no_sideways_scroll(page)
+    no_sideways_scroll(page)
     with Store.open(settings.database.url) as store:
         assert [e.paper_id for e in store.examples_of(sub.id)] == [paper.id]
     page.get_by_role("button", name="Undo").click()

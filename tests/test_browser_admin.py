@@ -1,26 +1,19 @@
 """Every admin and sign-up page in Chromium at 1280 and 390 px: no sideways scroll, no console
 error, and the layout fixes (query error width, preview next to the field, bounded backtest,
-hidden Preview button). Same set-up as tests/test_browser.py (real `digest serve`, Playwright).
+hidden Preview button). Fixtures and helpers from tests/browser_support.py.
 With DIGEST_SCREENSHOTS=DIR the pages shown in docs/guide/web.md are saved into DIR.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import free_port
-from test_browser import SAMPLES, _shots, _wait_until_up, browser  # noqa: F401  (fixture)
-from web_support import PASSWORD, PASSWORD_HASH
+from browser_support import login, new_page, no_sideways_scroll, seed, serving, shots, site_config
 
 from digest import subscribers as subs
 from digest.config import load_settings
-from digest.ingest import ingest_files
 from digest.mail import SendResult
 from digest.models import Topic
 from digest.pipeline import Cycle
@@ -47,34 +40,11 @@ class _Accepting:
 @pytest.fixture
 def site(tmp_path) -> Iterator[tuple[str, Path, dict[str, int]]]:
     """`digest serve` with sign-up on, an operator address, and one digest sent to Ada."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    config = tmp_path / "settings.toml"
-    config.write_text(
-        "[database]\n"
-        'url = "sqlite:///digest.db"\n'
-        "[site]\n"
-        f'base_url = "{base}"\n'
-        'operator_email = "op@example.org"\n'
-        "[web]\n"
-        f'admin_password_hash = "{PASSWORD_HASH}"\n'
-        "signup_enabled = true\n"
-        "preview_dumps = 5\n",
-        encoding="utf-8",
+    base, config, settings = site_config(
+        tmp_path, site='operator_email = "op@example.org"\n', web="signup_enabled = true\n"
     )
-    settings = load_settings(config, env={})
-    dumps = tmp_path / "samples"
-    shutil.copytree(SAMPLES, dumps)
     with Store.open(settings.database.url) as store:
-        ingest_files(store, settings, sorted(dumps.iterdir()), quiet=True)
-        ada = subs.add_subscriber(
-            store,
-            settings,
-            "ada@example.org",
-            name="Ada Lovelace",
-            topics=[Topic("Efficiency", '"sparse attention", speculative decoding')],
-            backfill_days=3650,
-        )
+        ada = seed(store, settings, tmp_path)
         for i in range(30):  # enough rows for the list to need its narrow layout
             subs.add_subscriber(
                 store,
@@ -88,40 +58,8 @@ def site(tmp_path) -> Iterator[tuple[str, Path, dict[str, int]]]:
         digest_id = store.delivery_history(ada.id, limit=1)[0].id
         paper_id = store.papers_page(limit=1)[0].id
     ids = {"ada": ada.id, "digest": digest_id, "paper": paper_id}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "digest.cli", "--config", str(config), "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_until_up(base + "/feeds/all.rss", proc)
+    with serving(base, config):
         yield base, config, ids
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _page(browser, width: int):  # noqa: F811  (the fixture's value)
-    page = browser.new_page(viewport={"width": width, "height": 900})
-    page.set_default_timeout(30_000)
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    return page, problems
-
-
-def _login(page, base: str) -> None:
-    page.goto(base + "/admin/login")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.get_by_role("heading", name="Dashboard").wait_for()
-
-
-def _no_sideways_scroll(page, what: str) -> None:
-    wide, seen = page.evaluate("[document.scrollingElement.scrollWidth, window.innerWidth]")
-    assert wide <= seen, f"{what}: page is {wide}px wide in a {seen}px viewport"
 
 
 # The screenshots docs/guide/web.md shows (name-width); the other pages are checked, not shot.
@@ -139,16 +77,16 @@ SHOTS = {
 
 
 def _shot(page, name: str, width: int) -> None:
-    if (shots := _shots()) and f"{name}-{width}" in SHOTS:
-        page.screenshot(path=str(shots / f"{name}-{width}.png"), full_page=False)
+    if (target := shots()) and f"{name}-{width}" in SHOTS:
+        page.screenshot(path=str(target / f"{name}-{width}.png"), full_page=False)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
-def test_every_admin_page_fits_and_has_no_console_error(browser, site, width):  # noqa: F811
+def test_every_admin_page_fits_and_has_no_console_error(browser, site, width):
     base, _, ids = site
-    page, problems = _page(browser, width)
-    _login(page, base)
+    page, problems = new_page(browser, width, failed_responses=False)
+    login(page, base)
     sid, did, pid = ids["ada"], ids["digest"], ids["paper"]
     pages = {
         "dashboard": "/admin/",
@@ -167,7 +105,7 @@ def test_every_admin_page_fits_and_has_no_console_error(browser, site, width):  
     for name, path in pages.items():
         page.goto(base + path)
         page.wait_for_load_state("networkidle")
-        _no_sideways_scroll(page, name)
+        no_sideways_scroll(page, name)
         if name in ("dashboard", "subscriber", "digest", "papers", "new", "subscribers"):
             _shot(page, f"admin-{name}", width)
     # the bulk remove confirmation (a POST page)
@@ -176,28 +114,28 @@ def test_every_admin_page_fits_and_has_no_console_error(browser, site, width):  
     page.locator("input[name=sid]").nth(1).check()
     page.get_by_role("button", name="Remove…").click()
     page.get_by_role("button", name="Remove 2").wait_for()
-    _no_sideways_scroll(page, "bulk remove")
+    no_sideways_scroll(page, "bulk remove")
     assert problems == [], problems
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_live_preview_layout_on_the_subscriber_page(browser, site, width):  # noqa: F811
+def test_live_preview_layout_on_the_subscriber_page(browser, site, width):
     from playwright.sync_api import expect
 
     base, _, ids = site
-    page, problems = _page(browser, width)
-    _login(page, base)
+    page, problems = new_page(browser, width, failed_responses=False)
+    login(page, base)
     page.goto(base + f"/admin/subscribers/{ids['ada']}")
     # the no-JavaScript Preview button is hidden (CSS [hidden] beats .button's display)
     expect(page.locator("[data-nojs-preview]")).to_be_hidden()
     query = page.get_by_label("Keywords (query)").first
     query.fill('latency "unclosed quote that goes on and on for quite a few words here')
     expect(page.locator("#topic-error-0")).to_contain_text("column")
-    _no_sideways_scroll(page, "query error")
+    no_sideways_scroll(page, "query error")
     query.fill("sparse and attention")  # a warning, live beside the field; the error is gone
     expect(page.locator("#topic-warning-0")).to_contain_text("lower-case 'and' is ignored")
     expect(page.locator("#topic-error-0")).to_be_empty()
-    _no_sideways_scroll(page, "query warning")
+    no_sideways_scroll(page, "query warning")
     query.fill(BROAD)
     summary = page.locator("[data-preview-summary]")
     expect(summary).to_contain_text("added")
@@ -216,18 +154,18 @@ def test_live_preview_layout_on_the_subscriber_page(browser, site, width):  # no
         assert box.evaluate("e => e.clientHeight") <= 28 * 16 + 2
     section_height = page.locator("section.preview").evaluate("e => e.offsetHeight")
     assert section_height < 2000, f"preview section is {section_height}px tall"
-    _no_sideways_scroll(page, "broad preview")
+    no_sideways_scroll(page, "broad preview")
     _shot(page, "admin-preview", width)
     assert problems == [], problems
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_add_form_adds_topic_rows_and_shows_all_errors(browser, site, width):  # noqa: F811
+def test_add_form_adds_topic_rows_and_shows_all_errors(browser, site, width):
     from playwright.sync_api import expect
 
     base, _, _ = site
-    page, problems = _page(browser, width)
-    _login(page, base)
+    page, problems = new_page(browser, width, failed_responses=False)
+    login(page, base)
     page.goto(base + "/admin/subscribers/new")
     before = page.locator("[data-topic]").count()
     page.get_by_role("button", name="Add a topic").click()
@@ -242,13 +180,13 @@ def test_add_form_adds_topic_rows_and_shows_all_errors(browser, site, width):  #
     page.get_by_role("button", name="Add subscriber").click()
     expect(page.locator("#email-error")).to_be_visible()
     expect(page.locator("#tz-error")).to_be_visible()
-    _no_sideways_scroll(page, "add form errors")
+    no_sideways_scroll(page, "add form errors")
     # the page itself answers 400 (Chromium logs that); nothing else may fail
     assert all("status of 400" in p for p in problems), problems
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_signup_with_example_preview_and_browser_zone(browser, site, width):  # noqa: F811
+def test_signup_with_example_preview_and_browser_zone(browser, site, width):
     from playwright.sync_api import expect
 
     base, config, _ = site
@@ -268,17 +206,17 @@ def test_signup_with_example_preview_and_browser_zone(browser, site, width):  # 
         "speculative decoding, KV cache, quantization"
     )
     expect(page.locator("[data-preview-summary]")).to_contain_text("would have brought")
-    _no_sideways_scroll(page, "sign-up with preview")
+    no_sideways_scroll(page, "sign-up with preview")
     _shot(page, "signup", width)
     page.locator("#topic-query-1").fill("robot and manipulation")  # a warning, not an error
     expect(page.locator("#topic-warning-1")).to_contain_text("lower-case 'and' is ignored")
-    _no_sideways_scroll(page, "sign-up with a warning")
+    no_sideways_scroll(page, "sign-up with a warning")
     page.get_by_label("Email").fill(f"new-{width}@example.org")
     page.get_by_label("How often").select_option("weekly")
     page.get_by_role("button", name="Subscribe").click()
     expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
     expect(page.locator(".flash-warn")).to_contain_text("lower-case 'and' is ignored")
-    _no_sideways_scroll(page, "sign-up sent")
+    no_sideways_scroll(page, "sign-up sent")
     settings = load_settings(config, env={})
     for _ in range(200):  # the confirmation sender works in the background: wait for it
         with Store.open(settings.database.url) as store:

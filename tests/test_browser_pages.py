@@ -1,6 +1,6 @@
 """Browser tests of a subscriber's digest page and archive (Chromium at 1280 and 390 px).
 
-Same set-up as tests/test_browser.py (its fixtures: a real `digest serve` over the samples);
+Fixtures from tests/browser_support.py (a real `digest serve` over the samples);
 with DIGEST_SCREENSHOTS=DIR the docs' screenshots of both pages are saved into DIR.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import replace
 from email import message_from_bytes, policy
 
 import pytest
-from test_browser import _assert_no_sideways_scroll, _shots, browser, server  # noqa: F401
+from browser_support import new_page, no_sideways_scroll, shots
 
 from digest import subscribers as subs
 from digest.config import load_settings
@@ -39,35 +39,30 @@ def _sent_links(config) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("width", [1280, 390])
-def test_digest_page_and_archive_read_well(browser, server, width):  # noqa: F811
+def test_digest_page_and_archive_read_well(browser, server, width):
     from playwright.sync_api import expect
 
     _, config = server
     page_url, archive_url = _sent_links(config)
-    page = browser.new_page(viewport={"width": width, "height": 900})
-    page.set_default_timeout(30_000)
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    page.on("response", lambda r: problems.append(r.url) if r.status >= 400 else None)
+    page, problems = new_page(browser, width)
     page.goto(page_url)
     expect(page.get_by_role("heading", level=1)).to_contain_text("Your digest of")
     expect(page.locator("p.muted").first).to_contain_text("the email showed 3 of")
     expect(page.locator("#left-out")).to_be_visible()
     assert page.locator("article.paper").count() > 3
     expect(page.locator("[data-why]").first).to_contain_text("matched: Models (")
-    _assert_no_sideways_scroll(page)
-    shots = _shots()
-    if shots:
+    no_sideways_scroll(page)
+    target = shots()
+    if target:
         name = "digest-page.png" if width == 1280 else "digest-page-phone.png"
-        page.screenshot(path=str(shots / name), full_page=False)
+        page.screenshot(path=str(target / name), full_page=False)
     page.get_by_role("link", name="all your digests").click()
     expect(page.get_by_role("heading", name="Your past digests")).to_be_visible()
     expect(page.locator("li.archive-item")).to_have_count(1)
     assert page.url == archive_url
-    _assert_no_sideways_scroll(page)
-    if shots and width == 390:
-        page.screenshot(path=str(shots / "archive-phone.png"), full_page=False)
+    no_sideways_scroll(page)
+    if target and width == 390:
+        page.screenshot(path=str(target / "archive-phone.png"), full_page=False)
     page.locator("li.archive-item a").first.click()
     assert page.url == page_url
     assert problems == []
