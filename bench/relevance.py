@@ -27,6 +27,7 @@ import json
 import random
 import statistics
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -129,42 +130,43 @@ def plain_only(papers: list[StoredPaper], profiles: list[tuple[str, dict]]) -> N
         ("share 2/3", 2 / 3, ours_stem),
         ("Snowball alone (no folding)", 0.5, functools.lru_cache(maxsize=None)(textmod.snowball)),
     ]
+
+    def report(name: str, ranked_of: Callable[[str], list[int]]) -> None:
+        for group in sorted({g for g, _ in profiles}):
+            ms = []
+            for g, prof in profiles:
+                if g == group:
+                    relevant = {by_title[t] for t in prof["relevant_titles"] if t in by_title}
+                    ms.append(measures(ranked_of(prof["query"]), relevant))
+            mean = {k: statistics.mean(m[k] for m in ms) for k in ms[0]}
+            print(f"{name:32} {group:6} {mean['p10']:6.2f} {mean['recall']:7.2f} "
+                  f"{mean['precision']:10.2f}")  # fmt: skip
+
+    def plain(query: str) -> list[int]:
+        return [m.paper_id for m in preview_topic(papers, query).matches]
+
     print(f"\n{'variant':32} {'set':6} {'P@10':>6} {'recall':>7} {'precision':>10}")
     for name, share, stem in variants:
         querymod.MOST_SHARE = matchmod.MOST_SHARE = share
         textmod.stem = stem
         clear()
-        for group in sorted({g for g, _ in profiles}):
-            ms = []
-            for g, prof in profiles:
-                if g != group:
-                    continue
-                relevant = {by_title[t] for t in prof["relevant_titles"] if t in by_title}
-                ranked = [m.paper_id for m in preview_topic(papers, prof["query"]).matches]
-                ms.append(measures(ranked, relevant))
-            mean = {k: statistics.mean(m[k] for m in ms) for k in ms[0]}
-            print(f"{name:32} {group:6} {mean['p10']:6.2f} {mean['recall']:7.2f} "
-                  f"{mean['precision']:10.2f}")  # fmt: skip
+        report(name, plain)
     querymod.MOST_SHARE = matchmod.MOST_SHARE = 0.5
     textmod.stem = ours_stem
     clear()
+
     # Pseudo-relevance feedback, not built: the plain query's best K matches taken as liked
     # papers, the model's suggestions appended after the keyword list (measured, see README)
+    def pseudo_feedback(k: int) -> Callable[[str], list[int]]:
+        def ranked(query: str) -> list[int]:
+            found = plain(query)
+            got = preview_topic(papers, query, likes=found[:k]).matches
+            return found + [m.paper_id for m in got if m.paper_id not in found]
+
+        return ranked
+
     for k in (3, 10):
-        for group in sorted({g for g, _ in profiles}):
-            ms = []
-            for g, prof in profiles:
-                if g != group:
-                    continue
-                relevant = {by_title[t] for t in prof["relevant_titles"] if t in by_title}
-                plain = [m.paper_id for m in preview_topic(papers, prof["query"]).matches]
-                got = preview_topic(papers, prof["query"], likes=plain[:k]).matches
-                ranked = plain + [m.paper_id for m in got if m.paper_id not in plain]
-                ms.append(measures(ranked, relevant))
-            mean = {key: statistics.mean(m[key] for m in ms) for key in ms[0]}
-            name = f"pseudo-feedback, top {k} (not built)"
-            print(f"{name:32} {group:6} {mean['p10']:6.2f} {mean['recall']:7.2f} "
-                  f"{mean['precision']:10.2f}")  # fmt: skip
+        report(f"pseudo-feedback, top {k} (not built)", pseudo_feedback(k))
 
 
 def main() -> int:
