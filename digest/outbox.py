@@ -191,12 +191,13 @@ def _plan_states(
     by_id: dict[int, StoredPaper],
     index: PaperIndex | None,
     now: datetime,
+    learners: Learners | None = None,
 ) -> list[Plan]:
     from digest.rank import rank_profiles  # see _paper_index
 
     top = papers[-1].id if papers else 0
     profiles = {s.subscriber.id: s.subscriber.topics for s in states if s.subscriber.topics}
-    learner = _learner(store, profiles, index)
+    learner = (learners or Learners(store, index)).for_profiles(profiles)
     # Only each subscriber's best 2 x max_papers are ranked (exact top-k); the lists whose head
     # is filtered out below (older or delivered papers) are ranked in full afterwards, together.
     limit, most = 2 * settings.mail.max_papers, settings.mail.max_papers
@@ -259,17 +260,32 @@ def _plan_states(
     ]
 
 
-def _learner(
-    store: Store, profiles: Mapping[int, Sequence[Topic]], index: PaperIndex | None
-) -> Learner | None:
-    """The models' trainer when some topic has examples (None otherwise: keywords alone)."""
-    ids = {i for topics in profiles.values() for t in topics for i in (*t.likes, *t.dislikes)}
-    if not ids:
-        return None
-    from digest.rank import BACKGROUND, Learner
+class Learners:
+    """The models' trainer of one queue pass, built when a page first has examples and kept
+    for the pass's later pages (over the same index): training it reads the background and
+    tokenises it, so one per page of subscribers cost a second each."""
 
-    # the index's papers are tokenised already: the Learner takes their stems from it
-    return Learner(store.recent_papers(limit=BACKGROUND), store.papers_by_ids(ids), index)
+    def __init__(self, store: Store, index: PaperIndex | None) -> None:
+        self.store = store
+        self.index = index
+        self.learner: Learner | None = None
+
+    def for_profiles(self, profiles: Mapping[int, Sequence[Topic]]) -> Learner | None:
+        """The trainer knowing every example paper of these profiles (None: none has any)."""
+        ids = {i for topics in profiles.values() for t in topics for i in (*t.likes, *t.dislikes)}
+        if not ids:
+            return None
+        from digest.rank import BACKGROUND, Learner
+
+        if self.learner is None:
+            # the index's papers are tokenised already: the Learner takes their stems from it
+            self.learner = Learner(
+                self.store.recent_papers(limit=BACKGROUND), self.store.papers_by_ids(ids),
+                self.index,
+            )  # fmt: skip
+        elif missing := self.learner.unknown(ids):
+            self.learner.add_known(self.store.papers_by_ids(missing))
+        return self.learner
 
 
 # A capped digest keeps this many of its left-out matches for its web page (and counts all).
@@ -425,6 +441,7 @@ def queue_digests(
     papers: list[StoredPaper] = []
     by_id: dict[int, StoredPaper] = {}
     index: PaperIndex | None = None
+    learners = Learners(store, None)
     cadences = [Cadence.FEED] if feeds_only else None
     while True:
         states, last = _due_states(
@@ -441,10 +458,11 @@ def queue_digests(
             papers = store.papers_after(lowest)
             by_id = {p.id: p for p in papers}
             index = _paper_index(papers)
+            learners = Learners(store, index)
             loaded_from = lowest
         report.due += len(states)
         report.papers = len(by_id)
-        plans = _plan_states(store, settings, states, papers, by_id, index, now)
+        plans = _plan_states(store, settings, states, papers, by_id, index, now, learners)
         created = store.record_plans(
             [plan.progress() for plan in plans],
             now=now,

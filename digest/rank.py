@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +137,26 @@ class Learner:
         self._like_col: dict[int, int] = {}
         self._like_rows: Any = None
         self._sims: np.ndarray | None = None
+
+    def unknown(self, ids: Iterable[int]) -> set[int]:
+        """The ids among these that are no known example paper."""
+        return {i for i in ids if i not in self._known}
+
+    def add_known(self, papers: Mapping[int, StoredPaper]) -> None:
+        """Know more example papers (a later page's): their rows join with the same idf; the
+        models and suggestions of examples naming them are made again when next asked for."""
+        new = {i: p for i, p in papers.items() if i not in self._known}
+        if not new:
+            return
+        self._known.update(new)
+        self.features(list(new.values()))
+
+        def stale(ex: Examples) -> bool:
+            return any(i in new for i in (*ex.likes, *ex.dislikes))
+
+        self._models = {ex: m for ex, m in self._models.items() if not stale(ex)}
+        self._nearest = {k: v for k, v in self._nearest.items() if not stale(k[0])}
+        self._like_rows, self._sims = None, None
 
     def _analyze(self, paper: StoredPaper) -> list[str]:
         i = self._index_pos.get(paper.id)
@@ -525,13 +545,13 @@ class _Builder:
         self.index = index
         self.keyword = keyword  # query text -> its MatchList (or None)
         self.learner = learner
-        self.examples = examples  # topic name + query -> examples, for suggestions' why
-        self.labels = labels  # topic name + query, by label number
+        self.examples = examples  # label -> examples, for suggestions' why
+        self.labels = labels  # "topic name\0query\0number", by label number
 
     def __call__(self, r: Ranked) -> Match:
         pid = int(self.index.ids[r.i])
         score = round(r.score * 1000, 6)
-        topic, _, query = r.topic.partition("\0")
+        topic, query, _ = r.topic.split("\0")
         if r.keyword >= 0:
             m = self.keyword[query][r.keyword]
             if r.topic not in self.examples:  # keywords alone: their own score
@@ -565,8 +585,10 @@ def _rank_topics(
         got = keyword.get(t.query)
         kw = got._papers.astype(np.int64) if got is not None else np.zeros(0, np.int64)
         ex = Examples.of(t)
-        label = f"{t.name}\0{t.query}"
+        # one label per topic: subscribers' topics alike in name and query may differ in
+        # examples, so each keeps its own (for the why of its suggestions and its scale)
         lab = len(labels)
+        label = f"{t.name}\0{t.query}\0{lab}"
         labels.append(label)
         c = column.get(ex, -1)
         if decision is None or c < 0 or not math.isfinite(decision[0, c]):

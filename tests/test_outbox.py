@@ -713,3 +713,47 @@ def test_subscribers_sharing_a_profile_share_each_paper_s_built_item(
     assert [i.paper_id for i in d] == [i.paper_id for i in a]
     assert {i.topics for i in d} == {("Other",)} and {i.topics for i in a} == {("T",)}
     assert len(builds) == len(a) + len(d)
+
+
+def test_one_learner_serves_every_page_of_a_queue_pass(world, monkeypatch) -> None:
+    # A page of subscribers at a time: the models' trainer is built once per pass, and a later
+    # page's example papers join it, ranking exactly as one page holding everyone would.
+    from digest import outbox, rank
+
+    store, settings = world
+    emails = ["a@example.org", "b@example.org", "c@example.org"]
+    for email in emails:
+        _subscribe(store, settings, email, "", topic="Mine")
+    _ingest(store, settings, "ingest_day1.txt", "ingest_day2.txt")
+    pids = [p.id for p in store.recent_papers(limit=50)]
+    for k, email in enumerate(emails):
+        sid = get_subscriber(store, email).id
+        store.record_feedback(sid, "Mine", pids[k], "like")  # each page brings its own
+    one_page = {
+        p.state.subscriber.id: [(i.paper_id, i.why) for i in p.items]
+        for p in plan_digests(store, settings, now=T0)[0]
+    }
+    assert len(pids) >= 3 and len(one_page) == 3
+    assert sum(map(bool, one_page.values())) >= 2  # examples alone find papers like the likes
+
+    built: list[int] = []
+    original = rank.Learner.__init__
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    paged: dict[int, list[tuple[int, str]]] = {}
+    plan_states = outbox._plan_states
+
+    def capture(*args, **kwargs):  # type: ignore[no-untyped-def]
+        plans = plan_states(*args, **kwargs)
+        paged.update({p.state.subscriber.id: [(i.paper_id, i.why) for i in p.items] for p in plans})
+        return plans
+
+    monkeypatch.setattr(rank.Learner, "__init__", counting)
+    monkeypatch.setattr(outbox, "_plan_states", capture)
+    monkeypatch.setattr(outbox, "QUEUE_CHUNK", 1)
+    assert queue_digests(store, settings, now=T0).queued == 3
+    assert len(built) == 1
+    assert paged == one_page

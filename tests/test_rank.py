@@ -217,3 +217,23 @@ def test_nearest_like_is_the_liked_paper_of_highest_cosine() -> None:
             x = learner.features([*liked, paper])
             cos = (x[:-1] @ x[-1].T).toarray().ravel()
             assert learner.nearest_like(paper, ex) == liked[int(np.argmax(cos))]
+
+
+def test_topics_alike_in_name_and_query_keep_their_own_examples() -> None:
+    # two subscribers' topics "Mine" with no words, liking different papers: each list and
+    # each suggestion's why follow that subscriber's own likes
+    ps = papers()
+    robot, speech = ids_of(ps, "robot")[0], ids_of(ps, "speech")[0]
+    learner = Learner(ps, {p.id: p for p in ps})
+    got = rank_profiles(
+        PaperIndex(ps),
+        {1: [Topic("Mine", "", likes=(robot,))], 2: [Topic("Mine", "", likes=(speech,))]},
+        learner=learner,
+    )
+    assert got[1] and got[2]
+    assert {m.why for m in got[1]} == {
+        'suggested: like "Robot grasping with visuomotor policies 0"'
+    }
+    assert {m.why for m in got[2]} == {'suggested: like "Streaming speech recognition 0"'}
+    assert set(m.paper_id for m in got[1]) <= set(ids_of(ps, "robot"))
+    assert set(m.paper_id for m in got[2]) <= set(ids_of(ps, "speech"))
