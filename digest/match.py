@@ -42,7 +42,10 @@ from digest.query import (
     Node,
     Query,
     compile_query,
+    decode_queries,
     describe_node,
+    encode_query,
+    form_is_current,
     leaf_id,
     most_needed,
     positive_terms,
@@ -825,6 +828,11 @@ _COMPILED: dict[str, Query] = {}
 _COMPILED_MAX = 1 << 18
 
 
+# Texts the batch matcher compiled because their stored form was missing or stale: the queue
+# stage rewrites those topics' forms (forms_to_save). Cleared with _COMPILED.
+_UNSTORED: set[str] = set()
+
+
 def cached_query(text: str) -> Query:
     """compile_query(text), kept for the process (the batch matcher's cache)."""
     got = _COMPILED.get(text)
@@ -832,8 +840,40 @@ def cached_query(text: str) -> Query:
         got = compile_query(text)
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.clear()
+            _UNSTORED.clear()
         _COMPILED[text] = got
     return got
+
+
+def _load_forms(cold: Sequence[str], forms: Mapping[str, bytes | None]) -> None:
+    """Put the queries of these texts (not in the process cache) there, decoded from their
+    stored forms (query.decode_queries); a text whose form does not decode is left for
+    cached_query to compile, and noted in _UNSTORED."""
+    if len(_COMPILED) + len(cold) > _COMPILED_MAX:
+        _COMPILED.clear()
+        _UNSTORED.clear()
+    decoded = decode_queries(cold, [forms.get(x) for x in cold])
+    for text, query in zip(cold, decoded, strict=True):
+        if query is None:
+            _UNSTORED.add(text)
+        else:
+            _COMPILED[text] = query
+
+
+def forms_to_save(profiles: Mapping[int, Sequence[Topic]]) -> list[tuple[int, int, str, bytes]]:
+    """(subscriber id, position, query, form) of these profiles' topics whose stored form the
+    matcher could not use (missing, stale, damaged), their query compiled this process."""
+    if not _UNSTORED:
+        return []
+    rows = []
+    for sid, topics in profiles.items():
+        for pos, topic in enumerate(topics):
+            if topic.query in _UNSTORED and not form_is_current(topic.query, topic.compiled):
+                try:
+                    rows.append((sid, pos, topic.query, encode_query(cached_query(topic.query))))
+                except QueryError:
+                    continue  # a bad stored query has no form: it stays NULL
+    return rows
 
 
 def _compile(text: str) -> Query | None:
@@ -1372,6 +1412,10 @@ def _match_all(
     texts = [t.query for topics in profiles.values() for t in topics]
     position: dict[str, int] = {}  # distinct text -> its position, in order of first use
     slots = [position.setdefault(x, len(position)) for x in texts]
+    cold = [x for x in position if x not in _COMPILED and x.strip()]
+    if cold:  # a fresh process: decode the forms stored with the topics rather than parse
+        forms = {t.query: t.compiled for topics in profiles.values() for t in topics}
+        _load_forms(cold, forms)
     try:
         # An empty query (a topic of examples alone) has no keyword part: None, as if absent.
         compiled: list[Query | None] = [cached_query(x) if x.strip() else None for x in position]

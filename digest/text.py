@@ -87,6 +87,7 @@ class Token(NamedTuple):
 # PyStemmer: the C build of the Snowball stemmers, the same results as the pure-Python
 # snowballstemmer (tests/test_text.py compares them) at C speed
 _STEMMER = Stemmer.Stemmer("english")
+STEMMER_VERSION: str = Stemmer.version()  # part of query.FORM_KEY: new stems, new forms
 
 # --- the text policy (see the module docstring) ----------------------------------------------
 
