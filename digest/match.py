@@ -845,10 +845,33 @@ def cached_query(text: str) -> Query:
     return got
 
 
-def _load_forms(cold: Sequence[str], forms: Mapping[str, bytes | None]) -> None:
-    """Put the queries of these texts (not in the process cache) there, decoded from their
-    stored forms (query.decode_queries); a text whose form does not decode is left for
-    cached_query to compile, and noted in _UNSTORED."""
+def load_queries(profiles: Mapping[int, Sequence[Topic]]) -> None:
+    """What match_profiles does first: put the profiles' queries in the process cache, those
+    not there yet decoded from the forms stored with their topics (or, failing that, left for
+    cached_query to compile)."""
+    # as in match_profiles: cyclic GC passes over the many new small objects cost more than
+    # the decoding itself
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _load_forms(profiles, None)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load_forms(profiles: Mapping[int, Sequence[Topic]], texts: Iterable[str] | None) -> None:
+    """load_queries for the profiles' distinct texts (None: read them from the profiles); a
+    text whose form does not decode (query.decode_queries) is noted in _UNSTORED."""
+    forms: dict[str, bytes | None] | None = None
+    if texts is None:
+        forms = {t.query: t.compiled for topics in profiles.values() for t in topics}
+        texts = forms
+    cold = [x for x in texts if x not in _COMPILED and x.strip()]
+    if not cold:  # a running scheduler's cycles after its first
+        return
+    if forms is None:
+        forms = {t.query: t.compiled for topics in profiles.values() for t in topics}
     if len(_COMPILED) + len(cold) > _COMPILED_MAX:
         _COMPILED.clear()
         _UNSTORED.clear()
@@ -1412,10 +1435,7 @@ def _match_all(
     texts = [t.query for topics in profiles.values() for t in topics]
     position: dict[str, int] = {}  # distinct text -> its position, in order of first use
     slots = [position.setdefault(x, len(position)) for x in texts]
-    cold = [x for x in position if x not in _COMPILED and x.strip()]
-    if cold:  # a fresh process: decode the forms stored with the topics rather than parse
-        forms = {t.query: t.compiled for topics in profiles.values() for t in topics}
-        _load_forms(cold, forms)
+    _load_forms(profiles, position)
     try:
         # An empty query (a topic of examples alone) has no keyword part: None, as if absent.
         compiled: list[Query | None] = [cached_query(x) if x.strip() else None for x in position]

@@ -799,33 +799,37 @@ def decode_queries(texts: Sequence[str], forms: Sequence[bytes | None]) -> list[
         try:
             table, root, terms, lits, conj_sizes, clause_sizes, template = marshal.loads(form[12:])
             nodes: list[Node] = []
+            nid: list[int] = []  # each node's leaf id, -1 for a group (looked up if a literal)
             for entry in table:
                 if entry.__class__ is str:
-                    node = words.get(entry)
-                    if node is None:
-                        node = Node("t", None, entry)
-                        known = ids.get(node)
-                        node = words[entry] = node if known is None else LEAVES[known]
+                    got = words.get(entry)
+                    if got is None:
+                        leaf = Node("t", None, entry)
+                        got = words[entry] = (leaf, leaf_id(leaf))
+                    nodes.append(got[0])
+                    nid.append(got[1])
                 elif entry[0] in _GROUP_KINDS:
                     kids = frozenset([nodes[c] for c in entry[1:]])
-                    node = _new_tuple(Node, (entry[0], None, kids))
+                    nodes.append(_new_tuple(Node, (entry[0], None, kids)))
+                    nid.append(-1)
                 elif entry[0] == "not":
-                    node = _new_tuple(Node, ("not", None, nodes[entry[1]]))
+                    nodes.append(_new_tuple(Node, ("not", None, nodes[entry[1]])))
+                    nid.append(-1)
                 else:
                     # a plain tuple equals (and hashes as) its Node: the process's own leaf
                     known = ids.get(entry)
-                    node = LEAVES[known] if known is not None else Node(*entry)
-                nodes.append(node)
+                    if known is None:
+                        known = leaf_id(Node(*entry))
+                    nodes.append(LEAVES[known])
+                    nid.append(known)
             term_nodes = tuple([nodes[c] for c in terms])
             lit_nodes = tuple([nodes[c >> 1] for c in lits])
             negs = tuple([c & 1 == 1 for c in lits])
             start = len(fill)
-            for x in term_nodes:
-                got = ids.get(x)
-                fill.append(leaf_id(x) if got is None else got)
-            for x, c in zip(lit_nodes, lits, strict=True):
-                got = ids.get(x)
-                fill.append((leaf_id(x) if got is None else got) << 1 | c & 1)
+            fill += [nid[c] for c in terms]
+            for c in lits:
+                got = nid[c >> 1]
+                fill.append((got if got >= 0 else leaf_id(nodes[c >> 1])) << 1 | c & 1)
             if template.count(b"\xff\xff\xff\xff") != len(fill) - start:
                 del fill[start:]
                 continue
@@ -862,7 +866,7 @@ def decode_queries(texts: Sequence[str], forms: Sequence[bytes | None]) -> list[
 
 # Query's slot setters in field order (decode_queries), and the word leaves met in forms
 _QUERY_SLOTS = tuple(getattr(Query, f).__set__ for f in Query.__slots__)
-_WORD_LEAVES: dict[str, Node] = {}
+_WORD_LEAVES: dict[str, tuple[Node, int]] = {}
 
 
 def compiled_form(text: str) -> bytes | None:
