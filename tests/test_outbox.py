@@ -713,3 +713,22 @@ def test_subscribers_sharing_a_profile_share_each_paper_s_built_item(
     assert [i.paper_id for i in d] == [i.paper_id for i in a]
     assert {i.topics for i in d} == {("Other",)} and {i.topics for i in a} == {("T",)}
     assert len(builds) == len(a) + len(d)
+
+
+def test_a_missing_or_stale_compiled_form_is_rewritten_by_the_queue_stage(world) -> None:
+    from digest import match as engine
+    from digest.query import compiled_form
+
+    store, settings = world
+    _subscribe(store, settings, "ada@example.org", "latency, speculative decoding")
+    sub = get_subscriber(store, "ada@example.org")
+    form = compiled_form("latency, speculative decoding")
+    assert form is not None and sub.topics[0].compiled == form  # written when saved
+    # a form of another compiler (or damaged): matched all the same, then written again
+    store.save_topic_forms([(sub.id, 0, "latency, speculative decoding", b"stale form")])
+    store.save_topic_forms([(sub.id, 0, "another query", b"x")])  # its query changed: no-op
+    assert get_subscriber(store, "ada@example.org").topics[0].compiled == b"stale form"
+    engine._COMPILED.clear()  # as in a fresh process
+    _ingest(store, settings, "ingest_day1.txt")
+    assert queue_digests(store, settings, now=T0).queued == 1
+    assert get_subscriber(store, "ada@example.org").topics[0].compiled == form
