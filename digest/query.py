@@ -26,7 +26,7 @@ import unicodedata
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from digest import text as textmod
 from digest.errors import QueryError
@@ -774,7 +774,7 @@ def encode_query(query: Query) -> bytes:
             pos += 1 + nlits
     template = array.array("i", program).tobytes()
     body = (tuple(table), root, terms, lits, query.conj_sizes, query.clause_sizes, template)
-    return FORM_KEY + _text_hash(query.text) + marshal.dumps(body, 4)
+    return FORM_KEY + _text_hash(query.text) + marshal.dumps(cast(Any, body), 4)
 
 
 _new_tuple = tuple.__new__
@@ -883,7 +883,7 @@ def form_is_current(text: str, form: bytes | None) -> bool:
     """Whether a stored form is of this compiler and this text (an empty query needs none)."""
     if not text.strip():
         return form is None
-    return bool(form) and form[:4] == FORM_KEY and form[4:12] == _text_hash(text)
+    return form is not None and form[:4] == FORM_KEY and form[4:12] == _text_hash(text)
 
 
 # Leaf ids, process-wide: the matcher numbers a batch's leaves by these instead of hashing
