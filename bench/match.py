@@ -388,17 +388,19 @@ def bench_peers(subs: int, npapers: int, base, vocab, limit: int) -> dict:
         t0 = time.perf_counter()
         per_sub = {sid: translate(ts) for sid, ts in profiles.items()}
         t_translate = time.perf_counter() - t0
+        c0 = time.process_time()
         got = run(papers, dict.fromkeys(per_sub.values()), limit)
         t0 = time.perf_counter()
         ids = {sid: got["results"][q] for sid, q in per_sub.items() if got["results"][q]}
         t_ids = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         # how far the peer's answers are from ours (different stemmers and scoring): the share
         # of subscribers whose set of matched papers is the same
         mine = ours["warm"]["results"]
         same = sum(set(ids.get(s, ())) == set(mine.get(s, ())) for s in profiles) / subs
         row[name] = {"index": got["index"], "queries": got["queries"],
                      "translate": t_translate, "ids": t_ids,
-                     "total": got["index"] + got["queries"] + t_ids, "same": same,
+                     "total": got["index"] + got["queries"] + t_ids, "cpu": cpu, "same": same,
                      "distinct": len(got["results"])}  # fmt: skip
     return row
 
@@ -413,12 +415,14 @@ def print_peers(r: dict) -> None:
               f"ids {o['ids']:.2f})")  # fmt: skip
     for name in ("tantivy", "fts5"):
         p = r[name]
-        print(f"  {name}: {p['total']:.2f} s (index {p['index']:.2f}, parse+search "
+        print(f"  {name}: {p['total']:.2f} s, CPU {p['cpu']:.2f} s (index {p['index']:.2f}, parse+search "
               f"{p['queries']:.2f} for {p['distinct']} distinct queries, ids {p['ids']:.2f}); "
               f"same matched set as ours for {p['same']:.0%} of subscribers")  # fmt: skip
     fastest = min(r["tantivy"]["total"], r["fts5"]["total"])
+    fastest_cpu = min(r["tantivy"]["cpu"], r["fts5"]["cpu"])
     for cycle, o in r["ours"].items():
-        print(f"  fastest peer / ours ({cycle}): {fastest / o['total']:.2f}x")
+        print(f"  fastest peer / ours ({cycle}): {fastest / o['total']:.2f}x wall, "
+              f"{fastest_cpu / o['cpu']:.2f}x CPU")  # fmt: skip
 
 
 # ---------------------------------------------------------------- one size
