@@ -415,7 +415,8 @@ def print_peers(r: dict) -> None:
               f"ids {o['ids']:.2f})")  # fmt: skip
     for name in ("tantivy", "fts5"):
         p = r[name]
-        print(f"  {name}: {p['total']:.2f} s, CPU {p['cpu']:.2f} s (index {p['index']:.2f}, parse+search "
+        print(f"  {name}: {p['total']:.2f} s, CPU {p['cpu']:.2f} s (index {p['index']:.2f}, "
+              f"parse+search "
               f"{p['queries']:.2f} for {p['distinct']} distinct queries, ids {p['ids']:.2f}); "
               f"same matched set as ours for {p['same']:.0%} of subscribers")  # fmt: skip
     fastest = min(r["tantivy"]["total"], r["fts5"]["total"])
