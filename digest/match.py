@@ -875,6 +875,7 @@ def _load_forms(profiles: Mapping[int, Sequence[Topic]], texts: Iterable[str] | 
     if len(_COMPILED) + len(cold) > _COMPILED_MAX:
         _COMPILED.clear()
         _UNSTORED.clear()
+        cold = cold[:_COMPILED_MAX]  # the bound holds; cached_query compiles the rest
     decoded = decode_queries(cold, [forms.get(x) for x in cold])
     for text, query in zip(cold, decoded, strict=True):
         if query is None:
