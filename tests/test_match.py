@@ -577,7 +577,7 @@ def test_stored_forms_are_used_and_keep_the_cache_bounded(monkeypatch):
     profiles[9] = [Topic("t", "zeta", compiled=b"damaged")]
     engine.load_queries(profiles)
     assert len(engine._COMPILED) <= 3
-    assert engine._UNSTORED <= {"zeta"}  # only a form that did not decode is to be rewritten
-    papers = [stored(k, f"{w} paper", "An abstract.") for k, w in enumerate(texts + ["zeta"], 1)]
+    assert {"zeta"} >= engine._UNSTORED  # only a form that did not decode is to be rewritten
+    papers = [stored(k, f"{w} paper", "An abstract.") for k, w in enumerate([*texts, "zeta"], 1)]
     got = match_profiles(PaperIndex(papers), profiles)
     assert {s: got[s].paper_ids() for s in got} == {k: [k + 1] for k in range(5)} | {9: [6]}
