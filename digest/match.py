@@ -42,7 +42,10 @@ from digest.query import (
     Node,
     Query,
     compile_query,
+    decode_queries,
     describe_node,
+    encode_query,
+    form_is_current,
     leaf_id,
     most_needed,
     positive_terms,
@@ -825,6 +828,11 @@ _COMPILED: dict[str, Query] = {}
 _COMPILED_MAX = 1 << 18
 
 
+# Texts the batch matcher compiled because their stored form was missing or stale: the queue
+# stage rewrites those topics' forms (forms_to_save). Cleared with _COMPILED.
+_UNSTORED: set[str] = set()
+
+
 def cached_query(text: str) -> Query:
     """compile_query(text), kept for the process (the batch matcher's cache)."""
     got = _COMPILED.get(text)
@@ -832,8 +840,64 @@ def cached_query(text: str) -> Query:
         got = compile_query(text)
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.clear()
+            _UNSTORED.clear()
         _COMPILED[text] = got
     return got
+
+
+def load_queries(profiles: Mapping[int, Sequence[Topic]]) -> None:
+    """What match_profiles does first: put the profiles' queries in the process cache, those
+    not there yet decoded from the forms stored with their topics (or, failing that, left for
+    cached_query to compile)."""
+    # as in match_profiles: cyclic GC passes over the many new small objects cost more than
+    # the decoding itself
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _load_forms(profiles, None)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load_forms(profiles: Mapping[int, Sequence[Topic]], texts: Iterable[str] | None) -> None:
+    """load_queries for the profiles' distinct texts (None: read them from the profiles); a
+    text whose form does not decode (query.decode_queries) is noted in _UNSTORED."""
+    forms: dict[str, bytes | None] | None = None
+    if texts is None:
+        forms = {t.query: t.compiled for topics in profiles.values() for t in topics}
+        texts = forms
+    cold = [x for x in texts if x not in _COMPILED and x.strip()]
+    if not cold:  # a running scheduler's cycles after its first
+        return
+    if forms is None:
+        forms = {t.query: t.compiled for topics in profiles.values() for t in topics}
+    if len(_COMPILED) + len(cold) > _COMPILED_MAX:
+        _COMPILED.clear()
+        _UNSTORED.clear()
+        cold = cold[:_COMPILED_MAX]  # the bound holds; cached_query compiles the rest
+    decoded = decode_queries(cold, [forms.get(x) for x in cold])
+    for text, query in zip(cold, decoded, strict=True):
+        if query is None:
+            _UNSTORED.add(text)
+        else:
+            _COMPILED[text] = query
+
+
+def forms_to_save(profiles: Mapping[int, Sequence[Topic]]) -> list[tuple[int, int, str, bytes]]:
+    """(subscriber id, position, query, form) of these profiles' topics whose stored form the
+    matcher could not use (missing, stale, damaged), their query compiled this process."""
+    if not _UNSTORED:
+        return []
+    rows = []
+    for sid, topics in profiles.items():
+        for pos, topic in enumerate(topics):
+            if topic.query in _UNSTORED and not form_is_current(topic.query, topic.compiled):
+                try:
+                    rows.append((sid, pos, topic.query, encode_query(cached_query(topic.query))))
+                except QueryError:
+                    continue  # a bad stored query has no form: it stays NULL
+    return rows
 
 
 def _compile(text: str) -> Query | None:
@@ -1372,6 +1436,7 @@ def _match_all(
     texts = [t.query for topics in profiles.values() for t in topics]
     position: dict[str, int] = {}  # distinct text -> its position, in order of first use
     slots = [position.setdefault(x, len(position)) for x in texts]
+    _load_forms(profiles, position)
     try:
         # An empty query (a topic of examples alone) has no keyword part: None, as if absent.
         compiled: list[Query | None] = [cached_query(x) if x.strip() else None for x in position]

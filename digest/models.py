@@ -88,6 +88,9 @@ class Topic:
     query: str
     likes: tuple[int, ...] = ()
     dislikes: tuple[int, ...] = ()
+    # the query's stored compiled form as loaded with the topic (query.encode_query), or None;
+    # not part of the topic's identity: the query text is
+    compiled: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def has_examples(self) -> bool:

@@ -468,6 +468,8 @@ def queue_digests(
             now=now,
             message_id=lambda digest_id: make_message_id(digest_id, settings),
         )
+        if index is not None:
+            _save_forms(store, states)
         for plan in plans:
             if plan.state.subscriber.id not in created:
                 continue  # nothing new, or recorded meanwhile by another pass
@@ -477,6 +479,14 @@ def queue_digests(
                 report.queued += 1
                 report.queued_papers += len(plan.items)
     return report
+
+
+def _save_forms(store: Store, states: Sequence[DeliveryState]) -> None:
+    """Rewrite the compiled forms the matcher could not use (missing or of another compiler),
+    so the next process decodes them instead of parsing (see query.encode_query)."""
+    from digest.match import forms_to_save  # see _paper_index
+
+    store.save_topic_forms(forms_to_save({s.subscriber.id: s.subscriber.topics for s in states}))
 
 
 def digest_from_plan(plan: Plan, papers: dict[int, StoredPaper], now: datetime) -> Digest:

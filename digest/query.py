@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import array
 import functools
+import hashlib
 import itertools
+import marshal
 import re
+import struct
+import sys
 import threading
+import unicodedata
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 from digest import text as textmod
 from digest.errors import QueryError
@@ -666,17 +672,218 @@ def _compile(text: str) -> Query:
     root = _parse_fast(text) or _parse(text)
     terms = positive_terms(root)
     lits, negs, conj_sizes, clause_sizes = flatten(root)
-    program = [len(terms), *map(leaf_id, terms), len(clause_sizes)]
-    codes = iter([leaf_id(x) << 1 | n for x, n in zip(lits, negs, strict=True)])
-    conjs = iter(conj_sizes)
-    for nconj in clause_sizes:
-        program.append(nconj)
-        for _ in range(nconj):
-            nlits = next(conjs)
-            program.append(nlits)
-            program.extend(itertools.islice(codes, nlits))
-    packed = array.array("q", program).tobytes()
+    codes = [leaf_id(x) << 1 | n for x, n in zip(lits, negs, strict=True)]
+    packed = _program(list(map(leaf_id, terms)), codes, conj_sizes, clause_sizes)
     return Query(text, root, terms, lits, negs, conj_sizes, clause_sizes, packed)
+
+
+def _program(
+    term_ids: list[int], codes: list[int], conj_sizes: Sequence[int], clause_sizes: Sequence[int]
+) -> bytes:
+    """Query.program from the terms' leaf ids and the literals' codes (id << 1 | negated)."""
+    program = [len(term_ids), *term_ids, len(clause_sizes)]
+    if len(conj_sizes) == len(codes):  # every conjunction a single literal: no slicing
+        k = 0
+        for nconj in clause_sizes:
+            program.append(nconj)
+            for code in codes[k : k + nconj]:
+                program += (1, code)
+            k += nconj
+    else:
+        it = iter(codes)
+        conjs = iter(conj_sizes)
+        for nconj in clause_sizes:
+            program.append(nconj)
+            for _ in range(nconj):
+                nlits = next(conjs)
+                program.append(nlits)
+                program.extend(itertools.islice(it, nlits))
+    return array.array("q", program).tobytes()
+
+
+# ---------------------------------------------------------------- the stored compiled form
+#
+# A topic's compiled query is kept with the topic when it is saved (topics.compiled), so a
+# fresh process does not parse every distinct query again (~80 µs each): the form is decoded
+# in a few µs instead. Layout: FORM_KEY (4 bytes), an 8-byte hash of the query text, then a
+# marshal of plain tuples (see encode_query). Anything that does not decode to a form of this
+# compiler for this very text is None, and the caller compiles the text afresh.
+
+# Bump when the parser, the Node tree or the words it builds change (query.py, text.py's
+# tokenising, normalising or stemming): every stored form is then stale and rewritten.
+FORM_VERSION = 1
+# Also keyed by what else decides the stems and the marshal layout, so an upgrade of PyStemmer,
+# of Unicode's tables (NFKC, casefolding) or of Python makes the forms stale by itself.
+FORM_KEY = hashlib.blake2b(
+    f"{FORM_VERSION}|{textmod.STEMMER_VERSION}|{unicodedata.unidata_version}|"
+    f"{sys.version_info[0]}.{sys.version_info[1]}|{marshal.version}".encode(),
+    digest_size=4,
+).digest()
+_GROUP_KINDS = frozenset(("and", "or", "m"))
+
+
+def _text_hash(text: str) -> bytes:
+    """The 8 bytes a form carries of its query text: its length and CRC-32 (a form is always
+    written with its text; this catches a text changed without it, at a tenth of blake2b's
+    cost per decode)."""
+    data = text.encode("utf-8", "surrogatepass")
+    return _HASH_PACK(len(data) & 0xFFFFFFFF, zlib.crc32(data))
+
+
+_HASH_PACK = struct.Struct("<II").pack
+
+
+def encode_query(query: Query) -> bytes:
+    """The query's stored form: its nodes as a table of plain tuples (children by position),
+    its terms and literals by position, and its program with each leaf id left blank (-1)."""
+    table: list[object] = []
+    at: dict[Node, int] = {}
+
+    def ref(node: Node) -> int:
+        got = at.get(node)
+        if got is None:
+            # a plain word as its string, a group as (kind, child positions...), any other
+            # leaf as its (kind, field, arg) tuple: the fewest objects for marshal to build
+            entry: object
+            if node.kind in _GROUP_KINDS:
+                entry = (node.kind, *(ref(c) for c in node.children))
+            elif node.kind == "not":
+                entry = ("not", ref(node.child))
+            elif node.kind == "t" and node.field is None:
+                entry = node.word
+            else:
+                entry = tuple(node)
+            got = at[node] = len(table)
+            table.append(entry)
+        return got
+
+    root = ref(query.root)
+    terms = tuple(map(ref, query.terms))
+    lits = tuple(ref(x) << 1 | n for x, n in zip(query.literals, query.negated, strict=True))
+    # the program's leaf ids are the process's own (leaf_id): blanks, filled in order when
+    # decoded (the terms' ids, then the literals' codes, as _program writes them)
+    program = array.array("q", query.program)
+    pos = 1 + len(query.terms)
+    program[1:pos] = array.array("q", [-1] * len(query.terms))
+    pos += 1
+    for nconj in query.clause_sizes:
+        pos += 1
+        for _ in range(nconj):
+            nlits = program[pos]
+            program[pos + 1 : pos + 1 + nlits] = array.array("q", [-1] * nlits)
+            pos += 1 + nlits
+    template = array.array("i", program).tobytes()
+    body = (tuple(table), root, terms, lits, query.conj_sizes, query.clause_sizes, template)
+    return FORM_KEY + _text_hash(query.text) + marshal.dumps(cast(Any, body), 4)
+
+
+_new_tuple = tuple.__new__
+
+
+def decode_query(text: str, form: bytes | None) -> Query | None:
+    """The Query a stored form holds, equal to compile_query(text); None when the form is
+    missing, of another compiler (FORM_KEY) or another text, or damaged."""
+    return decode_queries([text], [form])[0]
+
+
+def decode_queries(texts: Sequence[str], forms: Sequence[bytes | None]) -> list[Query | None]:
+    """decode_query for a batch (a cycle's distinct queries): the programs filled at once."""
+    out: list[Query | None] = [None] * len(texts)
+    done: list[tuple[int, str, Node, tuple, tuple, tuple, tuple, tuple, bytes]] = []
+    fill: list[int] = []
+    ids, words = _LEAF_IDS, _WORD_LEAVES
+    for k, form in enumerate(forms):
+        text = texts[k]
+        if not form or form[:4] != FORM_KEY or form[4:12] != _text_hash(text):
+            continue
+        try:
+            table, root, terms, lits, conj_sizes, clause_sizes, template = marshal.loads(form[12:])
+            nodes: list[Node] = []
+            nid: list[int] = []  # each node's leaf id, -1 for a group (looked up if a literal)
+            for entry in table:
+                if entry.__class__ is str:
+                    got = words.get(entry)
+                    if got is None:
+                        leaf = Node("t", None, entry)
+                        got = words[entry] = (leaf, leaf_id(leaf))
+                    nodes.append(got[0])
+                    nid.append(got[1])
+                elif entry[0] in _GROUP_KINDS:
+                    kids = frozenset([nodes[c] for c in entry[1:]])
+                    nodes.append(_new_tuple(Node, (entry[0], None, kids)))
+                    nid.append(-1)
+                elif entry[0] == "not":
+                    nodes.append(_new_tuple(Node, ("not", None, nodes[entry[1]])))
+                    nid.append(-1)
+                else:
+                    # a plain tuple equals (and hashes as) its Node: the process's own leaf
+                    known = ids.get(entry)
+                    if known is None:
+                        known = leaf_id(Node(*entry))
+                    nodes.append(LEAVES[known])
+                    nid.append(known)
+            term_nodes = tuple([nodes[c] for c in terms])
+            lit_nodes = tuple([nodes[c >> 1] for c in lits])
+            negs = tuple([c & 1 == 1 for c in lits])
+            start = len(fill)
+            fill += [nid[c] for c in terms]
+            for c in lits:
+                got = nid[c >> 1]
+                fill.append((got if got >= 0 else leaf_id(nodes[c >> 1])) << 1 | c & 1)
+            if template.count(b"\xff\xff\xff\xff") != len(fill) - start:
+                del fill[start:]
+                continue
+            done.append((k, text, nodes[root], term_nodes, lit_nodes, negs, conj_sizes,
+                         clause_sizes, template))  # fmt: skip
+        except Exception:
+            continue
+    if not done:
+        return out
+    import numpy as np  # the matcher's dependency; loaded by it before any batch
+
+    tmpl = np.frombuffer(b"".join([d[8] for d in done]), np.int32).astype(np.int64)
+    tmpl[tmpl == -1] = fill
+    buf = tmpl.tobytes()
+    pos = 0
+    new = object.__new__
+    s_text, s_root, s_terms, s_lits, s_negs, s_conj, s_clause, s_prog = _QUERY_SLOTS
+    for k, text, root, term_nodes, lit_nodes, negs, conj_sizes, clause_sizes, template in done:
+        end = pos + 2 * len(template)
+        # Query's own frozen __init__ costs ~1.5 µs (eight object.__setattr__); its slots'
+        # setters take a fraction of that, for the same object
+        q = out[k] = new(Query)
+        s_text(q, text)
+        s_root(q, root)
+        s_terms(q, term_nodes)
+        s_lits(q, lit_nodes)
+        s_negs(q, negs)
+        s_conj(q, conj_sizes)
+        s_clause(q, clause_sizes)
+        s_prog(q, buf[pos:end])
+        pos = end
+    return out
+
+
+# Query's slot setters in field order (decode_queries), and the word leaves met in forms
+_QUERY_SLOTS = tuple(getattr(Query, f).__set__ for f in Query.__slots__)
+_WORD_LEAVES: dict[str, tuple[Node, int]] = {}
+
+
+def compiled_form(text: str) -> bytes | None:
+    """The stored form of a topic's query (None: an empty or invalid query, nothing to keep)."""
+    if not text.strip():
+        return None
+    try:
+        return encode_query(compile_query(text))
+    except QueryError:
+        return None
+
+
+def form_is_current(text: str, form: bytes | None) -> bool:
+    """Whether a stored form is of this compiler and this text (an empty query needs none)."""
+    if not text.strip():
+        return form is None
+    return form is not None and form[:4] == FORM_KEY and form[4:12] == _text_hash(text)
 
 
 # Leaf ids, process-wide: the matcher numbers a batch's leaves by these instead of hashing

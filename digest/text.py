@@ -87,6 +87,7 @@ class Token(NamedTuple):
 # PyStemmer: the C build of the Snowball stemmers, the same results as the pure-Python
 # snowballstemmer (tests/test_text.py compares them) at C speed
 _STEMMER = Stemmer.Stemmer("english")
+STEMMER_VERSION: str = Stemmer.version()  # part of query.FORM_KEY: new stems, new forms
 
 # --- the text policy (see the module docstring) ----------------------------------------------
 
@@ -283,6 +284,7 @@ def tokenize(text: str) -> list[Token]:
 _HYPHENED = re.compile(r"(?<![^\W_])([^\W\d_][^\W_]*)-(?=([^\W_]+)(?![^\W_]))")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def joined(first: str, second: str) -> str:
     """The normalised word two hyphenated or spaced words make when written together
     (fine + tuning: finetuning), or "" when the pair does not join (digits first, Greek)."""
@@ -297,8 +299,30 @@ def compounds(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     (fine-tuning: finetun, pre-training: pretrain, GPT-4: gpt4), in order."""
     if "-" not in text:
         return (), ()
-    norms = tuple(filter(None, (joined(a, b) for a, b in _HYPHENED.findall(text))))
+    norms = tuple(filter(None, itertools.starmap(joined, hyphen_pairs(text))))
     return tuple(map(stem, norms)), norms
+
+
+_ASCII_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def hyphen_pairs(text: str) -> list[tuple[str, str]]:
+    """The (word, next word) pairs of text's hyphen chains: _HYPHENED.findall(text). On ASCII
+    text without "_" (where the regex's word runs are [A-Za-z0-9]+) they are read at each
+    hyphen, the run of letters and digits before it (starting with a letter) and after it,
+    by str.split and strip: the regex tries its look-behind at every character, ~4x slower
+    (tests/test_text.py compares the two)."""
+    if not text.isascii() or "_" in text:
+        return _HYPHENED.findall(text)
+    out = []
+    alnum = _ASCII_ALNUM
+    for left, right in itertools.pairwise(text.split("-")):
+        a = left[len(left.rstrip(alnum)) :]
+        if a and a[0].isalpha():
+            b = right[: len(right) - len(right.lstrip(alnum))]
+            if b:
+                out.append((a, b))
+    return out
 
 
 def index_words(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

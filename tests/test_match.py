@@ -563,3 +563,21 @@ def test_index_tables_agree_with_per_paper_words(dump_index, dump_papers):
     for (kind, fld, arg), bits in ref.items():
         assert dump_index.bits(Node(kind, fld, arg)) == bits, (kind, fld, arg)
     assert dump_index.bits(Node("t", None, "no-such-stem")) == 0
+
+
+def test_stored_forms_are_used_and_keep_the_cache_bounded(monkeypatch):
+    from digest import match as engine
+    from digest.query import compiled_form
+
+    monkeypatch.setattr(engine, "_COMPILED", {})
+    monkeypatch.setattr(engine, "_UNSTORED", set())
+    monkeypatch.setattr(engine, "_COMPILED_MAX", 3)
+    texts = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    profiles = {k: [Topic("t", w, compiled=compiled_form(w))] for k, w in enumerate(texts)}
+    profiles[9] = [Topic("t", "zeta", compiled=b"damaged")]
+    engine.load_queries(profiles)
+    assert len(engine._COMPILED) <= 3
+    assert {"zeta"} >= engine._UNSTORED  # only a form that did not decode is to be rewritten
+    papers = [stored(k, f"{w} paper", "An abstract.") for k, w in enumerate([*texts, "zeta"], 1)]
+    got = match_profiles(PaperIndex(papers), profiles)
+    assert {s: got[s].paper_ids() for s in got} == {k: [k + 1] for k in range(5)} | {9: [6]}

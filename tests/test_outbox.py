@@ -757,3 +757,22 @@ def test_one_learner_serves_every_page_of_a_queue_pass(world, monkeypatch) -> No
     assert queue_digests(store, settings, now=T0).queued == 3
     assert len(built) == 1
     assert paged == one_page
+
+
+def test_a_missing_or_stale_compiled_form_is_rewritten_by_the_queue_stage(world) -> None:
+    from digest import match as engine
+    from digest.query import compiled_form
+
+    store, settings = world
+    _subscribe(store, settings, "ada@example.org", "latency, speculative decoding")
+    sub = get_subscriber(store, "ada@example.org")
+    form = compiled_form("latency, speculative decoding")
+    assert form is not None and sub.topics[0].compiled == form  # written when saved
+    # a form of another compiler (or damaged): matched all the same, then written again
+    store.save_topic_forms([(sub.id, 0, "latency, speculative decoding", b"stale form")])
+    store.save_topic_forms([(sub.id, 0, "another query", b"x")])  # its query changed: no-op
+    assert get_subscriber(store, "ada@example.org").topics[0].compiled == b"stale form"
+    engine._COMPILED.clear()  # as in a fresh process
+    _ingest(store, settings, "ingest_day1.txt")
+    assert queue_digests(store, settings, now=T0).queued == 1
+    assert get_subscriber(store, "ada@example.org").topics[0].compiled == form

@@ -14,7 +14,9 @@ from digest.models import StoredPaper
 from digest.query import (
     MAX_DEPTH,
     Node,
+    Query,
     compile_query,
+    decode_query,
     describe_error,
     describe_node,
     positive_terms,
@@ -331,3 +333,82 @@ def test_fast_path_is_taken_for_plain_queries():
         assert _parse_fast(text) is not None, text
     for text in ["(a, b) c", 'a, "b, c"', "a,, b", "“curly” quote"]:
         assert _parse_fast(text) is None, text
+
+
+# --- the stored compiled form: decoded, it is the query a fresh compile gives ------------------
+
+
+def _same_decoded(text: str) -> None:
+    from digest.query import _compile, decode_query, encode_query
+
+    try:
+        fresh = _compile(text)
+    except QueryError:
+        return
+    got = decode_query(text, encode_query(fresh))
+    assert got is not None, text
+    for name in Query.__slots__:  # every field, the process's leaf ids in the program too
+        assert getattr(got, name) == getattr(fresh, name), (text, name)
+
+
+_FORM_ITEMS = [*_PLAIN_ITEMS, "(a, b) c", "NOT (x OR y)", "title:(a b, c)", "fine-tuning",
+               "finetuning", 'abstract:"low rank"', "upvotes<3", "authors=2", "org:\"meta ai\"",
+               "a AND NOT b", "x -(y z)"]  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='ab c-",“”()*:\n\tANDORTt=>1', max_size=30)
+       | st.lists(st.sampled_from(_FORM_ITEMS), max_size=5).map(", ".join)
+       | st.lists(st.sampled_from(_FORM_ITEMS), max_size=4).map(" ".join))  # fmt: skip
+def test_a_decoded_form_is_the_compiled_query(text):
+    _same_decoded(text)
+
+
+def test_the_benchmarks_queries_decode_to_their_compiled_form():
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        import match as bench_match
+        from _dumps import load_papers
+    finally:
+        sys.path.remove(str(bench))
+    base = list(load_papers().values())
+    vocab = bench_match.vocabulary(base)
+    for plain in (True, False):
+        profiles = bench_match.make_profiles(1500, vocab, seed=7, plain=plain)
+        for text in {t.query for ts in profiles.values() for t in ts}:
+            _same_decoded(text)
+
+
+def test_a_form_of_another_text_compiler_or_damaged_is_not_used():
+    from digest.query import FORM_KEY, compile_query, decode_queries, encode_query
+
+    form = encode_query(compile_query("sparse attention, -vision"))
+    assert decode_query("sparse attention, -vision", form) == compile_query(
+        "sparse attention, -vision"
+    )
+    assert decode_query("sparse attention, -vision ", form) is None  # another text
+    assert decode_query("sparse attention, -vision", None) is None
+    other = bytes(a ^ 1 for a in FORM_KEY) + form[4:]
+    assert decode_query("sparse attention, -vision", other) is None  # another compiler
+    assert decode_query("sparse attention, -vision", form[:-3]) is None  # truncated
+    assert decode_query("sparse attention, -vision", form[:12] + b"\x00" * 20) is None
+    # one damaged form in a batch: the others still decode
+    got = decode_queries(["latency", "x", "b c"],
+                         [encode_query(compile_query("latency")), b"junk",
+                          encode_query(compile_query("b c"))])  # fmt: skip
+    assert got[0] == compile_query("latency") and got[1] is None and got[2] is not None
+
+
+def test_form_is_current():
+    from digest.query import compiled_form, form_is_current
+
+    assert compiled_form("") is None and form_is_current("", None)
+    assert compiled_form("a (") is None  # an invalid query keeps no form
+    form = compiled_form("latency")
+    assert form is not None and form_is_current("latency", form)
+    assert not form_is_current("latency", None)
+    assert not form_is_current("latenzy", form)

@@ -307,3 +307,22 @@ def test_index_table_is_index_words_for_a_batch(shared_dumps):
         at += n
         got.append((tuple(stems[k] for k in ids), tuple(norms[k] for k in ids)))
     assert got == [index_words(ln) for ln in lines]
+
+
+# hyphen_pairs reads plain ASCII text's hyphen chains by split and strip: the same pairs as
+# the regex, which it keeps for everything else
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab1Z9 -.,'_$(\u00e9α\n"), max_size=40))
+def test_hyphen_pairs_are_the_regexs(text):
+    from digest.text import _HYPHENED, hyphen_pairs
+
+    assert hyphen_pairs(text) == _HYPHENED.findall(text)
+
+
+def test_hyphen_pairs_are_the_regexs_on_the_dumps(shared_dumps):
+    from digest.text import _HYPHENED, hyphen_pairs
+
+    lines = [ln for f in shared_dumps for ln in f.read_text(encoding="utf-8-sig").splitlines()]
+    lines += ["a-b-c", "3d-model x--y z-", "-lead trail- GPT-4 qwen2.5-vl fine-tuning"]
+    assert sum(bool(hyphen_pairs(ln)) for ln in lines) > 100
+    assert [hyphen_pairs(ln) for ln in lines] == [_HYPHENED.findall(ln) for ln in lines]

@@ -17,12 +17,14 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     Select,
     String,
     Table,
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     func,
     insert,
     select,
@@ -41,6 +43,7 @@ from digest.models import (
     SubscriberStatus,
     Topic,
 )
+from digest.query import compiled_form
 from digest.store.base import MAX_ID, StoreBase, chunks, inserted_id, utc
 from digest.store.engine import reason
 from digest.store.meta import meta
@@ -96,6 +99,10 @@ topics = Table(
     Column("position", Integer, nullable=False),
     Column("name", Text, nullable=False),
     Column("query", Text, nullable=False),
+    # Added by migration 7: the query compiled when the topic is saved (query.encode_query), so
+    # a cycle decodes it instead of parsing; NULL or stale (another compiler): compiled again
+    # by the queue stage and rewritten (save_topic_forms)
+    Column("compiled", LargeBinary),
 )
 Index("ix_topics_subscriber", topics.c.subscriber_id, topics.c.position)
 
@@ -185,7 +192,7 @@ class SubscriberStore(StoreBase):
                 stmt = insert(subscribers).returning(subscribers.c.id, subscribers.c.email)
                 ids = {r.email: r.id for r in conn.execute(stmt, rows)}
                 topic_rows = [
-                    {"subscriber_id": ids[email], "position": i, "name": t.name, "query": t.query}
+                    _topic_row(ids[email], i, t)
                     for email, s in by_email.items()
                     for i, t in enumerate(s.topics)
                 ]
@@ -264,6 +271,25 @@ class SubscriberStore(StoreBase):
                 .where(subscribers.c.id == subscriber_id)
                 .values(watermark=paper_id, updated_at=datetime.now(UTC))
             )
+
+    def save_topic_forms(self, rows: Sequence[tuple[int, int, str, bytes]]) -> None:
+        """Rewrite topics' compiled forms, (subscriber id, position, query, form) rows, in one
+        statement; a topic whose query changed meanwhile is left as it is."""
+        if not rows:
+            return
+        stmt = (
+            update(topics)
+            .where(
+                topics.c.subscriber_id == bindparam("b_sid"),
+                topics.c.position == bindparam("b_pos"),
+                topics.c.query == bindparam("b_query"),
+            )
+            .values(compiled=bindparam("b_form"))
+        )
+        params = [{"b_sid": sid, "b_pos": pos, "b_query": q, "b_form": form}
+                  for sid, pos, q, form in rows]  # fmt: skip
+        with self._write() as conn:
+            conn.execute(stmt, params)
 
     def unsubscribe_token(self, token: str, *, how: StatusChange) -> bool:
         """Unsubscribe whoever holds this token (idempotent); False if no one does."""
@@ -523,6 +549,7 @@ def topic_select() -> Select[Any]:
             topics.c.position,
             topics.c.name,
             topics.c.query,
+            topics.c.compiled,
             feedback.c.paper_id,
             feedback.c.verdict,
         )
@@ -546,10 +573,11 @@ def group_topics(rows: Iterable[Any], found: dict[int, list[Topic]]) -> dict[int
     likes: list[int] = []
     dislikes: list[int] = []
     name = query = ""
+    form: bytes | None = None
     sid = 0
 
     def flush() -> None:
-        found.setdefault(sid, []).append(Topic(name, query, tuple(likes), tuple(dislikes)))
+        found.setdefault(sid, []).append(Topic(name, query, tuple(likes), tuple(dislikes), form))
 
     for row in rows:
         here = (row.subscriber_id, row.position)
@@ -557,6 +585,7 @@ def group_topics(rows: Iterable[Any], found: dict[int, list[Topic]]) -> dict[int
             if key is not None:
                 flush()
             key, sid, name, query = here, row.subscriber_id, row.name, row.query
+            form = None if row.compiled is None else bytes(row.compiled)
             likes, dislikes = [], []
         if row.verdict == "like":
             likes.append(row.paper_id)
@@ -643,13 +672,13 @@ def _subscriber_filter(search: str | None, status: str | None) -> list[Any]:
 
 def _insert_topics(conn: Connection, subscriber_id: int, items: Sequence[Topic]) -> None:
     if items:
-        conn.execute(
-            insert(topics),
-            [
-                {"subscriber_id": subscriber_id, "position": i, "name": t.name, "query": t.query}
-                for i, t in enumerate(items)
-            ],
-        )
+        conn.execute(insert(topics), [_topic_row(subscriber_id, i, t) for i, t in enumerate(items)])
+
+
+def _topic_row(subscriber_id: int, position: int, topic: Topic) -> dict[str, Any]:
+    """A topics row, its query compiled now (the form a cycle decodes instead of parsing)."""
+    return {"subscriber_id": subscriber_id, "position": position, "name": topic.name,
+            "query": topic.query, "compiled": compiled_form(topic.query)}  # fmt: skip
 
 
 def _carry_feedback(conn: Connection, subscriber_id: int, new_names: Sequence[str]) -> None:
