@@ -664,6 +664,11 @@ class PaperIndex:
 
 
 _Highlights = tuple[tuple[str, ...], tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]
+# What a ledger row keeps of a match: topic names, matched words, score, why.
+Reason = tuple[tuple[str, ...], tuple[str, ...], float, str]
+# A query's positive words; its alternatives' papers and words (None: a single one); whether
+# any alternative has a condition.
+_WordPlan = tuple[frozenset[Node], list[tuple[int, frozenset[Node]]] | None, bool]
 
 
 class PaperTexts:
@@ -748,15 +753,16 @@ def _parts(root: Node) -> tuple[tuple[_Part, ...], bool]:
     """A query root's alternatives for matched_terms and passed_conditions, and whether any has
     a condition: built once per query, not once per matched paper (the queue stage asks for
     every kept match of every subscriber, and a subscriber's matches are asked together)."""
-    parts = tuple(
-        (
-            alt,
-            frozenset(positive_terms(alt)),
-            tuple(describe_node(x) for x in positive_leaves(alt) if x.kind in ("o", "n")),
-        )
-        for alt in alternatives(root)
-    )
+    parts = tuple(map(_part, alternatives(root)))
     return parts, any(conds for _, _, conds in parts)
+
+
+# Distinct queries (~100k at 100k subscribers) share far fewer distinct alternatives: each
+# alternative's words and conditions are worked out once (sorting its leaves by repr is slow).
+@functools.lru_cache(maxsize=1 << 16)
+def _part(alt: Node) -> _Part:
+    conds = tuple(describe_node(x) for x in positive_leaves(alt) if x.kind in ("o", "n"))
+    return alt, frozenset(positive_terms(alt)), conds
 
 
 def matched_terms(index: PaperIndex, query: Query, i: int) -> list[Node]:
@@ -1277,6 +1283,13 @@ class MatchList(Sequence[Match]):
             got = self._cache[k] = self._res.build(self, k)
         return got
 
+    def reason(self, k: int) -> Reason:
+        """Item k's topic names, matched words, score and why (see Matches.reason)."""
+        got = self._cache.get(k)
+        if got is not None:
+            return got.topics, got.terms, got.score, got.why
+        return self._res.reason(self, k)
+
     def paper_ids(self) -> list[int]:
         """The matched papers' ids, best first (no Match objects built)."""
         return self._res.index.ids[self._papers].tolist()
@@ -1320,6 +1333,10 @@ class Matches(Mapping[int, MatchList]):
         self._qid_of = qid_of  # query text -> query id in the batch (-1: unparsable)
         self._single: dict[int, int] = {}  # sid -> query id of their one usable topic
         self._multi: dict[int, int] = {}  # sid -> k: row of the arrays below
+        # reason(): per query id, its positive words and alternatives (see _word_plan); per
+        # (matched words, paper), the words as the paper spells them
+        self._word_plans: dict[int, _WordPlan] = {}
+        self._words: dict[tuple[frozenset[Node], int], tuple[str, ...]] = {}
         # multi-topic subscriber k: query ids at multi_qids[multi_qptr[k]:multi_qptr[k + 1]],
         # merged list at multi_paper/multi_micro[multi_lo[k]:multi_hi[k]], cut or not
         self.multi_qids: list[int] = []
@@ -1387,6 +1404,48 @@ class Matches(Mapping[int, MatchList]):
             b = np.cumsum(hi - lo).tolist()
             out.update({sid: multi[a[k] : b[k]] for sid, k in self._multi.items()})
         return out
+
+    def reason(self, ml: MatchList, k: int) -> Reason:
+        """Item k's topic names, matched words, score and why, exactly as build() gives them,
+        without a Match or spans (the ledger keeps these alone and render recomputes spans)."""
+        if len(ml._qids) != 1:
+            m = self.build(ml, k)
+            return m.topics, m.terms, m.score, m.why
+        # The queue stage asks this for ~1M kept matches at 100k subscribers, almost all from
+        # distinct queries that share their alternatives: the words are built once per
+        # (matched positive words, paper), whichever query or subscriber meets them.
+        i = int(ml._papers[k])
+        qid = ml._qids[0]
+        plan = self._word_plans.get(qid)
+        if plan is None:
+            plan = self._word_plans[qid] = self._word_plan(qid)
+        every, alts, conditions = plan
+        if alts is None:
+            found = every
+        else:
+            found = frozenset().union(*[terms for bits, terms in alts if bits >> i & 1])
+        words = self._words.get((found, i))
+        if words is None:
+            assert self.batch is not None
+            leaves = [leaf for leaf in self.batch.queries[qid].terms if leaf in found]
+            words = self._words[(found, i)] = self.index.texts.highlights(leaves, i)[0]
+        why = ""
+        if conditions:
+            assert self.batch is not None
+            why = "; ".join(passed_conditions(self.index, self.batch.queries[qid], i))
+        return (ml._topics[0].name,), words, int(ml._micro[k]) / 1e6, why
+
+    def _word_plan(self, qid: int) -> _WordPlan:
+        """What matched_terms reads of a query, for all its papers: its positive words, and
+        (several alternatives) each alternative's papers and positive words."""
+        assert self.batch is not None
+        query = self.batch.queries[qid]
+        parts, conditions = _parts(query.root)
+        every = frozenset(query.terms)
+        if len(parts) == 1:
+            return every, None, conditions
+        alts = [(self.index.bits(alt), terms & every) for alt, terms, _conds in parts]
+        return every, alts, conditions
 
     def build(self, ml: MatchList, k: int) -> Match:
         """The Match for item k of one subscriber's list, with topics, words and spans."""

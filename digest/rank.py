@@ -32,6 +32,7 @@ from digest.match import (
     Matches,
     MatchList,
     PaperIndex,
+    Reason,
     match_profiles,
     matched_terms,
     passed_conditions,
@@ -457,6 +458,11 @@ class RankedList(Sequence[Match]):
                        self._build.labels[int(it.label[k])])  # fmt: skip
             got = self._cache[k] = self._build(r)
         return got
+
+    def reason(self, k: int) -> Reason:
+        """Item k's topic names, matched words, score and why (what the ledger keeps)."""
+        m = self[k]
+        return m.topics, m.terms, m.score, m.why
 
     def paper_ids(self) -> list[int]:
         """The matched papers' ids, best first."""

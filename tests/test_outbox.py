@@ -698,13 +698,13 @@ def test_subscribers_sharing_a_profile_share_each_paper_s_built_item(
     _subscribe(store, settings, "d@example.org", "latency, sparse, prune*", topic="Other")
     _ingest(store, settings, "ingest_day1.txt")
     builds = []
-    build = digest.match.Matches.build
+    reason = digest.match.Matches.reason
 
     def counted(self, ml, k):
         builds.append(k)
-        return build(self, ml, k)
+        return reason(self, ml, k)
 
-    monkeypatch.setattr(digest.match.Matches, "build", counted)
+    monkeypatch.setattr(digest.match.Matches, "reason", counted)
 
     plans, _ = plan_digests(store, settings, now=T0)
 
