@@ -258,6 +258,14 @@ class PaperIndex:
         """Each paper's (title, abstract) normalised words, in order."""
         return self._per_paper(1, self._norm_list)
 
+    def field_words(
+        self, i: int
+    ) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], tuple[tuple[str, ...], tuple[str, ...]]]:
+        """Paper i's words as the index holds them: ((title stems, abstract stems), (title
+        normalised words, abstract normalised words)), in text order (what rank's features
+        read, so a paper is tokenised and stemmed once)."""
+        return self._stems[i], self._norms[i]
+
     def _per_paper(
         self, kind: int, names: list[str]
     ) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:

@@ -164,7 +164,7 @@ class Learner:
         if i is None or self._index is None:
             return paper_features(paper)
         # the index's own (stems, norms) per field: the same textmod.words as _stems reads
-        (ts, as_), (tn, an) = self._index._stems[i], self._index._norms[i]
+        (ts, as_), (tn, an) = self._index.field_words(i)
         return _features_of((ts, tn), (as_, an))
 
     def features(self, papers: Sequence[StoredPaper]) -> Any:

@@ -237,3 +237,17 @@ def test_topics_alike_in_name_and_query_keep_their_own_examples() -> None:
     assert {m.why for m in got[2]} == {'suggested: like "Streaming speech recognition 0"'}
     assert set(m.paper_id for m in got[1]) <= set(ids_of(ps, "robot"))
     assert set(m.paper_id for m in got[2]) <= set(ids_of(ps, "speech"))
+
+
+def test_features_from_the_index_equal_those_from_the_text(shared_dumps) -> None:
+    # the learner reads a paper's words from the keyword index (PaperIndex.field_words) when
+    # the index holds it: the features must be what tokenising the text again gives
+    from digest.parse import parse_file
+
+    parsed = [p for f in shared_dumps for p in parse_file(f).papers]
+    ps = [StoredPaper(k + 1, f"k{k}", p.title, p.abstract, T0) for k, p in enumerate(parsed)]
+    ps.append(StoredPaper(len(ps) + 1, "odd", "C++ & LLMs: fine-tuning “quoted” Ünïcode",
+                          "Self-supervised $\\alpha$-blending; well-known GNNs.", T0))  # fmt: skip
+    learner = Learner(ps, {}, PaperIndex(ps))
+    for p in ps:
+        assert learner._analyze(p) == paper_features(p), p.title
