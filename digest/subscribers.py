@@ -703,7 +703,9 @@ class RowError:
     address: str = ""  # the row's email cell as written, when it has one
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}: {self.address + ': ' if self.address else ''}"
+        # a message about the row's address itself names it already
+        named = self.address and not self.message.startswith(self.address)
+        where = f"{self.file}:{self.line}: {self.address + ': ' if named else ''}"
         if self.column == "-":  # the row as a whole (cell count, CSV syntax)
             return f"{where}{self.message}"
         return f"{where}column {self.column}: {self.message}"
