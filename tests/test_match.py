@@ -334,17 +334,23 @@ def query_strategy(draw):
     return ", ".join(" ".join(a) for a in alts)
 
 
-@pytest.mark.slow
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(papers_strategy(), st.lists(query_strategy(), min_size=1, max_size=4))
-def test_engine_agrees_with_reference(papers, queries):
+def _valid(queries: list[str]) -> list[str]:
+    """The queries that compile (a random alternative may be made only of exclusions)."""
     compiled = []
     for q in queries:
         try:
             compile_query(q)
         except QueryError:
-            continue  # e.g. a random alternative made only of exclusions
+            continue
         compiled.append(q)
+    return compiled
+
+
+@pytest.mark.slow
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(papers_strategy(), st.lists(query_strategy(), min_size=1, max_size=4))
+def test_engine_agrees_with_reference(papers, queries):
+    compiled = _valid(queries)
     index = PaperIndex(papers)
     profiles = {k: [Topic(f"t{k}", q)] for k, q in enumerate(compiled)}
     profiles[len(compiled)] = [Topic(f"t{k}", q) for k, q in enumerate(compiled)]
@@ -395,13 +401,7 @@ def test_limited_lists_are_the_full_rankings_cut(papers, queries, limit):
 def test_reasons_are_the_built_matches_words_and_why(papers, queries):
     # What the ledger records (MatchList.reason, words shared across queries by matched
     # words and paper) is what a built Match carries, for every item of every list.
-    compiled = []
-    for q in queries:
-        try:
-            compile_query(q)
-        except QueryError:
-            continue
-        compiled.append(q)
+    compiled = _valid(queries)
     profiles = {k: [Topic(f"t{k}", q)] for k, q in enumerate(compiled)}
     profiles[len(compiled)] = [Topic(f"t{k}", q) for k, q in enumerate(compiled)]
     # the same query twice (another subscriber), and in reverse order under other names
