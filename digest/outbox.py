@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from digest.config import Settings
 from digest.errors import DigestError, QueryError, RenderError
+from digest.gcutil import gc_paused
 from digest.highlight import highlight_spans
 from digest.mail import PermanentDeliveryError, TemporaryDeliveryError, make_message_id
 from digest.models import (
@@ -425,22 +426,6 @@ def _pick(
 QUEUE_CHUNK = 5_000
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Cyclic GC paused for the queue stage: loading, planning and recording allocate
-    millions of small acyclic objects (states, items, words, rows), and each full pass walks
-    every live one, the compiled queries and the page's states included (profiled: a third of
-    the stage at 10k subscribers, a fifth of loading at 100k). Refcounting still frees them;
-    the few cycles are collected after each page (see _queue_pages)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def queue_digests(
     store: Store,
     settings: Settings,
@@ -454,7 +439,8 @@ def queue_digests(
     only feed-only subscribers' new items, as `digest feeds` records them)."""
     report = QueueReport()
     cadences = [Cadence.FEED] if feeds_only else None
-    with _gc_paused():
+    # the queue stage's many small objects: see digest.gcutil; cycles collected per page
+    with gc_paused():
         _queue_pages(store, settings, report, now=now, force=force, cadences=cadences)
     return report
 
