@@ -220,16 +220,22 @@ def topic_notes(topics: Sequence[Topic], index: PaperIndex | None = None) -> lis
     """The warnings of valid topics, each naming its topic: probable mistakes, and (given an
     index of the stored papers) a query matching none or almost all of them. The CLI, the
     admin pages and the CSV import all say these."""
-    from digest.query import coverage_warning
-
     notes = topic_warnings(topics)
     if index is not None:
-        for t in topics:
-            if t.query.strip():
-                hits = index.bits(compile_query(t.query).root).bit_count()
-                if (cover := coverage_warning(hits, len(index.papers))) is not None:
-                    notes.append(f"topic {t.name!r} {cover}")
+        notes += [
+            f"topic {t.name!r} {cover}" for t in topics if (cover := coverage_note(t.query, index))
+        ]
     return notes
+
+
+def coverage_note(query: str, index: PaperIndex) -> str | None:
+    """A valid query's warning when it matches none or almost all of the indexed papers."""
+    from digest.query import coverage_warning
+
+    if not query.strip():
+        return None
+    hits = index.bits(compile_query(query).root).bit_count()
+    return coverage_warning(hits, len(index.papers))
 
 
 def parse_topics(text: str) -> tuple[Topic, ...]:
@@ -763,6 +769,7 @@ def import_csv(
             f"{', '.join(CSV_COLUMNS)} (found {', '.join(columns) or 'nothing'})"
         )
     seen: dict[str, int] = {}
+    at = columns.index("email")  # each row's address names its errors and warnings
     line = reader.line_num + 1
     while True:
         try:
@@ -775,7 +782,6 @@ def import_csv(
         start, line = line, reader.line_num + 1
         if not any(c.strip() for c in cells):
             continue
-        at = columns.index("email")
         address = one_line(clean_text(cells[at] if at < len(cells) else "")).strip()[:320]
         if len(cells) != len(columns):
             report.errors.append(

@@ -91,3 +91,24 @@ def test_a_topic_with_examples_previews_its_suggestions_and_keeps_them_on_edit()
     # without its examples the same query finds the keyword match alone
     plain = backtest(papers, [], [Topic("Robots", "grasping 1")], dumps=1)
     assert [r.paper.id for r in plain.added] == [1]
+
+
+def test_the_models_train_against_the_background_given(monkeypatch):
+    # the admin passes the stored papers the queue stage trains against; the preview's own
+    # papers are the background only without them
+    import digest.web.preview as preview
+
+    seen = []
+    real = preview.Learner
+
+    def spy(background, known, index):  # type: ignore[no-untyped-def]
+        seen.append([p.id for p in background])
+        return real(background, known, index)
+
+    monkeypatch.setattr(preview, "Learner", spy)
+    papers = _robots()
+    liked = StoredPaper(99, "liked", "Robot grasping", papers[0].abstract, datetime(2026, 1, 1))
+    topics = [Topic("Robots", "grasping 1", likes=(99,))]
+    backtest(papers, topics, topics, dumps=1, known={99: liked}, background=[liked, *papers[:3]])
+    backtest(papers, topics, topics, dumps=1, known={99: liked})
+    assert seen == [[99, 1, 2, 3], [p.id for p in papers]]

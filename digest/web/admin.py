@@ -45,6 +45,7 @@ from digest.models import (
     SubscriberStatus,
     Topic,
 )
+from digest.rank import BACKGROUND
 from digest.schedule import next_slot
 from digest.urls import feed_url
 from digest.web import state
@@ -243,6 +244,8 @@ def _preview(saved: list[Topic], edited: list[Topic]) -> Preview:
     st = state()
     n = st.settings.web.preview_dumps
     stored = sum(1 for d in st.store.recent_dumps(4 * n) if d.status == "stored")
+    # examples are read (with their models' background, as the queue stage reads it) only
+    # when a topic has some: a preview of keywords alone never loads scikit-learn
     ids = {i for t in [*saved, *edited] for i in (*t.likes, *t.dislikes)}
     return backtest(
         st.store.papers_of_recent_dumps(n),
@@ -251,6 +254,7 @@ def _preview(saved: list[Topic], edited: list[Topic]) -> Preview:
         dumps=min(n, stored),
         max_papers=st.settings.mail.max_papers,
         known=st.store.papers_by_ids(ids) if ids else None,
+        background=st.store.recent_papers(limit=BACKGROUND) if ids else None,
     )
 
 

@@ -11,8 +11,9 @@ from digest import highlight
 from digest.errors import QueryError
 from digest.match import PaperIndex
 from digest.models import Match, StoredPaper, Topic
-from digest.query import compile_query, coverage_warning, query_warnings
+from digest.query import compile_query, query_warnings
 from digest.rank import Learner, explain, rank_profiles
+from digest.subscribers import coverage_note
 from digest.text import clean_text, one_line
 from digest.urls import paper_url
 
@@ -162,10 +163,8 @@ def query_notes(query: str, index: PaperIndex | None) -> list[str]:
     if not query.strip():
         return []
     notes = query_warnings(query)
-    if index is not None:
-        hits = index.bits(compile_query(query).root).bit_count()
-        if (cover := coverage_warning(hits, len(index.papers))) is not None:
-            notes.append(cover)
+    if index is not None and (cover := coverage_note(query, index)) is not None:
+        notes.append(cover)
     return notes
 
 
@@ -213,16 +212,19 @@ def backtest(
     dumps: int,
     max_papers: int | None = None,
     known: Mapping[int, StoredPaper] | None = None,
+    background: Sequence[StoredPaper] | None = None,
 ) -> Preview:
     """What `edited` matches among `papers`, split into added / removed / kept versus `saved`,
     and topic by topic (gained, lost, moved between topics). Topics with examples are ranked
-    as a digest ranks them, suggestions included (`known`: their example papers)."""
+    as a digest ranks them, suggestions included (`known`: their example papers;
+    `background`: the stored papers their models train against, as the queue stage reads
+    them; without it, `papers`)."""
     preview = Preview(papers=len(papers), dumps=dumps, max_papers=max_papers)
     kinds: dict[str, list[tuple[Match, Why]]] = {"added": [], "removed": [], "kept": []}
     if papers:
         index = PaperIndex(list(papers))
         edited = keep_examples(saved, edited)
-        ranked = _Ranker(index, [*saved, *edited], known)
+        ranked = _Ranker(index, [*saved, *edited], known, background)
         found = ranked({0: list(saved), 1: list(edited)})
         before = {m.paper_id: m for m in found.get(0, [])}
         after = {m.paper_id: m for m in found.get(1, [])}
@@ -259,7 +261,11 @@ class _Ranker:
     the topics' models when some topic has examples (one Learner for the whole preview)."""
 
     def __init__(
-        self, index: PaperIndex, topics: Sequence[Topic], known: Mapping[int, StoredPaper] | None
+        self,
+        index: PaperIndex,
+        topics: Sequence[Topic],
+        known: Mapping[int, StoredPaper] | None,
+        background: Sequence[StoredPaper] | None,
     ) -> None:
         self.index = index
         self.learner = None
@@ -267,7 +273,9 @@ class _Ranker:
         if ids:
             examples = {p.id: p for p in index.papers if p.id in ids}
             examples.update(known or {})
-            self.learner = Learner(index.papers, examples, index)
+            self.learner = Learner(
+                index.papers if background is None else background, examples, index
+            )
 
     def __call__(self, profiles: Mapping[int, Sequence[Topic]]) -> Mapping[int, Sequence[Match]]:
         """Each profile's ranked matches (a paper a topic likes or dislikes is left out)."""
