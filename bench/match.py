@@ -332,8 +332,10 @@ def fresh_caches() -> None:
     querymod.LEAVES.clear()
     querymod._WORD_LEAVES.clear()
     engine._parts.cache_clear()
+    engine._part.cache_clear()
     textmod.stem.cache_clear()
     textmod.normalize.cache_clear()
+    textmod.joined.cache_clear()
 
 
 def with_forms(profiles: dict[int, list[Topic]]) -> dict[int, list[Topic]]:

@@ -17,7 +17,6 @@ that matched are listed best first.
 from __future__ import annotations
 
 import functools
-import gc
 import heapq
 import itertools
 import logging
@@ -34,6 +33,7 @@ import numpy as np
 
 from digest import text as textmod
 from digest.errors import QueryError
+from digest.gcutil import gc_paused
 from digest.highlight import indexed_spans, merge_spans, positions
 from digest.models import Match, StoredPaper, Topic
 from digest.query import (
@@ -45,7 +45,6 @@ from digest.query import (
     decode_queries,
     describe_node,
     encode_query,
-    form_is_current,
     leaf_id,
     most_needed,
     positive_terms,
@@ -853,8 +852,7 @@ def cached_query(text: str) -> Query:
     if got is None:
         got = compile_query(text)
         if len(_COMPILED) >= _COMPILED_MAX:
-            _COMPILED.clear()
-            _UNSTORED.clear()
+            _COMPILED.clear()  # _UNSTORED stays: its texts' forms are still to be written
         _COMPILED[text] = got
     return got
 
@@ -865,13 +863,8 @@ def load_queries(profiles: Mapping[int, Sequence[Topic]]) -> None:
     cached_query to compile)."""
     # as in match_profiles: cyclic GC passes over the many new small objects cost more than
     # the decoding itself
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         _load_forms(profiles, None)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _load_forms(profiles: Mapping[int, Sequence[Topic]], texts: Iterable[str] | None) -> None:
@@ -886,10 +879,13 @@ def _load_forms(profiles: Mapping[int, Sequence[Topic]], texts: Iterable[str] | 
         return
     if forms is None:
         forms = {t.query: t.compiled for topics in profiles.values() for t in topics}
+    if len(_UNSTORED) > _COMPILED_MAX:
+        _UNSTORED.clear()  # its bound: texts whose topics a queue stage has not met since
     if len(_COMPILED) + len(cold) > _COMPILED_MAX:
         _COMPILED.clear()
-        _UNSTORED.clear()
-        cold = cold[:_COMPILED_MAX]  # the bound holds; cached_query compiles the rest
+        # the bound holds; cached_query compiles the rest, whose forms are then rewritten
+        _UNSTORED.update(cold[_COMPILED_MAX:])
+        cold = cold[:_COMPILED_MAX]
     decoded = decode_queries(cold, [forms.get(x) for x in cold])
     for text, query in zip(cold, decoded, strict=True):
         if query is None:
@@ -904,13 +900,20 @@ def forms_to_save(profiles: Mapping[int, Sequence[Topic]]) -> list[tuple[int, in
     if not _UNSTORED:
         return []
     rows = []
+    fresh: dict[str, bytes | None] = {}  # text -> its form now (None: it does not compile)
     for sid, topics in profiles.items():
         for pos, topic in enumerate(topics):
-            if topic.query in _UNSTORED and not form_is_current(topic.query, topic.compiled):
+            if topic.query not in _UNSTORED:
+                continue
+            if topic.query not in fresh:
                 try:
-                    rows.append((sid, pos, topic.query, encode_query(cached_query(topic.query))))
+                    fresh[topic.query] = encode_query(cached_query(topic.query))
                 except QueryError:
-                    continue  # a bad stored query has no form: it stays NULL
+                    fresh[topic.query] = None  # a bad stored query has no form: it stays NULL
+            form = fresh[topic.query]
+            # any form but this one is rewritten: missing, stale, or damaged past its header
+            if form is not None and topic.compiled != form:
+                rows.append((sid, pos, topic.query, form))
     return rows
 
 
@@ -1389,13 +1392,8 @@ class Matches(Mapping[int, MatchList]):
         if batch is None:
             return {}
         # 100k new lists would set off full cyclic GC passes over every live compiled query
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             return self._ranked_ids(batch)
-        finally:
-            if was_enabled:
-                gc.enable()
 
     def _ranked_ids(self, batch: _Batch) -> dict[int, list[int]]:
         ids = self.index.ids
@@ -1484,13 +1482,8 @@ def match_profiles(
     """Ranked matches per subscriber id (subscribers with no match are left out)."""
     # the batch allocates many small acyclic objects; cyclic GC passes over them cost more
     # than the matching itself, so pause it for the batch
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _match_all(index, profiles, limit)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _match_all(

@@ -709,14 +709,30 @@ def _program(
 # marshal of plain tuples (see encode_query). Anything that does not decode to a form of this
 # compiler for this very text is None, and the caller compiles the text afresh.
 
-# Bump when the parser, the Node tree or the words it builds change (query.py, text.py's
-# tokenising, normalising or stemming): every stored form is then stale and rewritten.
+# Bump when the layout of a form changes.
 FORM_VERSION = 1
+
+
+def _compiler_source() -> bytes:
+    """The source of what decides a query's compiled form (this parser, and text.py's
+    tokenising, normalising and stemming): any edit of either makes every stored form stale,
+    so no hand-kept version number can be forgotten (a form is then compiled and rewritten)."""
+    out = b""
+    for module in (__file__, textmod.__file__):
+        try:
+            with open(module, "rb") as f:
+                out += f.read()
+        except OSError:  # no source next to the bytecode: the versions below still key it
+            out += module.encode()
+    return out
+
+
 # Also keyed by what else decides the stems and the marshal layout, so an upgrade of PyStemmer,
 # of Unicode's tables (NFKC, casefolding) or of Python makes the forms stale by itself.
 FORM_KEY = hashlib.blake2b(
     f"{FORM_VERSION}|{textmod.STEMMER_VERSION}|{unicodedata.unidata_version}|"
-    f"{sys.version_info[0]}.{sys.version_info[1]}|{marshal.version}".encode(),
+    f"{sys.version_info[0]}.{sys.version_info[1]}|{marshal.version}".encode()
+    + _compiler_source(),
     digest_size=4,
 ).digest()
 _GROUP_KINDS = frozenset(("and", "or", "m"))
@@ -796,6 +812,7 @@ def decode_queries(texts: Sequence[str], forms: Sequence[bytes | None]) -> list[
         text = texts[k]
         if not form or form[:4] != FORM_KEY or form[4:12] != _text_hash(text):
             continue
+        start = len(fill)
         try:
             table, root, terms, lits, conj_sizes, clause_sizes, template = marshal.loads(form[12:])
             nodes: list[Node] = []
@@ -825,17 +842,18 @@ def decode_queries(texts: Sequence[str], forms: Sequence[bytes | None]) -> list[
             term_nodes = tuple([nodes[c] for c in terms])
             lit_nodes = tuple([nodes[c >> 1] for c in lits])
             negs = tuple([c & 1 == 1 for c in lits])
-            start = len(fill)
             fill += [nid[c] for c in terms]
             for c in lits:
                 got = nid[c >> 1]
                 fill.append((got if got >= 0 else leaf_id(nodes[c >> 1])) << 1 | c & 1)
-            if template.count(b"\xff\xff\xff\xff") != len(fill) - start:
-                del fill[start:]
-                continue
+            # whole int32s, as many blanks as leaf ids to fill: else the batch's one
+            # frombuffer below would fail, or fill another form's blanks
+            if array.array("i", template).count(-1) != len(fill) - start:
+                raise ValueError("template blanks")
             done.append((k, text, nodes[root], term_nodes, lit_nodes, negs, conj_sizes,
                          clause_sizes, template))  # fmt: skip
-        except Exception:
+        except Exception:  # damaged: compiled afresh by the caller
+            del fill[start:]
             continue
     if not done:
         return out

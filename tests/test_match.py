@@ -601,7 +601,46 @@ def test_stored_forms_are_used_and_keep_the_cache_bounded(monkeypatch):
     profiles[9] = [Topic("t", "zeta", compiled=b"damaged")]
     engine.load_queries(profiles)
     assert len(engine._COMPILED) <= 3
-    assert {"zeta"} >= engine._UNSTORED  # only a form that did not decode is to be rewritten
     papers = [stored(k, f"{w} paper", "An abstract.") for k, w in enumerate([*texts, "zeta"], 1)]
     got = match_profiles(PaperIndex(papers), profiles)
     assert {s: got[s].paper_ids() for s in got} == {k: [k + 1] for k in range(5)} | {9: [6]}
+    # past the bound, only the damaged form is rewritten: the good ones stay as they are
+    assert [(sid, q) for sid, _, q, _ in engine.forms_to_save(profiles)] == [(9, "zeta")]
+
+
+def _damaged_template(text: str) -> bytes:
+    """A form of `text` with a valid header whose program template is one byte too long."""
+    import marshal
+
+    from digest.query import compiled_form
+
+    form = compiled_form(text)
+    assert form is not None
+    body = list(marshal.loads(form[12:]))
+    body[-1] += b"\x00"
+    return form[:12] + marshal.dumps(tuple(body), 4)
+
+
+def test_damaged_forms_are_compiled_afresh_and_rewritten(monkeypatch):
+    # a form whose header is right but whose body is not (undecodable, or a template of
+    # part of an int) fails alone: the batch decodes the others, and the queue stage rewrites it
+    from digest import match as engine
+    from digest.query import compiled_form, decode_queries
+
+    monkeypatch.setattr(engine, "_COMPILED", {})
+    monkeypatch.setattr(engine, "_UNSTORED", set())
+    texts = ["alpha", "beta gamma", "delta", "epsilon"]
+    forms = [compiled_form(texts[0]), _damaged_template(texts[1]),
+             compiled_form(texts[2])[:12] + b"junk", compiled_form(texts[3])]  # fmt: skip
+    decoded = decode_queries(texts, forms)
+    assert [q is not None for q in decoded] == [True, False, False, True]
+    assert decoded[3] == compile_query(texts[3]) and decoded[0] == compile_query(texts[0])
+    profiles = {
+        k: [Topic("t", w, compiled=f)] for k, (w, f) in enumerate(zip(texts, forms, strict=True))
+    }
+    engine.load_queries(profiles)
+    assert {"beta gamma", "delta"} == engine._UNSTORED
+    rows = engine.forms_to_save(profiles)
+    assert [(sid, q, f) for sid, _, q, f in rows] == [
+        (1, "beta gamma", compiled_form("beta gamma")), (2, "delta", compiled_form("delta"))
+    ]  # fmt: skip

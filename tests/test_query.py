@@ -412,3 +412,25 @@ def test_form_is_current():
     assert form is not None and form_is_current("latency", form)
     assert not form_is_current("latency", None)
     assert not form_is_current("latenzy", form)
+
+
+def test_the_form_key_covers_the_compiler_s_own_source():
+    # an edit of the parser or of text.py's words makes every stored form stale by itself
+    from pathlib import Path
+
+    import digest.query as query
+    import digest.text as text
+
+    source = query._compiler_source()
+    assert (
+        Path(query.__file__).read_bytes() in source and Path(text.__file__).read_bytes() in source
+    )
+    assert (
+        query.hashlib.blake2b(
+            f"{query.FORM_VERSION}|{text.STEMMER_VERSION}|{query.unicodedata.unidata_version}|"
+            f"{query.sys.version_info[0]}.{query.sys.version_info[1]}|{query.marshal.version}".encode()
+            + source,
+            digest_size=4,
+        ).digest()
+        == query.FORM_KEY
+    )
