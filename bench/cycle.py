@@ -324,6 +324,22 @@ def run_child(stage: str, workdir: Path, url: str, port: int, n: int) -> dict:
     return result
 
 
+def _code_env(source: str | None) -> dict[str, str]:
+    """The environment that makes `python -m digest.cli` import the digest package of
+    `source` (an exported tree), or of this tree. The child also runs in another folder: with
+    `-m`, the working folder comes first on sys.path, so a run started from a checkout imported
+    that checkout's package whatever PYTHONPATH said (every --baseline row before 2026-12-02
+    16:00 ran this tree's code on both sides)."""
+    env = {**os.environ, "PYTHONPATH": source or str(ROOT)}
+    found = subprocess.run(
+        [sys.executable, "-c", "import digest; print(digest.__file__)"], env=env,
+        cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    if not Path(found).resolve().is_relative_to(Path(source or ROOT).resolve()):
+        sys.exit(f"the child would import {found}, not the package of {source or ROOT}")
+    return env
+
+
 def run_workers(
     workdir: Path,
     count: int,
@@ -345,12 +361,12 @@ def run_workers(
            str(batch)]  # fmt: skip
     if profile:
         spy = Path(sys.executable).with_name("py-spy")
-        cmd = [str(spy), "record", "-f", "speedscope", "-o", profile, "-r", "200", "--", *cmd]
-    env = dict(os.environ)
-    if source:
-        env["PYTHONPATH"] = source
+        fmt = "raw" if profile.endswith(".txt") else "speedscope"  # raw: collapsed stacks
+        cmd = [str(spy), "record", "-f", fmt, "--threads", "-o", profile, "-r", "200", "--", *cmd]
+    env = _code_env(source)
     start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env) for _ in range(count)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env, cwd=workdir)
+             for _ in range(count)]  # fmt: skip
     peaks: list[float] = []
     cpu: list[float] = []
     for proc in procs:
@@ -440,12 +456,10 @@ def run_send_now(workdir: Path, source: str | None = None) -> dict:
     and its deliver part: from the first message file written to the last (their mtimes)."""
     cmd = [sys.executable, "-m", "digest.cli", "-q", "--config",
            str(workdir / "send-settings.toml"), "send", "--now"]  # fmt: skip
-    env = dict(os.environ)
-    if source:
-        env["PYTHONPATH"] = source
+    env = _code_env(source)
     wall = time.time()
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env, cwd=workdir)
     _pid, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status):

@@ -196,11 +196,14 @@ class FeedbackLinks:
     topics: tuple[str, ...]  # topic names by position
     # The keyed hash fed with this subscriber's part of every MAC, copied per link (cheaper).
     _prefix: Any = field(init=False, repr=False, compare=False)
+    # Each paper's pair, made once: an email asks for it in its HTML and its text part.
+    _made: dict[tuple[int, int], tuple[str, str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         head = f"{self.subscriber_id}\0{self.token}\0".encode()
         hasher = hashlib.blake2b(head, key=self.key, digest_size=_FEEDBACK_MAC_BYTES)
         object.__setattr__(self, "_prefix", hasher)
+        object.__setattr__(self, "_made", {})
 
     def urls(self, paper_id: int, topic: str | None = None) -> tuple[str, str] | None:
         """The ("more like this", "not for me") URLs of a paper under a topic (unknown or
@@ -208,6 +211,9 @@ class FeedbackLinks:
         if not self.topics:
             return None
         index = self.topics.index(topic) if topic in self.topics else 0
+        made = self._made.get((paper_id, index))
+        if made is not None:
+            return made
         head = f"{self.base_url}/feedback/{self.subscriber_id}/{paper_id}/{index}/"
         part = f"{paper_id}\0{self.topics[index]}\0".encode()
         out = []
@@ -216,7 +222,8 @@ class FeedbackLinks:
             hasher.update(part + verdict.encode())
             mac = base64.urlsafe_b64encode(hasher.digest()).decode("ascii")
             out.append(f"{head}{verdict}/{mac}")
-        return out[0], out[1]
+        made = self._made[paper_id, index] = (out[0], out[1])
+        return made
 
 
 def feedback_links(settings: Settings, key: bytes, subscriber: Any) -> FeedbackLinks:

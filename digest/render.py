@@ -152,12 +152,18 @@ class Renderer:
 
     cache_size = 20_000
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, inline_includes: bool = True) -> None:
+        """`inline_includes`: paste plain includes in at load (templates.IncludeInliner, the
+        same output); False renders them as stock includes (the tests compare the two)."""
         self.settings = settings
         env = templates.make_environment(settings)
         css, _ = templates.template_source(env, "email/style.css")
         assert env.loader is not None  # make_environment always sets one
         env.loader = templates.InliningLoader(env.loader, css)
+        if inline_includes:
+            # Over the CSS inliner, file by file: a pasted paper never meets the digest's
+            # selectors, so its styles are the ones it gets on its own.
+            env.loader = templates.IncludeInliner(env.loader)
         env.filters["wrap"] = wrap
         self.env = env
         self.html_template = templates.html_template(env, "email/digest.html")

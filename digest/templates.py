@@ -221,3 +221,59 @@ class InliningLoader(jinja2.BaseLoader):
 
     def list_templates(self) -> list[str]:
         return self.inner.list_templates()
+
+
+# --- include inlining on template sources ---------------------------------------------------
+#
+# An email includes its paper template once per paper, in both parts; each stock `{% include %}`
+# builds a new template context (profiled: a third of rendering a digest). Jinja's own `{% with
+# %}` scope gives the same view of the including context and keeps the included template's
+# `{% set %}` to itself, so a plain include is pasted in as `{% with +%}source{%+ endwith %}` when
+# the environment loads the template. The output is the same (tests/test_templates.py renders
+# both ways); any include this cannot reproduce exactly stays a stock include.
+
+_INCLUDE_OR_COMMENT = re.compile(r'\{#.*?#\}|\{%\s*include\s+"([^"{}%]+)"\s*%\}', re.DOTALL)
+# Included sources that a pasted copy would not reproduce: inheritance, blocks, macros and
+# imports (their own namespaces), nested includes and raw sections.
+_NOT_PASTED = re.compile(r"\{%[-+]?\s*(extends|block|macro|call|import|from|include|raw)\b")
+# Names an included template sees differently from the includer (a stock include gets no
+# `loop` of the includer's for, and its own `self`).
+_CONTEXT_NAMES = re.compile(r"\b(loop|self|super|caller|varargs|kwargs)\b")
+
+
+class IncludeInliner(jinja2.BaseLoader):
+    """Wraps a loader: each plain `{% include "name" %}` (a literal name, context passed, no
+    whitespace control) comes back as the named template's source in a `{% with %}` scope."""
+
+    def __init__(self, inner: jinja2.BaseLoader) -> None:
+        self.inner = inner
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, typing.Callable[[], bool] | None]:
+        source, filename, uptodate = self.inner.get_source(environment, template)
+        if "{% raw" in source or "{%raw" in source:
+            return source, filename, uptodate
+
+        def paste(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name is None:  # a comment: kept as written
+                return m.group()
+            try:
+                included, _, _ = self.inner.get_source(environment, name)
+                environment.parse(included, name)  # a broken one stays an include, named
+            except (jinja2.TemplateNotFound, jinja2.TemplateSyntaxError):
+                return m.group()
+            if _NOT_PASTED.search(included) or any(
+                _CONTEXT_NAMES.search(tag) for tag in _JINJA_TAG.findall(included)
+            ):
+                return m.group()
+            # "+" turns off trim_blocks after the opening tag and lstrip_blocks before the
+            # closing one: the included source's first newline and last indent stay, as when
+            # it renders on its own.
+            return "{% with +%}" + included + "{%+ endwith %}"
+
+        return _INCLUDE_OR_COMMENT.sub(paste, source), filename, uptodate
+
+    def list_templates(self) -> list[str]:
+        return self.inner.list_templates()

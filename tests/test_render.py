@@ -657,3 +657,82 @@ def test_each_paper_carries_its_two_feedback_links_in_both_parts(renderer: Rende
     # without a signer (fixtures, the golden file) no feedback link is made
     plain = renderer.render(digest, make_links(settings, sub))
     assert "/feedback/" not in plain.text + plain.html
+
+
+# --- includes pasted in at load (templates.IncludeInliner) against stock includes -------------
+
+
+def _both_ways(settings, digests) -> None:
+    """Every digest renders to the same subject, HTML and text with includes pasted in as with
+    Jinja's own {% include %}, links with feedback URLs included."""
+    pasted, stock = Renderer(settings), Renderer(settings, inline_includes=False)
+    signer = LinkSigner("a-secret-for-the-tests")
+    for digest in digests:
+        links = links_for(settings, signer, digest.subscriber, digest.id)
+        assert pasted.render(digest, links) == stock.render(digest, links)
+
+
+def _rising(digest):
+    items = [dataclasses.replace(item, rising=(i % 2 == 1)) for i, item in enumerate(digest.items)]
+    return dataclasses.replace(digest, items=items)
+
+
+def test_pasted_includes_render_as_stock_includes():
+    many = [
+        (make_paper(100 + i, f"Paper {i} on sparse attention", upvotes=i), ("Sparse attention",),
+         ("sparse",))
+        for i in range(120)
+    ]  # fmt: skip
+    digests = [make_digest(), hostile_digest(), _rising(make_digest()), make_digest(many)]
+    _both_ways(email_settings(), digests)
+    # The loader really pasted them: no include is left in the email templates' source.
+    env = shared_renderer().env
+    source, _, _ = env.loader.get_source(env, "email/digest.html")
+    assert "include" not in source and "{% with +%}" in source
+
+
+@pytest.mark.parametrize(
+    "paper_txt",
+    [
+        # its own {% set %} must not leak into the next paper or the digest
+        "{{ n is defined }}{% set n = 1 %}{{ n }} {{ item.text_title }} {{ section.topic }}\n",
+        # whitespace at both ends, a loop inside, the includer's loop variable
+        "\n  {{ item.match.paper_id }}\n{% for w in item.match.terms %}  {{ w }}\n{% endfor %}   ",
+        # a stock include sees no `loop` of the includer's for: such a template stays one
+        "{% if loop is defined %}L{% endif %}{{ item.text_title }}\n",
+        "{{ item.text_title }}",  # no trailing newline
+        # what cannot be pasted stays a stock include: a macro, a nested include
+        "{% macro m(x) %}<{{ x }}>{% endmacro %}{{ m(item.text_title) }}\n",
+        '{% include "email/extra.txt" %}|{{ item.text_title }}\n',
+    ],
+)
+def test_an_override_paper_template_renders_the_same_pasted(tmp_path, paper_txt):
+    (tmp_path / "email").mkdir()
+    (tmp_path / "email" / "paper.txt").write_text(paper_txt)
+    (tmp_path / "email" / "extra.txt").write_text("extra {{ item.match.paper_id }}")
+    (tmp_path / "email" / "paper.html").write_text(
+        "{% set fb = 1 %}<p>{{ item.title_html }} {{ fb }}</p>\n"
+        "  {% if item.rising %}R{% endif %}\n"
+    )
+    settings = email_settings(templates={"override_dir": str(tmp_path)})
+    _both_ways(settings, [make_digest(), _rising(make_digest()), hostile_digest()])
+
+
+def test_a_broken_paper_override_is_named_at_start_not_pasted(tmp_path):
+    (tmp_path / "email").mkdir()
+    (tmp_path / "email" / "paper.html").write_text("<p>{% if item.rising %}never closed</p>\n")
+    settings = email_settings(templates={"override_dir": str(tmp_path)})
+    with pytest.raises(templates.TemplateError, match=r"email/paper\.html"):
+        Renderer(settings)
+
+
+def test_a_pasted_include_keeps_its_sets_to_itself_outside_a_loop(tmp_path):
+    (tmp_path / "email").mkdir()
+    (tmp_path / "email" / "digest.txt").write_text(
+        '{% set item = sections[0].items[0] %}{% include "email/paper.txt" %}|{{ n is defined }}\n'
+    )
+    (tmp_path / "email" / "paper.txt").write_text("{% set n = 1 %}{{ n }}")
+    settings = email_settings(templates={"override_dir": str(tmp_path)})
+    _both_ways(settings, [make_digest()])
+    out = Renderer(settings).render(make_digest(), make_links(settings, make_subscriber()))
+    assert out.text == "1|False\n"

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    literal,
     select,
 )
 from sqlalchemy.engine import Connection
@@ -138,6 +139,7 @@ def why_columns() -> tuple[Any, ...]:
         deliveries.c.why.label("d_why"),
         deliveries.c.score.label("d_score"),
         deliveries.c.delivered_at.label("d_at"),
+        literal(False).label("d_rising"),
     )
 
 
@@ -501,6 +503,8 @@ class LedgerStore(StoreBase):
                     digest_extras.c.topics.label("d_topics"),
                     digest_extras.c.terms.label("d_terms"),
                     digest_extras.c.score.label("d_score"),
+                    literal("").label("d_why"),  # a digest's left-out extras keep no why
+                    literal(False).label("d_rising"),
                 )
                 .join(digest_extras, digest_extras.c.paper_id == papers.c.id)
                 .where(digest_extras.c.digest_id == digest_id)

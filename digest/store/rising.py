@@ -112,6 +112,7 @@ def rising_ledger_rows(conn: Connection, digest_ids: Sequence[int]) -> list[Any]
                     rising_deliveries.c.terms.label("d_terms"),
                     rising_deliveries.c.score.label("d_score"),
                     rising_deliveries.c.delivered_at.label("d_at"),
+                    literal("").label("d_why"),
                     literal(True).label("d_rising"),
                 ).where(rising_deliveries.c.digest_id.in_(chunk))
             )
@@ -181,6 +182,7 @@ def rising_ledger_entries(conn: Connection, subscriber_id: int, limit: int) -> l
             rising_deliveries.c.terms.label("d_terms"),
             rising_deliveries.c.score.label("d_score"),
             rising_deliveries.c.delivered_at.label("d_at"),
+            literal("").label("d_why"),
             literal(True).label("d_rising"),
         )
         .join(rising_deliveries, rising_deliveries.c.paper_id == papers.c.id)
