@@ -277,7 +277,8 @@ class Links:
 
 def _url_chars(url: str) -> bool:
     # A URL in a header or an href: printable, no white space (a line break would end a header).
-    return url.isprintable() and not any(c.isspace() for c in url)
+    # isprintable() is False for every white space character but the ASCII space.
+    return url.isprintable() and " " not in url
 
 
 def make_links(

@@ -24,10 +24,12 @@ import binascii
 import contextlib
 import functools
 import hashlib
+import itertools
 import mailbox
 import os
 import re
 import smtplib
+import socket
 import ssl
 import sys
 import threading
@@ -503,7 +505,15 @@ class MaildirTransport(_BaseTransport):
     """Writes each message into a Maildir (created if missing); the default transport.
 
     Two messages may be in flight: a sender renders the next digest while the previous one is
-    written and fsync'ed (which releases the GIL), so rendering and writing overlap.
+    written (which releases the GIL), so rendering and writing overlap.
+
+    `send` stores one message durably (the stdlib `mailbox`: tmp/, fsync, then new/).
+    `send_deferred` + `flush` do the same for a group: each message is written to tmp/ at
+    once, and `flush` syncs the group's files, moves them into new/ and syncs new/, so a
+    group costs one wait on the disk instead of one per message (profiled: an fsync per
+    message was most of a Maildir delivery's time). A deferred message is delivered only when
+    `flush` returns; a crash before that leaves it in tmp/, where no reader looks (and which
+    Maildir readers clean), never in new/.
     """
 
     parallel = 2
@@ -511,6 +521,10 @@ class MaildirTransport(_BaseTransport):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._pending: list[tuple[int, str]] = []  # (open fd, unique name) written to tmp/
+        self._lock = threading.Lock()
+        self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+        self._count = itertools.count(1)
         try:
             # Made here, tolerating each folder already there: two senders starting at once
             # (overlapping cron runs) race to create them, which mailbox's own creation fails.
@@ -533,6 +547,76 @@ class MaildirTransport(_BaseTransport):
         except (OSError, mailbox.ExternalClashError) as exc:
             raise TemporaryDeliveryError(f"maildir {self.path}: cannot write: {exc}") from None
         return SendResult(out.message_id, out.recipients)
+
+    def send_deferred(self, msg: OutgoingMessage | EmailMessage) -> SendResult:
+        """Write the message to tmp/ as `send` would, unsynced and not yet delivered: the
+        next `flush` delivers it (see the class docstring). Safe from several threads."""
+        out = _outgoing(msg)
+        data = out.data.replace(b"\r\n", b"\n")
+        now = time.time()
+        # The unique name of the Maildir spec, as mailbox.Maildir makes it, plus a counter.
+        name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(self._count)}.{self._host}"
+        try:
+            fd = os.open(self.path / "tmp" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise TemporaryDeliveryError(f"maildir {self.path}: cannot write: {exc}") from None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.remove(self.path / "tmp" / name)
+            raise TemporaryDeliveryError(f"maildir {self.path}: cannot write: {exc}") from None
+        with self._lock:
+            self._pending.append((fd, name))
+        return SendResult(out.message_id, out.recipients)
+
+    def flush(self) -> None:
+        """Deliver every deferred message: sync their files, move them into new/ and sync
+        new/. On a disk error, TransportError: what is still in tmp/ is removed, and the
+        caller must not count the group as delivered (see docs/guide/delivery.md)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        tmp, new = self.path / "tmp", self.path / "new"
+        left = [name for _fd, name in pending]
+        try:
+            try:
+                # After the group's writes: the first sync writes them all out, the others
+                # find little or nothing left to write.
+                for fd, _name in pending:
+                    os.fsync(fd)
+            finally:
+                for fd, _name in pending:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            while left:
+                # link + remove, as mailbox does: never replaces a message already in new/.
+                os.link(tmp / left[-1], new / left[-1])
+                os.remove(tmp / left.pop())
+            folder = os.open(new, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError as exc:
+            for name in left:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp / name)
+            raise TransportError(f"maildir {self.path}: cannot deliver a group: {exc}") from None
+
+    def close(self) -> None:
+        """Drop deferred messages never flushed: not delivered, so not left in tmp/ either."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fd, name in pending:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.remove(self.path / "tmp" / name)
 
 
 class DryRunTransport(_BaseTransport):
@@ -714,7 +798,7 @@ class SmtpTransport(_BaseTransport):
         2920); every outcome is classified the same way, by the same helpers."""
         where = f"smtp {self.where}"
         tail = (" " + " ".join(options)) if options else ""
-        group = [f"MAIL FROM:{smtplib.quoteaddr(out.envelope_from)}{tail}"]
+        group = [f"MAIL FROM:{_quoted_sender(out.envelope_from)}{tail}"]
         group += [f"RCPT TO:{smtplib.quoteaddr(rcpt)}" for rcpt in out.recipients]
         group.append("DATA")
         try:
@@ -863,6 +947,11 @@ def _send_body(conn: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
         stuffed += b"\r\n"
     conn.send(stuffed + b".\r\n")
     return conn.getreply()
+
+
+# Every message of a sender has the same envelope sender: parsed once (smtplib.quoteaddr runs
+# email.utils.parseaddr, which was a tenth of a pipelined transaction's CPU; profiled).
+_quoted_sender = functools.lru_cache(maxsize=16)(smtplib.quoteaddr)
 
 
 class _StaleConnection(Exception):

@@ -666,12 +666,14 @@ def deliver_queued(
     progress: Callable[[int], object] | None = None,
     parallel: int = 1,
     overlap: bool = False,
+    flush: Callable[[], None] | None = None,
 ) -> DeliveryReport:
     """Claim queued email digests in batches and send them, up to `parallel` at once (one per
     SMTP connection); accepted ones are marked sent in groups (see MARK_EVERY_SECONDS).
 
     With `prepare` (render now, send later) and `overlap` (the transport waits on I/O), sends
-    run in `parallel` threads while this thread renders the next digest."""
+    run in `parallel` threads while this thread renders the next digest. `flush` (a
+    transport's that delivers in groups) runs before each group is marked sent."""
     if prepare is None:
         if send_one is None:
             raise TypeError("deliver_queued needs send_one or prepare")
@@ -679,7 +681,7 @@ def deliver_queued(
     threaded = parallel > 1 or overlap
     sender = _BatchSender(store, settings, prepare, clock, worker or worker_name(), lease,
                           stop or threading.Event(), progress, max(1, batch),
-                          threaded=threaded)  # fmt: skip
+                          threaded=threaded, flush=flush)  # fmt: skip
     with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="send") as pool:
         while not sender.stop.is_set():
             now = clock()
@@ -729,6 +731,7 @@ class _BatchSender:
     progress: Callable[[int], object] | None
     group: int = 50  # accepted digests marked sent per transaction, at most
     threaded: bool = False  # sends run in the pool's threads (else inline, one at a time)
+    flush: Callable[[], None] | None = None  # makes accepted messages delivered, before marking
     report: DeliveryReport = field(default_factory=lambda: DeliveryReport())
     rendered: int = 0  # digests this pass rendered (sent or refused by the server)
     unrendered: list[tuple[Digest, RenderError]] = field(default_factory=list)  # held back
@@ -800,6 +803,8 @@ class _BatchSender:
     def mark_sent(self) -> None:
         """Commit the group of accepted digests as sent (see MARK_EVERY_SECONDS)."""
         if self.unmarked:
+            if self.flush is not None:
+                self.flush()  # never marked sent before it is delivered
             self.store.mark_digests_sent(self.unmarked, now=self.clock())
             self.unmarked = []
 

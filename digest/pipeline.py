@@ -137,11 +137,14 @@ class Cycle:
         self.__dict__.pop("_message_parts", None)
         own = transport is None
         transport = transport or self.transport_factory(self.settings)
+        # A transport that delivers in groups (the Maildir: one disk sync per group) writes
+        # each message at once and delivers the group at `flush`, before it is marked sent.
+        flush = getattr(transport, "flush", None)
         try:
             report = deliver_queued(
                 self.store,
                 self.settings,
-                prepare=self.preparer(transport),
+                prepare=self.preparer(transport, deferred=flush is not None),
                 clock=self.clock,
                 worker=worker,
                 batch=batch,
@@ -150,6 +153,7 @@ class Cycle:
                 progress=progress,
                 parallel=transport.parallel,
                 overlap=getattr(transport, "overlap", False),
+                flush=flush,
             )
         finally:
             if own:
@@ -217,9 +221,12 @@ class Cycle:
 
         return send_one
 
-    def preparer(self, transport: Transport) -> Callable[[Digest], Callable[[], None]]:
+    def preparer(
+        self, transport: Transport, *, deferred: bool = False
+    ) -> Callable[[Digest], Callable[[], None]]:
         """Render a digest now (RenderError when it cannot be); what it returns hands the
-        message to `transport`, in whatever thread runs it."""
+        message to `transport`, in whatever thread runs it (`deferred`: through its
+        `send_deferred`, delivered at its next `flush`)."""
         renderer, builder, signer = self._message_parts
 
         def prepare(digest: Digest) -> Callable[[], None]:
@@ -233,8 +240,10 @@ class Cycle:
                 log.exception("digest %d cannot be rendered", digest.id)
                 raise RenderError(f"cannot render: {type(exc).__name__}: {exc}") from exc
 
+            deliver = transport.send_deferred if deferred else transport.send  # type: ignore[attr-defined]
+
             def send() -> None:
-                result = transport.send(message)
+                result = deliver(message)
                 # One recipient per digest: a refusal inside an accepted session is its outcome.
                 for error in result.refused.values():
                     raise error

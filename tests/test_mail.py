@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import email
 import io
+import mailbox
+import os
 import re
 import smtplib
 import socket
@@ -440,6 +442,50 @@ def test_maildir_transport_starts_whatever_another_sender_created_already(tmp_pa
         (path / folder).mkdir(parents=True, exist_ok=True)
     assert MaildirTransport(path).send(digest_message()).ok
     assert len(list((path / "new").iterdir())) == 1
+
+
+def test_maildir_deferred_messages_are_delivered_at_flush_as_mailbox_stores_them(tmp_path):
+    grouped, single = MaildirTransport(tmp_path / "grouped"), MaildirTransport(tmp_path / "one")
+    messages = [digest_message(), digest_message(make_digest(digest_id=43)), digest_message()]
+    for msg in messages:
+        assert grouped.send_deferred(msg).ok
+        assert single.send(msg).ok  # the stdlib mailbox, one durable add per message
+    # Written, not delivered: nothing in new/ (a reader sees nothing) until the flush.
+    assert not list((tmp_path / "grouped" / "new").iterdir())
+    assert len(list((tmp_path / "grouped" / "tmp").iterdir())) == 3
+    grouped.flush()
+    assert not list((tmp_path / "grouped" / "tmp").iterdir())
+    ours = mailbox.Maildir(tmp_path / "grouped", factory=None, create=False)
+    theirs = mailbox.Maildir(tmp_path / "one", factory=None, create=False)
+    assert sorted(m.as_bytes() for m in ours) == sorted(m.as_bytes() for m in theirs)
+    assert {m.get_subdir() for m in ours} == {"new"} and all(not m.get_flags() for m in ours)
+    # Named as the Maildir spec says (time, microseconds, process, counter, host).
+    assert all(re.fullmatch(r"\d+\.M\d+P\d+Q\d+\..+", key) for key in ours.iterkeys())
+    grouped.flush()  # nothing pending: nothing happens
+    assert len(ours) == 3
+
+
+def test_maildir_close_drops_what_was_never_flushed(tmp_path):
+    transport = MaildirTransport(tmp_path / "md")
+    transport.send_deferred(digest_message())
+    transport.close()
+    assert not list((tmp_path / "md" / "tmp").iterdir())
+    assert not list((tmp_path / "md" / "new").iterdir())
+
+
+def test_maildir_flush_that_the_disk_refuses_delivers_nothing_and_says_so(tmp_path, monkeypatch):
+    transport = MaildirTransport(tmp_path / "md")
+    transport.send_deferred(digest_message())
+    transport.send_deferred(digest_message())
+
+    def refuse(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    with pytest.raises(TransportError, match=r"maildir .*md.*cannot deliver a group.*Input/output"):
+        transport.flush()
+    assert not list((tmp_path / "md" / "new").iterdir())
+    assert not list((tmp_path / "md" / "tmp").iterdir())
 
 
 def test_dry_run_records_and_prints():

@@ -191,6 +191,63 @@ def test_death_before_the_group_is_marked_repeats_the_group_under_its_ids(world)
     assert store.digest_status_counts()["sent"] == 3
 
 
+def _maildir_ids(settings: Settings, folder: str) -> list[str]:
+    """The Message-IDs of the messages in one folder of the configured Maildir."""
+    path = settings.mail.maildir / folder
+    return [
+        str(message_from_bytes(f.read_bytes(), policy=policy.default)["Message-ID"])
+        for f in sorted(path.iterdir())
+    ]
+
+
+def test_a_maildir_digest_is_in_new_before_it_is_marked_sent(world) -> None:
+    store, settings, _server = world
+    settings = dataclasses.replace(
+        settings, mail=dataclasses.replace(settings.mail, transport="maildir")
+    )
+    seen_at_mark: list[tuple[set[str], set[str]]] = []
+    real_mark = store.mark_digests_sent
+
+    def checked_mark(digest_ids: list[int], *, now: datetime) -> None:
+        ids = {store.digest_record(i).message_id for i in digest_ids}
+        seen_at_mark.append((ids, set(_maildir_ids(settings, "new"))))
+        real_mark(digest_ids, now=now)
+
+    store.mark_digests_sent = checked_mark  # type: ignore[method-assign]
+    report = Cycle(store, settings).run(quiet=True)
+    assert report.delivery.sent == 3 and seen_at_mark
+    for marked, delivered in seen_at_mark:
+        assert marked <= delivered  # delivered (synced, in new/) before marked sent
+    assert len(_maildir_ids(settings, "new")) == 3 and not _maildir_ids(settings, "tmp")
+
+
+def test_death_before_a_maildir_group_is_flushed_delivers_none_of_it_and_repeats_none(
+    world,
+) -> None:
+    store, settings, _server = world
+    settings = dataclasses.replace(
+        settings, mail=dataclasses.replace(settings.mail, transport="maildir")
+    )
+    transport = make_transport(settings)
+
+    def die() -> None:
+        raise SystemExit("killed after writing the group, before its flush")
+
+    transport.flush = die  # type: ignore[attr-defined]
+    cycle = Cycle(store, settings)
+    cycle.ingest(quiet=True)
+    assert cycle.queue(force=True).queued == 3
+    with pytest.raises(SystemExit):
+        cycle.deliver(transport)
+    # Written to tmp/ only: no reader saw any of them, and none is marked sent.
+    assert not _maildir_ids(settings, "new")
+    assert store.digest_status_counts()["sent"] == 0
+    store.release_all_claims()
+    assert Cycle(store, settings).deliver().sent == 3
+    ids = _maildir_ids(settings, "new")
+    assert len(ids) == len(set(ids)) == 3  # each once: nothing of the dead pass was delivered
+
+
 def test_the_feeds_step_records_feed_only_subscribers_first(world) -> None:
     store, settings, server = world
     add_subscriber(
