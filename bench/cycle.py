@@ -324,6 +324,9 @@ def run_child(stage: str, workdir: Path, url: str, port: int, n: int) -> dict:
     return result
 
 
+PROCESSES: int | None = None  # --processes
+
+
 def _code_env(source: str | None) -> dict[str, str]:
     """The environment that makes `python -m digest.cli` import the digest package of
     `source` (an exported tree), or of this tree. The child also runs in another folder: with
@@ -331,6 +334,8 @@ def _code_env(source: str | None) -> dict[str, str]:
     that checkout's package whatever PYTHONPATH said (every --baseline row before 2026-12-02
     16:00 ran this tree's code on both sides)."""
     env = {**os.environ, "PYTHONPATH": source or str(ROOT)}
+    if PROCESSES is not None:  # mail.processes for the CLI children (older trees ignore it)
+        env["DIGEST_MAIL_PROCESSES"] = str(PROCESSES)
     found = subprocess.run(
         [sys.executable, "-c", "import digest; print(digest.__file__)"], env=env,
         cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True,
@@ -592,12 +597,19 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=1, help="deliver: smtp.connections")
     ap.add_argument("--baseline", metavar="DIR", help="deliver, send-now: also run this tree")
     ap.add_argument("--profile", metavar="FILE", help="deliver: py-spy the first run here")
+    ap.add_argument(
+        "--processes", type=int, metavar="N",
+        help="deliver, send-now: mail.processes of the CLI (default: the settings' default, 0 = "
+        "one per CPU; 1 = one process)",
+    )  # fmt: skip
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global PROCESSES
+    PROCESSES = args.processes
 
     if args.stage:  # a child: run one stage, print its figures as the last line
         import resource

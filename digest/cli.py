@@ -1002,7 +1002,8 @@ def _add_worker_parser(sub: Any) -> None:
         description="Claims queued digests in batches (PostgreSQL: FOR UPDATE SKIP LOCKED) with "
         "a lease, renders and sends them. A killed worker's claims lapse with the lease and "
         "another worker takes them. SIGTERM/SIGINT finish the message in flight. Never queues "
-        "digests itself: `digest run` (one per database) does. On SQLite: one worker.",
+        "digests itself: `digest run` (one per database) does. A long queue is shared with "
+        "helper processes (mail.processes).",
     )
     p.add_argument(
         "--batch", type=_positive_int, default=50, metavar="N", help="digests per claim (50)"

@@ -62,6 +62,11 @@ class MailSettings:
     max_bounces: int = _opt(3, "After this many hard bounces a subscriber becomes 'bouncing'.")
     retry_attempts: int = _opt(5, "Attempts for a temporary (4xx) SMTP failure.")
     retry_base_seconds: float = _opt(30.0, "First retry delay; doubles on each attempt.")
+    processes: int = _opt(
+        0,
+        "Processes that render and send a long queue (helpers join at 400 queued digests "
+        "each); 0: one per CPU, at most 4; 1: only the process that delivers.",
+    )
 
 
 @dataclass(frozen=True)
@@ -398,6 +403,8 @@ def validate(settings: Settings) -> None:
         raise bad("web.port", "must be between 1 and 65535")
     if settings.smtp.connections < 1:
         raise bad("smtp.connections", "must be at least 1")
+    if settings.mail.processes < 0:
+        raise bad("mail.processes", "must be 0 (one per CPU) or more")
     if settings.smtp.rate_per_second < 0:
         raise bad("smtp.rate_per_second", "must not be negative")
     for key, value in (

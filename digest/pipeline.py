@@ -9,13 +9,18 @@ host, so a killed `send` never strands its batch for the whole lease.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import IO
+from typing import IO, Any
 
 from digest.config import Settings
 from digest.errors import DigestError, RenderError
@@ -123,8 +128,11 @@ class Cycle:
         batch: int = DEFAULT_BATCH,
         lease: timedelta = DEFAULT_LEASE,
         progress: Callable[[int], object] | None = None,
+        helpers: bool = True,
     ) -> DeliveryReport:
-        """Give back dead local senders' claims, then send every queued digest now due."""
+        """Give back dead local senders' claims, then send every queued digest now due, with
+        up to `mail.processes - 1` helper processes beside this one when the queue is long
+        (`helpers=False`: this process alone; a helper's own pass is one)."""
         requeued = release_dead_claims(self.store)
         if requeued:
             log.warning(
@@ -136,6 +144,7 @@ class Cycle:
         # picks up an edited template override without a restart.
         self.__dict__.pop("_message_parts", None)
         own = transport is None
+        team = _Helpers.start(self, batch, lease) if helpers else None
         transport = transport or self.transport_factory(self.settings)
         # A transport that delivers in groups (the Maildir: one disk sync per group) writes
         # each message at once and delivers the group at `flush`, before it is marked sent.
@@ -158,6 +167,10 @@ class Cycle:
         finally:
             if own:
                 transport.close()
+            if team is not None:
+                team.finish(progress, stopped=self.stop.is_set())
+        if team is not None:
+            team.add_to(report)
         log.debug("deliver: %s", report.summary())
         return report
 
@@ -260,3 +273,147 @@ class Cycle:
             MessageBuilder(self.settings),
             LinkSigner(secret_key(self.store, self.settings)),
         )
+
+
+# --- helper processes ----------------------------------------------------------------------------
+#
+# Rendering is CPU in Python: one process renders on one core. With `mail.processes` > 1 a
+# delivery starts helper processes that claim and send batches from the same queue, each a
+# sender of its own (own claims, own Message-IDs already fixed in the ledger), so what a crash
+# can repeat stays what it is for one sender (docs/guide/delivery.md). They are started only
+# when the queue holds enough to pay for their start (about a second each).
+
+HELPER_MIN_QUEUED = 400  # queued digests per helper process worth starting
+
+
+def helper_count(settings: Settings, queued: int) -> int:
+    """How many helper processes a delivery of `queued` digests starts beside itself."""
+    wanted = settings.mail.processes or min(os.cpu_count() or 1, 4)
+    return max(0, min(wanted - 1, queued // HELPER_MIN_QUEUED))
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread (a daemon's job): its signals are not ours
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _helper_main(
+    settings: Settings, batch: int, lease: timedelta, sent: Any, results: Any, level: int
+) -> None:  # pragma: no cover - runs in a spawned process (tests/test_pipeline.py starts it)
+    """A helper process: send queued digests until none is left, then report."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.basicConfig(level=level, format="%(levelname)s digest helper: %(message)s")
+
+    def count(n: int) -> None:
+        with sent.get_lock():
+            sent.value += n
+
+    try:
+        with Store.open(settings.database.url) as store:
+            cycle = Cycle(store, settings, stop=stop)
+            report = cycle.deliver(batch=batch, lease=lease, progress=count, helpers=False)
+        results.send(("done", report.sent, report.retried, report.failed, report.bounced,
+                      report.errors[:100]))  # fmt: skip
+    except Exception as exc:  # its own store or transport failing: the parent says so
+        results.send(("failed", f"{type(exc).__name__}: {exc}"))
+    finally:
+        results.close()
+
+
+@dataclass
+class _Helpers:
+    """The helper processes of one delivery, and what they did."""
+
+    procs: list[Any]
+    pipes: list[Any]
+    sent: Any  # a shared counter of the messages the helpers sent, for the progress bar
+    reports: list[tuple[Any, ...]] = field(default_factory=list)
+    shown: int = 0
+
+    @classmethod
+    def start(cls, cycle: Cycle, batch: int, lease: timedelta) -> _Helpers | None:
+        """Start the helpers this delivery should have (none for a test's own transport or
+        clock, which a new process cannot share)."""
+        if cycle.transport_factory is not make_transport or cycle.clock is not utcnow:
+            return None
+        if cycle.settings.mail.processes == 1 or cycle.settings.smtp.rate_per_second > 0:
+            return None  # a rate limit binds every process: more of them gain nothing
+        queued = cycle.store.digest_status_counts()[DigestStatus.QUEUED]
+        count = helper_count(cycle.settings, queued)
+        if not count:
+            return None
+        context = multiprocessing.get_context("spawn")  # no inherited connections or threads
+        sent = context.Value("q", 0)
+        procs, pipes = [], []
+        level = logging.getLogger().getEffectiveLevel()
+        # Started with SIGINT ignored (kept across exec): a Ctrl-C reaches the whole process
+        # group, and only the parent decides; it asks the helpers to stop (SIGTERM).
+        with _sigint_ignored():
+            for _ in range(count):
+                mine, theirs = context.Pipe(duplex=False)
+                proc = context.Process(
+                    target=_helper_main,
+                    args=(cycle.settings, batch, lease, sent, theirs, level),
+                    name="digest-helper", daemon=True,
+                )  # fmt: skip
+                proc.start()
+                theirs.close()
+                procs.append(proc)
+                pipes.append(mine)
+        log.info("deliver: %d helper process(es) started", count)
+        return cls(procs, pipes, sent)
+
+    def finish(self, progress: Callable[[int], object] | None, *, stopped: bool) -> None:
+        """Wait for every helper (asking them to stop first when we were stopped), showing
+        their sends on the progress bar as they go."""
+        if stopped:
+            for proc in self.procs:
+                proc.terminate()  # SIGTERM: the message in flight finishes, the rest goes back
+        waiting = dict(zip(self.pipes, self.procs, strict=True))
+        while waiting:
+            # A pipe is ready when its helper reported or ended: read as they come, so a long
+            # report never blocks a helper's exit.
+            ready: list[Any] = multiprocessing.connection.wait(list(waiting), timeout=0.2)
+            for pipe in ready:
+                proc = waiting.pop(pipe)
+                try:
+                    got = pipe.recv()
+                except EOFError:
+                    proc.join()
+                    got = ("failed", f"it ended with status {proc.exitcode} before reporting")
+                self.reports.append(got)
+            self._show(progress)
+        for proc in self.procs:
+            proc.join()
+        for pipe in self.pipes:
+            pipe.close()
+
+    def _show(self, progress: Callable[[int], object] | None) -> None:
+        total = self.sent.value
+        if progress is not None and total > self.shown:
+            progress(total - self.shown)
+        self.shown = total
+
+    def add_to(self, report: DeliveryReport) -> None:
+        """Fold the helpers' outcomes into this process's report."""
+        for got in self.reports:
+            if got[0] == "done":
+                _, sent, retried, failed, bounced, errors = got
+                report.sent += sent
+                report.retried += retried
+                report.failed += failed
+                report.bounced += bounced
+                report.errors.extend(errors)
+            else:
+                # Its claims are its own: a dead helper's go back at the next delivery (see
+                # release_dead_claims), sent then under their own Message-IDs.
+                report.errors.append(f"a helper process failed: {got[1]}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -25,6 +26,7 @@ from digest.mail import make_transport
 from digest.models import Paper, Topic
 from digest.outbox import queue_digests
 from digest.parse import format_dump
+from digest import pipeline
 from digest.pipeline import Cycle
 from digest.render import Renderer
 from digest.status import collect_status, format_status
@@ -246,6 +248,59 @@ def test_death_before_a_maildir_group_is_flushed_delivers_none_of_it_and_repeats
     assert Cycle(store, settings).deliver().sent == 3
     ids = _maildir_ids(settings, "new")
     assert len(ids) == len(set(ids)) == 3  # each once: nothing of the dead pass was delivered
+
+
+class _SlowHandler(RecordingHandler):
+    """Takes a while to accept each message, so a long queue outlasts a helper's start."""
+
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(0.12)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_helper_processes_share_a_long_queue_and_each_digest_goes_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server(_SlowHandler(), pipelining=True)
+    try:
+        settings = _settings(tmp_path, server, processes=3)
+        monkeypatch.setattr(pipeline, "HELPER_MIN_QUEUED", 1)
+        people = [f"reader{i}@example.org" for i in range(24)]
+        with Store.open(settings.database.url) as store:
+            for email in people:
+                add_subscriber(
+                    store, settings, email, name="Reader", topics=[Topic("Mine", "latency")],
+                    cadence="instant", now=datetime.now(UTC) - timedelta(days=1),
+                )  # fmt: skip
+            settings.inbox.dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(FIXTURES / "ingest_day1.txt", settings.inbox.dir / "ingest_day1.txt")
+            cycle = Cycle(store, settings)
+            cycle.ingest(quiet=True)
+            assert cycle.queue(force=True).queued == 24
+            shown: list[int] = []
+            report = cycle.deliver(batch=2, progress=shown.append)
+            # The helpers' sends are in the report and on the progress bar.
+            assert (report.sent, report.failed, report.errors) == (24, 0, [])
+            assert sum(shown) == 24
+            assert store.digest_status_counts()["sent"] == 24
+        received = _received(server)
+        assert sorted(r for r, _ in received) == sorted(people)
+        assert set(received.values()) == {1} and len({m for _, m in received}) == 24
+        # More than one process sent (each keeps its own SMTP connection).
+        assert len({m.session for m in server.handler.messages}) >= 2
+    finally:
+        server.controller.stop()
+
+
+def test_no_helper_process_for_a_short_queue_a_rate_limit_or_one_process() -> None:
+    base = build_settings({})
+    assert pipeline.helper_count(base, 10_000) == min(os.cpu_count() or 1, 4) - 1
+    assert pipeline.helper_count(base, pipeline.HELPER_MIN_QUEUED - 1) == 0
+    one = build_settings({"mail": {"processes": 1}})
+    assert pipeline.helper_count(one, 10_000) == 0
+    three = build_settings({"mail": {"processes": 3}})
+    assert pipeline.helper_count(three, 10_000) == 2
+    assert pipeline.helper_count(three, pipeline.HELPER_MIN_QUEUED) == 1
 
 
 def test_the_feeds_step_records_feed_only_subscribers_first(world) -> None:
