@@ -20,13 +20,13 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from smtp_helpers import RecordingHandler, SmtpServer, smtp_server, start_server  # noqa: F401
 
+from digest import pipeline
 from digest.config import Settings, build_settings
 from digest.ingest import ingest_files
 from digest.mail import make_transport
 from digest.models import Paper, Topic
 from digest.outbox import queue_digests
 from digest.parse import format_dump
-from digest import pipeline
 from digest.pipeline import Cycle
 from digest.render import Renderer
 from digest.status import collect_status, format_status
