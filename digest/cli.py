@@ -826,7 +826,7 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
     for error in report.errors:
         print(f"error: {error}", file=ctx.err)
     ctx.print(f"deliver: {report.summary()}")
-    return 1 if report.failed or report.bounced else 0
+    return 1 if report.failed or report.bounced or report.helpers_failed else 0
 
 
 def cmd_preview(ctx: Context, args: argparse.Namespace) -> int:
@@ -982,7 +982,7 @@ def cmd_worker(ctx: Context, args: argparse.Namespace) -> int:
     with stop_on_signals(stop):
         report = run_worker(ctx.store, ctx.settings, options=options, stop=stop)
     ctx.print(report.summary())
-    return 1 if report.failed else 0
+    return 1 if report.failed or report.helpers_failed else 0
 
 
 def _positive_float(text: str) -> float:

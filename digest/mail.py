@@ -521,7 +521,8 @@ class MaildirTransport(_BaseTransport):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._pending: list[tuple[int, str]] = []  # (open fd, unique name) written to tmp/
+        self._pending: list[str] = []  # unique names written to tmp/, not yet delivered
+        self._broken = ""  # why a flush failed: no more deferred sends until close()
         self._lock = threading.Lock()
         self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
         self._count = itertools.count(1)
@@ -551,48 +552,56 @@ class MaildirTransport(_BaseTransport):
     def send_deferred(self, msg: OutgoingMessage | EmailMessage) -> SendResult:
         """Write the message to tmp/ as `send` would, unsynced and not yet delivered: the
         next `flush` delivers it (see the class docstring). Safe from several threads."""
+        if self._broken:
+            raise TransportError(self._broken)
         out = _outgoing(msg)
         data = out.data.replace(b"\r\n", b"\n")
         now = time.time()
         # The unique name of the Maildir spec, as mailbox.Maildir makes it, plus a counter.
         name = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(self._count)}.{self._host}"
+        path = self.path / "tmp" / name
         try:
-            fd = os.open(self.path / "tmp" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # 0o666 less the umask, as mailbox creates its files.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
         except OSError as exc:
-            raise TemporaryDeliveryError(f"maildir {self.path}: cannot write: {exc}") from None
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        except OSError as exc:
-            os.close(fd)
             with contextlib.suppress(OSError):
-                os.remove(self.path / "tmp" / name)
+                os.remove(path)
             raise TemporaryDeliveryError(f"maildir {self.path}: cannot write: {exc}") from None
         with self._lock:
-            self._pending.append((fd, name))
+            self._pending.append(name)
         return SendResult(out.message_id, out.recipients)
 
     def flush(self) -> None:
         """Deliver every deferred message: sync their files, move them into new/ and sync
-        new/. On a disk error, TransportError: what is still in tmp/ is removed, and the
-        caller must not count the group as delivered (see docs/guide/delivery.md)."""
+        new/. On a disk error, TransportError: what is still in tmp/ is removed, later
+        deferred sends fail until `close`, and the caller must not count the group as
+        delivered (files already moved stay in new/; see docs/guide/delivery.md)."""
         with self._lock:
             pending, self._pending = self._pending, []
+        if self._broken:  # written while that flush failed: not delivered either
+            for name in pending:
+                with contextlib.suppress(OSError):
+                    os.remove(self.path / "tmp" / name)
+            raise TransportError(self._broken)
         if not pending:
             return
         tmp, new = self.path / "tmp", self.path / "new"
-        left = [name for _fd, name in pending]
+        left = list(pending)
         try:
-            try:
-                # After the group's writes: the first sync writes them all out, the others
-                # find little or nothing left to write.
-                for fd, _name in pending:
+            # After the group's writes: the first sync writes them all out, the others find
+            # little or nothing left to write.
+            for name in pending:
+                fd = os.open(tmp / name, os.O_RDONLY)
+                try:
                     os.fsync(fd)
-            finally:
-                for fd, _name in pending:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+                finally:
+                    os.close(fd)
             while left:
                 # link + remove, as mailbox does: never replaces a message already in new/.
                 os.link(tmp / left[-1], new / left[-1])
@@ -606,15 +615,15 @@ class MaildirTransport(_BaseTransport):
             for name in left:
                 with contextlib.suppress(OSError):
                     os.remove(tmp / name)
-            raise TransportError(f"maildir {self.path}: cannot deliver a group: {exc}") from None
+            self._broken = f"maildir {self.path}: cannot deliver a group: {exc}"
+            raise TransportError(self._broken) from None
 
     def close(self) -> None:
         """Drop deferred messages never flushed: not delivered, so not left in tmp/ either."""
         with self._lock:
             pending, self._pending = self._pending, []
-        for fd, name in pending:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            self._broken = ""
+        for name in pending:
             with contextlib.suppress(OSError):
                 os.remove(self.path / "tmp" / name)
 

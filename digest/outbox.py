@@ -638,6 +638,7 @@ class DeliveryReport:
     failed: int = 0
     bounced: int = 0
     errors: list[str] = field(default_factory=list)
+    helpers_failed: int = 0  # helper processes that could not finish (see pipeline._Helpers)
 
     def summary(self) -> str:
         return (
@@ -802,11 +803,22 @@ class _BatchSender:
 
     def mark_sent(self) -> None:
         """Commit the group of accepted digests as sent (see MARK_EVERY_SECONDS)."""
-        if self.unmarked:
-            if self.flush is not None:
+        if not self.unmarked:
+            return
+        group = self.unmarked
+        if self.flush is not None:
+            try:
                 self.flush()  # never marked sent before it is delivered
-            self.store.mark_digests_sent(self.unmarked, now=self.clock())
-            self.unmarked = []
+            except Exception:
+                # Not delivered: never marked sent (not even by the retry of the error path);
+                # back to the queue, to go once the transport works again.
+                self.unmarked = []
+                self.report.sent -= len(group)
+                with contextlib.suppress(Exception):
+                    self.store.release_claims(group, self.worker)
+                raise
+        self.store.mark_digests_sent(group, now=self.clock())
+        self.unmarked = []
 
     def _ready(
         self, digest_id: int, record: DigestRecord | None

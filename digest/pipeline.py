@@ -144,31 +144,38 @@ class Cycle:
         # picks up an edited template override without a restart.
         self.__dict__.pop("_message_parts", None)
         own = transport is None
-        team = _Helpers.start(self, batch, lease) if helpers else None
-        transport = transport or self.transport_factory(self.settings)
-        # A transport that delivers in groups (the Maildir: one disk sync per group) writes
-        # each message at once and delivers the group at `flush`, before it is marked sent.
-        flush = getattr(transport, "flush", None)
+        team: _Helpers | None = None
+        used: Transport | None = transport
         try:
+            if helpers:
+                team = _Helpers.start(self, batch, lease)
+            used = transport or self.transport_factory(self.settings)
+            # A transport that delivers in groups (the Maildir: one disk sync per group)
+            # writes each message at once and delivers the group at `flush`, before marking.
+            flush = getattr(used, "flush", None)
             report = deliver_queued(
                 self.store,
                 self.settings,
-                prepare=self.preparer(transport, deferred=flush is not None),
+                prepare=self.preparer(used, deferred=flush is not None),
                 clock=self.clock,
                 worker=worker,
                 batch=batch,
                 lease=lease,
                 stop=self.stop,
                 progress=progress,
-                parallel=transport.parallel,
-                overlap=getattr(transport, "overlap", False),
+                parallel=used.parallel,
+                overlap=getattr(used, "overlap", False),
                 flush=flush,
             )
-        finally:
-            if own:
-                transport.close()
+        except BaseException:
             if team is not None:
-                team.finish(progress, stopped=self.stop.is_set())
+                team.stop()  # we are failing or being stopped: so are they
+            raise
+        finally:
+            if own and used is not None:
+                used.close()
+            if team is not None:
+                team.finish(progress, self.stop)
         if team is not None:
             team.add_to(report)
         log.debug("deliver: %s", report.summary())
@@ -306,16 +313,31 @@ def _sigint_ignored() -> Iterator[None]:
 
 
 def _helper_main(
-    settings: Settings, batch: int, lease: timedelta, sent: Any, results: Any, level: int
+    settings: Settings,
+    batch: int,
+    lease: timedelta,
+    sent: Any,
+    slot: int,
+    results: Any,
+    level: int,
+    parent: int,
 ) -> None:  # pragma: no cover - runs in a spawned process (tests/test_pipeline.py starts it)
     """A helper process: send queued digests until none is left, then report."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides (also from a thread)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.basicConfig(level=level, format="%(levelname)s digest helper: %(message)s")
 
+    def orphaned() -> None:
+        # A parent killed outright (kill -9, os._exit) never asks: its helpers stop too.
+        while not stop.wait(0.5):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=orphaned, daemon=True).start()
+
     def count(n: int) -> None:
-        with sent.get_lock():
-            sent.value += n
+        sent[slot] += n  # this helper's own slot: no lock shared with the others
 
     try:
         with Store.open(settings.database.url) as store:
@@ -338,6 +360,7 @@ class _Helpers:
     sent: Any  # a shared counter of the messages the helpers sent, for the progress bar
     reports: list[tuple[Any, ...]] = field(default_factory=list)
     shown: int = 0
+    stopped: bool = False
 
     @classmethod
     def start(cls, cycle: Cycle, batch: int, lease: timedelta) -> _Helpers | None:
@@ -352,34 +375,52 @@ class _Helpers:
         if not count:
             return None
         context = multiprocessing.get_context("spawn")  # no inherited connections or threads
-        sent = context.Value("q", 0)
-        procs, pipes = [], []
+        sent = context.Array("q", count, lock=False)
+        procs: list[Any] = []
+        pipes: list[Any] = []
         level = logging.getLogger().getEffectiveLevel()
         # Started with SIGINT ignored (kept across exec): a Ctrl-C reaches the whole process
         # group, and only the parent decides; it asks the helpers to stop (SIGTERM).
-        with _sigint_ignored():
-            for _ in range(count):
-                mine, theirs = context.Pipe(duplex=False)
-                proc = context.Process(
-                    target=_helper_main,
-                    args=(cycle.settings, batch, lease, sent, theirs, level),
-                    name="digest-helper", daemon=True,
-                )  # fmt: skip
-                proc.start()
-                theirs.close()
-                procs.append(proc)
-                pipes.append(mine)
+        team = cls(procs, pipes, sent)
+        try:
+            with _sigint_ignored():
+                for slot in range(count):
+                    mine, theirs = context.Pipe(duplex=False)
+                    proc = context.Process(
+                        target=_helper_main,
+                        args=(cycle.settings, batch, lease, sent, slot, theirs, level,
+                              os.getpid()),
+                        name="digest-helper", daemon=True,
+                    )  # fmt: skip
+                    proc.start()
+                    theirs.close()
+                    procs.append(proc)
+                    pipes.append(mine)
+        except BaseException:
+            team.stop()
+            team.finish(None, None)
+            raise
         log.info("deliver: %d helper process(es) started", count)
-        return cls(procs, pipes, sent)
+        return team
 
-    def finish(self, progress: Callable[[int], object] | None, *, stopped: bool) -> None:
-        """Wait for every helper (asking them to stop first when we were stopped), showing
-        their sends on the progress bar as they go."""
-        if stopped:
+    def stop(self) -> None:
+        """Ask every helper to stop (SIGTERM): the message in flight finishes, the rest of
+        its batch goes back to the queue."""
+        if not self.stopped:
+            self.stopped = True
             for proc in self.procs:
-                proc.terminate()  # SIGTERM: the message in flight finishes, the rest goes back
+                if proc.is_alive():
+                    proc.terminate()
+
+    def finish(
+        self, progress: Callable[[int], object] | None, stop: threading.Event | None
+    ) -> None:
+        """Wait for every helper, showing their sends on the progress bar as they go; when
+        `stop` is set (now or while waiting), ask them to stop first."""
         waiting = dict(zip(self.pipes, self.procs, strict=True))
         while waiting:
+            if stop is not None and stop.is_set():
+                self.stop()
             # A pipe is ready when its helper reported or ended: read as they come, so a long
             # report never blocks a helper's exit.
             ready: list[Any] = multiprocessing.connection.wait(list(waiting), timeout=0.2)
@@ -390,6 +431,8 @@ class _Helpers:
                 except EOFError:
                     proc.join()
                     got = ("failed", f"it ended with status {proc.exitcode} before reporting")
+                    if self.stopped and proc.exitcode == -signal.SIGTERM:
+                        got = ("stopped",)  # asked to stop before it could start: no fault
                 self.reports.append(got)
             self._show(progress)
         for proc in self.procs:
@@ -398,7 +441,7 @@ class _Helpers:
             pipe.close()
 
     def _show(self, progress: Callable[[int], object] | None) -> None:
-        total = self.sent.value
+        total = sum(self.sent)
         if progress is not None and total > self.shown:
             progress(total - self.shown)
         self.shown = total
@@ -406,6 +449,8 @@ class _Helpers:
     def add_to(self, report: DeliveryReport) -> None:
         """Fold the helpers' outcomes into this process's report."""
         for got in self.reports:
+            if got[0] == "stopped":
+                continue
             if got[0] == "done":
                 _, sent, retried, failed, bounced, errors = got
                 report.sent += sent
@@ -416,4 +461,7 @@ class _Helpers:
             else:
                 # Its claims are its own: a dead helper's go back at the next delivery (see
                 # release_dead_claims), sent then under their own Message-IDs.
+                report.helpers_failed += 1
                 report.errors.append(f"a helper process failed: {got[1]}")
+        helped = sum(got[1] for got in self.reports if got[0] == "done")
+        log.info("deliver: the helper processes sent %d", helped)

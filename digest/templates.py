@@ -236,6 +236,10 @@ _INCLUDE_OR_COMMENT = re.compile(r'\{#.*?#\}|\{%\s*include\s+"([^"{}%]+)"\s*%\}'
 # Included sources that a pasted copy would not reproduce: inheritance, blocks, macros and
 # imports (their own namespaces), nested includes and raw sections.
 _NOT_PASTED = re.compile(r"\{%[-+]?\s*(extends|block|macro|call|import|from|include|raw)\b")
+# Includers whose includes all stay stock: raw sections (an include there is text) and
+# autoescape blocks (an include keeps its own name's escaping; a pasted copy would not).
+_KEEP_INCLUDES = re.compile(r"\{%[-+]?\s*(raw|autoescape)\b")
+_INDENTED_START = re.compile(r"[ \t]+\{[%#]")
 # Names an included template sees differently from the includer (a stock include gets no
 # `loop` of the includer's for, and its own `self`).
 _CONTEXT_NAMES = re.compile(r"\b(loop|self|super|caller|varargs|kwargs)\b")
@@ -252,7 +256,7 @@ class IncludeInliner(jinja2.BaseLoader):
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str | None, typing.Callable[[], bool] | None]:
         source, filename, uptodate = self.inner.get_source(environment, template)
-        if "{% raw" in source or "{%raw" in source:
+        if _KEEP_INCLUDES.search(source):
             return source, filename, uptodate
 
         def paste(m: re.Match[str]) -> str:
@@ -264,8 +268,11 @@ class IncludeInliner(jinja2.BaseLoader):
                 environment.parse(included, name)  # a broken one stays an include, named
             except (jinja2.TemplateNotFound, jinja2.TemplateSyntaxError):
                 return m.group()
-            if _NOT_PASTED.search(included) or any(
-                _CONTEXT_NAMES.search(tag) for tag in _JINJA_TAG.findall(included)
+            if (
+                autoescape_for(name) != autoescape_for(template)  # escaped as its own name says
+                or _NOT_PASTED.search(included)
+                or _INDENTED_START.match(included)  # lstrip_blocks on its own first line
+                or any(_CONTEXT_NAMES.search(tag) for tag in _JINJA_TAG.findall(included))
             ):
                 return m.group()
             # "+" turns off trim_blocks after the opening tag and lstrip_blocks before the

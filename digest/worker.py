@@ -45,6 +45,7 @@ class WorkerReport:
     sent: int = 0
     retried: int = 0
     failed: int = 0
+    helpers_failed: int = 0  # helper processes that could not finish a pass
     bounced: int = 0
     seconds: float = 0.0
 
@@ -55,6 +56,7 @@ class WorkerReport:
         self.retried += delivery.retried
         self.failed += delivery.failed
         self.bounced += delivery.bounced
+        self.helpers_failed += delivery.helpers_failed
 
     def summary(self) -> str:
         rate = self.sent / self.seconds if self.seconds > 0 else 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from smtp_helpers import RecordingHandler, SmtpServer, smtp_server, start_server
 
 from digest import pipeline
 from digest.config import Settings, build_settings
+from digest.errors import DigestError
 from digest.ingest import ingest_files
 from digest.mail import make_transport
 from digest.models import Paper, Topic
@@ -250,6 +252,34 @@ def test_death_before_a_maildir_group_is_flushed_delivers_none_of_it_and_repeats
     assert len(ids) == len(set(ids)) == 3  # each once: nothing of the dead pass was delivered
 
 
+def test_a_maildir_group_the_disk_refuses_is_never_marked_sent(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, settings, _server = world
+    settings = dataclasses.replace(
+        settings, mail=dataclasses.replace(settings.mail, transport="maildir")
+    )
+    cycle = Cycle(store, settings)
+    cycle.ingest(quiet=True)
+    assert cycle.queue(force=True).queued == 3
+    real_fsync = os.fsync
+
+    def refuse(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    with pytest.raises(DigestError, match="cannot deliver a group"):
+        cycle.deliver()
+    # Not delivered, so not marked sent: back in the queue at once, no file anywhere.
+    assert store.digest_status_counts()["sent"] == 0
+    assert store.digest_status_counts()["queued"] == 3
+    assert not _maildir_ids(settings, "new") and not _maildir_ids(settings, "tmp")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert Cycle(store, settings).deliver().sent == 3
+    ids = _maildir_ids(settings, "new")
+    assert len(ids) == len(set(ids)) == 3
+
+
 class _SlowHandler(RecordingHandler):
     """Takes a while to accept each message, so a long queue outlasts a helper's start."""
 
@@ -259,7 +289,7 @@ class _SlowHandler(RecordingHandler):
 
 
 def test_helper_processes_share_a_long_queue_and_each_digest_goes_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = start_server(_SlowHandler(), pipelining=True)
     try:
@@ -278,7 +308,10 @@ def test_helper_processes_share_a_long_queue_and_each_digest_goes_once(
             cycle.ingest(quiet=True)
             assert cycle.queue(force=True).queued == 24
             shown: list[int] = []
-            report = cycle.deliver(batch=2, progress=shown.append)
+            with caplog.at_level(logging.INFO, logger="digest.pipeline"):
+                report = cycle.deliver(batch=2, progress=shown.append)
+            helped = [r.message for r in caplog.records if "helper processes sent" in r.message]
+            assert helped and int(helped[0].rsplit(" ", 1)[1]) > 0, helped
             # The helpers' sends are in the report and on the progress bar.
             assert (report.sent, report.failed, report.errors) == (24, 0, [])
             assert sum(shown) == 24

@@ -701,6 +701,7 @@ def test_pasted_includes_render_as_stock_includes():
         # a stock include sees no `loop` of the includer's for: such a template stays one
         "{% if loop is defined %}L{% endif %}{{ item.text_title }}\n",
         "{{ item.text_title }}",  # no trailing newline
+        "  {% if item.rising %}R{% endif %}{{ item.text_title }}\n",  # lstripped first tag
         # what cannot be pasted stays a stock include: a macro, a nested include
         "{% macro m(x) %}<{{ x }}>{% endmacro %}{{ m(item.text_title) }}\n",
         '{% include "email/extra.txt" %}|{{ item.text_title }}\n',
@@ -736,3 +737,27 @@ def test_a_pasted_include_keeps_its_sets_to_itself_outside_a_loop(tmp_path):
     _both_ways(settings, [make_digest()])
     out = Renderer(settings).render(make_digest(), make_links(settings, make_subscriber()))
     assert out.text == "1|False\n"
+
+
+def test_a_text_partial_included_from_html_keeps_its_own_escaping(tmp_path):
+    (tmp_path / "email").mkdir()
+    (tmp_path / "email" / "paper.html").write_text(
+        '{% include "email/title.txt" %}<p>{{ item.title_html }}</p>\n'
+    )
+    (tmp_path / "email" / "title.txt").write_text("{{ item.paper.title }}")
+    settings = email_settings(templates={"override_dir": str(tmp_path)})
+    _both_ways(settings, [hostile_digest()])  # a title with <b>bold</b>: not escaped in .txt
+
+
+@pytest.mark.parametrize(
+    "includer",
+    [
+        '{%- raw %}{% include "b" %}{% endraw %}',
+        '{% autoescape false %}{% include "b" %}{% endautoescape %}',
+    ],
+)
+def test_includes_in_raw_or_autoescape_sections_stay_includes(includer):
+    loader = jinja2.DictLoader({"a.html": includer, "b": "<{{ x }}>"})
+    env = jinja2.Environment(loader=templates.IncludeInliner(loader), autoescape=True)
+    source, _, _ = env.loader.get_source(env, "a.html")
+    assert source == includer
