@@ -640,6 +640,15 @@ class DeliveryReport:
     errors: list[str] = field(default_factory=list)
     helpers_failed: int = 0  # helper processes that could not finish (see pipeline._Helpers)
 
+    def add(self, other: DeliveryReport) -> None:
+        """Fold another sender's pass (a helper process's) into this one."""
+        self.sent += other.sent
+        self.retried += other.retried
+        self.failed += other.failed
+        self.bounced += other.bounced
+        self.errors.extend(other.errors)
+        self.helpers_failed += other.helpers_failed
+
     def summary(self) -> str:
         return (
             f"{self.sent} sent, {self.retried} to retry, {self.failed} failed, "

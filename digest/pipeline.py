@@ -162,7 +162,7 @@ class Cycle:
                 batch=batch,
                 lease=lease,
                 stop=self.stop,
-                progress=progress,
+                progress=team.with_helpers(progress) if team is not None else progress,
                 parallel=used.parallel,
                 overlap=getattr(used, "overlap", False),
                 flush=flush,
@@ -294,7 +294,10 @@ HELPER_MIN_QUEUED = 400  # queued digests per helper process worth starting
 
 
 def helper_count(settings: Settings, queued: int) -> int:
-    """How many helper processes a delivery of `queued` digests starts beside itself."""
+    """How many helper processes a delivery of `queued` digests starts beside itself (none
+    under a rate limit, which binds every process: more of them would gain nothing)."""
+    if settings.smtp.rate_per_second > 0:
+        return 0
     wanted = settings.mail.processes or min(os.cpu_count() or 1, 4)
     return max(0, min(wanted - 1, queued // HELPER_MIN_QUEUED))
 
@@ -343,8 +346,7 @@ def _helper_main(
         with Store.open(settings.database.url) as store:
             cycle = Cycle(store, settings, stop=stop)
             report = cycle.deliver(batch=batch, lease=lease, progress=count, helpers=False)
-        results.send(("done", report.sent, report.retried, report.failed, report.bounced,
-                      report.errors[:100]))  # fmt: skip
+        results.send(("done", report))
     except Exception as exc:  # its own store or transport failing: the parent says so
         results.send(("failed", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -357,7 +359,7 @@ class _Helpers:
 
     procs: list[Any]
     pipes: list[Any]
-    sent: Any  # a shared counter of the messages the helpers sent, for the progress bar
+    sent: Any  # messages each helper sent (one slot each), for the progress bar
     reports: list[tuple[Any, ...]] = field(default_factory=list)
     shown: int = 0
     stopped: bool = False
@@ -368,8 +370,8 @@ class _Helpers:
         clock, which a new process cannot share)."""
         if cycle.transport_factory is not make_transport or cycle.clock is not utcnow:
             return None
-        if cycle.settings.mail.processes == 1 or cycle.settings.smtp.rate_per_second > 0:
-            return None  # a rate limit binds every process: more of them gain nothing
+        if cycle.settings.mail.processes == 1:
+            return None  # spares the count query
         queued = cycle.store.digest_status_counts()[DigestStatus.QUEUED]
         count = helper_count(cycle.settings, queued)
         if not count:
@@ -440,6 +442,19 @@ class _Helpers:
         for pipe in self.pipes:
             pipe.close()
 
+    def with_helpers(
+        self, progress: Callable[[int], object] | None
+    ) -> Callable[[int], object] | None:
+        """The parent's progress callback, also showing the helpers' sends as they go."""
+        if progress is None:
+            return None
+
+        def both(n: int) -> None:
+            progress(n)
+            self._show(progress)
+
+        return both
+
     def _show(self, progress: Callable[[int], object] | None) -> None:
         total = sum(self.sent)
         if progress is not None and total > self.shown:
@@ -452,16 +467,11 @@ class _Helpers:
             if got[0] == "stopped":
                 continue
             if got[0] == "done":
-                _, sent, retried, failed, bounced, errors = got
-                report.sent += sent
-                report.retried += retried
-                report.failed += failed
-                report.bounced += bounced
-                report.errors.extend(errors)
+                report.add(got[1])
             else:
                 # Its claims are its own: a dead helper's go back at the next delivery (see
                 # release_dead_claims), sent then under their own Message-IDs.
                 report.helpers_failed += 1
                 report.errors.append(f"a helper process failed: {got[1]}")
-        helped = sum(got[1] for got in self.reports if got[0] == "done")
+        helped = sum(got[1].sent for got in self.reports if got[0] == "done")
         log.info("deliver: the helper processes sent %d", helped)

@@ -229,7 +229,7 @@ class InliningLoader(jinja2.BaseLoader):
 # builds a new template context (profiled: a third of rendering a digest). Jinja's own `{% with
 # %}` scope gives the same view of the including context and keeps the included template's
 # `{% set %}` to itself, so a plain include is pasted in as `{% with +%}source{%+ endwith %}` when
-# the environment loads the template. The output is the same (tests/test_templates.py renders
+# the environment loads the template. The output is the same (tests/test_render.py renders
 # both ways); any include this cannot reproduce exactly stays a stock include.
 
 _INCLUDE_OR_COMMENT = re.compile(r'\{#.*?#\}|\{%\s*include\s+"([^"{}%]+)"\s*%\}', re.DOTALL)

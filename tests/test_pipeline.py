@@ -334,6 +334,8 @@ def test_no_helper_process_for_a_short_queue_a_rate_limit_or_one_process() -> No
     three = build_settings({"mail": {"processes": 3}})
     assert pipeline.helper_count(three, 10_000) == 2
     assert pipeline.helper_count(three, pipeline.HELPER_MIN_QUEUED) == 1
+    limited = build_settings({"mail": {"processes": 3}, "smtp": {"rate_per_second": 5}})
+    assert pipeline.helper_count(limited, 10_000) == 0
 
 
 def test_the_feeds_step_records_feed_only_subscribers_first(world) -> None:

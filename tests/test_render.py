@@ -691,6 +691,14 @@ def test_pasted_includes_render_as_stock_includes():
     assert "include" not in source and "{% with +%}" in source
 
 
+def _overrides(tmp_path, **files: str):
+    """Settings whose override folder holds these email templates (name: source)."""
+    (tmp_path / "email").mkdir()
+    for name, source in files.items():
+        (tmp_path / "email" / name.replace("_", ".", 1)).write_text(source)
+    return email_settings(templates={"override_dir": str(tmp_path)})
+
+
 @pytest.mark.parametrize(
     "paper_txt",
     [
@@ -708,44 +716,40 @@ def test_pasted_includes_render_as_stock_includes():
     ],
 )
 def test_an_override_paper_template_renders_the_same_pasted(tmp_path, paper_txt):
-    (tmp_path / "email").mkdir()
-    (tmp_path / "email" / "paper.txt").write_text(paper_txt)
-    (tmp_path / "email" / "extra.txt").write_text("extra {{ item.match.paper_id }}")
-    (tmp_path / "email" / "paper.html").write_text(
-        "{% set fb = 1 %}<p>{{ item.title_html }} {{ fb }}</p>\n"
-        "  {% if item.rising %}R{% endif %}\n"
+    settings = _overrides(
+        tmp_path,
+        paper_txt=paper_txt,
+        extra_txt="extra {{ item.match.paper_id }}",
+        paper_html="{% set fb = 1 %}<p>{{ item.title_html }} {{ fb }}</p>\n"
+        "  {% if item.rising %}R{% endif %}\n",
     )
-    settings = email_settings(templates={"override_dir": str(tmp_path)})
     _both_ways(settings, [make_digest(), _rising(make_digest()), hostile_digest()])
 
 
 def test_a_broken_paper_override_is_named_at_start_not_pasted(tmp_path):
-    (tmp_path / "email").mkdir()
-    (tmp_path / "email" / "paper.html").write_text("<p>{% if item.rising %}never closed</p>\n")
-    settings = email_settings(templates={"override_dir": str(tmp_path)})
+    settings = _overrides(tmp_path, paper_html="<p>{% if item.rising %}never closed</p>\n")
     with pytest.raises(templates.TemplateError, match=r"email/paper\.html"):
         Renderer(settings)
 
 
 def test_a_pasted_include_keeps_its_sets_to_itself_outside_a_loop(tmp_path):
-    (tmp_path / "email").mkdir()
-    (tmp_path / "email" / "digest.txt").write_text(
-        '{% set item = sections[0].items[0] %}{% include "email/paper.txt" %}|{{ n is defined }}\n'
+    settings = _overrides(
+        tmp_path,
+        digest_txt='{% set item = sections[0].items[0] %}{% include "email/paper.txt" %}'
+        "|{{ n is defined }}\n",
+        paper_txt="{% set n = 1 %}{{ n }}",
     )
-    (tmp_path / "email" / "paper.txt").write_text("{% set n = 1 %}{{ n }}")
-    settings = email_settings(templates={"override_dir": str(tmp_path)})
     _both_ways(settings, [make_digest()])
     out = Renderer(settings).render(make_digest(), make_links(settings, make_subscriber()))
     assert out.text == "1|False\n"
 
 
 def test_a_text_partial_included_from_html_keeps_its_own_escaping(tmp_path):
-    (tmp_path / "email").mkdir()
-    (tmp_path / "email" / "paper.html").write_text(
-        '{% include "email/title.txt" %}<p>{{ item.title_html }}</p>\n'
+    settings = _overrides(
+        tmp_path,
+        paper_html='{% include "email/title.txt" %}<p>{{ item.title_html }}</p>\n',
+        title_txt="{{ item.paper.title }}",
     )
-    (tmp_path / "email" / "title.txt").write_text("{{ item.paper.title }}")
-    settings = email_settings(templates={"override_dir": str(tmp_path)})
     _both_ways(settings, [hostile_digest()])  # a title with <b>bold</b>: not escaped in .txt
 
 
