@@ -186,6 +186,13 @@ class PaperIndex:
     """A batch of papers indexed for boolean matching, ranking and highlighting."""
 
     def __init__(self, papers: Sequence[StoredPaper]) -> None:
+        # the build allocates a few hundred thousand small objects (words, stems, tuples):
+        # cyclic GC passes over a process's live objects (a queue stage's subscribers and
+        # compiled queries) during it cost as much as the build itself
+        with gc_paused():
+            self._build(papers)
+
+    def _build(self, papers: Sequence[StoredPaper]) -> None:
         self.papers: tuple[StoredPaper, ...] = tuple(papers)
         n = len(self.papers)
         self.size = n

@@ -18,14 +18,12 @@ import functools
 import hashlib
 import itertools
 import marshal
+import operator
 import re
-import struct
 import sys
 import threading
 import unicodedata
-import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 from digest import text as textmod
@@ -72,30 +70,104 @@ class Node(NamedTuple):
         return cast("tuple[str, str, int]", self.arg)
 
 
-@dataclass(frozen=True, slots=True)
 class Query:
-    """A compiled topic query: its text, boolean tree and the positive words for highlighting."""
+    """A compiled topic query: its text, boolean tree and the positive words for highlighting.
+
+    Immutable. A query decoded from its stored form (decode_queries) holds only its text and
+    program at first: the batch matcher reads nothing else, and the tree is built from the
+    form the first time anything asks for it (root, terms...), so a fresh process matching
+    100k stored topics builds no tree it never reads.
+    """
+
+    __slots__ = ("_tree", "program", "text")
+    # every field, in the order of the constructor (tests compare decoded queries by them)
+    FIELDS = ("text", "root", "terms", "literals", "negated", "conj_sizes", "clause_sizes",
+              "program")  # fmt: skip
 
     text: str
-    root: Node = field(compare=False)
-    terms: tuple[Node, ...] = field(compare=False, default=())
-    # the root flattened for the batch matcher: an AND of clauses, each an OR of conjunctions
-    # of literals (a literal is any node, negated or not); see flatten()
-    literals: tuple[Node, ...] = field(compare=False, default=())
-    negated: tuple[bool, ...] = field(compare=False, default=())
-    conj_sizes: tuple[int, ...] = field(compare=False, default=())
-    clause_sizes: tuple[int, ...] = field(compare=False, default=())
-    # the same as one flat tuple of process-wide leaf ids (see leaf_id), so the matcher reads a
-    # batch of queries without hashing a single Node: [number of positive words, their ids,
-    # number of clauses, per clause: number of conjunctions, per conjunction: number of
+    # root: the boolean tree; terms: its positive words, phrases and prefixes; literals, negated,
+    # conj_sizes, clause_sizes: the root flattened for the batch matcher, an AND of clauses,
+    # each an OR of conjunctions of literals (a literal is any node, negated or not; flatten())
+    # program: the same as one flat tuple of process-wide leaf ids (see leaf_id), so the matcher
+    # reads a batch of queries without hashing a single Node: [number of positive words, their
+    # ids, number of clauses, per clause: number of conjunctions, per conjunction: number of
     # literals, each literal as id << 1 | negated], packed as native int64s
-    program: bytes = field(compare=False, default=b"")
+    program: bytes
+    # (root, terms, literals, negated, conj_sizes, clause_sizes), or the stored form's tree
+    # layer (bytes) until anything reads it
+    _tree: tuple[Node, tuple, tuple, tuple, tuple, tuple] | bytes
+
+    def __init__(
+        self,
+        text: str,
+        root: Node,
+        terms: tuple[Node, ...] = (),
+        literals: tuple[Node, ...] = (),
+        negated: tuple[bool, ...] = (),
+        conj_sizes: tuple[int, ...] = (),
+        clause_sizes: tuple[int, ...] = (),
+        program: bytes = b"",
+    ) -> None:
+        _SET_TEXT(self, text)
+        _SET_PROGRAM(self, program)
+        _SET_TREE(self, (root, terms, literals, negated, conj_sizes, clause_sizes))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Query is immutable: cannot set {name}")
+
+    def _parts(self) -> tuple[Node, tuple, tuple, tuple, tuple, tuple]:
+        tree = self._tree
+        if tree.__class__ is bytes:  # threads that meet it at once build equal trees
+            try:
+                tree = _decode_tree(tree)
+            except Exception:  # a damaged tree layer: the text itself, compiled afresh
+                tree = _compile(self.text)._parts()
+            _SET_TREE(self, tree)
+        return cast("tuple[Node, tuple, tuple, tuple, tuple, tuple]", tree)
+
+    @property
+    def root(self) -> Node:
+        """The boolean tree."""
+        return self._parts()[0]
+
+    @property
+    def terms(self) -> tuple[Node, ...]:
+        """The positive words, phrases and prefixes, for highlighting and scoring."""
+        return self._parts()[1]
+
+    @property
+    def literals(self) -> tuple[Node, ...]:
+        """The flattened root's literals (see flatten)."""
+        return self._parts()[2]
+
+    @property
+    def negated(self) -> tuple[bool, ...]:
+        """Whether each literal is negated."""
+        return self._parts()[3]
+
+    @property
+    def conj_sizes(self) -> tuple[int, ...]:
+        """Literals per conjunction of the flattened root."""
+        return self._parts()[4]
+
+    @property
+    def clause_sizes(self) -> tuple[int, ...]:
+        """Conjunctions per clause of the flattened root."""
+        return self._parts()[5]
 
     def __hash__(self) -> int:
         return hash(self.root)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Query) and self.root == other.root
+
+    def __repr__(self) -> str:
+        return f"Query({self.text!r})"
+
+
+_SET_TEXT = Query.__dict__["text"].__set__
+_SET_PROGRAM = Query.__dict__["program"].__set__
+_SET_TREE = Query.__dict__["_tree"].__set__
 
 
 def describe_node(node: Node) -> str:
@@ -710,7 +782,7 @@ def _program(
 # compiler for this very text is None, and the caller compiles the text afresh.
 
 # Bump when the layout of a form changes.
-FORM_VERSION = 1
+FORM_VERSION = 2
 
 
 def _compiler_source() -> bytes:
@@ -738,20 +810,43 @@ FORM_KEY = hashlib.blake2b(
 _GROUP_KINDS = frozenset(("and", "or", "m"))
 
 
-def _text_hash(text: str) -> bytes:
-    """The 8 bytes a form carries of its query text: its length and CRC-32 (a form is always
-    written with its text; this catches a text changed without it, at a tenth of blake2b's
-    cost per decode)."""
-    data = text.encode("utf-8", "surrogatepass")
-    return _HASH_PACK(len(data) & 0xFFFFFFFF, zlib.crc32(data))
+def _form_text(form: bytes) -> str | None:
+    """The query text a stored form was written for (None: not a readable form)."""
+    try:
+        return cast(str, marshal.loads(memoryview(form)[4:])[0])
+    except Exception:
+        return None
 
 
-_HASH_PACK = struct.Struct("<II").pack
+def _key(node: Node) -> object:
+    """A node as plain marshal-able values, equal for equal nodes whatever the query: a plain
+    word as its string, a group as (kind, frozenset of its children's keys), a negation as
+    ("not", key), any other leaf as its (kind, field, arg) tuple (which equals its Node)."""
+    if node.kind in _GROUP_KINDS:
+        return (node.kind, frozenset(map(_key, node.children)))
+    if node.kind == "not":
+        return ("not", _key(node.child))
+    if node.kind == "t" and node.field is None:
+        return node.word
+    return tuple(node)
+
+
+def _node_of(key: Any) -> Node:
+    """The Node a _key stands for."""
+    if key.__class__ is str:
+        return Node("t", None, key)
+    if len(key) == 3:
+        return Node(*key)
+    if key[0] == "not":
+        return Node("not", None, _node_of(key[1]))
+    return Node(key[0], None, frozenset(map(_node_of, key[1])))
 
 
 def encode_query(query: Query) -> bytes:
-    """The query's stored form: its nodes as a table of plain tuples (children by position),
-    its terms and literals by position, and its program with each leaf id left blank (-1)."""
+    """The query's stored form, in two layers: what the batch matcher reads (the keys of its
+    terms and literals, which literals are negated, and its program with each leaf id left
+    blank, -1), and the tree (its nodes as a table of plain tuples, children by position;
+    terms and literals by position), a marshal of its own decoded only when it is read."""
     table: list[object] = []
     at: dict[Node, int] = {}
 
@@ -776,6 +871,9 @@ def encode_query(query: Query) -> bytes:
     root = ref(query.root)
     terms = tuple(map(ref, query.terms))
     lits = tuple(ref(x) << 1 | n for x, n in zip(query.literals, query.negated, strict=True))
+    tree = marshal.dumps(
+        cast(Any, (tuple(table), root, terms, lits, query.conj_sizes, query.clause_sizes)), 4
+    )
     # the program's leaf ids are the process's own (leaf_id): blanks, filled in order when
     # decoded (the terms' ids, then the literals' codes, as _program writes them)
     program = array.array("q", query.program)
@@ -789,8 +887,12 @@ def encode_query(query: Query) -> bytes:
             program[pos + 1 : pos + 1 + nlits] = array.array("q", [-1] * nlits)
             pos += 1 + nlits
     template = array.array("i", program).tobytes()
-    body = (tuple(table), root, terms, lits, query.conj_sizes, query.clause_sizes, template)
-    return FORM_KEY + _text_hash(query.text) + marshal.dumps(cast(Any, body), 4)
+    # the blanks' keys in order, and per blank how its code is made of the leaf id: 0 a term
+    # (the id), 2 a literal (id << 1), 3 a negated literal (id << 1 | 1)
+    keys = (*map(_key, query.terms), *map(_key, query.literals))
+    flags = bytes([0] * len(query.terms) + [2 | n for n in query.negated])
+    body = (keys, flags, template, tree)
+    return FORM_KEY + marshal.dumps(cast(Any, (query.text, *body)), 4)
 
 
 _new_tuple = tuple.__new__
@@ -803,88 +905,109 @@ def decode_query(text: str, form: bytes | None) -> Query | None:
 
 
 def decode_queries(texts: Sequence[str], forms: Sequence[bytes | None]) -> list[Query | None]:
-    """decode_query for a batch (a cycle's distinct queries): the programs filled at once."""
+    """decode_query for a batch (a cycle's distinct queries): every form's leaf keys looked up
+    at once and the programs filled in one numpy pass; the trees are left in their forms until
+    read (Query._parts), so what is done per query is a few slices and one marshal.loads."""
     out: list[Query | None] = [None] * len(texts)
-    done: list[tuple[int, str, Node, tuple, tuple, tuple, tuple, tuple, bytes]] = []
-    fill: list[int] = []
-    ids, words = _LEAF_IDS, _WORD_LEAVES
+    done: list[tuple[int, str, bytes]] = []
+    keys: list[object] = []
+    flags: list[bytes] = []
+    templates: list[bytes] = []
+    loads, key, blank = marshal.loads, FORM_KEY, _BLANK
     for k, form in enumerate(forms):
-        text = texts[k]
-        if not form or form[:4] != FORM_KEY or form[4:12] != _text_hash(text):
+        if not form or form[:4] != key:
             continue
-        start = len(fill)
         try:
-            table, root, terms, lits, conj_sizes, clause_sizes, template = marshal.loads(form[12:])
-            nodes: list[Node] = []
-            nid: list[int] = []  # each node's leaf id, -1 for a group (looked up if a literal)
-            for entry in table:
-                if entry.__class__ is str:
-                    got = words.get(entry)
-                    if got is None:
-                        leaf = Node("t", None, entry)
-                        got = words[entry] = (leaf, leaf_id(leaf))
-                    nodes.append(got[0])
-                    nid.append(got[1])
-                elif entry[0] in _GROUP_KINDS:
-                    kids = frozenset([nodes[c] for c in entry[1:]])
-                    nodes.append(_new_tuple(Node, (entry[0], None, kids)))
-                    nid.append(-1)
-                elif entry[0] == "not":
-                    nodes.append(_new_tuple(Node, ("not", None, nodes[entry[1]])))
-                    nid.append(-1)
-                else:
-                    # a plain tuple equals (and hashes as) its Node: the process's own leaf
-                    known = ids.get(entry)
-                    if known is None:
-                        known = leaf_id(Node(*entry))
-                    nodes.append(LEAVES[known])
-                    nid.append(known)
-            term_nodes = tuple([nodes[c] for c in terms])
-            lit_nodes = tuple([nodes[c >> 1] for c in lits])
-            negs = tuple([c & 1 == 1 for c in lits])
-            fill += [nid[c] for c in terms]
-            for c in lits:
-                got = nid[c >> 1]
-                fill.append((got if got >= 0 else leaf_id(nodes[c >> 1])) << 1 | c & 1)
-            # whole int32s, as many blanks as leaf ids to fill: else the batch's one
-            # frombuffer below would fail, or fill another form's blanks
-            if array.array("i", template).count(-1) != len(fill) - start:
+            # the form carries its text: a topic's text changed without its form is no match
+            text, form_keys, form_flags, template, tree = loads(memoryview(form)[4:])
+            if text != texts[k]:
+                continue
+            # whole int32s, as many blanks as keys: else the batch's one fill below would
+            # fail, or fill another form's blanks
+            n = len(form_keys)
+            if template.count(blank) != n or len(template) & 3 or len(form_flags) != n:
                 raise ValueError("template blanks")
-            done.append((k, text, nodes[root], term_nodes, lit_nodes, negs, conj_sizes,
-                         clause_sizes, template))  # fmt: skip
+            if tree.__class__ is not bytes:
+                raise ValueError("tree")
         except Exception:  # damaged: compiled afresh by the caller
-            del fill[start:]
             continue
+        keys += form_keys
+        flags.append(form_flags)
+        templates.append(template)
+        done.append((k, texts[k], tree))
     if not done:
         return out
+    ids = list(map(_FORM_IDS.get, keys))
+    if None in ids:  # keys new to the process: each made a leaf once, then all looked up again
+        try:
+            for miss in dict.fromkeys(itertools.compress(keys, map(_is_none, ids))):
+                _form_id(miss)
+            ids = list(map(_FORM_IDS.__getitem__, keys))
+        except Exception:  # a key that names no node: find its form, decode the others
+            if len(texts) == 1:
+                return out
+            return [decode_queries([t], [f])[0] for t, f in zip(texts, forms, strict=True)]
     import numpy as np  # the matcher's dependency; loaded by it before any batch
 
-    tmpl = np.frombuffer(b"".join([d[8] for d in done]), np.int32).astype(np.int64)
-    tmpl[tmpl == -1] = fill
+    tmpl = np.frombuffer(b"".join(templates), np.int32).astype(np.int64)
+    holes = tmpl == -1
+    if int(holes.sum()) != len(ids):  # a blank straddling two int32s of a damaged form
+        if len(texts) == 1:
+            return out
+        return [decode_queries([t], [f])[0] for t, f in zip(texts, forms, strict=True)]
+    how = np.frombuffer(b"".join(flags), np.uint8).astype(np.int64)
+    tmpl[holes] = np.asarray(ids, dtype=np.int64) << (how >> 1) | how & 1
     buf = tmpl.tobytes()
     pos = 0
     new = object.__new__
-    s_text, s_root, s_terms, s_lits, s_negs, s_conj, s_clause, s_prog = _QUERY_SLOTS
-    for k, text, root, term_nodes, lit_nodes, negs, conj_sizes, clause_sizes, template in done:
+    for (k, text, tree), template in zip(done, templates, strict=True):
         end = pos + 2 * len(template)
-        # Query's own frozen __init__ costs ~1.5 µs (eight object.__setattr__); its slots'
-        # setters take a fraction of that, for the same object
+        # the slots' setters: Query's own __init__ would build the tree this defers
         q = out[k] = new(Query)
-        s_text(q, text)
-        s_root(q, root)
-        s_terms(q, term_nodes)
-        s_lits(q, lit_nodes)
-        s_negs(q, negs)
-        s_conj(q, conj_sizes)
-        s_clause(q, clause_sizes)
-        s_prog(q, buf[pos:end])
+        _SET_TEXT(q, text)
+        _SET_PROGRAM(q, buf[pos:end])
+        _SET_TREE(q, tree)
         pos = end
     return out
 
 
-# Query's slot setters in field order (decode_queries), and the word leaves met in forms
-_QUERY_SLOTS = tuple(getattr(Query, f).__set__ for f in Query.__slots__)
-_WORD_LEAVES: dict[str, tuple[Node, int]] = {}
+_is_none = functools.partial(operator.is_, None)
+_BLANK = b"\xff\xff\xff\xff"  # -1 as an int32
+
+
+def _form_id(key: object) -> int:
+    """The process's leaf id of a key met in a form (kept for the next form that holds it)."""
+    got = _FORM_IDS.get(key)  # a cold batch meets a key many times before it is kept
+    if got is None:
+        got = _FORM_IDS[key] = leaf_id(_node_of(key))
+    return got
+
+
+def _decode_tree(blob: bytes | None) -> tuple[Node, tuple, tuple, tuple, tuple, tuple]:
+    """A form's tree layer: (root, terms, literals, negated, conj_sizes, clause_sizes), leaves
+    shared with the process's own (LEAVES) where the form's keys met them."""
+    assert blob is not None
+    table, root, terms, lits, conj_sizes, clause_sizes = marshal.loads(blob)
+    ids = _FORM_IDS
+    nodes: list[Node] = []
+    for entry in table:
+        if entry.__class__ is str:
+            got = ids.get(entry)
+            nodes.append(LEAVES[got] if got is not None else Node("t", None, entry))
+        elif entry[0] in _GROUP_KINDS:
+            kids = frozenset([nodes[c] for c in entry[1:]])
+            nodes.append(_new_tuple(Node, (entry[0], None, kids)))
+        elif entry[0] == "not":
+            nodes.append(_new_tuple(Node, ("not", None, nodes[entry[1]])))
+        else:
+            got = ids.get(entry)
+            nodes.append(LEAVES[got] if got is not None else Node(*entry))
+    return (nodes[root], tuple([nodes[c] for c in terms]), tuple([nodes[c >> 1] for c in lits]),
+            tuple([c & 1 == 1 for c in lits]), conj_sizes, clause_sizes)  # fmt: skip
+
+
+# form key (see _key) -> the process's leaf id: cleared with LEAVES (forget_leaves)
+_FORM_IDS: dict[object, int] = {}
 
 
 def compiled_form(text: str) -> bytes | None:
@@ -901,7 +1024,7 @@ def form_is_current(text: str, form: bytes | None) -> bool:
     """Whether a stored form is of this compiler and this text (an empty query needs none)."""
     if not text.strip():
         return form is None
-    return form is not None and form[:4] == FORM_KEY and form[4:12] == _text_hash(text)
+    return form is not None and form[:4] == FORM_KEY and _form_text(form) == text
 
 
 # Leaf ids, process-wide: the matcher numbers a batch's leaves by these instead of hashing
@@ -910,6 +1033,15 @@ def form_is_current(text: str, form: bytes | None) -> bool:
 _LEAF_IDS: dict[Node, int] = {}
 LEAVES: list[Node] = []
 _LEAF_LOCK = threading.Lock()  # web threads compile queries concurrently
+
+
+def forget_leaves() -> None:
+    """Forget every leaf id this process gave (benchmarks: a fresh process's state). Any Query
+    compiled or decoded before holds stale ids in its program: drop those too."""
+    with _LEAF_LOCK:
+        _LEAF_IDS.clear()
+        LEAVES.clear()
+        _FORM_IDS.clear()
 
 
 def leaf_id(node: Node) -> int:

@@ -616,9 +616,9 @@ def _damaged_template(text: str) -> bytes:
 
     form = compiled_form(text)
     assert form is not None
-    body = list(marshal.loads(form[12:]))
-    body[-1] += b"\x00"
-    return form[:12] + marshal.dumps(tuple(body), 4)
+    body = list(marshal.loads(form[4:]))
+    body[3] += b"\x00"  # (text, keys, flags, template, tree)
+    return form[:4] + marshal.dumps(tuple(body), 4)
 
 
 def test_damaged_forms_are_compiled_afresh_and_rewritten(monkeypatch):
@@ -631,7 +631,7 @@ def test_damaged_forms_are_compiled_afresh_and_rewritten(monkeypatch):
     monkeypatch.setattr(engine, "_UNSTORED", set())
     texts = ["alpha", "beta gamma", "delta", "epsilon"]
     forms = [compiled_form(texts[0]), _damaged_template(texts[1]),
-             compiled_form(texts[2])[:12] + b"junk", compiled_form(texts[3])]  # fmt: skip
+             compiled_form(texts[2])[:4] + b"junk", compiled_form(texts[3])]  # fmt: skip
     decoded = decode_queries(texts, forms)
     assert [q is not None for q in decoded] == [True, False, False, True]
     assert decoded[3] == compile_query(texts[3]) and decoded[0] == compile_query(texts[0])

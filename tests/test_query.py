@@ -347,7 +347,7 @@ def _same_decoded(text: str) -> None:
         return
     got = decode_query(text, encode_query(fresh))
     assert got is not None, text
-    for name in Query.__slots__:  # every field, the process's leaf ids in the program too
+    for name in Query.FIELDS:  # every field, the process's leaf ids in the program too
         assert getattr(got, name) == getattr(fresh, name), (text, name)
 
 
@@ -383,6 +383,53 @@ def test_the_benchmarks_queries_decode_to_their_compiled_form():
             _same_decoded(text)
 
 
+def test_a_decoded_query_builds_its_tree_only_when_read():
+    # the batch matcher reads only the program: a fresh process matching 100k stored topics
+    # must not build 100k trees it never reads
+    from digest.query import _compile, decode_queries, encode_query
+
+    texts = ['speculative decoding, "sparse attention" -vision', "title:llm prun*, upvotes>=5"]
+    fresh = [_compile(t) for t in texts]
+    got = decode_queries(texts, [encode_query(q) for q in fresh])
+    for q, want in zip(got, fresh, strict=True):
+        assert q is not None and q.program == want.program
+        assert isinstance(q._tree, bytes)  # not built yet
+        assert q.root == want.root and q.terms == want.terms
+        assert isinstance(q._tree, tuple)  # built once, kept
+    with pytest.raises(AttributeError):
+        got[0].text = "other"  # type: ignore[misc, union-attr]
+
+
+def test_a_damaged_tree_layer_falls_back_to_the_text():
+    import marshal
+
+    from digest.query import FORM_KEY, compile_query, decode_query, encode_query
+
+    text = "mixture of experts, -vision"
+    body = list(marshal.loads(encode_query(compile_query(text))[4:]))
+    body[4] = b"not a marshal"  # (text, keys, flags, template, tree)
+    q = decode_query(text, FORM_KEY + marshal.dumps(tuple(body), 4))
+    assert q is not None
+    assert q.root == compile_query(text).root and q.terms == compile_query(text).terms
+
+
+def test_a_cold_batch_meets_each_new_key_once(monkeypatch):
+    # keys new to the process (as in a fresh process) recur across the batch's forms: each is
+    # made a leaf once, and every form's program gets the same ids a compile gives
+    from digest import query as querymod
+
+    texts = ["alpha beta", "beta gamma", "alpha, -gamma", "alpha beta gamma delta", "beta"]
+    fresh = [querymod._compile(t) for t in texts]
+    forms = [querymod.encode_query(q) for q in fresh]
+    made: list[object] = []
+    real = querymod.leaf_id
+    monkeypatch.setattr(querymod, "_FORM_IDS", {})
+    monkeypatch.setattr(querymod, "leaf_id", lambda node: made.append(node) or real(node))
+    got = querymod.decode_queries(texts, forms)
+    assert [q.program for q in got if q is not None] == [q.program for q in fresh]
+    assert len(made) == len(set(made)) == len(querymod._FORM_IDS)
+
+
 def test_a_form_of_another_text_compiler_or_damaged_is_not_used():
     from digest.query import FORM_KEY, compile_query, decode_queries, encode_query
 
@@ -395,7 +442,7 @@ def test_a_form_of_another_text_compiler_or_damaged_is_not_used():
     other = bytes(a ^ 1 for a in FORM_KEY) + form[4:]
     assert decode_query("sparse attention, -vision", other) is None  # another compiler
     assert decode_query("sparse attention, -vision", form[:-3]) is None  # truncated
-    assert decode_query("sparse attention, -vision", form[:12] + b"\x00" * 20) is None
+    assert decode_query("sparse attention, -vision", form[:4] + b"\x00" * 20) is None
     # one damaged form in a batch: the others still decode
     got = decode_queries(["latency", "x", "b c"],
                          [encode_query(compile_query("latency")), b"junk",
