@@ -818,11 +818,14 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
         count = cycle.dry_run(ctx.out, force=args.now)
         ctx.print(f"dry run: {count} digests would be sent; nothing was recorded")
         return 0
-    queued = cycle.queue(force=args.now)
-    ctx.print(f"queue: {queued.summary()}")
-    pending = ctx.store.digest_status_counts()[DigestStatus.QUEUED]
-    with progress_bar(pending, unit="email", quiet=ctx.quiet, desc="sending") as bar:
-        report = cycle.deliver(progress=bar.update)
+    with cycle.sending(force=args.now):
+        queued = cycle.queue(force=args.now)
+        ctx.print(f"queue: {queued.summary()}")
+        # helpers started with the queue stage may have sent (or be sending) some already
+        counts = ctx.store.digest_status_counts()
+        total = counts[DigestStatus.QUEUED] + counts[DigestStatus.SENDING] + cycle.helped()
+        with progress_bar(total, unit="email", quiet=ctx.quiet, desc="sending") as bar:
+            report = cycle.deliver(progress=bar.update)
     for error in report.errors:
         print(f"error: {error}", file=ctx.err)
     ctx.print(f"deliver: {report.summary()}")

@@ -83,13 +83,16 @@ class Cycle:
     clock: Clock = utcnow
     transport_factory: TransportFactory = make_transport
     stop: threading.Event = field(default_factory=threading.Event)
+    # the helper processes sending() started, until deliver() takes them over
+    _early: _Helpers | None = field(default=None, init=False, repr=False, compare=False)
 
     def run(self, *, force: bool = False, quiet: bool = False) -> CycleReport:
         """Ingest the inbox, queue what is due, deliver it, and refresh the feeds."""
         report = CycleReport()
         report.ingest = self.ingest(quiet=quiet)
-        report.queue = self.queue(force=force)
-        report.delivery = self.deliver()
+        with self.sending(force=force):
+            report.queue = self.queue(force=force)
+            report.delivery = self.deliver()
         report.feeds = self.feeds(record=False)  # the queue step just recorded feed items
         return report
 
@@ -120,6 +123,37 @@ class Cycle:
         return sentinel(self.store, self.settings, run, now=now,
                         transport_factory=self.transport_factory)  # fmt: skip
 
+    @contextlib.contextmanager
+    def sending(self, *, force: bool = False) -> Iterator[None]:
+        """One send, `queue` then `deliver` inside the block: when enough subscribers may be
+        due for helper processes (see helper_count), they start first and send each page of
+        digests as soon as the queue stage records it, so their start-up and the queue stage
+        overlap the sending. They stop when `deliver` has sent everything, or with the block."""
+        due = 0
+        if self.settings.mail.processes != 1 and self._may_have_helpers():
+            due = self.store.count_may_be_due(due_at=None if force else self.clock())
+        team = _Helpers.start(self, DEFAULT_BATCH, DEFAULT_LEASE, expect=due, early=True)
+        self._early = team
+        try:
+            yield
+        except BaseException:
+            if team is not None:
+                team.stop()
+            raise
+        finally:
+            self._early = None
+            if team is not None and not team.finished:  # deliver never ran: nothing to wait for
+                team.stop()
+                team.finish(None, None)
+
+    def _may_have_helpers(self) -> bool:
+        # a test's own transport or clock cannot be shared with a new process
+        return self.transport_factory is make_transport and self.clock is utcnow
+
+    def helped(self) -> int:
+        """Digests the early helpers (see sending) have sent so far."""
+        return sum(self._early.sent) if self._early is not None else 0
+
     def deliver(
         self,
         transport: Transport | None = None,
@@ -148,7 +182,13 @@ class Cycle:
         used: Transport | None = transport
         try:
             if helpers:
-                team = _Helpers.start(self, batch, lease)
+                # the helpers of sending() if they run (the queue is recorded now: they send
+                # until it is empty), else those this queue is long enough for
+                team = self._early
+                if team is not None:
+                    team.recorded()
+                else:
+                    team = _Helpers.start(self, batch, lease)
             used = transport or self.transport_factory(self.settings)
             # A transport that delivers in groups (the Maildir: one disk sync per group)
             # writes each message at once and delivers the group at `flush`, before marking.
@@ -291,6 +331,7 @@ class Cycle:
 # when the queue holds enough to pay for their start (about a second each).
 
 HELPER_MIN_QUEUED = 400  # queued digests per helper process worth starting
+HELPER_POLL_SECONDS = 0.25  # how often an early helper looks for newly recorded digests
 
 
 def helper_count(settings: Settings, queued: int) -> int:
@@ -324,6 +365,7 @@ def _helper_main(
     results: Any,
     level: int,
     parent: int,
+    recording: Any | None,
 ) -> None:  # pragma: no cover - runs in a spawned process (tests/test_pipeline.py starts it)
     """A helper process: send queued digests until none is left, then report."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides (also from a thread)
@@ -345,7 +387,16 @@ def _helper_main(
     try:
         with Store.open(settings.database.url) as store:
             cycle = Cycle(store, settings, stop=stop)
-            report = cycle.deliver(batch=batch, lease=lease, progress=count, helpers=False)
+            report = DeliveryReport()
+            while True:
+                # Started early (Cycle.sending), it sends each page the queue stage records;
+                # one last pass after the parent says the queue is recorded empties it.
+                last = recording is None or not recording.is_set()
+                report.add(cycle.deliver(batch=batch, lease=lease, progress=count,
+                                         helpers=False))  # fmt: skip
+                if last or stop.is_set():
+                    break
+                stop.wait(HELPER_POLL_SECONDS)
         results.send(("done", report))
     except Exception as exc:  # its own store or transport failing: the parent says so
         results.send(("failed", f"{type(exc).__name__}: {exc}"))
@@ -360,30 +411,39 @@ class _Helpers:
     procs: list[Any]
     pipes: list[Any]
     sent: Any  # messages each helper sent (one slot each), for the progress bar
+    recording: Any | None = None  # set while the queue stage records (early helpers)
     reports: list[tuple[Any, ...]] = field(default_factory=list)
     shown: int = 0
     stopped: bool = False
+    finished: bool = False
 
     @classmethod
-    def start(cls, cycle: Cycle, batch: int, lease: timedelta) -> _Helpers | None:
+    def start(
+        cls, cycle: Cycle, batch: int, lease: timedelta, *, expect: int = 0, early: bool = False
+    ) -> _Helpers | None:
         """Start the helpers this delivery should have (none for a test's own transport or
-        clock, which a new process cannot share)."""
-        if cycle.transport_factory is not make_transport or cycle.clock is not utcnow:
+        clock, which a new process cannot share). `early`: before the queue stage, for the
+        `expect` digests it may record; the helpers then wait for recorded()."""
+        if not cycle._may_have_helpers():
             return None
         if cycle.settings.mail.processes == 1:
             return None  # spares the count query
-        queued = cycle.store.digest_status_counts()[DigestStatus.QUEUED]
-        count = helper_count(cycle.settings, queued)
+        if not early:
+            expect = cycle.store.digest_status_counts()[DigestStatus.QUEUED]
+        count = helper_count(cycle.settings, expect)
         if not count:
             return None
         context = multiprocessing.get_context("spawn")  # no inherited connections or threads
         sent = context.Array("q", count, lock=False)
+        recording = context.Event() if early else None
+        if recording is not None:
+            recording.set()
         procs: list[Any] = []
         pipes: list[Any] = []
         level = logging.getLogger().getEffectiveLevel()
         # Started with SIGINT ignored (kept across exec): a Ctrl-C reaches the whole process
         # group, and only the parent decides; it asks the helpers to stop (SIGTERM).
-        team = cls(procs, pipes, sent)
+        team = cls(procs, pipes, sent, recording)
         try:
             with _sigint_ignored():
                 for slot in range(count):
@@ -391,7 +451,7 @@ class _Helpers:
                     proc = context.Process(
                         target=_helper_main,
                         args=(cycle.settings, batch, lease, sent, slot, theirs, level,
-                              os.getpid()),
+                              os.getpid(), recording),
                         name="digest-helper", daemon=True,
                     )  # fmt: skip
                     proc.start()
@@ -402,8 +462,14 @@ class _Helpers:
             team.stop()
             team.finish(None, None)
             raise
-        log.info("deliver: %d helper process(es) started", count)
+        log.info("deliver: %d helper process(es) started%s", count,
+                 " (sending as the queue is recorded)" if early else "")  # fmt: skip
         return team
+
+    def recorded(self) -> None:
+        """The queue stage is over: each helper empties the queue and ends."""
+        if self.recording is not None:
+            self.recording.clear()
 
     def stop(self) -> None:
         """Ask every helper to stop (SIGTERM): the message in flight finishes, the rest of
@@ -441,6 +507,7 @@ class _Helpers:
             proc.join()
         for pipe in self.pipes:
             pipe.close()
+        self.finished = True
 
     def with_helpers(
         self, progress: Callable[[int], object] | None

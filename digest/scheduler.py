@@ -151,6 +151,10 @@ class Runtime:
             )
             self.stop.set()
             return QueueReport(), None
+        with self.cycle.sending():
+            return self._queue_and_deliver()
+
+    def _queue_and_deliver(self) -> tuple[QueueReport, DeliveryReport | None]:
         queued = self.cycle.queue()
         _stage(
             "queue",

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -321,6 +322,86 @@ def test_helper_processes_share_a_long_queue_and_each_digest_goes_once(
         assert set(received.values()) == {1} and len({m for _, m in received}) == 24
         # More than one process sent (each keeps its own SMTP connection).
         assert len({m.session for m in server.handler.messages}) >= 2
+    finally:
+        server.controller.stop()
+
+
+def _readers(store: Store, settings: Settings, count: int) -> list[str]:
+    people = [f"reader{i}@example.org" for i in range(count)]
+    for email in people:
+        add_subscriber(
+            store, settings, email, name="Reader", topics=[Topic("Mine", "latency")],
+            cadence="instant", now=datetime.now(UTC) - timedelta(days=1),
+        )  # fmt: skip
+    settings.inbox.dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIXTURES / "ingest_day1.txt", settings.inbox.dir / "ingest_day1.txt")
+    return people
+
+
+@pytest.mark.slow
+def test_early_helpers_send_pages_while_the_queue_stage_records_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A send starts its helpers before the queue stage: they send each page as it is recorded,
+    # and deliver() takes them over; every digest still goes once.
+    from digest import outbox
+
+    server = start_server(_SlowHandler(), pipelining=True)
+    try:
+        settings = _settings(tmp_path, server, processes=2)
+        monkeypatch.setattr(pipeline, "HELPER_MIN_QUEUED", 1)
+        monkeypatch.setattr(outbox, "QUEUE_CHUNK", 2)  # a page of 2 digests, recorded at once
+        real_page = outbox._queue_page
+        pages: list[int] = []
+
+        def slow_page(*args: object) -> None:
+            # a long queue stage whose first page comes after the helper has started and found
+            # nothing to send: it must keep looking until the stage is over
+            time.sleep(3.0 if not pages else 0.2)
+            pages.append(1)
+            real_page(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(outbox, "_queue_page", slow_page)
+        with Store.open(settings.database.url) as store:
+            people = _readers(store, settings, 20)
+            cycle = Cycle(store, settings)
+            cycle.ingest(quiet=True)
+            shown: list[int] = []
+            with cycle.sending(force=True):
+                assert cycle._early is not None
+                assert cycle.queue(force=True).queued == 20
+                early = cycle.helped()
+                report = cycle.deliver(batch=2, progress=shown.append)
+            assert early > 0  # the helper sent while the queue stage was still recording
+            assert (report.sent, report.failed, report.errors) == (20, 0, [])
+            assert sum(shown) == 20
+            assert store.digest_status_counts()["sent"] == 20
+        received = _received(server)
+        assert sorted(r for r, _ in received) == sorted(people)
+        assert set(received.values()) == {1}
+    finally:
+        server.controller.stop()
+
+
+def test_early_helpers_stop_when_nothing_is_delivered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server(RecordingHandler(), pipelining=True)
+    try:
+        settings = _settings(tmp_path, server, processes=2)
+        monkeypatch.setattr(pipeline, "HELPER_MIN_QUEUED", 1)
+        with Store.open(settings.database.url) as store:
+            _readers(store, settings, 3)
+            cycle = Cycle(store, settings)
+            with pytest.raises(RuntimeError), cycle.sending(force=True):
+                team = cycle._early
+                assert team is not None and all(p.is_alive() for p in team.procs)
+                raise RuntimeError("the queue stage failed")
+            assert team.finished and not any(p.is_alive() for p in team.procs)
+            assert cycle._early is None
+            # no count: a store with nobody due starts no helper at all
+            with cycle.sending(force=False):
+                assert cycle._early is None
     finally:
         server.controller.stop()
 

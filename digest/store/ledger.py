@@ -154,6 +154,32 @@ _SCHEDULED = [c for c in Cadence if c.is_scheduled]
 _AS_PAPERS_ARRIVE = [c for c in Cadence if not c.is_scheduled]
 
 
+def _may_be_due(
+    due_at: datetime | None, cadences: Sequence[Cadence] | None, ids: Sequence[int] | None
+) -> ColumnElement[bool]:
+    """Receiving subscribers (of `cadences`, of `ids`) who may be due at `due_at`: instant and
+    feed ones with papers stored after their watermark, daily and weekly ones whose next slot
+    has come (no `due_at`: all of them)."""
+    wanted: ColumnElement[bool] = subscribers.c.status.in_(_RECEIVING)
+    if cadences is not None:
+        wanted = wanted & subscribers.c.cadence.in_(list(cadences))
+    if ids is not None:
+        wanted = wanted & subscribers.c.id.in_(list(ids))
+    if due_at is not None:
+        newest = select(func.max(papers.c.id)).scalar_subquery()
+        wanted = wanted & (
+            (
+                subscribers.c.cadence.in_(_AS_PAPERS_ARRIVE)
+                & (subscribers.c.watermark < func.coalesce(newest, 0))
+            )
+            | (
+                subscribers.c.cadence.in_(_SCHEDULED)
+                & (subscribers.c.next_due_at.is_(None) | (subscribers.c.next_due_at <= utc(due_at)))
+            )
+        )
+    return wanted
+
+
 class LedgerStore(StoreBase):
     """Delivery states, recorded digests and the ledger of delivered papers."""
 
@@ -173,26 +199,7 @@ class LedgerStore(StoreBase):
         `cadences` or `ids`, only those (a preview reads one subscriber, not all). By id;
         `after_id` and `limit` give one page (the queue walks 100k subscribers page by page).
         """
-        wanted: ColumnElement[bool] = subscribers.c.status.in_(_RECEIVING)
-        if cadences is not None:
-            wanted = wanted & subscribers.c.cadence.in_(list(cadences))
-        if ids is not None:
-            wanted = wanted & subscribers.c.id.in_(list(ids))
-        if due_at is not None:
-            newest = select(func.max(papers.c.id)).scalar_subquery()
-            wanted = wanted & (
-                (
-                    subscribers.c.cadence.in_(_AS_PAPERS_ARRIVE)
-                    & (subscribers.c.watermark < func.coalesce(newest, 0))
-                )
-                | (
-                    subscribers.c.cadence.in_(_SCHEDULED)
-                    & (
-                        subscribers.c.next_due_at.is_(None)
-                        | (subscribers.c.next_due_at <= utc(due_at))
-                    )
-                )
-            )
+        wanted = _may_be_due(due_at, cadences, ids)
         if after_id:
             wanted = wanted & (subscribers.c.id > after_id)
         if limit is not None:
@@ -226,6 +233,14 @@ class LedgerStore(StoreBase):
             )
             for r in rows
         ]
+
+    def count_may_be_due(self, *, due_at: datetime | None = None) -> int:
+        """How many subscribers subscribers_for_delivery(due_at=...) would read (with due_at
+        None: every receiving one): at most the digests a queue pass then records."""
+        with self._read() as conn:
+            return int(
+                conn.scalar(select(func.count()).where(_may_be_due(due_at, None, None))) or 0
+            )
 
     def delivered_pairs(
         self, subscriber_ids: Sequence[int], paper_ids: Sequence[int]
