@@ -819,11 +819,15 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
         ctx.print(f"dry run: {count} digests would be sent; nothing was recorded")
         return 0
     with cycle.sending(force=args.now):
+        # what this send delivers: what waited, and what the queue stage records, some of it
+        # sent by the helpers sending() started before deliver() begins (read before the
+        # stage: a count after it would also hold what they sent meanwhile)
+        helped = cycle.helped()
+        counts = ctx.store.digest_status_counts()
+        waiting = counts[DigestStatus.QUEUED] + counts[DigestStatus.SENDING] + helped
         queued = cycle.queue(force=args.now)
         ctx.print(f"queue: {queued.summary()}")
-        # helpers started with the queue stage may have sent (or be sending) some already
-        counts = ctx.store.digest_status_counts()
-        total = counts[DigestStatus.QUEUED] + counts[DigestStatus.SENDING] + cycle.helped()
+        total = waiting + queued.queued
         with progress_bar(total, unit="email", quiet=ctx.quiet, desc="sending") as bar:
             report = cycle.deliver(progress=bar.update)
     for error in report.errors:

@@ -106,7 +106,8 @@ class Cycle:
 
     def queue(self, *, force: bool = False, feeds_only: bool = False) -> QueueReport:
         """Record every due digest (and feed-only subscribers' new items) in the ledger; when
-        some were due, check the run against recent ones before anything is sent."""
+        some were due, check the run against recent ones (before anything is sent, unless
+        sending() started helpers, which send each page as it is recorded)."""
         now = self.clock()
         report = queue_digests(
             self.store, self.settings, now=now, force=force, feeds_only=feeds_only
@@ -149,6 +150,11 @@ class Cycle:
     def _may_have_helpers(self) -> bool:
         # a test's own transport or clock cannot be shared with a new process
         return self.transport_factory is make_transport and self.clock is utcnow
+
+    def has_early_helpers(self) -> bool:
+        """Whether helpers sending() started are running: deliver() must still take them over
+        (and report what they sent), even when they have already emptied the queue."""
+        return self._early is not None
 
     def helped(self) -> int:
         """Digests the early helpers (see sending) have sent so far."""

@@ -23,6 +23,7 @@ import re
 import sys
 import threading
 import unicodedata
+import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
@@ -114,6 +115,10 @@ class Query:
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Query is immutable: cannot set {name}")
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        # pickled and copied as its text: its program holds this process's leaf ids
+        return compile_query, (self.text,)
 
     def _parts(self) -> tuple[Node, tuple, tuple, tuple, tuple, tuple]:
         tree = self._tree
@@ -777,12 +782,14 @@ def _program(
 #
 # A topic's compiled query is kept with the topic when it is saved (topics.compiled), so a
 # fresh process does not parse every distinct query again (~80 µs each): the form is decoded
-# in a few µs instead. Layout: FORM_KEY (4 bytes), an 8-byte hash of the query text, then a
-# marshal of plain tuples (see encode_query). Anything that does not decode to a form of this
+# in a few µs instead. Layout: FORM_KEY (4 bytes), a CRC-32 of the body (4 bytes), then the
+# body, a marshal of plain tuples (see encode_query). marshal is not safe on damaged bytes (a
+# flipped byte can make a tuple that holds itself, whose hash overflows the C stack), so no
+# body is unmarshalled before its CRC matches. Anything that does not decode to a form of this
 # compiler for this very text is None, and the caller compiles the text afresh.
 
 # Bump when the layout of a form changes.
-FORM_VERSION = 2
+FORM_VERSION = 3
 
 
 def _compiler_source() -> bytes:
@@ -810,12 +817,33 @@ FORM_KEY = hashlib.blake2b(
 _GROUP_KINDS = frozenset(("and", "or", "m"))
 
 
+def seal_form(body: bytes) -> bytes:
+    """A stored form of this compiler around a marshalled body: FORM_KEY, the body's CRC-32
+    (little-endian), the body."""
+    return FORM_KEY + zlib.crc32(body).to_bytes(4, "little") + body
+
+
+def _form_body(form: bytes | None) -> memoryview | None:
+    """A stored form's body when the form is of this compiler and its CRC matches (None:
+    missing, stale or damaged: never unmarshalled)."""
+    if not form or form[:4] != FORM_KEY:
+        return None
+    body = memoryview(form)[8:]
+    if zlib.crc32(body) != int.from_bytes(form[4:8], "little"):
+        return None
+    return body
+
+
 def _form_text(form: bytes) -> str | None:
     """The query text a stored form was written for (None: not a readable form)."""
+    body = _form_body(form)
+    if body is None:
+        return None
     try:
-        return cast(str, marshal.loads(memoryview(form)[4:])[0])
+        text = marshal.loads(body)[0]
     except Exception:
         return None
+    return text if text.__class__ is str else None
 
 
 def _key(node: Node) -> object:
@@ -892,7 +920,7 @@ def encode_query(query: Query) -> bytes:
     keys = (*map(_key, query.terms), *map(_key, query.literals))
     flags = bytes([0] * len(query.terms) + [2 | n for n in query.negated])
     body = (keys, flags, template, tree)
-    return FORM_KEY + marshal.dumps(cast(Any, (query.text, *body)), 4)
+    return seal_form(marshal.dumps(cast(Any, (query.text, *body)), 4))
 
 
 _new_tuple = tuple.__new__
@@ -913,22 +941,27 @@ def decode_queries(texts: Sequence[str], forms: Sequence[bytes | None]) -> list[
     keys: list[object] = []
     flags: list[bytes] = []
     templates: list[bytes] = []
-    loads, key, blank = marshal.loads, FORM_KEY, _BLANK
+    loads, blank, body_of = marshal.loads, _BLANK, _form_body
     for k, form in enumerate(forms):
-        if not form or form[:4] != key:
+        body = body_of(form)
+        if body is None:
             continue
         try:
             # the form carries its text: a topic's text changed without its form is no match
-            text, form_keys, form_flags, template, tree = loads(memoryview(form)[4:])
+            text, form_keys, form_flags, template, tree = loads(body)
             if text != texts[k]:
                 continue
             # whole int32s, as many blanks as keys: else the batch's one fill below would
-            # fail, or fill another form's blanks
+            # fail, or fill another form's blanks; and every layer of the type the batch
+            # reads (a sound CRC says only that the bytes are as written: a buggy writer's
+            # form passes it). A key that is no key is found by the per-form pass below.
             n = len(form_keys)
-            if template.count(blank) != n or len(template) & 3 or len(form_flags) != n:
-                raise ValueError("template blanks")
-            if tree.__class__ is not bytes:
-                raise ValueError("tree")
+            if (form_keys.__class__ is not tuple or form_flags.__class__ is not bytes
+                    or template.__class__ is not bytes or tree.__class__ is not bytes
+                    or template.count(blank) != n or len(template) & 3
+                    or len(form_flags) != n
+                    or form_flags.translate(None, b"\x00\x02\x03")):  # fmt: skip
+                raise ValueError("layers")
         except Exception:  # damaged: compiled afresh by the caller
             continue
         keys += form_keys
@@ -937,16 +970,16 @@ def decode_queries(texts: Sequence[str], forms: Sequence[bytes | None]) -> list[
         done.append((k, texts[k], tree))
     if not done:
         return out
-    ids = list(map(_FORM_IDS.get, keys))
-    if None in ids:  # keys new to the process: each made a leaf once, then all looked up again
-        try:
+    try:
+        ids = list(map(_FORM_IDS.get, keys))
+        if None in ids:  # keys new to the process: each made a leaf once, then all read again
             for miss in dict.fromkeys(itertools.compress(keys, map(_is_none, ids))):
                 _form_id(miss)
             ids = list(map(_FORM_IDS.__getitem__, keys))
-        except Exception:  # a key that names no node: find its form, decode the others
-            if len(texts) == 1:
-                return out
-            return [decode_queries([t], [f])[0] for t, f in zip(texts, forms, strict=True)]
+    except Exception:  # a key that is no key or names no node: find its form, decode the rest
+        if len(texts) == 1:
+            return out
+        return [decode_queries([t], [f])[0] for t, f in zip(texts, forms, strict=True)]
     import numpy as np  # the matcher's dependency; loaded by it before any batch
 
     tmpl = np.frombuffer(b"".join(templates), np.int32).astype(np.int64)
@@ -1024,7 +1057,7 @@ def form_is_current(text: str, form: bytes | None) -> bool:
     """Whether a stored form is of this compiler and this text (an empty query needs none)."""
     if not text.strip():
         return form is None
-    return form is not None and form[:4] == FORM_KEY and _form_text(form) == text
+    return form is not None and _form_text(form) == text
 
 
 # Leaf ids, process-wide: the matcher numbers a batch's leaves by these instead of hashing

@@ -164,7 +164,8 @@ class Runtime:
             feed_items=queued.feed_items,
             candidate_papers=queued.papers,
         )
-        if self.stop.is_set() or not self.cycle.pending():
+        # early helpers may have sent everything already: deliver() still collects their report
+        if self.stop.is_set() or not (self.cycle.has_early_helpers() or self.cycle.pending()):
             return queued, None
         delivery = self.cycle.deliver()
         for error in delivery.errors:

@@ -612,13 +612,13 @@ def _damaged_template(text: str) -> bytes:
     """A form of `text` with a valid header whose program template is one byte too long."""
     import marshal
 
-    from digest.query import compiled_form
+    from digest.query import compiled_form, seal_form
 
     form = compiled_form(text)
     assert form is not None
-    body = list(marshal.loads(form[4:]))
+    body = list(marshal.loads(form[8:]))
     body[3] += b"\x00"  # (text, keys, flags, template, tree)
-    return form[:4] + marshal.dumps(tuple(body), 4)
+    return seal_form(marshal.dumps(tuple(body), 4))
 
 
 def test_damaged_forms_are_compiled_afresh_and_rewritten(monkeypatch):

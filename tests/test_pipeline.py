@@ -383,6 +383,41 @@ def test_early_helpers_send_pages_while_the_queue_stage_records_the_rest(
         server.controller.stop()
 
 
+@pytest.mark.slow
+def test_the_daemon_reports_what_early_helpers_sent_when_they_emptied_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the helpers send every page while the queue stage is still going (each page is followed
+    # by more work): when it ends nothing is pending, and the due step must still take the
+    # helpers over and report their sends
+    from digest import outbox
+    from digest.scheduler import Runtime
+
+    server = start_server(RecordingHandler(), pipelining=True)
+    try:
+        settings = _settings(tmp_path, server, processes=2)
+        monkeypatch.setattr(pipeline, "HELPER_MIN_QUEUED", 1)
+        monkeypatch.setattr(outbox, "QUEUE_CHUNK", 2)
+        real_page = outbox._queue_page
+
+        def page_then_more(*args: object) -> None:
+            real_page(*args)  # type: ignore[arg-type]
+            time.sleep(2.5)  # the helper sends this page meanwhile
+
+        monkeypatch.setattr(outbox, "_queue_page", page_then_more)
+        with Store.open(settings.database.url) as store:
+            people = _readers(store, settings, 4)
+            runtime = Runtime(settings, store)
+            runtime.cycle.ingest(quiet=True)
+            queued, delivery = runtime.due_step()
+            assert queued.queued == 4
+            assert delivery is not None and (delivery.sent, delivery.errors) == (4, [])
+            assert store.digest_status_counts()["sent"] == 4
+        assert sorted(r for r, _ in _received(server)) == sorted(people)
+    finally:
+        server.controller.stop()
+
+
 def test_early_helpers_stop_when_nothing_is_delivered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -393,15 +428,17 @@ def test_early_helpers_stop_when_nothing_is_delivered(
         with Store.open(settings.database.url) as store:
             _readers(store, settings, 3)
             cycle = Cycle(store, settings)
+            # no papers yet: nobody may be due, even forced, and no helper starts at all
+            for force in (False, True):
+                with cycle.sending(force=force):
+                    assert cycle._early is None
+            cycle.ingest(quiet=True)
             with pytest.raises(RuntimeError), cycle.sending(force=True):
                 team = cycle._early
                 assert team is not None and all(p.is_alive() for p in team.procs)
                 raise RuntimeError("the queue stage failed")
             assert team.finished and not any(p.is_alive() for p in team.procs)
             assert cycle._early is None
-            # no count: a store with nobody due starts no helper at all
-            with cycle.sending(force=False):
-                assert cycle._early is None
     finally:
         server.controller.stop()
 

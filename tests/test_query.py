@@ -403,12 +403,12 @@ def test_a_decoded_query_builds_its_tree_only_when_read():
 def test_a_damaged_tree_layer_falls_back_to_the_text():
     import marshal
 
-    from digest.query import FORM_KEY, compile_query, decode_query, encode_query
+    from digest.query import compile_query, decode_query, encode_query, seal_form
 
     text = "mixture of experts, -vision"
-    body = list(marshal.loads(encode_query(compile_query(text))[4:]))
+    body = list(marshal.loads(encode_query(compile_query(text))[8:]))
     body[4] = b"not a marshal"  # (text, keys, flags, template, tree)
-    q = decode_query(text, FORM_KEY + marshal.dumps(tuple(body), 4))
+    q = decode_query(text, seal_form(marshal.dumps(tuple(body), 4)))
     assert q is not None
     assert q.root == compile_query(text).root and q.terms == compile_query(text).terms
 
@@ -481,3 +481,50 @@ def test_the_form_key_covers_the_compiler_s_own_source():
         ).digest()
         == query.FORM_KEY
     )
+
+
+def test_a_damaged_byte_anywhere_in_a_form_is_refused_never_unmarshalled():
+    # marshal is not safe on damaged bytes (a flipped byte can build a tuple holding itself,
+    # whose hash overflows the C stack, or turn a layer's type): the CRC refuses them first
+    from digest.query import compile_query, decode_queries, encode_query
+
+    text = "sparse attention, speculative decoding, -vision"
+    form = encode_query(compile_query(text))
+    damaged = [form[:i] + bytes([form[i] ^ x]) + form[i + 1 :]
+               for i in range(len(form)) for x in (0x01, 0x40, 0xFF)]  # fmt: skip
+    assert decode_queries([text] * len(damaged), damaged) == [None] * len(damaged)
+
+
+def test_a_sealed_form_with_layers_of_the_wrong_type_is_refused_alone():
+    # a form whose CRC is sound but whose layers are not what the batch reads (a buggy
+    # writer): refused alone, the batch's other forms decode
+    import marshal
+
+    from digest.query import compile_query, decode_queries, encode_query, seal_form
+
+    good = ["latency", "b c"]
+    text = "mixture of experts, -vision"
+    body = marshal.loads(encode_query(compile_query(text))[8:])
+    bad_flags = seal_form(marshal.dumps((*body[:2], body[2].decode(), *body[3:]), 4))
+    bad_keys = seal_form(marshal.dumps((body[0], [list(k) for k in body[1]], *body[2:]), 4))
+    unhashable = seal_form(marshal.dumps((body[0], ([1],) * len(body[1]), *body[2:]), 4))
+    for bad in (bad_flags, bad_keys, unhashable):
+        got = decode_queries([good[0], text, good[1]],
+                             [encode_query(compile_query(good[0])), bad,
+                              encode_query(compile_query(good[1]))])  # fmt: skip
+        assert got[1] is None
+        assert got[0] == compile_query(good[0]) and got[2] == compile_query(good[1])
+
+
+def test_a_query_pickles_and_copies_as_its_text():
+    import copy
+    import pickle
+
+    from digest.query import compile_query, decode_query, encode_query
+
+    text = "mixture of experts, -vision"
+    decoded = decode_query(text, encode_query(compile_query(text)))
+    assert decoded is not None
+    for q in (compile_query(text), decoded):
+        for twin in (pickle.loads(pickle.dumps(q)), copy.copy(q), copy.deepcopy(q)):
+            assert twin == compile_query(text) and twin.program == compile_query(text).program

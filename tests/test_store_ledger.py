@@ -216,3 +216,28 @@ def test_grouped_mark_sent_and_papers_read_once_per_pass(store: Store) -> None:
     assert store.digest_ids_by_status(DigestStatus.SENT) == ids[:2]
     assert store.digest_ids_by_status(DigestStatus.SENDING) == ids[2:]
     assert [store.digest_records([i])[i].attempts for i in ids] == [1, 1, 0]
+
+
+def test_count_may_be_due_counts_email_digests_a_pass_may_record(store: Store) -> None:
+    # what sending() starts helpers for: email subscribers with papers after their watermark,
+    # instant ones, and daily/weekly ones whose slot has come; not feed-only subscribers, not
+    # those with nothing new, not a slot still to be worked out (NULL), unless forced (None)
+    _subscriber(store, "fresh@example.org", "instant")
+    seen = _subscriber(store, "seen@example.org", "instant")
+    _subscriber(store, "feed@example.org", "feed")
+    _subscriber(store, "unset@example.org", "daily")  # next_due_at NULL
+    due = _subscriber(store, "due@example.org", "daily")
+    later = _subscriber(store, "later@example.org", "weekly")
+    p1, p2 = _papers(store, 2)
+    store.record_plans(
+        [
+            PlanProgress(seen, DigestKind.EMAIL, [], p2, T0),
+            PlanProgress(due, DigestKind.EMAIL, [], p1, T0, T0 + timedelta(hours=1)),
+            PlanProgress(later, DigestKind.EMAIL, [], p1, T0, T0 + timedelta(days=7)),
+        ],
+        now=T0,
+        message_id=lambda i: f"<{i}@example.org>",
+    )
+    assert store.count_may_be_due(due_at=T0) == 1  # fresh
+    assert store.count_may_be_due(due_at=T0 + timedelta(hours=2)) == 2  # fresh, due
+    assert store.count_may_be_due(due_at=None) == 4  # fresh, unset, due, later

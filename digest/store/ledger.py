@@ -152,6 +152,7 @@ _STATE_COLUMNS = tuple(
 )  # fmt: skip
 _SCHEDULED = [c for c in Cadence if c.is_scheduled]
 _AS_PAPERS_ARRIVE = [c for c in Cadence if not c.is_scheduled]
+_BY_EMAIL = [c for c in Cadence if c != Cadence.FEED]
 
 
 def _may_be_due(
@@ -235,12 +236,21 @@ class LedgerStore(StoreBase):
         ]
 
     def count_may_be_due(self, *, due_at: datetime | None = None) -> int:
-        """How many subscribers subscribers_for_delivery(due_at=...) would read (with due_at
-        None: every receiving one): at most the digests a queue pass then records."""
-        with self._read() as conn:
-            return int(
-                conn.scalar(select(func.count()).where(_may_be_due(due_at, None, None))) or 0
+        """How many email digests a queue pass at `due_at` (None: `send --now`) may record: of
+        the subscribers subscribers_for_delivery would read, those who get email (not
+        feed-only) and have papers stored after their watermark. A daily or weekly slot not
+        worked out yet (NULL: a new schedule) is not counted: the pass decides it, and a
+        count short of the digests only means the helpers start after the queue stage."""
+        newest = select(func.max(papers.c.id)).scalar_subquery()
+        wanted = _may_be_due(due_at, _BY_EMAIL, None) & (
+            subscribers.c.watermark < func.coalesce(newest, 0)
+        )
+        if due_at is not None:
+            wanted = wanted & ~(
+                subscribers.c.cadence.in_(_SCHEDULED) & subscribers.c.next_due_at.is_(None)
             )
+        with self._read() as conn:
+            return int(conn.scalar(select(func.count()).where(wanted)) or 0)
 
     def delivered_pairs(
         self, subscriber_ids: Sequence[int], paper_ids: Sequence[int]
