@@ -367,7 +367,9 @@ def run_workers(
     if profile:
         spy = Path(sys.executable).with_name("py-spy")
         fmt = "raw" if profile.endswith(".txt") else "speedscope"  # raw: collapsed stacks
-        cmd = [str(spy), "record", "-f", fmt, "--threads", "-o", profile, "-r", "200", "--", *cmd]
+        # every process of the worker: its helpers too
+        cmd = [str(spy), "record", "-f", fmt, "--threads", "--subprocesses", "-o", profile,
+               "-r", "200", "--", *cmd]  # fmt: skip
     env = _code_env(source)
     start = time.perf_counter()
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env, cwd=workdir)

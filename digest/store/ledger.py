@@ -25,8 +25,10 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    type_coerce,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.types import NULLTYPE
 
 from digest.models import Cadence, DigestKind, DigestStatus, Subscriber, SubscriberStatus, Topic
 from digest.store.base import StoreBase, bound, chunks, utc
@@ -141,6 +143,19 @@ def why_columns() -> tuple[Any, ...]:
         deliveries.c.delivered_at.label("d_at"),
         literal(False).label("d_rising"),
     )
+
+
+# A ledger row as records.ledger_entry reads it, positionally: paper, topics, terms, score,
+# why, the instant as the driver gives it (records.instant), rising.
+LEDGER_ROW = (
+    deliveries.c.paper_id,
+    deliveries.c.topics,
+    deliveries.c.terms,
+    deliveries.c.score,
+    deliveries.c.why,
+    type_coerce(deliveries.c.delivered_at, NULLTYPE),
+    literal(False),
+)
 
 
 _RECEIVING = [s for s in SubscriberStatus if s.receives_mail]

@@ -6,7 +6,7 @@ import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from digest.models import (
@@ -261,6 +261,34 @@ def ledger_item(row: Any) -> LedgerItem:
         why=row.d_why or "",
         rising=bool(row.d_rising),
     )
+
+
+# A ledger row read positionally (store.ledger.LEDGER_ROW): paper id, topics, terms, score,
+# why, the instant as the driver gave it, rising.
+LedgerRow = tuple[int, str | None, str | None, float | None, str | None, Any, Any]
+
+
+def ledger_entry(paper: StoredPaper, row: LedgerRow) -> LedgerEntry:
+    """A LedgerEntry from a positional ledger row (a worker reads ~10 per message)."""
+    pid, topics, terms, score, why, at, is_rising = row
+    item = LedgerItem(
+        pid,
+        _json_tuple(topics or "[]"),
+        _json_tuple(terms or "[]"),
+        score or 0.0,
+        why or "",
+        bool(is_rising),
+    )
+    return LedgerEntry(paper, item, instant(at))
+
+
+@functools.lru_cache(maxsize=4096)
+def instant(value: str | datetime) -> datetime:
+    """An aware UTC datetime from a stored instant as the driver returns it, untyped (SQLite:
+    text; PostgreSQL: an aware datetime); a batch's rows share a few, so each is parsed once."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @functools.lru_cache(maxsize=8192)
