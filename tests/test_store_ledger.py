@@ -241,3 +241,39 @@ def test_count_may_be_due_counts_email_digests_a_pass_may_record(store: Store) -
     assert store.count_may_be_due(due_at=T0) == 1  # fresh
     assert store.count_may_be_due(due_at=T0 + timedelta(hours=2)) == 2  # fresh, due
     assert store.count_may_be_due(due_at=None) == 4  # fresh, unset, due, later
+
+
+def test_positional_reads_build_the_same_subscribers_as_named_ones(store: Store) -> None:
+    # The queue and the workers read subscribers, topics and ledger rows by column position:
+    # every field must land where the named reads (admin, web) put it.
+    sub = Subscriber(
+        id=0, email="pos@example.org", name="Ada", status="active", cadence="weekly",
+        time="06:30", tz="Europe/Paris", weekday=3, created_at=T0, token="tok-pos",
+        topics=(Topic("A", "alpha"), Topic("B", "beta")), since=T0 - timedelta(days=2),
+        bounces=1,
+    )  # fmt: skip
+    sid = store.insert_subscriber(sub, how=StatusChange.CLI).id
+    p1, p2 = _papers(store, 2)
+    store.record_feedback(sid, "B", p1, "like", at=T0)
+    store.record_feedback(sid, "B", p2, "dislike", at=T0)
+    named = store.subscriber_by_email("pos@example.org")
+    assert named is not None and named.topics[1].likes == (p1,)
+    (state,) = store.subscribers_for_delivery(ids=[sid])
+    assert state.subscriber == named
+    assert state.last_slot is None and state.watermark == 0
+    items = [
+        LedgerItem(paper_id=p1, topics=("B", "A"), terms=("about",), score=2.5, why="why 1"),
+        LedgerItem(paper_id=p2, topics=("A",), terms=(), score=1.0),
+    ]
+    ids = store.record_plans(
+        [PlanProgress(sid, DigestKind.EMAIL, items, p2, T0, T0 + timedelta(days=7))],
+        now=T0,
+        message_id=lambda i: f"<{i}@example.org>",
+    )
+    record = store.digest_records([ids[sid]])[ids[sid]]
+    assert record.subscriber == named
+    assert [e.item for e in record.items] == items
+    assert [e.delivered_at for e in record.items] == [T0, T0]
+    assert all(e.delivered_at.tzinfo is UTC for e in record.items)
+    named_rows = sorted(store.ledger_entries(sid, 10), key=lambda e: -e.item.score)
+    assert record.items == named_rows  # the named read of the same rows (feeds, web)

@@ -6,6 +6,7 @@ transaction, so a paper is never put in two digests for one subscriber.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -52,9 +53,10 @@ from digest.store.rising import (
 )
 from digest.store.schema import UtcDateTime, in_list, metadata
 from digest.store.subscribers import (
+    SUBSCRIBER_COLUMNS,
     group_topics,
     load_subscribers,
-    subscriber_row,
+    subscriber_from,
     subscribers,
     topic_select,
     topics,
@@ -159,12 +161,8 @@ LEDGER_ROW = (
 
 
 _RECEIVING = [s for s in SubscriberStatus if s.receives_mail]
-# What subscriber_row and a DeliveryState read (not updated_at, next_due_at, confirm_sent_at).
-_STATE_COLUMNS = tuple(
-    subscribers.c[name]
-    for name in ("id", "email", "name", "status", "cadence", "time", "tz", "weekday",
-                 "created_at", "token", "since", "bounces", "watermark", "last_slot")
-)  # fmt: skip
+# What a DeliveryState reads, by position (not updated_at, next_due_at, confirm_sent_at).
+_STATE_COLUMNS = (*SUBSCRIBER_COLUMNS, subscribers.c.watermark, subscribers.c.last_slot)
 _SCHEDULED = [c for c in Cadence if c.is_scheduled]
 _AS_PAPERS_ARRIVE = [c for c in Cadence if not c.is_scheduled]
 _BY_EMAIL = [c for c in Cadence if c != Cadence.FEED]
@@ -228,27 +226,19 @@ class LedgerStore(StoreBase):
             wanted = wanted & (subscribers.c.id <= last)
         with self._read() as conn:
             # Only what a delivery state holds: each datetime column read is parsed per row.
-            rows = list(
-                conn.execute(select(*_STATE_COLUMNS).where(wanted).order_by(subscribers.c.id))
-            )
+            rows = conn.execute(
+                select(*_STATE_COLUMNS).where(wanted).order_by(subscribers.c.id)
+            ).all()
             # One pass over topics instead of chunked IN lists when (nearly) everyone is wanted.
             found: dict[int, list[Topic]] = {}
-            group_topics(
-                conn.execute(
-                    topic_select()
-                    .join(subscribers, subscribers.c.id == topics.c.subscriber_id)
-                    .where(wanted)
-                ),
-                found,
+            result = conn.execute(
+                topic_select()
+                .join(subscribers, subscribers.c.id == topics.c.subscriber_id)
+                .where(wanted)
             )
-        return [
-            DeliveryState(
-                subscriber=subscriber_row(r, found.get(r.id, ())),
-                watermark=r.watermark,
-                last_slot=r.last_slot,
-            )
-            for r in rows
-        ]
+            # in blocks (fetchmany), not a driver call per row, nor all ~250k rows at once
+            group_topics(itertools.chain.from_iterable(result.partitions(2048)), found)
+        return [DeliveryState(subscriber_from(r, found.get(r[0], ())), r[12], r[13]) for r in rows]
 
     def count_may_be_due(self, *, due_at: datetime | None = None) -> int:
         """How many email digests a queue pass at `due_at` (None: `send --now`) may record: of
