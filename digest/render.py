@@ -120,6 +120,9 @@ class ItemView:
     text_matched: str  # "matched: topics (words)", wrapped and indented
     match: Match
     rising: bool = False  # back once because its upvotes jumped
+    # ("more like this", "not for me") URLs under the paper's best topic, made once for both
+    # parts (None without feedback links); links.feedback_urls gives the same for any topic.
+    feedback: tuple[str, str] | None = None
 
     @property
     def topics_label(self) -> str:
@@ -185,7 +188,7 @@ class Renderer:
         if not digest.items:
             raise EmptyDigestError(f"digest {digest.id}: no paper, so no email")
         sub = digest.subscriber
-        sections, topic_order = self.sections(digest.items)
+        sections, topic_order = self.sections(digest.items, links)
         count = len(digest.items)
         count_label = f"{count} new paper{'s' if count != 1 else ''}"
         topics_label = _join_limited(topic_order, 3)
@@ -222,7 +225,9 @@ class Renderer:
             raise templates.TemplateError(f"rendering digest {digest.id} failed: {exc}") from exc
         return RenderedDigest(subject=subject, html=html, text=text, preheader=preheader)
 
-    def sections(self, items: list[DigestItem]) -> tuple[list[SectionView], list[str]]:
+    def sections(
+        self, items: list[DigestItem], links: Links | None = None
+    ) -> tuple[list[SectionView], list[str]]:
         """Items grouped under their best topic; sections ordered by their best item."""
         by_topic: dict[str, SectionView] = {}
         for item in items:
@@ -231,7 +236,7 @@ class Renderer:
             if section is None:
                 section = by_topic[topics[0]] = SectionView(topics[0], [])
             # Numbered within the section, as read (a global rank would jump: 1 2 3 6 7, 4 5).
-            section.items.append(self.item(len(section.items) + 1, item))
+            section.items.append(self.item(len(section.items) + 1, item, links))
         return list(by_topic.values()), list(by_topic)
 
     def paper_view(self, paper: StoredPaper) -> PaperView:
@@ -246,8 +251,9 @@ class Renderer:
         self._papers[paper.id] = (paper, view)
         return view
 
-    def item(self, number: int, item: DigestItem) -> ItemView:
-        """One paper of one digest, with this subscriber's highlights and reasons."""
+    def item(self, number: int, item: DigestItem, links: Links | None = None) -> ItemView:
+        """One paper of one digest, with this subscriber's highlights, reasons and (given
+        `links`) feedback URLs."""
         view = self.paper_view(item.paper)
         match = item.match
         title = self._mark(view.title_escaped, match.title_spans, len(view.title))
@@ -257,9 +263,12 @@ class Renderer:
             text_title = f"{number}. {view.text_title[3 if number < 10 else 4 :]}"
         else:
             text_title = wrap(view.title, TEXT_WIDTH, f"{number}. ", "    ")
+        feedback = None
+        if links is not None and links.feedback is not None:
+            feedback = links.feedback.urls(match.paper_id, match.topics[0] if match.topics else None)
         return ItemView(
             number, view, text_title, title, abstract, matched_html, text_matched, match,
-            item.rising,
+            item.rising, feedback,
         )  # fmt: skip
 
     def highlight(
