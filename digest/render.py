@@ -265,7 +265,8 @@ class Renderer:
             text_title = wrap(view.title, TEXT_WIDTH, f"{number}. ", "    ")
         feedback = None
         if links is not None and links.feedback is not None:
-            feedback = links.feedback.urls(match.paper_id, match.topics[0] if match.topics else None)
+            best = match.topics[0] if match.topics else None
+            feedback = links.feedback.urls(match.paper_id, best)
         return ItemView(
             number, view, text_title, title, abstract, matched_html, text_matched, match,
             item.rising, feedback,
