@@ -83,6 +83,10 @@ class LinkSigner:
         signer = self._signers.get(purpose)
         if signer is None:
             return self._serializer(purpose).loads(token, max_age=max_age)
+        if max_age is not None:
+            # an untimed token cannot expire: silently ignoring the age would let new links
+            # outlive old ones
+            raise DigestError(f"{purpose} links are signed without a time: no max_age")
         try:
             return signer.unsign(token).decode("utf-8")
         except BadData:

@@ -253,7 +253,7 @@ def test_positional_reads_build_the_same_subscribers_as_named_ones(store: Store)
         bounces=1,
     )  # fmt: skip
     sid = store.insert_subscriber(sub, how=StatusChange.CLI).id
-    p1, p2 = _papers(store, 2)
+    p1, p2, p3 = _papers(store, 3)
     store.record_feedback(sid, "B", p1, "like", at=T0)
     store.record_feedback(sid, "B", p2, "dislike", at=T0)
     named = store.subscriber_by_email("pos@example.org")
@@ -277,3 +277,17 @@ def test_positional_reads_build_the_same_subscribers_as_named_ones(store: Store)
     assert all(e.delivered_at.tzinfo is UTC for e in record.items)
     named_rows = sorted(store.ledger_entries(sid, 10), key=lambda e: -e.item.score)
     assert record.items == named_rows  # the named read of the same rows (feeds, web)
+    # a rising paper comes back in a later digest, read from its own table, after the new ones
+    later = T0 + timedelta(days=7)
+    new = LedgerItem(paper_id=p3, topics=("A",), terms=("about",), score=0.5)
+    back = LedgerItem(paper_id=p1, topics=("A", "B"), terms=("paper",), score=3.0, rising=True)
+    ids = store.record_plans(
+        [PlanProgress(sid, DigestKind.EMAIL, [back, new], p3, later, later, p2, T0)],
+        now=later,
+        message_id=lambda i: f"<{i}@example.org>",
+    )
+    record = store.digest_records([ids[sid]])[ids[sid]]
+    assert [e.item for e in record.items] == [new, back]
+    assert [e.delivered_at for e in record.items] == [later, later]
+    rising_named = [e for e in store.ledger_entries(sid, 10) if e.item.rising]
+    assert record.items[1] == rising_named[0]

@@ -20,6 +20,7 @@ from web_support import (
 )
 
 from digest import subscribers as subs
+from digest.errors import DigestError
 from digest.links import LEGACY_TIMED, PURPOSES, LinkError, LinkSigner, links_for, secret_key
 from digest.models import Topic
 from digest.store import Store
@@ -233,7 +234,8 @@ def test_tampered_foreign_and_garbage_tokens_are_rejected_alike(env):
     assert _ann(store).status == "active"
 
 
-# Subscriber tokens are secrets.token_urlsafe: these characters only.
+# Subscriber tokens are secrets.token_urlsafe: these characters only (an untimed token
+# carries its subscriber token as it is, so other text is not what it signs).
 _URLSAFE = string.ascii_letters + string.digits + "-_"
 
 
@@ -275,6 +277,8 @@ def test_manage_and_unsubscribe_links_are_untimed_and_cheap():
         assert signed.startswith("tok.")  # no JSON, no timestamp: the itsdangerous Signer
         assert signed.count(".") == 1
     assert signer.make_token("confirm", "tok").count(".") == 2  # timed: it expires
+    with pytest.raises(DigestError, match="no max_age"):
+        signer.read_token("manage", signer.make_token("manage", "tok"), max_age=60)
 
 
 def test_read_token_raises_one_error_for_every_failure():

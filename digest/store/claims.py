@@ -148,7 +148,7 @@ class ClaimStore(StoreBase):
                         deliveries.c.digest_id, deliveries.c.score.desc(), deliveries.c.paper_id
                     )
                 ).all():
-                    rows[did].append(entry)  # type: ignore[arg-type]
+                    rows[did].append(entry)
             _add_rising_rows(conn, list(heads), rows)
             # A batch's digests share most of their papers: each is read (and built) once.
             by_id: dict[int, StoredPaper] = {} if papers_seen is None else papers_seen

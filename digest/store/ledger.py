@@ -236,7 +236,8 @@ class LedgerStore(StoreBase):
                 .join(subscribers, subscribers.c.id == topics.c.subscriber_id)
                 .where(wanted)
             )
-            # in blocks (fetchmany), not a driver call per row, nor all ~250k rows at once
+            # Python rows built in blocks (fetchmany), not a driver call per row (SQLite also
+            # steps its cursor per block; psycopg has the whole result already)
             group_topics(itertools.chain.from_iterable(result.partitions(2048)), found)
         return [DeliveryState(subscriber_from(r, found.get(r[0], ())), r[12], r[13]) for r in rows]
 

@@ -265,7 +265,7 @@ def ledger_item(row: Any) -> LedgerItem:
 
 # A ledger row read positionally (store.ledger.LEDGER_ROW): paper id, topics, terms, score,
 # why, the instant as the driver gave it, rising.
-LedgerRow = tuple[int, str | None, str | None, float | None, str | None, Any, Any]
+LedgerRow = Sequence[Any]
 
 
 def ledger_entry(paper: StoredPaper, row: LedgerRow) -> LedgerEntry:
