@@ -403,11 +403,18 @@ def _helper_main(
                 if last or stop.is_set():
                     break
                 stop.wait(HELPER_POLL_SECONDS)
-        results.send(("done", report))
+        _tell(results, ("done", report))
     except Exception as exc:  # its own store or transport failing: the parent says so
-        results.send(("failed", f"{type(exc).__name__}: {exc}"))
+        _tell(results, ("failed", f"{type(exc).__name__}: {exc}"))
     finally:
         results.close()
+
+
+def _tell(results: Any, message: tuple[str, Any]) -> None:
+    """Send a helper's outcome to its parent; a parent already gone (killed, or ended by
+    its own error) has nobody to tell, and a helper must not print a traceback for that."""
+    with contextlib.suppress(OSError):  # BrokenPipeError, ConnectionResetError
+        results.send(message)
 
 
 @dataclass

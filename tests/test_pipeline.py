@@ -338,6 +338,36 @@ def _readers(store: Store, settings: Settings, count: int) -> list[str]:
     return people
 
 
+def test_a_helper_whose_parent_is_gone_ends_quietly(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The parent (killed, or ended by its own error) closed its end of the results pipe: the
+    # helper has nobody to report to, and must end without printing a traceback.
+    import multiprocessing
+
+    # an empty store: nothing to send, so no SMTP server is ever asked
+    settings = build_settings(
+        {"database": {"url": f"sqlite:///{tmp_path / 'digest.db'}"}, "mail": {"transport": "smtp"}},
+        root=tmp_path,
+    )
+    Store.open(settings.database.url).close()
+    context = multiprocessing.get_context("spawn")
+    mine, theirs = context.Pipe(duplex=False)
+    mine.close()
+    sent = context.Array("q", 1, lock=False)
+    proc = context.Process(
+        target=pipeline._helper_main,
+        args=(settings, 5, timedelta(minutes=1), sent, 0, theirs, logging.WARNING,
+              os.getpid(), None),
+    )  # fmt: skip
+    proc.start()
+    theirs.close()
+    proc.join(60)
+    err = capfd.readouterr().err
+    assert proc.exitcode == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
 @pytest.mark.slow
 def test_early_helpers_send_pages_while_the_queue_stage_records_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
