@@ -77,6 +77,12 @@ class TemporaryDeliveryError(_SendError):
     """Try again later: a 4xx answer, a dropped connection, a timeout."""
 
 
+class ServerUnavailable(TemporaryDeliveryError):
+    """The SMTP server cannot be reached at all (refused, unreachable, dropped before its
+    greeting): nothing was sent, and it is no digest's fault, so a delivery pass stops and
+    gives its digests back untouched instead of spending their retries (see outbox)."""
+
+
 class PermanentDeliveryError(_SendError):
     """The server refused for good (5xx): a bounce; do not retry."""
 
@@ -741,7 +747,7 @@ class SmtpTransport(_BaseTransport):
         except smtplib.SMTPResponseException as exc:
             raise _classify(exc.smtp_code, exc.smtp_error, None, f"smtp {self.where}") from None
         except (OSError, smtplib.SMTPException) as exc:
-            raise TemporaryDeliveryError(
+            raise ServerUnavailable(
                 f"smtp {self.where}: cannot connect: {exc or type(exc).__name__}"
             ) from None
         self.connects += 1

@@ -28,7 +28,12 @@ from digest.config import Settings
 from digest.errors import DigestError, QueryError, RenderError
 from digest.gcutil import gc_paused
 from digest.highlight import highlight_spans
-from digest.mail import PermanentDeliveryError, TemporaryDeliveryError, make_message_id
+from digest.mail import (
+    PermanentDeliveryError,
+    ServerUnavailable,
+    TemporaryDeliveryError,
+    make_message_id,
+)
 from digest.models import (
     Cadence,
     Digest,
@@ -925,6 +930,12 @@ class _BatchSender:
                 or time.monotonic() - self.unmarked_since >= MARK_EVERY_SECONDS
             ):
                 self.mark_sent()
+        elif isinstance(error, ServerUnavailable):
+            # Nothing was sent and it is not this digest's fault: an SMTP outage must not
+            # spend every queued digest's retries (a ten-minute outage used to fail them all).
+            # It goes back untouched with the rest of the batch, and the pass stops.
+            store.release_claims([digest.id], worker)
+            raise error
         elif isinstance(error, TemporaryDeliveryError):
             attempts = self.attempts.get(digest.id, 0) + 1
             if attempts >= settings.mail.retry_attempts:

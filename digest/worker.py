@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from digest.config import Settings
-from digest.mail import make_transport
+from digest.mail import ServerUnavailable, make_transport
 from digest.outbox import Clock, DeliveryReport, utcnow, worker_name
 from digest.pipeline import Cycle, TransportFactory
 from digest.store import Store
@@ -48,6 +48,7 @@ class WorkerReport:
     helpers_failed: int = 0  # helper processes that could not finish a pass
     bounced: int = 0
     seconds: float = 0.0
+    outages: int = 0  # passes stopped because the SMTP server could not be reached
 
     def add(self, delivery: DeliveryReport) -> None:
         """Fold one delivery pass into the totals."""
@@ -60,10 +61,16 @@ class WorkerReport:
 
     def summary(self) -> str:
         rate = self.sent / self.seconds if self.seconds > 0 else 0.0
+        down = f", {self.outages} pass(es) stopped: SMTP server unreachable" if self.outages else ""
         return (
             f"worker {self.name}: {self.sent} sent, {self.retried} to retry, {self.failed} "
-            f"failed, {self.bounced} bounced in {self.seconds:.1f} s ({rate:.0f} messages/s)"
+            f"failed, {self.bounced} bounced{down} in {self.seconds:.1f} s "
+            f"({rate:.0f} messages/s)"
         )
+
+
+# The longest wait between two attempts to reach an SMTP server that is down.
+OUTAGE_MAX_WAIT = 60.0
 
 
 def run_worker(
@@ -85,14 +92,28 @@ def run_worker(
     report = WorkerReport(name=name or worker_name())
     started = time.monotonic()
     transport = transport_factory(settings)
+    pause = options.poll
     try:
         while not cycle.stop.is_set():
-            delivery = cycle.deliver(
-                transport,
-                worker=report.name,
-                batch=options.batch,
-                lease=timedelta(seconds=options.lease),
-            )
+            try:
+                delivery = cycle.deliver(
+                    transport,
+                    worker=report.name,
+                    batch=options.batch,
+                    lease=timedelta(seconds=options.lease),
+                )
+            except ServerUnavailable as exc:
+                # The server is down: the digests went back untouched. A long-running worker
+                # waits it out (backing off to OUTAGE_MAX_WAIT); an idle-exit one is a batch
+                # job, and ends with the reason.
+                report.outages += 1
+                if options.idle_exit:
+                    raise
+                log.warning("%s; trying again in %.3g s", exc, pause)
+                cycle.stop.wait(pause)
+                pause = min(pause * 2, max(options.poll, OUTAGE_MAX_WAIT))
+                continue
+            pause = options.poll
             report.add(delivery)
             for error in delivery.errors:
                 log.warning("%s", error)

@@ -344,3 +344,98 @@ def test_a_send_worker_does_not_load_the_matching_engine():
     code = "import sys, digest.worker; print(sorted({'numba', 'numpy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_smtp_outage_spends_no_retry_and_a_worker_waits_it_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The relay is down: a pass stops at once and every digest stays queued untouched (no
+    # attempt counted, none failed), where each used to spend its retries until all failed.
+    # A running worker backs off and tries again, and sends each digest once it is back.
+    import threading
+
+    from aiosmtpd.controller import Controller
+    from smtp_helpers import RecordingHandler, free_port
+
+    from digest.mail import ServerUnavailable
+    from digest.models import DigestStatus
+
+    port = free_port()
+    down = SmtpServer("127.0.0.1", port, RecordingHandler(), None)  # type: ignore[arg-type]
+    _, settings = settings_file(tmp_path, f"sqlite:///{tmp_path / 'digest.db'}", down)
+    with Store.open(settings.database.url) as store:
+        emails = populate(store, settings, 6)
+        ids = store.digest_ids_by_status("queued")
+        with pytest.raises(ServerUnavailable, match=f"127.0.0.1:{port}: cannot connect"):
+            Cycle(store, settings).deliver(helpers=False)
+        assert store.digest_ids_by_status("queued") == ids
+        assert all(r.attempts == 0 for r in store.digest_records(ids).values())
+        assert store.digest_status_counts()[DigestStatus.FAILED] == 0
+
+        stop = threading.Event()
+        reports: list = []
+        options = WorkerOptions(poll=0.05)
+        worker = threading.Thread(
+            target=lambda: reports.append(run_worker(store, settings, options=options, stop=stop))
+        )
+        with caplog.at_level("WARNING", logger="digest.worker"):
+            worker.start()
+            wait_for(lambda: any("trying again" in r.getMessage() for r in caplog.records),
+                     "the worker to meet the outage")  # fmt: skip
+            handler = RecordingHandler()
+            controller = Controller(handler, hostname="127.0.0.1", port=port)
+            controller.start()
+            try:
+                wait_for(lambda: len(handler.messages) == len(emails), "every digest sent")
+            finally:
+                stop.set()
+                worker.join(30)
+                controller.stop()
+        (report,) = reports
+        assert report.outages >= 1 and report.sent == len(emails) and report.failed == 0
+        assert "SMTP server unreachable" in report.summary()
+        assert sorted(m.rcpt_tos[0] for m in handler.messages) == sorted(emails)
+        assert store.digest_status_counts()[DigestStatus.SENT] == len(emails)
+
+
+def test_an_idle_exit_worker_ends_on_an_smtp_outage_with_the_reason(tmp_path: Path) -> None:
+    # a batch job (cron, CI) must not wait forever for a relay that is down
+    from smtp_helpers import RecordingHandler, free_port
+
+    port = free_port()
+    down = SmtpServer("127.0.0.1", port, RecordingHandler(), None)  # type: ignore[arg-type]
+    config, settings = settings_file(tmp_path, f"sqlite:///{tmp_path / 'digest.db'}", down)
+    with Store.open(settings.database.url) as store:
+        populate(store, settings, 3)
+    log = tmp_path / "worker.log"
+    proc = start_worker(config, log, "--idle-exit")
+    wait_all([proc], [log], timeout=60)
+    text = log.read_text()
+    assert proc.returncode == 1, text
+    assert f"127.0.0.1:{port}: cannot connect" in text and "Traceback" not in text
+    with Store.open(settings.database.url) as store:
+        assert len(store.digest_ids_by_status("queued")) == 3
+
+
+def test_send_with_the_smtp_server_down_exits_1_naming_it_and_keeps_the_queue(
+    tmp_path: Path,
+) -> None:
+    from smtp_helpers import RecordingHandler, free_port
+
+    port = free_port()
+    down = SmtpServer("127.0.0.1", port, RecordingHandler(), None)  # type: ignore[arg-type]
+    config, settings = settings_file(tmp_path, f"sqlite:///{tmp_path / 'digest.db'}", down)
+    with Store.open(settings.database.url) as store:
+        populate(store, settings, 3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    done = subprocess.run(
+        [str(DIGEST_BIN), "--config", str(config), "-q", "send", "--now"],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"127.0.0.1:{port}: cannot connect" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    with Store.open(settings.database.url) as store:
+        ids = store.digest_ids_by_status("queued")
+        assert len(ids) == 3
+        assert all(r.attempts == 0 for r in store.digest_records(ids).values())
