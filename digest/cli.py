@@ -833,7 +833,10 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
     for error in report.errors:
         print(f"error: {error}", file=ctx.err)
     ctx.print(f"deliver: {report.summary()}")
-    return 1 if report.failed or report.bounced or report.helpers_failed else 0
+    if report.unavailable:
+        print(f"error: {report.unavailable}; the digests not sent stay queued", file=ctx.err)
+    failed = report.failed or report.bounced or report.helpers_failed or report.unavailable
+    return 1 if failed else 0
 
 
 def cmd_preview(ctx: Context, args: argparse.Namespace) -> int:
@@ -956,6 +959,10 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
         print(f"warning: {error}", file=ctx.err)
     ctx.print(report.summary())
     failed = report.delivery.failed if report.delivery else 0
+    if report.delivery and report.delivery.unavailable:
+        print(f"error: {report.delivery.unavailable}; the digests not sent stay queued",
+              file=ctx.err)  # fmt: skip
+        failed = failed or 1
     return 1 if failures or failed else 0
 
 
@@ -989,7 +996,9 @@ def cmd_worker(ctx: Context, args: argparse.Namespace) -> int:
     with stop_on_signals(stop):
         report = run_worker(ctx.store, ctx.settings, options=options, stop=stop)
     ctx.print(report.summary())
-    return 1 if report.failed or report.helpers_failed else 0
+    if report.gave_up:
+        print(f"error: {report.gave_up}; the digests not sent stay queued", file=ctx.err)
+    return 1 if report.failed or report.helpers_failed or report.gave_up else 0
 
 
 def _positive_float(text: str) -> float:

@@ -14,7 +14,11 @@ Outcomes the ledger needs:
 * `send()` raises `TemporaryDeliveryError` for 4xx answers to MAIL/DATA, a dropped connection or
   a timeout (`maybe_delivered` is set when the drop came after the message data was sent),
   `PermanentDeliveryError` for a 5xx answer to DATA, and `TransportError` when our own side is
-  wrong (login refused, TLS failure, sender refused): stop sending, nobody bounced.
+  wrong (login refused, TLS failure, sender refused, a 5xx greeting): stop sending, nobody
+  bounced.
+* `ServerUnavailable` (a `TemporaryDeliveryError`) when the server cannot be reached or is not
+  accepting mail before any message (refused, unreachable, dropped, a 4xx greeting): nothing was
+  sent and no digest is to blame, so a delivery pass stops and gives its digests back untouched.
 """
 
 from __future__ import annotations
@@ -730,10 +734,10 @@ class SmtpTransport(_BaseTransport):
                 )
             else:
                 conn = smtplib.SMTP(s.host, s.port, timeout=s.timeout_seconds)
-            conn.ehlo()
+            _greeted(conn.ehlo(), conn)
             if s.security == "starttls":
                 conn.starttls(context=self._context())
-                conn.ehlo()
+                _greeted(conn.ehlo(), conn)
             if s.user:
                 conn.login(s.user, self.password or "")
         except smtplib.SMTPAuthenticationError as exc:
@@ -745,11 +749,23 @@ class SmtpTransport(_BaseTransport):
         except (ssl.SSLError, smtplib.SMTPNotSupportedError) as exc:
             raise TransportError(f"smtp {self.where}: TLS failed: {exc}") from None
         except smtplib.SMTPResponseException as exc:
-            raise _classify(exc.smtp_code, exc.smtp_error, None, f"smtp {self.where}") from None
-        except (OSError, smtplib.SMTPException) as exc:
+            # Refused before any message (a 421 greeting, a 454 to STARTTLS, a 4xx to EHLO):
+            # the server's state, not any digest's. 4xx: it is busy, try the queue later;
+            # 5xx: it will not take our mail at all (our address blocked?): ours to fix.
+            reply = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            if exc.smtp_code >= 500:
+                raise TransportError(
+                    f"smtp {self.where}: refused the connection: {reply}", code=exc.smtp_code
+                ) from None
+            raise ServerUnavailable(
+                f"smtp {self.where}: not accepting mail now: {reply}", code=exc.smtp_code
+            ) from None
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
             raise ServerUnavailable(
                 f"smtp {self.where}: cannot connect: {exc or type(exc).__name__}"
             ) from None
+        except smtplib.SMTPException as exc:  # e.g. no authentication method both know
+            raise TransportError(f"smtp {self.where}: {exc or type(exc).__name__}") from None
         self.connects += 1
         return conn
 
@@ -962,6 +978,16 @@ def _send_body(conn: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
         stuffed += b"\r\n"
     conn.send(stuffed + b".\r\n")
     return conn.getreply()
+
+
+def _greeted(reply: tuple[int, bytes], conn: smtplib.SMTP) -> None:
+    """EHLO's reply: a 4xx (busy, shutting down) is raised as smtplib does for a greeting;
+    other codes are left to smtplib (a 5xx: no ESMTP, plain SMTP goes on)."""
+    code, text = reply
+    if 400 <= code < 500:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            conn.close()
+        raise smtplib.SMTPResponseException(code, text)
 
 
 # Every message of a sender has the same envelope sender: parsed once (smtplib.quoteaddr runs

@@ -645,6 +645,9 @@ class DeliveryReport:
     bounced: int = 0
     errors: list[str] = field(default_factory=list)
     helpers_failed: int = 0  # helper processes that could not finish (see pipeline._Helpers)
+    # Why the pass stopped early because the SMTP server could not be reached ("" when it
+    # did not): the digests not sent went back to the queue untouched.
+    unavailable: str = ""
 
     def add(self, other: DeliveryReport) -> None:
         """Fold another sender's pass (a helper process's) into this one."""
@@ -654,11 +657,13 @@ class DeliveryReport:
         self.bounced += other.bounced
         self.errors.extend(other.errors)
         self.helpers_failed += other.helpers_failed
+        self.unavailable = self.unavailable or other.unavailable
 
     def summary(self) -> str:
+        stopped = f"; stopped early: {self.unavailable}" if self.unavailable else ""
         return (
             f"{self.sent} sent, {self.retried} to retry, {self.failed} failed, "
-            f"{self.bounced} bounced"
+            f"{self.bounced} bounced{stopped}"
         )
 
 
@@ -707,7 +712,15 @@ def deliver_queued(
             if not claimed:
                 break
             window = max(1, parallel) + (READ_AHEAD if threaded else 0)
-            sender.send_batch(pool, window, claimed, now + lease)
+            try:
+                sender.send_batch(pool, window, claimed, now + lease)
+            except ServerUnavailable as exc:
+                # The server cannot be reached: send_batch gave the rest of the batch back
+                # untouched. The pass stops, with what it did so far; the caller decides
+                # (a worker waits and tries again, send exits 1, the daemon's next run).
+                sender.report.unavailable = str(exc)
+                log.warning("deliver: %s; the digests not sent stay queued", exc)
+                break
     return sender.report
 
 

@@ -93,6 +93,7 @@ class Cycle:
         with self.sending(force=force):
             report.queue = self.queue(force=force)
             report.delivery = self.deliver()
+        # feeds need no SMTP server: written even when delivery stopped for want of one
         report.feeds = self.feeds(record=False)  # the queue step just recorded feed items
         return report
 
@@ -400,7 +401,7 @@ def _helper_main(
                 last = recording is None or not recording.is_set()
                 report.add(cycle.deliver(batch=batch, lease=lease, progress=count,
                                          helpers=False))  # fmt: skip
-                if last or stop.is_set():
+                if last or stop.is_set() or report.unavailable:
                     break
                 stop.wait(HELPER_POLL_SECONDS)
         _tell(results, ("done", report))

@@ -170,6 +170,11 @@ class Runtime:
         delivery = self.cycle.deliver()
         for error in delivery.errors:
             log.warning("deliver: %s", error)
+        if delivery.unavailable:
+            # nothing lost: the digests wait in the queue, and the next due run tries again
+            log.error(
+                "deliver: %s; the digests not sent wait for the next run", delivery.unavailable
+            )
         _stage(
             "deliver",
             True,

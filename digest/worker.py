@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from digest.config import Settings
-from digest.mail import ServerUnavailable, make_transport
+from digest.mail import make_transport
 from digest.outbox import Clock, DeliveryReport, utcnow, worker_name
 from digest.pipeline import Cycle, TransportFactory
 from digest.store import Store
@@ -49,6 +49,7 @@ class WorkerReport:
     bounced: int = 0
     seconds: float = 0.0
     outages: int = 0  # passes stopped because the SMTP server could not be reached
+    gave_up: str = ""  # an idle-exit worker ended by an outage: why
 
     def add(self, delivery: DeliveryReport) -> None:
         """Fold one delivery pass into the totals."""
@@ -95,28 +96,28 @@ def run_worker(
     pause = options.poll
     try:
         while not cycle.stop.is_set():
-            try:
-                delivery = cycle.deliver(
-                    transport,
-                    worker=report.name,
-                    batch=options.batch,
-                    lease=timedelta(seconds=options.lease),
-                )
-            except ServerUnavailable as exc:
-                # The server is down: the digests went back untouched. A long-running worker
-                # waits it out (backing off to OUTAGE_MAX_WAIT); an idle-exit one is a batch
-                # job, and ends with the reason.
+            delivery = cycle.deliver(
+                transport,
+                worker=report.name,
+                batch=options.batch,
+                lease=timedelta(seconds=options.lease),
+            )
+            report.add(delivery)
+            for error in delivery.errors:
+                log.warning("%s", error)
+            if delivery.unavailable:
+                # The server is down: what was not sent went back untouched. A long-running
+                # worker waits it out (backing off to OUTAGE_MAX_WAIT); an idle-exit one is a
+                # batch job, and ends with the reason.
                 report.outages += 1
                 if options.idle_exit:
-                    raise
-                log.warning("%s; trying again in %.3g s", exc, pause)
+                    report.gave_up = delivery.unavailable
+                    break
+                log.warning("%s; trying again in %.3g s", delivery.unavailable, pause)
                 cycle.stop.wait(pause)
                 pause = min(pause * 2, max(options.poll, OUTAGE_MAX_WAIT))
                 continue
             pause = options.poll
-            report.add(delivery)
-            for error in delivery.errors:
-                log.warning("%s", error)
             if delivery.sent or delivery.retried or delivery.failed or delivery.bounced:
                 log.info("pass: %s", delivery.summary())
                 continue  # the queue may have grown meanwhile: claim again before waiting

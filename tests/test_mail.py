@@ -29,6 +29,7 @@ from digest.mail import (
     OutgoingMessage,
     PermanentDeliveryError,
     RateLimiter,
+    ServerUnavailable,
     SmtpPool,
     SmtpTransport,
     TemporaryDeliveryError,
@@ -318,6 +319,56 @@ def test_connection_dropped_during_data_is_temporary_and_may_be_delivered(
 def test_connection_refused_is_temporary():
     settings = email_settings(smtp={"host": "127.0.0.1", "port": free_port()}).smtp
     with pytest.raises(TemporaryDeliveryError, match="cannot connect"):
+        SmtpTransport(settings).send(digest_message())
+
+
+def _scripted_server(lines: list[bytes]) -> tuple[socket.socket, threading.Thread]:
+    """A loopback server that answers one connection with these lines, one per line read
+    (the first is the greeting), then closes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as reader:
+            for k, line in enumerate(lines):
+                if k:
+                    reader.readline()
+                conn.sendall(line + b"\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected", "words"),
+    [
+        ([b"421 busy, try later"], ServerUnavailable, "not accepting mail now: 421"),
+        ([b"220 hi", b"421 shutting down"], ServerUnavailable, "not accepting mail now: 421"),
+        ([b"554 your address is blocked"], TransportError, "refused the connection: 554"),
+    ],
+    ids=["421-greeting", "421-to-ehlo", "554-greeting"],
+)
+def test_a_server_refusing_before_any_message_is_the_servers_state_not_a_digests(
+    lines: list[bytes], expected: type[Exception], words: str
+) -> None:
+    # No digest is to blame: a 4xx stops the pass and keeps the queue (ServerUnavailable), a
+    # 5xx is ours to fix (TransportError); neither is a retry or a bounce of one digest.
+    listener, thread = _scripted_server(lines)
+    with listener:
+        port = listener.getsockname()[1]
+        settings = email_settings(smtp={"host": "127.0.0.1", "port": port}).smtp
+        with pytest.raises(expected, match=words) as info:
+            SmtpTransport(settings).send(digest_message())
+        assert not isinstance(info.value, PermanentDeliveryError)
+        thread.join(5)
+
+
+def test_connection_refused_stops_the_pass_as_server_unavailable():
+    settings = email_settings(smtp={"host": "127.0.0.1", "port": free_port()}).smtp
+    with pytest.raises(ServerUnavailable, match="cannot connect"):
         SmtpTransport(settings).send(digest_message())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -346,6 +347,21 @@ def test_a_send_worker_does_not_load_the_matching_engine():
     assert out.stdout.strip() == "[]"
 
 
+def _dead_port() -> socket.socket:
+    """A loopback port bound but not listening (connections to it are refused), held until
+    the socket is closed, so no other test's server takes it meanwhile."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def _down_settings(tmp_path: Path, sock: socket.socket) -> tuple[Path, Settings]:
+    from smtp_helpers import RecordingHandler
+
+    down = SmtpServer("127.0.0.1", sock.getsockname()[1], RecordingHandler(), None)  # type: ignore[arg-type]
+    return settings_file(tmp_path, f"sqlite:///{tmp_path / 'digest.db'}", down)
+
+
 def test_an_smtp_outage_spends_no_retry_and_a_worker_waits_it_out(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -355,19 +371,20 @@ def test_an_smtp_outage_spends_no_retry_and_a_worker_waits_it_out(
     import threading
 
     from aiosmtpd.controller import Controller
-    from smtp_helpers import RecordingHandler, free_port
+    from smtp_helpers import RecordingHandler
 
-    from digest.mail import ServerUnavailable
     from digest.models import DigestStatus
 
-    port = free_port()
-    down = SmtpServer("127.0.0.1", port, RecordingHandler(), None)  # type: ignore[arg-type]
-    _, settings = settings_file(tmp_path, f"sqlite:///{tmp_path / 'digest.db'}", down)
+    sock = _dead_port()
+    port = sock.getsockname()[1]
+    _, settings = _down_settings(tmp_path, sock)
     with Store.open(settings.database.url) as store:
         emails = populate(store, settings, 6)
         ids = store.digest_ids_by_status("queued")
-        with pytest.raises(ServerUnavailable, match=f"127.0.0.1:{port}: cannot connect"):
-            Cycle(store, settings).deliver(helpers=False)
+        report = Cycle(store, settings).deliver(helpers=False)
+        assert f"127.0.0.1:{port}: cannot connect" in report.unavailable
+        assert (report.sent, report.retried, report.failed) == (0, 0, 0)
+        assert "stopped early" in report.summary()
         assert store.digest_ids_by_status("queued") == ids
         assert all(r.attempts == 0 for r in store.digest_records(ids).values())
         assert store.digest_status_counts()[DigestStatus.FAILED] == 0
@@ -376,20 +393,25 @@ def test_an_smtp_outage_spends_no_retry_and_a_worker_waits_it_out(
         reports: list = []
         options = WorkerOptions(poll=0.05)
         worker = threading.Thread(
-            target=lambda: reports.append(run_worker(store, settings, options=options, stop=stop))
+            target=lambda: reports.append(run_worker(store, settings, options=options, stop=stop)),
+            daemon=True,
         )
-        with caplog.at_level("WARNING", logger="digest.worker"):
-            worker.start()
-            wait_for(lambda: any("trying again" in r.getMessage() for r in caplog.records),
-                     "the worker to meet the outage")  # fmt: skip
-            handler = RecordingHandler()
+        handler = RecordingHandler()
+        controller = None
+        try:
+            with caplog.at_level("WARNING", logger="digest.worker"):
+                worker.start()
+                wait_for(lambda: any("trying again" in r.getMessage() for r in caplog.records),
+                         "the worker to meet the outage")  # fmt: skip
+            sock.close()  # the relay comes back on the same port
             controller = Controller(handler, hostname="127.0.0.1", port=port)
             controller.start()
-            try:
-                wait_for(lambda: len(handler.messages) == len(emails), "every digest sent")
-            finally:
-                stop.set()
-                worker.join(30)
+            wait_for(lambda: len(handler.messages) == len(emails), "every digest sent")
+        finally:
+            stop.set()
+            worker.join(30)
+            sock.close()
+            if controller is not None:
                 controller.stop()
         (report,) = reports
         assert report.outages >= 1 and report.sent == len(emails) and report.failed == 0
@@ -400,42 +422,60 @@ def test_an_smtp_outage_spends_no_retry_and_a_worker_waits_it_out(
 
 def test_an_idle_exit_worker_ends_on_an_smtp_outage_with_the_reason(tmp_path: Path) -> None:
     # a batch job (cron, CI) must not wait forever for a relay that is down
-    from smtp_helpers import RecordingHandler, free_port
-
-    port = free_port()
-    down = SmtpServer("127.0.0.1", port, RecordingHandler(), None)  # type: ignore[arg-type]
-    config, settings = settings_file(tmp_path, f"sqlite:///{tmp_path / 'digest.db'}", down)
-    with Store.open(settings.database.url) as store:
-        populate(store, settings, 3)
-    log = tmp_path / "worker.log"
-    proc = start_worker(config, log, "--idle-exit")
-    wait_all([proc], [log], timeout=60)
-    text = log.read_text()
-    assert proc.returncode == 1, text
-    assert f"127.0.0.1:{port}: cannot connect" in text and "Traceback" not in text
-    with Store.open(settings.database.url) as store:
-        assert len(store.digest_ids_by_status("queued")) == 3
+    with _dead_port() as sock:
+        config, settings = _down_settings(tmp_path, sock)
+        with Store.open(settings.database.url) as store:
+            populate(store, settings, 3)
+        log = tmp_path / "worker.log"
+        proc = start_worker(config, log, "--idle-exit")
+        wait_all([proc], [log], timeout=60)
+        text = log.read_text()
+        assert proc.returncode == 1, text
+        assert f"{sock.getsockname()[1]}: cannot connect" in text and "Traceback" not in text
+        with Store.open(settings.database.url) as store:
+            assert len(store.digest_ids_by_status("queued")) == 3
 
 
 def test_send_with_the_smtp_server_down_exits_1_naming_it_and_keeps_the_queue(
     tmp_path: Path,
 ) -> None:
-    from smtp_helpers import RecordingHandler, free_port
+    with _dead_port() as sock:
+        config, settings = _down_settings(tmp_path, sock)
+        with Store.open(settings.database.url) as store:
+            populate(store, settings, 3)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+        done = subprocess.run(
+            [str(DIGEST_BIN), "--config", str(config), "-q", "send", "--now"],
+            capture_output=True, text=True, timeout=60, env=env, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert f"127.0.0.1:{sock.getsockname()[1]}: cannot connect" in done.stderr, done.stderr
+        assert "stay queued" in done.stderr and "Traceback" not in done.stderr
+        with Store.open(settings.database.url) as store:
+            ids = store.digest_ids_by_status("queued")
+            assert len(ids) == 3
+            assert all(r.attempts == 0 for r in store.digest_records(ids).values())
 
-    port = free_port()
-    down = SmtpServer("127.0.0.1", port, RecordingHandler(), None)  # type: ignore[arg-type]
-    config, settings = settings_file(tmp_path, f"sqlite:///{tmp_path / 'digest.db'}", down)
-    with Store.open(settings.database.url) as store:
-        populate(store, settings, 3)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-    done = subprocess.run(
-        [str(DIGEST_BIN), "--config", str(config), "-q", "send", "--now"],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
-    )  # fmt: skip
-    assert done.returncode == 1, done.stderr
-    assert f"127.0.0.1:{port}: cannot connect" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
-    with Store.open(settings.database.url) as store:
-        ids = store.digest_ids_by_status("queued")
-        assert len(ids) == 3
-        assert all(r.attempts == 0 for r in store.digest_records(ids).values())
+
+def test_run_once_with_the_smtp_server_down_still_writes_the_feeds(tmp_path: Path) -> None:
+    # feeds need no SMTP server: a cron `run --once` during an outage writes them, keeps the
+    # email digests queued and exits 1 naming the server
+    import shutil
+
+    with _dead_port() as sock:
+        config, settings = _down_settings(tmp_path, sock)
+        with Store.open(settings.database.url) as store:
+            populate(store, settings, 2)
+        settings.inbox.dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(FIXTURES / "ingest_day2.txt", settings.inbox.dir / "ingest_day2.txt")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+        done = subprocess.run(
+            [str(DIGEST_BIN), "--config", str(config), "-q", "run", "--once"],
+            capture_output=True, text=True, timeout=120, env=env, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert "cannot connect" in done.stderr and "Traceback" not in done.stderr
+        feeds = settings.feeds.public_dir / "feeds"
+        assert (feeds / "all.rss").exists() and (feeds / "all.atom").exists(), done.stderr
+        with Store.open(settings.database.url) as store:
+            assert len(store.digest_ids_by_status("queued")) >= 2
