@@ -362,6 +362,15 @@ def _down_settings(tmp_path: Path, sock: socket.socket) -> tuple[Path, Settings]
     return settings_file(tmp_path, f"sqlite:///{tmp_path / 'digest.db'}", down)
 
 
+def _digest_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`digest --config CONFIG -q ARGS...` from the venv, without the suite's DIGEST_ vars."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    return subprocess.run(
+        [str(DIGEST_BIN), "--config", str(config), "-q", *args],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )  # fmt: skip
+
+
 def test_an_smtp_outage_spends_no_retry_and_a_worker_waits_it_out(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -443,11 +452,7 @@ def test_send_with_the_smtp_server_down_exits_1_naming_it_and_keeps_the_queue(
         config, settings = _down_settings(tmp_path, sock)
         with Store.open(settings.database.url) as store:
             populate(store, settings, 3)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-        done = subprocess.run(
-            [str(DIGEST_BIN), "--config", str(config), "-q", "send", "--now"],
-            capture_output=True, text=True, timeout=60, env=env, check=False,
-        )  # fmt: skip
+        done = _digest_cli(config, "send", "--now")
         assert done.returncode == 1, done.stderr
         assert f"127.0.0.1:{sock.getsockname()[1]}: cannot connect" in done.stderr, done.stderr
         assert "stay queued" in done.stderr and "Traceback" not in done.stderr
@@ -468,11 +473,7 @@ def test_run_once_with_the_smtp_server_down_still_writes_the_feeds(tmp_path: Pat
             populate(store, settings, 2)
         settings.inbox.dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(FIXTURES / "ingest_day2.txt", settings.inbox.dir / "ingest_day2.txt")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
-        done = subprocess.run(
-            [str(DIGEST_BIN), "--config", str(config), "-q", "run", "--once"],
-            capture_output=True, text=True, timeout=120, env=env, check=False,
-        )  # fmt: skip
+        done = _digest_cli(config, "run", "--once")
         assert done.returncode == 1, done.stderr
         assert "cannot connect" in done.stderr and "Traceback" not in done.stderr
         feeds = settings.feeds.public_dir / "feeds"
