@@ -833,10 +833,15 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
     for error in report.errors:
         print(f"error: {error}", file=ctx.err)
     ctx.print(f"deliver: {report.summary()}")
-    if report.unavailable:
-        print(f"error: {report.unavailable}; the digests not sent stay queued", file=ctx.err)
+    _say_unsent(ctx, report.unavailable)
     failed = report.failed or report.bounced or report.helpers_failed or report.unavailable
     return 1 if failed else 0
+
+
+def _say_unsent(ctx: Context, unavailable: str) -> None:
+    """The one line of a delivery stopped because the SMTP server could not be reached."""
+    if unavailable:
+        print(f"error: {unavailable}; the digests not sent stay queued", file=ctx.err)
 
 
 def cmd_preview(ctx: Context, args: argparse.Namespace) -> int:
@@ -958,11 +963,9 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     for error in report.delivery.errors if report.delivery else []:
         print(f"warning: {error}", file=ctx.err)
     ctx.print(report.summary())
-    failed = report.delivery.failed if report.delivery else 0
-    if report.delivery and report.delivery.unavailable:
-        print(f"error: {report.delivery.unavailable}; the digests not sent stay queued",
-              file=ctx.err)  # fmt: skip
-        failed = failed or 1
+    delivery = report.delivery
+    _say_unsent(ctx, delivery.unavailable if delivery else "")
+    failed = delivery is not None and bool(delivery.failed or delivery.unavailable)
     return 1 if failures or failed else 0
 
 
@@ -996,8 +999,7 @@ def cmd_worker(ctx: Context, args: argparse.Namespace) -> int:
     with stop_on_signals(stop):
         report = run_worker(ctx.store, ctx.settings, options=options, stop=stop)
     ctx.print(report.summary())
-    if report.gave_up:
-        print(f"error: {report.gave_up}; the digests not sent stay queued", file=ctx.err)
+    _say_unsent(ctx, report.gave_up)
     return 1 if report.failed or report.helpers_failed or report.gave_up else 0
 
 

@@ -660,10 +660,9 @@ class DeliveryReport:
         self.unavailable = self.unavailable or other.unavailable
 
     def summary(self) -> str:
-        stopped = f"; stopped early: {self.unavailable}" if self.unavailable else ""
         return (
             f"{self.sent} sent, {self.retried} to retry, {self.failed} failed, "
-            f"{self.bounced} bounced{stopped}"
+            f"{self.bounced} bounced"
         )
 
 
@@ -719,7 +718,6 @@ def deliver_queued(
                 # untouched. The pass stops, with what it did so far; the caller decides
                 # (a worker waits and tries again, send exits 1, the daemon's next run).
                 sender.report.unavailable = str(exc)
-                log.warning("deliver: %s; the digests not sent stay queued", exc)
                 break
     return sender.report
 

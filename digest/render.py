@@ -226,7 +226,7 @@ class Renderer:
         return RenderedDigest(subject=subject, html=html, text=text, preheader=preheader)
 
     def sections(
-        self, items: list[DigestItem], links: Links | None = None
+        self, items: list[DigestItem], links: Links
     ) -> tuple[list[SectionView], list[str]]:
         """Items grouped under their best topic; sections ordered by their best item."""
         by_topic: dict[str, SectionView] = {}
@@ -251,9 +251,9 @@ class Renderer:
         self._papers[paper.id] = (paper, view)
         return view
 
-    def item(self, number: int, item: DigestItem, links: Links | None = None) -> ItemView:
-        """One paper of one digest, with this subscriber's highlights, reasons and (given
-        `links`) feedback URLs."""
+    def item(self, number: int, item: DigestItem, links: Links) -> ItemView:
+        """One paper of one digest, with this subscriber's highlights, reasons and feedback
+        URLs."""
         view = self.paper_view(item.paper)
         match = item.match
         title = self._mark(view.title_escaped, match.title_spans, len(view.title))
@@ -263,10 +263,7 @@ class Renderer:
             text_title = f"{number}. {view.text_title[3 if number < 10 else 4 :]}"
         else:
             text_title = wrap(view.title, TEXT_WIDTH, f"{number}. ", "    ")
-        feedback = None
-        if links is not None and links.feedback is not None:
-            best = match.topics[0] if match.topics else None
-            feedback = links.feedback.urls(match.paper_id, best)
+        feedback = links.feedback_urls(match.paper_id, match.topics[0] if match.topics else None)
         return ItemView(
             number, view, text_title, title, abstract, matched_html, text_matched, match,
             item.rising, feedback,

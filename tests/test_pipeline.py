@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -368,30 +371,45 @@ def test_a_helper_whose_parent_is_gone_ends_quietly(
     assert "Traceback" not in err and "BrokenPipeError" not in err
 
 
+@contextlib.contextmanager
+def _early_helpers(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    handler: RecordingHandler,
+    around_page: Callable[..., None],
+) -> Iterator[tuple[SmtpServer, Settings]]:
+    """An SMTP server and settings for one early helper: the queue stage records pages of 2
+    digests, each through around_page(record_page, *args)."""
+    from digest import outbox
+
+    server = start_server(handler, pipelining=True)
+    try:
+        settings = _settings(tmp_path, server, processes=2)
+        monkeypatch.setattr(pipeline, "HELPER_MIN_QUEUED", 1)
+        monkeypatch.setattr(outbox, "QUEUE_CHUNK", 2)  # a page of 2 digests, recorded at once
+        record_page = outbox._queue_page
+        monkeypatch.setattr(outbox, "_queue_page", functools.partial(around_page, record_page))
+        yield server, settings
+    finally:
+        server.controller.stop()
+
+
 @pytest.mark.slow
 def test_early_helpers_send_pages_while_the_queue_stage_records_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A send starts its helpers before the queue stage: they send each page as it is recorded,
     # and deliver() takes them over; every digest still goes once.
-    from digest import outbox
+    pages: list[int] = []
 
-    server = start_server(_SlowHandler(), pipelining=True)
-    try:
-        settings = _settings(tmp_path, server, processes=2)
-        monkeypatch.setattr(pipeline, "HELPER_MIN_QUEUED", 1)
-        monkeypatch.setattr(outbox, "QUEUE_CHUNK", 2)  # a page of 2 digests, recorded at once
-        real_page = outbox._queue_page
-        pages: list[int] = []
+    def slow_page(record_page: Callable[..., None], *args: object) -> None:
+        # a long queue stage whose first page comes after the helper has started and found
+        # nothing to send: it must keep looking until the stage is over
+        time.sleep(3.0 if not pages else 0.2)
+        pages.append(1)
+        record_page(*args)
 
-        def slow_page(*args: object) -> None:
-            # a long queue stage whose first page comes after the helper has started and found
-            # nothing to send: it must keep looking until the stage is over
-            time.sleep(3.0 if not pages else 0.2)
-            pages.append(1)
-            real_page(*args)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(outbox, "_queue_page", slow_page)
+    with _early_helpers(tmp_path, monkeypatch, _SlowHandler(), slow_page) as (server, settings):
         with Store.open(settings.database.url) as store:
             people = _readers(store, settings, 20)
             cycle = Cycle(store, settings)
@@ -409,8 +427,6 @@ def test_early_helpers_send_pages_while_the_queue_stage_records_the_rest(
         received = _received(server)
         assert sorted(r for r, _ in received) == sorted(people)
         assert set(received.values()) == {1}
-    finally:
-        server.controller.stop()
 
 
 @pytest.mark.slow
@@ -420,21 +436,14 @@ def test_the_daemon_reports_what_early_helpers_sent_when_they_emptied_the_queue(
     # the helpers send every page while the queue stage is still going (each page is followed
     # by more work): when it ends nothing is pending, and the due step must still take the
     # helpers over and report their sends
-    from digest import outbox
     from digest.scheduler import Runtime
 
-    server = start_server(RecordingHandler(), pipelining=True)
-    try:
-        settings = _settings(tmp_path, server, processes=2)
-        monkeypatch.setattr(pipeline, "HELPER_MIN_QUEUED", 1)
-        monkeypatch.setattr(outbox, "QUEUE_CHUNK", 2)
-        real_page = outbox._queue_page
+    def page_then_more(record_page: Callable[..., None], *args: object) -> None:
+        record_page(*args)
+        time.sleep(2.5)  # the helper sends this page meanwhile
 
-        def page_then_more(*args: object) -> None:
-            real_page(*args)  # type: ignore[arg-type]
-            time.sleep(2.5)  # the helper sends this page meanwhile
-
-        monkeypatch.setattr(outbox, "_queue_page", page_then_more)
+    handler = RecordingHandler()
+    with _early_helpers(tmp_path, monkeypatch, handler, page_then_more) as (server, settings):
         with Store.open(settings.database.url) as store:
             people = _readers(store, settings, 4)
             runtime = Runtime(settings, store)
@@ -444,8 +453,6 @@ def test_the_daemon_reports_what_early_helpers_sent_when_they_emptied_the_queue(
             assert delivery is not None and (delivery.sent, delivery.errors) == (4, [])
             assert store.digest_status_counts()["sent"] == 4
         assert sorted(r for r, _ in _received(server)) == sorted(people)
-    finally:
-        server.controller.stop()
 
 
 def test_early_helpers_stop_when_nothing_is_delivered(

@@ -523,7 +523,7 @@ def test_paper_templates_may_place_the_item_fields_in_any_order(tmp_path):
     links = make_links(settings, digest.subscriber)
     renderer = Renderer(settings)
     out = renderer.render(digest, links)
-    first = renderer.sections(digest.items[:1])[0][0].items[0]
+    first = renderer.sections(digest.items[:1], links)[0][0].items[0]
     assert first.text_title.startswith("1.  Nemotron-Flash")  # numbers align in 4 columns
     assert f"[{first.text_matched}] {first.paper.url} [{first.text_title}]\n" in out.text
     html_part = f"<i>{first.matched_html}</i><b>{first.abstract_html}</b><u>{first.title_html}</u>"

@@ -393,7 +393,6 @@ def test_an_smtp_outage_spends_no_retry_and_a_worker_waits_it_out(
         report = Cycle(store, settings).deliver(helpers=False)
         assert f"127.0.0.1:{port}: cannot connect" in report.unavailable
         assert (report.sent, report.retried, report.failed) == (0, 0, 0)
-        assert "stopped early" in report.summary()
         assert store.digest_ids_by_status("queued") == ids
         assert all(r.attempts == 0 for r in store.digest_records(ids).values())
         assert store.digest_status_counts()[DigestStatus.FAILED] == 0
