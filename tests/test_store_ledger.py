@@ -131,6 +131,57 @@ def test_recorded_instants_compare_equal_in_sql_and_ids_follow_the_database(
     )  # fmt: skip
 
 
+def test_a_plan_naming_no_such_paper_or_subscriber_records_nothing_of_its_page(
+    store: Store,
+) -> None:
+    # the page's parents are checked in bulk (ledger._check_parents; on SQLite instead of per
+    # row): a missing paper or subscriber refuses the whole page with a clear error, and the
+    # SQLite connection goes back to the pool with its foreign keys on
+    import pytest
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from digest.errors import StoreError
+
+    a, b = (_subscriber(store, f"{n}@example.org", "daily") for n in "ab")
+    (p1,) = _papers(store, 1)
+    item = LedgerItem(paper_id=p1, topics=("T",), terms=("paper",), score=1.0)
+    ghost = LedgerItem(paper_id=p1 + 1000, topics=("T",), terms=("x",), score=0.5)
+
+    def plan(sid: int, items: list[LedgerItem], extra: tuple = ()) -> PlanProgress:
+        return PlanProgress(sid, DigestKind.EMAIL, items, p1, T0, T0 + timedelta(days=1),
+                            extra=extra)  # fmt: skip
+
+    def record(plans: list[PlanProgress]) -> dict[int, int]:
+        return store.record_plans(plans, now=T0, message_id=lambda i: f"<{i}@x>")
+
+    bad = (
+        [plan(a, [item]), plan(b, [item, ghost])],  # a paper that is not stored
+        [plan(a, [item]), plan(b, [item], extra=(ghost,))],  # nor in the extras
+        [plan(a, [item]), plan(b + 1000, [item])],  # a subscriber that is not
+    )
+    for plans, missing in zip(bad, ("paper", "paper", "subscriber"), strict=True):
+        with pytest.raises(
+            StoreError,
+            match=f"no such {missing} \\(id {p1 + 1000 if missing == 'paper' else b + 1000}\\)",
+        ):
+            record(plans)
+        with store.engine.connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM digests")) == 0
+            assert conn.scalar(text("SELECT count(*) FROM deliveries")) == 0
+            assert conn.scalar(text("SELECT count(*) FROM digest_extras")) == 0
+    assert {s.subscriber.id: s.watermark for s in store.subscribers_for_delivery()} == {
+        a: 0, b: 0
+    }  # fmt: skip
+    assert len(record([plan(a, [item]), plan(b, [item])])) == 2
+    if store.dialect == "sqlite":  # every pooled connection enforces foreign keys again
+        for _ in range(3):
+            with pytest.raises(IntegrityError), store.engine.begin() as conn:
+                conn.execute(text("INSERT INTO deliveries (subscriber_id, paper_id, "
+                                  "delivered_at) VALUES (:s, :p, '2026-01-01')"),
+                             {"s": a, "p": p1 + 1000})  # fmt: skip
+
+
 def test_subscriber_history_lists_sent_email_digests_as_records(store: Store) -> None:
     sid = _subscriber(store, "mail@example.org", "instant")
     p1, p2 = _papers(store, 2)

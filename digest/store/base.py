@@ -27,12 +27,28 @@ class StoreBase:
         self.dialect = engine.dialect.name
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+    def _write(self, *, foreign_keys: bool = True) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE).
+
+        foreign_keys=False (SQLite only): the transaction's rows are not checked one by one
+        against their parents; the caller checks them in bulk before it ends (a pragma that
+        only holds between transactions, so it is set before BEGIN and put back after)."""
         with self.engine.connect() as conn:
             conn = conn.execution_options(digest_write=True)
-            with conn.begin():
-                yield conn
+            raw = None
+            if not foreign_keys and self.dialect == "sqlite":
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                raw.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if raw is not None:
+                    try:
+                        raw.execute("PRAGMA foreign_keys=ON")
+                    except Exception:  # never hand a pooled connection on without them
+                        conn.invalidate()
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
