@@ -29,6 +29,7 @@ import contextlib
 import functools
 import hashlib
 import itertools
+import logging
 import mailbox
 import os
 import re
@@ -56,6 +57,8 @@ from digest.links import Links
 from digest.models import Digest
 from digest.render import RenderedDigest
 from digest.text import clean_text, one_line
+
+log = logging.getLogger(__name__)
 
 CRLF = "\r\n"
 
@@ -722,6 +725,11 @@ class SmtpTransport(_BaseTransport):
     def where(self) -> str:
         return f"{self.smtp.host}:{self.smtp.port}"
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open (it may still turn out dropped on next use)."""
+        return self._conn is not None
+
     def _context(self) -> ssl.SSLContext:
         return self.ssl_context or ssl.create_default_context()
 
@@ -1000,7 +1008,15 @@ class _StaleConnection(Exception):
 
 
 class SmtpPool(_BaseTransport):
-    """N persistent SMTP connections used from N threads, sharing one rate limit."""
+    """N persistent SMTP connections used from N threads, sharing one rate limit.
+
+    A connection the server refuses (ServerUnavailable, e.g. a cap on connections per client)
+    while another is open is set aside for ASIDE_SECONDS (or until the pool is closed), and
+    its message goes out on another: delivery goes on with fewer connections. Only when none
+    can be opened is the server unavailable.
+    """
+
+    ASIDE_SECONDS = 60.0
 
     overlap = True
 
@@ -1023,19 +1039,46 @@ class SmtpPool(_BaseTransport):
         ]
         self._free: deque[SmtpTransport] = deque(self.transports)
         self._cond = threading.Condition()
+        # (when to try again, connection) for those refused while others were open
+        self.set_aside: deque[tuple[float, SmtpTransport]] = deque()
 
     def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:
         """Send on a free connection (waits for one); safe from many threads."""
-        with self._cond:
-            while not self._free:
-                self._cond.wait()
-            transport = self._free.popleft()
-        try:
-            return transport.send(msg)
-        finally:
+        while True:
+            with self._cond:
+                aside = self.set_aside
+                while aside and aside[0][0] <= time.monotonic():
+                    self._free.appendleft(aside.popleft()[1])  # tried first
+                while not self._free:
+                    self._cond.wait()
+                transport = self._free.popleft()
+            try:
+                result = transport.send(msg)
+            except ServerUnavailable as exc:
+                # raised only while connecting, before any of this message went out
+                with self._cond:
+                    # another open, or in use (its thread may be opening it now): go on with
+                    # it; none: the server takes no connection from us at all
+                    aside_now = {id(t) for _, t in aside}
+                    others = [t for t in self.transports
+                              if t is not transport and id(t) not in aside_now]  # fmt: skip
+                    free = {id(t) for t in self._free}
+                    if not any(t.connected or id(t) not in free for t in others):
+                        self._free.append(transport)
+                        self._cond.notify()
+                        raise
+                    aside.append((time.monotonic() + self.ASIDE_SECONDS, transport))
+                log.warning("%s; going on with the connections already open", exc)
+                continue
+            except BaseException:
+                with self._cond:
+                    self._free.append(transport)
+                    self._cond.notify()
+                raise
             with self._cond:
                 self._free.append(transport)
                 self._cond.notify()
+            return result
 
     def send_many(self, messages: Iterable[OutgoingMessage]) -> Iterator[Delivery]:
         """Send over all connections at once; yields outcomes in input order."""
@@ -1049,9 +1092,12 @@ class SmtpPool(_BaseTransport):
                 yield window.popleft().result()
 
     def close(self) -> None:
-        """Close every connection."""
+        """Close every connection; those set aside are tried again on next use."""
         for t in self.transports:
             t.close()
+        with self._cond:
+            self._free.extend(t for _, t in self.set_aside)
+            self.set_aside.clear()
 
 
 def make_transport(

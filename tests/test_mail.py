@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import email
 import io
@@ -423,6 +424,43 @@ def test_pool_sends_over_n_connections_exactly_once(smtp_server: SmtpServer):
     assert got == sorted(f"r{i}@example.org" for i in range(40))
     assert 1 < len({m.session for m in smtp_server.handler.messages}) <= 4
     assert sum(t.connects for t in pool.transports) <= 4
+
+
+def test_pool_goes_on_with_the_connections_the_server_lets_it_open(smtp_server: SmtpServer):
+    # a server that refuses some of the pool's connections (a cap per client): their messages
+    # go out on the open ones, each once, and the refused ones are tried again later; when no
+    # connection opens at all, the server is unavailable
+    dead = socket.socket()  # bound, not listening: a connection to it is refused
+    dead.bind(("127.0.0.1", 0))
+    try:
+        settings = smtp_server.settings(connections=4)
+        refused = dataclasses.replace(settings, port=dead.getsockname()[1])
+        pool = SmtpPool(settings)
+        pool.transports[1:3] = [SmtpTransport(refused, limiter=pool.transports[0].limiter)
+                                for _ in range(2)]  # fmt: skip
+        pool._free = collections.deque(pool.transports)
+        messages = [message_to(f"r{i}@example.org", digest_id=i) for i in range(30)]
+        try:
+            outcomes = list(pool.send_many(messages))
+            assert [o.message for o in outcomes] == messages
+            assert all(o.result is not None and o.result.ok for o in outcomes), [
+                str(o.error) for o in outcomes if o.error
+            ]
+            got = sorted(r for m in smtp_server.handler.messages for r in m.rcpt_tos)
+            assert got == sorted(f"r{i}@example.org" for i in range(30))  # each once
+            assert sorted(pool.transports.index(t) for _, t in pool.set_aside) == [1, 2]
+            pool.set_aside[0] = (0.0, pool.set_aside[0][1])  # its wait is over
+            assert pool.send(message_to("again@example.org", digest_id=99)).ok
+            assert len(pool.set_aside) == 2  # tried again, refused again, set aside again
+        finally:
+            pool.close()
+        assert not pool.set_aside and len(pool._free) == 4
+        alone = SmtpPool(refused)
+        with pytest.raises(ServerUnavailable):
+            alone.send(message_to("x@example.org", digest_id=1))
+        alone.close()
+    finally:
+        dead.close()
 
 
 def test_send_many_reports_failures_without_stopping(smtp_server: SmtpServer):
