@@ -1041,15 +1041,25 @@ class SmtpPool(_BaseTransport):
         self._cond = threading.Condition()
         # (when to try again, connection) for those refused while others were open
         self.set_aside: deque[tuple[float, SmtpTransport]] = deque()
+        # when the pool last found no connection it could open, and why
+        self._down: tuple[float, ServerUnavailable] | None = None
 
     def send(self, msg: OutgoingMessage | EmailMessage) -> SendResult:
         """Send on a free connection (waits for one); safe from many threads."""
+        refused_at: float | None = None  # this message's connection was refused then
         while True:
             with self._cond:
                 aside = self.set_aside
                 while aside and aside[0][0] <= time.monotonic():
                     self._free.appendleft(aside.popleft()[1])  # tried first
-                while not self._free:
+                while True:
+                    # the server turned out to take no connection after this one was refused:
+                    # no retry on the others (each would wait out its own connect)
+                    down = self._down
+                    if refused_at is not None and down is not None and down[0] >= refused_at:
+                        raise ServerUnavailable(str(down[1]))
+                    if self._free:
+                        break
                     self._cond.wait()
                 transport = self._free.popleft()
             try:
@@ -1058,16 +1068,21 @@ class SmtpPool(_BaseTransport):
                 # raised only while connecting, before any of this message went out
                 with self._cond:
                     # another open, or in use (its thread may be opening it now): go on with
-                    # it; none: the server takes no connection from us at all
+                    # it; none: the server takes no connection from us at all, and every
+                    # connection is given back for the next pass
                     aside_now = {id(t) for _, t in aside}
                     others = [t for t in self.transports
                               if t is not transport and id(t) not in aside_now]  # fmt: skip
                     free = {id(t) for t in self._free}
                     if not any(t.connected or id(t) not in free for t in others):
+                        self._down = (time.monotonic(), exc)
                         self._free.append(transport)
-                        self._cond.notify()
+                        self._free.extend(t for _, t in aside)
+                        aside.clear()
+                        self._cond.notify_all()
                         raise
-                    aside.append((time.monotonic() + self.ASIDE_SECONDS, transport))
+                    refused_at = time.monotonic()
+                    aside.append((refused_at + self.ASIDE_SECONDS, transport))
                 log.warning("%s; going on with the connections already open", exc)
                 continue
             except BaseException:

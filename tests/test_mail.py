@@ -455,7 +455,10 @@ def test_pool_goes_on_with_the_connections_the_server_lets_it_open(smtp_server: 
         finally:
             pool.close()
         assert not pool.set_aside and len(pool._free) == 4
-        alone = SmtpPool(refused)
+        alone = SmtpPool(refused)  # none opens: every message says so, none waits for a retry
+        outcomes = list(alone.send_many([message_to(f"x{i}@example.org", i) for i in range(8)]))
+        assert all(isinstance(o.error, ServerUnavailable) for o in outcomes)
+        assert not alone.set_aside and len(alone._free) == 4  # all back for the next pass
         with pytest.raises(ServerUnavailable):
             alone.send(message_to("x@example.org", digest_id=1))
         alone.close()

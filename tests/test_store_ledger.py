@@ -174,7 +174,7 @@ def test_a_plan_naming_no_such_paper_or_subscriber_records_nothing_of_its_page(
         a: 0, b: 0
     }  # fmt: skip
     assert len(record([plan(a, [item]), plan(b, [item])])) == 2
-    if store.dialect == "sqlite":  # every pooled connection enforces foreign keys again
+    if store.dialect == "sqlite":  # the pooled connection enforces foreign keys again
         for _ in range(3):
             with pytest.raises(IntegrityError), store.engine.begin() as conn:
                 conn.execute(text("INSERT INTO deliveries (subscriber_id, paper_id, "

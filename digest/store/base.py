@@ -45,9 +45,14 @@ class StoreBase:
                     yield conn
             finally:
                 if raw is not None:
+                    # never hand a pooled connection on without them (the pragma is a silent
+                    # no-op inside a transaction a failed rollback left open: read it back)
                     try:
                         raw.execute("PRAGMA foreign_keys=ON")
-                    except Exception:  # never hand a pooled connection on without them
+                        on = raw.execute("PRAGMA foreign_keys").fetchone() == (1,)
+                    except Exception:
+                        on = False
+                    if not on:
                         conn.invalidate()
 
     @contextlib.contextmanager
