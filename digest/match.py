@@ -32,6 +32,7 @@ import numba
 import numpy as np
 
 from digest import text as textmod
+from digest.arrays import ranges
 from digest.errors import QueryError
 from digest.gcutil import gc_paused
 from digest.highlight import indexed_spans, merge_spans, positions
@@ -148,15 +149,6 @@ def _field_tables(
         (tkeys, ttf.astype(np.float64), zt),
         (akeys, za, atf.astype(np.float64)),
     )
-
-
-def _ranges(lo: np.ndarray, cnt: np.ndarray) -> np.ndarray:
-    """The concatenation of arange(lo[k], lo[k] + cnt[k]) for every k."""
-    total = int(cnt.sum())
-    if not total:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.cumsum(cnt) - cnt
-    return np.arange(total, dtype=np.int64) - np.repeat(starts - lo, cnt)
 
 
 def _count_phrase(stems: tuple[str, ...], phrase: tuple[str, ...]) -> int:
@@ -567,7 +559,7 @@ class PaperIndex:
             k = np.asarray(keys, dtype=np.int64) * n
             lo = np.searchsorted(tkeys, k)
             cnt = np.searchsorted(tkeys, k + n) - lo
-            idx = _ranges(lo, cnt)
+            idx = ranges(lo, cnt)
             papers = tkeys[idx] - np.repeat(k, cnt)
             groups.append((np.asarray(lj, dtype=np.int64), cnt, papers, ttf[idx], atf[idx]))
         if slow:
@@ -581,7 +573,7 @@ class PaperIndex:
         tt = np.empty(len(papers), dtype=np.float64)
         ta = np.empty(len(papers), dtype=np.float64)
         for leaf_pos, counts, gp, gt, ga in groups:
-            dest = _ranges(ptr[leaf_pos], counts)
+            dest = ranges(ptr[leaf_pos], counts)
             papers[dest], tt[dest], ta[dest] = gp, gt, ga
         leaf_of = np.repeat(np.arange(nl, dtype=np.int64), per_leaf)
         size = self.size
@@ -1405,14 +1397,14 @@ class Matches(Mapping[int, MatchList]):
     def _ranked_ids(self, batch: _Batch) -> dict[int, list[int]]:
         ids = self.index.ids
         kept = batch.kept
-        flat = ids[batch.paper[_ranges(batch.start, kept)]].tolist()
+        flat = ids[batch.paper[ranges(batch.start, kept)]].tolist()
         off = (np.cumsum(kept) - kept).tolist()
         end = np.cumsum(kept).tolist()
         out = {sid: flat[off[q] : end[q]] for sid, q in self._single.items()}
         if self._multi:
             # past each list's end the arrays hold unwritten slots: only the lists are read
             lo, hi = np.asarray(self.multi_lo), np.asarray(self.multi_hi)
-            multi = ids[self.multi_paper[_ranges(lo, hi - lo)]].tolist()
+            multi = ids[self.multi_paper[ranges(lo, hi - lo)]].tolist()
             a = (np.cumsum(hi - lo) - (hi - lo)).tolist()
             b = np.cumsum(hi - lo).tolist()
             out.update({sid: multi[a[k] : b[k]] for sid, k in self._multi.items()})

@@ -18,8 +18,8 @@ import functools
 import hashlib
 import itertools
 import marshal
-import operator
 import re
+import struct
 import sys
 import threading
 import unicodedata
@@ -781,15 +781,31 @@ def _program(
 # ---------------------------------------------------------------- the stored compiled form
 #
 # A topic's compiled query is kept with the topic when it is saved (topics.compiled), so a
-# fresh process does not parse every distinct query again (~80 µs each): the form is decoded
-# in a few µs instead. Layout: FORM_KEY (4 bytes), a CRC-32 of the body (4 bytes), then the
-# body, a marshal of plain tuples (see encode_query). marshal is not safe on damaged bytes (a
-# flipped byte can make a tuple that holds itself, whose hash overflows the C stack), so no
-# body is unmarshalled before its CRC matches. Anything that does not decode to a form of this
-# compiler for this very text is None, and the caller compiles the text afresh.
+# fresh process does not parse every distinct query again (~80 µs each). A cycle decodes its
+# ~100k distinct forms as one batch, in numpy: the forms are joined, their headers, texts,
+# programs and key hashes read as arrays, and only the keys the process has not met yet are
+# unmarshalled, each once; what is left per query is making its Query.
+#
+# Layout (little-endian, the whole a multiple of 8 bytes so every array is aligned):
+#   FORM_KEY (4) | keys, program words, text bytes, key bytes, tree bytes (5 x u32)
+#   | a stable 64-bit hash per key (u64 each, see _key_hash)
+#   | the program template (i32 each; each leaf id blank, -1, filled in order when decoded)
+#   | per key how its code is made of the leaf id (u8: 0 a term, the id; 2 a literal, id << 1;
+#     3 a negated literal, id << 1 | 1)
+#   | the query text (UTF-8) | the keys (a marshal, read only for the keys new to a process)
+#   | the tree (a marshal, read only when asked for: Query._parts)
+#   | zeros to the next multiple of 8, less 4 | the CRC-32 of all before (u32)
+# marshal is not safe on damaged bytes (a flipped byte can make a tuple that holds itself,
+# whose hash overflows the C stack), so no form is read before its CRC matches; anything that
+# does not decode to a form of this compiler for this very text is None, and the caller
+# compiles the text afresh. A hash stands for its key in the whole process (the first form
+# that brings it names the key): two distinct keys with one hash would share a leaf, at 64
+# bits ~3e-10 for 100k distinct keys. That a form's keys are those its hashes were made of is
+# the writer's to keep (encode_query, tested), not checked at read: it would cost ~10% of a
+# cold batch, and a sound CRC says the bytes are as encode_query wrote them.
 
 # Bump when the layout of a form changes.
-FORM_VERSION = 3
+FORM_VERSION = 4
 
 
 def _compiler_source() -> bytes:
@@ -815,35 +831,55 @@ FORM_KEY = hashlib.blake2b(
     digest_size=4,
 ).digest()
 _GROUP_KINDS = frozenset(("and", "or", "m"))
+_HEAD = struct.Struct("<4s5I")  # FORM_KEY; keys, program words, text, key and tree bytes
+_RESIDUE = 0x2144DF1C  # zlib.crc32 of any bytes followed by their own CRC-32, little-endian
+_utf8 = functools.partial(str.encode, encoding="utf-8", errors="surrogatepass")
 
 
-def seal_form(body: bytes) -> bytes:
-    """A stored form of this compiler around a marshalled body: FORM_KEY, the body's CRC-32
-    (little-endian), the body."""
-    return FORM_KEY + zlib.crc32(body).to_bytes(4, "little") + body
+class FormLayers(NamedTuple):
+    """A stored form's layers, as encode_query writes them and assemble_form seals them."""
+
+    hashes: bytes  # u64 per key
+    template: bytes  # i32 per program word
+    flags: bytes  # u8 per key
+    text: bytes  # UTF-8
+    keys: bytes  # marshal of the keys (see _key), read for the keys new to a process
+    tree: bytes  # marshal of (table, root, terms, literals, conj_sizes, clause_sizes)
 
 
-def _form_body(form: bytes | None) -> memoryview | None:
-    """A stored form's body when the form is of this compiler and its CRC matches (None:
-    missing, stale or damaged: never unmarshalled)."""
-    if not form or form[:4] != FORM_KEY:
+def assemble_form(layers: FormLayers) -> bytes:
+    """The stored form of these layers: header, layers, padding and CRC (see the layout)."""
+    head = _HEAD.pack(FORM_KEY, len(layers.flags), len(layers.template) // 4,
+                      len(layers.text), len(layers.keys), len(layers.tree))  # fmt: skip
+    body = b"".join((head, *layers))
+    body += bytes(-(len(body) + 4) % 8)
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def form_layers(form: bytes | None) -> FormLayers | None:
+    """A stored form's layers when it is a sound form of this compiler (None: missing, stale,
+    damaged)."""
+    if not form or len(form) < _HEAD.size + 8 or len(form) & 7:
         return None
-    body = memoryview(form)[8:]
-    if zlib.crc32(body) != int.from_bytes(form[4:8], "little"):
+    if zlib.crc32(form) != _RESIDUE:
         return None
-    return body
+    key, nkeys, nprog, ntext, nkeyset, ntree = _HEAD.unpack_from(form)
+    sizes = (8 * nkeys, 4 * nprog, nkeys, ntext, nkeyset, ntree)
+    ends = list(itertools.accumulate(sizes, initial=_HEAD.size))
+    if key != FORM_KEY or not 0 <= len(form) - 4 - ends[-1] < 8:
+        return None
+    return FormLayers(*(bytes(form[a:b]) for a, b in itertools.pairwise(ends)))
 
 
 def _form_text(form: bytes) -> str | None:
     """The query text a stored form was written for (None: not a readable form)."""
-    body = _form_body(form)
-    if body is None:
+    layers = form_layers(form)
+    if layers is None:
         return None
     try:
-        text = marshal.loads(body)[0]
-    except Exception:
+        return layers.text.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
         return None
-    return text if text.__class__ is str else None
 
 
 def _key(node: Node) -> object:
@@ -859,22 +895,39 @@ def _key(node: Node) -> object:
     return tuple(node)
 
 
+def _canonical(key: Any) -> str:
+    """A key as text that is the same in every process (a frozenset's order is not)."""
+    if key.__class__ is tuple:
+        return "(" + ",".join(map(_canonical, key)) + ")"
+    if key.__class__ is frozenset:
+        return "{" + ",".join(sorted(map(_canonical, key))) + "}"
+    return repr(key)
+
+
+def _key_hash(key: object) -> int:
+    """A key's stable 64-bit hash, as its form stores it."""
+    digest = hashlib.blake2b(_utf8(_canonical(key)), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+_new_tuple = tuple.__new__
+
+
 def _node_of(key: Any) -> Node:
     """The Node a _key stands for."""
     if key.__class__ is str:
-        return Node("t", None, key)
+        return _new_tuple(Node, ("t", None, key))  # Node's own __new__ is a Python call
     if len(key) == 3:
-        return Node(*key)
+        return _new_tuple(Node, key)
     if key[0] == "not":
-        return Node("not", None, _node_of(key[1]))
-    return Node(key[0], None, frozenset(map(_node_of, key[1])))
+        return _new_tuple(Node, ("not", None, _node_of(key[1])))
+    return _new_tuple(Node, (key[0], None, frozenset(map(_node_of, key[1]))))
 
 
 def encode_query(query: Query) -> bytes:
-    """The query's stored form, in two layers: what the batch matcher reads (the keys of its
-    terms and literals, which literals are negated, and its program with each leaf id left
-    blank, -1), and the tree (its nodes as a table of plain tuples, children by position;
-    terms and literals by position), a marshal of its own decoded only when it is read."""
+    """The query's stored form (see the layout above): what the batch matcher reads (its keys'
+    hashes, its program with each leaf id left blank, how each blank is filled) and the tree
+    (its nodes as a table of plain tuples, children by position), read only when asked for."""
     table: list[object] = []
     at: dict[Node, int] = {}
 
@@ -899,31 +952,29 @@ def encode_query(query: Query) -> bytes:
     root = ref(query.root)
     terms = tuple(map(ref, query.terms))
     lits = tuple(ref(x) << 1 | n for x, n in zip(query.literals, query.negated, strict=True))
+    # the blanks' keys in order: the terms' ids, then the literals' codes, as _program writes
+    keys = (*map(_key, query.terms), *map(_key, query.literals))
     tree = marshal.dumps(
         cast(Any, (tuple(table), root, terms, lits, query.conj_sizes, query.clause_sizes)), 4
     )
-    # the program's leaf ids are the process's own (leaf_id): blanks, filled in order when
-    # decoded (the terms' ids, then the literals' codes, as _program writes them)
-    program = array.array("q", query.program)
-    pos = 1 + len(query.terms)
-    program[1:pos] = array.array("q", [-1] * len(query.terms))
-    pos += 1
+    # the program's leaf ids are the process's own (leaf_id): blanks
+    program = list(array.array("q", query.program))
+    program[1 : 1 + len(query.terms)] = [-1] * len(query.terms)
+    pos = 2 + len(query.terms)
     for nconj in query.clause_sizes:
         pos += 1
         for _ in range(nconj):
             nlits = program[pos]
-            program[pos + 1 : pos + 1 + nlits] = array.array("q", [-1] * nlits)
+            program[pos + 1 : pos + 1 + nlits] = [-1] * nlits
             pos += 1 + nlits
-    template = array.array("i", program).tobytes()
-    # the blanks' keys in order, and per blank how its code is made of the leaf id: 0 a term
-    # (the id), 2 a literal (id << 1), 3 a negated literal (id << 1 | 1)
-    keys = (*map(_key, query.terms), *map(_key, query.literals))
-    flags = bytes([0] * len(query.terms) + [2 | n for n in query.negated])
-    body = (keys, flags, template, tree)
-    return seal_form(marshal.dumps(cast(Any, (query.text, *body)), 4))
-
-
-_new_tuple = tuple.__new__
+    return assemble_form(FormLayers(
+        hashes=struct.pack(f"<{len(keys)}Q", *map(_key_hash, keys)),
+        template=struct.pack(f"<{len(program)}i", *program),
+        flags=bytes([0] * len(query.terms) + [2 | n for n in query.negated]),
+        text=_utf8(query.text),
+        keys=marshal.dumps(cast(Any, keys), 4),
+        tree=tree,
+    ))  # fmt: skip
 
 
 def decode_query(text: str, form: bytes | None) -> Query | None:
@@ -932,95 +983,137 @@ def decode_query(text: str, form: bytes | None) -> Query | None:
     return decode_queries([text], [form])[0]
 
 
+class _Unsound(Exception):
+    """A form of the batch whose sound CRC hides an unsound body (a buggy writer's)."""
+
+
 def decode_queries(texts: Sequence[str], forms: Sequence[bytes | None]) -> list[Query | None]:
-    """decode_query for a batch (a cycle's distinct queries): every form's leaf keys looked up
-    at once and the programs filled in one numpy pass; the trees are left in their forms until
-    read (Query._parts), so what is done per query is a few slices and one marshal.loads."""
-    out: list[Query | None] = [None] * len(texts)
-    done: list[tuple[int, str, bytes]] = []
-    keys: list[object] = []
-    flags: list[bytes] = []
-    templates: list[bytes] = []
-    loads, blank, body_of = marshal.loads, _BLANK, _form_body
-    for k, form in enumerate(forms):
-        body = body_of(form)
-        if body is None:
-            continue
-        try:
-            # the form carries its text: a topic's text changed without its form is no match
-            text, form_keys, form_flags, template, tree = loads(body)
-            if text != texts[k]:
-                continue
-            # whole int32s, as many blanks as keys: else the batch's one fill below would
-            # fail, or fill another form's blanks; and every layer of the type the batch
-            # reads (a sound CRC says only that the bytes are as written: a buggy writer's
-            # form passes it). A key that is no key is found by the per-form pass below.
-            n = len(form_keys)
-            if (form_keys.__class__ is not tuple or form_flags.__class__ is not bytes
-                    or template.__class__ is not bytes or tree.__class__ is not bytes
-                    or template.count(blank) != n or len(template) & 3
-                    or len(form_flags) != n
-                    or form_flags.translate(None, b"\x00\x02\x03")):  # fmt: skip
-                raise ValueError("layers")
-        except Exception:  # damaged: compiled afresh by the caller
-            continue
-        keys += form_keys
-        flags.append(form_flags)
-        templates.append(template)
-        done.append((k, texts[k], tree))
-    if not done:
-        return out
-    try:
-        ids = list(map(_FORM_IDS.get, keys))
-        if None in ids:  # keys new to the process: each made a leaf once, then all read again
-            for miss in dict.fromkeys(itertools.compress(keys, map(_is_none, ids))):
-                _form_id(miss)
-            ids = list(map(_FORM_IDS.__getitem__, keys))
-    except Exception:  # a key that is no key or names no node: find its form, decode the rest
-        if len(texts) == 1:
-            return out
-        return [decode_queries([t], [f])[0] for t, f in zip(texts, forms, strict=True)]
+    """decode_query for a batch (a cycle's distinct queries), as arrays: every check, the key
+    lookups and the programs done for the whole batch at once (see the layout above)."""
     import numpy as np  # the matcher's dependency; loaded by it before any batch
 
-    tmpl = np.frombuffer(b"".join(templates), np.int32).astype(np.int64)
-    holes = tmpl == -1
-    if int(holes.sum()) != len(ids):  # a blank straddling two int32s of a damaged form
-        if len(texts) == 1:
+    n = len(texts)
+    out: list[Query | None] = [None] * n
+    fs = [f if f.__class__ is bytes else bytes(f or b"") for f in forms]
+    lens = np.fromiter(map(len, fs), np.int64, n)
+    sound = (np.fromiter(map(zlib.crc32, fs), np.int64, n) == _RESIDUE) & (lens & 7 == 0)
+    sound &= lens >= _HEAD.size + 8
+    pick = np.flatnonzero(sound)
+    if not len(pick):
+        return out
+    buf = b"".join(itertools.compress(fs, sound.tolist()))
+    try:
+        return _decode_batch(texts, fs, out, buf, pick, lens[pick], np)
+    except _Unsound:  # find the unsound form: each decoded alone
+        if n == 1:
             return out
         return [decode_queries([t], [f])[0] for t, f in zip(texts, forms, strict=True)]
-    how = np.frombuffer(b"".join(flags), np.uint8).astype(np.int64)
-    tmpl[holes] = np.asarray(ids, dtype=np.int64) << (how >> 1) | how & 1
-    buf = tmpl.tobytes()
-    pos = 0
+
+
+def _decode_batch(texts: Sequence[str], fs: list[bytes], out: list[Query | None], buf: bytes,
+                  pick: Any, lens: Any, np: Any) -> list[Query | None]:  # fmt: skip
+    """decode_queries for the sound forms joined in buf (pick: their positions in texts)."""
+    from digest.arrays import owners, ranges
+
+    starts = np.cumsum(lens) - lens
+    head = np.frombuffer(buf, "<u4")[(starts >> 2)[:, None] + np.arange(6)].astype(np.int64)
+    nkeys, nprog, ntext, nkeyset, ntree = head[:, 1:].T
+    at_text = starts + _HEAD.size + 9 * nkeys + 4 * nprog
+    spare = lens - 4 - (at_text + ntext + nkeyset + ntree - starts)
+    try:  # the texts as stored (a lone surrogate, which no database returns, is kept as is)
+        encoded = list(map(str.encode, [texts[k] for k in pick.tolist()]))
+    except UnicodeEncodeError:
+        encoded = list(map(_utf8, [texts[k] for k in pick.tolist()]))
+    good = (head[:, 0] == int.from_bytes(FORM_KEY, "little")) & (spare >= 0) & (spare < 8)
+    good &= np.fromiter(map(len, encoded), np.int64, len(encoded)) == ntext
+    u1 = np.frombuffer(buf, np.uint8)
+    while True:  # the header's sizes, then what they frame: each form fails alone
+        if not good.all():
+            keep = np.flatnonzero(good)
+            pick, starts, nkeys, nprog, ntext, nkeyset, at_text = (
+                a[keep] for a in (pick, starts, nkeys, nprog, ntext, nkeyset, at_text)
+            )
+            encoded = [encoded[k] for k in keep.tolist()]
+            if not len(pick):
+                return out
+        m = len(pick)
+        differ = u1[ranges(at_text, ntext)] != np.frombuffer(b"".join(encoded), np.uint8)
+        good = np.bincount(owners(ntext)[differ], minlength=m) == 0  # a form of another text
+        tmpl = np.frombuffer(buf, "<i4")[ranges((starts + _HEAD.size + 8 * nkeys) >> 2, nprog)]
+        holes = tmpl == -1
+        good &= np.bincount(owners(nprog)[holes], minlength=m) == nkeys
+        how = u1[ranges(at_text - nkeys, nkeys)].astype(np.int64)
+        good &= np.bincount(owners(nkeys)[(how == 1) | (how > 3)], minlength=m) == 0
+        if good.all():
+            break
+    # every distinct key of the batch looked up once; those new to the process read from the
+    # first form that holds each
+    hashes = np.frombuffer(buf, "<u8")[ranges((starts + _HEAD.size) >> 3, nkeys)]
+    distinct, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    distinct_hashes = distinct.tolist()
+    ids = list(map(_HASH_IDS.get, distinct_hashes))
+    if None in ids:
+        unknown = [j for j, x in enumerate(ids) if x is None]
+        key_starts = np.cumsum(nkeys) - nkeys
+        holder = np.searchsorted(key_starts, first[unknown], "right") - 1
+        slots = (first[unknown] - key_starts[holder]).tolist()
+        keys_at = (at_text + ntext).tolist()
+        nkeys_of, keyset_of = nkeys.tolist(), nkeyset.tolist()
+        read: dict[int, tuple] = {}
+        found = []
+        try:
+            for f, slot in zip(holder.tolist(), slots, strict=True):
+                keys = read.get(f)
+                if keys is None:
+                    keys = read[f] = marshal.loads(buf[keys_at[f] : keys_at[f] + keyset_of[f]])
+                    if keys.__class__ is not tuple or len(keys) != nkeys_of[f]:
+                        raise ValueError("keys")
+                found.append(keys[slot])
+            for j, got in zip(unknown, _form_ids(found), strict=True):
+                ids[j] = _HASH_IDS[distinct_hashes[j]] = got
+        except Exception as exc:
+            raise _Unsound from exc
+    ids_of = np.asarray(ids, np.int64)[inverse.ravel()]
+    filled = tmpl.astype(np.int64)
+    filled[holes] = ids_of << (how >> 1) | how & 1
+    programs = filled.tobytes()
     new = object.__new__
-    for (k, text, tree), template in zip(done, templates, strict=True):
-        end = pos + 2 * len(template)
-        # the slots' setters: Query's own __init__ would build the tree this defers
+    begin = 0
+    for k, end in zip(pick.tolist(), (8 * np.cumsum(nprog)).tolist(), strict=True):
+        # the slots' setters: Query's own __init__ would build the tree this defers; the tree
+        # is read from the whole form when asked for
         q = out[k] = new(Query)
-        _SET_TEXT(q, text)
-        _SET_PROGRAM(q, buf[pos:end])
-        _SET_TREE(q, tree)
-        pos = end
+        _SET_TEXT(q, texts[k])
+        _SET_PROGRAM(q, programs[begin:end])
+        _SET_TREE(q, fs[k])
+        begin = end
     return out
 
 
-_is_none = functools.partial(operator.is_, None)
-_BLANK = b"\xff\xff\xff\xff"  # -1 as an int32
+def _form_ids(keys: list[object]) -> list[int]:
+    """The process's leaf ids of keys met in forms, each made a leaf when new (and kept for
+    the trees of the forms that hold it)."""
+    out = []
+    with _LEAF_LOCK:  # once for the batch: leaf_id's own lock per key cost a third of it
+        for key in keys:
+            got = _FORM_IDS.get(key)
+            if got is None:
+                node = _node_of(key)
+                got = _LEAF_IDS.get(node)
+                if got is None:
+                    LEAVES.append(node)
+                    got = _LEAF_IDS[node] = len(LEAVES) - 1
+                _FORM_IDS[key] = got
+            out.append(got)
+    return out
 
 
-def _form_id(key: object) -> int:
-    """The process's leaf id of a key met in a form (kept for the next form that holds it)."""
-    got = _FORM_IDS.get(key)  # a cold batch meets a key many times before it is kept
-    if got is None:
-        got = _FORM_IDS[key] = leaf_id(_node_of(key))
-    return got
-
-
-def _decode_tree(blob: bytes | None) -> tuple[Node, tuple, tuple, tuple, tuple, tuple]:
-    """A form's tree layer: (root, terms, literals, negated, conj_sizes, clause_sizes), leaves
-    shared with the process's own (LEAVES) where the form's keys met them."""
-    assert blob is not None
-    table, root, terms, lits, conj_sizes, clause_sizes = marshal.loads(blob)
+def _decode_tree(form: bytes) -> tuple[Node, tuple, tuple, tuple, tuple, tuple]:
+    """A form's tree: (root, terms, literals, negated, conj_sizes, clause_sizes), leaves shared
+    with the process's own (LEAVES) where the forms' keys met them."""
+    layers = form_layers(form)
+    assert layers is not None
+    table, root, terms, lits, conj_sizes, clause_sizes = marshal.loads(layers.tree)
     ids = _FORM_IDS
     nodes: list[Node] = []
     for entry in table:
@@ -1039,8 +1132,10 @@ def _decode_tree(blob: bytes | None) -> tuple[Node, tuple, tuple, tuple, tuple, 
             tuple([c & 1 == 1 for c in lits]), conj_sizes, clause_sizes)  # fmt: skip
 
 
-# form key (see _key) -> the process's leaf id: cleared with LEAVES (forget_leaves)
+# form key (see _key) -> the process's leaf id; a key's stable hash -> the same: both cleared
+# with LEAVES (forget_leaves)
 _FORM_IDS: dict[object, int] = {}
+_HASH_IDS: dict[int, int] = {}
 
 
 def compiled_form(text: str) -> bytes | None:
@@ -1075,6 +1170,7 @@ def forget_leaves() -> None:
         _LEAF_IDS.clear()
         LEAVES.clear()
         _FORM_IDS.clear()
+        _HASH_IDS.clear()
 
 
 def leaf_id(node: Node) -> int:

@@ -609,16 +609,12 @@ def test_stored_forms_are_used_and_keep_the_cache_bounded(monkeypatch):
 
 
 def _damaged_template(text: str) -> bytes:
-    """A form of `text` with a valid header whose program template is one byte too long."""
-    import marshal
+    """A sealed form of `text` whose program template holds one blank more than its keys."""
+    from digest.query import assemble_form, compiled_form, form_layers
 
-    from digest.query import compiled_form, seal_form
-
-    form = compiled_form(text)
-    assert form is not None
-    body = list(marshal.loads(form[8:]))
-    body[3] += b"\x00"  # (text, keys, flags, template, tree)
-    return seal_form(marshal.dumps(tuple(body), 4))
+    layers = form_layers(compiled_form(text))
+    assert layers is not None
+    return assemble_form(layers._replace(template=layers.template + b"\xff" * 4))
 
 
 def test_damaged_forms_are_compiled_afresh_and_rewritten(monkeypatch):

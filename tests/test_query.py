@@ -16,6 +16,7 @@ from digest.query import (
     Node,
     Query,
     compile_query,
+    decode_queries,
     decode_query,
     describe_error,
     describe_node,
@@ -401,14 +402,12 @@ def test_a_decoded_query_builds_its_tree_only_when_read():
 
 
 def test_a_damaged_tree_layer_falls_back_to_the_text():
-    import marshal
-
-    from digest.query import compile_query, decode_query, encode_query, seal_form
+    from digest.query import assemble_form, compile_query, decode_query, encode_query, form_layers
 
     text = "mixture of experts, -vision"
-    body = list(marshal.loads(encode_query(compile_query(text))[8:]))
-    body[4] = b"not a marshal"  # (text, keys, flags, template, tree)
-    q = decode_query(text, seal_form(marshal.dumps(tuple(body), 4)))
+    layers = form_layers(encode_query(compile_query(text)))
+    assert layers is not None
+    q = decode_query(text, assemble_form(layers._replace(tree=b"not a marshal")))
     assert q is not None
     assert q.root == compile_query(text).root and q.terms == compile_query(text).terms
 
@@ -421,13 +420,83 @@ def test_a_cold_batch_meets_each_new_key_once(monkeypatch):
     texts = ["alpha beta", "beta gamma", "alpha, -gamma", "alpha beta gamma delta", "beta"]
     fresh = [querymod._compile(t) for t in texts]
     forms = [querymod.encode_query(q) for q in fresh]
-    made: list[object] = []
-    real = querymod.leaf_id
     monkeypatch.setattr(querymod, "_FORM_IDS", {})
-    monkeypatch.setattr(querymod, "leaf_id", lambda node: made.append(node) or real(node))
+    monkeypatch.setattr(querymod, "_HASH_IDS", {})
+    read: list[bytes] = []
+    real = querymod.marshal.loads
+    monkeypatch.setattr(querymod.marshal, "loads", lambda b: read.append(bytes(b)) or real(b))
     got = querymod.decode_queries(texts, forms)
     assert [q.program for q in got if q is not None] == [q.program for q in fresh]
-    assert len(made) == len(set(made)) == len(querymod._FORM_IDS)
+    keys = {k for q in fresh for k in (*map(querymod._key, q.terms),
+                                       *map(querymod._key, q.literals))}  # fmt: skip
+    assert set(querymod._FORM_IDS) == keys and len(querymod._HASH_IDS) == len(keys)
+    # a form's keys read once, and only by a form that brings a key first
+    seen: set[object] = set()
+    bringing = 0
+    for q in fresh:
+        mine = {*map(querymod._key, q.terms), *map(querymod._key, q.literals)}
+        bringing += not mine <= seen
+        seen |= mine
+    assert len(read) == bringing < len(keys)
+    read.clear()
+    again = querymod.decode_queries(texts, forms)  # all known now: no form's keys read
+    assert [q.program for q in again if q is not None] == [q.program for q in fresh]
+    assert read == []
+
+
+def test_a_form_written_in_one_process_decodes_in_another():
+    # the key hashes stand for the keys across processes: a forgiving alternative's key holds
+    # a frozenset, whose order changes with the string hash seed
+    import array
+    import os
+    import subprocess
+    import sys
+
+    from digest.query import form_layers
+
+    text = "efficient llm inference, speculative decoding -vision, title:kv cache"
+    code = ("import sys; from digest.query import encode_query, compile_query; "
+            f"sys.stdout.write(encode_query(compile_query({text!r})).hex())")  # fmt: skip
+    env = dict(os.environ)
+    want = compile_query(text)
+    hashes = set()
+    for seed in ("1", "2", "3"):
+        env["PYTHONHASHSEED"] = seed
+        form = bytes.fromhex(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                            capture_output=True, text=True).stdout)  # fmt: skip
+        layers = form_layers(form)
+        assert layers is not None
+        hashes.add(frozenset(layers.hashes[k : k + 8] for k in range(0, len(layers.hashes), 8)))
+        got = decode_query(text, form)
+        assert got is not None and got.root == want.root
+        # the writer's order of equal children (the frozensets'), the same query
+        assert set(got.terms) == set(want.terms) and len(got.terms) == len(want.terms)
+        pairs = set(zip(got.literals, got.negated, strict=True))
+        assert pairs == set(zip(want.literals, want.negated, strict=True))
+        program = list(array.array("q", got.program))
+        assert sorted(program) == sorted(array.array("q", want.program))
+    assert len(hashes) == 1  # each key's hash the same whatever the process
+
+
+def test_a_sound_crc_around_an_unsound_body_fails_that_form_alone():
+    # a buggy writer's form passes the CRC: each layer's frame is checked, and the rest of
+    # the batch decodes
+    from digest.query import assemble_form, encode_query, form_layers
+
+    texts = ["alpha beta", "gamma, -delta", "epsilon", "zeta eta", "theta", "iota kappa"]
+    layers = [form_layers(encode_query(compile_query(t))) for t in texts]
+    assert all(x is not None for x in layers)
+    bad = [
+        layers[0]._replace(template=layers[0].template + b"\xff" * 4),  # one blank too many
+        layers[1]._replace(flags=b"\x01" + layers[1].flags[1:]),  # no such code
+        layers[2]._replace(text=b"epsiloN"),  # a form of another text, of the same length
+        layers[3]._replace(keys=b"not a marshal"),  # keys that do not decode
+        layers[4]._replace(hashes=layers[4].hashes[:-1]),  # part of a hash
+    ]
+    forms = [assemble_form(x) for x in bad] + [assemble_form(layers[5])]  # type: ignore[arg-type]
+    got = decode_queries(texts, forms)
+    assert got[:5] == [None] * 5
+    assert got[5] is not None and got[5].program == compile_query(texts[5]).program
 
 
 def test_a_form_of_another_text_compiler_or_damaged_is_not_used():
@@ -495,24 +564,29 @@ def test_a_damaged_byte_anywhere_in_a_form_is_refused_never_unmarshalled():
     assert decode_queries([text] * len(damaged), damaged) == [None] * len(damaged)
 
 
-def test_a_sealed_form_with_layers_of_the_wrong_type_is_refused_alone():
-    # a form whose CRC is sound but whose layers are not what the batch reads (a buggy
-    # writer): refused alone, the batch's other forms decode
+def test_a_sealed_form_with_keys_of_the_wrong_type_is_refused_alone(monkeypatch):
+    # a form whose CRC is sound but whose keys are not what the batch reads (a buggy
+    # writer): refused alone, the batch's other forms decode. (A form's keys are read only
+    # for keys new to the process; a known hash stands for its key whatever the keys layer.)
     import marshal
 
-    from digest.query import compile_query, decode_queries, encode_query, seal_form
+    from digest import query as querymod
+    from digest.query import assemble_form, compile_query, decode_queries, encode_query, form_layers
 
     good = ["latency", "b c"]
     text = "mixture of experts, -vision"
-    body = marshal.loads(encode_query(compile_query(text))[8:])
-    bad_flags = seal_form(marshal.dumps((*body[:2], body[2].decode(), *body[3:]), 4))
-    bad_keys = seal_form(marshal.dumps((body[0], [list(k) for k in body[1]], *body[2:]), 4))
-    unhashable = seal_form(marshal.dumps((body[0], ([1],) * len(body[1]), *body[2:]), 4))
-    for bad in (bad_flags, bad_keys, unhashable):
+    layers = form_layers(encode_query(compile_query(text)))
+    assert layers is not None
+    keys = marshal.loads(layers.keys)
+    for wrong in ([list(k) if isinstance(k, tuple) else [k] for k in keys],  # unhashable
+                  ([1],) * len(keys), (1,) * len(keys), (), "abc"):  # fmt: skip
+        bad = assemble_form(layers._replace(keys=marshal.dumps(wrong, 4)))
+        monkeypatch.setattr(querymod, "_FORM_IDS", {})
+        monkeypatch.setattr(querymod, "_HASH_IDS", {})
         got = decode_queries([good[0], text, good[1]],
                              [encode_query(compile_query(good[0])), bad,
                               encode_query(compile_query(good[1]))])  # fmt: skip
-        assert got[1] is None
+        assert got[1] is None, wrong
         assert got[0] == compile_query(good[0]) and got[2] == compile_query(good[1])
 
 
