@@ -885,7 +885,9 @@ def _load_forms(profiles: Mapping[int, Sequence[Topic]], texts: Iterable[str] | 
         # the bound holds; cached_query compiles the rest, whose forms are then rewritten
         _UNSTORED.update(cold[_COMPILED_MAX:])
         cold = cold[:_COMPILED_MAX]
-    decoded = decode_queries(cold, [forms.get(x) for x in cold])
+    # a fresh process's first batch keeps every text: the forms are the map's values in order
+    given = list(forms.values()) if texts is forms and len(cold) == len(forms) else None
+    decoded = decode_queries(cold, given or [forms.get(x) for x in cold])
     for text, query in zip(cold, decoded, strict=True):
         if query is None:
             _UNSTORED.add(text)

@@ -1091,19 +1091,18 @@ def _decode_batch(texts: Sequence[str], fs: list[bytes], out: list[Query | None]
 
 
 def _form_ids(keys: list[object]) -> list[int]:
-    """The process's leaf ids of keys met in forms, each made a leaf when new (and kept for
-    the trees of the forms that hold it)."""
+    """The process's leaf ids of keys new to it met in forms, each made a leaf when new (a
+    plain word's kept in _WORD_IDS for the trees of the forms that hold it)."""
     out = []
     with _LEAF_LOCK:  # once for the batch: leaf_id's own lock per key cost a third of it
         for key in keys:
-            got = _FORM_IDS.get(key)
+            node = _node_of(key)
+            got = _LEAF_IDS.get(node)
             if got is None:
-                node = _node_of(key)
-                got = _LEAF_IDS.get(node)
-                if got is None:
-                    LEAVES.append(node)
-                    got = _LEAF_IDS[node] = len(LEAVES) - 1
-                _FORM_IDS[key] = got
+                LEAVES.append(node)
+                got = _LEAF_IDS[node] = len(LEAVES) - 1
+            if key.__class__ is str:
+                _WORD_IDS[key] = got
             out.append(got)
     return out
 
@@ -1114,27 +1113,27 @@ def _decode_tree(form: bytes) -> tuple[Node, tuple, tuple, tuple, tuple, tuple]:
     layers = form_layers(form)
     assert layers is not None
     table, root, terms, lits, conj_sizes, clause_sizes = marshal.loads(layers.tree)
-    ids = _FORM_IDS
+    words, leaves = _WORD_IDS, _LEAF_IDS
     nodes: list[Node] = []
     for entry in table:
         if entry.__class__ is str:
-            got = ids.get(entry)
+            got = words.get(entry)
             nodes.append(LEAVES[got] if got is not None else Node("t", None, entry))
         elif entry[0] in _GROUP_KINDS:
             kids = frozenset([nodes[c] for c in entry[1:]])
             nodes.append(_new_tuple(Node, (entry[0], None, kids)))
         elif entry[0] == "not":
             nodes.append(_new_tuple(Node, ("not", None, nodes[entry[1]])))
-        else:
-            got = ids.get(entry)
+        else:  # a leaf's (kind, field, arg) tuple equals its Node, and hashes the same
+            got = leaves.get(entry)
             nodes.append(LEAVES[got] if got is not None else Node(*entry))
     return (nodes[root], tuple([nodes[c] for c in terms]), tuple([nodes[c >> 1] for c in lits]),
             tuple([c & 1 == 1 for c in lits]), conj_sizes, clause_sizes)  # fmt: skip
 
 
-# form key (see _key) -> the process's leaf id; a key's stable hash -> the same: both cleared
-# with LEAVES (forget_leaves)
-_FORM_IDS: dict[object, int] = {}
+# a plain word met in a form -> the process's leaf id; a key's stable hash -> the same: both
+# cleared with LEAVES (forget_leaves)
+_WORD_IDS: dict[str, int] = {}
 _HASH_IDS: dict[int, int] = {}
 
 
@@ -1169,7 +1168,7 @@ def forget_leaves() -> None:
     with _LEAF_LOCK:
         _LEAF_IDS.clear()
         LEAVES.clear()
-        _FORM_IDS.clear()
+        _WORD_IDS.clear()
         _HASH_IDS.clear()
 
 

@@ -420,7 +420,7 @@ def test_a_cold_batch_meets_each_new_key_once(monkeypatch):
     texts = ["alpha beta", "beta gamma", "alpha, -gamma", "alpha beta gamma delta", "beta"]
     fresh = [querymod._compile(t) for t in texts]
     forms = [querymod.encode_query(q) for q in fresh]
-    monkeypatch.setattr(querymod, "_FORM_IDS", {})
+    monkeypatch.setattr(querymod, "_WORD_IDS", {})
     monkeypatch.setattr(querymod, "_HASH_IDS", {})
     read: list[bytes] = []
     real = querymod.marshal.loads
@@ -429,7 +429,8 @@ def test_a_cold_batch_meets_each_new_key_once(monkeypatch):
     assert [q.program for q in got if q is not None] == [q.program for q in fresh]
     keys = {k for q in fresh for k in (*map(querymod._key, q.terms),
                                        *map(querymod._key, q.literals))}  # fmt: skip
-    assert set(querymod._FORM_IDS) == keys and len(querymod._HASH_IDS) == len(keys)
+    assert len(querymod._HASH_IDS) == len(keys)
+    assert set(querymod._WORD_IDS) == {k for k in keys if isinstance(k, str)}
     # a form's keys read once, and only by a form that brings a key first
     seen: set[object] = set()
     bringing = 0
@@ -442,6 +443,22 @@ def test_a_cold_batch_meets_each_new_key_once(monkeypatch):
     again = querymod.decode_queries(texts, forms)  # all known now: no form's keys read
     assert [q.program for q in again if q is not None] == [q.program for q in fresh]
     assert read == []
+
+
+def test_a_decoded_tree_shares_the_process_s_leaves():
+    # a tree read from a form holds the very leaf nodes the process numbered (words, phrases,
+    # prefixes, fields), not equal copies: 100k trees would otherwise each hold their own
+    from digest import query as querymod
+
+    texts = ['kv cache, "sparse attention" -vision', "title:llm prun*", "mixture of experts"]
+    forms = [querymod.encode_query(querymod._compile(t)) for t in texts]
+    querymod.forget_leaves()
+    got = querymod.decode_queries(texts, forms)
+    for q in got:
+        assert q is not None
+        for leaf in (*q.terms, *q.literals):
+            if leaf.kind in ("t", "p", "x"):
+                assert leaf is querymod.LEAVES[querymod.leaf_id(leaf)], leaf
 
 
 def test_a_form_written_in_one_process_decodes_in_another():
@@ -581,7 +598,7 @@ def test_a_sealed_form_with_keys_of_the_wrong_type_is_refused_alone(monkeypatch)
     for wrong in ([list(k) if isinstance(k, tuple) else [k] for k in keys],  # unhashable
                   ([1],) * len(keys), (1,) * len(keys), (), "abc"):  # fmt: skip
         bad = assemble_form(layers._replace(keys=marshal.dumps(wrong, 4)))
-        monkeypatch.setattr(querymod, "_FORM_IDS", {})
+        monkeypatch.setattr(querymod, "_WORD_IDS", {})
         monkeypatch.setattr(querymod, "_HASH_IDS", {})
         got = decode_queries([good[0], text, good[1]],
                              [encode_query(compile_query(good[0])), bad,
