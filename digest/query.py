@@ -799,10 +799,8 @@ def _program(
 # whose hash overflows the C stack), so no form is read before its CRC matches; anything that
 # does not decode to a form of this compiler for this very text is None, and the caller
 # compiles the text afresh. A hash stands for its key in the whole process (the first form
-# that brings it names the key): two distinct keys with one hash would share a leaf, at 64
-# bits ~3e-10 for 100k distinct keys. That a form's keys are those its hashes were made of is
-# the writer's to keep (encode_query, tested), not checked at read: it would cost ~10% of a
-# cold batch, and a sound CRC says the bytes are as encode_query wrote them.
+# that brings it names the key, and must hash to it): two distinct keys with one hash would
+# share a leaf, at 64 bits ~3e-10 for 100k distinct keys.
 
 # Bump when the layout of a form changes.
 FORM_VERSION = 4
@@ -906,7 +904,8 @@ def _canonical(key: Any) -> str:
 
 def _key_hash(key: object) -> int:
     """A key's stable 64-bit hash, as its form stores it."""
-    digest = hashlib.blake2b(_utf8(_canonical(key)), digest_size=8).digest()
+    text = repr(key) if key.__class__ is str else _canonical(key)
+    digest = hashlib.blake2b(_utf8(text), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 
@@ -1004,10 +1003,12 @@ def decode_queries(texts: Sequence[str], forms: Sequence[bytes | None]) -> list[
     buf = b"".join(itertools.compress(fs, sound.tolist()))
     try:
         return _decode_batch(texts, fs, out, buf, pick, lens[pick], np)
-    except _Unsound:  # find the unsound form: each decoded alone
+    except _Unsound:  # find the unsound form by halves: it fails alone, the rest decode
         if n == 1:
             return out
-        return [decode_queries([t], [f])[0] for t, f in zip(texts, forms, strict=True)]
+        half = n // 2
+        head = decode_queries(texts[:half], forms[:half])
+        return head + decode_queries(texts[half:], forms[half:])
 
 
 def _decode_batch(texts: Sequence[str], fs: list[bytes], out: list[Query | None], buf: bytes,
@@ -1025,6 +1026,7 @@ def _decode_batch(texts: Sequence[str], fs: list[bytes], out: list[Query | None]
     except UnicodeEncodeError:
         encoded = list(map(_utf8, [texts[k] for k in pick.tolist()]))
     good = (head[:, 0] == int.from_bytes(FORM_KEY, "little")) & (spare >= 0) & (spare < 8)
+    good &= (ntext > 0) & (nprog >= 2)  # an empty query has no form; a program, two counts
     good &= np.fromiter(map(len, encoded), np.int64, len(encoded)) == ntext
     u1 = np.frombuffer(buf, np.uint8)
     while True:  # the header's sizes, then what they frame: each form fails alone
@@ -1069,8 +1071,9 @@ def _decode_batch(texts: Sequence[str], fs: list[bytes], out: list[Query | None]
                     if keys.__class__ is not tuple or len(keys) != nkeys_of[f]:
                         raise ValueError("keys")
                 found.append(keys[slot])
-            for j, got in zip(unknown, _form_ids(found), strict=True):
-                ids[j] = _HASH_IDS[distinct_hashes[j]] = got
+            made = _form_ids(found, [distinct_hashes[j] for j in unknown])
+            for j, got in zip(unknown, made, strict=True):
+                ids[j] = got
         except Exception as exc:
             raise _Unsound from exc
     ids_of = np.asarray(ids, np.int64)[inverse.ravel()]
@@ -1090,12 +1093,16 @@ def _decode_batch(texts: Sequence[str], fs: list[bytes], out: list[Query | None]
     return out
 
 
-def _form_ids(keys: list[object]) -> list[int]:
-    """The process's leaf ids of keys new to it met in forms, each made a leaf when new (a
-    plain word's kept in _WORD_IDS for the trees of the forms that hold it)."""
+def _form_ids(keys: list[object], hashes: list[int]) -> list[int]:
+    """The process's leaf ids of keys new to it met in forms, each made a leaf when new and
+    kept under its hash (a plain word's also in _WORD_IDS, for the trees of the forms that hold
+    it). A key that is not its hash's raises: it would stand for that hash in every form."""
     out = []
-    with _LEAF_LOCK:  # once for the batch: leaf_id's own lock per key cost a third of it
-        for key in keys:
+    with _LEAF_LOCK:  # once for the batch (leaf_id's own lock per key cost a third of it);
+        # the maps are written under it, so forget_leaves cannot clear LEAVES in between
+        for key, want in zip(keys, hashes, strict=True):
+            if _key_hash(key) != want:
+                raise ValueError("a key that is not its hash's")
             node = _node_of(key)
             got = _LEAF_IDS.get(node)
             if got is None:
@@ -1103,6 +1110,7 @@ def _form_ids(keys: list[object]) -> list[int]:
                 got = _LEAF_IDS[node] = len(LEAVES) - 1
             if key.__class__ is str:
                 _WORD_IDS[key] = got
+            _HASH_IDS[want] = got
             out.append(got)
     return out
 

@@ -461,6 +461,74 @@ def test_a_decoded_tree_shares_the_process_s_leaves():
                 assert leaf is querymod.LEAVES[querymod.leaf_id(leaf)], leaf
 
 
+def test_a_key_that_is_not_its_hash_s_is_refused_and_stands_for_nothing(monkeypatch):
+    # the first form that brings a hash names its key for the whole process: a form (sound
+    # CRC, a buggy writer's) whose keys are not its hashes' must not make every later form
+    # holding that hash mean another word
+    import marshal
+
+    from digest import query as querymod
+    from digest.query import assemble_form, encode_query, form_layers
+
+    monkeypatch.setattr(querymod, "_WORD_IDS", {})
+    monkeypatch.setattr(querymod, "_HASH_IDS", {})
+    layers = form_layers(encode_query(compile_query("alpha")))
+    assert layers is not None
+    liar = assemble_form(layers._replace(keys=marshal.dumps(("gamma", "gamma"), 4)))
+    got = decode_queries(["alpha", "gamma beta"],
+                         [liar, encode_query(compile_query("gamma beta"))])  # fmt: skip
+    assert got[0] is None and got[1] is not None
+    again = decode_query("alpha", encode_query(compile_query("alpha")))
+    assert again is not None and again.program == compile_query("alpha").program
+
+
+def test_the_hash_map_is_written_under_the_leaf_lock(monkeypatch):
+    # forget_leaves clears LEAVES and the maps under the lock: an entry written outside it
+    # could outlive the clear and name whatever leaf is made next
+    from digest import query as querymod
+
+    class Guarded(dict):
+        def __setitem__(self, key, value):
+            assert querymod._LEAF_LOCK.locked()
+            super().__setitem__(key, value)
+
+    monkeypatch.setattr(querymod, "_WORD_IDS", Guarded())
+    monkeypatch.setattr(querymod, "_HASH_IDS", Guarded())
+    texts = ["alpha beta", '"kv cache" -vision', "title:llm prun*"]
+    got = decode_queries(texts, [querymod.encode_query(compile_query(t)) for t in texts])
+    assert all(q is not None for q in got) and len(querymod._HASH_IDS) >= 5
+
+
+def test_one_unsound_form_does_not_send_its_whole_batch_form_by_form(monkeypatch):
+    from digest import query as querymod
+    from digest.query import assemble_form, encode_query, form_layers
+
+    texts = [f"word{k} topic{k}" for k in range(64)]
+    forms = [encode_query(compile_query(t)) for t in texts]
+    layers = form_layers(forms[37])
+    assert layers is not None
+    forms[37] = assemble_form(layers._replace(keys=b"not a marshal"))
+    monkeypatch.setattr(querymod, "_WORD_IDS", {})
+    monkeypatch.setattr(querymod, "_HASH_IDS", {})
+    batches = []
+    real = querymod._decode_batch
+    monkeypatch.setattr(querymod, "_decode_batch", lambda *a: batches.append(1) or real(*a))
+    got = decode_queries(texts, forms)
+    assert [k for k, q in enumerate(got) if q is None] == [37]
+    assert len(batches) <= 2 * 6 + 1  # halves down to the one form, not 64 batches of one
+
+
+def test_a_form_of_no_text_or_no_program_is_refused():
+    import zlib
+
+    from digest.query import FORM_KEY
+
+    body = FORM_KEY + bytes(24)  # every size 0, then padding to 4 short of a multiple of 8
+    empty = body + zlib.crc32(body).to_bytes(4, "little")
+    assert len(empty) % 8 == 0
+    assert decode_queries(["", "a ("], [empty, empty]) == [None, None]
+
+
 def test_a_form_written_in_one_process_decodes_in_another():
     # the key hashes stand for the keys across processes: a forgiving alternative's key holds
     # a frozenset, whose order changes with the string hash seed
