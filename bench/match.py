@@ -323,12 +323,10 @@ def fresh_caches() -> None:
     compiled query, leaf id, parsed alternative and stem (charged to the next row)."""
     from digest import query as querymod
 
-    engine._COMPILED.clear()
     engine._UNSTORED.clear()
-    compile_query.cache_clear()
     querymod._alternative.cache_clear()
     querymod._tokens.cache_clear()
-    querymod.forget_leaves()
+    querymod.forget_leaves()  # with the compiled queries that hold leaf ids (engine._COMPILED)
     engine._parts.cache_clear()
     engine._part.cache_clear()
     textmod.stem.cache_clear()

@@ -48,6 +48,7 @@ from digest.query import (
     encode_query,
     leaf_id,
     most_needed,
+    on_forget_leaves,
     positive_terms,
 )
 
@@ -843,6 +844,7 @@ _COMPILED_MAX = 1 << 18
 # Texts the batch matcher compiled because their stored form was missing or stale: the queue
 # stage rewrites those topics' forms (forms_to_save). Cleared with _COMPILED.
 _UNSTORED: set[str] = set()
+on_forget_leaves(_COMPILED.clear)  # its queries' programs hold the forgotten leaf ids
 
 
 def cached_query(text: str) -> Query:

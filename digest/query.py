@@ -24,7 +24,7 @@ import sys
 import threading
 import unicodedata
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
 
 from digest import text as textmod
@@ -1170,14 +1170,28 @@ LEAVES: list[Node] = []
 _LEAF_LOCK = threading.Lock()  # web threads compile queries concurrently
 
 
+# Caches of compiled queries above this module (the matcher's): cleared by forget_leaves.
+_HOLDERS: list[Callable[[], None]] = []
+
+
+def on_forget_leaves(clear: Callable[[], None]) -> None:
+    """Have forget_leaves call `clear`: a cache of Query objects, whose programs name leaves by
+    the ids forget_leaves gives away again."""
+    _HOLDERS.append(clear)
+
+
 def forget_leaves() -> None:
-    """Forget every leaf id this process gave (benchmarks: a fresh process's state). Any Query
-    compiled or decoded before holds stale ids in its program: drop those too."""
+    """Forget every leaf id this process gave (benchmarks: a fresh process's state), and every
+    cached query that holds them (compile_query's, on_forget_leaves' holders). A caller's own
+    Query objects compiled or decoded before are stale: drop those too."""
     with _LEAF_LOCK:
         _LEAF_IDS.clear()
         LEAVES.clear()
         _WORD_IDS.clear()
         _HASH_IDS.clear()
+        compile_query.cache_clear()
+        for clear in _HOLDERS:
+            clear()
 
 
 def leaf_id(node: Node) -> int:

@@ -445,7 +445,24 @@ def test_a_cold_batch_meets_each_new_key_once(monkeypatch):
     assert read == []
 
 
-def test_a_decoded_tree_shares_the_process_s_leaves():
+@pytest.fixture
+def own_leaves():
+    """The process's leaf ids as they were once the test is done: a test that forgets them
+    must not leave the other tests of its xdist worker holding ids that now name other leaves."""
+    from digest import query as querymod
+
+    saved = (list(querymod.LEAVES), dict(querymod._LEAF_IDS),
+             dict(querymod._WORD_IDS), dict(querymod._HASH_IDS))  # fmt: skip
+    yield
+    querymod.forget_leaves()
+    with querymod._LEAF_LOCK:
+        querymod.LEAVES.extend(saved[0])
+        querymod._LEAF_IDS.update(saved[1])
+        querymod._WORD_IDS.update(saved[2])
+        querymod._HASH_IDS.update(saved[3])
+
+
+def test_a_decoded_tree_shares_the_process_s_leaves(own_leaves):
     # a tree read from a form holds the very leaf nodes the process numbered (words, phrases,
     # prefixes, fields), not equal copies: 100k trees would otherwise each hold their own
     from digest import query as querymod
@@ -459,6 +476,25 @@ def test_a_decoded_tree_shares_the_process_s_leaves():
         for leaf in (*q.terms, *q.literals):
             if leaf.kind in ("t", "p", "x"):
                 assert leaf is querymod.LEAVES[querymod.leaf_id(leaf)], leaf
+
+
+def test_forgetting_leaves_forgets_the_compiled_queries_that_hold_their_ids(own_leaves):
+    # a cached Query's program names leaves by id: kept past forget_leaves, it would name
+    # whatever leaf the next compile numbers (a whole worker's later matches went wrong in CI)
+    from digest import match as matchmod
+    from digest import query as querymod
+
+    before = compile_query("latency serving")
+    held = matchmod.cached_query("latency serving")
+    querymod.forget_leaves()
+    compile_query("other words first")  # new leaves take the old ids
+    fresh = decode_query(
+        "latency serving", querymod.encode_query(querymod._compile("latency serving"))
+    )
+    assert fresh is not None
+    for again in (compile_query("latency serving"), matchmod.cached_query("latency serving")):
+        assert again is not before and again is not held
+        assert again.program == fresh.program
 
 
 def test_a_key_that_is_not_its_hash_s_is_refused_and_stands_for_nothing(monkeypatch):
