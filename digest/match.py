@@ -842,7 +842,8 @@ _COMPILED_MAX = 1 << 18
 
 
 # Texts the batch matcher compiled because their stored form was missing or stale: the queue
-# stage rewrites those topics' forms (forms_to_save). Cleared with _COMPILED.
+# stage rewrites those topics' forms (forms_to_save). Kept when _COMPILED is cleared (by its
+# bound or by forget_leaves): forms_to_save compiles again what it needs.
 _UNSTORED: set[str] = set()
 on_forget_leaves(_COMPILED.clear)  # its queries' programs hold the forgotten leaf ids
 
