@@ -428,3 +428,21 @@ def test_no_sql_outside_the_store_package() -> None:
             ):
                 offenders.append(f"{path.relative_to(root)}: {stripped}")
     assert offenders == []
+
+
+@pytest.mark.parametrize("count", [0, 1, 110, 111, 112, 222, 223, 250])
+def test_insert_many_writes_every_row_once_in_order(store: Store, count: int) -> None:
+    """Rows split into multi-row statements at SQLite's parameter limit (111 rows of 9
+    columns a statement) all arrive, once each, whatever is left over at the end."""
+    from digest.store.base import SQLITE_MAX_PARAMS, insert_many
+
+    columns = tuple(f"c{k}" for k in range(9))
+    assert SQLITE_MAX_PARAMS // len(columns) == 111  # the counts above straddle it
+    rows = [(n, *(f"{n}:{k}" for k in range(1, 8)), None) for n in range(count)]
+    texts = ", ".join(f"{c} TEXT" for c in columns[1:])
+    with store.engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE many (c0 INTEGER PRIMARY KEY, {texts})"))
+        insert_many(conn, "many", columns, rows)
+        back = [tuple(r) for r in conn.execute(text("SELECT * FROM many ORDER BY c0"))]
+        conn.execute(text("DROP TABLE many"))
+    assert back == rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +13,8 @@ from sqlalchemy.engine import Connection
 
 # Big enough to amortise round trips, small enough for SQLite's bound-parameter limit.
 CHUNK = 500
+# The bound-parameter limit of every SQLite build (SQLITE_MAX_VARIABLE_NUMBER before 3.32.0).
+SQLITE_MAX_PARAMS = 999
 # PostgreSQL advisory lock ids (arbitrary constants, "dgst" + a purpose number).
 MAX_ID = 2**63 - 1  # ids are 64-bit integers on both engines
 PG_LOCK_MIGRATE = 0x64677374_0001
@@ -89,6 +92,35 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
     """Slices of at most `size` items (bound-parameter limits of IN lists)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def insert_many(
+    conn: Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Insert plain driver rows (values already bound) into `table`: on SQLite as statements of
+    as many rows as its parameter limit allows, elsewhere by the driver's executemany."""
+    if not rows:
+        return
+    names, width = ", ".join(columns), len(columns)
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    one = f"({', '.join([mark] * width)})"
+    head = f"INSERT INTO {table} ({names}) VALUES "
+    if conn.dialect.name != "sqlite":
+        conn.exec_driver_sql(head + one, list(rows))
+        return
+    # Many rows a statement: sqlite3's executemany steps, resets and binds a statement per
+    # row, which was a quarter of inserting a queue page's ledger rows (bench/README.md).
+    per = max(1, SQLITE_MAX_PARAMS // width)
+    whole = len(rows) - len(rows) % per
+    flat = itertools.chain.from_iterable
+    if whole:
+        conn.exec_driver_sql(
+            head + ", ".join([one] * per),
+            [tuple(flat(rows[k : k + per])) for k in range(0, whole, per)],
+        )
+    if whole < len(rows):
+        rest = rows[whole:]
+        conn.exec_driver_sql(head + ", ".join([one] * len(rest)), tuple(flat(rest)))
 
 
 def bound(conn: Connection, column: Any, value: Any) -> Any:

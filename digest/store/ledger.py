@@ -33,7 +33,7 @@ from sqlalchemy.types import NULLTYPE
 
 from digest.errors import StoreError
 from digest.models import Cadence, DigestKind, DigestStatus, Subscriber, SubscriberStatus, Topic
-from digest.store.base import StoreBase, bound, chunks, utc
+from digest.store.base import StoreBase, bound, chunks, insert_many, utc
 from digest.store.papers import papers, stored_paper
 from digest.store.records import (
     ArchivedDigest,
@@ -650,13 +650,13 @@ def _insert_digests(
     # two were a fifth of recording).
     ids = dict(zip((p.subscriber_id for p in wanted), _new_digest_ids(conn, len(wanted)),
                    strict=True))  # fmt: skip
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     at = bound(conn, deliveries.c.delivered_at, now)  # one instant for every row
     email, feed = DigestKind.EMAIL.value, DigestKind.FEED.value
     queued, sent = DigestStatus.QUEUED.value, DigestStatus.SENT.value
-    conn.exec_driver_sql(
-        "INSERT INTO digests (id, subscriber_id, kind, message_id, status, created_at, sent_at, "
-        f"next_attempt_at, matched) VALUES ({', '.join([mark] * 9)})",
+    insert_many(
+        conn,
+        "digests",
+        DIGEST_COLUMNS,
         [
             (
                 ids[p.subscriber_id],
@@ -717,6 +717,8 @@ def _insert_digests(
     return ids
 
 
+DIGEST_COLUMNS = ("id", "subscriber_id", "kind", "message_id", "status", "created_at", "sent_at",
+                  "next_attempt_at", "matched")  # fmt: skip
 DELIVERY_COLUMNS = ("subscriber_id", "paper_id", "digest_id", "topic", "topics", "terms", "score",
                     "why", "delivered_at")  # fmt: skip
 EXTRA_COLUMNS = ("digest_id", "paper_id", "position", "topics", "terms", "score")
@@ -725,7 +727,7 @@ EXTRA_COLUMNS = ("digest_id", "paper_id", "position", "topics", "terms", "score"
 def _insert_rows(
     conn: Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
-    """Many plain rows into a table: COPY on PostgreSQL, the driver's executemany on SQLite."""
+    """Many plain rows into a table: COPY on PostgreSQL, a few multi-row INSERTs on SQLite."""
     names = ", ".join(columns)
     if conn.dialect.name == "postgresql":
         # COPY streams the rows in one statement instead of a round trip per batch of rows.
@@ -737,9 +739,7 @@ def _insert_rows(
         finally:
             cursor.close()
         return
-    conn.exec_driver_sql(
-        f"INSERT INTO {table} ({names}) VALUES ({', '.join(['?'] * len(columns))})", rows
-    )
+    insert_many(conn, table, columns, rows)
 
 
 def _record_rising(
