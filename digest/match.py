@@ -1299,11 +1299,18 @@ class MatchList(Sequence[Match]):
         return got
 
     def reason(self, k: int) -> Reason:
-        """Item k's topic names, matched words, score and why (see Matches.reason)."""
-        got = self._cache.get(k)
-        if got is not None:
-            return got.topics, got.terms, got.score, got.why
-        return self._res.reason(self, k)
+        """Item k's topic names, matched words, score and why (see Matches.reasons)."""
+        return self.reasons([k])[0]
+
+    def reasons(self, ks: Sequence[int]) -> list[Reason]:
+        """reason(k) for each k of `ks`, in one call (the queue stage asks for ~1M)."""
+        if self._cache:
+            return [
+                (m.topics, m.terms, m.score, m.why) if (m := self._cache.get(k)) else
+                self._res.reasons(self, [k])[0]
+                for k in ks
+            ]  # fmt: skip
+        return self._res.reasons(self, ks)
 
     def paper_ids(self) -> list[int]:
         """The matched papers' ids, best first (no Match objects built)."""
@@ -1415,35 +1422,36 @@ class Matches(Mapping[int, MatchList]):
             out.update({sid: multi[a[k] : b[k]] for sid, k in self._multi.items()})
         return out
 
-    def reason(self, ml: MatchList, k: int) -> Reason:
-        """Item k's topic names, matched words, score and why, exactly as build() gives them,
+    def reasons(self, ml: MatchList, ks: Sequence[int]) -> list[Reason]:
+        """Items ks' topic names, matched words, score and why, exactly as build() gives them,
         without a Match or spans (the ledger keeps these alone and render recomputes spans)."""
         if len(ml._qids) != 1:
-            m = self.build(ml, k)
-            return m.topics, m.terms, m.score, m.why
+            return [(m.topics, m.terms, m.score, m.why) for m in (self.build(ml, k) for k in ks)]
         # The queue stage asks this for ~1M kept matches at 100k subscribers, almost all from
         # distinct queries that share their alternatives: the words are built once per
-        # (matched positive words, paper), whichever query or subscriber meets them.
-        i = int(ml._papers[k])
+        # (matched positive words, paper), whichever query or subscriber meets them; what
+        # depends on the query alone is looked up once per list, not per item.
+        assert self.batch is not None
         qid = ml._qids[0]
+        query = self.batch.queries[qid]
         plan = self._word_plans.get(qid)
         if plan is None:
             plan = self._word_plans[qid] = self._word_plan(qid)
         every, alts, conditions = plan
-        if alts is None:
-            found = every
-        else:
-            found = frozenset().union(*[terms for bits, terms in alts if bits >> i & 1])
-        words = self._words.get((found, i))
-        if words is None:
-            assert self.batch is not None
-            leaves = [leaf for leaf in self.batch.queries[qid].terms if leaf in found]
-            words = self._words[(found, i)] = self.index.texts.highlights(leaves, i)[0]
-        why = ""
-        if conditions:
-            assert self.batch is not None
-            why = "; ".join(passed_conditions(self.index, self.batch.queries[qid], i))
-        return (ml._topics[0].name,), words, int(ml._micro[k]) / 1e6, why
+        name = (ml._topics[0].name,)
+        papers, micro, known = ml._papers, ml._micro, self._words
+        out: list[Reason] = []
+        for k in ks:
+            i = int(papers[k])
+            found = every if alts is None else frozenset().union(
+                *[terms for bits, terms in alts if bits >> i & 1])  # fmt: skip
+            words = known.get((found, i))
+            if words is None:
+                leaves = [leaf for leaf in query.terms if leaf in found]
+                words = known[(found, i)] = self.index.texts.highlights(leaves, i)[0]
+            why = "; ".join(passed_conditions(self.index, query, i)) if conditions else ""
+            out.append((name, words, int(micro[k]) / 1e6, why))
+        return out
 
     def _word_plan(self, qid: int) -> _WordPlan:
         """What matched_terms reads of a query, for all its papers: its positive words, and

@@ -409,19 +409,22 @@ def _pick(
     since = sub.since or sub.created_at
     ranked = found.paper_ids()
     built = shared.setdefault(sub.topics, {})
-    while len(items) < most and rank < len(ranked):
+    taken: list[int] = []  # the ranks of the pending papers taken, in order
+    room = most - len(items)
+    while len(taken) < room and rank < len(ranked):
         pid = ranked[rank]
         if (
             pid > state.watermark
             and by_id[pid].first_seen >= since
             and (sub.id, pid) not in delivered
         ):
-            item = built.get(pid)
-            if item is None:
-                # The matched words and why are built only for what is kept.
-                item = built[pid] = LedgerItem(pid, *found.reason(rank))
-            items.append(item)
+            taken.append(rank)
         rank += 1
+    # The matched words and why are built only for what is kept, in one call per list.
+    if new := [k for k in taken if ranked[k] not in built]:
+        for k, reason in zip(new, found.reasons(new), strict=True):
+            built[ranked[k]] = LedgerItem(ranked[k], *reason)
+    items.extend(built[ranked[k]] for k in taken)
     return rank
 
 

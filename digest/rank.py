@@ -464,6 +464,10 @@ class RankedList(Sequence[Match]):
         m = self[k]
         return m.topics, m.terms, m.score, m.why
 
+    def reasons(self, ks: Sequence[int]) -> list[Reason]:
+        """reason(k) for each k of `ks`."""
+        return [self.reason(k) for k in ks]
+
     def paper_ids(self) -> list[int]:
         """The matched papers' ids, best first."""
         return self._build.index.ids[self._items.idx].tolist()

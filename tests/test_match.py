@@ -399,7 +399,7 @@ def test_limited_lists_are_the_full_rankings_cut(papers, queries, limit):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(papers_strategy(), st.lists(query_strategy(), min_size=1, max_size=5))
 def test_reasons_are_the_built_matches_words_and_why(papers, queries):
-    # What the ledger records (MatchList.reason, words shared across queries by matched
+    # What the ledger records (MatchList.reasons, words shared across queries by matched
     # words and paper) is what a built Match carries, for every item of every list.
     compiled = _valid(queries)
     profiles = {k: [Topic(f"t{k}", q)] for k, q in enumerate(compiled)}
@@ -407,11 +407,15 @@ def test_reasons_are_the_built_matches_words_and_why(papers, queries):
     # the same query twice (another subscriber), and in reverse order under other names
     profiles[len(compiled) + 1] = [Topic(f"u{k}", q) for k, q in enumerate(compiled)][::-1]
     fresh = match_profiles(PaperIndex(papers), profiles, limit=3)
+    batched = match_profiles(PaperIndex(papers), profiles, limit=3)
     built = match_profiles(PaperIndex(papers), profiles, limit=3)
-    assert set(fresh) == set(built)
+    assert set(fresh) == set(built) == set(batched)
     for sid, whole in built.items():
         want = [(m.topics, m.terms, m.score, m.why) for m in whole]
         assert [fresh[sid].reason(k) for k in range(len(whole))] == want, profiles[sid]
+        # a list's items asked for at once (the queue stage), last first: the same
+        every = list(range(len(whole)))[::-1]
+        assert batched[sid].reasons(every) == want[::-1], profiles[sid]
 
 
 # ---------------------------------------------------------------- the shared dumps

@@ -698,13 +698,13 @@ def test_subscribers_sharing_a_profile_share_each_paper_s_built_item(
     _subscribe(store, settings, "d@example.org", "latency, sparse, prune*", topic="Other")
     _ingest(store, settings, "ingest_day1.txt")
     builds = []
-    reason = digest.match.Matches.reason
+    reasons = digest.match.Matches.reasons
 
-    def counted(self, ml, k):
-        builds.append(k)
-        return reason(self, ml, k)
+    def counted(self, ml, ks):
+        builds.extend(ks)
+        return reasons(self, ml, ks)
 
-    monkeypatch.setattr(digest.match.Matches, "reason", counted)
+    monkeypatch.setattr(digest.match.Matches, "reasons", counted)
 
     plans, _ = plan_digests(store, settings, now=T0)
 
