@@ -1306,7 +1306,7 @@ class MatchList(Sequence[Match]):
         """reason(k) for each k of `ks`, in one call (the queue stage asks for ~1M)."""
         if self._cache:
             return [
-                (m.topics, m.terms, m.score, m.why) if (m := self._cache.get(k)) else
+                (m.topics, m.terms, m.score, m.why) if (m := self._cache.get(k)) is not None else
                 self._res.reasons(self, [k])[0]
                 for k in ks
             ]  # fmt: skip

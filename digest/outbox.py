@@ -420,10 +420,15 @@ def _pick(
         ):
             taken.append(rank)
         rank += 1
-    # The matched words and why are built only for what is kept, in one call per list.
-    if new := [k for k in taken if ranked[k] not in built]:
-        for k, reason in zip(new, found.reasons(new), strict=True):
-            built[ranked[k]] = LedgerItem(ranked[k], *reason)
+    # The matched words and why are built only for what is kept, in one call per list, each
+    # paper's from its first rank (a list holds a paper once; the old per-item loop's rule).
+    first: dict[int, int] = {}  # paper id -> rank, of the papers no item is built for yet
+    for k in taken:
+        if ranked[k] not in built:
+            first.setdefault(ranked[k], k)
+    if first:
+        for pid, reason in zip(first, found.reasons(list(first.values())), strict=True):
+            built[pid] = LedgerItem(pid, *reason)
     items.extend(built[ranked[k]] for k in taken)
     return rank
 

@@ -408,14 +408,19 @@ def test_reasons_are_the_built_matches_words_and_why(papers, queries):
     profiles[len(compiled) + 1] = [Topic(f"u{k}", q) for k, q in enumerate(compiled)][::-1]
     fresh = match_profiles(PaperIndex(papers), profiles, limit=3)
     batched = match_profiles(PaperIndex(papers), profiles, limit=3)
+    mixed = match_profiles(PaperIndex(papers), profiles, limit=3)
     built = match_profiles(PaperIndex(papers), profiles, limit=3)
-    assert set(fresh) == set(built) == set(batched)
+    assert set(fresh) == set(built) == set(batched) == set(mixed)
     for sid, whole in built.items():
         want = [(m.topics, m.terms, m.score, m.why) for m in whole]
         assert [fresh[sid].reason(k) for k in range(len(whole))] == want, profiles[sid]
         # a list's items asked for at once (the queue stage), last first: the same
         every = list(range(len(whole)))[::-1]
         assert batched[sid].reasons(every) == want[::-1], profiles[sid]
+        # and from a list whose first item was read as a Match already
+        one = mixed[sid]
+        assert len(one) == 0 or one[0] is not None
+        assert one.reasons(every) == want[::-1], profiles[sid]
 
 
 # ---------------------------------------------------------------- the shared dumps

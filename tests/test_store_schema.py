@@ -432,17 +432,47 @@ def test_no_sql_outside_the_store_package() -> None:
 
 @pytest.mark.parametrize("count", [0, 1, 110, 111, 112, 222, 223, 250])
 def test_insert_many_writes_every_row_once_in_order(store: Store, count: int) -> None:
-    """Rows split into multi-row statements at SQLite's parameter limit (111 rows of 9
-    columns a statement) all arrive, once each, whatever is left over at the end."""
+    """Rows split into multi-row statements at SQLite's old parameter limit (111 rows of 9
+    columns a statement) all arrive, once each and in order, whatever is left at the end."""
+    import sqlite3
+
     from digest.store.base import SQLITE_MAX_PARAMS, insert_many
 
     columns = tuple(f"c{k}" for k in range(9))
     assert SQLITE_MAX_PARAMS // len(columns) == 111  # the counts above straddle it
-    rows = [(n, *(f"{n}:{k}" for k in range(1, 8)), None) for n in range(count)]
+    # descending keys, so the table's insertion order (rowid) is not the keys' order
+    rows = [(count - n, *(f"{n}:{k}" for k in range(1, 8)), None) for n in range(count)]
     texts = ", ".join(f"{c} TEXT" for c in columns[1:])
     with store.engine.begin() as conn:
-        conn.execute(text(f"CREATE TABLE many (c0 INTEGER PRIMARY KEY, {texts})"))
-        insert_many(conn, "many", columns, rows)
-        back = [tuple(r) for r in conn.execute(text("SELECT * FROM many ORDER BY c0"))]
-        conn.execute(text("DROP TABLE many"))
+        raw = conn.connection.dbapi_connection
+        if isinstance(raw, sqlite3.Connection):  # a build with the old limit, whatever ours is
+            limit = raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, SQLITE_MAX_PARAMS)
+        conn.execute(text(f"CREATE TABLE many (n SERIAL, c0 INTEGER, {texts})"
+                          if store.dialect == "postgresql" else
+                          f"CREATE TABLE many (c0 INTEGER, {texts})"))  # fmt: skip
+        try:
+            insert_many(conn, "many", columns, rows)
+            order = "n" if store.dialect == "postgresql" else "rowid"
+            back = [
+                tuple(r)
+                for r in conn.execute(
+                    text(f"SELECT {', '.join(columns)} FROM many ORDER BY {order}")
+                )
+            ]
+        finally:
+            conn.execute(text("DROP TABLE many"))
+            if isinstance(raw, sqlite3.Connection):
+                raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
     assert back == rows
+
+
+def test_insert_many_refuses_a_row_of_another_width(store: Store) -> None:
+    """Rows are flattened into one statement's parameters: two rows of 8 and 10 values would
+    otherwise shift every value after them into the wrong column, silently."""
+    from digest.store.base import insert_many
+
+    with store.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE many (a INTEGER, b INTEGER, c INTEGER)"))
+        with pytest.raises(ValueError, match="3 columns"):
+            insert_many(conn, "many", ("a", "b", "c"), [(1, 2), (3, 4, 5, 6)])
+        conn.execute(text("DROP TABLE many"))

@@ -13,7 +13,8 @@ from sqlalchemy.engine import Connection
 
 # Big enough to amortise round trips, small enough for SQLite's bound-parameter limit.
 CHUNK = 500
-# The bound-parameter limit of every SQLite build (SQLITE_MAX_VARIABLE_NUMBER before 3.32.0).
+# SQLite's default bound-parameter limit before 3.32.0 (SQLITE_MAX_VARIABLE_NUMBER; 32,766
+# since): statements of this many parameters run on the builds anyone still ships.
 SQLITE_MAX_PARAMS = 999
 # PostgreSQL advisory lock ids (arbitrary constants, "dgst" + a purpose number).
 MAX_ID = 2**63 - 1  # ids are 64-bit integers on both engines
@@ -102,11 +103,14 @@ def insert_many(
     if not rows:
         return
     names, width = ", ".join(columns), len(columns)
+    # flattened rows no longer fail one by one: a row of another width would shift the rest
+    if any(len(row) != width for row in rows):
+        raise ValueError(f"a row for {table} does not have its {width} columns")
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     one = f"({', '.join([mark] * width)})"
     head = f"INSERT INTO {table} ({names}) VALUES "
     if conn.dialect.name != "sqlite":
-        conn.exec_driver_sql(head + one, list(rows))
+        conn.exec_driver_sql(head + one, list(rows))  # a list is what SQLAlchemy runs as many
         return
     # Many rows a statement: sqlite3's executemany steps, resets and binds a statement per
     # row, which was a quarter of inserting a queue page's ledger rows (bench/README.md).
