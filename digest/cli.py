@@ -401,7 +401,7 @@ def cmd_subscriber_wipe(ctx: Context, args: argparse.Namespace) -> int:
 
     sub = get_subscriber(ctx.store, args.email)
     if not args.yes:
-        if not sys.stdin.isatty():
+        if not _stdin_is_terminal():
             raise DigestError(
                 f"wipe {sub.email}: give --yes to confirm (standard input is not a terminal)"
             )
@@ -525,6 +525,11 @@ def _safe(text: str) -> str:
     from digest.text import TERMINAL_CONTROLS
 
     return text.translate(TERMINAL_CONTROLS)
+
+
+def _stdin_is_terminal() -> bool:
+    # None when the process was started with its standard input closed (0<&-)
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 def _use_color(mode: str, out: TextIO) -> bool:
@@ -759,10 +764,12 @@ def cmd_admin_password(ctx: Context, args: argparse.Namespace) -> int:
 
     from werkzeug.security import generate_password_hash
 
-    if sys.stdin.isatty():
+    if _stdin_is_terminal():
         password = getpass.getpass("Admin password: ")
         if getpass.getpass("Again: ") != password:
             raise DigestError("the two passwords differ; nothing printed")
+    elif sys.stdin is None:  # started with standard input closed (0<&-)
+        raise DigestError("no standard input to read the password from; nothing printed")
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     if len(password) < 8:
@@ -1121,8 +1128,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        # A path the settings or options name that cannot be made or written (a file where a
+        # folder should be, no permission, a full disk): the path and the reason, no traceback.
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"error: {_os_error(exc)}", file=sys.stderr)
+        return 1
     finally:
         ctx.close()
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError as `path: reason` (both paths of a rename), or its text when it has none."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    if exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    return f"{exc.filename}: {reason}"
 
 
 if __name__ == "__main__":  # pragma: no cover

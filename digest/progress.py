@@ -12,7 +12,9 @@ def progress_bar(
     """A tqdm bar on stderr: shown when `show`, or (show=None) on a terminal unless quiet."""
     from tqdm import tqdm
 
-    enabled = show if show is not None else (not quiet and sys.stderr.isatty())
+    enabled = (
+        show if show is not None else (not quiet and sys.stderr is not None and sys.stderr.isatty())
+    )
     return tqdm(
         total=total, file=sys.stderr, unit=unit, desc=desc, disable=not enabled, leave=False
     )

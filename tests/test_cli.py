@@ -115,3 +115,73 @@ def test_two_sends_at_once_give_everyone_one_digest_and_no_traceback(
         msg = message_from_bytes(path.read_bytes(), policy=policy.default)
         received[str(msg["To"])] += 1
     assert sorted(received) == people and set(received.values()) == {1}
+
+
+def _ready_site(tmp_path: Path) -> Path:
+    """A site holding the project's own dumps and one subscriber with papers pending."""
+    config = site(tmp_path)
+    dumps = sorted(map(str, OWN_DUMPS.glob("*.txt")))
+    assert digest("--config", str(config), "ingest", *dumps, cwd=tmp_path).returncode in (0, 1)
+    add = ("subscriber", "add", "a@example.org", "--topic", "T", "model", "--backfill", "3650")
+    assert digest("--config", str(config), *add, cwd=tmp_path).returncode == 0
+    return config
+
+
+def _file_where_a_folder_goes(folder: Path) -> Path:
+    if folder.exists():
+        folder.rename(folder.with_name(folder.name + ".moved"))
+    folder.write_text("a file, not a folder\n")
+    return folder
+
+
+def test_a_file_where_a_folder_belongs_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    # Folders the settings or options name that cannot be made or written: the path and
+    # why, exit 1, never a traceback (found by running every command against CONTRACT.md).
+    config = _ready_site(tmp_path)
+    root = config.parent
+    blocker = root / "not-a-folder"
+    blocker.write_text("x\n")
+    cases = [
+        (("preview", "a@example.org", "--out", str(blocker / "out")), {}, str(blocker)),
+        (("status",), {"DIGEST_DATABASE_URL": f"sqlite:///{blocker}/x.db"}, str(blocker)),
+    ]
+    for args, env, named in cases:
+        result = digest("--config", str(config), *args, cwd=tmp_path, env={**_env(), **env})
+        last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+        assert result.returncode == 1 and last.startswith("error: ") and named in last, (
+            args, result.stderr)  # fmt: skip
+        assert "Traceback" not in result.stderr, result.stderr
+
+    public = _file_where_a_folder_goes(root / "public")
+    result = digest("--config", str(config), "feeds", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {public}" in result.stderr
+
+    processed = _file_where_a_folder_goes(root / "processed")
+    (root / "inbox" / "late.txt").write_bytes(sorted(OWN_DUMPS.glob("*.txt"))[0].read_bytes())
+    env = {**_env(), "DIGEST_INBOX_SETTLE_SECONDS": "0"}
+    result = digest("--config", str(config), "ingest", cwd=tmp_path, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"error: {processed}" in result.stderr
+
+
+def test_prompting_commands_with_standard_input_closed_say_so(tmp_path: Path) -> None:
+    # `0<&-` leaves sys.stdin None: no prompt can be asked, and no traceback either.
+    import os
+
+    config = _ready_site(tmp_path)
+    for args, said in [
+        (("admin-password",), "no standard input"),
+        (("subscriber", "wipe", "a@example.org"), "give --yes"),
+    ]:
+        result = digest(
+            "--config", str(config), *args, cwd=tmp_path, preexec_fn=lambda: os.close(0)
+        )
+        assert result.returncode == 1 and said in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
