@@ -124,6 +124,8 @@ def cmd_ingest(ctx: Context, args: argparse.Namespace) -> int:
         )
     else:
         report = ingest_inbox(ctx.store, ctx.settings, quiet=ctx.quiet)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=ctx.err)
     for failure in report.failures:
         print(f"error: {failure}", file=ctx.err)
     ctx.print(report.summary())
@@ -964,6 +966,8 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     if not args.once:
         return run_daemon(ctx.settings, ctx.store)
     report = run_once(ctx.settings, ctx.store, quiet=ctx.quiet)
+    for warning in report.ingest.warnings if report.ingest else []:
+        print(f"warning: {warning}", file=ctx.err)
     failures = report.ingest.failures if report.ingest else []
     for failure in failures:
         print(f"error: {failure}", file=ctx.err)

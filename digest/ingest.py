@@ -10,6 +10,7 @@ re-run finishes the job: content already stored is recognised by its sha256 and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -62,6 +63,7 @@ class FileOutcome:
     new_papers: int = 0
     reason: str = ""
     moved_to: Path | None = None
+    warnings: tuple[str, ...] = ()  # "NAME:LINE: what", for what the parser doubted
 
 
 @dataclass
@@ -103,6 +105,11 @@ class IngestReport:
     @property
     def new_papers(self) -> int:
         return sum(o.new_papers for o in self.outcomes)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per doubt in the files stored (a line skipped, a paper left out)."""
+        return [w for o in self.outcomes for w in o.warnings]
 
     @property
     def failures(self) -> list[str]:
@@ -363,8 +370,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _log(outcome: FileOutcome) -> None:
+    # Failures and doubts are the caller's to report (the CLI prints them, the daemon logs
+    # them as warnings): at warning level here they were said twice.
+    for warning in outcome.warnings:
+        log.info("dump %s: %s", outcome.name, warning)
     if outcome.status == "failed":
-        log.warning("dump %s failed: %s", outcome.name, outcome.reason)
+        log.info("dump %s failed: %s", outcome.name, outcome.reason)
     else:
         log.info(
             "dump %s %s: %d papers, %d new",
@@ -411,6 +422,17 @@ def _ingest_one(run: _Run, job: _Job) -> FileOutcome:
         failure = ParseError(f"internal parser error: {type(exc).__name__}: {exc}", file=name)
         return _fail(run, job, sha256, size, failure)
     run.hook("parsed", job.path)
+    warnings = tuple(f"{name}:{w.line}: {w.message}" for w in result.warnings)
+    if result.cut_short:
+        # The last abstract stops mid-sentence at the end of the file: stored, it would stay
+        # wrong (a paper is stored once). Left out, a complete dump stores it whole later.
+        last = result.papers[-1]
+        if len(result.papers) == 1:
+            why = "the file ends inside its only paper's abstract, without a newline (cut short?)"
+            return _fail(run, job, sha256, size, ParseError(why, file=name))
+        result = dataclasses.replace(result, papers=result.papers[:-1])
+        warnings += (f"{name}: {last.title!r} not stored: its abstract is cut off at the end "
+                     "of the file; a complete dump holding it stores it",)  # fmt: skip
 
     outcome = run.store.ingest_dump(
         name,
@@ -425,9 +447,12 @@ def _ingest_one(run: _Run, job: _Job) -> FileOutcome:
     run.hook("moved", job.path)
     if outcome.status == "duplicate":
         return FileOutcome(
-            name, "duplicate", reason="same content as an earlier dump", moved_to=moved
-        )
-    return FileOutcome(name, "stored", outcome.papers, outcome.new_papers, moved_to=moved)
+            name, "duplicate", reason="same content as an earlier dump", moved_to=moved,
+            warnings=warnings,
+        )  # fmt: skip
+    return FileOutcome(
+        name, "stored", outcome.papers, outcome.new_papers, moved_to=moved, warnings=warnings
+    )
 
 
 class _Oversized(Exception):

@@ -158,7 +158,9 @@ def parse_bytes(
     result = _parse_text(text, name, ref, bool(controls) or b"\x0c" in data)
     if extra:
         warnings = tuple(sorted(extra + list(result.warnings), key=lambda w: w.line))
-        result = ParseResult(result.papers, warnings, result.layout, result.capture_date)
+        result = ParseResult(
+            result.papers, warnings, result.layout, result.capture_date, result.cut_short
+        )
     return result
 
 
@@ -440,11 +442,13 @@ class _Parser:
                 k = self._meta_group(idx, k, seg)
                 seg, stray = [], 0
         self._emit(seg, None)
-        if self.papers and self.last_text == idx[-1] and not text.endswith("\n"):
-            last = lines[self.last_text]
+        cut_short = False
+        if self.papers and not text.endswith("\n"):
+            last = lines[idx[-1]]  # the file's last non-blank line, however short
             if self.papers[-1].abstract == self._text(last) and last[-1] not in ".!?)":
+                cut_short = True
                 self.warn(
-                    self.last_text + 1,
+                    idx[-1] + 1,
                     "the file ends without a newline inside this abstract (cut short?)",
                 )
         if not self.papers:
@@ -459,6 +463,7 @@ class _Parser:
             warnings=tuple(self.warnings),
             layout=self._layout(adjacent, separated),
             capture_date=self.capture,
+            cut_short=cut_short,
         )
 
     def _text(self, s: str) -> str:

@@ -121,6 +121,8 @@ class Runtime:
     def inbox_step(self) -> IngestReport:
         """Ingest settled dumps; new papers go to instant subscribers and the feeds at once."""
         report = self.cycle.ingest(wait=False, quiet=True, progress=False)
+        for warning in report.warnings:
+            log.warning("ingest: %s", warning)
         for failure in report.failures:
             log.warning("ingest: %s", failure)
         _stage(

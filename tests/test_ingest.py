@@ -230,6 +230,37 @@ def test_bad_dumps_go_to_failed_with_a_reason(inbox: Inbox, content: bytes, expe
     assert report.failures[0].startswith("bad.txt:")
 
 
+def test_a_dump_cut_inside_its_last_abstract_stores_the_rest_and_says_so(inbox: Inbox) -> None:
+    # A dump saved half-way (found by the contract check): its last abstract stops at the end
+    # of the file. Stored, that paper would keep the cut text for good (a paper is stored once);
+    # left out with a warning, the complete dump stores it whole.
+    whole = DAY1.read_bytes()
+    last_title = parse_bytes(whole, name="day1.txt").papers[-1].title
+    cut = whole[: whole.index(b"Speculative decoding trades") + 100]  # inside the last abstract
+    assert parse_bytes(cut, name="cut.txt").cut_short
+    inbox.drop("cut.txt", cut)
+    report = inbox.run()
+    assert [(o.name, o.status, o.papers) for o in report.outcomes] == [("cut.txt", "stored", 2)]
+    assert report.failures == []
+    (line,) = [w for w in report.warnings if "cut short" in w]
+    assert line.startswith("cut.txt:")
+    (left_out,) = [w for w in report.warnings if "not stored" in w]
+    assert left_out.startswith(f"cut.txt: {last_title!r} not stored")
+    assert inbox.store.count_papers() == 2
+    inbox.drop("day1.txt", DAY1)
+    assert inbox.run().new_papers == 1
+    stored = {p.title: p.abstract for p in inbox.store.papers_after(0)}
+    assert stored[last_title] == parse_bytes(whole, name="day1.txt").papers[-1].abstract
+
+
+def test_a_dump_cut_inside_its_only_abstract_fails_with_the_reason(inbox: Inbox) -> None:
+    whole = DAY1.read_bytes()
+    inbox.drop("cut.txt", whole[: whole.index(b"We fine-tune only") + 100])
+    (outcome,) = inbox.run().outcomes
+    assert outcome.status == "failed" and "cut short" in outcome.reason
+    assert inbox.names(inbox.failed) == ["cut.txt", "cut.txt.error.txt"]
+
+
 def test_a_non_utf8_dump_names_the_line(inbox: Inbox) -> None:
     content = DAY1.read_bytes().replace(b"Pruned", b"Pr\xffned")
     inbox.drop("latin.txt", content)
