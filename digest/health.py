@@ -73,6 +73,7 @@ class ThisRun:
     papers: int  # papers in those digests
     candidates: int  # papers pending for the due subscribers
     feed_items: int = 0
+    elsewhere: int = 0  # digests it planned that a concurrent pass recorded first
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,8 @@ def empty_run(f: Figures, h: HealthSettings) -> Anomaly | None:
     used to come out of runs: a new site whose few profiles match nothing is not an anomaly)."""
     run = f.run
     if run is None or not run.due or not run.candidates or run.digests or run.feed_items:
+        return None
+    if run.elsewhere:  # not empty: another pass (two sends at once) recorded its digests
         return None
     if not any(r.digests for r in f.recent):
         return None

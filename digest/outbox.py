@@ -71,12 +71,16 @@ class QueueReport:
     feed_items: int = 0
     papers: int = 0
     queued_papers: int = 0  # papers in the queued email digests
+    elsewhere: int = 0  # planned digests another pass (a concurrent send) recorded first
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.due} subscribers due, {self.queued} digests queued, "
             f"{self.feed_items} feed items recorded, {self.papers} candidate papers"
         )
+        if self.elsewhere:
+            text += f", {self.elsewhere} recorded by another pass meanwhile"
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,7 +527,9 @@ def _queue_page(
         _save_forms(store, states)
     for plan in plans:
         if plan.state.subscriber.id not in created:
-            continue  # nothing new, or recorded meanwhile by another pass
+            # nothing new, or (items planned) recorded meanwhile by another pass
+            report.elsewhere += bool(plan.items)
+            continue
         if plan.kind == DigestKind.FEED:
             report.feed_items += len(plan.items)
         else:
