@@ -275,8 +275,8 @@ def _admit(
     pending: list[_Job] = []
     outcomes: list[FileOutcome] = []
     for path in paths:
-        name = path.name
-        if not name or name in (".", "..") or "\0" in str(path):
+        name = path.name if owned else str(path)  # a file named on the command line: as given
+        if not path.name or path.name in (".", "..") or "\0" in str(path):
             outcomes.append(FileOutcome(str(path), "refused", reason="not a file name"))
             continue
         try:
@@ -288,7 +288,7 @@ def _admit(
             outcomes.append(_refuse(run, path, owned, "is a symbolic link; copy the dump instead"))
         elif not stat.S_ISREG(st.st_mode):
             outcomes.append(FileOutcome(name, "refused", reason="not a regular file"))
-        elif name.endswith(IGNORED_SUFFIXES):
+        elif path.name.endswith(IGNORED_SUFFIXES):
             why = "is still being written (.part/.tmp): rename it when complete"
             outcomes.append(FileOutcome(name, "waiting", reason=why))
         elif run.clock() - st.st_mtime >= settle:
@@ -326,7 +326,7 @@ def _refuse(run: _Run, path: Path, owned: bool, reason: str) -> FileOutcome:
     moved = None
     if owned:
         moved = _set_aside(path, run.inbox.failed_dir, _error_text(path.name, reason, run.now()))
-    return FileOutcome(path.name, "refused", reason=reason, moved_to=moved)
+    return FileOutcome(path.name if owned else str(path), "refused", reason=reason, moved_to=moved)
 
 
 # --- processing ---------------------------------------------------------------------------------
@@ -388,7 +388,10 @@ def _log(outcome: FileOutcome) -> None:
 
 def _ingest_one(run: _Run, job: _Job) -> FileOutcome:
     """Read, hash, parse and store one dump, then move it; StoreError stops the whole run."""
-    name = job.path.name
+    # The store and failed/ know a dump by its file name; messages name a file given on the
+    # command line as it was given (`error: bad/junk.txt:3: ...`), as `digest parse` does.
+    stored_as = job.path.name
+    name = stored_as if job.owned else str(job.path)
     max_bytes = run.inbox.max_bytes
     try:
         data, st = _read(job.path, max_bytes)
@@ -405,11 +408,11 @@ def _ingest_one(run: _Run, job: _Job) -> FileOutcome:
 
     earlier = run.store.dump_by_sha256(sha256)
     if earlier is not None and earlier.status == "stored":
-        if earlier.name == name:
+        if earlier.name == stored_as:
             # Stored before a crash kept it from moving: finish that job, record nothing new.
             reason = f"already stored as dump {earlier.id}"
         else:
-            run.store.record_duplicate_dump(name, sha256, size, run.now())
+            run.store.record_duplicate_dump(stored_as, sha256, size, run.now())
             reason = f"same content as {earlier.name} (dump {earlier.id})"
         return FileOutcome(name, "duplicate", reason=reason, moved_to=_done(run, job, sha256))
 
@@ -435,7 +438,7 @@ def _ingest_one(run: _Run, job: _Job) -> FileOutcome:
                      "of the file; a complete dump holding it stores it",)  # fmt: skip
 
     outcome = run.store.ingest_dump(
-        name,
+        stored_as,
         sha256,
         size,
         result,
@@ -487,7 +490,8 @@ def _fail(run: _Run, job: _Job, sha256: str, size: int, error: ParseError) -> Fi
     if job.owned:
         note = _error_text(name, error.reason, run.now(), line=error.line, sha256=sha256, size=size)
         moved = _set_aside(job.path, run.inbox.failed_dir, note)
-    return FileOutcome(name, "failed", reason=str(error), moved_to=moved)
+    shown = name if job.owned else str(job.path)
+    return FileOutcome(shown, "failed", reason=str(error), moved_to=moved)
 
 
 def _error_text(
