@@ -1122,10 +1122,23 @@ def make_transport(
     if dry_run:
         return DryRunTransport(stream if stream is not None else sys.stdout)
     if settings.mail.transport == "smtp":
+        _warn_plain_links(settings.site.base_url)
         if settings.smtp.connections > 1:
             return SmtpPool(settings.smtp)
         return SmtpTransport(settings.smtp)
     return MaildirTransport(settings.mail.maildir)
+
+
+@functools.cache  # once per process and site, not once per delivery pass
+def _warn_plain_links(base_url: str) -> None:
+    """Mail going out to people with links they cannot use as intended: say so once."""
+    if not base_url.startswith("https://"):
+        # Gmail and Yahoo offer RFC 8058 one-click unsubscribe only for an https URL
+        log.warning(
+            "site.base_url is %s: mail goes out by SMTP with http links, so mail clients will "
+            "not offer one-click unsubscribe; set an https URL",
+            base_url,
+        )
 
 
 def _classify(

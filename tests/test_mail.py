@@ -717,3 +717,23 @@ def test_a_server_offering_pipelining_gets_mail_rcpt_and_data_in_one_write(
             ]
         finally:
             server.controller.stop()
+
+
+def test_smtp_with_an_http_site_warns_once_that_one_click_unsubscribe_is_lost(caplog) -> None:
+    # The contract's List-Unsubscribe is an https URL: mail clients offer RFC 8058 one-click
+    # only then. The default site (http://localhost, for a laptop's Maildir) says nothing.
+    import logging
+
+    from digest import mail
+
+    mail._warn_plain_links.cache_clear()
+    plain = email_settings(site={"base_url": "http://digest.example.org"},
+                           mail={"transport": "smtp"})  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="digest.mail"):
+        for _ in range(2):
+            mail.make_transport(plain).close()
+        mail.make_transport(email_settings(mail={"transport": "smtp"})).close()  # https
+        mail.make_transport(email_settings(site={"base_url": "http://localhost:8000"})).close()
+    said = [r.getMessage() for r in caplog.records if "one-click" in r.getMessage()]
+    assert len(said) == 1 and "http://digest.example.org" in said[0], said
+    mail._warn_plain_links.cache_clear()
