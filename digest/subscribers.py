@@ -799,6 +799,8 @@ def import_csv(
         _import_row(store, settings, row, str(path), start, seen, report, dry_run)
         for k in range(found, len(report.errors)):
             report.errors[k] = dataclasses.replace(report.errors[k], address=address)
+        if len(report.errors) > found:
+            continue  # a refused row: its errors say what to mend; no advice on its topics
         with contextlib.suppress(DigestError):  # a bad topic is already an error of the row
             for warning in topic_notes(parse_topics(row.get("topics", "")), index):
                 report.warnings.append(RowError(str(path), start, "-", warning, address))

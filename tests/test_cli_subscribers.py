@@ -449,6 +449,11 @@ def test_add_and_import_warn_of_probable_mistakes_but_save(
     captured = capsys.readouterr()
     assert f"warning: {csv_file}:2: z@example.org: topic 'B'" in captured.err
     assert "OR with a negation" in captured.err and "1 added" in captured.out
+    # a refused row gets its error alone: advice on the topics of a row not saved is noise
+    csv_file.write_text("email,topics\nnot-an-address,B: x OR -y\n", encoding="utf-8")
+    assert run(config, "subscriber", "import", str(csv_file)) == 1
+    err = capsys.readouterr().err
+    assert f"error: {csv_file}:2:" in err and "warning" not in err, err
 
 
 def _ada(stored: str, capsys: pytest.CaptureFixture[str]) -> None:
