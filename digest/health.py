@@ -73,7 +73,7 @@ class ThisRun:
     papers: int  # papers in those digests
     candidates: int  # papers pending for the due subscribers
     feed_items: int = 0
-    elsewhere: int = 0  # digests it planned that a concurrent pass recorded first
+    dropped: int = 0  # digests it planned that were not recorded (a concurrent pass first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,7 @@ def empty_run(f: Figures, h: HealthSettings) -> Anomaly | None:
     run = f.run
     if run is None or not run.due or not run.candidates or run.digests or run.feed_items:
         return None
-    if run.elsewhere:  # not empty: another pass (two sends at once) recorded its digests
+    if run.dropped:  # not empty: another pass (two sends at once) recorded its digests
         return None
     if not any(r.digests for r in f.recent):
         return None

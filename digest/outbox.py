@@ -71,15 +71,18 @@ class QueueReport:
     feed_items: int = 0
     papers: int = 0
     queued_papers: int = 0  # papers in the queued email digests
-    elsewhere: int = 0  # planned digests another pass (a concurrent send) recorded first
+    # planned digests dropped at recording: another pass (a concurrent send) recorded them
+    # first, or their subscribers paused or left meanwhile
+    dropped: int = 0
 
     def summary(self) -> str:
         text = (
             f"{self.due} subscribers due, {self.queued} digests queued, "
             f"{self.feed_items} feed items recorded, {self.papers} candidate papers"
         )
-        if self.elsewhere:
-            text += f", {self.elsewhere} recorded by another pass meanwhile"
+        if self.dropped:
+            text += (f", {self.dropped} dropped (recorded by another pass, or the subscriber "
+                     "paused, meanwhile)")  # fmt: skip
         return text
 
 
@@ -527,8 +530,8 @@ def _queue_page(
         _save_forms(store, states)
     for plan in plans:
         if plan.state.subscriber.id not in created:
-            # nothing new, or (items planned) recorded meanwhile by another pass
-            report.elsewhere += bool(plan.items)
+            # nothing new, or (items planned) recorded by another pass or paused meanwhile
+            report.dropped += bool(plan.items)
             continue
         if plan.kind == DigestKind.FEED:
             report.feed_items += len(plan.items)

@@ -121,7 +121,7 @@ class Cycle:
     def health(self, queued: QueueReport, *, now: datetime) -> list[Anomaly]:
         """The send-health check of a run about to send (digest.health); never raises."""
         run = ThisRun(queued.due, queued.queued, queued.queued_papers, queued.papers,
-                      queued.feed_items, queued.elsewhere)  # fmt: skip
+                      queued.feed_items, queued.dropped)  # fmt: skip
         return sentinel(self.store, self.settings, run, now=now,
                         transport_factory=self.transport_factory)  # fmt: skip
 

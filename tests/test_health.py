@@ -84,7 +84,7 @@ def test_every_digest_empty_while_subscribers_are_due_and_papers_pending() -> No
     assert _kinds(_figures(run=ThisRun(100, 1, 5, 40))) == []
     assert _kinds(_figures(run=empty, recent=[])) == []  # a new site: nothing ever matched
     # two sends at once: the other pass recorded this one's digests first; not empty
-    assert _kinds(_figures(run=ThisRun(100, 0, 0, 40, elsewhere=100))) == []
+    assert _kinds(_figures(run=ThisRun(100, 0, 0, 40, dropped=100))) == []
 
 
 def test_a_delivery_failure_rate_over_the_threshold() -> None:

@@ -581,8 +581,10 @@ def test_a_queue_pass_reports_what_it_recorded_not_what_it_planned(
     assert report.due == 2 and report.queued == 0
     assert store.digest_status_counts()["queued"] == 2
     # said as such (and no "every digest empty" health warning: see test_health)
-    assert report.elsewhere == 2
-    assert report.summary().endswith(", 2 recorded by another pass meanwhile")
+    assert report.dropped == 2
+    assert report.summary().endswith(
+        ", 2 dropped (recorded by another pass, or the subscriber paused, meanwhile)"
+    )
 
 
 def _reference_plans(store: Store, settings: Settings) -> list[tuple[int, list]]:
