@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1135,7 +1136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         # A path the settings or options name that cannot be made or written (a file where a
         # folder should be, no permission, a full disk): the path and the reason, no traceback.
-        log.debug("%s failed", args.command, exc_info=True)
+        if args.verbose:  # for a bug report
+            traceback.print_exc(file=sys.stderr)
         print(f"error: {_os_error(exc)}", file=sys.stderr)
         return 1
     finally:

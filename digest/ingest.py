@@ -10,7 +10,6 @@ re-run finishes the job: content already stored is recognised by its sha256 and 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import os
@@ -369,13 +368,23 @@ def _first_line(exc: BaseException) -> str:
     return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
+# Parser warnings shown per file: a messy dump can hold a thousand, all in `digest parse FILE`.
+SHOWN_WARNINGS = 5
+
+
+def _shown_warnings(name: str, result: ParseResult) -> tuple[str, ...]:
+    """The parser's first warnings on a file as `NAME:LINE: what`, and how many more."""
+    shown = [f"{name}:{w.line}: {w.message}" for w in result.warnings[:SHOWN_WARNINGS]]
+    if (more := len(result.warnings) - SHOWN_WARNINGS) > 0:
+        shown.append(f"{name}: {more} more warning(s); `digest parse {name}` lists them all")
+    return tuple(shown)
+
+
 def _log(outcome: FileOutcome) -> None:
     # Failures and doubts are the caller's to report (the CLI prints them, the daemon logs
-    # them as warnings): at warning level here they were said twice.
-    for warning in outcome.warnings:
-        log.info("dump %s: %s", outcome.name, warning)
+    # them as warnings): at a higher level here they were said twice.
     if outcome.status == "failed":
-        log.info("dump %s failed: %s", outcome.name, outcome.reason)
+        log.debug("dump %s failed: %s", outcome.name, outcome.reason)
     else:
         log.info(
             "dump %s %s: %d papers, %d new",
@@ -425,17 +434,7 @@ def _ingest_one(run: _Run, job: _Job) -> FileOutcome:
         failure = ParseError(f"internal parser error: {type(exc).__name__}: {exc}", file=name)
         return _fail(run, job, sha256, size, failure)
     run.hook("parsed", job.path)
-    warnings = tuple(f"{name}:{w.line}: {w.message}" for w in result.warnings)
-    if result.cut_short:
-        # The last abstract stops mid-sentence at the end of the file: stored, it would stay
-        # wrong (a paper is stored once). Left out, a complete dump stores it whole later.
-        last = result.papers[-1]
-        if len(result.papers) == 1:
-            why = "the file ends inside its only paper's abstract, without a newline (cut short?)"
-            return _fail(run, job, sha256, size, ParseError(why, file=name))
-        result = dataclasses.replace(result, papers=result.papers[:-1])
-        warnings += (f"{name}: {last.title!r} not stored: its abstract is cut off at the end "
-                     "of the file; a complete dump holding it stores it",)  # fmt: skip
+    warnings = _shown_warnings(name, result)
 
     outcome = run.store.ingest_dump(
         stored_as,

@@ -57,8 +57,6 @@ class ParseResult:
     warnings: tuple[ParseWarning, ...] = ()
     layout: str = ""
     capture_date: date | None = None
-    # the file ends, without a newline, inside the last paper's abstract: probably cut short
-    cut_short: bool = False
 
 
 @dataclass(frozen=True, slots=True)

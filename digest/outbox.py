@@ -82,7 +82,7 @@ class QueueReport:
         )
         if self.dropped:
             text += (f", {self.dropped} dropped (recorded by another pass, or the subscriber "
-                     "paused, meanwhile)")  # fmt: skip
+                     "paused or left, meanwhile)")  # fmt: skip
         return text
 
 

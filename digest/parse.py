@@ -158,9 +158,7 @@ def parse_bytes(
     result = _parse_text(text, name, ref, bool(controls) or b"\x0c" in data)
     if extra:
         warnings = tuple(sorted(extra + list(result.warnings), key=lambda w: w.line))
-        result = ParseResult(
-            result.papers, warnings, result.layout, result.capture_date, result.cut_short
-        )
+        result = ParseResult(result.papers, warnings, result.layout, result.capture_date)
     return result
 
 
@@ -255,6 +253,17 @@ def _format_entry(p: Paper, capture_date: date | None) -> list[str]:
 
 
 _CONTROL_RE = re.compile("[" + re.escape(_CONTROL_BYTES.decode("ascii")) + "]")
+
+
+def _cut_off(line: str) -> bool:
+    """Whether a file's last line, an abstract, looks stopped mid-word or mid-sentence: it
+    ends in a letter or a comma-like mark, and its last word is no URL or file name (about
+    one abstract in eleven ends in a link, a number, a quote or a bracket, not a full stop)."""
+    end = line.rstrip()
+    if not end or not (end[-1].isalpha() or end[-1] in ",;:-(–—"):
+        return False
+    last = end.split()[-1]
+    return "/" not in last and "." not in last.rstrip(",;:-(")
 
 
 def _control_warnings(text: str) -> list[ParseWarning]:
@@ -442,11 +451,9 @@ class _Parser:
                 k = self._meta_group(idx, k, seg)
                 seg, stray = [], 0
         self._emit(seg, None)
-        cut_short = False
         if self.papers and not text.endswith("\n"):
-            last = lines[idx[-1]]  # the file's last non-blank line, however short
-            if self.papers[-1].abstract == self._text(last) and last[-1] not in ".!?)":
-                cut_short = True
+            last = lines[idx[-1]]  # the last non-blank line (short ones too, not just long)
+            if self.papers[-1].abstract == self._text(last) and _cut_off(last):
                 self.warn(
                     idx[-1] + 1,
                     "the file ends without a newline inside this abstract (cut short?)",
@@ -463,7 +470,6 @@ class _Parser:
             warnings=tuple(self.warnings),
             layout=self._layout(adjacent, separated),
             capture_date=self.capture,
-            cut_short=cut_short,
         )
 
     def _text(self, s: str) -> str:

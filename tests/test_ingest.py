@@ -230,35 +230,52 @@ def test_bad_dumps_go_to_failed_with_a_reason(inbox: Inbox, content: bytes, expe
     assert report.failures[0].startswith("bad.txt:")
 
 
-def test_a_dump_cut_inside_its_last_abstract_stores_the_rest_and_says_so(inbox: Inbox) -> None:
+def test_a_dump_cut_inside_its_last_abstract_warns_and_a_complete_one_mends_it(
+    inbox: Inbox,
+) -> None:
     # A dump saved half-way (found by the contract check): its last abstract stops at the end
-    # of the file. Stored, that paper would keep the cut text for good (a paper is stored once);
-    # left out with a warning, the complete dump stores it whole.
+    # of the file. Its paper is stored (the rule cannot tell every cut from a complete abstract
+    # without a full stop), the warning is shown, and a complete dump mends the abstract.
     whole = DAY1.read_bytes()
-    last_title = parse_bytes(whole, name="day1.txt").papers[-1].title
+    complete = parse_bytes(whole, name="day1.txt").papers[-1]
     cut = whole[: whole.index(b"Speculative decoding trades") + 100]  # inside the last abstract
-    assert parse_bytes(cut, name="cut.txt").cut_short
     inbox.drop("cut.txt", cut)
     report = inbox.run()
-    assert [(o.name, o.status, o.papers) for o in report.outcomes] == [("cut.txt", "stored", 2)]
-    assert report.failures == []
+    assert [(o.name, o.status, o.papers) for o in report.outcomes] == [("cut.txt", "stored", 3)]
     (line,) = [w for w in report.warnings if "cut short" in w]
-    assert line.startswith("cut.txt:")
-    (left_out,) = [w for w in report.warnings if "not stored" in w]
-    assert left_out.startswith(f"cut.txt: {last_title!r} not stored")
-    assert inbox.store.count_papers() == 2
-    inbox.drop("day1.txt", DAY1)
-    assert inbox.run().new_papers == 1
+    assert line.startswith("cut.txt:31: ")
     stored = {p.title: p.abstract for p in inbox.store.papers_after(0)}
-    assert stored[last_title] == parse_bytes(whole, name="day1.txt").papers[-1].abstract
+    assert stored[complete.title] != complete.abstract
+    assert complete.abstract.startswith(stored[complete.title])
+    inbox.drop("day1.txt", DAY1)
+    assert inbox.run().new_papers == 0
+    stored = {p.title: p.abstract for p in inbox.store.papers_after(0)}
+    assert stored[complete.title] == complete.abstract
 
 
-def test_a_dump_cut_inside_its_only_abstract_fails_with_the_reason(inbox: Inbox) -> None:
-    whole = DAY1.read_bytes()
-    inbox.drop("cut.txt", whole[: whole.index(b"We fine-tune only") + 100])
-    (outcome,) = inbox.run().outcomes
-    assert outcome.status == "failed" and "cut short" in outcome.reason
-    assert inbox.names(inbox.failed) == ["cut.txt", "cut.txt.error.txt"]
+def test_a_later_abstract_that_is_not_a_continuation_changes_nothing(inbox: Inbox) -> None:
+    # Only an abstract that starts with the stored one replaces it: another text (a dump of
+    # the same title with another abstract) leaves the stored paper as it was.
+    inbox.drop("day1.txt", DAY1)
+    inbox.run()
+    before = {p.title: p.abstract for p in inbox.store.papers_after(0)}
+    title = next(iter(before))
+    other = DAY1.read_bytes().replace(before[title][:40].encode(), b"Quite another opening")
+    inbox.drop("other.txt", other)
+    inbox.run()
+    assert {p.title: p.abstract for p in inbox.store.papers_after(0)} == before
+
+
+def test_a_file_s_parser_warnings_are_shown_up_to_five_and_counted() -> None:
+    from digest.models import ParseWarning
+
+    result = ParseResult(
+        papers=(Paper("T", "abstract"),),
+        warnings=tuple(ParseWarning(n, f"odd line {n}") for n in range(1, 9)),
+    )
+    shown = ingest_mod._shown_warnings("x.txt", result)
+    assert shown[:5] == tuple(f"x.txt:{n}: odd line {n}" for n in range(1, 6))
+    assert shown[5:] == ("x.txt: 3 more warning(s); `digest parse x.txt` lists them all",)
 
 
 def test_a_non_utf8_dump_names_the_line(inbox: Inbox) -> None:

@@ -583,8 +583,31 @@ def test_a_queue_pass_reports_what_it_recorded_not_what_it_planned(
     # said as such (and no "every digest empty" health warning: see test_health)
     assert report.dropped == 2
     assert report.summary().endswith(
-        ", 2 dropped (recorded by another pass, or the subscriber paused, meanwhile)"
+        ", 2 dropped (recorded by another pass, or the subscriber paused or left, meanwhile)"
     )
+
+
+def test_the_health_check_hears_of_the_digests_another_pass_recorded(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the run passes to the health check (whose empty_run rule skips such a run).
+    import digest.pipeline
+
+    store, settings = world
+    for name in ("a", "b"):
+        _subscribe(store, settings, f"{name}@example.org", "latency")
+    _ingest(store, settings, "ingest_day1.txt")
+    real = store.record_plans
+
+    def another_pass_first(plans, **kwargs):
+        real(plans, **kwargs)
+        return real(plans, **kwargs)
+
+    runs = []
+    monkeypatch.setattr(store, "record_plans", another_pass_first)
+    monkeypatch.setattr(digest.pipeline, "sentinel", lambda _s, _t, run, **_k: runs.append(run))
+    Cycle(store, settings, lambda: T0).queue(force=True)
+    assert [(r.due, r.digests, r.dropped) for r in runs] == [(2, 0, 2)]
 
 
 def _reference_plans(store: Store, settings: Settings) -> list[tuple[int, list]]:

@@ -260,6 +260,30 @@ def test_file_cut_inside_last_abstract_is_warned():
     assert any("cut short" in w.message for w in result.warnings)
 
 
+@pytest.mark.parametrize(
+    ("ending", "cut"),
+    [
+        ("and then the fi", True),  # mid-word
+        ("we compare against,", True),
+        ("Code: https://github.com/acme/model", False),  # about one abstract in eleven ends so
+        ("Project page: acme.github.io", False),
+        ("a batch of 512", False),
+        ('what we call "lazy decoding"', False),
+        ("the curves [Fig. 3]", False),
+        ("a speedup of 2x}", False),
+    ],
+)
+def test_a_last_abstract_is_taken_as_cut_only_when_it_stops_mid_word_or_mid_clause(
+    ending: str, cut: bool
+) -> None:
+    # Three of the four shared dumps end without a newline: a link, a number, a quote or a
+    # bracket at the end of the last abstract is no sign of a cut (the contract check).
+    last = "An abstract that was long enough to be trusted as one, " * 3 + ending
+    result = parse_text(f"Title One\n\nA whole abstract.\n\nTitle Two\n\n{last}")
+    assert [p.abstract for p in result.papers] == ["A whole abstract.", last]
+    assert any("cut short" in w.message for w in result.warnings) == cut
+
+
 def test_short_text_without_sentence_end_is_not_an_abstract():
     text = "Title One\n\nA whole abstract.\n\nTitle Two\n\nAn abstract cut in the mid"
     result = parse_text(text)

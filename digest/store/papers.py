@@ -225,7 +225,7 @@ class PaperStore(StoreBase):
         """Insert new papers, update the changing facts of known ones, add the sightings."""
         keys = list(merged)
         existing: dict[str, Any] = {}
-        cols = [papers.c.id, papers.c.key, *(papers.c[f] for f in _PAPER_FACTS)]
+        cols = [papers.c.id, papers.c.key, papers.c.abstract, *(papers.c[f] for f in _PAPER_FACTS)]
         for chunk in chunks(keys):
             for row in conn.execute(select(*cols).where(papers.c.key.in_(chunk))):
                 existing[row.key] = row
@@ -251,9 +251,14 @@ class PaperStore(StoreBase):
                 ids[row.key] = row.id
 
         changes = []
+        mended: list[dict[str, Any]] = []
         jumps: list[tuple[int, int, int]] = []
         for key, row in existing.items():
             p = merged[key]
+            if len(p.abstract) > len(row.abstract) and p.abstract.startswith(row.abstract):
+                # The stored abstract is the start of this one: stored from a dump cut off
+                # inside it (the parser warns of that); a complete dump mends it.
+                mended.append({"b_id": row.id, "b_now": now, "b_abstract": p.abstract})
             if rising is not None and rising.jumped(row.upvotes, p.upvotes):
                 assert p.upvotes is not None and row.upvotes is not None  # jumped() checked
                 jumps.append((row.id, row.upvotes, p.upvotes))
@@ -272,6 +277,13 @@ class PaperStore(StoreBase):
                     **{f: bindparam(f"b_{f}") for f in _PAPER_FACTS},
                 ),
                 changes,
+            )
+        if mended:
+            conn.execute(
+                update(papers)
+                .where(papers.c.id == bindparam("b_id"))
+                .values(updated_at=bindparam("b_now"), abstract=bindparam("b_abstract")),
+                mended,
             )
         if jumps:
             from digest.store.rising import record_jumps  # rising.py reads this module's tables
