@@ -446,10 +446,12 @@ def set_status(
     if new != current.status and how is not StatusChange.CONFIRM:
         if current.status is SubscriberStatus.UNSUBSCRIBED:
             raise ConsentError(left_message(store, current))
-        if current.status is SubscriberStatus.PENDING and new.receives_mail:
+        if current.status is SubscriberStatus.PENDING and new is not SubscriberStatus.UNSUBSCRIBED:
+            # Not paused either: paused -> active is a resume, which would make someone who
+            # never confirmed a subscriber by two admin steps.
             raise ConsentError(
                 f"{current.email} signed up on {current.created_at:%Y-%m-%d} but has not "
-                "confirmed; only their confirmation link makes them active"
+                "confirmed; only their confirmation link makes them active (they can be removed)"
             )
     resuming = new.receives_mail and not current.status.receives_mail
     if new != current.status:

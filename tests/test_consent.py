@@ -71,6 +71,11 @@ def test_an_admin_cannot_activate_an_unconfirmed_sign_up(store: Store, cfg: Sett
     subs.add_subscriber(store, cfg, "p@example.org", status="pending", how=StatusChange.SIGNUP)
     with pytest.raises(ConsentError, match="has not confirmed"):
         subs.set_status(store, "p@example.org", "active", how=StatusChange.ADMIN)
+    # nor in two steps (found by the web acceptance check): pausing them, then resuming
+    for how in (StatusChange.ADMIN, StatusChange.CLI, StatusChange.IMPORT):
+        with pytest.raises(ConsentError, match="has not confirmed"):
+            subs.set_status(store, "p@example.org", "paused", how=how)
+    assert subs.get_subscriber(store, "p@example.org").status == "pending"
     subs.set_status(store, "p@example.org", "active", how=StatusChange.CONFIRM)
     assert subs.get_subscriber(store, "p@example.org").status == "active"
 
