@@ -18,10 +18,12 @@ from typing import Any
 import jinja2
 from flask import Flask, current_app, render_template
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from digest import templates as templatemod
 from digest.config import Settings
 from digest.links import LinkSigner, secret_key
+from digest.store.base import MAX_ID
 from digest.web.preview import CoverageIndex
 from digest.web.security import LoginThrottle, csrf_token, security_headers
 
@@ -30,6 +32,14 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 TransportFactory = Callable[[Settings], Any]
+
+
+class _StoreId(IntegerConverter):
+    """`<int:...>` in our routes: at most the largest id the store can hold."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", MAX_ID)
+        super().__init__(map, *args, **kwargs)
 
 
 def _default_transport(settings: Settings) -> Any:
@@ -160,6 +170,8 @@ def create_app(
     )
     web_state.mailer = ConfirmationMailer(app)
 
+    # Ids in paths past what the store holds (64-bit) are no page: 404, not an overflow's 500.
+    app.url_map.converters["int"] = _StoreId
     app.register_blueprint(public.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(admin.bp, url_prefix="/admin")
