@@ -383,30 +383,45 @@ class _Parser:
         tok = self.peek()
         if tok is not None and tok.kind in ("AND", "OR"):
             raise self.err(tok.col, f"{tok.kind} needs a term before it", f"write a {tok.kind} b")
-        first = self.i
+        spans = [self.i]  # where each part's tokens start
         parts = [self.unary(depth, None)]
+        explicit = False  # an AND between parts keeps every part required
         while (tok := self.peek()) is not None and tok.kind not in ("sep", ")", "OR"):
             if tok.kind == "AND":
+                explicit = True
                 self.i += 1
                 nxt = self.peek()
                 if nxt is None or nxt.kind in ("sep", ")", "OR", "AND"):
                     raise self.err(tok.col, "AND needs a term after it", "write a AND b")
+            spans.append(self.i)
             parts.append(self.unary(depth, None))
-        toks = self.toks[first : self.i]
-        plain = [t.kind == "word" and "*" not in str(t.value) for t in toks]
+        spans.append(self.i)
+        # Juxtaposed words (no AND, field or group among them), and exclusions beside them:
+        # the words are read as plain words, the exclusions required on top, so an exclusion
+        # means the same inside a forgiving alternative as at its side (`a b c -x`).
+        one = [spans[k + 1] - spans[k] == 1 and self.toks[spans[k]].kind == "word"
+               for k in range(len(parts))]  # fmt: skip
+        negs = [x for x, single in zip(parts, one, strict=True) if not single and x.kind == "not"]
+        if explicit or len(negs) + sum(one) != len(parts) or not any(one):
+            return _and(parts)
+        toks = [self.toks[spans[k]] for k in range(len(parts)) if one[k]]
+        words = [x for x, single in zip(parts, one, strict=True) if single]
+        plain = ["*" not in str(t.value) for t in toks]
         stops = [p and _is_stop(str(t.value)) for p, t in zip(plain, toks, strict=True)]
-        if len(parts) == len(toks) and not all(stops):
-            # juxtaposed words (no AND/NOT/field/group in between): stop words are ignored
-            kept = [t for t, stop in zip(toks, stops, strict=True) if not stop]
-            parts = [x for x, stop in zip(parts, stops, strict=True) if not stop]
-            if all(plain) and len(parts) >= LOOSE_FROM:
-                return _loose(parts)
-            if len(parts) == 2 and all(plain) and all(x.kind == "t" for x in parts):
-                # fine tuning: both words, or the word finetuning
-                head, tail = (str(t.value) for t in kept)
-                if head.casefold() in COMPOUND_PREFIXES and (one := textmod.joined(head, tail)):
-                    return _or([_and(parts), Node("t", None, textmod.stem(one))])
-        return _and(parts)
+        if all(stops):
+            return _and(parts)
+        # stop words are ignored
+        kept = [t for t, stop in zip(toks, stops, strict=True) if not stop]
+        words = [x for x, stop in zip(words, stops, strict=True) if not stop]
+        positive = _and(words)
+        if all(plain) and len(words) >= LOOSE_FROM:
+            positive = _loose(words)
+        elif len(words) == 2 and all(plain) and all(x.kind == "t" for x in words):
+            # fine tuning: both words, or the word finetuning
+            head, tail = (str(t.value) for t in kept)
+            if head.casefold() in COMPOUND_PREFIXES and (joined := textmod.joined(head, tail)):
+                positive = _or([_and(words), Node("t", None, textmod.stem(joined))])
+        return _and([positive, *negs]) if negs else positive
 
     def unary(self, depth: int, fld: str | None) -> Node:
         tok = self.peek()

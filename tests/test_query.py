@@ -231,6 +231,24 @@ def test_an_exclusion_means_the_same_inside_parentheses() -> None:
     assert shape("title:(pruning, -diffusion)") == "(NOT title:diffus AND title:prune)"
 
 
+def test_an_exclusion_beside_plain_words_keeps_them_forgiving() -> None:
+    # Found by the query check: `a b c -x` made every word required (27 papers of 108 for
+    # `efficient LLM inference -xyzzy`), though `a b c, -x` kept them forgiving.
+    for words in ("efficient LLM inference", "mixture of experts", "fine tuning", "prune* latency"):
+        assert shape(f"{words} -xyzzy") == shape(f"({words}) -xyzzy"), words
+        assert shape(f"{words} NOT xyzzy") == shape(f"({words}) -xyzzy"), words
+    assert shape("efficient -xyzzy LLM inference") == shape("efficient LLM inference -xyzzy")
+    # the strict forms stay strict
+    assert shape("efficient AND LLM inference -xyzzy").count("AND") == 3
+    papers = [
+        stored_paper(1, "Efficient inference", "Serving LLMs fast."),  # 2 of 3 words
+        stored_paper(2, "Efficient inference", "Diffusion models."),
+        stored_paper(3, "Sorting", "Nothing of the kind."),
+    ]
+    for query in ("efficient LLM inference -diffusion", "efficient LLM inference, -diffusion"):
+        assert {m.paper_id for m in match_query(PaperIndex(papers), query)} == {1}, query
+
+
 def test_org_prefix_is_an_error_not_silently_dropped() -> None:
     with pytest.raises(QueryError, match=r"org: does not take \*"):
         compile_query("org:micro*")
