@@ -225,7 +225,9 @@ class _Tok(NamedTuple):
 MAX_DEPTH = 32
 _BARE_STOP = set(' \t\r\n,()"“”')
 _NUM_RE = re.compile(r"([A-Za-z_]+)(<=|>=|<|>|=)(.*)\Z", re.S)
-_SPACED_NUM = re.compile(r"(?i)(upvotes|authors)[ \t]*(<=|>=|<|>|=)[ \t]*([^\s,()\"]*)")
+# a number condition written with spaces (`upvotes >= 10`); another name before a number too,
+# so that a misspelt or unknown one (`citations >= 5`) is named as such, not searched for
+_SPACED_NUM = re.compile(r"([A-Za-z_]+)[ \t]*(<=|>=|<|>|=)[ \t]*([^\s,()\"]*)")
 _FIELD_RE = re.compile(r"([A-Za-z_]+):(.*)\Z", re.S)
 _QUOTES = {'"': '"', "“": "”", "”": "”"}
 
@@ -265,8 +267,14 @@ def _lex(text: str) -> list[_Tok]:
         elif c == "-":
             out.append(_Tok("-", c, col, col + 1))
             i += 1
-        elif (m := _SPACED_NUM.match(text, i)) is not None:
+        elif (m := _SPACED_NUM.match(text, i)) is not None and (
+            m.group(1).lower() in NUMERIC or m.group(3).isdigit() or m.group(3)[:1] in "<>="
+        ):
             # "upvotes >= 10" is read as upvotes>=10
+            if m.group(3)[:1] in ("<", ">", "="):  # `upvotes > = 3`
+                op = m.group(2) + m.group(3)[0]
+                raise _err(text, m.start(2) + 1, "a space inside a comparison operator",
+                           f"write it in one piece, e.g. {m.group(1)}{op}3")  # fmt: skip
             _lex_bare(text, m.group(1) + m.group(2) + m.group(3), i, out)
             i = m.end()
         else:

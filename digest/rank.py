@@ -706,7 +706,9 @@ def preview_topic(
     for m in ranked[:limit] if limit is not None else ranked:
         why = m.why
         if query.strip() and m.terms:
+            # the words found, then the match's own why; a condition both name is said once
             words = explain(index, query, pos[m.paper_id])
-            why = f"{words}; {why}" if why and words else (words or why)
+            parts = [p for text in (words, why) if text for p in text.split("; ")]
+            why = "; ".join(dict.fromkeys(parts))
         out.append(Match(m.paper_id, m.score, (), m.terms, m.title_spans, m.abstract_spans, why))
     return TopicPreview(out, len(ranked), index.papers)

@@ -257,6 +257,14 @@ def test_org_prefix_is_an_error_not_silently_dropped() -> None:
 def test_numbers_with_spaces_around_the_operator() -> None:
     assert compile_query("upvotes >= 10") == compile_query("upvotes>=10")
     assert compile_query("llm authors <= 5") == compile_query("llm authors<=5")
+    # found by the query check: misleading hints for an unknown field or a split operator
+    with pytest.raises(QueryError, match="unknown number field 'citations'"):
+        compile_query("llm citations >= 5")
+    with pytest.raises(QueryError, match="a space inside a comparison operator") as split:
+        compile_query("upvotes > = 3")
+    assert "upvotes>=3" in str(split.value.hint)
+    # a comparison sign before words, not a number, is no condition: searched as before
+    assert compile_query("latency <10ms") == compile_query("latency 10ms")
 
 
 def test_c_plus_plus_is_a_word() -> None:

@@ -140,6 +140,10 @@ def test_explain_lists_only_what_matched() -> None:
     index = PaperIndex(ps)
     why = explain(index, "pruning upvotes>=10, quantization, org:nvidia distillation", 0)
     assert why == "title: Pruning; abstract: prune; upvotes>=10"
+    # `digest match` joins these words to the match's own why, which names the conditions
+    # too: each is said once (found by the query check: "org:nvidia; org:nvidia")
+    (m,) = preview_topic(ps, "pruning upvotes>=10 org:nvidia").matches
+    assert m.why == "title: Pruning; abstract: prune; upvotes>=10; org:nvidia"
 
 
 def test_feedback_reaches_the_digest_through_planning(tmp_path, capsys, shared_dumps) -> None:
