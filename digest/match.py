@@ -794,7 +794,9 @@ def passed_conditions(index: PaperIndex, query: Query, i: int) -> list[str]:
     for alt, _terms, conds in parts:
         if conds and index.bits(alt) >> i & 1:
             out += conds
-    return list(dict.fromkeys(out))
+    # sorted: the alternatives (a conjunction's clauses among them) come in the order of a
+    # frozenset, which differs from process to process
+    return sorted(set(out))
 
 
 def positive_leaves(node: Node) -> Iterable[Node]:

@@ -196,6 +196,17 @@ _OGUE = re.compile(r"(catalog|dialog|analog|prolog|epilog|monolog)ue")
 # optimal, normalization with normal, regularization with regular.
 _IZE = re.compile(r"(\w{3,}iz)(e|ed|es|ing|er|ers|ation|ations|able)\Z")
 _NO_VOWEL = re.compile(r"[^aeiouy]{2,}s\Z")
+# Words Snowball cuts to one stem with unrelated ones, kept to a stem of their own by prefix:
+# experience/experiment (experi), continual/continuous/continue (continu), informal/
+# information (inform); probably (a hedge) is not probability (probabl).
+_APART = (
+    ("experienc", "experienc"),
+    ("experiment", "experiment"),
+    ("continual", "continual"),
+    ("continuous", "continuous"),
+    ("informal", "informal"),
+)
+_WORDS_APART = {"probably": "probably"}
 
 
 def american(norm: str) -> str:
@@ -239,6 +250,12 @@ def stem(norm: str) -> str:
     norm = american(norm)
     if "iz" in norm and (m := _IZE.match(norm)) is not None:
         return m.group(1)
+    if norm in _WORDS_APART:
+        return _WORDS_APART[norm]
+    if norm[:2] in ("ex", "co", "in"):
+        for prefix, own in _APART:
+            if norm.startswith(prefix):
+                return own
     out = snowball(norm)
     if len(out) >= 3 and _NO_VOWEL.fullmatch(out):  # an acronym's plural: llms, gnns, vlms
         return out[:-1]

@@ -649,3 +649,33 @@ def test_damaged_forms_are_compiled_afresh_and_rewritten(monkeypatch):
     assert [(sid, q, f) for sid, _, q, f in rows] == [
         (1, "beta gamma", compiled_form("beta gamma")), (2, "delta", compiled_form("delta"))
     ]  # fmt: skip
+
+
+def test_the_conditions_of_a_why_come_in_one_order_in_every_process() -> None:
+    # A conjunction's clauses iterate in a frozenset's order, which follows the process's hash
+    # seed: "org:nvidia; upvotes>=10" in one process was "upvotes>=10; org:nvidia" in another.
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from datetime import datetime\n"
+        "from digest.match import PaperIndex, passed_conditions\n"
+        "from digest.models import StoredPaper\n"
+        "from digest.query import compile_query\n"
+        "p = StoredPaper(1, 'a', 'Pruning', 'x', datetime(2026, 1, 1), upvotes=12, authors=3,\n"
+        "                organization='NVIDIA', organization_id='nvidia')\n"
+        "q = compile_query('pruning upvotes>=10 org:nvidia authors<=5')\n"
+        "print(passed_conditions(PaperIndex([p]), q, 0))\n"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in (0, 3, 11, 12)
+    }
+    assert seen == {"['authors<=5', 'org:nvidia', 'upvotes>=10']\n"}, seen

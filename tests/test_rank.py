@@ -143,7 +143,7 @@ def test_explain_lists_only_what_matched() -> None:
     # `digest match` joins these words to the match's own why, which names the conditions
     # too: each is said once (found by the query check: "org:nvidia; org:nvidia")
     (m,) = preview_topic(ps, "pruning upvotes>=10 org:nvidia").matches
-    assert m.why == "title: Pruning; abstract: prune; upvotes>=10; org:nvidia"
+    assert m.why == "title: Pruning; abstract: prune; org:nvidia; upvotes>=10"  # sorted
 
 
 def test_feedback_reaches_the_digest_through_planning(tmp_path, capsys, shared_dumps) -> None:

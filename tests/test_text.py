@@ -201,6 +201,28 @@ def test_ize_words_do_not_join_their_roots(a: str, b: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("apart", "together"),
+    [
+        (("experience", "experiment"), ("experiences", "experiments", "experimental")),
+        (("continual", "continuous", "continue"),
+         ("continually", "continuously", "continued")),
+        (("informal", "information"), ("informally", "inform")),
+        (("probability", "probably"), ("probabilities",)),
+    ],
+)  # fmt: skip
+def test_words_snowball_joins_with_unrelated_ones_stay_apart(
+    apart: tuple[str, ...], together: tuple[str, ...]
+) -> None:
+    # found by the query check: `experience` found 126 papers through *experiments* alone,
+    # `continual` (learning) met *continuous*, `informal` met *information*
+    stems = [stem(w) for w in apart]
+    assert len(set(stems)) == len(stems), stems
+    # each still meets its own forms (in the order of `apart`, one family each)
+    for word, family in zip(apart, together, strict=False):
+        assert stem(word) == stem(family), (word, family)
+
+
+@pytest.mark.parametrize(
     ("plural", "single"),
     [("LLMs", "LLM"), ("GNNs", "GNN"), ("MLLMs", "MLLM"), ("VLMs", "VLM"), ("GPUs", "GPU"),
      ("LoRAs", "LoRA"), ("llms", "llm")],
