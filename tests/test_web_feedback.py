@@ -78,6 +78,11 @@ def test_a_post_without_csrf_and_bad_links_record_nothing(env):
     assert client.get(other_verdict).status_code == 404
     assert client.get(like.replace("/0/like/", "/5/like/")).status_code == 404  # no topic 5
     assert client.get(like.replace(f"/feedback/{ann.id}/", "/feedback/999/")).status_code == 404
+    # an action the page never sends is refused, not taken for the verdict (web check)
+    html = client.get(like).get_data(as_text=True)
+    assert (
+        client.post(like, data={"csrf_token": csrf_of(html), "action": "bogus"}).status_code == 400
+    )
     assert store.examples_of(ann.id) == []
 
 

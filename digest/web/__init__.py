@@ -186,6 +186,8 @@ def create_app(
         page = render_template(
             "web/error.html", code=exc.code, title=exc.name, message=exc.description or ""
         )
-        return page, exc.code
+        # the exception's own headers but its text/plain type: a 405's Allow (RFC 9110)
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        return page, exc.code, headers
 
     return app

@@ -36,9 +36,9 @@ from digest.urls import FeedFormat, feed_url
 from digest.web import STATIC_DIR, state
 from digest.web.admin import (
     WEEKDAYS,
+    _edited_weekday,
     _submitted_form,
     _topic_rows,
-    _weekday,
     coverage_index,
     field_errors,
     form_warnings,
@@ -114,12 +114,15 @@ def manage(signed: str) -> Any:
     status = 200
     if request.method == "POST":
         check_csrf()
-        if request.form.get("action") == "remove_example":
+        action = request.form.get("action", "save")
+        if action not in ("save", "remove_example", "resubscribe"):
+            abort(400, description=f"unknown action {action[:40]!r}")
+        if action == "remove_example":
             if remove_example_from_form(st.store, sub):
                 message = "Example removed."
             else:
                 message = "That example was already removed."
-        elif request.form.get("action") == "resubscribe":
+        elif action == "resubscribe":
             # A new double opt-in: a confirmation email, whose link (POST) brings them back.
             if sub.status == SubscriberStatus.UNSUBSCRIBED:
                 wait = st.signup_limiter.hit_address(sub.email)
@@ -127,9 +130,10 @@ def manage(signed: str) -> Any:
                     return _too_many(wait)
                 if not st.mailer.submit(ConfirmationJob(email=sub.email)):
                     return _busy()
+            # as the sign-up says it: within confirm_interval_minutes no second one is sent
             message = (
-                f"We sent a confirmation email to {sub.email}. Follow its link and press "
-                "Confirm to subscribe again."
+                f"A confirmation email is on its way to {sub.email} (at most one an hour). "
+                "Follow its link and press Confirm to subscribe again."
             )
         else:
             topics, errors = parse_topic_rows(
@@ -147,11 +151,14 @@ def manage(signed: str) -> Any:
                         cadence=form["cadence"] or sub.cadence,
                         time=form["time"] or sub.time,
                         tz=form["tz"] or sub.tz,
-                        weekday=_weekday(form["weekday"]),
+                        weekday=_edited_weekday(form["weekday"]),
                     )
                     sub = subs.get_subscriber(st.store, sub.email)
                     message = "Saved. Your next digest follows the new settings."
                     notes = subs.topic_notes(topics, coverage_index())
+                    if not topics:
+                        notes.insert(0, "You have no topics now: no digest is sent until you "
+                                        "add one.")  # fmt: skip
                 except DigestError as exc:
                     message = str(exc)
                     status = 400
@@ -209,7 +216,10 @@ def feedback(subscriber_id: int, paper_id: int, topic_index: int, verdict: str, 
     step = "confirm"
     if request.method == "POST":
         check_csrf()
-        undo = request.form.get("action") == "undo"
+        action = request.form.get("action", "")
+        if action not in ("", "undo"):
+            abort(400, description=f"unknown action {action[:40]!r}")
+        undo = action == "undo"
         give_feedback(st.store, sub, paper, verdict, topic=topic, undo=undo)
         step = "undone" if undo else "recorded"
     manage = st.signer.make_token("manage", sub.token)
