@@ -546,6 +546,11 @@ def test_feeds_are_gzipped_when_asked_and_gone_once_unsubscribed(env):
     assert store.subscriber_by_token(ann.token) is None
     assert client.get(f"/feeds/s/{ann.token}.rss").status_code == 410
     assert client.get("/feeds/s/never-a-token.rss").status_code == 404
+    # someone who signed up but has not confirmed has no feed yet (web acceptance check)
+    subs.add_subscriber(store, _settings, "p@example.org", status="pending",
+                        how=StatusChange.SIGNUP)  # fmt: skip
+    pending = subs.get_subscriber(store, "p@example.org")
+    assert client.get(f"/feeds/s/{pending.token}.atom").status_code == 404
 
 
 # --- links, secret, CLI ------------------------------------------------------------------------

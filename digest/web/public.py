@@ -542,7 +542,7 @@ def feed_subscriber(token: str, fmt: FeedFormat) -> Any:
         sub = None
     if sub is None and st.store.feed_gone(token):
         abort(410, description="This feed has ended: its subscriber was removed.")
-    if sub is None:
+    if sub is None or sub.status == SubscriberStatus.PENDING:  # not subscribed (yet)
         abort(404, description="No such feed.")
     if sub.status == SubscriberStatus.UNSUBSCRIBED:
         # Gone for good: feed readers stop polling on 410, they keep polling a 404.
