@@ -225,10 +225,9 @@ class _Tok(NamedTuple):
 MAX_DEPTH = 32
 _BARE_STOP = set(' \t\r\n,()"“”')
 _NUM_RE = re.compile(r"([A-Za-z_]+)(<=|>=|<|>|=)(.*)\Z", re.S)
-# a number condition written with spaces (`upvotes >= 10`); another name before a number too,
-# so that a misspelt or unknown one (`citations >= 5`) is named as such, not searched for
-_SPACED_NUM = re.compile(r"([A-Za-z_]+)[ \t]*(<=|>=|<|>|=)[ \t]*([^\s,()\"]*)")
+_SPACED_NUM = re.compile(r"(?i)(upvotes|authors)[ \t]*(<=|>=|<|>|=)[ \t]*([^\s,()\"]*)")
 _FIELD_RE = re.compile(r"([A-Za-z_]+):(.*)\Z", re.S)
+_OPS = frozenset(("<=", ">="))  # the two-character comparisons, for `upvotes > = 3`
 _QUOTES = {'"': '"', "“": "”", "”": "”"}
 
 
@@ -267,11 +266,10 @@ def _lex(text: str) -> list[_Tok]:
         elif c == "-":
             out.append(_Tok("-", c, col, col + 1))
             i += 1
-        elif (m := _SPACED_NUM.match(text, i)) is not None and (
-            m.group(1).lower() in NUMERIC or m.group(3).isdigit() or m.group(3)[:1] in "<>="
-        ):
+        elif (m := _SPACED_NUM.match(text, i)) is not None:
             # "upvotes >= 10" is read as upvotes>=10
-            if m.group(3)[:1] in ("<", ">", "="):  # `upvotes > = 3`
+            if m.group(3)[:1] in ("<", ">", "=") and m.group(2) + m.group(3)[0] in _OPS:
+                # `upvotes > = 3`
                 op = m.group(2) + m.group(3)[0]
                 raise _err(text, m.start(2) + 1, "a space inside a comparison operator",
                            f"write it in one piece, e.g. {m.group(1)}{op}3")  # fmt: skip
@@ -407,14 +405,15 @@ class _Parser:
         # Juxtaposed words (no AND, field or group among them), and exclusions beside them:
         # the words are read as plain words, the exclusions required on top, so an exclusion
         # means the same inside a forgiving alternative as at its side (`a b c -x`).
-        one = [spans[k + 1] - spans[k] == 1 and self.toks[spans[k]].kind == "word"
-               for k in range(len(parts))]  # fmt: skip
+        one = [spans[k + 1] - spans[k] == 1 for k in range(len(parts))]  # a part of one token
         negs = [x for x, single in zip(parts, one, strict=True) if not single and x.kind == "not"]
         if explicit or len(negs) + sum(one) != len(parts) or not any(one):
             return _and(parts)
         toks = [self.toks[spans[k]] for k in range(len(parts)) if one[k]]
         words = [x for x, single in zip(parts, one, strict=True) if single]
-        plain = ["*" not in str(t.value) for t in toks]
+        # a phrase or a number condition is one token too: beside it stop words still go, but
+        # only plain words forgive or join as compounds
+        plain = [t.kind == "word" and "*" not in str(t.value) for t in toks]
         stops = [p and _is_stop(str(t.value)) for p, t in zip(plain, toks, strict=True)]
         if all(stops):
             return _and(parts)
@@ -530,6 +529,10 @@ class _Parser:
             return Node("x", fld, toks[0].norm)
         toks = _tokens(raw)
         if not toks:
+            if raw in ("<", "<=", "=", ">=", ">"):  # `citations >= 5`: no such number field
+                raise self.err(tok.col, f"{raw!r} compares only upvotes and authors",
+                               "write upvotes>=10 or authors<=5; quote text to search "
+                               "for it")  # fmt: skip
             raise self.err(tok.col, f"{raw!r} has no letters or digits to search for",
                            'quote it with other words or remove it')  # fmt: skip
         if len(toks) == 2 and raw[toks[0].end : toks[1].start] == "-":

@@ -234,6 +234,9 @@ def test_an_exclusion_means_the_same_inside_parentheses() -> None:
 def test_an_exclusion_beside_plain_words_keeps_them_forgiving() -> None:
     # Found by the query check: `a b c -x` made every word required (27 papers of 108 for
     # `efficient LLM inference -xyzzy`), though `a b c, -x` kept them forgiving.
+    # stop words beside a phrase or a number condition go too, as they did (review)
+    assert shape('"speculative decoding" for LLMs') == '("specul decod" AND llm)'
+    assert shape("the upvotes>=10") == "upvotes>=10"
     for words in ("efficient LLM inference", "mixture of experts", "fine tuning", "prune* latency"):
         assert shape(f"{words} -xyzzy") == shape(f"({words}) -xyzzy"), words
         assert shape(f"{words} NOT xyzzy") == shape(f"({words}) -xyzzy"), words
@@ -258,8 +261,10 @@ def test_numbers_with_spaces_around_the_operator() -> None:
     assert compile_query("upvotes >= 10") == compile_query("upvotes>=10")
     assert compile_query("llm authors <= 5") == compile_query("llm authors<=5")
     # found by the query check: misleading hints for an unknown field or a split operator
-    with pytest.raises(QueryError, match="unknown number field 'citations'"):
+    with pytest.raises(QueryError, match="'>=' compares only upvotes and authors"):
         compile_query("llm citations >= 5")
+    # a name before a spaced sign and a number is searched, as before (review)
+    assert compile_query("quantization <4 bit") == compile_query("quantization 4 bit")
     with pytest.raises(QueryError, match="a space inside a comparison operator") as split:
         compile_query("upvotes > = 3")
     assert "upvotes>=3" in str(split.value.hint)
