@@ -563,9 +563,8 @@ def test_a_plan_for_someone_who_paused_meanwhile_records_nothing(world) -> None:
     assert list(created) == [get_subscriber(store, "a@example.org").id]
 
 
-def test_a_queue_pass_reports_what_it_recorded_not_what_it_planned(
-    world, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _two_due_and_another_pass_first(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two subscribers due; whatever this pass records, a concurrent pass recorded just before."""
     store, settings = world
     for name in ("a", "b"):
         _subscribe(store, settings, f"{name}@example.org", "latency")
@@ -577,6 +576,13 @@ def test_a_queue_pass_reports_what_it_recorded_not_what_it_planned(
         return real(plans, **kwargs)
 
     monkeypatch.setattr(store, "record_plans", another_pass_first)
+
+
+def test_a_queue_pass_reports_what_it_recorded_not_what_it_planned(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, settings = world
+    _two_due_and_another_pass_first(world, monkeypatch)
     report = queue_digests(store, settings, now=T0)
     assert report.due == 2 and report.queued == 0
     assert store.digest_status_counts()["queued"] == 2
@@ -594,17 +600,8 @@ def test_the_health_check_hears_of_the_digests_another_pass_recorded(
     import digest.pipeline
 
     store, settings = world
-    for name in ("a", "b"):
-        _subscribe(store, settings, f"{name}@example.org", "latency")
-    _ingest(store, settings, "ingest_day1.txt")
-    real = store.record_plans
-
-    def another_pass_first(plans, **kwargs):
-        real(plans, **kwargs)
-        return real(plans, **kwargs)
-
+    _two_due_and_another_pass_first(world, monkeypatch)
     runs = []
-    monkeypatch.setattr(store, "record_plans", another_pass_first)
     monkeypatch.setattr(digest.pipeline, "sentinel", lambda _s, _t, run, **_k: runs.append(run))
     Cycle(store, settings, lambda: T0).queue(force=True)
     assert [(r.due, r.digests, r.dropped) for r in runs] == [(2, 0, 2)]
