@@ -551,6 +551,12 @@ def test_feeds_are_gzipped_when_asked_and_gone_once_unsubscribed(env):
                         how=StatusChange.SIGNUP)  # fmt: skip
     pending = subs.get_subscriber(store, "p@example.org")
     assert client.get(f"/feeds/s/{pending.token}.atom").status_code == 404
+    # and their manage page offers no feed link that would be that 404
+    signer = app.extensions["digest"].signer
+    page = client.get(f"/manage/{signer.make_token('manage', pending.token)}")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "feeds-after-confirm" in html
+    assert f"/feeds/s/{pending.token}" not in html
 
 
 # --- links, secret, CLI ------------------------------------------------------------------------

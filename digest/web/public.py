@@ -185,7 +185,10 @@ def manage(signed: str) -> Any:
         feed_atom=feed_url(st.settings.site.base_url, "atom", sub.token),
         manage_url=links.manage_url,
         archive_url=archive_url(st.settings, st.signer, sub),
-        feeds=_alternates(st.settings.site.base_url, sub.token, "Your papers"),
+        # a sign-up not confirmed yet has no feed (it answers 404)
+        feeds=[]
+        if sub.status == SubscriberStatus.PENDING
+        else _alternates(st.settings.site.base_url, sub.token, "Your papers"),
         examples=examples_by_topic(st.store, sub),
     )
     return page, status
