@@ -16,12 +16,15 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from digest import __version__
 from digest.config import Settings, find_settings_file, init_folder, load_settings
 from digest.errors import DigestError, UsageError
 from digest.models import CADENCES, Cadence, DigestStatus, SubscriberStatus
+
+if TYPE_CHECKING:  # imported lazily by the commands that ingest
+    from digest.ingest import IngestReport
 
 log = logging.getLogger("digest")
 
@@ -125,12 +128,17 @@ def cmd_ingest(ctx: Context, args: argparse.Namespace) -> int:
         )
     else:
         report = ingest_inbox(ctx.store, ctx.settings, quiet=ctx.quiet)
+    _say_ingest(ctx, report)
+    ctx.print(report.summary())
+    return 1 if report.failures else 0
+
+
+def _say_ingest(ctx: Context, report: IngestReport) -> None:
+    """An ingest report's doubts and failures on stderr, a line each."""
     for warning in report.warnings:
         print(f"warning: {warning}", file=ctx.err)
     for failure in report.failures:
         print(f"error: {failure}", file=ctx.err)
-    ctx.print(report.summary())
-    return 1 if report.failures else 0
 
 
 # --- subscribers, match, history ------------------------------------------------------------
@@ -967,11 +975,9 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     if not args.once:
         return run_daemon(ctx.settings, ctx.store)
     report = run_once(ctx.settings, ctx.store, quiet=ctx.quiet)
-    for warning in report.ingest.warnings if report.ingest else []:
-        print(f"warning: {warning}", file=ctx.err)
+    if report.ingest:
+        _say_ingest(ctx, report.ingest)
     failures = report.ingest.failures if report.ingest else []
-    for failure in failures:
-        print(f"error: {failure}", file=ctx.err)
     for error in report.delivery.errors if report.delivery else []:
         print(f"warning: {error}", file=ctx.err)
     ctx.print(report.summary())

@@ -274,7 +274,7 @@ def _admit(
     pending: list[_Job] = []
     outcomes: list[FileOutcome] = []
     for path in paths:
-        name = path.name if owned else str(path)  # a file named on the command line: as given
+        name = _shown(path, owned)
         if not path.name or path.name in (".", "..") or "\0" in str(path):
             outcomes.append(FileOutcome(str(path), "refused", reason="not a file name"))
             continue
@@ -320,12 +320,18 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_size, a.st_mtime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ino)
 
 
+def _shown(path: Path, owned: bool) -> str:
+    """How messages name a file: an inbox file by its name, one named on the command line as
+    it was given (`error: bad/junk.txt:3: ...`, as `digest parse` says it)."""
+    return path.name if owned else str(path)
+
+
 def _refuse(run: _Run, path: Path, owned: bool, reason: str) -> FileOutcome:
     """Refuse a file without reading it; one in the inbox is set aside in failed/."""
     moved = None
     if owned:
         moved = _set_aside(path, run.inbox.failed_dir, _error_text(path.name, reason, run.now()))
-    return FileOutcome(path.name if owned else str(path), "refused", reason=reason, moved_to=moved)
+    return FileOutcome(_shown(path, owned), "refused", reason=reason, moved_to=moved)
 
 
 # --- processing ---------------------------------------------------------------------------------
@@ -397,10 +403,8 @@ def _log(outcome: FileOutcome) -> None:
 
 def _ingest_one(run: _Run, job: _Job) -> FileOutcome:
     """Read, hash, parse and store one dump, then move it; StoreError stops the whole run."""
-    # The store and failed/ know a dump by its file name; messages name a file given on the
-    # command line as it was given (`error: bad/junk.txt:3: ...`), as `digest parse` does.
-    stored_as = job.path.name
-    name = stored_as if job.owned else str(job.path)
+    stored_as = job.path.name  # the store and failed/ know a dump by its file name
+    name = _shown(job.path, job.owned)
     max_bytes = run.inbox.max_bytes
     try:
         data, st = _read(job.path, max_bytes)
@@ -489,8 +493,7 @@ def _fail(run: _Run, job: _Job, sha256: str, size: int, error: ParseError) -> Fi
     if job.owned:
         note = _error_text(name, error.reason, run.now(), line=error.line, sha256=sha256, size=size)
         moved = _set_aside(job.path, run.inbox.failed_dir, note)
-    shown = name if job.owned else str(job.path)
-    return FileOutcome(shown, "failed", reason=str(error), moved_to=moved)
+    return FileOutcome(_shown(job.path, job.owned), "failed", reason=str(error), moved_to=moved)
 
 
 def _error_text(

@@ -1306,13 +1306,12 @@ class MatchList(Sequence[Match]):
 
     def reasons(self, ks: Sequence[int]) -> list[Reason]:
         """reason(k) for each k of `ks`, in one call (the queue stage asks for ~1M)."""
-        if self._cache:
-            return [
-                (m.topics, m.terms, m.score, m.why) if (m := self._cache.get(k)) is not None else
-                self._res.reasons(self, [k])[0]
-                for k in ks
-            ]  # fmt: skip
-        return self._res.reasons(self, ks)
+        missing = [k for k in ks if k not in self._cache]
+        got = dict(zip(missing, self._res.reasons(self, missing), strict=True))
+        return [
+            got[k] if (m := self._cache.get(k)) is None else (m.topics, m.terms, m.score, m.why)
+            for k in ks
+        ]
 
     def paper_ids(self) -> list[int]:
         """The matched papers' ids, best first (no Match objects built)."""

@@ -206,7 +206,8 @@ _APART = (
     ("continuous", "continuous"),
     ("informal", "informal"),
 )
-_WORDS_APART = {"probably": "probably"}
+_APART_HEADS = frozenset(prefix[:2] for prefix, _ in _APART)  # a cheap first test
+_OWN_STEMS = frozenset({"probably"})  # words that are their own stem
 
 
 def american(norm: str) -> str:
@@ -250,9 +251,9 @@ def stem(norm: str) -> str:
     norm = american(norm)
     if "iz" in norm and (m := _IZE.match(norm)) is not None:
         return m.group(1)
-    if norm in _WORDS_APART:
-        return _WORDS_APART[norm]
-    if norm[:2] in ("ex", "co", "in"):
+    if norm in _OWN_STEMS:
+        return norm
+    if norm[:2] in _APART_HEADS:
         for prefix, own in _APART:
             if norm.startswith(prefix):
                 return own

@@ -325,7 +325,7 @@ def test_manage_page_refuses_what_its_form_never_sends_and_warns_of_no_topics(en
     before = _ann(store)
     base = {"csrf_token": token, "cadence": "weekly", "time": "07:00", "tz": "UTC",
             "topic_name": ["Pruning"], "topic_query": ["prune"], "action": "save"}  # fmt: skip
-    for bad, said in (({"weekday": "9"}, "is not a day"), ({"weekday": "abc"}, "is not a day"),
+    for bad, said in (({"weekday": "9"}, "is not one of"), ({"weekday": "abc"}, "is not one of"),
                       ({"weekday": "1", "action": "explode"}, "unknown action")):  # fmt: skip
         response = client.post(url, data={**base, **bad})
         assert response.status_code == 400 and said in response.get_data(as_text=True), bad

@@ -354,3 +354,19 @@ def test_subscriber_list_next_links_are_keyset_pages(sent_env):
     seen = re.findall(r">([a-z0-9]+@example\.org)</a>", first + second)
     assert len(seen) == len(set(seen)) == 31  # ann and 30 users, none twice, none missed
     assert 'rel="next"' not in second
+
+
+def test_the_subscriber_page_refuses_a_weekday_that_is_no_day(sent_env):
+    # the admin twin of the manage page's check: both hand the field to subs.parse_weekday
+    _, store, app, _ = sent_env
+    client = admin_client(app)
+    ann = _ann(store)
+    page = client.get(f"/admin/subscribers/{ann.id}").get_data(as_text=True)
+    data = {"csrf_token": csrf_of(page), "name": ann.name, "cadence": "weekly", "time": "07:00",
+            "tz": "UTC", "topic_name": ["T"], "topic_query": ["prune"]}  # fmt: skip
+    for bad in ("9", "abc"):
+        response = client.post(f"/admin/subscribers/{ann.id}", data={**data, "weekday": bad})
+        assert response.status_code == 400 and "is not one of" in response.get_data(as_text=True)
+    assert _ann(store) == ann
+    client.post(f"/admin/subscribers/{ann.id}", data={**data, "weekday": "wed"})
+    assert _ann(store).weekday == 2

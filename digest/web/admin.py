@@ -31,7 +31,7 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from digest import subscribers as subs
-from digest.errors import ConsentError, DigestError, QueryError, ValidationError
+from digest.errors import ConsentError, DigestError, QueryError
 from digest.feedback import examples_by_topic
 from digest.health import current as current_health
 from digest.links import links_for
@@ -381,16 +381,6 @@ def _weekday(value: str) -> int | None:
     return day if 0 <= day <= 6 else None
 
 
-def _edited_weekday(value: str) -> int | None:
-    """An edit form's weekday: None when left out (unchanged); not a day is refused."""
-    if not value.strip():
-        return None
-    day = _weekday(value)
-    if day is None:
-        raise ValidationError(f"weekday {value[:20]!r} is not a day: one of Monday..Sunday")
-    return day
-
-
 @bp.route("/subscribers/<int:sid>", methods=["GET", "POST"])
 @login_required
 def subscriber(sid: int) -> Any:
@@ -415,7 +405,7 @@ def subscriber(sid: int) -> Any:
             cadence=form["cadence"] or sub.cadence,
             time=form["time"] or sub.time,
             tz=form["tz"] or sub.tz,
-            weekday=_edited_weekday(form["weekday"]),
+            weekday=form["weekday"].strip() or None,  # subs.parse_weekday checks it
         )
     except ConsentError as exc:
         return _render_subscriber(sub, topics=topics, form=form, message=str(exc), status=409)

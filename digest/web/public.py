@@ -36,7 +36,6 @@ from digest.urls import FeedFormat, feed_url
 from digest.web import STATIC_DIR, state
 from digest.web.admin import (
     WEEKDAYS,
-    _edited_weekday,
     _submitted_form,
     _topic_rows,
     coverage_index,
@@ -151,7 +150,7 @@ def manage(signed: str) -> Any:
                         cadence=form["cadence"] or sub.cadence,
                         time=form["time"] or sub.time,
                         tz=form["tz"] or sub.tz,
-                        weekday=_edited_weekday(form["weekday"]),
+                        weekday=form["weekday"].strip() or None,  # checked by edit
                     )
                     sub = subs.get_subscriber(st.store, sub.email)
                     message = "Saved. Your next digest follows the new settings."
